@@ -1,0 +1,216 @@
+//! `coffer-broker`: serve secrets, or run the whole system locally (`dev`).
+
+mod dev;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
+use coffer_broker::{
+    auth::jwt::{JwtVerifier, KeySet, VerifierConfig},
+    policy::Policy,
+    server::{self, ListenAddr},
+    service::Broker,
+    store::{SecretStore, dev::DevStore},
+};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Identity, ServerTlsConfig};
+
+/// Exit status for invalid configuration (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "coffer-broker", version, about = "The Coffer secrets broker")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "COFFER_LOG_FORMAT", default_value = "plain")]
+    log_format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the broker.
+    Serve(ServeArgs),
+    /// Run a broker on the embedded dev store plus a sidecar writing to /dev/shm.
+    Dev(dev::DevArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// `HOST:PORT` or `unix:/path/to.sock`.
+    #[arg(long, env = "COFFER_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: ListenAddr,
+    /// Write the bound address here once listening (useful with port 0).
+    #[arg(long, env = "COFFER_ADDR_FILE")]
+    addr_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "COFFER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plaintext on a non-loopback address. Never do this in a cluster.
+    #[arg(long)]
+    insecure: bool,
+    /// The token issuer's JWKS file.
+    #[arg(long, env = "COFFER_JWKS_FILE")]
+    jwks: PathBuf,
+    /// The exact `iss` of accepted tokens.
+    #[arg(long, env = "COFFER_ISSUER")]
+    issuer: String,
+    /// The audience tokens must carry.
+    #[arg(long, env = "COFFER_AUDIENCE", default_value = "coffer")]
+    audience: String,
+    /// Clock skew tolerated, in seconds.
+    #[arg(long, env = "COFFER_LEEWAY_SECONDS", default_value_t = 30)]
+    leeway: u64,
+    /// The policy file (YAML).
+    #[arg(long, env = "COFFER_POLICY_FILE")]
+    policy: PathBuf,
+    /// Persist the dev store to this sealed file (in memory when unset).
+    #[arg(long, env = "COFFER_DEV_STORE_FILE", requires = "dev_store_key_file")]
+    dev_store_file: Option<PathBuf>,
+    /// The dev store's 32-byte key (raw or base64). Alternatively set
+    /// COFFER_DEV_STORE_KEY to the base64 key.
+    #[arg(long)]
+    dev_store_key_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(match cli.log_format {
+        Format::Plain => LogFormat::Plain,
+        Format::Json => LogFormat::Json,
+    });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "coffer-broker failed");
+            if error.is::<UsageError>() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// A configuration mistake: exits with EX_USAGE.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.is_local() && !args.insecure {
+        return Err(usage(
+            "refusing plaintext on a non-loopback address: give --tls-cert/--tls-key, or --insecure",
+        ));
+    }
+
+    let jwks = std::fs::read(&args.jwks).map_err(|e| usage(format!("cannot read JWKS {}: {e}", args.jwks.display())))?;
+    let keys = KeySet::from_jwks_json(&jwks).map_err(|e| usage(format!("{}: {e}", args.jwks.display())))?;
+    let mut config = VerifierConfig::new(&args.issuer, &args.audience);
+    config.leeway = Duration::from_secs(args.leeway);
+    let authn = JwtVerifier::new(config, keys);
+
+    let policy = Policy::load(&args.policy).map_err(|e| usage(e.to_string()))?;
+    let store: Arc<dyn SecretStore> = match &args.dev_store_file {
+        None => Arc::new(DevStore::in_memory()),
+        Some(file) => {
+            let material = match &args.dev_store_key_file {
+                Some(path) => zeroize::Zeroizing::new(
+                    std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
+                ),
+                None => zeroize::Zeroizing::new(
+                    std::env::var(coffer_broker::store::dev::KEY_ENV)
+                        .map_err(|_| usage("the dev store needs --dev-store-key-file or COFFER_DEV_STORE_KEY"))?
+                        .into_bytes(),
+                ),
+            };
+            let key = coffer_broker::store::dev::parse_key(&material).map_err(|e| usage(e.to_string()))?;
+            Arc::new(DevStore::persistent(file, &key)?)
+        }
+    };
+    let broker = Broker::new(Arc::new(authn), policy, store);
+    run_listener(broker, tls, &args.listen, args.addr_file.as_deref(), shutdown_signal()).await
+}
+
+/// Binds `listen`, reports the bound address, and serves until `shutdown`.
+async fn run_listener(
+    broker: Broker,
+    tls: Option<ServerTlsConfig>,
+    listen: &ListenAddr,
+    addr_file: Option<&std::path::Path>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    match listen {
+        ListenAddr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let bound = listener.local_addr()?;
+            announce(&bound.to_string(), addr_file)?;
+            server::serve(broker, tls, TcpListenerStream::new(listener), shutdown).await?;
+        }
+        ListenAddr::Unix(path) => {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            }) {
+                std::fs::remove_file(path)?;
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("binding {}", path.display()))?;
+            announce(&format!("unix:{}", path.display()), addr_file)?;
+            server::serve(broker, tls, UnixListenerStream::new(listener), shutdown).await?;
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+fn announce(addr: &str, addr_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    tracing::info!(addr, "broker listening");
+    if let Some(file) = addr_file {
+        // Write then rename, so a reader never sees a partial address.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, addr)?;
+        std::fs::rename(&tmp, file)?;
+    }
+    Ok(())
+}

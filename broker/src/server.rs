@@ -1,0 +1,105 @@
+//! Serving the broker: gRPC services, health, reflection, TLS and shutdown.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+
+use coffer_proto::v1::{
+    secret_broker_server::SecretBrokerServer, secret_operator_server::SecretOperatorServer,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::transport::{Server, ServerTlsConfig, server::Connected};
+
+use crate::service::Broker;
+
+/// The largest request message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Where the broker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Self::Unix(PathBuf::from(path))),
+            Some(_) => Err("unix: needs a socket path".into()),
+            None => s
+                .parse()
+                .map(Self::Tcp)
+                .map_err(|_| format!("{s:?} is neither HOST:PORT nor unix:/path")),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// Whether plaintext is acceptable here without an explicit `--insecure`:
+    /// only loopback and Unix sockets never leave the machine.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Tcp(addr) => addr.ip().is_loopback(),
+            Self::Unix(_) => true,
+        }
+    }
+}
+
+/// Serves `broker` on `incoming` until `shutdown` resolves. Watch streams are
+/// ended (with `UNAVAILABLE`) as shutdown begins, so draining is quick.
+pub async fn serve<I, IO, IE, F>(
+    broker: Broker,
+    tls: Option<ServerTlsConfig>,
+    incoming: I,
+    shutdown: F,
+) -> Result<(), tonic::transport::Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Future<Output = ()>,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SecretBrokerServer<Broker>>().await;
+    health.set_serving::<SecretOperatorServer<Broker>>().await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+
+    let token = broker.shutdown_token();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending watch streams");
+        health.set_not_serving::<SecretBrokerServer<Broker>>().await;
+        token.cancel();
+    };
+
+    let mut router = builder
+        .add_service(health_service)
+        .add_service(
+            SecretBrokerServer::new(broker.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(SecretOperatorServer::new(broker).max_decoding_message_size(MAX_MESSAGE_BYTES));
+    match reflection {
+        Ok(reflection) => router = router.add_service(reflection),
+        // The descriptor set is compiled in; failing to parse it is a build bug,
+        // and the broker works without reflection.
+        Err(error) => tracing::error!(%error, "reflection disabled"),
+    }
+    router.serve_with_incoming_shutdown(incoming, signal).await
+}

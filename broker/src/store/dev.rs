@@ -1,0 +1,423 @@
+//! The embedded dev store: secrets in memory, optionally persisted to a file
+//! sealed with AES-256-GCM (`ring`). No Vault needed.
+//!
+//! File layout: `COFFERDEV1` magic, a 12-byte random nonce, then the sealed
+//! JSON document (magic as associated data). The key is 32 bytes, given as a
+//! file (raw bytes or base64) or base64 in an environment variable.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use base64::{Engine, engine::general_purpose::STANDARD};
+use coffer_proto::{SecretBytes, SecretData};
+use ring::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    rand::{SecureRandom, SystemRandom},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
+
+const MAGIC: &[u8] = b"COFFERDEV1";
+
+/// The environment variable that may hold the persistence key (base64).
+pub const KEY_ENV: &str = "COFFER_DEV_STORE_KEY";
+
+#[derive(Clone)]
+struct Version {
+    data: SecretData,
+    content_type: String,
+    created_at: SystemTime,
+    labels: BTreeMap<String, String>,
+}
+
+/// The in-memory store.
+pub struct DevStore {
+    secrets: Mutex<HashMap<String, Vec<Version>>>,
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    persistence: Option<Persistence>,
+}
+
+struct Persistence {
+    path: PathBuf,
+    key: LessSafeKey,
+    rng: SystemRandom,
+}
+
+/// Why the dev store could not load or save its file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevStoreError {
+    #[error("dev store key must be 32 bytes (raw or base64)")]
+    BadKey,
+    #[error("cannot read or write the dev store file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dev store file is corrupt or sealed with another key")]
+    Unseal,
+}
+
+/// Parses a 32-byte key given raw or as base64 text.
+pub fn parse_key(material: &[u8]) -> Result<Zeroizing<Vec<u8>>, DevStoreError> {
+    if material.len() == 32 {
+        return Ok(Zeroizing::new(material.to_vec()));
+    }
+    let text = std::str::from_utf8(material).map_err(|_| DevStoreError::BadKey)?;
+    let decoded = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| DevStoreError::BadKey)?);
+    if decoded.len() != 32 {
+        return Err(DevStoreError::BadKey);
+    }
+    Ok(decoded)
+}
+
+impl Default for DevStore {
+    fn default() -> Self {
+        Self::in_memory()
+    }
+}
+
+impl DevStore {
+    /// A store that forgets everything when the process ends.
+    pub fn in_memory() -> Self {
+        Self {
+            secrets: Mutex::default(),
+            watchers: Mutex::default(),
+            persistence: None,
+        }
+    }
+
+    /// A store persisted to `path`, sealed with `key` (32 bytes). An existing
+    /// file is loaded; a missing one is created on the first write.
+    pub fn persistent(path: impl Into<PathBuf>, key: &[u8]) -> Result<Self, DevStoreError> {
+        let path = path.into();
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| DevStoreError::BadKey)?);
+        let persistence = Persistence {
+            path,
+            key,
+            rng: SystemRandom::new(),
+        };
+        let secrets = persistence.load()?;
+        Ok(Self {
+            secrets: Mutex::new(secrets),
+            watchers: Mutex::default(),
+            persistence: Some(persistence),
+        })
+    }
+
+    fn lock_secrets(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Version>>> {
+        // Every critical section leaves the map whole; a panic elsewhere
+        // cannot leave it half-written.
+        self.secrets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, path: &str, version: u64) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = watchers.get(path) {
+            tx.send_replace(version);
+        }
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
+    }
+}
+
+#[async_trait]
+impl SecretStore for DevStore {
+    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+        let secrets = self.lock_secrets();
+        let versions = secrets.get(path).ok_or(StoreError::NotFound)?;
+        let number = version.unwrap_or(versions.len() as u64);
+        let index = usize::try_from(number)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&i| i < versions.len())
+            .ok_or(StoreError::VersionNotFound(number))?;
+        let v = &versions[index];
+        Ok(StoredSecret {
+            version: number,
+            data: v.data.clone(),
+            content_type: v.content_type.clone(),
+            created_at: v.created_at,
+            ttl_hint: None,
+            labels: v.labels.clone(),
+        })
+    }
+
+    async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
+        let version = {
+            let mut secrets = self.lock_secrets();
+            let versions = secrets.entry(path.to_string()).or_default();
+            let current = versions.len() as u64;
+            if let Some(cas) = write.cas
+                && cas != current
+            {
+                if versions.is_empty() {
+                    secrets.remove(path);
+                }
+                return Err(StoreError::CasMismatch { current });
+            }
+            versions.push(Version {
+                data: write.data,
+                content_type: write.content_type,
+                created_at: SystemTime::now(),
+                labels: write.labels,
+            });
+            let version = versions.len() as u64;
+            if let Some(p) = &self.persistence {
+                if let Err(e) = p.save(&secrets) {
+                    // Keep memory and file in agreement: undo the write.
+                    if let Some(versions) = secrets.get_mut(path) {
+                        versions.pop();
+                        if versions.is_empty() {
+                            secrets.remove(path);
+                        }
+                    }
+                    return Err(StoreError::Internal(e.to_string()));
+                }
+            }
+            version
+        };
+        self.notify(path, version);
+        Ok(version)
+    }
+
+    async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError> {
+        let secrets = self.lock_secrets();
+        let versions = secrets.get(path).ok_or(StoreError::NotFound)?;
+        let infos = versions
+            .iter()
+            .zip(1u64..)
+            .map(|(v, n)| VersionInfo {
+                version: n,
+                created_at: v.created_at,
+                deleted: false,
+                destroyed: false,
+            })
+            .collect();
+        Ok((versions.len() as u64, infos))
+    }
+
+    fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
+        let current = self.lock_secrets().get(path).map_or(0, |v| v.len() as u64);
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers
+            .entry(path.to_string())
+            .or_insert_with(|| watch::channel(current).0)
+            .subscribe()
+    }
+}
+
+// The sealed document. Values serialize as byte arrays straight into a
+// zeroizing buffer, so no intermediate string copy of a secret is made.
+#[derive(Serialize, Deserialize)]
+struct Document<V> {
+    secrets: BTreeMap<String, Vec<V>>,
+}
+
+#[derive(Serialize)]
+struct VersionOut<'a> {
+    created_unix_ms: u64,
+    content_type: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<&'a [u8]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    map: Option<BTreeMap<&'a str, &'a [u8]>>,
+}
+
+#[derive(Deserialize)]
+struct VersionIn {
+    created_unix_ms: u64,
+    content_type: String,
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    map: Option<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Persistence {
+    fn io(&self, source: std::io::Error) -> DevStoreError {
+        DevStoreError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn load(&self) -> Result<HashMap<String, Vec<Version>>, DevStoreError> {
+        let sealed = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let body = sealed.strip_prefix(MAGIC).ok_or(DevStoreError::Unseal)?;
+        if body.len() < NONCE_LEN {
+            return Err(DevStoreError::Unseal);
+        }
+        let (nonce, ciphertext) = body.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| DevStoreError::Unseal)?;
+        let mut buffer = Zeroizing::new(ciphertext.to_vec());
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(MAGIC), &mut buffer)
+            .map_err(|_| DevStoreError::Unseal)?;
+        let doc: Document<VersionIn> = serde_json::from_slice(plain).map_err(|_| DevStoreError::Unseal)?;
+        Ok(doc
+            .secrets
+            .into_iter()
+            .map(|(path, versions)| {
+                let versions = versions
+                    .into_iter()
+                    .map(|v| Version {
+                        data: match (v.bytes, v.map) {
+                            (_, Some(map)) => SecretData::Map(
+                                map.into_iter().map(|(k, v)| (k, SecretBytes::new(v))).collect(),
+                            ),
+                            (bytes, None) => SecretData::Bytes(SecretBytes::new(bytes.unwrap_or_default())),
+                        },
+                        content_type: v.content_type,
+                        created_at: UNIX_EPOCH + Duration::from_millis(v.created_unix_ms),
+                        labels: v.labels,
+                    })
+                    .collect();
+                (path, versions)
+            })
+            .collect())
+    }
+
+    fn save(&self, secrets: &HashMap<String, Vec<Version>>) -> Result<(), DevStoreError> {
+        let doc = Document {
+            secrets: secrets
+                .iter()
+                .map(|(path, versions)| {
+                    let versions = versions
+                        .iter()
+                        .map(|v| VersionOut {
+                            created_unix_ms: v
+                                .created_at
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                            content_type: &v.content_type,
+                            labels: &v.labels,
+                            bytes: match &v.data {
+                                SecretData::Bytes(b) => Some(b.expose()),
+                                SecretData::Map(_) => None,
+                            },
+                            map: match &v.data {
+                                SecretData::Bytes(_) => None,
+                                SecretData::Map(m) => {
+                                    Some(m.iter().map(|(k, v)| (k.as_str(), v.expose())).collect())
+                                }
+                            },
+                        })
+                        .collect();
+                    (path.clone(), versions)
+                })
+                .collect(),
+        };
+        // Reserve generously up front so the buffer never reallocates and
+        // leaves a stray copy of the plaintext behind.
+        let estimate: usize = secrets
+            .values()
+            .flatten()
+            .map(|v| v.data.size() * 4 + 256)
+            .sum::<usize>()
+            + 1024;
+        let mut buffer = Zeroizing::new(Vec::with_capacity(estimate * 2));
+        serde_json::to_writer(&mut *buffer, &doc).map_err(|e| self.io(e.into()))?;
+
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| self.io(std::io::Error::other("no randomness")))?;
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(MAGIC), &mut *buffer)
+            .map_err(|_| self.io(std::io::Error::other("seal failed")))?;
+
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| self.io(e))?;
+        tmp.write_all(MAGIC).map_err(|e| self.io(e))?;
+        tmp.write_all(&nonce).map_err(|e| self.io(e))?;
+        tmp.write_all(&buffer).map_err(|e| self.io(e))?;
+        tmp.as_file().sync_all().map_err(|e| self.io(e))?;
+        tmp.persist(&self.path).map_err(|e| self.io(e.error))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(value: &[u8]) -> SecretWrite {
+        SecretWrite {
+            data: SecretData::Bytes(value.into()),
+            content_type: "text/plain".into(),
+            labels: BTreeMap::new(),
+            cas: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_grow_and_old_ones_stay_readable() {
+        let store = DevStore::in_memory();
+        assert_eq!(store.put("a/b", write(b"one")).await.unwrap(), 1);
+        assert_eq!(store.put("a/b", write(b"two")).await.unwrap(), 2);
+        let current = store.get("a/b", None).await.unwrap();
+        assert_eq!((current.version, current.data), (2, SecretData::Bytes((&b"two"[..]).into())));
+        assert_eq!(store.get("a/b", Some(1)).await.unwrap().data, SecretData::Bytes((&b"one"[..]).into()));
+        assert!(matches!(store.get("a/b", Some(3)).await, Err(StoreError::VersionNotFound(3))));
+        assert!(matches!(store.get("a/b", Some(0)).await, Err(StoreError::VersionNotFound(0))));
+        assert!(matches!(store.get("nope", None).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn cas_refuses_a_stale_writer() {
+        let store = DevStore::in_memory();
+        store.put("a", write(b"1")).await.unwrap();
+        let mut w = write(b"2");
+        w.cas = Some(0);
+        assert!(matches!(store.put("a", w).await, Err(StoreError::CasMismatch { current: 1 })));
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_new_versions() {
+        let store = DevStore::in_memory();
+        let mut rx = store.subscribe("a");
+        assert_eq!(*rx.borrow(), 0);
+        store.put("a", write(b"1")).await.unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), 1);
+    }
+
+    #[tokio::test]
+    async fn sealed_file_round_trips_and_holds_no_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store.sealed");
+        let key = [7u8; 32];
+        {
+            let store = DevStore::persistent(&file, &key).unwrap();
+            store.put("a/b", write(b"canary-plaintext")).await.unwrap();
+        }
+        let raw = std::fs::read(&file).unwrap();
+        assert!(raw.starts_with(MAGIC));
+        assert!(!raw.windows(6).any(|w| w == b"canary"));
+        let store = DevStore::persistent(&file, &key).unwrap();
+        assert_eq!(store.get("a/b", None).await.unwrap().data, SecretData::Bytes((&b"canary-plaintext"[..]).into()));
+        assert!(matches!(DevStore::persistent(&file, &[8u8; 32]), Err(DevStoreError::Unseal)));
+    }
+
+    #[test]
+    fn keys_are_32_bytes_raw_or_base64() {
+        assert!(parse_key(&[1u8; 32]).is_ok());
+        assert!(parse_key(STANDARD.encode([1u8; 32]).as_bytes()).is_ok());
+        assert!(parse_key(b"short").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Where secrets come from: the [`SecretStore`] trait and its implementations.
+//!
+//! A store deals in base paths (`app/db`); selecting one key of a map
+//! (`app/db#password`) is the broker's job, so every store gets it for free.
+
+pub mod dev;
+
+use std::{collections::BTreeMap, time::Duration, time::SystemTime};
+
+use async_trait::async_trait;
+use coffer_proto::SecretData;
+use tokio::sync::watch;
+
+/// One version of a secret as a store returns it.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    /// The version; versions start at 1 and only grow.
+    pub version: u64,
+    /// The value.
+    pub data: SecretData,
+    /// A MIME type hint; may be empty.
+    pub content_type: String,
+    /// When the version was created.
+    pub created_at: SystemTime,
+    /// How long clients may use it without asking again, if the store knows.
+    pub ttl_hint: Option<Duration>,
+    /// Non-secret labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A new version to write.
+#[derive(Debug, Clone)]
+pub struct SecretWrite {
+    /// The value.
+    pub data: SecretData,
+    /// A MIME type hint; may be empty.
+    pub content_type: String,
+    /// Non-secret labels.
+    pub labels: BTreeMap<String, String>,
+    /// Write only if the current version is this (0: only if absent).
+    pub cas: Option<u64>,
+}
+
+/// Non-secret facts about one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub created_at: SystemTime,
+    pub deleted: bool,
+    pub destroyed: bool,
+}
+
+/// Why a store could not do what was asked. Backend detail stays in the
+/// variant for the server log; clients see only the category.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("secret not found")]
+    NotFound,
+    #[error("version {0} not found")]
+    VersionNotFound(u64),
+    #[error("version {0} was deleted or destroyed")]
+    VersionDeleted(u64),
+    #[error("check-and-set failed: current version is {current}")]
+    CasMismatch { current: u64 },
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// A source of secrets.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// A version of `path`, or the current one.
+    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError>;
+
+    /// Writes a new version and returns its number.
+    async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError>;
+
+    /// The current version and every version's facts.
+    async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError>;
+
+    /// Makes `to_version`'s value current again, as a new version.
+    async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, StoreError> {
+        let old = self.get(path, Some(to_version)).await?;
+        self.put(
+            path,
+            SecretWrite {
+                data: old.data,
+                content_type: old.content_type,
+                labels: old.labels,
+                cas: None,
+            },
+        )
+        .await
+    }
+
+    /// The current version of `path` (0 while it does not exist), updated on
+    /// every change. Many watchers of one path share one subscription.
+    fn subscribe(&self, path: &str) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,326 @@
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use coffer_proto::{SecretData, v1};
+use futures::Stream;
+use hyper_util::rt::TokioIo;
+use secrecy::ExposeSecret;
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri},
+};
+use zeroize::Zeroizing;
+
+use crate::{Error, Secret, TokenSource};
+
+type BrokerClient = v1::secret_broker_client::SecretBrokerClient<Channel>;
+type OperatorClient = v1::secret_operator_client::SecretOperatorClient<Channel>;
+
+/// Configures a [`Client`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    endpoint: String,
+    ca_pem: Option<Vec<u8>>,
+    token: TokenSource,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// Trusts only this CA (PEM) for the broker's certificate.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Where the token comes from (default: [`TokenSource::projected`]).
+    pub fn token(mut self, token: TokenSource) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// How long to wait for a connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A deadline for each unary call (default none). Watches are not bound by it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Connects now, failing if the broker cannot be reached.
+    pub async fn connect(self) -> Result<Client, Error> {
+        self.build(false).await
+    }
+
+    /// Returns at once; the connection is made (and remade) on use. Sidecars
+    /// use this so a broker restart costs a retry, not a crash.
+    pub async fn connect_lazy(self) -> Result<Client, Error> {
+        self.build(true).await
+    }
+
+    async fn build(self, lazy: bool) -> Result<Client, Error> {
+        let channel = if let Some(path) = self.endpoint.strip_prefix("unix:") {
+            let path = std::path::PathBuf::from(path);
+            // The URI is ignored by the connector; it only has to parse.
+            let endpoint = Endpoint::from_static("http://coffer.sock")
+                .connect_timeout(self.connect_timeout);
+            let connector = tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            });
+            if lazy {
+                endpoint.connect_with_connector_lazy(connector)
+            } else {
+                endpoint
+                    .connect_with_connector(connector)
+                    .await
+                    .map_err(Error::Connect)?
+            }
+        } else {
+            let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+                .map_err(|_| Error::Endpoint(self.endpoint.clone()))?
+                .connect_timeout(self.connect_timeout)
+                .tcp_nodelay(true);
+            if let Some(timeout) = self.timeout {
+                endpoint = endpoint.timeout(timeout);
+            }
+            if self.endpoint.starts_with("https://") {
+                let mut tls = ClientTlsConfig::new();
+                if let Some(ca) = &self.ca_pem {
+                    tls = tls.ca_certificate(Certificate::from_pem(ca));
+                }
+                endpoint = endpoint.tls_config(tls).map_err(Error::Connect)?;
+            }
+            if lazy {
+                endpoint.connect_lazy()
+            } else {
+                endpoint.connect().await.map_err(Error::Connect)?
+            }
+        };
+        Ok(Client {
+            broker: BrokerClient::new(channel.clone()),
+            operator: OperatorClient::new(channel),
+            token: self.token,
+        })
+    }
+}
+
+/// A connection to a Coffer broker. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    broker: BrokerClient,
+    operator: OperatorClient,
+    token: TokenSource,
+}
+
+impl Client {
+    /// Starts configuring a client for `endpoint`: `https://host:port`,
+    /// `http://127.0.0.1:port` (loopback only), or `unix:/path/to.sock`.
+    pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            endpoint: endpoint.into(),
+            ca_pem: None,
+            token: TokenSource::projected(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: None,
+        }
+    }
+
+    /// Wraps `message` in a request that carries the caller's token.
+    fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let token = self.token.token()?;
+        let header = Zeroizing::new(format!("Bearer {}", token.expose_secret()));
+        let mut value = MetadataValue::try_from(header.as_str())
+            .map_err(|_| Error::InvalidResponse("token contains bytes not allowed in a header"))?;
+        value.set_sensitive(true);
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// The current version of the secret at `path` (`app/db` or `app/db#key`).
+    pub async fn get(&self, path: &str) -> Result<Secret, Error> {
+        self.get_version(path, None).await
+    }
+
+    /// A given version of the secret at `path`, or the current one for `None`.
+    pub async fn get_version(&self, path: &str, version: Option<u64>) -> Result<Secret, Error> {
+        let request = self.request(v1::GetSecretRequest {
+            path: path.to_string(),
+            version,
+        })?;
+        let response = self.broker.clone().get_secret(request).await?.into_inner();
+        response
+            .secret
+            .ok_or(Error::InvalidResponse("response without a secret"))?
+            .try_into()
+    }
+
+    /// Several secrets in one round trip; each item succeeds or fails alone.
+    pub async fn get_many<I, S>(&self, paths: I) -> Result<Vec<Result<Secret, Error>>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let requests = paths
+            .into_iter()
+            .map(|p| v1::GetSecretRequest {
+                path: p.into(),
+                version: None,
+            })
+            .collect();
+        let request = self.request(v1::GetSecretsRequest { requests })?;
+        let response = self.broker.clone().get_secrets(request).await?.into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|item| match item.result {
+                Some(v1::secret_result::Result::Secret(s)) => Secret::try_from(s),
+                Some(v1::secret_result::Result::Error(e)) => Err(Error::Status {
+                    code: tonic::Code::from_i32(e.code),
+                    message: e.message,
+                }),
+                None => Err(Error::InvalidResponse("batch item without a result")),
+            })
+            .collect())
+    }
+
+    /// Watches `paths`: the first event is a snapshot of all of them, then
+    /// one event per change.
+    pub async fn watch<I, S>(&self, paths: I) -> Result<SecretStream, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let request = self.request(v1::WatchSecretsRequest {
+            paths: paths.into_iter().map(Into::into).collect(),
+        })?;
+        let inner = self.broker.clone().watch_secrets(request).await?.into_inner();
+        Ok(SecretStream { inner })
+    }
+
+    /// Reports the versions this workload applied.
+    pub async fn ack(&self, applied: Vec<v1::AppliedVersion>) -> Result<(), Error> {
+        let request = self.request(v1::AckSecretsRequest { applied })?;
+        self.broker.clone().ack_secrets(request).await?;
+        Ok(())
+    }
+
+    /// Writes a new version (operators). Returns the version written.
+    pub async fn put(
+        &self,
+        path: &str,
+        data: SecretData,
+        content_type: &str,
+        cas: Option<u64>,
+    ) -> Result<u64, Error> {
+        let request = self.request(v1::PutSecretRequest {
+            path: path.to_string(),
+            value: Some(data.into()),
+            content_type: content_type.to_string(),
+            cas,
+            labels: Default::default(),
+        })?;
+        Ok(self.operator.clone().put_secret(request).await?.into_inner().version)
+    }
+
+    /// Makes `to_version`'s value current again, as a new version (operators).
+    pub async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, Error> {
+        let request = self.request(v1::RollbackSecretRequest {
+            path: path.to_string(),
+            to_version,
+        })?;
+        Ok(self
+            .operator
+            .clone()
+            .rollback_secret(request)
+            .await?
+            .into_inner()
+            .version)
+    }
+
+    /// Lists the versions of `path` (operators).
+    pub async fn list_versions(&self, path: &str) -> Result<v1::ListVersionsResponse, Error> {
+        let request = self.request(v1::ListVersionsRequest {
+            path: path.to_string(),
+        })?;
+        Ok(self.operator.clone().list_versions(request).await?.into_inner())
+    }
+
+    /// Which workloads acknowledged which version of `path` (operators).
+    pub async fn rotation_status(&self, path: &str) -> Result<v1::RotationStatusResponse, Error> {
+        let request = self.request(v1::RotationStatusRequest {
+            path: path.to_string(),
+        })?;
+        Ok(self.operator.clone().rotation_status(request).await?.into_inner())
+    }
+}
+
+/// Whether a watch event is the initial snapshot or a later change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEventKind {
+    /// The current value of every watched path.
+    Snapshot,
+    /// New versions of some paths.
+    Update,
+}
+
+/// One message of a watch.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    /// Snapshot or update.
+    pub kind: WatchEventKind,
+    /// The secrets it carries.
+    pub secrets: Vec<Secret>,
+}
+
+/// The stream returned by [`Client::watch`]. It ends when the broker ends it;
+/// callers reconnect with backoff.
+#[derive(Debug)]
+pub struct SecretStream {
+    inner: tonic::Streaming<v1::WatchSecretsResponse>,
+}
+
+impl SecretStream {
+    /// The next event, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, Error>> {
+        futures::StreamExt::next(self).await
+    }
+}
+
+impl Stream for SecretStream {
+    type Item = Result<WatchEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|result| {
+                let message = result?;
+                let kind = match message.kind() {
+                    v1::WatchEventKind::Snapshot => WatchEventKind::Snapshot,
+                    v1::WatchEventKind::Update => WatchEventKind::Update,
+                    v1::WatchEventKind::Unspecified => {
+                        return Err(Error::InvalidResponse("watch event of unknown kind"));
+                    }
+                };
+                let secrets = message
+                    .secrets
+                    .into_iter()
+                    .map(Secret::try_from)
+                    .collect::<Result<_, _>>()?;
+                Ok(WatchEvent { kind, secrets })
+            })
+        })
+    }
+}
