@@ -86,8 +86,18 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let ttl = Duration::from_secs(24 * 3600);
     let app_token = dir.join("app.token");
     let operator_token = dir.join("operator.token");
-    write_private(&app_token, signer.mint(AUDIENCE, "demo", "app", Some("demo-app-0"), ttl)?.as_bytes())?;
-    write_private(&operator_token, signer.mint(AUDIENCE, "demo", "operator", None, ttl)?.as_bytes())?;
+    write_private(
+        &app_token,
+        signer
+            .mint(AUDIENCE, "demo", "app", Some("demo-app-0"), ttl)?
+            .as_bytes(),
+    )?;
+    write_private(
+        &operator_token,
+        signer
+            .mint(AUDIENCE, "demo", "operator", None, ttl)?
+            .as_bytes(),
+    )?;
 
     let addr_file = dir.join("broker.addr");
     let stop = tokio_util::sync::CancellationToken::new();
@@ -96,11 +106,22 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let listen = args.listen.clone();
         let addr_file = addr_file.clone();
         tokio::spawn(async move {
-            super::run_listener(broker, None, &listen, Some(&addr_file), stop.cancelled_owned()).await
+            super::run_listener(
+                broker,
+                None,
+                &listen,
+                Some(&addr_file),
+                stop.cancelled_owned(),
+            )
+            .await
         })
     };
     let addr = wait_for_file(&addr_file).await?;
-    let endpoint = if addr.starts_with("unix:") { addr.clone() } else { format!("http://{addr}") };
+    let endpoint = if addr.starts_with("unix:") {
+        addr.clone()
+    } else {
+        format!("http://{addr}")
+    };
 
     let secrets_dir = dir.join("secrets");
     let config = dir.join("sidecar.yaml");
@@ -113,7 +134,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
         .as_bytes(),
     )?;
-    std::fs::DirBuilder::new().mode(0o755).create(&secrets_dir)?;
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&secrets_dir)?;
     let mut sidecar = tokio::process::Command::new(&sidecar_bin)
         .arg("--config")
         .arg(&config)
@@ -151,7 +174,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
             nix::sys::signal::Signal::SIGTERM,
         );
-        if tokio::time::timeout(Duration::from_secs(5), sidecar.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), sidecar.wait())
+            .await
+            .is_err()
+        {
             let _ = sidecar.kill().await;
         }
     }

@@ -39,7 +39,9 @@ impl From<ApiError> for Status {
             }
             ApiError::PermissionDenied => Status::permission_denied("permission denied"),
             ApiError::Store(e) => store_status(e),
-            ApiError::Unimplemented(what) => Status::unimplemented(format!("{what} is not implemented yet")),
+            ApiError::Unimplemented(what) => {
+                Status::unimplemented(format!("{what} is not implemented yet"))
+            }
             ApiError::ShuttingDown => Status::unavailable("broker is shutting down"),
         }
     }
@@ -50,10 +52,12 @@ fn store_status(error: StoreError) -> Status {
         StoreError::NotFound => Status::not_found("secret not found"),
         StoreError::VersionNotFound(_) => Status::not_found("version not found"),
         StoreError::VersionDeleted(_) => Status::not_found("version was deleted"),
-        StoreError::CasMismatch { current } => {
-            Status::failed_precondition(format!("check-and-set failed: current version is {current}"))
+        StoreError::CasMismatch { current } => Status::failed_precondition(format!(
+            "check-and-set failed: current version is {current}"
+        )),
+        StoreError::Unsupported(what) => {
+            Status::unimplemented(format!("{what} is not supported by this store"))
         }
-        StoreError::Unsupported(what) => Status::unimplemented(format!("{what} is not supported by this store")),
         StoreError::Unavailable(detail) => {
             tracing::warn!(error = %detail, "secret store unavailable");
             Status::unavailable("secret store unavailable")
@@ -80,10 +84,15 @@ mod tests {
 
     #[test]
     fn backend_detail_never_reaches_the_client() {
-        let status = Status::from(ApiError::Store(StoreError::Internal("vault said: token s.abc".into())));
+        let status = Status::from(ApiError::Store(StoreError::Internal(
+            "vault said: token s.abc".into(),
+        )));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("vault"));
         let status = Status::from(ApiError::Unauthenticated(AuthError::BadSignature));
-        assert_eq!((status.code(), status.message()), (Code::Unauthenticated, "authentication failed"));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, "authentication failed")
+        );
     }
 }

@@ -24,7 +24,12 @@ const EX_USAGE: u8 = 64;
 #[command(name = "coffer-broker", version, about = "The Coffer secrets broker")]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "COFFER_LOG_FORMAT", default_value = "plain")]
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_LOG_FORMAT",
+        default_value = "plain"
+    )]
     log_format: Format,
     #[command(subcommand)]
     command: Command,
@@ -39,7 +44,7 @@ enum Format {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a broker on the embedded dev store plus a sidecar writing to /dev/shm.
     Dev(dev::DevArgs),
 }
@@ -100,7 +105,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Dev(args) => dev::run(args).await,
         }
     });
@@ -129,7 +134,8 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let cert =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
             let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
             Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
         }
@@ -141,8 +147,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let jwks = std::fs::read(&args.jwks).map_err(|e| usage(format!("cannot read JWKS {}: {e}", args.jwks.display())))?;
-    let keys = KeySet::from_jwks_json(&jwks).map_err(|e| usage(format!("{}: {e}", args.jwks.display())))?;
+    let jwks = std::fs::read(&args.jwks)
+        .map_err(|e| usage(format!("cannot read JWKS {}: {e}", args.jwks.display())))?;
+    let keys = KeySet::from_jwks_json(&jwks)
+        .map_err(|e| usage(format!("{}: {e}", args.jwks.display())))?;
     let mut config = VerifierConfig::new(&args.issuer, &args.audience);
     config.leeway = Duration::from_secs(args.leeway);
     let authn = JwtVerifier::new(config, keys);
@@ -153,20 +161,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(file) => {
             let material = match &args.dev_store_key_file {
                 Some(path) => zeroize::Zeroizing::new(
-                    std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
+                    std::fs::read(path)
+                        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
                 ),
                 None => zeroize::Zeroizing::new(
                     std::env::var(coffer_broker::store::dev::KEY_ENV)
-                        .map_err(|_| usage("the dev store needs --dev-store-key-file or COFFER_DEV_STORE_KEY"))?
+                        .map_err(|_| {
+                            usage(
+                                "the dev store needs --dev-store-key-file or COFFER_DEV_STORE_KEY",
+                            )
+                        })?
                         .into_bytes(),
                 ),
             };
-            let key = coffer_broker::store::dev::parse_key(&material).map_err(|e| usage(e.to_string()))?;
+            let key = coffer_broker::store::dev::parse_key(&material)
+                .map_err(|e| usage(e.to_string()))?;
             Arc::new(DevStore::persistent(file, &key)?)
         }
     };
     let broker = Broker::new(Arc::new(authn), policy, store);
-    run_listener(broker, tls, &args.listen, args.addr_file.as_deref(), shutdown_signal()).await
+    run_listener(
+        broker,
+        tls,
+        &args.listen,
+        args.addr_file.as_deref(),
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Binds `listen`, reports the bound address, and serves until `shutdown`.

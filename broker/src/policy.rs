@@ -156,7 +156,12 @@ impl Policy {
     }
 
     /// May `who` do `capability` on `path`?
-    pub fn decide(&self, who: &WorkloadIdentity, path: &SecretPath, capability: Capability) -> Decision {
+    pub fn decide(
+        &self,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        capability: Capability,
+    ) -> Decision {
         for (index, rule) in self.rules.iter().enumerate() {
             let subject_matches = rule.subjects.iter().any(|s| {
                 (s.namespace == "*" || s.namespace == who.namespace)
@@ -167,7 +172,10 @@ impl Policy {
                 && rule.paths.iter().any(|p| pattern_matches(p, path.base()))
             {
                 return Decision::Allow {
-                    rule: rule.name.clone().unwrap_or_else(|| format!("rules[{index}]")),
+                    rule: rule
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("rules[{index}]")),
                 };
             }
         }
@@ -215,19 +223,50 @@ rules:
         let policy = Policy::from_yaml(POLICY).unwrap();
         let p = |s| SecretPath::parse(s).unwrap();
         let web = who("shop", "web");
-        assert!(policy.decide(&web, &p("shop/web/db#password"), Capability::Read).is_allowed());
-        assert!(policy.decide(&web, &p("shared/tls"), Capability::Watch).is_allowed());
-        assert_eq!(policy.decide(&web, &p("shop/web/db"), Capability::Write), Decision::Deny);
-        assert_eq!(policy.decide(&web, &p("shop/webx/db"), Capability::Read), Decision::Deny);
-        assert_eq!(policy.decide(&web, &p("shop/web"), Capability::Read), Decision::Deny);
-        assert_eq!(policy.decide(&web, &p("shared/tls/key"), Capability::Read), Decision::Deny);
-        assert_eq!(policy.decide(&who("shop", "api"), &p("shop/web/db"), Capability::Read), Decision::Deny);
-        assert_eq!(policy.decide(&who("other", "web"), &p("shop/web/db"), Capability::Read), Decision::Deny);
+        assert!(
+            policy
+                .decide(&web, &p("shop/web/db#password"), Capability::Read)
+                .is_allowed()
+        );
+        assert!(
+            policy
+                .decide(&web, &p("shared/tls"), Capability::Watch)
+                .is_allowed()
+        );
+        assert_eq!(
+            policy.decide(&web, &p("shop/web/db"), Capability::Write),
+            Decision::Deny
+        );
+        assert_eq!(
+            policy.decide(&web, &p("shop/webx/db"), Capability::Read),
+            Decision::Deny
+        );
+        assert_eq!(
+            policy.decide(&web, &p("shop/web"), Capability::Read),
+            Decision::Deny
+        );
+        assert_eq!(
+            policy.decide(&web, &p("shared/tls/key"), Capability::Read),
+            Decision::Deny
+        );
+        assert_eq!(
+            policy.decide(&who("shop", "api"), &p("shop/web/db"), Capability::Read),
+            Decision::Deny
+        );
+        assert_eq!(
+            policy.decide(&who("other", "web"), &p("shop/web/db"), Capability::Read),
+            Decision::Deny
+        );
     }
 
     #[test]
     fn unknown_keys_and_empty_rules_are_refused() {
-        assert!(Policy::from_yaml("rules:\n  - subjects: []\n    paths: [a]\n    capabilities: [read]\n").is_err());
+        assert!(
+            Policy::from_yaml(
+                "rules:\n  - subjects: []\n    paths: [a]\n    capabilities: [read]\n"
+            )
+            .is_err()
+        );
         assert!(Policy::from_yaml("rules: []\nextra: 1\n").is_err());
         assert!(Policy::from_yaml("rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [\"../x\"]\n    capabilities: [read]\n").is_err());
         assert!(Policy::from_yaml("rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilities: [sudo]\n").is_err());

@@ -94,7 +94,9 @@ where
         .add_service(
             SecretBrokerServer::new(broker.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(SecretOperatorServer::new(broker).max_decoding_message_size(MAX_MESSAGE_BYTES));
+        .add_service(
+            SecretOperatorServer::new(broker).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
     match reflection {
         Ok(reflection) => router = router.add_service(reflection),
         // The descriptor set is compiled in; failing to parse it is a build bug,

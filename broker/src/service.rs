@@ -116,7 +116,11 @@ impl Broker {
         to_wire(path, stored)
     }
 
-    fn record_acks(&self, who: &WorkloadIdentity, applied: Vec<v1::AppliedVersion>) -> Result<(), ApiError> {
+    fn record_acks(
+        &self,
+        who: &WorkloadIdentity,
+        applied: Vec<v1::AppliedVersion>,
+    ) -> Result<(), ApiError> {
         let key = WorkloadKey {
             namespace: who.namespace.clone(),
             service_account: who.service_account.clone(),
@@ -194,13 +198,17 @@ fn to_wire(path: &SecretPath, stored: StoredSecret) -> Result<v1::Secret, ApiErr
         value: Some(data.into()),
         metadata: Some(v1::SecretMetadata {
             created_at: Some(stored.created_at.into()),
-            ttl_hint: stored.ttl_hint.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            ttl_hint: stored
+                .ttl_hint
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
             labels: stored.labels.into_iter().collect(),
         }),
     })
 }
 
-fn parse_paths<'a>(raw: impl ExactSizeIterator<Item = &'a str>) -> Result<Vec<SecretPath>, ApiError> {
+fn parse_paths<'a>(
+    raw: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<SecretPath>, ApiError> {
     if raw.len() == 0 {
         return Err(ApiError::InvalidArgument("no paths given".into()));
     }
@@ -231,7 +239,9 @@ impl SecretBroker for Broker {
         let path = SecretPath::parse(&req.path).map_err(ApiError::from)?;
         self.authorize(&who, &path, Capability::Read, "GetSecret")?;
         let secret = self.read(&path, req.version).await?;
-        Ok(Response::new(v1::GetSecretResponse { secret: Some(secret) }))
+        Ok(Response::new(v1::GetSecretResponse {
+            secret: Some(secret),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetSecrets"))]
@@ -286,7 +296,10 @@ impl SecretBroker for Broker {
         // between the two.
         let mut changes = StreamMap::new();
         for (index, path) in paths.iter().enumerate() {
-            changes.insert(index, WatchStream::from_changes(self.inner.store.subscribe(path.base())));
+            changes.insert(
+                index,
+                WatchStream::from_changes(self.inner.store.subscribe(path.base())),
+            );
         }
         let mut sent = Vec::with_capacity(paths.len());
         let mut snapshot = Vec::with_capacity(paths.len());
@@ -395,7 +408,12 @@ impl SecretOperator for Broker {
         request: Request<v1::PutSecretRequest>,
     ) -> Result<Response<v1::PutSecretResponse>, Status> {
         let path = self
-            .operator_path(&request, &request.get_ref().path, Capability::Write, "PutSecret")
+            .operator_path(
+                &request,
+                &request.get_ref().path,
+                Capability::Write,
+                "PutSecret",
+            )
             .await?;
         let mut req = request.into_inner();
         let data = req
@@ -403,7 +421,8 @@ impl SecretOperator for Broker {
             .take()
             .ok_or_else(|| ApiError::InvalidArgument("value is required".into()))
             .and_then(|v| {
-                SecretData::try_from(v).map_err(|_| ApiError::InvalidArgument("value is empty".into()))
+                SecretData::try_from(v)
+                    .map_err(|_| ApiError::InvalidArgument("value is empty".into()))
             })?;
         let write = SecretWrite {
             data,
@@ -411,7 +430,12 @@ impl SecretOperator for Broker {
             labels: std::mem::take(&mut req.labels).into_iter().collect(),
             cas: req.cas,
         };
-        let version = self.inner.store.put(path.base(), write).await.map_err(ApiError::from)?;
+        let version = self
+            .inner
+            .store
+            .put(path.base(), write)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, "secret written");
         Ok(Response::new(v1::PutSecretResponse { version }))
     }
@@ -420,8 +444,13 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::RotateSecretRequest>,
     ) -> Result<Response<v1::RotateSecretResponse>, Status> {
-        self.operator_path(&request, &request.get_ref().path, Capability::Rotate, "RotateSecret")
-            .await?;
+        self.operator_path(
+            &request,
+            &request.get_ref().path,
+            Capability::Rotate,
+            "RotateSecret",
+        )
+        .await?;
         Err(ApiError::Unimplemented("RotateSecret").into())
     }
 
@@ -431,10 +460,20 @@ impl SecretOperator for Broker {
         request: Request<v1::RollbackSecretRequest>,
     ) -> Result<Response<v1::RollbackSecretResponse>, Status> {
         let path = self
-            .operator_path(&request, &request.get_ref().path, Capability::Rollback, "RollbackSecret")
+            .operator_path(
+                &request,
+                &request.get_ref().path,
+                Capability::Rollback,
+                "RollbackSecret",
+            )
             .await?;
         let to = request.get_ref().to_version;
-        let version = self.inner.store.rollback(path.base(), to).await.map_err(ApiError::from)?;
+        let version = self
+            .inner
+            .store
+            .rollback(path.base(), to)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(path = %path, from = to, version, "secret rolled back");
         Ok(Response::new(v1::RollbackSecretResponse { version }))
     }
@@ -445,9 +484,19 @@ impl SecretOperator for Broker {
         request: Request<v1::ListVersionsRequest>,
     ) -> Result<Response<v1::ListVersionsResponse>, Status> {
         let path = self
-            .operator_path(&request, &request.get_ref().path, Capability::List, "ListVersions")
+            .operator_path(
+                &request,
+                &request.get_ref().path,
+                Capability::List,
+                "ListVersions",
+            )
             .await?;
-        let (current_version, versions) = self.inner.store.versions(path.base()).await.map_err(ApiError::from)?;
+        let (current_version, versions) = self
+            .inner
+            .store
+            .versions(path.base())
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(v1::ListVersionsResponse {
             current_version,
             versions: versions
@@ -468,7 +517,12 @@ impl SecretOperator for Broker {
         request: Request<v1::RotationStatusRequest>,
     ) -> Result<Response<v1::RotationStatusResponse>, Status> {
         let path = self
-            .operator_path(&request, &request.get_ref().path, Capability::Status, "RotationStatus")
+            .operator_path(
+                &request,
+                &request.get_ref().path,
+                Capability::Status,
+                "RotationStatus",
+            )
             .await?;
         let current_version = match self.inner.store.versions(path.base()).await {
             Ok((current, _)) => current,

@@ -70,8 +70,8 @@ impl ClientBuilder {
         let channel = if let Some(path) = self.endpoint.strip_prefix("unix:") {
             let path = std::path::PathBuf::from(path);
             // The URI is ignored by the connector; it only has to parse.
-            let endpoint = Endpoint::from_static("http://coffer.sock")
-                .connect_timeout(self.connect_timeout);
+            let endpoint =
+                Endpoint::from_static("http://coffer.sock").connect_timeout(self.connect_timeout);
             let connector = tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -207,7 +207,12 @@ impl Client {
         let request = self.request(v1::WatchSecretsRequest {
             paths: paths.into_iter().map(Into::into).collect(),
         })?;
-        let inner = self.broker.clone().watch_secrets(request).await?.into_inner();
+        let inner = self
+            .broker
+            .clone()
+            .watch_secrets(request)
+            .await?
+            .into_inner();
         Ok(SecretStream { inner })
     }
 
@@ -233,7 +238,13 @@ impl Client {
             cas,
             labels: Default::default(),
         })?;
-        Ok(self.operator.clone().put_secret(request).await?.into_inner().version)
+        Ok(self
+            .operator
+            .clone()
+            .put_secret(request)
+            .await?
+            .into_inner()
+            .version)
     }
 
     /// Makes `to_version`'s value current again, as a new version (operators).
@@ -256,7 +267,12 @@ impl Client {
         let request = self.request(v1::ListVersionsRequest {
             path: path.to_string(),
         })?;
-        Ok(self.operator.clone().list_versions(request).await?.into_inner())
+        Ok(self
+            .operator
+            .clone()
+            .list_versions(request)
+            .await?
+            .into_inner())
     }
 
     /// Which workloads acknowledged which version of `path` (operators).
@@ -264,7 +280,12 @@ impl Client {
         let request = self.request(v1::RotationStatusRequest {
             path: path.to_string(),
         })?;
-        Ok(self.operator.clone().rotation_status(request).await?.into_inner())
+        Ok(self
+            .operator
+            .clone()
+            .rotation_status(request)
+            .await?
+            .into_inner())
     }
 }
 

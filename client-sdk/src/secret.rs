@@ -84,7 +84,9 @@ impl TryFrom<v1::Secret> for Secret {
             version: wire.version,
             content_type: wire.content_type,
             data,
-            created_at: metadata.created_at.and_then(|t| SystemTime::try_from(t).ok()),
+            created_at: metadata
+                .created_at
+                .and_then(|t| SystemTime::try_from(t).ok()),
             ttl_hint: metadata.ttl_hint.and_then(|d| Duration::try_from(d).ok()),
             labels: metadata.labels.into_iter().collect(),
         })

@@ -44,7 +44,9 @@ impl fmt::Debug for v1::SecretMap {
         // Key names are not secret and help debugging; values are.
         let mut keys: Vec<&str> = self.entries.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        f.debug_struct("SecretMap").field("keys", &keys).finish_non_exhaustive()
+        f.debug_struct("SecretMap")
+            .field("keys", &keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +76,12 @@ mod tests {
         let map = SecretMap {
             entries: [("password".to_string(), b"canary-123".to_vec())].into(),
         };
-        let printed = format!("{:?}", SecretValue { kind: Some(Kind::Map(map.clone())) });
+        let printed = format!(
+            "{:?}",
+            SecretValue {
+                kind: Some(Kind::Map(map.clone()))
+            }
+        );
         assert!(!printed.contains("canary"));
         let printed = format!("{map:?}");
         assert!(printed.contains("password"));

@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn debug_never_prints_bytes() {
-        let data = SecretData::Map([("pw".to_string(), SecretBytes::from(&b"canary-x"[..]))].into());
+        let data =
+            SecretData::Map([("pw".to_string(), SecretBytes::from(&b"canary-x"[..]))].into());
         let printed = format!("{data:?} {:?}", SecretBytes::from(&b"canary-y"[..]));
         assert!(!printed.contains("canary"), "{printed}");
         assert!(printed.contains("pw"));
@@ -152,6 +153,9 @@ mod tests {
         );
         let wire = SecretValue::from(data.clone());
         assert_eq!(SecretData::try_from(wire), Ok(data));
-        assert_eq!(SecretData::try_from(SecretValue { kind: None }), Err(MissingValue));
+        assert_eq!(
+            SecretData::try_from(SecretValue { kind: None }),
+            Err(MissingValue)
+        );
     }
 }

@@ -110,8 +110,18 @@ impl ProjectedClaims {
                 &ring::digest::SHA256,
                 format!("{kind}/{namespace}/{name}").as_bytes(),
             );
-            let h: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+            let h: String = digest.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
         };
         Self {
             iss: issuer.to_string(),
@@ -377,9 +387,9 @@ pub fn verify_with(
             }),
             ErrorKind::InvalidAlgorithm => AuthError::DisallowedAlgorithm,
             ErrorKind::Json(_) => AuthError::InvalidClaims,
-            ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => {
-                AuthError::BadSignature
-            }
+            ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidKeyFormat => AuthError::BadSignature,
             _ => AuthError::Malformed,
         })?
         .claims;

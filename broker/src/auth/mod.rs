@@ -159,9 +159,21 @@ mod tests {
 
     #[test]
     fn header_parsing() {
-        assert_eq!(BearerToken::from_header("Bearer abc").unwrap().expose(), "abc");
-        assert_eq!(BearerToken::from_header("Basic abc").unwrap_err(), AuthError::MalformedHeader);
-        assert_eq!(BearerToken::from_header("Bearer  ").unwrap_err(), AuthError::MissingToken);
-        assert_eq!(format!("{:?}", BearerToken::new("eyJcanary")), "BearerToken([REDACTED])");
+        assert_eq!(
+            BearerToken::from_header("Bearer abc").unwrap().expose(),
+            "abc"
+        );
+        assert_eq!(
+            BearerToken::from_header("Basic abc").unwrap_err(),
+            AuthError::MalformedHeader
+        );
+        assert_eq!(
+            BearerToken::from_header("Bearer  ").unwrap_err(),
+            AuthError::MissingToken
+        );
+        assert_eq!(
+            format!("{:?}", BearerToken::new("eyJcanary")),
+            "BearerToken([REDACTED])"
+        );
     }
 }

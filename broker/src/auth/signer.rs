@@ -34,7 +34,8 @@ impl DevSigner {
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
             .map_err(|_| SignerError("generated key does not parse".into()))?;
         let public_point = pair.public_key().as_ref().to_vec();
-        let kid = URL_SAFE_NO_PAD.encode(&ring::digest::digest(&ring::digest::SHA256, &public_point).as_ref()[..12]);
+        let kid = URL_SAFE_NO_PAD
+            .encode(&ring::digest::digest(&ring::digest::SHA256, &public_point).as_ref()[..12]);
         Ok(Self {
             kid,
             issuer: issuer.into(),
@@ -81,7 +82,10 @@ impl DevSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{AuthError, jwt::{JwtVerifier, KeySet, VerifierConfig}};
+    use crate::auth::{
+        AuthError,
+        jwt::{JwtVerifier, KeySet, VerifierConfig},
+    };
 
     const ISS: &str = "https://issuer.test";
 
@@ -93,9 +97,20 @@ mod tests {
     #[test]
     fn minted_tokens_verify_into_the_identity() {
         let signer = DevSigner::generate(ISS).unwrap();
-        let token = signer.mint("coffer", "shop", "web", Some("web-1"), Duration::from_secs(600)).unwrap();
+        let token = signer
+            .mint(
+                "coffer",
+                "shop",
+                "web",
+                Some("web-1"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
         let id = verifier(&signer).verify(&token).unwrap();
-        assert_eq!((id.namespace.as_str(), id.service_account.as_str()), ("shop", "web"));
+        assert_eq!(
+            (id.namespace.as_str(), id.service_account.as_str()),
+            ("shop", "web")
+        );
         assert_eq!(id.pod_name.as_deref(), Some("web-1"));
         assert_eq!(id.subject(), "system:serviceaccount:shop:web");
     }
@@ -103,15 +118,22 @@ mod tests {
     #[test]
     fn another_audience_is_refused() {
         let signer = DevSigner::generate(ISS).unwrap();
-        let token = signer.mint("vault", "shop", "web", None, Duration::from_secs(600)).unwrap();
-        assert_eq!(verifier(&signer).verify(&token), Err(AuthError::WrongAudience));
+        let token = signer
+            .mint("vault", "shop", "web", None, Duration::from_secs(600))
+            .unwrap();
+        assert_eq!(
+            verifier(&signer).verify(&token),
+            Err(AuthError::WrongAudience)
+        );
     }
 
     #[test]
     fn another_key_is_refused() {
         let signer = DevSigner::generate(ISS).unwrap();
         let other = DevSigner::generate(ISS).unwrap();
-        let token = other.mint("coffer", "shop", "web", None, Duration::from_secs(600)).unwrap();
+        let token = other
+            .mint("coffer", "shop", "web", None, Duration::from_secs(600))
+            .unwrap();
         assert_eq!(verifier(&signer).verify(&token), Err(AuthError::UnknownKey));
     }
 }

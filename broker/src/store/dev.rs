@@ -74,7 +74,11 @@ pub fn parse_key(material: &[u8]) -> Result<Zeroizing<Vec<u8>>, DevStoreError> {
         return Ok(Zeroizing::new(material.to_vec()));
     }
     let text = std::str::from_utf8(material).map_err(|_| DevStoreError::BadKey)?;
-    let decoded = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| DevStoreError::BadKey)?);
+    let decoded = Zeroizing::new(
+        STANDARD
+            .decode(text.trim())
+            .map_err(|_| DevStoreError::BadKey)?,
+    );
     if decoded.len() != 32 {
         return Err(DevStoreError::BadKey);
     }
@@ -101,7 +105,9 @@ impl DevStore {
     /// file is loaded; a missing one is created on the first write.
     pub fn persistent(path: impl Into<PathBuf>, key: &[u8]) -> Result<Self, DevStoreError> {
         let path = path.into();
-        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| DevStoreError::BadKey)?);
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, key).map_err(|_| DevStoreError::BadKey)?,
+        );
         let persistence = Persistence {
             path,
             key,
@@ -172,17 +178,17 @@ impl SecretStore for DevStore {
                 labels: write.labels,
             });
             let version = versions.len() as u64;
-            if let Some(p) = &self.persistence {
-                if let Err(e) = p.save(&secrets) {
-                    // Keep memory and file in agreement: undo the write.
-                    if let Some(versions) = secrets.get_mut(path) {
-                        versions.pop();
-                        if versions.is_empty() {
-                            secrets.remove(path);
-                        }
+            if let Some(p) = &self.persistence
+                && let Err(e) = p.save(&secrets)
+            {
+                // Keep memory and file in agreement: undo the write.
+                if let Some(versions) = secrets.get_mut(path) {
+                    versions.pop();
+                    if versions.is_empty() {
+                        secrets.remove(path);
                     }
-                    return Err(StoreError::Internal(e.to_string()));
                 }
+                return Err(StoreError::Internal(e.to_string()));
             }
             version
         };
@@ -270,7 +276,8 @@ impl Persistence {
             .key
             .open_in_place(nonce, Aad::from(MAGIC), &mut buffer)
             .map_err(|_| DevStoreError::Unseal)?;
-        let doc: Document<VersionIn> = serde_json::from_slice(plain).map_err(|_| DevStoreError::Unseal)?;
+        let doc: Document<VersionIn> =
+            serde_json::from_slice(plain).map_err(|_| DevStoreError::Unseal)?;
         Ok(doc
             .secrets
             .into_iter()
@@ -280,9 +287,13 @@ impl Persistence {
                     .map(|v| Version {
                         data: match (v.bytes, v.map) {
                             (_, Some(map)) => SecretData::Map(
-                                map.into_iter().map(|(k, v)| (k, SecretBytes::new(v))).collect(),
+                                map.into_iter()
+                                    .map(|(k, v)| (k, SecretBytes::new(v)))
+                                    .collect(),
                             ),
-                            (bytes, None) => SecretData::Bytes(SecretBytes::new(bytes.unwrap_or_default())),
+                            (bytes, None) => {
+                                SecretData::Bytes(SecretBytes::new(bytes.unwrap_or_default()))
+                            }
                         },
                         content_type: v.content_type,
                         created_at: UNIX_EPOCH + Duration::from_millis(v.created_unix_ms),
@@ -336,9 +347,15 @@ impl Persistence {
         serde_json::to_writer(&mut *buffer, &doc).map_err(|e| self.io(e.into()))?;
 
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| self.io(std::io::Error::other("no randomness")))?;
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| self.io(std::io::Error::other("no randomness")))?;
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(MAGIC), &mut *buffer)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(MAGIC),
+                &mut *buffer,
+            )
             .map_err(|_| self.io(std::io::Error::other("seal failed")))?;
 
         let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -371,11 +388,26 @@ mod tests {
         assert_eq!(store.put("a/b", write(b"one")).await.unwrap(), 1);
         assert_eq!(store.put("a/b", write(b"two")).await.unwrap(), 2);
         let current = store.get("a/b", None).await.unwrap();
-        assert_eq!((current.version, current.data), (2, SecretData::Bytes((&b"two"[..]).into())));
-        assert_eq!(store.get("a/b", Some(1)).await.unwrap().data, SecretData::Bytes((&b"one"[..]).into()));
-        assert!(matches!(store.get("a/b", Some(3)).await, Err(StoreError::VersionNotFound(3))));
-        assert!(matches!(store.get("a/b", Some(0)).await, Err(StoreError::VersionNotFound(0))));
-        assert!(matches!(store.get("nope", None).await, Err(StoreError::NotFound)));
+        assert_eq!(
+            (current.version, current.data),
+            (2, SecretData::Bytes((&b"two"[..]).into()))
+        );
+        assert_eq!(
+            store.get("a/b", Some(1)).await.unwrap().data,
+            SecretData::Bytes((&b"one"[..]).into())
+        );
+        assert!(matches!(
+            store.get("a/b", Some(3)).await,
+            Err(StoreError::VersionNotFound(3))
+        ));
+        assert!(matches!(
+            store.get("a/b", Some(0)).await,
+            Err(StoreError::VersionNotFound(0))
+        ));
+        assert!(matches!(
+            store.get("nope", None).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]
@@ -384,7 +416,10 @@ mod tests {
         store.put("a", write(b"1")).await.unwrap();
         let mut w = write(b"2");
         w.cas = Some(0);
-        assert!(matches!(store.put("a", w).await, Err(StoreError::CasMismatch { current: 1 })));
+        assert!(matches!(
+            store.put("a", w).await,
+            Err(StoreError::CasMismatch { current: 1 })
+        ));
     }
 
     #[tokio::test]
@@ -410,8 +445,14 @@ mod tests {
         assert!(raw.starts_with(MAGIC));
         assert!(!raw.windows(6).any(|w| w == b"canary"));
         let store = DevStore::persistent(&file, &key).unwrap();
-        assert_eq!(store.get("a/b", None).await.unwrap().data, SecretData::Bytes((&b"canary-plaintext"[..]).into()));
-        assert!(matches!(DevStore::persistent(&file, &[8u8; 32]), Err(DevStoreError::Unseal)));
+        assert_eq!(
+            store.get("a/b", None).await.unwrap().data,
+            SecretData::Bytes((&b"canary-plaintext"[..]).into())
+        );
+        assert!(matches!(
+            DevStore::persistent(&file, &[8u8; 32]),
+            Err(DevStoreError::Unseal)
+        ));
     }
 
     #[test]

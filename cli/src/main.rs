@@ -1,0 +1,255 @@
+//! `cofferctl`: the operator's tool.
+//!
+//! Exit codes: 0 success, 1 failure (or a rejected token), 2 usage error.
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use coffer::{Client, SecretBytes, SecretData, TokenSource};
+use coffer_broker::auth::jwt::{KeySet, VerifierConfig, verify_with};
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "cofferctl", version, about = "Operate Coffer")]
+struct Cli {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach the broker; accepted before or after the subcommand.
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// The broker: https://host:port, http://127.0.0.1:port or unix:/path.
+    #[arg(long, env = "COFFER_BROKER", global = true)]
+    broker: Option<String>,
+    /// The operator's token file.
+    #[arg(long, env = "COFFER_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// CA bundle (PEM) for the broker's certificate.
+    #[arg(long, env = "COFFER_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new version, reading the value from stdin.
+    Put {
+        path: String,
+        /// Content type hint.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// Write only if the current version is this (0: only if absent).
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// Print a secret's value to stdout.
+    Get {
+        path: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List a secret's versions.
+    Versions { path: String },
+    /// Make an old version current again.
+    Rollback { path: String, to_version: u64 },
+    /// Show which workloads hold which version.
+    Status { path: String },
+    /// Token debugging.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Verify a token (read from stdin) exactly as the broker does.
+    Verify {
+        #[arg(long)]
+        jwks: PathBuf,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        audience: String,
+        #[arg(long, default_value_t = 30)]
+        leeway: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cofferctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli.broker, cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cofferctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(args: &BrokerArgs) -> anyhow::Result<Client> {
+    let (Some(endpoint), Some(token_file)) = (&args.broker, &args.token_file) else {
+        anyhow::bail!(
+            "--broker and --token-file (or COFFER_BROKER and COFFER_TOKEN_FILE) are required"
+        );
+    };
+    let mut builder = Client::builder(endpoint.clone())
+        .token(TokenSource::file(token_file))
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = &args.ca_file {
+        builder =
+            builder.ca_pem(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
+    }
+    Ok(builder.connect().await?)
+}
+
+async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Put {
+            path,
+            content_type,
+            cas,
+        } => {
+            let mut value = Zeroizing::new(Vec::new());
+            std::io::stdin().read_to_end(&mut value)?;
+            let data = SecretData::Bytes(SecretBytes::new(std::mem::take(&mut *value)));
+            let version = client(broker)
+                .await?
+                .put(&path, data, &content_type, cas)
+                .await?;
+            println!("{path}: version {version}");
+        }
+        Command::Get { path, version } => {
+            let secret = client(broker).await?.get_version(&path, version).await?;
+            let mut out = std::io::stdout().lock();
+            match secret.data() {
+                SecretData::Bytes(b) => out.write_all(b.expose())?,
+                SecretData::Map(map) => {
+                    for (k, v) in map {
+                        out.write_all(k.as_bytes())?;
+                        out.write_all(b"=")?;
+                        out.write_all(v.expose())?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+            }
+        }
+        Command::Versions { path } => {
+            let list = client(broker).await?.list_versions(&path).await?;
+            println!("current version: {}", list.current_version);
+            for v in list.versions {
+                let state = if v.destroyed {
+                    "destroyed"
+                } else if v.deleted {
+                    "deleted"
+                } else {
+                    "live"
+                };
+                println!(
+                    "  v{:<6} {state}  created {}",
+                    v.version,
+                    timestamp(v.created_at)
+                );
+            }
+        }
+        Command::Rollback { path, to_version } => {
+            let version = client(broker).await?.rollback(&path, to_version).await?;
+            println!("{path}: version {to_version} is current again as version {version}");
+        }
+        Command::Status { path } => {
+            let status = client(broker).await?.rotation_status(&path).await?;
+            println!("current version: {}", status.current_version);
+            for w in status.workloads {
+                let state = match coffer::proto::ApplyState::try_from(w.state) {
+                    Ok(coffer::proto::ApplyState::Applied) => "applied",
+                    Ok(coffer::proto::ApplyState::Failed) => "FAILED",
+                    _ => "unknown",
+                };
+                println!(
+                    "  {}/{} pod={} version={} {} at {}",
+                    w.namespace,
+                    w.service_account,
+                    if w.pod.is_empty() { "-" } else { &w.pod },
+                    w.version,
+                    state,
+                    timestamp(w.acknowledged_at)
+                );
+            }
+        }
+        Command::Token {
+            command:
+                TokenCommand::Verify {
+                    jwks,
+                    issuer,
+                    audience,
+                    leeway,
+                },
+        } => {
+            let keys = match std::fs::read(&jwks)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(KeySet::from_jwks_json(&b)?))
+            {
+                Ok(keys) => keys,
+                Err(e) => {
+                    eprintln!("cofferctl: {}: {e:#}", jwks.display());
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let mut token = Zeroizing::new(String::new());
+            std::io::stdin().read_to_string(&mut token)?;
+            let mut config = VerifierConfig::new(issuer, audience);
+            config.leeway = Duration::from_secs(leeway);
+            return Ok(match verify_with(&config, &keys, token.trim()) {
+                Ok(id) => {
+                    println!("valid: {}", id.subject());
+                    println!("  namespace:       {}", id.namespace);
+                    println!(
+                        "  service account: {} (uid {})",
+                        id.service_account,
+                        id.service_account_uid.as_deref().unwrap_or("-")
+                    );
+                    println!(
+                        "  pod:             {} (uid {})",
+                        id.pod_name.as_deref().unwrap_or("-"),
+                        id.pod_uid.as_deref().unwrap_or("-")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(reason) => {
+                    println!("rejected: {reason} ({})", reason.reason());
+                    ExitCode::from(1)
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn timestamp<T>(t: Option<T>) -> String
+where
+    std::time::SystemTime: TryFrom<T>,
+{
+    t.and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map_or_else(
+            || "-".to_string(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
+}

@@ -1,0 +1,303 @@
+//! The sidecar's two modes: `--once` for init containers, and the long-running
+//! watch that keeps files current.
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use coffer::{Client, Code, Secret, TokenSource, proto};
+use tokio::time::Instant;
+
+use crate::{
+    config::Config,
+    render::{RenderError, render},
+    writer::{AtomicDir, FileContent, Payload, WriteError},
+};
+
+/// Why the sidecar stopped or an update failed. Never includes a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SidecarError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("cannot render {file}: {source}")]
+    Render {
+        file: String,
+        #[source]
+        source: RenderError,
+    },
+    #[error("{path}: {source}")]
+    Fetch {
+        path: String,
+        #[source]
+        source: coffer::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] coffer::Error),
+    #[error("cannot read the CA file {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gave up after {0:?}: not every secret could be fetched")]
+    Timeout(Duration),
+}
+
+impl SidecarError {
+    /// Errors that waiting will not fix: retrying them only hides the problem.
+    fn is_permanent(&self) -> bool {
+        let code = match self {
+            Self::Fetch { source, .. } | Self::Broker(source) => source.code(),
+            Self::Render { .. } => return true,
+            _ => None,
+        };
+        matches!(
+            code,
+            Some(Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument)
+        )
+    }
+}
+
+/// Exponential backoff with jitter, as every reconnecting client should have.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubles up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            next: base,
+            base,
+            max,
+        }
+    }
+
+    /// The next delay: between half and all of the current step.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Jitter only spreads reconnects out; it need not be unpredictable.
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            Instant::now(),
+        );
+        let fraction = 0.5 + (seed % 1000) as f64 / 2000.0;
+        step.mul_f64(fraction)
+    }
+
+    /// Back to the first step after a success.
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    config: Config,
+    client: Client,
+    out: AtomicDir,
+    current: BTreeMap<String, Secret>,
+}
+
+impl Sidecar {
+    /// Checks the output directory and prepares a (lazy) broker connection.
+    pub async fn new(config: Config) -> Result<Self, SidecarError> {
+        let out = AtomicDir::open(&config.output_dir, config.allow_non_tmpfs)?;
+        let mut builder =
+            Client::builder(config.broker.clone()).token(TokenSource::file(&config.token_file));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|source| SidecarError::Ca {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            builder = builder.ca_pem(pem);
+        }
+        let client = builder
+            .timeout(Duration::from_secs(30))
+            .connect_lazy()
+            .await?;
+        Ok(Self {
+            config,
+            client,
+            out,
+            current: BTreeMap::new(),
+        })
+    }
+
+    /// Fetches every secret, writes them, and returns. Retries what may
+    /// recover (an unreachable broker, a missing secret) until `deadline`;
+    /// fails at once on what will not (denied, unauthenticated).
+    pub async fn run_once(&mut self, deadline: Duration) -> Result<(), SidecarError> {
+        let until = Instant::now() + deadline;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let error = match self.fetch_all().await {
+                Ok(secrets) => match self.apply(secrets).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if error.is_permanent() {
+                return Err(error);
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay > until {
+                tracing::error!(error = %error, "last attempt failed");
+                return Err(SidecarError::Timeout(deadline));
+            }
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "fetch failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn fetch_all(&self) -> Result<Vec<Secret>, SidecarError> {
+        let paths = self.config.paths();
+        let results = self.client.get_many(paths.iter().cloned()).await?;
+        paths
+            .into_iter()
+            .zip(results)
+            .map(|(path, result)| result.map_err(|source| SidecarError::Fetch { path, source }))
+            .collect()
+    }
+
+    /// Watches every secret and rewrites files on change until `shutdown`.
+    /// While the broker is away, the last good files stay.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), SidecarError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        loop {
+            let result = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                result = self.watch_once(&mut backoff) => result,
+            };
+            match result {
+                Ok(()) => tracing::info!("watch stream ended; reconnecting"),
+                Err(error) => {
+                    tracing::warn!(error = %error, "watch failed; keeping the last good files")
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn watch_once(&mut self, backoff: &mut Backoff) -> Result<(), SidecarError> {
+        let mut stream = self.client.watch(self.config.paths()).await?;
+        tracing::info!(paths = self.config.secrets.len(), "watching");
+        while let Some(event) = stream.next().await {
+            let event = event?;
+            backoff.reset();
+            if let Err(error) = self.apply(event.secrets).await {
+                // One bad update must not end the watch: the next may be fine.
+                tracing::error!(error = %error, "update not applied; the previous files stay");
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges `secrets` into the current set and publishes the files.
+    async fn apply(&mut self, secrets: Vec<Secret>) -> Result<(), SidecarError> {
+        let changed: Vec<(String, u64)> = secrets
+            .iter()
+            .map(|s| (s.path().to_string(), s.version()))
+            .collect();
+        let mut next = self.current.clone();
+        for secret in secrets {
+            next.insert(secret.path().to_string(), secret);
+        }
+        let result = self.publish(&next);
+        let state = match &result {
+            Ok(true) => {
+                tracing::info!(versions = ?changed, "secrets written");
+                proto::ApplyState::Applied
+            }
+            Ok(false) => {
+                tracing::debug!(versions = ?changed, "content unchanged; nothing written");
+                proto::ApplyState::Applied
+            }
+            Err(_) => proto::ApplyState::Failed,
+        };
+        if result.is_ok() {
+            self.current = next;
+        }
+        let reason = match &result {
+            Err(SidecarError::Write(WriteError::Io { source, .. })) => source.kind().to_string(),
+            Err(_) => "render failed".to_string(),
+            Ok(_) => String::new(),
+        };
+        let acks = changed
+            .into_iter()
+            .map(|(path, version)| proto::AppliedVersion {
+                path,
+                version,
+                state: state as i32,
+                reason: reason.clone(),
+            })
+            .collect();
+        if let Err(error) = self.client.ack(acks).await {
+            tracing::debug!(%error, "acknowledgement not delivered");
+        }
+        result.map(|_| ())
+    }
+
+    fn publish(&self, secrets: &BTreeMap<String, Secret>) -> Result<bool, SidecarError> {
+        let mut payload = Payload::new();
+        for spec in &self.config.secrets {
+            let Some(secret) = secrets.get(&spec.path) else {
+                // Not fetched yet: a snapshot always carries every path.
+                continue;
+            };
+            let bytes =
+                render(secret.data(), spec.format).map_err(|source| SidecarError::Render {
+                    file: spec.file.as_str().to_string(),
+                    source,
+                })?;
+            payload.insert(
+                spec.file.clone(),
+                FileContent {
+                    bytes,
+                    mode: spec.mode(),
+                    uid: spec.uid,
+                    gid: spec.gid,
+                },
+            );
+        }
+        Ok(self.out.write(&payload)?)
+    }
+}
+
+/// Makes the process undumpable and disables core files, so a crash or a
+/// debugger cannot copy secrets out of memory.
+pub fn harden_process() {
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%error, "cannot make the process non-dumpable");
+    }
+    if let Err(error) =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+    {
+        tracing::warn!(%error, "cannot disable core files");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        assert!(delays[0] <= Duration::from_millis(100) && delays[0] >= Duration::from_millis(50));
+        assert!(delays[4] <= Duration::from_millis(400) && delays[4] >= Duration::from_millis(200));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

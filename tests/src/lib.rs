@@ -1,0 +1,261 @@
+//! The end-to-end harness: starts the real `coffer-broker` and
+//! `coffer-sidecar` binaries as processes on loopback ports, mints tokens
+//! shaped like the kubelet's from real RSA and EC keys, and captures every
+//! process's output so tests can search it for leaked secrets.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; the
+//! README's test command does it).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use coffer::{Client, TokenSource};
+use coffer_broker::auth::jwt::ProjectedClaims;
+use jsonwebtoken::{Algorithm, EncodingKey};
+
+/// The issuer every test token names.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The broker's audience.
+pub const AUDIENCE: &str = "coffer";
+
+/// A test fixture file.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A workspace binary, built beside the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    // target/debug/deps/<test> -> target/debug/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A signing key of the test issuer, or a foreign one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// RS256 with the issuer's RSA key (kid `rsa-a`).
+    Rsa,
+    /// ES256 with the issuer's EC key (kid `ec-a`).
+    Ec,
+    /// RS256 with a key the broker does not trust, claiming kid `rsa-a`.
+    ForeignRsa,
+    /// ES256 with a key the broker does not trust, claiming kid `ec-a`.
+    ForeignEc,
+}
+
+/// Mints a projected-shape token for `namespace/service_account`.
+pub fn mint(key: Key, namespace: &str, service_account: &str) -> String {
+    mint_claims(
+        key,
+        &ProjectedClaims::projected(
+            ISSUER,
+            AUDIENCE,
+            namespace,
+            service_account,
+            Some(&format!("{service_account}-0")),
+            Duration::from_secs(3600),
+        ),
+    )
+}
+
+/// Signs arbitrary claims with `key`.
+pub fn mint_claims(key: Key, claims: &ProjectedClaims) -> String {
+    let (file, kid, alg) = match key {
+        Key::Rsa => ("rsa-a.pem", "rsa-a", Algorithm::RS256),
+        Key::Ec => ("ec-a.pem", "ec-a", Algorithm::ES256),
+        Key::ForeignRsa => ("rsa-b.pem", "rsa-a", Algorithm::RS256),
+        Key::ForeignEc => ("ec-b.pem", "ec-a", Algorithm::ES256),
+    };
+    let pem = std::fs::read(fixture(file)).unwrap();
+    let encoding = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    claims.sign(alg, kid, &encoding).unwrap()
+}
+
+/// A child process whose stdout and stderr go to files; killed on drop.
+pub struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut command: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = command
+            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Stops the process with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A broker process with its own JWKS and policy.
+pub struct BrokerProcess {
+    pub process: Process,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The default test policy: `shop/web` reads `shop/*`; `ops/admin` manages `shop/*`.
+pub const POLICY: &str = r#"
+rules:
+  - name: web-reads-shop
+    subjects: [{namespace: shop, serviceAccount: web}]
+    paths: ["shop/*"]
+    capabilities: [read, watch]
+  - name: admin-manages-shop
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [read, write, rollback, list, status]
+"#;
+
+impl BrokerProcess {
+    /// Starts a broker with the test issuer's JWKS and `policy`.
+    pub fn start(policy: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_file = dir.path().join("policy.yaml");
+        std::fs::write(&policy_file, policy).unwrap();
+        let addr_file = dir.path().join("addr");
+        let mut command = Command::new(binary("coffer-broker"));
+        command
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--jwks")
+            .arg(fixture("jwks-a.json"))
+            .args(["--issuer", ISSUER, "--audience", AUDIENCE])
+            .arg("--policy")
+            .arg(&policy_file);
+        let process = Process::spawn(command, dir.path().join("broker.log"));
+        let until = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                break addr;
+            }
+            assert!(
+                Instant::now() < until,
+                "broker did not start:\n{}",
+                process.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            process,
+            endpoint: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// A client presenting `token`.
+    pub async fn client(&self, token: String) -> Client {
+        Client::builder(self.endpoint.clone())
+            .token(TokenSource::from_static(token))
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+/// A sidecar process writing into a fresh directory under /dev/shm.
+pub struct SidecarProcess {
+    pub process: Process,
+    pub out_dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+impl SidecarProcess {
+    /// Starts a sidecar for `token` with `secrets_yaml` (the `secrets:` list
+    /// items) and extra CLI `args` such as `--once`.
+    pub fn start(broker: &BrokerProcess, token: &str, secrets_yaml: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::Builder::new()
+            .prefix("coffer-e2e-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).unwrap();
+        let config = dir.path().join("sidecar.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "broker: {}\ntokenFile: {}\noutputDir: {}\nsecrets:\n{secrets_yaml}",
+                broker.endpoint,
+                token_file.display(),
+                out_dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(binary("coffer-sidecar"));
+        command.arg("--config").arg(&config).args(args);
+        let process = Process::spawn(command, dir.path().join("sidecar.log"));
+        Self {
+            process,
+            out_dir,
+            _dir: dir,
+        }
+    }
+
+    /// A file in the output directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.out_dir.path().join(name)
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
