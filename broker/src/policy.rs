@@ -112,11 +112,11 @@ struct RuleFile {
     name: Option<String>,
     #[serde(default)]
     effect: Effect,
-    #[serde(deserialize_with = "non_empty")]
+    #[serde(deserialize_with = "non_empty_subjects")]
     subjects: Vec<Subject>,
-    #[serde(deserialize_with = "non_empty")]
+    #[serde(deserialize_with = "non_empty_paths")]
     paths: Vec<PathPattern>,
-    #[serde(deserialize_with = "non_empty")]
+    #[serde(deserialize_with = "non_empty_capabilities")]
     capabilities: Vec<Capability>,
 }
 
@@ -149,12 +149,29 @@ impl Subject {
     }
 }
 
-fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    field: &str,
+) -> Result<Vec<T>, D::Error> {
     let items = Vec::<T>::deserialize(d)?;
     if items.is_empty() {
-        return Err(serde::de::Error::custom("must list at least one entry"));
+        return Err(serde::de::Error::custom(format!(
+            "{field} must list at least one entry"
+        )));
     }
     Ok(items)
+}
+
+fn non_empty_subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Subject>, D::Error> {
+    non_empty(d, "subjects")
+}
+
+fn non_empty_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathPattern>, D::Error> {
+    non_empty(d, "paths")
+}
+
+fn non_empty_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Capability>, D::Error> {
+    non_empty(d, "capabilities")
 }
 
 fn name_pattern<'de, D: Deserializer<'de>>(d: D) -> Result<NamePattern, D::Error> {
@@ -581,5 +598,74 @@ rules:
         assert!(Policy::from_yaml("rules: []\nextra: 1\n").is_err());
         assert!(Policy::from_yaml("rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [\"../x\"]\n    capabilities: [read]\n").is_err());
         assert!(Policy::from_yaml("rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilities: [sudo]\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn error_line(yaml: &str) -> (Option<usize>, String) {
+        let e = Policy::from_yaml(yaml).unwrap_err();
+        (e.line(), e.to_string())
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let unknown = "rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilites: [read]\n";
+        assert_eq!(error_line(unknown).0, Some(4), "{}", error_line(unknown).1);
+        let bad_glob = "rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths:\n      - ok/*\n      - app/a**\n    capabilities: [read]\n";
+        let (line, text) = error_line(bad_glob);
+        // Serde reports the list that holds the bad entry.
+        assert_eq!(line, Some(4), "{text}");
+        assert!(text.contains("'**' must be a whole segment"), "{text}");
+        let empty = "rules:\n  - paths: [x]\n    capabilities: [read]\n    subjects: []\n";
+        let (line, text) = error_line(empty);
+        assert_eq!(line, Some(2), "{text}");
+        assert!(text.contains("subjects must list"), "{text}");
+        assert!(text.contains("at least one"), "{text}");
+        let bad_ns = "rules:\n  - subjects:\n      - {namespace: \"a/b\", serviceAccount: b}\n    paths: [x]\n    capabilities: [read]\n";
+        assert_eq!(error_line(bad_ns).0, Some(3), "{}", error_line(bad_ns).1);
+        let bad_pod = "rules:\n  - subjects:\n      - {namespace: a, serviceAccount: b, podNamePrefix: \"\"}\n    paths: [x]\n    capabilities: [read]\n";
+        assert_eq!(error_line(bad_pod).0, Some(3), "{}", error_line(bad_pod).1);
+        let bad_effect = "rules:\n  - effect: maybe\n    subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilities: [read]\n";
+        assert_eq!(error_line(bad_effect).0, Some(2), "{}", error_line(bad_effect).1);
+    }
+
+    #[test]
+    fn breadth_is_reported_as_warnings() {
+        let policy = Policy::from_yaml(
+            r#"
+rules:
+  - name: everyone-writes-everything
+    subjects: [{namespace: "*", serviceAccount: "*"}]
+    paths: ["*"]
+    capabilities: [read, write]
+  - name: own-folder
+    subjects: [{namespace: "*", serviceAccount: "*"}]
+    paths: ["{namespace}/{serviceaccount}/*"]
+    capabilities: [read]
+  - name: deny-is-never-too-broad
+    effect: deny
+    subjects: [{namespace: "*", serviceAccount: "*"}]
+    paths: ["**"]
+    capabilities: [write]
+  - name: own-folder
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["ops/*"]
+    capabilities: [write]
+"#,
+        )
+        .unwrap();
+        let warnings: Vec<String> = policy.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            warnings,
+            [
+                "rule everyone-writes-everything: grants write on every path",
+                "rule everyone-writes-everything: grants write to every namespace",
+                "rule everyone-writes-everything: grants every workload access to every path",
+                "rule own-folder: the name is used by another rule: audit records will be ambiguous",
+            ]
+        );
     }
 }
