@@ -399,7 +399,10 @@ pub fn verify<'a>(
         }
         let Some(body) = contents.strip_suffix(b"\n") else {
             let line = contents.split(|&b| b == b'\n').count();
-            return Err(broken(line, "the last record is incomplete (no newline)".into()));
+            return Err(broken(
+                line,
+                "the last record is incomplete (no newline)".into(),
+            ));
         };
         for (index, line) in body.split(|&b| b == b'\n').enumerate() {
             let number = index + 1;

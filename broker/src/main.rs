@@ -169,8 +169,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.leeway = Duration::from_secs(args.leeway);
     let authn = JwtVerifier::new(config, keys);
 
-    let policy_text = std::fs::read(&args.policy)
-        .map_err(|e| usage(format!("cannot read policy file {}: {e}", args.policy.display())))?;
+    let policy_text = std::fs::read(&args.policy).map_err(|e| {
+        usage(format!(
+            "cannot read policy file {}: {e}",
+            args.policy.display()
+        ))
+    })?;
     let policy = std::str::from_utf8(&policy_text)
         .map_err(|_| usage(format!("{} is not UTF-8", args.policy.display())))
         .and_then(|text| {
@@ -182,9 +186,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let audit = match &args.audit_file {
         None => None,
         Some(path) if path.as_os_str() == "-" => Some(AuditLog::stdout()),
-        Some(path) => Some(
-            AuditLog::file(path, args.audit_max_bytes).map_err(|e| usage(e.to_string()))?,
-        ),
+        Some(path) => {
+            Some(AuditLog::file(path, args.audit_max_bytes).map_err(|e| usage(e.to_string()))?)
+        }
     }
     .map(|log| log.fail_open(args.audit_fail_open));
     let store: Arc<dyn SecretStore> = match &args.dev_store_file {

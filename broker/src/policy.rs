@@ -213,10 +213,10 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn applies(&self, who: &WorkloadIdentity, path: &str, capability: Capability) -> bool {
+    fn applies(&self, who: &WorkloadIdentity, parts: &[&str], capability: Capability) -> bool {
         self.caps & capability.bit() != 0
             && self.subjects.iter().any(|s| s.matches(who))
-            && self.paths.iter().any(|p| p.matches(path, who))
+            && self.paths.iter().any(|p| p.matches_segments(parts, who))
     }
 }
 
@@ -404,9 +404,11 @@ impl Policy {
             .get(&who.namespace)
             .map_or(&[][..], Vec::as_slice);
         let mut allow: Option<usize> = None;
+        // Validated paths have at most MAX_PATH_LEN / 2 segments.
+        let parts: Vec<&str> = path.base().split('/').collect();
         for index in merge_ascending(exact, &self.any_namespace) {
             let rule = &self.rules[index];
-            if !rule.applies(who, path.base(), capability) {
+            if !rule.applies(who, &parts, capability) {
                 continue;
             }
             match rule.effect {
@@ -431,7 +433,7 @@ impl Policy {
     /// Valid but risky grants, for `cofferctl policy lint` and the reload log.
     pub fn warnings(&self) -> Vec<PolicyWarning> {
         let mut warnings = Vec::new();
-        let mut names = HashMap::new();
+        let mut names = std::collections::HashSet::new();
         for rule in &self.rules {
             let warn = |warnings: &mut Vec<PolicyWarning>, message: String| {
                 warnings.push(PolicyWarning {
@@ -439,7 +441,7 @@ impl Policy {
                     message,
                 })
             };
-            if let Some(_first) = names.insert(rule.name.as_str(), ()) {
+            if !names.insert(rule.name.as_str()) {
                 warn(
                     &mut warnings,
                     "the name is used by another rule: audit records will be ambiguous".into(),
@@ -448,7 +450,10 @@ impl Policy {
             if rule.effect == Effect::Deny {
                 continue;
             }
-            let every_namespace = rule.subjects.iter().any(|s| s.namespace.matches_everything());
+            let every_namespace = rule
+                .subjects
+                .iter()
+                .any(|s| s.namespace.matches_everything());
             let every_workload = rule.subjects.iter().any(|s| {
                 s.namespace.matches_everything()
                     && s.service_account.matches_everything()
@@ -629,7 +634,12 @@ mod validation_tests {
         let bad_pod = "rules:\n  - subjects:\n      - {namespace: a, serviceAccount: b, podNamePrefix: \"\"}\n    paths: [x]\n    capabilities: [read]\n";
         assert_eq!(error_line(bad_pod).0, Some(3), "{}", error_line(bad_pod).1);
         let bad_effect = "rules:\n  - effect: maybe\n    subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilities: [read]\n";
-        assert_eq!(error_line(bad_effect).0, Some(2), "{}", error_line(bad_effect).1);
+        assert_eq!(
+            error_line(bad_effect).0,
+            Some(2),
+            "{}",
+            error_line(bad_effect).1
+        );
     }
 
     #[test]

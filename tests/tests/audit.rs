@@ -50,7 +50,10 @@ async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
         .await
         .unwrap();
     let web = broker.client(web_token.clone()).await;
-    assert_eq!(web.get("shop/db").await.unwrap().bytes(), Some(CANARY.as_bytes()));
+    assert_eq!(
+        web.get("shop/db").await.unwrap().bytes(),
+        Some(CANARY.as_bytes())
+    );
     let intruder = broker.client(intruder_token.clone()).await;
     assert_eq!(
         intruder.get("shop/db").await.unwrap_err().code(),
@@ -112,7 +115,10 @@ async fn allow_deny_and_authentication_failure_are_recorded() {
     }
     let (code, out) = verify(&[&audit]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("intact: {} records", all.len())), "{out}");
+    assert!(
+        out.contains(&format!("intact: {} records", all.len())),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,10 +211,8 @@ async fn an_unwritable_audit_sink_refuses_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fail_open_serves_requests_when_the_sink_is_unwritable() {
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &["--audit-file", "/dev/full", "--audit-fail-open"],
-    );
+    let broker =
+        BrokerProcess::start_with(POLICY, &["--audit-file", "/dev/full", "--audit-fail-open"]);
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
         .put(

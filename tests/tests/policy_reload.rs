@@ -115,7 +115,10 @@ async fn an_invalid_policy_file_is_refused_and_the_old_policy_stays() {
     assert!(!log.contains("policy reloaded"), "{log}");
 
     // The old policy is still in force, for new requests and the open watch.
-    assert_eq!(web.get("shop/db").await.unwrap().bytes(), Some(&b"s3cret"[..]));
+    assert_eq!(
+        web.get("shop/db").await.unwrap().bytes(),
+        Some(&b"s3cret"[..])
+    );
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
         .put(

@@ -76,7 +76,9 @@ pub enum PatternError {
     BadCharacter(String),
     #[error("pattern {0:?}: '**' must be a whole segment")]
     BadDoubleStar(String),
-    #[error("pattern {0:?} names an unknown variable (use {{namespace}}, {{serviceaccount}} or {{pod}})")]
+    #[error(
+        "pattern {0:?} names an unknown variable (use {{namespace}}, {{serviceaccount}} or {{pod}})"
+    )]
     UnknownVariable(String),
     #[error("pattern {0:?} has too many wildcards")]
     TooManyWildcards(String),
@@ -217,10 +219,14 @@ impl PathPattern {
 
     /// Does `path` (a validated base path, no `#key`) match, for `who`?
     pub fn matches(&self, path: &str, who: &WorkloadIdentity) -> bool {
-        // Validated paths have at most MAX_PATH_LEN / 2 segments; collecting
-        // them once keeps the backtracking below index-based.
         let parts: Vec<&str> = path.split('/').collect();
-        match_segments(&self.segments, &parts, self.prefix, who)
+        self.matches_segments(&parts, who)
+    }
+
+    /// [`PathPattern::matches`] over a path already split at `/`, so one
+    /// decision splits the path once for all its rules.
+    pub fn matches_segments(&self, parts: &[&str], who: &WorkloadIdentity) -> bool {
+        match_segments(&self.segments, parts, self.prefix, who)
     }
 }
 
