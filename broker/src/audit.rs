@@ -227,10 +227,10 @@ impl RotatingFile {
         } else {
             rotated.last().map(|(_, p)| p.clone())
         };
-        if let Some(source) = source {
-            if let Some(last) = last_record(&source)? {
-                resume = last;
-            }
+        if let Some(source) = source
+            && let Some(last) = last_record(&source)?
+        {
+            resume = last;
         }
         let file = open_append(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();

@@ -47,6 +47,16 @@ enum Want {
     Invalid(PathError),
 }
 
+/// Namespace, service account, pod, raw path, capability, expected outcome.
+type Case = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Capability,
+    Want,
+);
+
 use Capability::{List, Read, Rotate, Watch, Write};
 use Want::{Allow, Deny, ExplicitDeny, Invalid};
 
@@ -65,7 +75,7 @@ fn who(ns: &str, sa: &str, pod: Option<&str>) -> WorkloadIdentity {
 fn policy_matrix() {
     let policy = Policy::from_yaml(POLICY).unwrap();
     #[rustfmt::skip]
-    let cases: &[(&str, &str, Option<&str>, &str, Capability, Want)] = &[
+    let cases: &[Case] = &[
         // Templated paths: each workload reads its own folder, and only that.
         ("shop", "web", None, "shop/web/session-key", Read, Allow("own-folder")),
         ("shop", "web", None, "shop/web/a/b/c", Watch, Allow("own-folder")),
