@@ -791,3 +791,164 @@ impl SecretOperator for Broker {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use coffer_proto::SecretBytes;
+
+    use super::*;
+    use crate::{
+        auth::{
+            jwt::{JwtVerifier, KeySet, VerifierConfig},
+            signer::DevSigner,
+        },
+        store::dev::DevStore,
+    };
+
+    const ISS: &str = "https://issuer.test";
+    const READS: &str = "rules:\n  - name: web-reads\n    subjects: [{namespace: shop, serviceAccount: web}]\n    paths: [\"shop/*\"]\n    capabilities: [read, watch]\n";
+
+    async fn broker(audit: &std::path::Path) -> (Broker, String, Arc<DevStore>) {
+        let signer = DevSigner::generate(ISS).unwrap();
+        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
+        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
+        let store = Arc::new(DevStore::in_memory());
+        store
+            .put(
+                "shop/db",
+                SecretWrite {
+                    data: SecretData::Bytes(SecretBytes::from(&b"v1"[..])),
+                    content_type: String::new(),
+                    labels: Default::default(),
+                    cas: None,
+                },
+            )
+            .await
+            .unwrap();
+        let broker = Broker::new(
+            Arc::new(authn),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        )
+        .with_audit(AuditLog::file(audit, 0).unwrap());
+        let token = signer
+            .mint(
+                "coffer",
+                "shop",
+                "web",
+                Some("web-0"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        (broker, token, store)
+    }
+
+    fn watch_request(token: &str) -> Request<v1::WatchSecretsRequest> {
+        let mut request = Request::new(v1::WatchSecretsRequest {
+            paths: vec!["shop/db".into()],
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-request-id", "watch-1".parse().unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn set_policy_closes_a_watch_that_lost_access_and_audits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.log");
+        let (broker, token, store) = broker(&audit).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        let snapshot = stream.next().await.unwrap().unwrap();
+        assert_eq!(snapshot.secrets[0].version, 1);
+
+        // An update while allowed is served and audited with its version.
+        store
+            .put(
+                "shop/db",
+                SecretWrite {
+                    data: SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
+                    content_type: String::new(),
+                    labels: Default::default(),
+                    cas: None,
+                },
+            )
+            .await
+            .unwrap();
+        let update = stream.next().await.unwrap().unwrap();
+        assert_eq!(update.secrets[0].version, 2);
+
+        broker.set_policy(Policy::deny_all());
+        let end = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::PermissionDenied);
+        assert!(stream.next().await.is_none(), "the stream ends");
+
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let summary: Vec<(String, String, String, Option<u64>)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["capability"].as_str().unwrap().to_string(),
+                    r["decision"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                    r["version"].as_u64(),
+                )
+            })
+            .collect();
+        let row = |c: &str, d: &str, r: &str, v: Option<u64>| {
+            (c.to_string(), d.to_string(), r.to_string(), v)
+        };
+        assert_eq!(
+            summary,
+            [
+                row("read", "allow", "allowed", Some(1)),
+                row("watch", "allow", "allowed", Some(1)),
+                row("watch", "allow", "allowed", Some(2)),
+                row("read", "deny", "revoked", None),
+            ]
+        );
+        assert!(records.iter().all(|r| r["request_id"] == "watch-1"));
+        assert!(crate::audit::verify([("audit.log", text.as_bytes())]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn set_policy_keeps_a_watch_that_kept_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, token, store) = broker(&dir.path().join("audit.log")).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.next().await.unwrap().unwrap();
+        broker.set_policy(Policy::from_yaml(READS).unwrap());
+        store
+            .put(
+                "shop/db",
+                SecretWrite {
+                    data: SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
+                    content_type: String::new(),
+                    labels: Default::default(),
+                    cas: None,
+                },
+            )
+            .await
+            .unwrap();
+        // The next message is the update, not a revocation.
+        let update = stream.next().await.unwrap().unwrap();
+        assert_eq!(update.secrets[0].version, 2);
+    }
+}
