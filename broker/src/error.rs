@@ -25,6 +25,8 @@ pub enum ApiError {
     Unimplemented(&'static str),
     #[error("broker is shutting down")]
     ShuttingDown,
+    #[error("audit trail cannot be written")]
+    AuditUnavailable,
 }
 
 impl From<ApiError> for Status {
@@ -43,6 +45,8 @@ impl From<ApiError> for Status {
                 Status::unimplemented(format!("{what} is not implemented yet"))
             }
             ApiError::ShuttingDown => Status::unavailable("broker is shutting down"),
+            // Fail closed: nothing is served that could not be recorded.
+            ApiError::AuditUnavailable => Status::unavailable("audit trail unavailable"),
         }
     }
 }

@@ -20,10 +20,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod path;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod store;

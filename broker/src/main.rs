@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
 use coffer_broker::{
+    audit::AuditLog,
     auth::jwt::{JwtVerifier, KeySet, VerifierConfig},
     policy::Policy,
     server::{self, ListenAddr},
@@ -88,6 +89,19 @@ struct ServeArgs {
     /// COFFER_DEV_STORE_KEY to the base64 key.
     #[arg(long)]
     dev_store_key_file: Option<PathBuf>,
+    /// How often the policy file is checked for changes (0s: never).
+    #[arg(long, env = "COFFER_POLICY_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    policy_reload_interval: Duration,
+    /// Write the hash-chained audit trail to this file (`-`: stdout).
+    #[arg(long, env = "COFFER_AUDIT_FILE")]
+    audit_file: Option<PathBuf>,
+    /// Rotate the audit file once it would exceed this many bytes (0: never).
+    #[arg(long, env = "COFFER_AUDIT_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    audit_max_bytes: u64,
+    /// Serve requests even when the audit trail cannot be written. By default
+    /// they are refused (UNAVAILABLE).
+    #[arg(long, env = "COFFER_AUDIT_FAIL_OPEN")]
+    audit_fail_open: bool,
 }
 
 fn main() -> ExitCode {
@@ -155,7 +169,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.leeway = Duration::from_secs(args.leeway);
     let authn = JwtVerifier::new(config, keys);
 
-    let policy = Policy::load(&args.policy).map_err(|e| usage(e.to_string()))?;
+    let policy_text = std::fs::read(&args.policy).map_err(|e| {
+        usage(format!(
+            "cannot read policy file {}: {e}",
+            args.policy.display()
+        ))
+    })?;
+    let policy = std::str::from_utf8(&policy_text)
+        .map_err(|_| usage(format!("{} is not UTF-8", args.policy.display())))
+        .and_then(|text| {
+            Policy::from_yaml(text).map_err(|e| usage(format!("{}: {e}", args.policy.display())))
+        })?;
+    for warning in policy.warnings() {
+        tracing::warn!(%warning, "policy warning");
+    }
+    let audit = match &args.audit_file {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => Some(AuditLog::stdout()),
+        Some(path) => {
+            Some(AuditLog::file(path, args.audit_max_bytes).map_err(|e| usage(e.to_string()))?)
+        }
+    }
+    .map(|log| log.fail_open(args.audit_fail_open));
     let store: Arc<dyn SecretStore> = match &args.dev_store_file {
         None => Arc::new(DevStore::in_memory()),
         Some(file) => {
@@ -179,7 +214,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(DevStore::persistent(file, &key)?)
         }
     };
-    let broker = Broker::new(Arc::new(authn), policy, store);
+    let mut broker = Broker::new(Arc::new(authn), policy, store);
+    if let Some(audit) = audit {
+        broker = broker.with_audit(audit);
+    }
+    if !args.policy_reload_interval.is_zero() {
+        coffer_broker::reload::spawn(
+            broker.clone(),
+            args.policy.clone(),
+            args.policy_reload_interval,
+            coffer_broker::reload::fingerprint(&policy_text),
+        );
+    }
     run_listener(
         broker,
         tls,

@@ -139,6 +139,19 @@ mod tests {
             ("app/db#", PathError::BadKey),
             ("app/db#a#b", PathError::BadKey),
             ("app/db#a/b", PathError::BadKey),
+            // Tricks aimed at pattern matchers and at backends that decode.
+            ("app\\db", PathError::BadCharacter),
+            ("app/*", PathError::BadCharacter),
+            ("app/d?", PathError::BadCharacter),
+            ("app/{namespace}", PathError::BadCharacter),
+            ("app/%00", PathError::BadCharacter),
+            ("app/%2F..", PathError::BadCharacter),
+            ("app/d\tb", PathError::BadCharacter),
+            ("app/d\u{7f}b", PathError::BadCharacter),
+            ("app\u{2215}db", PathError::BadCharacter),
+            ("app/\u{ff0e}\u{ff0e}/db", PathError::BadCharacter),
+            ("app/db/..", PathError::DotSegment),
+            ("./app", PathError::DotSegment),
         ];
         for (raw, want) in cases {
             assert_eq!(SecretPath::parse(raw), Err(want), "{raw:?}");

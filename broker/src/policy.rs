@@ -1,23 +1,41 @@
-//! Authorization: which workload may do what to which paths. Deny by default.
+//! Authorization: which workload may do what to which paths. Deny by default;
+//! an explicit deny beats any allow.
 //!
 //! ```yaml
 //! rules:
-//!   - subjects:
+//!   - name: each-workload-reads-its-own-folder
+//!     subjects:
+//!       - namespace: "*"
+//!         serviceAccount: "*"
+//!     paths: ["{namespace}/{serviceaccount}/*"]
+//!     capabilities: [read, watch]
+//!   - name: web-reads-shared-tls
+//!     subjects:
 //!       - namespace: shop
-//!         serviceAccount: web
-//!     paths: ["shop/web/*", "shared/tls"]
+//!         serviceAccount: web-*
+//!         podNamePrefix: web-
+//!     paths: ["shared/tls"]
+//!     capabilities: [read, watch]
+//!   - name: nobody-reads-root-ca-keys
+//!     effect: deny
+//!     subjects: [{namespace: "*", serviceAccount: "*"}]
+//!     paths: ["shared/ca/**/key"]
 //!     capabilities: [read, watch]
 //! ```
 //!
-//! A path pattern is exact (`shared/tls`) or a prefix (`shop/web/*`, which
-//! matches everything below `shop/web/`). `*` as a namespace or service
-//! account matches any. A `#key` selector is authorized as its base path.
+//! Path patterns are described in [`pattern`]. A `#key` selector is
+//! authorized as its base path. Errors found while parsing carry the line
+//! number; risky breadth is reported by [`Policy::warnings`].
 
-use std::path::Path;
+pub mod pattern;
 
-use serde::Deserialize;
+use std::{collections::HashMap, fmt, path::Path};
+
+use serde::{Deserialize, Deserializer};
 
 use crate::{auth::WorkloadIdentity, path::SecretPath};
+
+pub use pattern::{NamePattern, PathPattern, PatternError};
 
 /// What a caller wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -33,6 +51,17 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// Every capability, in policy-file order.
+    pub const ALL: [Capability; 7] = [
+        Self::Read,
+        Self::Watch,
+        Self::Write,
+        Self::Rotate,
+        Self::Rollback,
+        Self::List,
+        Self::Status,
+    ];
+
     /// The name used in policy files and audit records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,50 +74,204 @@ impl Capability {
             Self::Status => "status",
         }
     }
+
+    /// The capability named `name` in a policy file.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// Whether this capability changes secrets.
+    pub fn is_write_side(self) -> bool {
+        matches!(self, Self::Write | Self::Rotate | Self::Rollback)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Whether a rule grants or forbids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
-    rules: Vec<Rule>,
+    rules: Vec<RuleFile>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Rule {
+struct RuleFile {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    effect: Effect,
+    #[serde(deserialize_with = "non_empty_subjects")]
     subjects: Vec<Subject>,
-    paths: Vec<String>,
+    #[serde(deserialize_with = "non_empty_paths")]
+    paths: Vec<PathPattern>,
+    #[serde(deserialize_with = "non_empty_capabilities")]
     capabilities: Vec<Capability>,
 }
 
+/// Who a rule is about.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Subject {
-    namespace: String,
-    service_account: String,
+pub struct Subject {
+    /// The namespace: a name or a glob (`*`, `team-*`).
+    #[serde(deserialize_with = "name_pattern")]
+    pub namespace: NamePattern,
+    /// The service account: a name or a glob.
+    #[serde(deserialize_with = "name_pattern")]
+    pub service_account: NamePattern,
+    /// When set, only pod-bound tokens whose pod name starts with this.
+    #[serde(default, deserialize_with = "pod_prefix")]
+    pub pod_name_prefix: Option<String>,
 }
 
-/// A loaded, validated policy.
+impl Subject {
+    fn matches(&self, who: &WorkloadIdentity) -> bool {
+        self.namespace.matches(&who.namespace)
+            && self.service_account.matches(&who.service_account)
+            && match &self.pod_name_prefix {
+                None => true,
+                Some(prefix) => who
+                    .pod_name
+                    .as_deref()
+                    .is_some_and(|pod| pod.starts_with(prefix.as_str())),
+            }
+    }
+}
+
+fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    field: &str,
+) -> Result<Vec<T>, D::Error> {
+    let items = Vec::<T>::deserialize(d)?;
+    if items.is_empty() {
+        return Err(serde::de::Error::custom(format!(
+            "{field} must list at least one entry"
+        )));
+    }
+    Ok(items)
+}
+
+fn non_empty_subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Subject>, D::Error> {
+    non_empty(d, "subjects")
+}
+
+fn non_empty_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathPattern>, D::Error> {
+    non_empty(d, "paths")
+}
+
+fn non_empty_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Capability>, D::Error> {
+    non_empty(d, "capabilities")
+}
+
+fn name_pattern<'de, D: Deserializer<'de>>(d: D) -> Result<NamePattern, D::Error> {
+    let raw = String::deserialize(d)?;
+    NamePattern::parse(&raw).map_err(serde::de::Error::custom)
+}
+
+fn pod_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let raw = String::deserialize(d)?;
+    if raw.is_empty() || !raw.bytes().all(pattern::is_name_byte) {
+        return Err(serde::de::Error::custom(
+            "podNamePrefix must be a non-empty name prefix of [A-Za-z0-9._-]",
+        ));
+    }
+    Ok(Some(raw))
+}
+
+impl<'de> Deserialize<'de> for PathPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        PathPattern::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Its name, or `rules[INDEX]` when the file gives none.
+    pub name: String,
+    /// Allow or deny.
+    pub effect: Effect,
+    /// Who it is about: any one of these.
+    pub subjects: Vec<Subject>,
+    /// What it is about: any one of these.
+    pub paths: Vec<PathPattern>,
+    /// What it grants or forbids.
+    pub capabilities: Vec<Capability>,
+    caps: u8,
+}
+
+impl Rule {
+    fn applies(&self, who: &WorkloadIdentity, parts: &[&str], capability: Capability) -> bool {
+        self.caps & capability.bit() != 0
+            && self.subjects.iter().any(|s| s.matches(who))
+            && self.paths.iter().any(|p| p.matches_segments(parts, who))
+    }
+}
+
+/// A loaded, validated policy, indexed by namespace.
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Rules with a subject naming this exact namespace, ascending.
+    by_namespace: HashMap<String, Vec<usize>>,
+    /// Rules with a namespace glob, ascending.
+    any_namespace: Vec<usize>,
 }
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed by the rule with this name (or index).
+    /// Allowed by the rule with this name, and no deny rule applies.
     Allow { rule: String },
-    /// No rule allows it.
+    /// No rule allows it (deny by default).
     Deny,
+    /// A deny rule with this name applies; it beats any allow.
+    ExplicitDeny { rule: String },
 }
 
 impl Decision {
     /// Whether the request may proceed.
     pub fn is_allowed(&self) -> bool {
         matches!(self, Self::Allow { .. })
+    }
+
+    /// The rule that decided, if one did.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Self::Allow { rule } | Self::ExplicitDeny { rule } => Some(rule),
+            Self::Deny => None,
+        }
+    }
+
+    /// A short, stable name for logs and audit records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Allow { .. } => "allowed",
+            Self::Deny => "no_matching_rule",
+            Self::ExplicitDeny { .. } => "explicit_deny",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Allow { rule } => write!(f, "allow (rule {rule})"),
+            Self::Deny => f.write_str("deny (no rule allows it)"),
+            Self::ExplicitDeny { rule } => write!(f, "deny (rule {rule})"),
+        }
     }
 }
 
@@ -108,42 +291,90 @@ pub enum PolicyError {
     Invalid { rule: usize, reason: String },
 }
 
+impl PolicyError {
+    /// The line of the policy file at fault, when known (1-based).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Parse(e) => e.location().map(|l| l.line()),
+            _ => None,
+        }
+    }
+}
+
+/// A policy that is valid but risky: reported, not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyWarning {
+    /// The rule's name.
+    pub rule: String,
+    /// What is risky about it.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule {}: {}", self.rule, self.message)
+    }
+}
+
 impl Policy {
     /// A policy that denies everything.
     pub fn deny_all() -> Self {
-        Self { rules: Vec::new() }
+        Self::from_rules(Vec::new())
     }
 
     /// Parses and validates a policy document.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile = serde_norway::from_str(text)?;
-        for (index, rule) in file.rules.iter().enumerate() {
-            let invalid = |reason: &str| PolicyError::Invalid {
-                rule: index,
-                reason: reason.to_string(),
-            };
-            if rule.subjects.is_empty() {
-                return Err(invalid("no subjects"));
-            }
-            if rule.paths.is_empty() {
-                return Err(invalid("no paths"));
-            }
-            if rule.capabilities.is_empty() {
-                return Err(invalid("no capabilities"));
-            }
-            for pattern in &rule.paths {
-                let literal = pattern.strip_suffix("/*").unwrap_or(pattern);
-                if pattern != "*" && SecretPath::parse(literal).is_err() {
-                    return Err(invalid(&format!("bad path pattern {pattern:?}")));
+        let rules = file
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
+                if name.is_empty() || name.chars().any(char::is_control) {
+                    return Err(PolicyError::Invalid {
+                        rule: index,
+                        reason: "a rule name must be non-empty printable text".into(),
+                    });
+                }
+                Ok(Rule {
+                    name,
+                    effect: r.effect,
+                    caps: r.capabilities.iter().fold(0, |acc, c| acc | c.bit()),
+                    subjects: r.subjects,
+                    paths: r.paths,
+                    capabilities: r.capabilities,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_rules(rules))
+    }
+
+    fn from_rules(rules: Vec<Rule>) -> Self {
+        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_namespace = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let mut globbed = false;
+            for subject in &rule.subjects {
+                match subject.namespace.literal() {
+                    Some(ns) => {
+                        let bucket = by_namespace.entry(ns.to_string()).or_default();
+                        if bucket.last() != Some(&index) {
+                            bucket.push(index);
+                        }
+                    }
+                    None => globbed = true,
                 }
             }
-            for s in &rule.subjects {
-                if s.namespace.is_empty() || s.service_account.is_empty() {
-                    return Err(invalid("empty namespace or service account"));
-                }
+            if globbed {
+                any_namespace.push(index);
             }
         }
-        Ok(Self { rules: file.rules })
+        Self {
+            rules,
+            by_namespace,
+            any_namespace,
+        }
     }
 
     /// Loads a policy file.
@@ -155,44 +386,146 @@ impl Policy {
         Self::from_yaml(&text)
     }
 
-    /// May `who` do `capability` on `path`?
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// May `who` do `capability` on `path`? An applicable deny rule wins;
+    /// otherwise the first applicable allow rule decides; otherwise deny.
     pub fn decide(
         &self,
         who: &WorkloadIdentity,
         path: &SecretPath,
         capability: Capability,
     ) -> Decision {
-        for (index, rule) in self.rules.iter().enumerate() {
-            let subject_matches = rule.subjects.iter().any(|s| {
-                (s.namespace == "*" || s.namespace == who.namespace)
-                    && (s.service_account == "*" || s.service_account == who.service_account)
-            });
-            if subject_matches
-                && rule.capabilities.contains(&capability)
-                && rule.paths.iter().any(|p| pattern_matches(p, path.base()))
-            {
-                return Decision::Allow {
-                    rule: rule
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("rules[{index}]")),
-                };
+        let exact = self
+            .by_namespace
+            .get(&who.namespace)
+            .map_or(&[][..], Vec::as_slice);
+        let mut allow: Option<usize> = None;
+        // Validated paths have at most MAX_PATH_LEN / 2 segments.
+        let parts: Vec<&str> = path.base().split('/').collect();
+        for index in merge_ascending(exact, &self.any_namespace) {
+            let rule = &self.rules[index];
+            if !rule.applies(who, &parts, capability) {
+                continue;
+            }
+            match rule.effect {
+                Effect::Deny => {
+                    return Decision::ExplicitDeny {
+                        rule: rule.name.clone(),
+                    };
+                }
+                Effect::Allow => {
+                    allow.get_or_insert(index);
+                }
             }
         }
-        Decision::Deny
+        match allow {
+            Some(index) => Decision::Allow {
+                rule: self.rules[index].name.clone(),
+            },
+            None => Decision::Deny,
+        }
+    }
+
+    /// Valid but risky grants, for `cofferctl policy lint` and the reload log.
+    pub fn warnings(&self) -> Vec<PolicyWarning> {
+        let mut warnings = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for rule in &self.rules {
+            let warn = |warnings: &mut Vec<PolicyWarning>, message: String| {
+                warnings.push(PolicyWarning {
+                    rule: rule.name.clone(),
+                    message,
+                })
+            };
+            if !names.insert(rule.name.as_str()) {
+                warn(
+                    &mut warnings,
+                    "the name is used by another rule: audit records will be ambiguous".into(),
+                );
+            }
+            if rule.effect == Effect::Deny {
+                continue;
+            }
+            let every_namespace = rule
+                .subjects
+                .iter()
+                .any(|s| s.namespace.matches_everything());
+            let every_workload = rule.subjects.iter().any(|s| {
+                s.namespace.matches_everything()
+                    && s.service_account.matches_everything()
+                    && s.pod_name_prefix.is_none()
+            });
+            let every_path = rule.paths.iter().any(PathPattern::matches_everything);
+            let untemplated_everywhere = rule
+                .paths
+                .iter()
+                .any(|p| !p.is_templated() && p.as_str().starts_with('*'));
+            let write_side: Vec<&str> = rule
+                .capabilities
+                .iter()
+                .filter(|c| c.is_write_side())
+                .map(|c| c.as_str())
+                .collect();
+            if !write_side.is_empty() && every_path {
+                warn(
+                    &mut warnings,
+                    format!("grants {} on every path", write_side.join(", ")),
+                );
+            }
+            if !write_side.is_empty() && every_namespace {
+                warn(
+                    &mut warnings,
+                    format!("grants {} to every namespace", write_side.join(", ")),
+                );
+            }
+            if every_path && every_workload {
+                warn(
+                    &mut warnings,
+                    "grants every workload access to every path".into(),
+                );
+            } else if every_path {
+                warn(&mut warnings, "grants access to every path".into());
+            } else if every_workload && untemplated_everywhere {
+                warn(
+                    &mut warnings,
+                    "grants every workload a path pattern that starts with a wildcard".into(),
+                );
+            }
+        }
+        warnings
     }
 }
 
-fn pattern_matches(pattern: &str, path: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.strip_suffix("/*") {
-        Some(prefix) => path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/')),
-        None => pattern == path,
-    }
+/// Yields the union of two ascending index lists, ascending, without repeats.
+fn merge_ascending<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) if x == y => {
+                i += 1;
+                j += 1;
+                x
+            }
+            (Some(&x), Some(&y)) if x < y => {
+                i += 1;
+                x
+            }
+            (_, Some(&y)) => {
+                j += 1;
+                y
+            }
+            (Some(&x), None) => {
+                i += 1;
+                x
+            }
+            (None, None) => return None,
+        };
+        Some(next)
+    })
 }
 
 #[cfg(test)]
@@ -270,5 +603,79 @@ rules:
         assert!(Policy::from_yaml("rules: []\nextra: 1\n").is_err());
         assert!(Policy::from_yaml("rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [\"../x\"]\n    capabilities: [read]\n").is_err());
         assert!(Policy::from_yaml("rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilities: [sudo]\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn error_line(yaml: &str) -> (Option<usize>, String) {
+        let e = Policy::from_yaml(yaml).unwrap_err();
+        (e.line(), e.to_string())
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let unknown = "rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilites: [read]\n";
+        assert_eq!(error_line(unknown).0, Some(4), "{}", error_line(unknown).1);
+        let bad_glob = "rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths:\n      - ok/*\n      - app/a**\n    capabilities: [read]\n";
+        let (line, text) = error_line(bad_glob);
+        // Serde reports the list that holds the bad entry.
+        assert_eq!(line, Some(4), "{text}");
+        assert!(text.contains("'**' must be a whole segment"), "{text}");
+        let empty = "rules:\n  - paths: [x]\n    capabilities: [read]\n    subjects: []\n";
+        let (line, text) = error_line(empty);
+        assert_eq!(line, Some(2), "{text}");
+        assert!(text.contains("subjects must list"), "{text}");
+        assert!(text.contains("at least one"), "{text}");
+        let bad_ns = "rules:\n  - subjects:\n      - {namespace: \"a/b\", serviceAccount: b}\n    paths: [x]\n    capabilities: [read]\n";
+        assert_eq!(error_line(bad_ns).0, Some(3), "{}", error_line(bad_ns).1);
+        let bad_pod = "rules:\n  - subjects:\n      - {namespace: a, serviceAccount: b, podNamePrefix: \"\"}\n    paths: [x]\n    capabilities: [read]\n";
+        assert_eq!(error_line(bad_pod).0, Some(3), "{}", error_line(bad_pod).1);
+        let bad_effect = "rules:\n  - effect: maybe\n    subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilities: [read]\n";
+        assert_eq!(
+            error_line(bad_effect).0,
+            Some(2),
+            "{}",
+            error_line(bad_effect).1
+        );
+    }
+
+    #[test]
+    fn breadth_is_reported_as_warnings() {
+        let policy = Policy::from_yaml(
+            r#"
+rules:
+  - name: everyone-writes-everything
+    subjects: [{namespace: "*", serviceAccount: "*"}]
+    paths: ["*"]
+    capabilities: [read, write]
+  - name: own-folder
+    subjects: [{namespace: "*", serviceAccount: "*"}]
+    paths: ["{namespace}/{serviceaccount}/*"]
+    capabilities: [read]
+  - name: deny-is-never-too-broad
+    effect: deny
+    subjects: [{namespace: "*", serviceAccount: "*"}]
+    paths: ["**"]
+    capabilities: [write]
+  - name: own-folder
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["ops/*"]
+    capabilities: [write]
+"#,
+        )
+        .unwrap();
+        let warnings: Vec<String> = policy.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            warnings,
+            [
+                "rule everyone-writes-everything: grants write on every path",
+                "rule everyone-writes-everything: grants write to every namespace",
+                "rule everyone-writes-everything: grants every workload access to every path",
+                "rule own-folder: the name is used by another rule: audit records will be ambiguous",
+            ]
+        );
     }
 }

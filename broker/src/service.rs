@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::SystemTime,
 };
 
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::{AuditEvent, AuditLog, Outcome},
     auth::{Authenticator, BearerToken, WorkloadIdentity},
     error::{ApiError, item_error},
     path::SecretPath,
@@ -43,6 +44,84 @@ struct Inner {
     store: Arc<dyn SecretStore>,
     acks: Mutex<HashMap<String, HashMap<WorkloadKey, Ack>>>,
     shutdown: CancellationToken,
+    audit: RwLock<Option<Arc<AuditLog>>>,
+}
+
+/// One incoming call, as the audit trail names it.
+struct Call {
+    rpc: &'static str,
+    id: String,
+    peer: Option<String>,
+}
+
+impl Call {
+    /// Takes a well-formed `x-request-id` from the caller, or makes one.
+    fn of<T>(request: &Request<T>, rpc: &'static str) -> Self {
+        let id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=64).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
+            .map_or_else(new_request_id, str::to_string);
+        Self {
+            rpc,
+            id,
+            peer: request.remote_addr().map(|a| a.to_string()),
+        }
+    }
+
+    fn event<'a>(
+        &'a self,
+        who: Option<&'a WorkloadIdentity>,
+        path: Option<&'a str>,
+        capability: Option<Capability>,
+        decision: Outcome,
+        reason: &'a str,
+    ) -> AuditEvent<'a> {
+        AuditEvent {
+            request_id: &self.id,
+            peer: self.peer.as_deref(),
+            identity: who,
+            rpc: self.rpc,
+            path,
+            capability,
+            version: None,
+            decision,
+            reason,
+            rule: None,
+        }
+    }
+}
+
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // A failing system RNG leaves zeros: the id is for correlation only.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    crate::audit::hex(&bytes)
+}
+
+/// An allow decision whose audit record is still to be written, once the
+/// version served is known.
+#[must_use]
+struct Allowed {
+    capability: Capability,
+    rule: String,
+}
+
+/// The audit reason for an allowed read that served nothing.
+fn read_reason<T>(result: &Result<T, ApiError>) -> &'static str {
+    match result {
+        Ok(_) => "allowed",
+        Err(ApiError::Store(crate::store::StoreError::NotFound))
+        | Err(ApiError::Store(crate::store::StoreError::VersionNotFound(_)))
+        | Err(ApiError::Store(crate::store::StoreError::VersionDeleted(_))) => "not_found",
+        Err(_) => "store_error",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,8 +148,67 @@ impl Broker {
                 store,
                 acks: Mutex::default(),
                 shutdown: CancellationToken::new(),
+                audit: RwLock::new(None),
             }),
         }
+    }
+
+    /// Records every decision (and authentication failure) to `audit`.
+    pub fn with_audit(self, audit: AuditLog) -> Self {
+        *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
+        self
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.inner.policy.borrow())
+    }
+
+    /// Writes one audit record. Fails closed unless the log is fail-open.
+    fn audit(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
+        let log = self
+            .inner
+            .audit
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(log) = log else {
+            return Ok(());
+        };
+        match log.record(event) {
+            Ok(()) => Ok(()),
+            Err(error) if log.is_fail_open() => {
+                tracing::error!(%error, "audit record lost (audit is fail-open)");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit record not written: refusing the request");
+                Err(ApiError::AuditUnavailable)
+            }
+        }
+    }
+
+    /// Records what an allowed request was served.
+    fn audit_served(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        allowed: Allowed,
+        version: Option<u64>,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        let path = path.to_string();
+        let mut event = call.event(
+            Some(who),
+            Some(&path),
+            Some(allowed.capability),
+            Outcome::Allow,
+            reason,
+        );
+        event.version = version;
+        event.rule = Some(&allowed.rule);
+        self.audit(&event)
     }
 
     /// Replaces the policy. New requests use it at once; open watches are
@@ -84,7 +222,24 @@ impl Broker {
         self.inner.shutdown.clone()
     }
 
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<WorkloadIdentity, ApiError> {
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        call: &Call,
+    ) -> Result<WorkloadIdentity, ApiError> {
+        match self.verify_caller(request).await {
+            Ok(who) => Ok(who),
+            Err(error) => {
+                self.audit(&call.event(None, None, None, Outcome::Deny, error.reason()))?;
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn verify_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<WorkloadIdentity, crate::auth::AuthError> {
         let header = request
             .metadata()
             .get("authorization")
@@ -92,22 +247,35 @@ impl Broker {
             .to_str()
             .map_err(|_| crate::auth::AuthError::MalformedHeader)?;
         let token = BearerToken::from_header(header)?;
-        Ok(self.inner.authn.authenticate(&token).await?)
+        self.inner.authn.authenticate(&token).await
     }
 
+    /// Decides; a denial is audited here, an allowance by the caller once it
+    /// knows what it served ([`Broker::audit_served`]).
     fn authorize(
         &self,
+        call: &Call,
         who: &WorkloadIdentity,
         path: &SecretPath,
         capability: Capability,
-        rpc: &'static str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Allowed, ApiError> {
         let decision = self.inner.policy.borrow().decide(who, path, capability);
-        log_decision(who, path, capability, rpc, &decision);
-        if decision.is_allowed() {
-            Ok(())
-        } else {
-            Err(ApiError::PermissionDenied)
+        log_decision(who, path, capability, call.rpc, &decision);
+        match decision {
+            Decision::Allow { rule } => Ok(Allowed { capability, rule }),
+            denied => {
+                let path = path.to_string();
+                let mut event = call.event(
+                    Some(who),
+                    Some(&path),
+                    Some(capability),
+                    Outcome::Deny,
+                    denied.reason(),
+                );
+                event.rule = denied.rule();
+                self.audit(&event)?;
+                Err(ApiError::PermissionDenied)
+            }
         }
     }
 
@@ -161,10 +329,7 @@ fn log_decision(
     rpc: &'static str,
     decision: &Decision,
 ) {
-    let (allowed, rule) = match decision {
-        Decision::Allow { rule } => (true, rule.as_str()),
-        Decision::Deny => (false, ""),
-    };
+    let (allowed, rule) = (decision.is_allowed(), decision.rule().unwrap_or(""));
     tracing::info!(
         target: "coffer::decision",
         rpc,
@@ -234,11 +399,15 @@ impl SecretBroker for Broker {
         &self,
         request: Request<v1::GetSecretRequest>,
     ) -> Result<Response<v1::GetSecretResponse>, Status> {
-        let who = self.authenticate(&request).await?;
+        let call = Call::of(&request, "GetSecret");
+        let who = self.authenticate(&request, &call).await?;
         let req = request.into_inner();
         let path = SecretPath::parse(&req.path).map_err(ApiError::from)?;
-        self.authorize(&who, &path, Capability::Read, "GetSecret")?;
-        let secret = self.read(&path, req.version).await?;
+        let allowed = self.authorize(&call, &who, &path, Capability::Read)?;
+        let result = self.read(&path, req.version).await;
+        let version = result.as_ref().ok().map(|s| s.version);
+        self.audit_served(&call, &who, &path, allowed, version, read_reason(&result))?;
+        let secret = result?;
         Ok(Response::new(v1::GetSecretResponse {
             secret: Some(secret),
         }))
@@ -249,7 +418,8 @@ impl SecretBroker for Broker {
         &self,
         request: Request<v1::GetSecretsRequest>,
     ) -> Result<Response<v1::GetSecretsResponse>, Status> {
-        let who = self.authenticate(&request).await?;
+        let call = Call::of(&request, "GetSecrets");
+        let who = self.authenticate(&request, &call).await?;
         let req = request.into_inner();
         if req.requests.is_empty() || req.requests.len() > MAX_PATHS_PER_CALL {
             return Err(ApiError::InvalidArgument(format!(
@@ -258,12 +428,15 @@ impl SecretBroker for Broker {
             .into());
         }
         let reads = req.requests.into_iter().map(|item| {
-            let who = &who;
+            let (who, call) = (&who, &call);
             async move {
                 let result = async {
                     let path = SecretPath::parse(&item.path)?;
-                    self.authorize(who, &path, Capability::Read, "GetSecrets")?;
-                    self.read(&path, item.version).await
+                    let allowed = self.authorize(call, who, &path, Capability::Read)?;
+                    let result = self.read(&path, item.version).await;
+                    let version = result.as_ref().ok().map(|s| s.version);
+                    self.audit_served(call, who, &path, allowed, version, read_reason(&result))?;
+                    result
                 }
                 .await;
                 v1::SecretResult {
@@ -284,12 +457,17 @@ impl SecretBroker for Broker {
         &self,
         request: Request<v1::WatchSecretsRequest>,
     ) -> Result<Response<Self::WatchSecretsStream>, Status> {
-        let who = self.authenticate(&request).await?;
+        let call = Call::of(&request, "WatchSecrets");
+        let who = self.authenticate(&request, &call).await?;
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
+        // Subscribe before deciding, so a policy change that lands between
+        // the decision and the watch loop is still seen by the loop.
+        let mut policy = self.inner.policy.subscribe();
+        let mut grants = Vec::with_capacity(paths.len());
         for path in &paths {
-            self.authorize(&who, path, Capability::Read, "WatchSecrets")?;
-            self.authorize(&who, path, Capability::Watch, "WatchSecrets")?;
+            let read = self.authorize(&call, &who, path, Capability::Read)?;
+            grants.push((read, self.authorize(&call, &who, path, Capability::Watch)?));
         }
 
         // Subscribe before reading the snapshot, so no change can fall
@@ -303,8 +481,13 @@ impl SecretBroker for Broker {
         }
         let mut sent = Vec::with_capacity(paths.len());
         let mut snapshot = Vec::with_capacity(paths.len());
-        for path in &paths {
-            let secret = self.read(path, None).await?;
+        for (path, (read, watch)) in paths.iter().zip(grants) {
+            let result = self.read(path, None).await;
+            let version = result.as_ref().ok().map(|s| s.version);
+            let reason = read_reason(&result);
+            self.audit_served(&call, &who, path, read, version, reason)?;
+            self.audit_served(&call, &who, path, watch, version, reason)?;
+            let secret = result?;
             sent.push(secret.version);
             snapshot.push(secret);
         }
@@ -319,7 +502,6 @@ impl SecretBroker for Broker {
 
         let broker = self.clone();
         tokio::spawn(async move {
-            let mut policy = broker.inner.policy.subscribe();
             let shutdown = broker.inner.shutdown.clone();
             loop {
                 tokio::select! {
@@ -330,13 +512,8 @@ impl SecretBroker for Broker {
                     _ = tx.closed() => break,
                     Ok(()) = policy.changed() => {
                         let current = Arc::clone(&policy.borrow_and_update());
-                        let still_allowed = paths.iter().all(|p| {
-                            current.decide(&who, p, Capability::Read).is_allowed()
-                                && current.decide(&who, p, Capability::Watch).is_allowed()
-                        });
-                        if !still_allowed {
-                            tracing::info!(namespace = %who.namespace, service_account = %who.service_account, "watch closed: access revoked");
-                            let _ = tx.send(Err(ApiError::PermissionDenied.into())).await;
+                        if let Err(status) = broker.recheck_watch(&call, &who, &current, paths.iter()) {
+                            let _ = tx.send(Err(status)).await;
                             break;
                         }
                     }
@@ -344,7 +521,8 @@ impl SecretBroker for Broker {
                         if version <= sent[index] {
                             continue;
                         }
-                        let message = match broker.read(&paths[index], Some(version)).await {
+                        let path = &paths[index];
+                        let message = match broker.serve_update(&call, &who, path, version).await {
                             Ok(secret) => {
                                 sent[index] = secret.version;
                                 Ok(v1::WatchSecretsResponse {
@@ -370,7 +548,8 @@ impl SecretBroker for Broker {
         &self,
         request: Request<v1::AckSecretsRequest>,
     ) -> Result<Response<v1::AckSecretsResponse>, Status> {
-        let who = self.authenticate(&request).await?;
+        let call = Call::of(&request, "AckSecrets");
+        let who = self.authenticate(&request, &call).await?;
         let req = request.into_inner();
         if req.applied.len() > MAX_PATHS_PER_CALL {
             return Err(ApiError::InvalidArgument("too many acknowledgements".into()).into());
@@ -381,6 +560,61 @@ impl SecretBroker for Broker {
 }
 
 impl Broker {
+    /// After a policy change: is every path of an open watch still readable
+    /// and watchable? A revocation is audited and ends the watch.
+    fn recheck_watch<'a>(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        policy: &Policy,
+        paths: impl Iterator<Item = &'a SecretPath>,
+    ) -> Result<(), Status> {
+        for path in paths {
+            for capability in [Capability::Read, Capability::Watch] {
+                let decision = policy.decide(who, path, capability);
+                if decision.is_allowed() {
+                    continue;
+                }
+                tracing::info!(
+                    namespace = %who.namespace,
+                    service_account = %who.service_account,
+                    path = %path,
+                    "watch closed: access revoked"
+                );
+                let raw = path.to_string();
+                let mut event = call.event(
+                    Some(who),
+                    Some(&raw),
+                    Some(capability),
+                    Outcome::Deny,
+                    "revoked",
+                );
+                event.rule = decision.rule();
+                return Err(match self.audit(&event) {
+                    Ok(()) => ApiError::PermissionDenied.into(),
+                    Err(e) => e.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one watched path's new version, deciding again under the
+    /// current policy and auditing what is sent.
+    async fn serve_update(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        version: u64,
+    ) -> Result<v1::Secret, ApiError> {
+        let watch = self.authorize(call, who, path, Capability::Watch)?;
+        let result = self.read(path, Some(version)).await;
+        let served = result.as_ref().ok().map(|s| s.version);
+        self.audit_served(call, who, path, watch, served, read_reason(&result))?;
+        result
+    }
+
     async fn operator_path<T>(
         &self,
         request: &Request<T>,
@@ -388,14 +622,18 @@ impl Broker {
         capability: Capability,
         rpc: &'static str,
     ) -> Result<SecretPath, ApiError> {
-        let who = self.authenticate(request).await?;
+        let call = Call::of(request, rpc);
+        let who = self.authenticate(request, &call).await?;
         let path = SecretPath::parse(raw_path)?;
         if path.key().is_some() {
             return Err(ApiError::InvalidArgument(
                 "operator calls take a path without '#key'".into(),
             ));
         }
-        self.authorize(&who, &path, capability, rpc)?;
+        // Write-side calls are audited before they act, so nothing changes
+        // that could not be recorded.
+        let allowed = self.authorize(&call, &who, &path, capability)?;
+        self.audit_served(&call, &who, &path, allowed, None, "allowed")?;
         Ok(path)
     }
 }
@@ -551,5 +789,166 @@ impl SecretOperator for Broker {
             current_version,
             workloads,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use coffer_proto::SecretBytes;
+
+    use super::*;
+    use crate::{
+        auth::{
+            jwt::{JwtVerifier, KeySet, VerifierConfig},
+            signer::DevSigner,
+        },
+        store::dev::DevStore,
+    };
+
+    const ISS: &str = "https://issuer.test";
+    const READS: &str = "rules:\n  - name: web-reads\n    subjects: [{namespace: shop, serviceAccount: web}]\n    paths: [\"shop/*\"]\n    capabilities: [read, watch]\n";
+
+    async fn broker(audit: &std::path::Path) -> (Broker, String, Arc<DevStore>) {
+        let signer = DevSigner::generate(ISS).unwrap();
+        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
+        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
+        let store = Arc::new(DevStore::in_memory());
+        store
+            .put(
+                "shop/db",
+                SecretWrite {
+                    data: SecretData::Bytes(SecretBytes::from(&b"v1"[..])),
+                    content_type: String::new(),
+                    labels: Default::default(),
+                    cas: None,
+                },
+            )
+            .await
+            .unwrap();
+        let broker = Broker::new(
+            Arc::new(authn),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        )
+        .with_audit(AuditLog::file(audit, 0).unwrap());
+        let token = signer
+            .mint(
+                "coffer",
+                "shop",
+                "web",
+                Some("web-0"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        (broker, token, store)
+    }
+
+    fn watch_request(token: &str) -> Request<v1::WatchSecretsRequest> {
+        let mut request = Request::new(v1::WatchSecretsRequest {
+            paths: vec!["shop/db".into()],
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-request-id", "watch-1".parse().unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn set_policy_closes_a_watch_that_lost_access_and_audits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.log");
+        let (broker, token, store) = broker(&audit).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        let snapshot = stream.next().await.unwrap().unwrap();
+        assert_eq!(snapshot.secrets[0].version, 1);
+
+        // An update while allowed is served and audited with its version.
+        store
+            .put(
+                "shop/db",
+                SecretWrite {
+                    data: SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
+                    content_type: String::new(),
+                    labels: Default::default(),
+                    cas: None,
+                },
+            )
+            .await
+            .unwrap();
+        let update = stream.next().await.unwrap().unwrap();
+        assert_eq!(update.secrets[0].version, 2);
+
+        broker.set_policy(Policy::deny_all());
+        let end = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::PermissionDenied);
+        assert!(stream.next().await.is_none(), "the stream ends");
+
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let summary: Vec<(String, String, String, Option<u64>)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["capability"].as_str().unwrap().to_string(),
+                    r["decision"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                    r["version"].as_u64(),
+                )
+            })
+            .collect();
+        let row = |c: &str, d: &str, r: &str, v: Option<u64>| {
+            (c.to_string(), d.to_string(), r.to_string(), v)
+        };
+        assert_eq!(
+            summary,
+            [
+                row("read", "allow", "allowed", Some(1)),
+                row("watch", "allow", "allowed", Some(1)),
+                row("watch", "allow", "allowed", Some(2)),
+                row("read", "deny", "revoked", None),
+            ]
+        );
+        assert!(records.iter().all(|r| r["request_id"] == "watch-1"));
+        assert!(crate::audit::verify([("audit.log", text.as_bytes())]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn set_policy_keeps_a_watch_that_kept_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, token, store) = broker(&dir.path().join("audit.log")).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.next().await.unwrap().unwrap();
+        broker.set_policy(Policy::from_yaml(READS).unwrap());
+        store
+            .put(
+                "shop/db",
+                SecretWrite {
+                    data: SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
+                    content_type: String::new(),
+                    labels: Default::default(),
+                    cas: None,
+                },
+            )
+            .await
+            .unwrap();
+        // The next message is the update, not a revocation.
+        let update = stream.next().await.unwrap().unwrap();
+        assert_eq!(update.secrets[0].version, 2);
     }
 }

@@ -1,6 +1,7 @@
 //! `cofferctl`: the operator's tool.
 //!
-//! Exit codes: 0 success, 1 failure (or a rejected token), 2 usage error.
+//! Exit codes: 0 success, 1 failure (or a rejected token, a denied policy
+//! check, a broken audit chain), 2 usage error (or an invalid policy).
 
 use std::{
     io::{Read, Write},
@@ -12,7 +13,15 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coffer::{Client, SecretBytes, SecretData, TokenSource};
-use coffer_broker::auth::jwt::{KeySet, VerifierConfig, verify_with};
+use coffer_broker::{
+    audit,
+    auth::{
+        WorkloadIdentity,
+        jwt::{KeySet, VerifierConfig, verify_with},
+    },
+    path::SecretPath,
+    policy::{Capability, Policy},
+};
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -67,6 +76,161 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Check and lint policy files, offline.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Inspect the broker's audit trail, offline.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// May this workload do this? Prints allow or deny and the deciding rule;
+    /// exits 0 on allow, 1 on deny, 2 on a usage error or an invalid policy.
+    Check {
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// The pod name, for rules with a podNamePrefix.
+        #[arg(long)]
+        pod: Option<String>,
+        #[arg(long)]
+        path: String,
+        /// read, watch, write, rotate, rollback, list or status.
+        #[arg(long, default_value = "read", value_parser = parse_capability)]
+        capability: Capability,
+    },
+    /// Validate a policy file and report risky breadth. Exits 0 when valid,
+    /// 1 when invalid (or, with --strict, when there are warnings).
+    Lint {
+        file: PathBuf,
+        /// Treat warnings as failures.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files given oldest first
+    /// (e.g. `audit.log.* audit.log`); names the first broken record.
+    /// Exits 0 when intact, 1 when broken, 2 when a file cannot be read.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_capability(name: &str) -> Result<Capability, String> {
+    Capability::from_name(name).ok_or_else(|| {
+        let all: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
+        format!("unknown capability {name:?}; one of {}", all.join(", "))
+    })
+}
+
+fn policy_command(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Check {
+            policy,
+            namespace,
+            service_account,
+            pod,
+            path,
+            capability,
+        } => {
+            let policy = match Policy::load(&policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("cofferctl: {}: {e}", policy.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let path = match SecretPath::parse(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("cofferctl: invalid path {path:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let who = WorkloadIdentity {
+                issuer: "cofferctl".into(),
+                namespace,
+                service_account,
+                service_account_uid: None,
+                pod_name: pod,
+                pod_uid: None,
+            };
+            let decision = policy.decide(&who, &path, capability);
+            println!("{decision}");
+            if decision.is_allowed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        PolicyCommand::Lint { file, strict } => match Policy::load(&file) {
+            Err(e) => {
+                println!("{}: {e}", file.display());
+                ExitCode::from(1)
+            }
+            Ok(policy) => {
+                let warnings = policy.warnings();
+                for w in &warnings {
+                    println!("{}: warning: {w}", file.display());
+                }
+                println!(
+                    "{}: valid, {} rules, {} warnings",
+                    file.display(),
+                    policy.rules().len(),
+                    warnings.len()
+                );
+                if strict && !warnings.is_empty() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+        },
+    }
+}
+
+fn audit_command(command: AuditCommand) -> ExitCode {
+    let AuditCommand::Verify { files } = command;
+    let mut contents = Vec::with_capacity(files.len());
+    for file in &files {
+        match std::fs::read(file) {
+            Ok(bytes) => contents.push((file.display().to_string(), bytes)),
+            Err(e) => {
+                eprintln!("cofferctl: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match audit::verify(contents.iter().map(|(n, b)| (n.as_str(), b.as_slice()))) {
+        Ok(summary) => {
+            println!(
+                "intact: {} records from seq {}; last record hash {}",
+                summary.records,
+                summary
+                    .first_seq
+                    .map_or_else(|| "-".to_string(), |s| s.to_string()),
+                summary.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            println!("BROKEN at {broken}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -123,6 +287,8 @@ async fn client(args: &BrokerArgs) -> anyhow::Result<Client> {
 
 async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Policy { command } => return Ok(policy_command(command)),
+        Command::Audit { command } => return Ok(audit_command(command)),
         Command::Put {
             path,
             content_type,

@@ -139,6 +139,7 @@ impl Drop for Process {
 pub struct BrokerProcess {
     pub process: Process,
     pub endpoint: String,
+    policy_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -158,6 +159,11 @@ rules:
 impl BrokerProcess {
     /// Starts a broker with the test issuer's JWKS and `policy`.
     pub fn start(policy: &str) -> Self {
+        Self::start_with(policy, &[])
+    }
+
+    /// Starts a broker with extra `serve` arguments (e.g. `--audit-file`).
+    pub fn start_with(policy: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy).unwrap();
@@ -172,7 +178,8 @@ impl BrokerProcess {
             .arg(fixture("jwks-a.json"))
             .args(["--issuer", ISSUER, "--audience", AUDIENCE])
             .arg("--policy")
-            .arg(&policy_file);
+            .arg(&policy_file)
+            .args(args);
         let process = Process::spawn(command, dir.path().join("broker.log"));
         let until = Instant::now() + Duration::from_secs(20);
         let addr = loop {
@@ -189,8 +196,23 @@ impl BrokerProcess {
         Self {
             process,
             endpoint: format!("http://{addr}"),
+            policy_file,
             _dir: dir,
         }
+    }
+
+    /// Replaces the policy file atomically, as a ConfigMap update would.
+    pub fn write_policy(&self, policy: &str) {
+        let tmp = self.policy_file.with_extension("tmp");
+        std::fs::write(&tmp, policy).unwrap();
+        std::fs::rename(&tmp, &self.policy_file).unwrap();
+    }
+
+    /// Waits until the broker's log holds `needle` `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        eventually(Duration::from_secs(20), needle, || {
+            (self.process.output().matches(needle).count() >= count).then_some(())
+        });
     }
 
     /// A client presenting `token`.
@@ -258,4 +280,17 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         assert!(Instant::now() < until, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `cofferctl` with `args`; returns its exit code and stdout.
+pub fn cofferctl(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let output = Command::new(binary("cofferctl"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
