@@ -106,7 +106,14 @@ impl SecretSpec {
         self.mode.unwrap_or(DEFAULT_MODE)
     }
 
-    /// The broker path without any `#key`.
+    /// The broker path without any `#key`: what is fetched and watched.
+    pub fn base_path(&self) -> &str {
+        self.path
+            .split_once('#')
+            .map_or(&self.path, |(base, _)| base)
+    }
+
+    /// The key after `#`, if any.
     pub fn key(&self) -> Option<&str> {
         self.path.split_once('#').map(|(_, key)| key)
     }
@@ -291,8 +298,13 @@ impl Config {
 
     /// The distinct broker paths, for one batched call or watch.
     pub fn paths(&self) -> Vec<String> {
-        let mut paths: Vec<String> = self.secrets.iter().map(|s| s.path.clone()).collect();
-        // Several files may render the same path differently.
+        // Several files may take keys of one secret: it is watched once, so
+        // they all change in the same update.
+        let mut paths: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|s| s.base_path().to_string())
+            .collect();
         paths.sort();
         paths.dedup();
         paths
@@ -408,6 +420,16 @@ mod tests {
         assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:9"));
         assert_eq!(c.ready_file, Some("127.0.0.1:9".into()));
         assert_eq!(c.exit_when_file_exists, Some("127.0.0.1:9".into()));
+    }
+
+    #[test]
+    fn keys_of_one_secret_share_one_watched_path() {
+        let env = HashMap::<String, String>::new();
+        let text = "broker: x\noutputDir: /dev/shm/x\nsecrets:\n  - {path: a/b#u, file: u}\n  - {path: a/b#p, file: p}\n  - {path: a/c, file: c}\n";
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(c.paths(), vec!["a/b".to_string(), "a/c".to_string()]);
+        assert_eq!(c.secrets[0].key(), Some("u"));
+        assert_eq!(c.secrets[2].key(), None);
     }
 
     #[test]

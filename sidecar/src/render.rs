@@ -24,7 +24,7 @@ pub enum Format {
     Dotenv,
     /// A Java `.properties` file, escaped as `Properties.store` does.
     Properties,
-    /// A YAML mapping of every key.
+    /// A YAML mapping of every key, every scalar double-quoted.
     Yaml,
     /// A minijinja template with every key in scope.
     Template,
@@ -58,6 +58,8 @@ impl RenderSpec {
 pub enum RenderError {
     #[error("the secret is a map of keys; select one with `path#key` or choose a format")]
     NeedsSingleValue,
+    #[error("the secret has no key {0:?}")]
+    MissingKey(String),
     #[error("key {0:?} is not valid UTF-8, which this format requires")]
     NotUtf8(String),
     #[error("key {0:?} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")]
@@ -68,8 +70,6 @@ pub enum RenderError {
     NoTemplate,
     #[error("template: {0}")]
     Template(String),
-    #[error("yaml: cannot serialise the secret")]
-    Yaml,
 }
 
 /// Renders `data` as `spec` asks.
@@ -110,9 +110,17 @@ pub fn render(data: &SecretData, spec: &RenderSpec) -> Result<Zeroizing<Vec<u8>>
         }
         Format::Yaml => {
             let map = utf8_map(data, &spec.single_key)?;
-            let text =
-                Zeroizing::new(serde_norway::to_string(&map).map_err(|_| RenderError::Yaml)?);
-            Ok(Zeroizing::new(text.as_bytes().to_vec()))
+            let mut out = Zeroizing::new(String::with_capacity(capacity));
+            if map.is_empty() {
+                out.push_str("{}\n");
+            }
+            for (key, value) in map {
+                yaml_quoted(&mut out, key);
+                out.push_str(": ");
+                yaml_quoted(&mut out, value);
+                out.push('\n');
+            }
+            Ok(into_bytes(out))
         }
         Format::Template => {
             let source = spec.template.as_deref().ok_or(RenderError::NoTemplate)?;
@@ -179,9 +187,10 @@ fn into_bytes(text: Zeroizing<String>) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(text.as_bytes().to_vec())
 }
 
-/// `KEY="value"`, escaped for the double-quoted dialect that python-dotenv,
-/// godotenv and Ruby dotenv read the same way: `\\`, `\"`, `\n`, `\r`, `\t`,
-/// and `\$` so that no reader expands a variable inside a secret.
+/// `KEY="value"` in the double-quoted dialect of godotenv and Ruby dotenv:
+/// `\\`, `\"`, `\n`, `\r`, `\t`; and `\$` and `` \` `` so that neither a
+/// dotenv reader nor a shell that sources the file expands anything inside
+/// a secret.
 fn dotenv_line(out: &mut String, key: &str, value: &str) -> Result<(), RenderError> {
     let mut chars = key.chars();
     let valid = chars
@@ -201,12 +210,40 @@ fn dotenv_line(out: &mut String, key: &str, value: &str) -> Result<(), RenderErr
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '$' => out.push_str("\\$"),
+            '`' => out.push_str("\\`"),
             '\0' => return Err(RenderError::Nul(key.into())),
             c => out.push(c),
         }
     }
     out.push_str("\"\n");
     Ok(())
+}
+
+/// A double-quoted YAML scalar. Quoting every scalar means no value can be
+/// read as another type (`yes`, `0400`, `null`: YAML 1.1 readers such as
+/// PyYAML and SnakeYAML turn plain `yes` into `true`). Escapes are the ones
+/// YAML 1.1 and 1.2 share; every character YAML treats as a line break or
+/// does not allow raw (C0, DEL, C1, U+2028/9, BOM) is written as `\uXXXX`.
+fn yaml_quoted(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{feff}' => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Java's `Properties.saveConvert` with `escapeUnicode`: the output is pure
@@ -298,10 +335,10 @@ mod tests {
     fn dotenv_escapes_quotes_newlines_backslashes_and_dollars() {
         assert_eq!(
             text(
-                &map(&[("PW", "a\"b\nc\\d$HOME'e"), ("B", "")]),
+                &map(&[("PW", "a\"b\nc\\d$HOME'e`x`"), ("B", "")]),
                 &RenderSpec::new(Format::Dotenv)
             ),
-            "B=\"\"\nPW=\"a\\\"b\\nc\\\\d\\$HOME'e\"\n"
+            "B=\"\"\nPW=\"a\\\"b\\nc\\\\d\\$HOME'e\\`x\\`\"\n"
         );
     }
 
@@ -346,12 +383,20 @@ mod tests {
             ("h", "é😀"),
             ("i", ""),
             ("j", "#hash"),
+            ("k", "nel\u{85} ls\u{2028} ctl\u{1} del\u{7f} back\\slash"),
+            ("yes", "key that YAML 1.1 reads as a bool"),
         ];
         let out = text(&map(&values), &RenderSpec::new(Format::Yaml));
         let back: BTreeMap<String, String> = serde_norway::from_str(&out).unwrap();
         for (k, v) in values {
             assert_eq!(back[k], v, "key {k} in\n{out}");
         }
+        assert!(out.contains("\"b\": \"yes\"\n"), "{out}");
+        assert!(out.contains("\\u0085"), "{out}");
+        assert_eq!(
+            text(&map(&[]), &RenderSpec::new(Format::Yaml)),
+            "{}\n"
+        );
     }
 
     #[test]

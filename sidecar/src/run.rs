@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use coffer::{Client, Code, Secret, TokenSource, proto};
+use coffer::{Client, Code, Secret, SecretBytes, SecretData, TokenSource, proto};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -253,12 +253,16 @@ impl Sidecar {
         let state = match &result {
             Ok(outcome) if outcome.written => {
                 let files: Vec<&str> = outcome.changed.iter().map(|f| f.as_str()).collect();
+                let created: Vec<&str> = outcome.created.iter().map(|f| f.as_str()).collect();
                 tracing::info!(
                     versions = ?changed,
-                    files = ?files,
+                    changed = ?files,
+                    created = ?created,
                     apply_us = received.elapsed().as_micros() as u64,
                     "secrets written"
                 );
+                // A file written for the first time has no reader to tell:
+                // the app reads it when it starts.
                 if let Some(actions) = &self.actions {
                     actions.notify(&outcome.changed);
                 }
@@ -316,16 +320,28 @@ impl Sidecar {
     fn publish(&self, secrets: &BTreeMap<String, Secret>) -> Result<WriteOutcome, SidecarError> {
         let mut payload = Payload::new();
         for spec in &self.config.secrets {
-            let Some(secret) = secrets.get(&spec.path) else {
+            let Some(secret) = secrets.get(spec.base_path()) else {
                 // Not fetched yet: a snapshot always carries every path.
                 continue;
             };
-            let bytes = render(secret.data(), &spec.render_spec()).map_err(|source| {
-                SidecarError::Render {
-                    file: spec.file.as_str().to_string(),
-                    source,
+            let render_error = |source| SidecarError::Render {
+                file: spec.file.as_str().to_string(),
+                source,
+            };
+            // `path#key` is picked here rather than by the broker, so that
+            // every file of one secret changes in the same update.
+            let selected;
+            let data = match spec.key() {
+                None => secret.data(),
+                Some(key) => {
+                    let value = secret
+                        .key(key)
+                        .ok_or_else(|| render_error(RenderError::MissingKey(key.to_string())))?;
+                    selected = SecretData::Bytes(SecretBytes::from(value));
+                    &selected
                 }
-            })?;
+            };
+            let bytes = render(data, &spec.render_spec()).map_err(render_error)?;
             payload.insert(
                 spec.file.clone(),
                 FileContent {

@@ -100,8 +100,10 @@ pub type Payload = BTreeMap<FileName, FileContent>;
 pub struct WriteOutcome {
     /// Whether a new update directory was published.
     pub written: bool,
-    /// The files whose content, mode or owner changed (not removed ones).
+    /// Files that existed and whose content, mode or owner changed.
     pub changed: Vec<FileName>,
+    /// Files that did not exist before.
+    pub created: Vec<FileName>,
 }
 
 /// Why a write failed. The old files are intact whenever this is returned.
@@ -161,8 +163,8 @@ impl AtomicDir {
     /// nothing, and reports no change, when every file's content, mode and
     /// owner already match.
     pub fn write(&self, payload: &Payload) -> Result<WriteOutcome, WriteError> {
-        let changed = self.changed_files(payload);
-        if changed.is_empty() && self.entry_count() == Some(payload.len()) {
+        let (changed, created) = self.compare(payload);
+        if changed.is_empty() && created.is_empty() && self.entry_count() == Some(payload.len()) {
             return Ok(WriteOutcome::default());
         }
         let previous = fs::read_link(self.root.join(DATA_LINK)).ok();
@@ -206,6 +208,7 @@ impl AtomicDir {
         Ok(WriteOutcome {
             written: true,
             changed,
+            created,
         })
     }
 
@@ -215,34 +218,36 @@ impl AtomicDir {
             .map(|entries| entries.count())
     }
 
-    /// The files of `payload` whose content, mode or owner differ from what
-    /// the directory holds now (all of them on the first write).
-    fn changed_files(&self, payload: &Payload) -> Vec<FileName> {
+    /// Sorts the files of `payload` into those that differ in content, mode
+    /// or owner from what the directory holds now, and those it lacks.
+    fn compare(&self, payload: &Payload) -> (Vec<FileName>, Vec<FileName>) {
         let data = self.root.join(DATA_LINK);
         let euid = nix::unistd::geteuid().as_raw();
         let egid = nix::unistd::getegid().as_raw();
-        payload
-            .iter()
-            .filter(|(name, want)| {
-                let path = data.join(name.as_str());
-                let (Ok(meta), Ok(visible)) = (
-                    fs::metadata(&path),
-                    fs::symlink_metadata(self.root.join(name.as_str())),
-                ) else {
-                    return true;
-                };
-                let same = visible.file_type().is_symlink()
-                    && meta.mode() & 0o7777 == want.mode
-                    && meta.uid() == want.uid.unwrap_or(euid)
-                    && meta.gid() == want.gid.unwrap_or(egid)
-                    && meta.len() == want.bytes.len() as u64
-                    && fs::read(&path)
-                        .map(Zeroizing::new)
-                        .is_ok_and(|have| *have == *want.bytes);
-                !same
-            })
-            .map(|(name, _)| name.clone())
-            .collect()
+        let mut changed = Vec::new();
+        let mut created = Vec::new();
+        for (name, want) in payload {
+            let path = data.join(name.as_str());
+            let (Ok(meta), Ok(visible)) = (
+                fs::metadata(&path),
+                fs::symlink_metadata(self.root.join(name.as_str())),
+            ) else {
+                created.push(name.clone());
+                continue;
+            };
+            let same = visible.file_type().is_symlink()
+                && meta.mode() & 0o7777 == want.mode
+                && meta.uid() == want.uid.unwrap_or(euid)
+                && meta.gid() == want.gid.unwrap_or(egid)
+                && meta.len() == want.bytes.len() as u64
+                && fs::read(&path)
+                    .map(Zeroizing::new)
+                    .is_ok_and(|have| *have == *want.bytes);
+            if !same {
+                changed.push(name.clone());
+            }
+        }
+        (changed, created)
     }
 
     fn link_visible_names(&self, payload: &Payload) -> Result<(), WriteError> {
@@ -398,7 +403,8 @@ mod tests {
         let first = out
             .write(&payload(&[("a", b"1", 0o400), ("b", b"1", 0o400)]))
             .unwrap();
-        assert_eq!(first.changed.len(), 2);
+        assert_eq!(first.created.len(), 2);
+        assert!(first.changed.is_empty());
         let second = out
             .write(&payload(&[("a", b"1", 0o400), ("b", b"2", 0o400)]))
             .unwrap();
@@ -408,7 +414,7 @@ mod tests {
         );
         // Dropping a file is a write without a changed file.
         let third = out.write(&payload(&[("a", b"1", 0o400)])).unwrap();
-        assert!(third.written && third.changed.is_empty());
+        assert!(third.written && third.changed.is_empty() && third.created.is_empty());
     }
 
     #[test]
