@@ -233,11 +233,7 @@ fn yaml_quoted(out: &mut String, text: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '\u{0}'..='\u{1f}'
-            | '\u{7f}'..='\u{9f}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{feff}' => {
+            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
                 let _ = write!(out, "\\u{:04X}", c as u32);
             }
             c => out.push(c),
@@ -393,10 +389,7 @@ mod tests {
         }
         assert!(out.contains("\"b\": \"yes\"\n"), "{out}");
         assert!(out.contains("\\u0085"), "{out}");
-        assert_eq!(
-            text(&map(&[]), &RenderSpec::new(Format::Yaml)),
-            "{}\n"
-        );
+        assert_eq!(text(&map(&[]), &RenderSpec::new(Format::Yaml)), "{}\n");
     }
 
     #[test]

@@ -325,11 +325,7 @@ impl SidecarProcess {
             .find(|l| l.contains("admin endpoint listening"))
             .unwrap();
         let start = line.find("addr=").unwrap() + "addr=".len();
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
+        line[start..].split_whitespace().next().unwrap().to_string()
     }
 
     /// Waits until every file in `names` exists; panics with the sidecar's

@@ -3,9 +3,7 @@
 
 use std::{os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};
 
-use coffer_tests::{
-    BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, eventually, mint,
-};
+use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, eventually, mint};
 
 fn token() -> String {
     mint(Key::Ec, "shop", "web")
@@ -14,7 +12,9 @@ fn token() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn mode_uid_and_gid_are_as_asked() {
     let broker = BrokerProcess::start(POLICY);
-    broker.put_map("shop/db", &[("user", "u"), ("password", "p")]).await;
+    broker
+        .put_map("shop/db", &[("user", "u"), ("password", "p")])
+        .await;
     let sidecar = SidecarProcess::start_with(
         &broker.endpoint,
         &token(),
@@ -31,7 +31,11 @@ async fn mode_uid_and_gid_are_as_asked() {
     assert_eq!((password.uid(), password.gid()), (1234, 5678));
     let user = meta("user");
     assert_eq!(user.mode() & 0o7777, 0o400, "the default mode is 0400");
-    assert_eq!((user.uid(), user.gid()), (0, 0), "the sidecar's own by default");
+    assert_eq!(
+        (user.uid(), user.gid()),
+        (0, 0),
+        "the sidecar's own by default"
+    );
     let all = meta("all.json");
     assert_eq!(all.mode() & 0o7777, 0o600);
     assert_eq!((all.uid(), all.gid()), (0, 4321));
@@ -91,7 +95,9 @@ impl Drop for TinyTmpfs {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_tmpfs_keeps_the_old_files_and_logs_the_error() {
     let broker = BrokerProcess::start(POLICY);
-    broker.put_map("shop/db", &[("a", "small-a"), ("b", "small-b")]).await;
+    broker
+        .put_map("shop/db", &[("a", "small-a"), ("b", "small-b")])
+        .await;
     let tmpfs = TinyTmpfs::mount("16k");
     let mut sidecar = SidecarProcess::start_with(
         &broker.endpoint,
@@ -107,12 +113,24 @@ async fn a_full_tmpfs_keeps_the_old_files_and_logs_the_error() {
 
     // 64 KiB cannot fit in 16 KiB: the update must fail before the swap.
     let big = "x".repeat(64 * 1024);
-    broker.put_map("shop/db", &[("a", &big), ("b", "new-b")]).await;
+    broker
+        .put_map("shop/db", &[("a", &big), ("b", "new-b")])
+        .await;
     sidecar.wait_for_log("update not applied", Duration::from_secs(20));
 
-    assert_eq!(std::fs::read_to_string(sidecar.file("a")).unwrap(), "small-a");
-    assert_eq!(std::fs::read_to_string(sidecar.file("b")).unwrap(), "small-b");
-    assert_eq!(sidecar.data_target().unwrap(), before, "..data did not move");
+    assert_eq!(
+        std::fs::read_to_string(sidecar.file("a")).unwrap(),
+        "small-a"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sidecar.file("b")).unwrap(),
+        "small-b"
+    );
+    assert_eq!(
+        sidecar.data_target().unwrap(),
+        before,
+        "..data did not move"
+    );
     let output = sidecar.process.output();
     assert!(output.contains("No space left on device"), "{output}");
     // No half-written update directory is left behind.
@@ -124,11 +142,16 @@ async fn a_full_tmpfs_keeps_the_old_files_and_logs_the_error() {
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 
     // Once the value fits again, the sidecar recovers on its own.
-    broker.put_map("shop/db", &[("a", "fits-a"), ("b", "fits-b")]).await;
+    broker
+        .put_map("shop/db", &[("a", "fits-a"), ("b", "fits-b")])
+        .await;
     eventually(Duration::from_secs(20), "the recovered files", || {
         (std::fs::read_to_string(sidecar.file("a")).ok()? == "fits-a").then_some(())
     });
-    assert_eq!(std::fs::read_to_string(sidecar.file("b")).unwrap(), "fits-b");
+    assert_eq!(
+        std::fs::read_to_string(sidecar.file("b")).unwrap(),
+        "fits-b"
+    );
     sidecar.process.kill();
     drop(sidecar);
     drop(tmpfs);

@@ -33,7 +33,10 @@ async fn once_writes_everything_and_exits_zero() {
     );
     let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0), "{}", sidecar.process.output());
-    assert_eq!(std::fs::read_to_string(sidecar.file("password")).unwrap(), "pw");
+    assert_eq!(
+        std::fs::read_to_string(sidecar.file("password")).unwrap(),
+        "pw"
+    );
     assert_eq!(
         std::fs::read_to_string(sidecar.file("api.env")).unwrap(),
         "key=\"k\"\n"
@@ -75,7 +78,10 @@ async fn once_gives_up_after_the_retry_time_when_a_secret_is_missing() {
     assert_eq!(status.code(), Some(1));
     let output = sidecar.process.output();
     assert!(output.contains("gave up after"), "{output}");
-    assert!(output.contains("fetch failed; retrying"), "it did retry:\n{output}");
+    assert!(
+        output.contains("fetch failed; retrying"),
+        "it did retry:\n{output}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
