@@ -319,7 +319,8 @@ impl SidecarProcess {
 
     /// The address the admin endpoint bound (configure `adminListen: 127.0.0.1:0`).
     pub fn admin_addr(&self) -> String {
-        let output = self.wait_for_log("admin endpoint listening", Duration::from_secs(20));
+        let output =
+            strip_ansi(&self.wait_for_log("admin endpoint listening", Duration::from_secs(20)));
         let line = output
             .lines()
             .find(|l| l.contains("admin endpoint listening"))
@@ -452,6 +453,25 @@ impl HupCounter {
             .map(|s| s.lines().count())
             .unwrap_or(0)
     }
+}
+
+/// `text` without terminal colour codes (the logs are coloured).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One HTTP/1.0 request to `addr`; returns the status code and body.

@@ -63,7 +63,10 @@ async fn sighup_fires_exactly_once_per_real_change_and_never_for_unchanged_conte
     });
     assert_eq!(sidecar.data_target().unwrap(), data_before, "no write");
     let output = sidecar.process.output();
-    assert!(output.contains("content unchanged; nothing written"), "{output}");
+    assert!(
+        output.contains("content unchanged; nothing written"),
+        "{output}"
+    );
 
     // One more real change: had the unchanged puts fired, this would be 7.
     broker.put_map("shop/db", &[("password", "v6")]).await;
@@ -187,10 +190,10 @@ async fn a_post_action_reaches_the_app_once_per_change() {
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).unwrap();
                 let request_line = head.lines().next().unwrap_or_default().to_string();
-                requests.lock().unwrap().push(format!(
-                    "{request_line} {}",
-                    String::from_utf8_lossy(&body)
-                ));
+                requests
+                    .lock()
+                    .unwrap()
+                    .push(format!("{request_line} {}", String::from_utf8_lossy(&body)));
                 let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
             }
         });
@@ -215,10 +218,7 @@ async fn a_post_action_reaches_the_app_once_per_change() {
     let requests = requests.lock().unwrap().clone();
     assert_eq!(
         requests,
-        vec![
-            "POST /-/reload?from=coffer HTTP/1.1 {\"files\":[\"password\"]}".to_string();
-            2
-        ]
+        vec!["POST /-/reload?from=coffer HTTP/1.1 {\"files\":[\"password\"]}".to_string(); 2]
     );
 }
 
