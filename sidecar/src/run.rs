@@ -307,11 +307,11 @@ impl Sidecar {
     }
 
     fn become_ready(&mut self) {
-        if let Some(file) = &self.config.ready_file {
-            if let Err(error) = write_ready_file(file) {
-                tracing::error!(file = %file.display(), %error, "cannot write the ready file");
-                return;
-            }
+        if let Some(file) = &self.config.ready_file
+            && let Err(error) = write_ready_file(file)
+        {
+            tracing::error!(file = %file.display(), %error, "cannot write the ready file");
+            return;
         }
         tracing::info!("every secret is written; ready");
         self.ready.send_replace(true);

@@ -106,10 +106,10 @@ fn reader(root: &Path, stop: &AtomicBool) -> Seen {
         }
         // The visible names, each opened on its own, are whole too.
         for name in FILES {
-            if let Ok(text) = std::fs::read_to_string(root.join(name)) {
-                if version_of(name, &text).is_none() {
-                    seen.violations.push(format!("visible {name} is torn"));
-                }
+            if let Ok(text) = std::fs::read_to_string(root.join(name))
+                && version_of(name, &text).is_none()
+            {
+                seen.violations.push(format!("visible {name} is torn"));
             }
         }
     }
