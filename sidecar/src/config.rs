@@ -182,6 +182,12 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         for spec in &mut config.secrets {
             if let Some(file) = &spec.template_file {
+                if spec.template.is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "file {:?}: give `template` or `templateFile`, not both",
+                        spec.file.as_str()
+                    )));
+                }
                 let file = base.join(file);
                 let source =
                     std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
