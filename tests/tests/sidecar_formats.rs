@@ -77,6 +77,17 @@ async fn every_format_matches_its_golden_file() {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // No value reaches the logs, whatever the format.
+    let output = sidecar.process.output();
+    assert!(!output.is_empty());
+    for (key, value) in SECRET {
+        if value.len() > 4 {
+            assert!(
+                !output.contains(value),
+                "{key}'s value is in the sidecar's output"
+            );
+        }
+    }
     // The raw file is the value's exact bytes.
     assert_eq!(
         std::fs::read(sidecar.file("password")).unwrap(),
