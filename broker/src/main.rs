@@ -251,7 +251,15 @@ async fn run_listener(
                 .with_context(|| format!("binding {addr}"))?;
             let bound = listener.local_addr()?;
             announce(&bound.to_string(), addr_file)?;
-            server::serve(broker, tls, TcpListenerStream::new(listener), shutdown).await?;
+            // Accepted sockets do not inherit TCP_NODELAY: without it a watch
+            // update can sit ~40 ms in Nagle's buffer waiting for a delayed ACK.
+            let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+                if let Ok(stream) = &s {
+                    let _ = stream.set_nodelay(true);
+                }
+                s
+            });
+            server::serve(broker, tls, incoming, shutdown).await?;
         }
         ListenAddr::Unix(path) => {
             if std::fs::symlink_metadata(path).is_ok_and(|m| {

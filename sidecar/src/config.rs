@@ -5,18 +5,28 @@
 //! broker: https://coffer-broker.coffer.svc:8443
 //! caFile: /etc/coffer/ca.pem
 //! tokenFile: /var/run/secrets/coffer/token
+//! audience: coffer
 //! outputDir: /coffer/secrets
+//! adminListen: 127.0.0.1:8099
+//! readyFile: /coffer/ready
 //! secrets:
 //!   - path: app/db#password
 //!     file: db-password
 //!     mode: "0400"
+//!     action: {signal: HUP, pidFile: /run/app/app.pid}
 //! ```
+//!
+//! The full reference is docs/sidecar.md.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{render::Format, writer::FileName};
+use crate::{
+    action::ActionSpec,
+    render::{Format, RenderSpec, check_template},
+    writer::FileName,
+};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,8 +40,25 @@ pub struct Config {
     /// The pod's projected token.
     #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
+    /// The audience the token was issued for. The kubelet sets it in the
+    /// projected volume (`serviceAccountToken.audience`); the sidecar only
+    /// reports it, since the broker is what checks it.
+    #[serde(default)]
+    pub audience: Option<String>,
     /// Where files are written; must be tmpfs unless explicitly allowed.
     pub output_dir: PathBuf,
+    /// Address of the readiness / quit endpoint, e.g. `127.0.0.1:8099`.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// A file created once every secret has been written (for exec probes).
+    #[serde(default)]
+    pub ready_file: Option<PathBuf>,
+    /// Exit cleanly once this path exists (a Job's main container creates it).
+    #[serde(default)]
+    pub exit_when_file_exists: Option<PathBuf>,
+    /// An action run once per update that changed any file.
+    #[serde(default)]
+    pub action: Option<ActionSpec>,
     /// Write to a directory that is not tmpfs. Secrets then touch a disk.
     #[serde(default)]
     pub allow_non_tmpfs: bool,
@@ -59,6 +86,15 @@ pub struct SecretSpec {
     /// How the value is rendered (default: raw bytes).
     #[serde(default)]
     pub format: Format,
+    /// Inline template source, for `format: template`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Template file, for `format: template`; read once at start.
+    #[serde(default)]
+    pub template_file: Option<PathBuf>,
+    /// An action run once each time this file changes.
+    #[serde(default)]
+    pub action: Option<ActionSpec>,
 }
 
 /// The default mode of every file.
@@ -68,6 +104,27 @@ impl SecretSpec {
     /// The mode to write with.
     pub fn mode(&self) -> u32 {
         self.mode.unwrap_or(DEFAULT_MODE)
+    }
+
+    /// The broker path without any `#key`: what is fetched and watched.
+    pub fn base_path(&self) -> &str {
+        self.path
+            .split_once('#')
+            .map_or(&self.path, |(base, _)| base)
+    }
+
+    /// The key after `#`, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.path.split_once('#').map(|(_, key)| key)
+    }
+
+    /// How to render this secret (templates resolved by [`Config::load`]).
+    pub fn render_spec(&self) -> RenderSpec {
+        RenderSpec {
+            format: self.format,
+            single_key: self.key().unwrap_or("value").to_string(),
+            template: self.template.clone(),
+        }
     }
 }
 
@@ -120,11 +177,51 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, env)
+        let mut config = Self::parse_unchecked(&text, env)?;
+        // Relative template files are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for spec in &mut config.secrets {
+            if let Some(file) = &spec.template_file {
+                if spec.template.is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "file {:?}: give `template` or `templateFile`, not both",
+                        spec.file.as_str()
+                    )));
+                }
+                let file = base.join(file);
+                let source =
+                    std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+                spec.template = Some(source);
+            }
+        }
+        config.validate()?;
+        Ok(config)
     }
 
-    /// Parses YAML text and applies overrides from `env`.
+    /// Parses YAML text and applies overrides from `env`. Template files are
+    /// not read: use [`Config::load`] for those.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
+        let config = Self::parse_unchecked(text, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Environment variables that override the file, by field.
+    pub const ENV_VARS: &'static [&'static str] = &[
+        "COFFER_BROKER",
+        "COFFER_CA_FILE",
+        "COFFER_TOKEN_FILE",
+        "COFFER_AUDIENCE",
+        "COFFER_OUTPUT_DIR",
+        "COFFER_ADMIN_LISTEN",
+        "COFFER_READY_FILE",
+        "COFFER_EXIT_WHEN_FILE_EXISTS",
+    ];
+
+    fn parse_unchecked(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
         let mut config: Self = serde_norway::from_str(text)?;
         if let Some(v) = env.get("COFFER_BROKER") {
             config.broker = v;
@@ -138,7 +235,18 @@ impl Config {
         if let Some(v) = env.get("COFFER_OUTPUT_DIR") {
             config.output_dir = v.into();
         }
-        config.validate()?;
+        if let Some(v) = env.get("COFFER_AUDIENCE") {
+            config.audience = Some(v);
+        }
+        if let Some(v) = env.get("COFFER_ADMIN_LISTEN") {
+            config.admin_listen = Some(v);
+        }
+        if let Some(v) = env.get("COFFER_READY_FILE") {
+            config.ready_file = Some(v.into());
+        }
+        if let Some(v) = env.get("COFFER_EXIT_WHEN_FILE_EXISTS") {
+            config.exit_when_file_exists = Some(v.into());
+        }
         Ok(config)
     }
 
@@ -154,16 +262,55 @@ impl Config {
                     spec.file.as_str()
                 )));
             }
-            if spec.path.is_empty() {
-                return Err(ConfigError::Invalid("a secret has an empty path".into()));
+            let file = spec.file.as_str();
+            if spec.path.is_empty() || spec.path.starts_with('#') || spec.path.ends_with('#') {
+                return Err(ConfigError::Invalid(format!(
+                    "file {file:?}: the path must be `path` or `path#key`"
+                )));
             }
+            match (spec.format, &spec.template, &spec.template_file) {
+                (Format::Template, Some(source), _) => check_template(source)
+                    .map_err(|e| ConfigError::Invalid(format!("file {file:?}: {e}")))?,
+                (Format::Template, None, _) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "file {file:?}: format template needs `template` or `templateFile`"
+                    )));
+                }
+                (_, None, None) => {}
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "file {file:?}: `template` needs `format: template`"
+                    )));
+                }
+            }
+            if let Some(action) = &spec.action {
+                action
+                    .validate()
+                    .map_err(|e| ConfigError::Invalid(format!("file {file:?}: action: {e}")))?;
+            }
+        }
+        if let Some(action) = &self.action {
+            action
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("action: {e}")))?;
+        }
+        if let Some(addr) = &self.admin_listen {
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::Invalid(format!("adminListen {addr:?} is not host:port"))
+            })?;
         }
         Ok(())
     }
 
     /// The distinct broker paths, for one batched call or watch.
     pub fn paths(&self) -> Vec<String> {
-        let mut paths: Vec<String> = self.secrets.iter().map(|s| s.path.clone()).collect();
+        // Several files may take keys of one secret: it is watched once, so
+        // they all change in the same update.
+        let mut paths: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|s| s.base_path().to_string())
+            .collect();
         paths.sort();
         paths.dedup();
         paths
@@ -235,5 +382,72 @@ mod tests {
         assert!(Config::parse(&BASE.replace("file: b", "file: ../b"), &env).is_err());
         assert!(Config::parse(&BASE.replace("file: b", "file: a/b"), &env).is_err());
         assert!(Config::parse(&format!("{BASE}    colour: red\n"), &env).is_err());
+    }
+
+    #[test]
+    fn templates_are_checked_at_load() {
+        let env = HashMap::<String, String>::new();
+        let ok = format!("{BASE}    format: template\n    template: \"{{{{ a }}}}\"\n");
+        assert!(Config::parse(&ok, &env).is_ok());
+        let bad = format!("{BASE}    format: template\n    template: \"{{{{ a \"\n");
+        assert!(Config::parse(&bad, &env).is_err());
+        let missing = format!("{BASE}    format: template\n");
+        assert!(Config::parse(&missing, &env).is_err());
+        let stray = format!("{BASE}    template: x\n");
+        assert!(Config::parse(&stray, &env).is_err());
+    }
+
+    #[test]
+    fn template_files_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.j2"), "{{ value }}!").unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            format!("{BASE}    format: template\n    templateFile: t.j2\n"),
+        )
+        .unwrap();
+        let c = Config::load(&path, &HashMap::<String, String>::new()).unwrap();
+        assert_eq!(c.secrets[0].template.as_deref(), Some("{{ value }}!"));
+    }
+
+    #[test]
+    fn every_common_field_has_an_env_override() {
+        let env: HashMap<String, String> = Config::ENV_VARS
+            .iter()
+            .map(|k| (k.to_string(), "127.0.0.1:9".to_string()))
+            .collect();
+        let c = Config::parse(BASE, &env).unwrap();
+        assert_eq!(c.broker, "127.0.0.1:9");
+        assert_eq!(c.ca_file, Some("127.0.0.1:9".into()));
+        assert_eq!(c.token_file, PathBuf::from("127.0.0.1:9"));
+        assert_eq!(c.audience.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(c.output_dir, PathBuf::from("127.0.0.1:9"));
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(c.ready_file, Some("127.0.0.1:9".into()));
+        assert_eq!(c.exit_when_file_exists, Some("127.0.0.1:9".into()));
+    }
+
+    #[test]
+    fn keys_of_one_secret_share_one_watched_path() {
+        let env = HashMap::<String, String>::new();
+        let text = "broker: x\noutputDir: /dev/shm/x\nsecrets:\n  - {path: a/b#u, file: u}\n  - {path: a/b#p, file: p}\n  - {path: a/c, file: c}\n";
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(c.paths(), vec!["a/b".to_string(), "a/c".to_string()]);
+        assert_eq!(c.secrets[0].key(), Some("u"));
+        assert_eq!(c.secrets[2].key(), None);
+    }
+
+    #[test]
+    fn actions_are_validated() {
+        let env = HashMap::<String, String>::new();
+        let ok = format!("{BASE}    action: {{signal: HUP, pidFile: /run/app.pid}}\n");
+        assert!(Config::parse(&ok, &env).is_ok());
+        let two = format!("{BASE}    action: {{signal: HUP, post: \"http://x/\"}}\n");
+        assert!(Config::parse(&two, &env).is_err());
+        let nowhere = format!("{BASE}    action: {{signal: HUP}}\n");
+        assert!(Config::parse(&nowhere, &env).is_err());
+        let global = format!("action: {{command: [\"/bin/true\"]}}\n{BASE}");
+        assert!(Config::parse(&global, &env).unwrap().action.is_some());
     }
 }

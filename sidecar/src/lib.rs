@@ -2,8 +2,12 @@
 //!
 //! It presents the pod's projected token to the broker, writes each secret
 //! into a file on an in-memory volume with the kubelet's atomic `..data`
-//! protocol ([`writer`]), and keeps the files current as operators rotate.
+//! protocol ([`writer`]) in one of several formats ([`render`]), tells the
+//! app when its files change ([`action`]), reports readiness ([`admin`]),
+//! and keeps the files current as operators rotate ([`run`]).
 
+pub mod action;
+pub mod admin;
 pub mod config;
 pub mod render;
 pub mod run;

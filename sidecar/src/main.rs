@@ -1,14 +1,16 @@
 //! `coffer-sidecar`: write a pod's secrets to tmpfs and keep them current.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
 use coffer_sidecar::{
     Sidecar,
+    admin::{self, AdminState},
     config::{Config, ProcessEnv},
-    run::harden_process,
+    run::{file_exists, harden_process},
 };
+use tokio::sync::Notify;
 
 /// Exit status for invalid configuration (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -32,6 +34,10 @@ struct Cli {
     /// Allow an output directory that is not tmpfs. Secrets will touch a disk.
     #[arg(long)]
     allow_non_tmpfs: bool,
+    /// Exit 0 once this file exists (e.g. a Job's main container creates it
+    /// when done). Overrides `exitWhenFileExists` / COFFER_EXIT_WHEN_FILE_EXISTS.
+    #[arg(long, value_name = "PATH")]
+    exit_when_file_exists: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
     log_format: Format,
@@ -44,7 +50,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     init_tracing(match cli.log_format {
         Format::Plain => LogFormat::Plain,
         Format::Json => LogFormat::Json,
@@ -59,6 +65,9 @@ fn main() -> ExitCode {
         }
     };
     config.allow_non_tmpfs |= cli.allow_non_tmpfs;
+    if let Some(path) = cli.exit_when_file_exists.take() {
+        config.exit_when_file_exists = Some(path);
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,14 +80,41 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let admin_listen = config.admin_listen.clone();
+        let exit_file = config.exit_when_file_exists.clone();
         let mut sidecar = Sidecar::new(config).await?;
         if cli.once {
-            sidecar
+            return Ok(sidecar
                 .run_once(Duration::from_secs(cli.once_timeout))
-                .await
-        } else {
-            sidecar.run(shutdown_signal()).await
+                .await?);
         }
+        sidecar.start_actions(Duration::from_secs(1));
+        let quit = Arc::new(Notify::new());
+        if let Some(addr) = admin_listen {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the admin endpoint {addr}: {e}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, "admin endpoint listening");
+            let state = AdminState {
+                ready: sidecar.ready(),
+                quit: quit.clone(),
+            };
+            tokio::spawn(admin::serve(listener, state, std::future::pending()));
+        }
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = quit.notified() => {}
+                _ = async {
+                    match exit_file {
+                        Some(path) => file_exists(path).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        };
+        Ok::<_, anyhow::Error>(sidecar.run(stop).await?)
     });
     match result {
         Ok(()) => {

@@ -1,15 +1,21 @@
 //! The sidecar's two modes: `--once` for init containers, and the long-running
 //! watch that keeps files current.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use coffer::{Client, Code, Secret, TokenSource, proto};
-use tokio::time::Instant;
+use coffer::{Client, Code, Secret, SecretBytes, SecretData, TokenSource, proto};
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
+    action::Actions,
     config::Config,
     render::{RenderError, render},
-    writer::{AtomicDir, FileContent, Payload, WriteError},
+    writer::{AtomicDir, FileContent, Payload, WriteError, WriteOutcome},
 };
 
 /// Why the sidecar stopped or an update failed. Never includes a value.
@@ -101,6 +107,8 @@ pub struct Sidecar {
     client: Client,
     out: AtomicDir,
     current: BTreeMap<String, Secret>,
+    ready: watch::Sender<bool>,
+    actions: Option<Actions>,
 }
 
 impl Sidecar {
@@ -120,12 +128,38 @@ impl Sidecar {
             .timeout(Duration::from_secs(30))
             .connect_lazy()
             .await?;
+        if let Some(audience) = &config.audience {
+            // The kubelet mints the token for this audience; the broker checks it.
+            tracing::info!(audience, token_file = %config.token_file.display(), "using the projected token");
+        }
         Ok(Self {
             config,
             client,
             out,
             current: BTreeMap::new(),
+            ready: watch::Sender::new(false),
+            actions: None,
         })
+    }
+
+    /// Becomes `true` once every secret has been written.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Starts the configured actions on the current runtime. Without this
+    /// (as in `--once`), changes are written but nobody is told.
+    pub fn start_actions(&mut self, retry_base: Duration) {
+        let mut actions = Vec::new();
+        for spec in &self.config.secrets {
+            if let Some(action) = spec.action.as_ref().and_then(|a| a.validate().ok()) {
+                actions.push((Some(spec.file.clone()), action));
+            }
+        }
+        if let Some(action) = self.config.action.as_ref().and_then(|a| a.validate().ok()) {
+            actions.push((None, action));
+        }
+        self.actions = Some(Actions::spawn(actions, retry_base));
     }
 
     /// Fetches every secret, writes them, and returns. Retries what may
@@ -136,7 +170,7 @@ impl Sidecar {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let error = match self.fetch_all().await {
-                Ok(secrets) => match self.apply(secrets).await {
+                Ok(secrets) => match self.apply(secrets, Instant::now()).await {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
                 },
@@ -194,8 +228,9 @@ impl Sidecar {
         tracing::info!(paths = self.config.secrets.len(), "watching");
         while let Some(event) = stream.next().await {
             let event = event?;
+            let received = Instant::now();
             backoff.reset();
-            if let Err(error) = self.apply(event.secrets).await {
+            if let Err(error) = self.apply(event.secrets, received).await {
                 // One bad update must not end the watch: the next may be fine.
                 tracing::error!(error = %error, "update not applied; the previous files stay");
             }
@@ -203,8 +238,9 @@ impl Sidecar {
         Ok(())
     }
 
-    /// Merges `secrets` into the current set and publishes the files.
-    async fn apply(&mut self, secrets: Vec<Secret>) -> Result<(), SidecarError> {
+    /// Merges `secrets` into the current set, publishes the files, tells the
+    /// app about what changed, and acknowledges the versions to the broker.
+    async fn apply(&mut self, secrets: Vec<Secret>, received: Instant) -> Result<(), SidecarError> {
         let changed: Vec<(String, u64)> = secrets
             .iter()
             .map(|s| (s.path().to_string(), s.version()))
@@ -215,11 +251,24 @@ impl Sidecar {
         }
         let result = self.publish(&next);
         let state = match &result {
-            Ok(true) => {
-                tracing::info!(versions = ?changed, "secrets written");
+            Ok(outcome) if outcome.written => {
+                let files: Vec<&str> = outcome.changed.iter().map(|f| f.as_str()).collect();
+                let created: Vec<&str> = outcome.created.iter().map(|f| f.as_str()).collect();
+                tracing::info!(
+                    versions = ?changed,
+                    changed = ?files,
+                    created = ?created,
+                    apply_us = received.elapsed().as_micros() as u64,
+                    "secrets written"
+                );
+                // A file written for the first time has no reader to tell:
+                // the app reads it when it starts.
+                if let Some(actions) = &self.actions {
+                    actions.notify(&outcome.changed);
+                }
                 proto::ApplyState::Applied
             }
-            Ok(false) => {
+            Ok(_) => {
                 tracing::debug!(versions = ?changed, "content unchanged; nothing written");
                 proto::ApplyState::Applied
             }
@@ -227,6 +276,15 @@ impl Sidecar {
         };
         if result.is_ok() {
             self.current = next;
+            if !*self.ready.borrow()
+                && self
+                    .config
+                    .paths()
+                    .iter()
+                    .all(|p| self.current.contains_key(p))
+            {
+                self.become_ready();
+            }
         }
         let reason = match &result {
             Err(SidecarError::Write(WriteError::Io { source, .. })) => source.kind().to_string(),
@@ -248,18 +306,42 @@ impl Sidecar {
         result.map(|_| ())
     }
 
-    fn publish(&self, secrets: &BTreeMap<String, Secret>) -> Result<bool, SidecarError> {
+    fn become_ready(&mut self) {
+        if let Some(file) = &self.config.ready_file
+            && let Err(error) = write_ready_file(file)
+        {
+            tracing::error!(file = %file.display(), %error, "cannot write the ready file");
+            return;
+        }
+        tracing::info!("every secret is written; ready");
+        self.ready.send_replace(true);
+    }
+
+    fn publish(&self, secrets: &BTreeMap<String, Secret>) -> Result<WriteOutcome, SidecarError> {
         let mut payload = Payload::new();
         for spec in &self.config.secrets {
-            let Some(secret) = secrets.get(&spec.path) else {
+            let Some(secret) = secrets.get(spec.base_path()) else {
                 // Not fetched yet: a snapshot always carries every path.
                 continue;
             };
-            let bytes =
-                render(secret.data(), spec.format).map_err(|source| SidecarError::Render {
-                    file: spec.file.as_str().to_string(),
-                    source,
-                })?;
+            let render_error = |source| SidecarError::Render {
+                file: spec.file.as_str().to_string(),
+                source,
+            };
+            // `path#key` is picked here rather than by the broker, so that
+            // every file of one secret changes in the same update.
+            let selected;
+            let data = match spec.key() {
+                None => secret.data(),
+                Some(key) => {
+                    let value = secret
+                        .key(key)
+                        .ok_or_else(|| render_error(RenderError::MissingKey(key.to_string())))?;
+                    selected = SecretData::Bytes(SecretBytes::from(value));
+                    &selected
+                }
+            };
+            let bytes = render(data, &spec.render_spec()).map_err(render_error)?;
             payload.insert(
                 spec.file.clone(),
                 FileContent {
@@ -271,6 +353,24 @@ impl Sidecar {
             );
         }
         Ok(self.out.write(&payload)?)
+    }
+}
+
+fn write_ready_file(path: &Path) -> std::io::Result<()> {
+    // Write then rename, so a probe never sees a half-made file.
+    let tmp = path.with_extension("coffer-tmp");
+    std::fs::write(&tmp, "ready\n")?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Resolves once `path` exists, checking twice a second.
+pub async fn file_exists(path: PathBuf) {
+    loop {
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            tracing::info!(path = %path.display(), "exit file exists; stopping");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

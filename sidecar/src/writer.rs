@@ -95,6 +95,17 @@ impl fmt::Debug for FileContent {
 /// Every file of the output directory, as it should be after an update.
 pub type Payload = BTreeMap<FileName, FileContent>;
 
+/// What a write did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Whether a new update directory was published.
+    pub written: bool,
+    /// Files that existed and whose content, mode or owner changed.
+    pub changed: Vec<FileName>,
+    /// Files that did not exist before.
+    pub created: Vec<FileName>,
+}
+
 /// Why a write failed. The old files are intact whenever this is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -148,12 +159,13 @@ impl AtomicDir {
         &self.root
     }
 
-    /// Publishes `payload` as the new content of the directory. Returns
-    /// `false`, having written nothing, when the content, modes and owners
-    /// already match.
-    pub fn write(&self, payload: &Payload) -> Result<bool, WriteError> {
-        if self.matches(payload) {
-            return Ok(false);
+    /// Publishes `payload` as the new content of the directory. Writes
+    /// nothing, and reports no change, when every file's content, mode and
+    /// owner already match.
+    pub fn write(&self, payload: &Payload) -> Result<WriteOutcome, WriteError> {
+        let (changed, created) = self.compare(payload);
+        if changed.is_empty() && created.is_empty() && self.entry_count() == Some(payload.len()) {
+            return Ok(WriteOutcome::default());
         }
         let previous = fs::read_link(self.root.join(DATA_LINK)).ok();
 
@@ -193,37 +205,49 @@ impl AtomicDir {
 
         self.link_visible_names(payload)?;
         self.remove_stale(payload, previous.as_deref(), &staging_name);
-        Ok(true)
+        Ok(WriteOutcome {
+            written: true,
+            changed,
+            created,
+        })
     }
 
-    /// Whether the directory already holds exactly `payload`.
-    fn matches(&self, payload: &Payload) -> bool {
+    fn entry_count(&self) -> Option<usize> {
+        fs::read_dir(self.root.join(DATA_LINK))
+            .ok()
+            .map(|entries| entries.count())
+    }
+
+    /// Sorts the files of `payload` into those that differ in content, mode
+    /// or owner from what the directory holds now, and those it lacks.
+    fn compare(&self, payload: &Payload) -> (Vec<FileName>, Vec<FileName>) {
         let data = self.root.join(DATA_LINK);
-        let Ok(entries) = fs::read_dir(&data) else {
-            return false;
-        };
-        if entries.count() != payload.len() {
-            return false;
-        }
-        payload.iter().all(|(name, want)| {
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        let mut changed = Vec::new();
+        let mut created = Vec::new();
+        for (name, want) in payload {
             let path = data.join(name.as_str());
             let (Ok(meta), Ok(visible)) = (
                 fs::metadata(&path),
                 fs::symlink_metadata(self.root.join(name.as_str())),
             ) else {
-                return false;
+                created.push(name.clone());
+                continue;
             };
-            let euid = nix::unistd::geteuid().as_raw();
-            let egid = nix::unistd::getegid().as_raw();
-            visible.file_type().is_symlink()
+            let same = visible.file_type().is_symlink()
                 && meta.mode() & 0o7777 == want.mode
                 && meta.uid() == want.uid.unwrap_or(euid)
                 && meta.gid() == want.gid.unwrap_or(egid)
                 && meta.len() == want.bytes.len() as u64
                 && fs::read(&path)
                     .map(Zeroizing::new)
-                    .is_ok_and(|have| *have == *want.bytes)
-        })
+                    .is_ok_and(|have| *have == *want.bytes);
+            if !same {
+                changed.push(name.clone());
+            }
+        }
+        (changed, created)
     }
 
     fn link_visible_names(&self, payload: &Payload) -> Result<(), WriteError> {
@@ -342,6 +366,7 @@ mod tests {
         assert!(
             out.write(&payload(&[("a", b"one", 0o400), ("b", b"two", 0o440)]))
                 .unwrap()
+                .written
         );
         assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"one");
         assert_eq!(
@@ -359,12 +384,37 @@ mod tests {
         let dir = shm_dir();
         let out = AtomicDir::open(dir.path(), false).unwrap();
         let p = payload(&[("a", b"one", 0o400)]);
-        assert!(out.write(&p).unwrap());
+        assert!(out.write(&p).unwrap().written);
         let before = fs::read_link(dir.path().join(DATA_LINK)).unwrap();
-        assert!(!out.write(&p).unwrap());
+        assert_eq!(out.write(&p).unwrap(), WriteOutcome::default());
         assert_eq!(fs::read_link(dir.path().join(DATA_LINK)).unwrap(), before);
         // A mode change alone is a change.
-        assert!(out.write(&payload(&[("a", b"one", 0o440)])).unwrap());
+        assert!(
+            out.write(&payload(&[("a", b"one", 0o440)]))
+                .unwrap()
+                .written
+        );
+    }
+
+    #[test]
+    fn reports_only_the_files_that_changed() {
+        let dir = shm_dir();
+        let out = AtomicDir::open(dir.path(), false).unwrap();
+        let first = out
+            .write(&payload(&[("a", b"1", 0o400), ("b", b"1", 0o400)]))
+            .unwrap();
+        assert_eq!(first.created.len(), 2);
+        assert!(first.changed.is_empty());
+        let second = out
+            .write(&payload(&[("a", b"1", 0o400), ("b", b"2", 0o400)]))
+            .unwrap();
+        assert_eq!(
+            second.changed,
+            vec![FileName::try_from("b".to_string()).unwrap()]
+        );
+        // Dropping a file is a write without a changed file.
+        let third = out.write(&payload(&[("a", b"1", 0o400)])).unwrap();
+        assert!(third.written && third.changed.is_empty() && third.created.is_empty());
     }
 
     #[test]

@@ -164,6 +164,12 @@ impl BrokerProcess {
 
     /// Starts a broker with extra `serve` arguments (e.g. `--audit-file`).
     pub fn start_with(policy: &str, args: &[&str]) -> Self {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        Self::launch(policy, "127.0.0.1:0", &args)
+    }
+
+    /// Starts a broker on `listen` with `policy` and extra `serve` arguments.
+    pub fn launch(policy: &str, listen: &str, args: &[&std::ffi::OsStr]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy).unwrap();
@@ -171,7 +177,7 @@ impl BrokerProcess {
         let mut command = Command::new(binary("coffer-broker"));
         command
             .arg("serve")
-            .arg("--listen=127.0.0.1:0")
+            .arg(format!("--listen={listen}"))
             .arg("--addr-file")
             .arg(&addr_file)
             .arg("--jwks")
@@ -293,4 +299,223 @@ pub fn cofferctl(args: &[&std::ffi::OsStr]) -> (i32, String) {
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
     )
+}
+
+// ---- Sidecar helpers (issue 6) ----
+
+/// What [`SidecarProcess::start_with`] can change beyond [`SidecarProcess::start`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SidecarOptions<'a> {
+    /// Where the output directory is made (default `/dev/shm`).
+    pub out_parent: Option<&'a Path>,
+    /// Extra top-level YAML lines (e.g. `adminListen: 127.0.0.1:0\n`).
+    pub global_yaml: &'a str,
+    /// Extra command-line arguments.
+    pub args: &'a [&'a str],
+}
+
+impl SidecarProcess {
+    /// Starts a sidecar against `endpoint` with more control than [`Self::start`].
+    pub fn start_with(
+        endpoint: &str,
+        token: &str,
+        secrets_yaml: &str,
+        options: SidecarOptions<'_>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::Builder::new()
+            .prefix("coffer-e2e-")
+            .tempdir_in(options.out_parent.unwrap_or(Path::new("/dev/shm")))
+            .unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).unwrap();
+        let config = dir.path().join("sidecar.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "broker: {endpoint}\ntokenFile: {}\noutputDir: {}\n{}secrets:\n{secrets_yaml}",
+                token_file.display(),
+                out_dir.path().display(),
+                options.global_yaml,
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(binary("coffer-sidecar"));
+        command.arg("--config").arg(&config).args(options.args);
+        let process = Process::spawn(command, dir.path().join("sidecar.log"));
+        Self {
+            process,
+            out_dir,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the sidecar's output contains `needle`; returns the output.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        eventually(timeout, &format!("sidecar log {needle:?}"), || {
+            let output = self.process.output();
+            output.contains(needle).then_some(output)
+        })
+    }
+
+    /// The address the admin endpoint bound (configure `adminListen: 127.0.0.1:0`).
+    pub fn admin_addr(&self) -> String {
+        let output =
+            strip_ansi(&self.wait_for_log("admin endpoint listening", Duration::from_secs(20)));
+        let line = output
+            .lines()
+            .find(|l| l.contains("admin endpoint listening"))
+            .unwrap();
+        let start = line.find("addr=").unwrap() + "addr=".len();
+        line[start..].split_whitespace().next().unwrap().to_string()
+    }
+
+    /// Waits until every file in `names` exists; panics with the sidecar's
+    /// output otherwise.
+    pub fn wait_for_files(&self, names: &[&str], timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while !names.iter().all(|n| self.file(n).exists()) {
+            assert!(
+                Instant::now() < until,
+                "files {names:?} did not appear; sidecar output:\n{}",
+                self.process.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The directory `..data` points at now, if any.
+    pub fn data_target(&self) -> Option<PathBuf> {
+        std::fs::read_link(self.out_dir.path().join("..data")).ok()
+    }
+}
+
+impl BrokerProcess {
+    /// Starts a broker listening on `listen` (e.g. `127.0.0.1:0`, or the
+    /// address of a broker that was killed) with a dev store persisted in
+    /// `store_dir`, so that its secrets survive a restart.
+    pub fn start_persistent(policy: &str, listen: &str, store_dir: &Path) -> Self {
+        let key_file = store_dir.join("store.key");
+        if !key_file.exists() {
+            std::fs::write(&key_file, [7u8; 32]).unwrap();
+        }
+        let store_file = store_dir.join("store.sealed");
+        Self::launch(
+            policy,
+            listen,
+            &[
+                "--dev-store-file".as_ref(),
+                store_file.as_os_str(),
+                "--dev-store-key-file".as_ref(),
+                key_file.as_os_str(),
+            ],
+        )
+    }
+
+    /// Writes `data` at `path` as the test operator (`ops/admin`); returns the version.
+    pub async fn put_data(&self, path: &str, data: coffer::SecretData) -> u64 {
+        let admin = self.client(mint(Key::Rsa, "ops", "admin")).await;
+        admin.put(path, data, "text/plain", None).await.unwrap()
+    }
+
+    /// Writes a map of string keys at `path`; returns the version.
+    pub async fn put_map(&self, path: &str, items: &[(&str, &str)]) -> u64 {
+        let map = items
+            .iter()
+            .map(|(k, v)| (k.to_string(), coffer::SecretBytes::from(v.as_bytes())))
+            .collect();
+        self.put_data(path, coffer::SecretData::Map(map)).await
+    }
+
+    /// The versions workloads acknowledged for `path`.
+    pub async fn acked_versions(&self, path: &str) -> Vec<u64> {
+        let admin = self.client(mint(Key::Rsa, "ops", "admin")).await;
+        let status = admin.rotation_status(path).await.unwrap();
+        status.workloads.iter().map(|w| w.version).collect()
+    }
+}
+
+/// A shell process that writes its pid to a file and counts the SIGHUPs it
+/// receives, one line per signal, in another file.
+pub struct HupCounter {
+    pub process: Process,
+    pub pid_file: PathBuf,
+    count_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HupCounter {
+    /// Starts the counter and waits for its pid file.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        let count_file = dir.path().join("hups");
+        // `sleep & wait` lets the trap run as soon as a signal arrives.
+        let script = format!(
+            "trap 'echo hup >> {count}' HUP; echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; \
+             while true; do sleep 1 & wait $!; done",
+            count = count_file.display(),
+            pid = pid_file.display(),
+        );
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        let process = Process::spawn(command, dir.path().join("counter.log"));
+        eventually(Duration::from_secs(10), "the pid file", || {
+            pid_file.exists().then_some(())
+        });
+        Self {
+            process,
+            pid_file,
+            count_file,
+            _dir: dir,
+        }
+    }
+
+    /// How many SIGHUPs arrived so far.
+    pub fn count(&self) -> usize {
+        std::fs::read_to_string(&self.count_file)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+/// `text` without terminal colour codes (the logs are coloured).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One HTTP/1.0 request to `addr`; returns the status code and body.
+pub fn http(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }

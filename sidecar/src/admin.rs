@@ -1,0 +1,83 @@
+//! The sidecar's small HTTP endpoint, for probes and for Jobs.
+//!
+//! - `GET /ready`: 200 once every secret has been written, 503 before. A
+//!   native sidecar's `startupProbe` points here, so the app container starts
+//!   only when its files exist.
+//! - `GET /healthz`: 200 while the process serves.
+//! - `POST /quitquitquit`: the sidecar exits 0, so a Job's pod can finish.
+//!
+//! It is HTTP/1 on a loopback or pod address; it serves no secret.
+
+use std::{convert::Infallible, future::Future, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+};
+
+/// What the endpoint reports and triggers.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Whether every secret has been written.
+    pub ready: watch::Receiver<bool>,
+    /// Woken by `/quitquitquit`.
+    pub quit: Arc<Notify>,
+}
+
+/// Serves `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "admin endpoint: accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&req, &state)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "admin endpoint: connection ended");
+            }
+        });
+    }
+}
+
+fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready" | "/readyz") => {
+            if *state.ready.borrow() {
+                (StatusCode::OK, "ready\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n"),
+        (&Method::POST, "/quitquitquit") => {
+            tracing::info!("quit requested over the admin endpoint");
+            state.quit.notify_one();
+            (StatusCode::OK, "quitting\n")
+        }
+        (_, "/ready" | "/readyz" | "/healthz" | "/quitquitquit") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,99 @@
+//! `--once`, for init containers: exit 0 with every file written, non-zero
+//! fast on what retrying cannot fix, non-zero after the bounded retry time on
+//! what it might, and 64 (EX_USAGE) on a bad configuration.
+
+use std::time::Duration;
+
+use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, mint};
+
+fn once(broker: &BrokerProcess, token: &str, secrets: &str, extra: &[&str]) -> SidecarProcess {
+    let mut args = vec!["--once"];
+    args.extend_from_slice(extra);
+    SidecarProcess::start_with(
+        &broker.endpoint,
+        token,
+        secrets,
+        SidecarOptions {
+            args: &args,
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_writes_everything_and_exits_zero() {
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_map("shop/db", &[("password", "pw")]).await;
+    broker.put_map("shop/api", &[("key", "k")]).await;
+    let mut sidecar = once(
+        &broker,
+        &mint(Key::Ec, "shop", "web"),
+        "  - {path: shop/db#password, file: password}\n  - {path: shop/api, file: api.env, format: dotenv}\n",
+        &[],
+    );
+    let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", sidecar.process.output());
+    assert_eq!(
+        std::fs::read_to_string(sidecar.file("password")).unwrap(),
+        "pw"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sidecar.file("api.env")).unwrap(),
+        "key=\"k\"\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_fails_fast_when_access_is_denied() {
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_map("shop/db", &[("password", "pw")]).await;
+    // A workload the policy does not know: retrying will not help.
+    let mut sidecar = once(
+        &broker,
+        &mint(Key::Ec, "shop", "intruder"),
+        "  - {path: shop/db#password, file: password}\n",
+        &["--once-timeout", "60"],
+    );
+    let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    let output = sidecar.process.output();
+    assert!(output.contains("sidecar failed"), "{output}");
+    assert!(
+        !output.contains("retrying"),
+        "a permanent error is not retried:\n{output}"
+    );
+    assert!(!sidecar.file("password").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_gives_up_after_the_retry_time_when_a_secret_is_missing() {
+    let broker = BrokerProcess::start(POLICY);
+    let mut sidecar = once(
+        &broker,
+        &mint(Key::Ec, "shop", "web"),
+        "  - {path: shop/not-yet, file: later}\n",
+        &["--once-timeout", "2"],
+    );
+    let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    let output = sidecar.process.output();
+    assert!(output.contains("gave up after"), "{output}");
+    assert!(
+        output.contains("fetch failed; retrying"),
+        "it did retry:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_64_on_a_bad_configuration() {
+    let broker = BrokerProcess::start(POLICY);
+    let mut sidecar = once(
+        &broker,
+        &mint(Key::Ec, "shop", "web"),
+        "  - {path: shop/db, file: ../escape}\n",
+        &[],
+    );
+    let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(64));
+    assert!(sidecar.process.output().contains("invalid configuration"));
+}
