@@ -308,6 +308,11 @@ fn write_file(path: &Path, content: &FileContent) -> Result<(), WriteError> {
         .map_err(io_err("create", path))?;
     file.write_all(&content.bytes)
         .map_err(io_err("write", path))?;
+    // Set the mode explicitly (the umask must not decide it), and before the
+    // owner: once the file is the app's, changing its mode would need
+    // CAP_FOWNER, while this order needs only CAP_CHOWN.
+    file.set_permissions(fs::Permissions::from_mode(content.mode))
+        .map_err(io_err("chmod", path))?;
     if content.uid.is_some() || content.gid.is_some() {
         nix::unistd::fchown(
             &file,
@@ -316,9 +321,6 @@ fn write_file(path: &Path, content: &FileContent) -> Result<(), WriteError> {
         )
         .map_err(|e| io_err("chown", path)(e.into()))?;
     }
-    // Set the mode explicitly: the umask must not decide it.
-    file.set_permissions(fs::Permissions::from_mode(content.mode))
-        .map_err(io_err("chmod", path))?;
     Ok(())
 }
 
