@@ -6,6 +6,8 @@
 //! The binaries must be built first (`cargo build --workspace --bins`; the
 //! README's test command does it).
 
+pub mod openbao;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -158,6 +160,10 @@ rules:
 impl BrokerProcess {
     /// Starts a broker with the test issuer's JWKS and `policy`.
     pub fn start(policy: &str) -> Self {
+        Self::start_inner(policy, &[])
+    }
+
+    fn start_inner(policy: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy).unwrap();
@@ -172,7 +178,8 @@ impl BrokerProcess {
             .arg(fixture("jwks-a.json"))
             .args(["--issuer", ISSUER, "--audience", AUDIENCE])
             .arg("--policy")
-            .arg(&policy_file);
+            .arg(&policy_file)
+            .args(extra);
         let process = Process::spawn(command, dir.path().join("broker.log"));
         let until = Instant::now() + Duration::from_secs(20);
         let addr = loop {
@@ -191,6 +198,12 @@ impl BrokerProcess {
             endpoint: format!("http://{addr}"),
             _dir: dir,
         }
+    }
+
+    /// Starts a broker like [`start`](Self::start), with `extra` arguments
+    /// appended to `serve` (e.g. `--store vault --vault-config FILE`).
+    pub fn start_with_args(policy: &str, extra: &[&str]) -> Self {
+        Self::start_inner(policy, extra)
     }
 
     /// A client presenting `token`.
