@@ -148,6 +148,16 @@ impl VaultStore {
         self.inner.reads.load(Ordering::Relaxed)
     }
 
+    /// How many paths have a poller (one per watched path, however many
+    /// watchers it has).
+    pub fn watched_paths(&self) -> usize {
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// The names under `path` (a folder), as Vault lists them.
     pub async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
         let (mount, inner_path) = self.inner.route(path)?;
