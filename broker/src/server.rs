@@ -130,9 +130,7 @@ async fn forward_store_health(
             tracing::warn!("secret store cannot serve: reporting NOT_SERVING");
             tonic_health::ServingStatus::NotServing
         };
-        reporter
-            .set_service_status("", status)
-            .await;
+        reporter.set_service_status("", status).await;
         reporter
             .set_service_status(
                 <SecretBrokerServer<Broker> as tonic::server::NamedService>::NAME,

@@ -60,7 +60,11 @@ async fn concurrent_uncached_reads_share_one_vault_call() {
     let config = VaultConfig::from_yaml(&config_yaml(&bao, "cache: {ttl: 0s}\n")).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
     let reads = futures::future::join_all((0..100).map(|_| store.get("shop/sf", None))).await;
-    assert!(reads.iter().all(|r| r.as_ref().is_ok_and(|s| value(&s.data) == b"one")));
+    assert!(
+        reads
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| value(&s.data) == b"one"))
+    );
     assert_eq!(store.vault_reads(), 1);
     assert_eq!(bao.audited("read", "secret/data/shop/sf"), 1);
     // Once done, the next read is a new call.

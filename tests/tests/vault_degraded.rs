@@ -87,7 +87,10 @@ async fn degrades(outage: impl FnOnce(&mut OpenBao)) {
     let broker = broker(&bao);
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let password = |s: &coffer::Secret| s.data().key("password").unwrap().expose().to_vec();
-    assert_eq!(password(&web.get("shop/db").await.unwrap()), b"cached-canary");
+    assert_eq!(
+        password(&web.get("shop/db").await.unwrap()),
+        b"cached-canary"
+    );
     assert_eq!(health(&broker).await, ServingStatus::Serving);
 
     outage(&mut bao);

@@ -108,7 +108,10 @@ async fn kv2_writes_new_versions_with_check_and_set() {
     );
     // Opaque bytes go in as the single key `value`.
     store
-        .put("shop/blob", write(SecretData::Bytes(b"raw"[..].into()), None))
+        .put(
+            "shop/blob",
+            write(SecretData::Bytes(b"raw"[..].into()), None),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -293,8 +293,7 @@ impl VaultConfig {
                 } else if path == prefix {
                     Some("")
                 } else {
-                    path.strip_prefix(prefix)
-                        .and_then(|r| r.strip_prefix('/'))
+                    path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
                 };
                 rest.map(|rest| (m, prefix.len(), rest))
             })
@@ -334,11 +333,17 @@ cache: {ttl: 5s, maxStaleness: 1m}
         let c = VaultConfig::from_yaml(YAML).unwrap();
         c.validate().unwrap();
         let (m, p) = c.route("shop/db").unwrap();
-        assert_eq!((m.mount.as_str(), m.kv, p.as_str()), ("secret", 2, "shop/db"));
+        assert_eq!(
+            (m.mount.as_str(), m.kv, p.as_str()),
+            ("secret", 2, "shop/db")
+        );
         let (m, p) = c.route("shop/legacy/x").unwrap();
         assert_eq!((m.mount.as_str(), m.kv, p.as_str()), ("kv1", 1, "x"));
         let (m, p) = c.route("shopping/x").unwrap();
-        assert_eq!((m.mount.as_str(), p.as_str()), ("other", "broker/shopping/x"));
+        assert_eq!(
+            (m.mount.as_str(), p.as_str()),
+            ("other", "broker/shopping/x")
+        );
         assert_eq!(c.cache.ttl, Duration::from_secs(5));
         assert_eq!(c.cache.max_staleness, Duration::from_secs(60));
     }

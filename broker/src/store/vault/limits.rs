@@ -1,10 +1,7 @@
 //! Protecting Vault: a request-rate ceiling, exponential backoff with full
 //! jitter, and the classification of failures that decides what is retried.
 
-use std::{
-    sync::Mutex,
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::time::Instant;
@@ -150,7 +147,8 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         for attempt in 0..10u32 {
             let d = b.next_delay();
-            let ceiling = Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_secs(1));
+            let ceiling =
+                Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_secs(1));
             assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
         }
         b.reset();

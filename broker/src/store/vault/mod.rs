@@ -26,7 +26,8 @@
 //!
 //! One poller per watched path reads the KV v2 metadata `current_version`
 //! every `poll.interval` (jittered) and feeds the path's watch channel; it
-//! stops when the last receiver goes. N watching pods cost one poll.
+//! stops when the last receiver goes. N watching pods cost one poll. KV v1
+//! keeps no versions, so changes on a KV v1 mount are not detected.
 //!
 //! # Limits of vaultrs
 //!
@@ -173,7 +174,11 @@ impl VaultStore {
             self.inner
                 .call(|c| {
                     let (name, p) = (name.clone(), inner_path.clone());
-                    async move { vaultrs::kv1::list(&*c, &name, &p).await.map(|r| r.data.keys) }
+                    async move {
+                        vaultrs::kv1::list(&*c, &name, &p)
+                            .await
+                            .map(|r| r.data.keys)
+                    }
                 })
                 .await
         };
@@ -201,7 +206,8 @@ impl Inner {
 
     fn contact_ok(&self) {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.health.send_if_modified(|serving| !std::mem::replace(serving, true));
+        self.health
+            .send_if_modified(|serving| !std::mem::replace(serving, true));
     }
 
     fn contact_failed(&self) {
@@ -539,10 +545,9 @@ impl SecretStore for VaultStore {
             1
         } else {
             let cas = match write.cas {
-                Some(cas) => Some(
-                    u32::try_from(cas)
-                        .map_err(|_| StoreError::CasMismatch { current: inner.known_version(path) })?,
-                ),
+                Some(cas) => Some(u32::try_from(cas).map_err(|_| StoreError::CasMismatch {
+                    current: inner.known_version(path),
+                })?),
                 None => None,
             };
             let result = inner
@@ -597,7 +602,11 @@ impl SecretStore for VaultStore {
                 }],
             ));
         }
-        let meta = self.inner.metadata(path).await?.ok_or(StoreError::NotFound)?;
+        let meta = self
+            .inner
+            .metadata(path)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let mut infos: Vec<VersionInfo> = meta
             .versions
             .iter()
@@ -621,9 +630,14 @@ impl SecretStore for VaultStore {
         if let Some(tx) = watchers.get(path) {
             return tx.subscribe();
         }
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
         let (tx, rx) = watch::channel(inner.known_version(path));
         watchers.insert(path.to_string(), tx);
         drop(watchers);
+        // KV v1 keeps no versions to poll: its changes are not detected.
+        if inner.route(path).map_or(true, |(m, _)| m.kv != 2) {
+            return rx;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let weak = Arc::downgrade(inner);
@@ -631,7 +645,10 @@ impl SecretStore for VaultStore {
                 let token = inner.shutdown.clone();
                 handle.spawn(async move { poll_loop(weak, path, token).await });
             }
-            Err(_) => tracing::error!(path, "no async runtime: changes to this path are not watched"),
+            Err(_) => tracing::error!(
+                path,
+                "no async runtime: changes to this path are not watched"
+            ),
         }
         rx
     }
@@ -692,7 +709,9 @@ async fn probe_loop(weak: Weak<Inner>, shutdown: CancellationToken) {
 /// taken as they are; other JSON values keep their JSON text.
 fn to_secret_data(value: serde_json::Value) -> Result<SecretData, StoreError> {
     let serde_json::Value::Object(map) = value else {
-        return Err(StoreError::Internal("Vault returned a non-map secret".into()));
+        return Err(StoreError::Internal(
+            "Vault returned a non-map secret".into(),
+        ));
     };
     let mut out = BTreeMap::new();
     for (key, value) in map {
@@ -761,7 +780,12 @@ impl Cache {
         }
     }
 
-    fn touch(&mut self, key: &CacheKey, max_age: Duration, fresh_only: bool) -> Option<StoredSecret> {
+    fn touch(
+        &mut self,
+        key: &CacheKey,
+        max_age: Duration,
+        fresh_only: bool,
+    ) -> Option<StoredSecret> {
         self.tick += 1;
         let tick = self.tick;
         let entry = self.entries.get_mut(key)?;
@@ -861,13 +885,29 @@ mod tests {
         let mut cache = Cache::new(1000);
         cache.insert(("a".into(), None), secret(1, 300));
         cache.insert(("b".into(), None), secret(1, 300));
-        assert!(cache.fresh(&("a".into(), None), Duration::from_secs(60)).is_some());
+        assert!(
+            cache
+                .fresh(&("a".into(), None), Duration::from_secs(60))
+                .is_some()
+        );
         cache.insert(("c".into(), None), secret(1, 300));
         assert!(cache.bytes <= 1000);
-        assert!(cache.fresh(&("b".into(), None), Duration::from_secs(60)).is_none());
-        assert!(cache.fresh(&("a".into(), None), Duration::from_secs(60)).is_some());
+        assert!(
+            cache
+                .fresh(&("b".into(), None), Duration::from_secs(60))
+                .is_none()
+        );
+        assert!(
+            cache
+                .fresh(&("a".into(), None), Duration::from_secs(60))
+                .is_some()
+        );
         cache.insert(("huge".into(), None), secret(1, 5000));
-        assert!(cache.fresh(&("huge".into(), None), Duration::from_secs(60)).is_none());
+        assert!(
+            cache
+                .fresh(&("huge".into(), None), Duration::from_secs(60))
+                .is_none()
+        );
     }
 
     #[test]
@@ -875,8 +915,16 @@ mod tests {
         let mut cache = Cache::new(10_000);
         cache.insert(("a".into(), None), secret(1, 10));
         cache.invalidate_older_latest("a", 2);
-        assert!(cache.fresh(&("a".into(), None), Duration::from_secs(60)).is_none());
-        assert!(cache.stale(&("a".into(), None), Duration::from_secs(60)).is_some());
+        assert!(
+            cache
+                .fresh(&("a".into(), None), Duration::from_secs(60))
+                .is_none()
+        );
+        assert!(
+            cache
+                .stale(&("a".into(), None), Duration::from_secs(60))
+                .is_some()
+        );
     }
 
     #[test]

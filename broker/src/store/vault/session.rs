@@ -16,7 +16,7 @@ use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
 
 use super::config::{AuthConfig, VaultConfig};
-use super::limits::{Backoff, classify, Class};
+use super::limits::{Backoff, Class, classify};
 use crate::store::StoreError;
 
 /// What Vault said about the token we hold.
@@ -81,7 +81,10 @@ impl Session {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
         let mut guard = self.client.write().unwrap_or_else(|p| p.into_inner());
         *guard = (Arc::new(client), generation + 1);
-        tracing::info!(method = method_name(&self.config.auth), "logged in to Vault again");
+        tracing::info!(
+            method = method_name(&self.config.auth),
+            "logged in to Vault again"
+        );
         Ok(())
     }
 
@@ -119,7 +122,9 @@ async fn renew_loop(weak: Weak<Session>, shutdown: CancellationToken) {
     let mut failures = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let wait = {
-            let Some(session) = weak.upgrade() else { return };
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
             let lease = session.lease();
             if lease.ttl.is_zero() {
                 // A token that never expires: look again now and then, in case
@@ -133,7 +138,9 @@ async fn renew_loop(weak: Weak<Session>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let Some(session) = weak.upgrade() else { return };
+        let Some(session) = weak.upgrade() else {
+            return;
+        };
         let lease = session.lease();
         let (client, generation) = session.client();
         let result = if lease.ttl.is_zero() {
@@ -154,7 +161,11 @@ async fn renew_loop(weak: Weak<Session>, shutdown: CancellationToken) {
                         renewable: auth.renewable && !capped,
                         obtained: Instant::now(),
                     };
-                    tracing::debug!(ttl_seconds = ttl.as_secs(), capped, "renewed the Vault token");
+                    tracing::debug!(
+                        ttl_seconds = ttl.as_secs(),
+                        capped,
+                        "renewed the Vault token"
+                    );
                     Ok(())
                 }
                 Err(error) => {
@@ -204,9 +215,10 @@ fn method_name(auth: &AuthConfig) -> &'static str {
 }
 
 fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, StoreError> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))
-    })?);
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))
+        })?);
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
