@@ -630,7 +630,11 @@ impl SecretStore for VaultStore {
         if let Some(tx) = watchers.get(path) {
             return tx.subscribe();
         }
-        watchers.retain(|_, tx| tx.receiver_count() > 0);
+        // Unwatched KV v1 entries have no poller to remove them; KV v2
+        // entries are left to their poller, so a path never gets two.
+        watchers.retain(|p, tx| {
+            tx.receiver_count() > 0 || inner.config.route(p).is_some_and(|(m, _)| m.kv == 2)
+        });
         let (tx, rx) = watch::channel(inner.known_version(path));
         watchers.insert(path.to_string(), tx);
         drop(watchers);
