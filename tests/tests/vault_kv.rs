@@ -225,3 +225,18 @@ async fn the_broker_serves_a_whole_vault_map_or_one_key() {
     assert_eq!(missing.code(), Some(Code::NotFound));
     assert!(!broker.process.output().contains("canary-vault-pw"));
 }
+
+#[tokio::test]
+async fn tls_uses_the_configured_ca_and_refuses_an_unknown_one() {
+    let bao = OpenBao::start_tls();
+    bao.bao(&["kv", "put", "secret/shop/tls", "v=over-tls"]);
+    let mut with_ca = config(&bao);
+    with_ca.ca_file = bao.ca_file.clone();
+    let store = VaultStore::connect(with_ca).await.unwrap();
+    assert_eq!(
+        store.get("shop/tls", None).await.unwrap().data,
+        map(&[("v", "over-tls")])
+    );
+    // Without the CA the server is not trusted: no login, no fallback.
+    assert!(VaultStore::connect(config(&bao)).await.is_err());
+}
