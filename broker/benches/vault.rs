@@ -132,6 +132,9 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // vaultrs is built without a TLS provider; the broker's is ring. The
+    // direct client below is built before the store installs it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (_bao, addr) = start_bao()?;
     let direct = Arc::new(vault_client(&addr)?);
     let mut value = HashMap::new();
