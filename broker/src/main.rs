@@ -102,6 +102,25 @@ struct ServeArgs {
     /// they are refused (UNAVAILABLE).
     #[arg(long, env = "COFFER_AUDIT_FAIL_OPEN")]
     audit_fail_open: bool,
+    /// Where secrets live: the embedded dev store, or Vault/OpenBao.
+    #[arg(long, env = "COFFER_STORE", value_enum, default_value = "dev")]
+    store: StoreKind,
+    /// The Vault store's YAML configuration (auth method, mounts, cache,
+    /// polling, limits; see docs/vault.md). Required with `--store vault`.
+    #[arg(long, env = "COFFER_VAULT_CONFIG")]
+    vault_config: Option<PathBuf>,
+    /// Overrides the config's Vault address.
+    #[arg(long, env = "COFFER_VAULT_ADDR")]
+    vault_addr: Option<String>,
+    /// Overrides the config's CA bundle for Vault's TLS certificate.
+    #[arg(long, env = "COFFER_VAULT_CA_FILE")]
+    vault_ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Dev,
+    Vault,
 }
 
 fn main() -> ExitCode {
@@ -192,6 +211,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     .map(|log| log.fail_open(args.audit_fail_open));
     let store: Arc<dyn SecretStore> = match &args.dev_store_file {
+        _ if args.store == StoreKind::Vault => vault_store(&args).await?,
         None => Arc::new(DevStore::in_memory()),
         Some(file) => {
             let material = match &args.dev_store_key_file {
@@ -234,6 +254,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await
+}
+
+async fn vault_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn SecretStore>> {
+    use coffer_broker::store::vault::{VaultConfig, VaultStore};
+    let file = args
+        .vault_config
+        .as_ref()
+        .ok_or_else(|| usage("--store vault needs --vault-config"))?;
+    let mut config = VaultConfig::load(file).map_err(|e| usage(e.to_string()))?;
+    if let Some(addr) = &args.vault_addr {
+        config.address.clone_from(addr);
+    }
+    if let Some(ca) = &args.vault_ca_file {
+        config.ca_file = Some(ca.clone());
+    }
+    config.validate().map_err(|e| usage(e.to_string()))?;
+    let store = VaultStore::connect(config)
+        .await
+        .context("connecting to Vault")?;
+    Ok(Arc::new(store))
 }
 
 /// Binds `listen`, reports the bound address, and serves until `shutdown`.

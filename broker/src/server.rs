@@ -68,6 +68,14 @@ where
     health.set_serving::<SecretBrokerServer<Broker>>().await;
     health.set_serving::<SecretOperatorServer<Broker>>().await;
 
+    if let Some(store_health) = broker.store_health() {
+        tokio::spawn(forward_store_health(
+            store_health,
+            health.clone(),
+            broker.shutdown_token(),
+        ));
+    }
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -104,4 +112,34 @@ where
         Err(error) => tracing::error!(%error, "reflection disabled"),
     }
     router.serve_with_incoming_shutdown(incoming, signal).await
+}
+
+/// Mirrors the store's health onto `grpc.health.v1`: the broker service is
+/// NOT_SERVING while its store cannot serve (e.g. Vault sealed or gone past
+/// the staleness limit).
+async fn forward_store_health(
+    mut store: tokio::sync::watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let serving = *store.borrow_and_update();
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::warn!("secret store cannot serve: reporting NOT_SERVING");
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter
+            .set_service_status(
+                <SecretBrokerServer<Broker> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = store.changed() => if changed.is_err() { return },
+        }
+    }
 }

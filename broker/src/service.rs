@@ -217,6 +217,11 @@ impl Broker {
         self.inner.policy.send_replace(Arc::new(policy));
     }
 
+    /// The store's health, if it reports one (see [`SecretStore::health`]).
+    pub fn store_health(&self) -> Option<watch::Receiver<bool>> {
+        self.inner.store.health()
+    }
+
     /// Cancelled when the broker shuts down; watch streams end with it.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()

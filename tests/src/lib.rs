@@ -6,6 +6,8 @@
 //! The binaries must be built first (`cargo build --workspace --bins`; the
 //! README's test command does it).
 
+pub mod openbao;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

@@ -4,6 +4,7 @@
 //! (`app/db#password`) is the broker's job, so every store gets it for free.
 
 pub mod dev;
+pub mod vault;
 
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
@@ -101,4 +102,11 @@ pub trait SecretStore: Send + Sync + 'static {
     /// The current version of `path` (0 while it does not exist), updated on
     /// every change. Many watchers of one path share one subscription.
     fn subscribe(&self, path: &str) -> watch::Receiver<u64>;
+
+    /// Whether the backend can serve (`true`) or not, updated as it changes;
+    /// `None` for stores that are always up. The server reports it on
+    /// `grpc.health.v1`.
+    fn health(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }

@@ -1,0 +1,365 @@
+//! The Vault store's configuration: a small YAML file (`--vault-config`),
+//! with the address and CA also settable by flags.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+/// Everything the Vault store needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault.example:8200`.
+    #[serde(default)]
+    pub address: String,
+    /// Extra CA bundle (PEM) to trust for the Vault server.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A Vault Enterprise / OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// How the broker logs in.
+    pub auth: AuthConfig,
+    /// Which broker path prefixes live on which mount.
+    pub mounts: Vec<MountConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub limits: LimitConfig,
+}
+
+/// The broker's own identity towards Vault.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "camelCase", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// A token in a file (written by an operator or another agent). Renewed
+    /// while renewable; the file is read again when renewal fails.
+    #[serde(rename_all = "camelCase")]
+    Token { token_file: PathBuf },
+    /// AppRole with role_id and secret_id in files.
+    #[serde(rename_all = "camelCase")]
+    Approle {
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+    },
+    /// Vault's `kubernetes` auth method with the broker's service-account token.
+    #[serde(rename_all = "camelCase")]
+    Kubernetes {
+        role: String,
+        #[serde(default = "default_sa_token")]
+        token_file: PathBuf,
+        #[serde(default = "default_kubernetes_mount")]
+        mount: String,
+    },
+    /// Vault's `jwt` auth method with the broker's service-account token
+    /// (the same login, checked against the cluster's JWKS).
+    #[serde(rename_all = "camelCase")]
+    Jwt {
+        role: String,
+        #[serde(default = "default_sa_token")]
+        token_file: PathBuf,
+        #[serde(default = "default_jwt_mount")]
+        mount: String,
+    },
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
+}
+fn default_sa_token() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+/// One broker path prefix mapped to a KV mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MountConfig {
+    /// Broker paths equal to this or under `prefix/` use this mount.
+    /// The empty prefix matches every path.
+    pub prefix: String,
+    /// The KV mount path in Vault, e.g. `secret`.
+    pub mount: String,
+    /// KV engine version: 1 or 2.
+    #[serde(default = "default_kv")]
+    pub kv: u8,
+    /// What replaces `prefix` inside the mount; by default the prefix stays,
+    /// so broker path `shop/db` is `shop/db` in the mount.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn default_kv() -> u8 {
+    2
+}
+
+/// The value cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long a read value is served without asking Vault again.
+    #[serde(default = "default_cache_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Upper bound on cached secret bytes.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+    /// While Vault is unreachable or sealed, cached values are served until
+    /// they are this old (counted from the last successful read).
+    #[serde(default = "default_staleness", deserialize_with = "duration")]
+    pub max_staleness: Duration,
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_cache_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_staleness() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: default_cache_ttl(),
+            max_bytes: default_cache_bytes(),
+            max_staleness: default_staleness(),
+        }
+    }
+}
+
+/// Change detection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PollConfig {
+    /// How often each watched path's metadata is polled.
+    #[serde(default = "default_poll", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Random spread added to each interval, as a fraction of it (0..=1).
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_poll(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+/// Protection of the Vault server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitConfig {
+    /// At most this many requests per second to Vault (0: unlimited).
+    #[serde(default = "default_rate")]
+    pub max_requests_per_second: u32,
+    /// Retries of a request that failed with 429, 5xx or a transport error.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// The first backoff; doubled on each retry, with full jitter.
+    #[serde(default = "default_backoff", deserialize_with = "duration")]
+    pub initial_backoff: Duration,
+    /// The largest backoff.
+    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+    /// Timeout of one HTTP request.
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn default_rate() -> u32 {
+    200
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            max_requests_per_second: default_rate(),
+            max_retries: default_retries(),
+            initial_backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            request_timeout: default_timeout(),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid Vault config: {0}")]
+    Parse(String),
+    #[error("invalid Vault config: {0}")]
+    Invalid(String),
+}
+
+impl VaultConfig {
+    /// Parses YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            serde_norway::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Reads and parses a YAML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.address.is_empty() {
+            return invalid("address is required".into());
+        }
+        if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
+            return invalid("address must start with http:// or https://".into());
+        }
+        if self.mounts.is_empty() {
+            return invalid("at least one mount is required".into());
+        }
+        for m in &self.mounts {
+            if m.kv != 1 && m.kv != 2 {
+                return invalid(format!("mount {}: kv must be 1 or 2", m.mount));
+            }
+            if m.mount.trim_matches('/').is_empty() {
+                return invalid(format!("prefix {:?}: mount is empty", m.prefix));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.poll.jitter) {
+            return invalid("poll.jitter must be between 0 and 1".into());
+        }
+        if self.poll.interval.is_zero() {
+            return invalid("poll.interval must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The mount serving broker path `path`, and the path inside it.
+    pub fn route(&self, path: &str) -> Option<(&MountConfig, String)> {
+        self.mounts
+            .iter()
+            .filter_map(|m| {
+                let prefix = m.prefix.trim_matches('/');
+                let rest = if prefix.is_empty() {
+                    Some(path)
+                } else if path == prefix {
+                    Some("")
+                } else {
+                    path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+                };
+                rest.map(|rest| (m, prefix.len(), rest))
+            })
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(m, _, rest)| {
+                let base = m
+                    .path
+                    .as_deref()
+                    .unwrap_or(m.prefix.as_str())
+                    .trim_matches('/');
+                let inner = match (base.is_empty(), rest.is_empty()) {
+                    (true, _) => rest.to_string(),
+                    (false, true) => base.to_string(),
+                    (false, false) => format!("{base}/{rest}"),
+                };
+                (m, inner)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+address: http://127.0.0.1:8200
+auth: {method: approle, roleIdFile: /r, secretIdFile: /s}
+mounts:
+  - {prefix: shop, mount: secret}
+  - {prefix: shop/legacy, mount: kv1, kv: 1, path: ""}
+  - {prefix: "", mount: other, path: broker}
+cache: {ttl: 5s, maxStaleness: 1m}
+"#;
+
+    #[test]
+    fn longest_prefix_wins_and_paths_map_into_the_mount() {
+        let c = VaultConfig::from_yaml(YAML).unwrap();
+        c.validate().unwrap();
+        let (m, p) = c.route("shop/db").unwrap();
+        assert_eq!(
+            (m.mount.as_str(), m.kv, p.as_str()),
+            ("secret", 2, "shop/db")
+        );
+        let (m, p) = c.route("shop/legacy/x").unwrap();
+        assert_eq!((m.mount.as_str(), m.kv, p.as_str()), ("kv1", 1, "x"));
+        let (m, p) = c.route("shopping/x").unwrap();
+        assert_eq!(
+            (m.mount.as_str(), p.as_str()),
+            ("other", "broker/shopping/x")
+        );
+        assert_eq!(c.cache.ttl, Duration::from_secs(5));
+        assert_eq!(c.cache.max_staleness, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        assert!(VaultConfig::from_yaml("address: x\nauth: {method: nope}\nmounts: []").is_err());
+        let c = VaultConfig::from_yaml(
+            "address: ftp://x\nauth: {method: token, tokenFile: /t}\nmounts: [{prefix: a, mount: s}]",
+        )
+        .unwrap();
+        assert!(c.validate().is_err());
+        let c = VaultConfig::from_yaml(
+            "address: http://x\nauth: {method: token, tokenFile: /t}\nmounts: [{prefix: a, mount: s, kv: 3}]",
+        )
+        .unwrap();
+        assert!(c.validate().is_err());
+    }
+}

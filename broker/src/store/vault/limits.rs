@@ -1,0 +1,168 @@
+//! Protecting Vault: a request-rate ceiling, exponential backoff with full
+//! jitter, and the classification of failures that decides what is retried.
+
+use std::{sync::Mutex, time::Duration};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::time::Instant;
+use vaultrs::error::ClientError;
+
+/// What a failed Vault call means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    /// 404: the thing is not there.
+    NotFound,
+    /// 403: the token is invalid or the policy says no.
+    Forbidden,
+    /// 429, 5xx (including sealed), timeouts, connection failures: retry.
+    Transient,
+    /// Anything else (400, parse errors): do not retry.
+    Permanent,
+}
+
+/// Sorts a vaultrs error.
+pub(super) fn classify(error: &ClientError) -> Class {
+    match error {
+        ClientError::APIError { code, .. } => match code {
+            404 => Class::NotFound,
+            401 | 403 => Class::Forbidden,
+            429 | 500..=599 => Class::Transient,
+            _ => Class::Permanent,
+        },
+        ClientError::RestClientError { source } => match source {
+            rustify::errors::ClientError::ServerResponseError { code, .. } => match code {
+                404 => Class::NotFound,
+                401 | 403 => Class::Forbidden,
+                429 | 500..=599 => Class::Transient,
+                _ => Class::Permanent,
+            },
+            // Connection refused, reset, timed out: the server may come back.
+            rustify::errors::ClientError::RequestError { .. }
+            | rustify::errors::ClientError::ResponseError { .. } => Class::Transient,
+            _ => Class::Permanent,
+        },
+        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => Class::NotFound,
+        _ => Class::Permanent,
+    }
+}
+
+/// A uniformly random fraction in [0, 1).
+pub(super) fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    // The system RNG does not fail on supported platforms; if it ever did,
+    // a fixed midpoint only loses the jitter, not correctness.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `base` plus up to `fraction` of it, at random.
+pub(super) fn jittered(base: Duration, fraction: f64) -> Duration {
+    base.mul_f64(1.0 + fraction * random_fraction())
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub(super) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub(super) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next pause: a random duration up to `initial * 2^attempt`, capped.
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(self.attempt.min(20)))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(random_fraction())
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Spaces requests at least `1/rate` apart.
+pub(super) struct RateLimiter {
+    interval: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    /// At most `per_second` requests per second; 0 means unlimited.
+    pub(super) fn new(per_second: u32) -> Self {
+        Self {
+            interval: (per_second > 0).then(|| Duration::from_secs(1) / per_second),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this request's slot.
+    pub(super) async fn acquire(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_are_sorted_into_retry_classes() {
+        let api = |code| ClientError::APIError {
+            code,
+            errors: vec![],
+        };
+        assert_eq!(classify(&api(404)), Class::NotFound);
+        assert_eq!(classify(&api(403)), Class::Forbidden);
+        assert_eq!(classify(&api(429)), Class::Transient);
+        assert_eq!(classify(&api(503)), Class::Transient);
+        assert_eq!(classify(&api(400)), Class::Permanent);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_under_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for attempt in 0..10u32 {
+            let d = b.next_delay();
+            let ceiling =
+                Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_secs(1));
+            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_spaces_requests() {
+        let limiter = RateLimiter::new(10);
+        let start = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+        }
+        // Five requests at 10/s: the fifth waits for its slot at 400 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+}

