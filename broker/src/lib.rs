@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod server;
