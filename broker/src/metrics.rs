@@ -83,7 +83,10 @@ pub fn auth_failures(reason: &'static str) -> u64 {
 /// Counts one verification-cache lookup.
 pub fn auth_cache(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
-    METRICS.auth_cache.get_or_create(&CacheLabel { result }).inc();
+    METRICS
+        .auth_cache
+        .get_or_create(&CacheLabel { result })
+        .inc();
 }
 
 /// The metrics in the Prometheus text format.
@@ -127,19 +130,19 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
 }
 
 fn respond(request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics"
-    {
-        let mut ok = Response::new(Full::new(Bytes::from(render())));
-        ok.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
-        );
-        ok
-    } else {
-        Response::new(Full::new(Bytes::from_static(b"not found\n")))
-    };
+    let mut response =
+        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+            let mut ok = Response::new(Full::new(Bytes::from(render())));
+            ok.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            ok
+        } else {
+            Response::new(Full::new(Bytes::from_static(b"not found\n")))
+        };
     if !(request.method() == hyper::Method::GET && request.uri().path() == "/metrics") {
         *response.status_mut() = StatusCode::NOT_FOUND;
     }

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod https;
+
 use coffer::{Client, TokenSource};
 use coffer_broker::auth::jwt::ProjectedClaims;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -201,6 +203,114 @@ impl BrokerProcess {
             .await
             .unwrap()
     }
+}
+
+/// The flags `BrokerProcess::start` authenticates with: the test issuer's
+/// JWKS, issuer and audience.
+pub fn default_auth_args() -> Vec<std::ffi::OsString> {
+    vec![
+        "--jwks".into(),
+        fixture("jwks-a.json").into(),
+        "--issuer".into(),
+        ISSUER.into(),
+        "--audience".into(),
+        AUDIENCE.into(),
+    ]
+}
+
+impl BrokerProcess {
+    /// Starts a broker with `policy` and the caller's `args` in place of the
+    /// default authentication flags (e.g. `--auth-config FILE`, or
+    /// [`default_auth_args`] plus `--metrics-listen 127.0.0.1:0`).
+    pub fn start_with_args(
+        policy: &str,
+        args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_file = dir.path().join("policy.yaml");
+        std::fs::write(&policy_file, policy).unwrap();
+        let addr_file = dir.path().join("addr");
+        let mut command = Command::new(binary("coffer-broker"));
+        command
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--policy")
+            .arg(&policy_file)
+            .args(args);
+        let process = Process::spawn(command, dir.path().join("broker.log"));
+        let addr = eventually(Duration::from_secs(20), "the broker to listen", || {
+            std::fs::read_to_string(&addr_file).ok()
+        });
+        Self {
+            process,
+            endpoint: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// The address the broker's `--metrics-listen` endpoint bound, from its log.
+    pub fn metrics_addr(&self) -> String {
+        eventually(Duration::from_secs(10), "the metrics endpoint", || {
+            let output = strip_ansi(&self.process.output());
+            let line = output.lines().find(|l| l.contains("metrics listening"))?;
+            let addr = line.split("addr=").nth(1)?;
+            Some(
+                addr.split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+    }
+
+    /// The broker's `/metrics` page.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.metrics_addr()).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+        page
+    }
+
+    /// The reasons of the authentication failures the broker logged so far.
+    pub fn auth_failure_reasons(&self) -> Vec<String> {
+        strip_ansi(&self.process.output())
+            .lines()
+            .filter(|l| l.contains("authentication failed"))
+            .filter_map(|l| {
+                let rest = l.split("reason=").nth(1)?;
+                Some(
+                    rest.split_whitespace()
+                        .next()?
+                        .trim_matches('"')
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A sidecar process writing into a fresh directory under /dev/shm.

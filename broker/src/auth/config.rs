@@ -247,17 +247,18 @@ impl AuthenticatorConfig {
         if modes.iter().filter(|m| **m).count() != 1 {
             return Err(AuthConfigError::Mode(self.issuer.clone()));
         }
-        let file = |section: &FileSection, format| -> Result<Arc<dyn Authenticator>, AuthConfigError> {
-            let keys = FileKeys::load(
-                &section.path,
-                format,
-                seconds(section.check_interval_seconds, DEFAULT_CHECK_INTERVAL),
-            )?;
-            Ok(Arc::new(JwtVerifier::with_source(
-                self.verifier_config(),
-                Arc::new(keys),
-            )))
-        };
+        let file =
+            |section: &FileSection, format| -> Result<Arc<dyn Authenticator>, AuthConfigError> {
+                let keys = FileKeys::load(
+                    &section.path,
+                    format,
+                    seconds(section.check_interval_seconds, DEFAULT_CHECK_INTERVAL),
+                )?;
+                Ok(Arc::new(JwtVerifier::with_source(
+                    self.verifier_config(),
+                    Arc::new(keys),
+                )))
+            };
         if let Some(section) = &self.jwks_file {
             return file(section, KeyFileFormat::Jwks);
         }
@@ -287,17 +288,19 @@ impl AuthenticatorConfig {
             )));
         }
         if let Some(review) = &self.token_review {
-            return Ok(Arc::new(TokenReviewAuthenticator::new(TokenReviewConfig {
-                issuer: self.issuer.clone(),
-                server: review.server.clone(),
-                audiences: self.audiences.clone(),
-                http: HttpConfig {
-                    ca_file: review.ca_file.clone(),
-                    timeout: review.timeout_seconds.map(Duration::from_secs),
-                    token_file: review.token_file.clone(),
+            return Ok(Arc::new(TokenReviewAuthenticator::new(
+                TokenReviewConfig {
+                    issuer: self.issuer.clone(),
+                    server: review.server.clone(),
+                    audiences: self.audiences.clone(),
+                    http: HttpConfig {
+                        ca_file: review.ca_file.clone(),
+                        timeout: review.timeout_seconds.map(Duration::from_secs),
+                        token_file: review.token_file.clone(),
+                    },
+                    ttl: seconds(review.ttl_seconds, DEFAULT_REVIEW_TTL),
                 },
-                ttl: seconds(review.ttl_seconds, DEFAULT_REVIEW_TTL),
-            })?));
+            )?));
         }
         Err(AuthConfigError::Mode(self.issuer.clone()))
     }
@@ -315,7 +318,12 @@ mod tests {
             .skip_while(|l| !l.starts_with("//! ```yaml"))
             .skip(1)
             .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| format!("{}\n", l.trim_start_matches("//!").strip_prefix(' ').unwrap_or("")))
+            .map(|l| {
+                format!(
+                    "{}\n",
+                    l.trim_start_matches("//!").strip_prefix(' ').unwrap_or("")
+                )
+            })
             .collect();
         let config = AuthConfig::parse(&yaml).unwrap();
         assert_eq!(config.authenticators.len(), 4);
@@ -329,13 +337,17 @@ mod tests {
             AuthConfig::parse(two_modes).unwrap().build().await,
             Err(AuthConfigError::Mode(_))
         ));
-        let no_aud = "authenticators:\n  - issuer: i\n    audiences: []\n    jwksFile: {path: /x}\n";
+        let no_aud =
+            "authenticators:\n  - issuer: i\n    audiences: []\n    jwksFile: {path: /x}\n";
         assert!(matches!(
             AuthConfig::parse(no_aud).unwrap().build().await,
             Err(AuthConfigError::NoAudience(_))
         ));
         assert!(matches!(
-            AuthConfig::parse("authenticators: []\n").unwrap().build().await,
+            AuthConfig::parse("authenticators: []\n")
+                .unwrap()
+                .build()
+                .await,
             Err(AuthConfigError::Empty)
         ));
         assert!(AuthConfig::parse("authenticators: []\nsurprise: 1\n").is_err());

@@ -22,9 +22,7 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
-    AuthError, Authenticator, BearerToken, MAX_TOKEN_BYTES, Verified, WorkloadIdentity,
-};
+use super::{AuthError, Authenticator, BearerToken, MAX_TOKEN_BYTES, Verified, WorkloadIdentity};
 
 /// The algorithms a Kubernetes issuer may use. No `none`, no HMAC.
 pub const ALLOWED_ALGORITHMS: &[Algorithm] = &[
@@ -262,8 +260,8 @@ impl KeySet {
             );
             let contains = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
             let (key, algorithms) = if contains(OID_RSA) {
-                let key = DecodingKey::from_rsa_pem(single.as_bytes())
-                    .map_err(|e| bad(e.to_string()))?;
+                let key =
+                    DecodingKey::from_rsa_pem(single.as_bytes()).map_err(|e| bad(e.to_string()))?;
                 (
                     key,
                     vec![
@@ -281,8 +279,8 @@ impl KeySet {
                 } else {
                     return Err(bad("unsupported curve".into()));
                 };
-                let key = DecodingKey::from_ec_pem(single.as_bytes())
-                    .map_err(|e| bad(e.to_string()))?;
+                let key =
+                    DecodingKey::from_ec_pem(single.as_bytes()).map_err(|e| bad(e.to_string()))?;
                 (key, vec![alg])
             } else {
                 return Err(bad("neither RSA nor EC".into()));
@@ -557,7 +555,9 @@ fn split(token: &str) -> Result<Parts<'_>, AuthError> {
     {
         return Err(AuthError::TooLarge);
     }
-    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+    // An empty signature is left to the signature check, so that an
+    // `alg: none` token is refused for its algorithm, the precise reason.
+    if header.is_empty() || payload.is_empty() {
         return Err(AuthError::Malformed);
     }
     Ok(Parts {
@@ -791,8 +791,14 @@ mod tests {
     #[test]
     fn each_claim_failure_has_its_own_reason() {
         use AuthError::*;
-        let cases: Vec<(AuthError, Box<dyn FnOnce(&mut RawClaims, &mut VerifierConfig)>)> = vec![
-            (UnknownIssuer, Box::new(|c, _| c.iss = Some("https://evil".into()))),
+        let cases: Vec<(
+            AuthError,
+            Box<dyn FnOnce(&mut RawClaims, &mut VerifierConfig)>,
+        )> = vec![
+            (
+                UnknownIssuer,
+                Box::new(|c, _| c.iss = Some("https://evil".into())),
+            ),
             (MissingClaim("iss"), Box::new(|c, _| c.iss = None)),
             (MissingClaim("exp"), Box::new(|c, _| c.exp = None)),
             (
@@ -810,10 +816,19 @@ mod tests {
                 Box::new(|_, cfg| cfg.max_lifetime = Some(Duration::from_secs(599))),
             ),
             (MissingAudience, Box::new(|c, _| c.aud = Audience::None)),
-            (MissingAudience, Box::new(|c, _| c.aud = Audience::Many(vec![]))),
-            (WrongAudience, Box::new(|c, _| c.aud = Audience::One("vault".into()))),
+            (
+                MissingAudience,
+                Box::new(|c, _| c.aud = Audience::Many(vec![])),
+            ),
+            (
+                WrongAudience,
+                Box::new(|c, _| c.aud = Audience::One("vault".into())),
+            ),
             (MissingClaim("sub"), Box::new(|c, _| c.sub = None)),
-            (MissingClaim("kubernetes.io"), Box::new(|c, _| c.kubernetes = None)),
+            (
+                MissingClaim("kubernetes.io"),
+                Box::new(|c, _| c.kubernetes = None),
+            ),
             (
                 SubjectMismatch,
                 Box::new(|c, _| c.sub = Some("system:serviceaccount:ops:web".into())),

@@ -20,7 +20,11 @@ impl IssuerRouter {
 
     /// Routes tokens naming `issuer` to `authenticator`. Returns false (and
     /// changes nothing) if the issuer already has one.
-    pub fn add(&mut self, issuer: impl Into<String>, authenticator: Arc<dyn Authenticator>) -> bool {
+    pub fn add(
+        &mut self,
+        issuer: impl Into<String>,
+        authenticator: Arc<dyn Authenticator>,
+    ) -> bool {
         match self.by_issuer.entry(issuer.into()) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {

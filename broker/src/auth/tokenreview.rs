@@ -143,7 +143,8 @@ impl Authenticator for TokenReviewAuthenticator {
                 issuer: self.config.issuer.clone(),
                 namespace,
                 service_account,
-                service_account_uid: (!status.user.uid.is_empty()).then_some(status.user.uid.clone()),
+                service_account_uid: (!status.user.uid.is_empty())
+                    .then_some(status.user.uid.clone()),
                 pod_name: first(EXTRA_POD_NAME),
                 pod_uid: first(EXTRA_POD_UID),
             },
