@@ -130,23 +130,19 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
 }
 
 fn respond(request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut response =
-        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
-            let mut ok = Response::new(Full::new(Bytes::from(render())));
-            ok.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            ok
-        } else {
-            Response::new(Full::new(Bytes::from_static(b"not found\n")))
-        };
-    if !(request.method() == hyper::Method::GET && request.uri().path() == "/metrics") {
-        *response.status_mut() = StatusCode::NOT_FOUND;
+    if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
+        let mut missing = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+        *missing.status_mut() = StatusCode::NOT_FOUND;
+        return missing;
     }
-    response
+    let mut ok = Response::new(Full::new(Bytes::from(render())));
+    ok.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    ok
 }
 
 #[cfg(test)]

@@ -911,12 +911,22 @@ mod tests {
 
     #[test]
     fn pem_keys_get_the_kubernetes_kid() {
-        let pem = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/jwks-a.json"
-        ))
-        .unwrap();
+        use rustls_pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
+        let mut both = std::fs::read(format!("{dir}rsa-a.pub.pem")).unwrap();
+        both.extend(std::fs::read(format!("{dir}ec-a.pub.pem")).unwrap());
+        let keys = KeySet::from_pem(&both).unwrap();
+        assert_eq!(keys.len(), 2);
+        for der in SubjectPublicKeyInfoDer::pem_slice_iter(&both) {
+            let der = der.unwrap();
+            let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der.as_ref()));
+            assert!(keys.contains_kid(&kid), "{kid}");
+        }
+        // The EC key verifies ES256 only, the RSA key the RSA family only.
+        let ec = keys.by_kid.values().find(|k| k.algorithms == [Algorithm::ES256]);
+        assert!(ec.is_some());
         // A JWKS is not PEM.
-        assert!(KeySet::from_pem(&pem).is_err());
+        let jwks = std::fs::read(format!("{dir}jwks-a.json")).unwrap();
+        assert!(KeySet::from_pem(&jwks).is_err());
     }
 }
