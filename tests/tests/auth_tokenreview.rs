@@ -188,3 +188,76 @@ async fn token_review_decides_and_positive_answers_are_cached() {
         assert!(!output.contains(token.as_str()), "{case} token leaked");
     }
 }
+
+#[tokio::test]
+async fn the_identity_comes_from_user_info_and_extra() {
+    use coffer_broker::auth::{
+        Authenticator, BearerToken,
+        http::HttpConfig,
+        tokenreview::{TokenReviewAuthenticator, TokenReviewConfig},
+    };
+    let web = token("web-pod");
+    let table = vec![(web.clone(), "web")];
+    let server = HttpsServer::start(Arc::new(move |seen| {
+        review(
+            &serde_json::from_str(&seen.body).unwrap_or_default(),
+            &table,
+        )
+    }));
+    let authn = TokenReviewAuthenticator::new(TokenReviewConfig {
+        issuer: ISSUER.into(),
+        server: server.url.clone(),
+        audiences: vec![AUDIENCE.into()],
+        http: HttpConfig {
+            ca_file: Some(server.ca_file.clone()),
+            ..HttpConfig::default()
+        },
+        ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    let verified = authn
+        .authenticate_cacheable(&BearerToken::new(web))
+        .await
+        .unwrap();
+    let id = verified.identity;
+    assert_eq!(id.subject(), "system:serviceaccount:shop:web");
+    assert_eq!(id.service_account_uid.as_deref(), Some("sa-uid-1"));
+    assert_eq!(id.pod_name.as_deref(), Some("web-0"));
+    assert_eq!(id.pod_uid.as_deref(), Some("pod-uid-1"));
+    assert_eq!(id.issuer, ISSUER);
+    // Cached no longer than the TTL, even though the token lives 600 s.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        verified.expires_at <= now + 60,
+        "{} vs {now}",
+        verified.expires_at
+    );
+
+    // A server the CA bundle does not vouch for is refused (fail closed).
+    let stranger = HttpsServer::start(Arc::new(|_| (201, "{}".into())));
+    let wrong_ca = TokenReviewAuthenticator::new(TokenReviewConfig {
+        issuer: ISSUER.into(),
+        server: stranger.url.clone(),
+        audiences: vec![AUDIENCE.into()],
+        http: HttpConfig {
+            ca_file: Some(server.ca_file.clone()),
+            ..HttpConfig::default()
+        },
+        ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    assert_eq!(
+        wrong_ca
+            .authenticate(&BearerToken::new(token("web-pod")))
+            .await,
+        Err(coffer_broker::auth::AuthError::ReviewUnavailable)
+    );
+    assert_eq!(
+        stranger.requests().len(),
+        0,
+        "no request completed over untrusted TLS"
+    );
+}

@@ -919,11 +919,15 @@ mod tests {
         assert_eq!(keys.len(), 2);
         for der in SubjectPublicKeyInfoDer::pem_slice_iter(&both) {
             let der = der.unwrap();
-            let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der.as_ref()));
+            let kid =
+                URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der.as_ref()));
             assert!(keys.contains_kid(&kid), "{kid}");
         }
         // The EC key verifies ES256 only, the RSA key the RSA family only.
-        let ec = keys.by_kid.values().find(|k| k.algorithms == [Algorithm::ES256]);
+        let ec = keys
+            .by_kid
+            .values()
+            .find(|k| k.algorithms == [Algorithm::ES256]);
         assert!(ec.is_some());
         // A JWKS is not PEM.
         let jwks = std::fs::read(format!("{dir}jwks-a.json")).unwrap();
