@@ -9,7 +9,6 @@ use coffer::Code;
 use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{
     AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, default_auth_args, eventually, fixture, mint,
-    mint_claims,
 };
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
@@ -325,9 +324,8 @@ async fn every_bad_token_is_unauthenticated_with_its_precise_reason() {
         let client = broker.client(token.clone()).await;
         let error = client.get("shop/db").await.unwrap_err();
         assert_eq!(error.code(), Some(Code::Unauthenticated), "{name}: {error}");
-        assert_eq!(
+        assert!(
             error.to_string().contains("authentication failed"),
-            true,
             "{name}: generic message"
         );
         let logged = eventually(Duration::from_secs(10), "the failure in the log", || {

@@ -791,10 +791,8 @@ mod tests {
     #[test]
     fn each_claim_failure_has_its_own_reason() {
         use AuthError::*;
-        let cases: Vec<(
-            AuthError,
-            Box<dyn FnOnce(&mut RawClaims, &mut VerifierConfig)>,
-        )> = vec![
+        type Mutation = Box<dyn FnOnce(&mut RawClaims, &mut VerifierConfig)>;
+        let cases: Vec<(AuthError, Mutation)> = vec![
             (
                 UnknownIssuer,
                 Box::new(|c, _| c.iss = Some("https://evil".into())),
