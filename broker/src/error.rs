@@ -37,6 +37,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidPath(e) => Status::invalid_argument(e.to_string()),
             ApiError::Unauthenticated(reason) => {
                 tracing::warn!(reason = reason.reason(), "authentication failed");
+                crate::metrics::auth_failure(reason.reason());
                 Status::unauthenticated("authentication failed")
             }
             ApiError::PermissionDenied => Status::permission_denied("permission denied"),

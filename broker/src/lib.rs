@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod reload;

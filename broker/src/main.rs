@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
 use coffer_broker::{
     audit::AuditLog,
-    auth::jwt::{JwtVerifier, KeySet, VerifierConfig},
+    auth::config::AuthConfig,
     policy::Policy,
     server::{self, ListenAddr},
     service::Broker,
@@ -67,12 +67,26 @@ struct ServeArgs {
     /// Allow plaintext on a non-loopback address. Never do this in a cluster.
     #[arg(long)]
     insecure: bool,
-    /// The token issuer's JWKS file.
-    #[arg(long, env = "COFFER_JWKS_FILE")]
-    jwks: PathBuf,
-    /// The exact `iss` of accepted tokens.
-    #[arg(long, env = "COFFER_ISSUER")]
-    issuer: String,
+    /// The token issuer's JWKS file (single-issuer shorthand for --auth-config;
+    /// reloaded when it changes).
+    #[arg(
+        long,
+        env = "COFFER_JWKS_FILE",
+        required_unless_present = "auth_config",
+        conflicts_with = "auth_config",
+        requires = "issuer"
+    )]
+    jwks: Option<PathBuf>,
+    /// The exact `iss` of accepted tokens (with --jwks).
+    #[arg(long, env = "COFFER_ISSUER", conflicts_with = "auth_config")]
+    issuer: Option<String>,
+    /// Authentication config (YAML): several issuers, OIDC discovery, static
+    /// JWKS or PEM keys, TokenReview. See docs/auth.md.
+    #[arg(long, env = "COFFER_AUTH_CONFIG")]
+    auth_config: Option<PathBuf>,
+    /// Serve Prometheus metrics on `HOST:PORT` at /metrics.
+    #[arg(long, env = "COFFER_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// The audience tokens must carry.
     #[arg(long, env = "COFFER_AUDIENCE", default_value = "coffer")]
     audience: String,
@@ -180,13 +194,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let jwks = std::fs::read(&args.jwks)
-        .map_err(|e| usage(format!("cannot read JWKS {}: {e}", args.jwks.display())))?;
-    let keys = KeySet::from_jwks_json(&jwks)
-        .map_err(|e| usage(format!("{}: {e}", args.jwks.display())))?;
-    let mut config = VerifierConfig::new(&args.issuer, &args.audience);
-    config.leeway = Duration::from_secs(args.leeway);
-    let authn = JwtVerifier::new(config, keys);
+    let auth_config = match (&args.auth_config, &args.jwks, &args.issuer) {
+        (Some(file), _, _) => AuthConfig::load(file).map_err(|e| usage(e.to_string()))?,
+        (None, Some(jwks), Some(issuer)) => AuthConfig::single_jwks_file(
+            jwks.clone(),
+            issuer.clone(),
+            args.audience.clone(),
+            Duration::from_secs(args.leeway),
+        ),
+        _ => return Err(usage("give --auth-config, or --jwks with --issuer")),
+    };
+    let authn = auth_config
+        .build()
+        .await
+        .map_err(|e| usage(e.to_string()))?;
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        tokio::spawn(coffer_broker::metrics::serve(listener, shutdown_signal()));
+    }
 
     let policy_text = std::fs::read(&args.policy).map_err(|e| {
         usage(format!(
@@ -234,7 +262,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(DevStore::persistent(file, &key)?)
         }
     };
-    let mut broker = Broker::new(Arc::new(authn), policy, store);
+    let mut broker = Broker::new(authn, policy, store);
     if let Some(audit) = audit {
         broker = broker.with_audit(audit);
     }

@@ -14,6 +14,9 @@ use crate::service::Broker;
 /// The largest request message accepted.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// The largest request header block accepted (HTTP/2 SETTINGS).
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// Where the broker listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -84,7 +87,11 @@ where
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Above the 16 KiB token limit, so an oversized token reaches the
+        // authenticator and is refused as `Unauthenticated` (too_large)
+        // instead of as an HTTP 431 the client cannot interpret.
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

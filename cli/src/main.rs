@@ -235,14 +235,20 @@ fn audit_command(command: AuditCommand) -> ExitCode {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Verify a token (read from stdin) exactly as the broker does.
+    /// Verify a token (read from stdin) exactly as the broker does. Prints
+    /// the identity, or the precise reason for rejection. Exits 0 for a
+    /// valid token, 1 for a rejected one, 2 for a usage error.
     Verify {
+        /// The issuer's JWKS (e.g. `kubectl get --raw /openid/v1/jwks`).
         #[arg(long)]
         jwks: PathBuf,
+        /// The exact `iss` expected.
         #[arg(long)]
         issuer: String,
+        /// The audience the token must carry.
         #[arg(long)]
         audience: String,
+        /// Clock skew tolerated on exp, nbf and iat, in seconds.
         #[arg(long, default_value_t = 30)]
         leeway: u64,
     },
@@ -380,7 +386,14 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 }
             };
             let mut token = Zeroizing::new(String::new());
-            std::io::stdin().read_to_string(&mut token)?;
+            if let Err(e) = std::io::stdin().read_to_string(&mut token) {
+                eprintln!("cofferctl: cannot read the token from stdin: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            if token.trim().is_empty() {
+                eprintln!("cofferctl: no token on stdin");
+                return Ok(ExitCode::from(2));
+            }
             let mut config = VerifierConfig::new(issuer, audience);
             config.leeway = Duration::from_secs(leeway);
             return Ok(match verify_with(&config, &keys, token.trim()) {

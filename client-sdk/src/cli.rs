@@ -16,7 +16,12 @@ pub enum LogFormat {
 /// overrides the default filter (`info`).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal; files and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     // A second init (e.g. in tests) keeps the first subscriber: not an error.
     let _ = match format {
         LogFormat::Plain => builder.try_init(),

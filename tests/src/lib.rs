@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod https;
+
 use coffer::{Client, TokenSource};
 use coffer_broker::auth::jwt::ProjectedClaims;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -170,8 +172,21 @@ impl BrokerProcess {
         Self::launch(policy, "127.0.0.1:0", &args)
     }
 
-    /// Starts a broker on `listen` with `policy` and extra `serve` arguments.
+    /// Starts a broker on `listen` with `policy`, the test issuer's JWKS and
+    /// extra `serve` arguments.
     pub fn launch(policy: &str, listen: &str, args: &[&std::ffi::OsStr]) -> Self {
+        let auth = default_auth_args();
+        let all: Vec<&std::ffi::OsStr> = auth
+            .iter()
+            .map(std::ffi::OsString::as_os_str)
+            .chain(args.iter().copied())
+            .collect();
+        Self::launch_without_auth(policy, listen, &all)
+    }
+
+    /// Starts a broker on `listen` with `policy` and `args`, which must
+    /// configure authentication themselves.
+    pub fn launch_without_auth(policy: &str, listen: &str, args: &[&std::ffi::OsStr]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy).unwrap();
@@ -182,9 +197,6 @@ impl BrokerProcess {
             .arg(format!("--listen={listen}"))
             .arg("--addr-file")
             .arg(&addr_file)
-            .arg("--jwks")
-            .arg(fixture("jwks-a.json"))
-            .args(["--issuer", ISSUER, "--audience", AUDIENCE])
             .arg("--policy")
             .arg(&policy_file)
             .args(args);
@@ -230,6 +242,78 @@ impl BrokerProcess {
             .connect()
             .await
             .unwrap()
+    }
+}
+
+/// The flags `BrokerProcess::start` authenticates with: the test issuer's
+/// JWKS, issuer and audience.
+pub fn default_auth_args() -> Vec<std::ffi::OsString> {
+    vec![
+        "--jwks".into(),
+        fixture("jwks-a.json").into(),
+        "--issuer".into(),
+        ISSUER.into(),
+        "--audience".into(),
+        AUDIENCE.into(),
+    ]
+}
+
+impl BrokerProcess {
+    /// Starts a broker with `policy` and the caller's `args` in place of the
+    /// default authentication flags (e.g. `--auth-config FILE`, or
+    /// [`default_auth_args`] plus `--metrics-listen 127.0.0.1:0`).
+    pub fn start_with_args(
+        policy: &str,
+        args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    ) -> Self {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
+        Self::launch_without_auth(policy, "127.0.0.1:0", &args)
+    }
+
+    /// The address the broker's `--metrics-listen` endpoint bound, from its log.
+    pub fn metrics_addr(&self) -> String {
+        eventually(Duration::from_secs(10), "the metrics endpoint", || {
+            let output = strip_ansi(&self.process.output());
+            let line = output.lines().find(|l| l.contains("metrics listening"))?;
+            let addr = line.split("addr=").nth(1)?;
+            Some(
+                addr.split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+    }
+
+    /// The broker's `/metrics` page.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.metrics_addr()).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+        page
+    }
+
+    /// The reasons of the authentication failures the broker logged so far.
+    pub fn auth_failure_reasons(&self) -> Vec<String> {
+        strip_ansi(&self.process.output())
+            .lines()
+            .filter(|l| l.contains("authentication failed"))
+            .filter_map(|l| {
+                let rest = l.split("reason=").nth(1)?;
+                Some(
+                    rest.split_whitespace()
+                        .next()?
+                        .trim_matches('"')
+                        .to_string(),
+                )
+            })
+            .collect()
     }
 }
 

@@ -1,8 +1,11 @@
-//! Verifying Kubernetes projected service-account tokens against a JWKS.
+//! Verifying Kubernetes projected service-account tokens against a key set.
 //!
-//! The order is fixed: size limits, then the header (algorithm and `kid`
-//! only), then the signature, and only then the claims. Only asymmetric
-//! algorithms are accepted, so a public key can never double as an HMAC secret.
+//! The order is fixed and every step fails with one precise [`AuthError`]:
+//! the size of the token and of each part (before any decoding), the header
+//! (algorithm and `kid` only), the signature, and only then the claims. Only
+//! asymmetric algorithms are accepted, so a public key can never double as an
+//! HMAC secret, and keys named inside a token (`jku`, `jwk`, `x5u`) are never
+//! used: keys come only from the configured [`KeySource`].
 
 use std::{
     collections::HashMap,
@@ -11,14 +14,15 @@ use std::{
 };
 
 use async_trait::async_trait;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    Algorithm, DecodingKey, EncodingKey, Header,
     errors::ErrorKind,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 use serde::{Deserialize, Serialize};
 
-use super::{AuthError, Authenticator, BearerToken, MAX_TOKEN_BYTES, WorkloadIdentity};
+use super::{AuthError, Authenticator, BearerToken, MAX_TOKEN_BYTES, Verified, WorkloadIdentity};
 
 /// The algorithms a Kubernetes issuer may use. No `none`, no HMAC.
 pub const ALLOWED_ALGORITHMS: &[Algorithm] = &[
@@ -32,6 +36,13 @@ pub const ALLOWED_ALGORITHMS: &[Algorithm] = &[
 
 /// The clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// The largest decoded JOSE header accepted. Kubernetes headers are ~100 bytes.
+pub const MAX_HEADER_BYTES: usize = 1024;
+/// The largest decoded claims set accepted. Kubernetes claims are ~1 KiB.
+pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024;
+/// The largest decoded signature accepted: an RSA-8192 signature.
+pub const MAX_SIGNATURE_BYTES: usize = 1024;
 
 /// The claims of a projected service-account token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,9 +79,9 @@ impl Audience {
     }
 }
 
-/// The `kubernetes.io` claim.
+/// The `kubernetes.io` claim. Unknown members are ignored: newer clusters add
+/// some (e.g. `node`, `credential-id`), and the ones read here are signed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KubernetesClaims {
     pub namespace: String,
     pub serviceaccount: ObjectRef,
@@ -86,7 +97,6 @@ pub struct KubernetesClaims {
 
 /// A named Kubernetes object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ObjectRef {
     pub name: String,
     pub uid: String,
@@ -160,7 +170,8 @@ impl ProjectedClaims {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -188,9 +199,20 @@ pub enum KeySetError {
     Json(#[from] serde_json::Error),
     #[error("JWKS key {index} cannot be used: {reason}")]
     BadKey { index: usize, reason: String },
+    #[error("PEM block {index} is not a usable public key: {reason}")]
+    BadPem { index: usize, reason: String },
     #[error("JWKS holds no usable signing key")]
     Empty,
 }
+
+/// DER of the curve OIDs, to tell P-256 from P-384 in a SubjectPublicKeyInfo.
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// DER of rsaEncryption and id-ecPublicKey.
+const OID_RSA: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+const OID_EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 
 impl KeySet {
     /// Parses a JWKS document. Symmetric and encryption keys are refused.
@@ -215,7 +237,58 @@ impl KeySet {
                 None => keys.without_kid.push(entry),
             }
         }
-        if keys.by_kid.is_empty() && keys.without_kid.is_empty() {
+        if keys.is_empty() {
+            return Err(KeySetError::Empty);
+        }
+        Ok(keys)
+    }
+
+    /// Parses PEM `PUBLIC KEY` blocks (RSA, P-256 or P-384), as given to the
+    /// API server's `--service-account-key-file`. Each key's `kid` is the one
+    /// Kubernetes derives: base64url(SHA-256(DER SubjectPublicKeyInfo)).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeySetError> {
+        use rustls_pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
+        let mut keys = Self::default();
+        for (index, der) in SubjectPublicKeyInfoDer::pem_slice_iter(pem).enumerate() {
+            let bad = |reason: String| KeySetError::BadPem { index, reason };
+            let der = der.map_err(|e| bad(e.to_string()))?;
+            let der: &[u8] = der.as_ref();
+            // jsonwebtoken takes one PEM block at a time: re-wrap this one.
+            let single = format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                base64::engine::general_purpose::STANDARD.encode(der)
+            );
+            let contains = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+            let (key, algorithms) = if contains(OID_RSA) {
+                let key =
+                    DecodingKey::from_rsa_pem(single.as_bytes()).map_err(|e| bad(e.to_string()))?;
+                (
+                    key,
+                    vec![
+                        Algorithm::RS256,
+                        Algorithm::RS384,
+                        Algorithm::RS512,
+                        Algorithm::PS256,
+                    ],
+                )
+            } else if contains(OID_EC) {
+                let alg = if contains(OID_P256) {
+                    Algorithm::ES256
+                } else if contains(OID_P384) {
+                    Algorithm::ES384
+                } else {
+                    return Err(bad("unsupported curve".into()));
+                };
+                let key =
+                    DecodingKey::from_ec_pem(single.as_bytes()).map_err(|e| bad(e.to_string()))?;
+                (key, vec![alg])
+            } else {
+                return Err(bad("neither RSA nor EC".into()));
+            };
+            let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der));
+            keys.by_kid.insert(kid, VerifyingKey { key, algorithms });
+        }
+        if keys.is_empty() {
             return Err(KeySetError::Empty);
         }
         Ok(keys)
@@ -229,6 +302,11 @@ impl KeySet {
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether the set holds a key with this `kid`.
+    pub fn contains_kid(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
     }
 
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&VerifyingKey> {
@@ -287,6 +365,36 @@ fn algorithms_for(jwk: &Jwk) -> Result<Vec<Algorithm>, &'static str> {
     }
 }
 
+/// Where a verifier's keys come from: a fixed set, a file reloaded when it
+/// changes, or an OIDC issuer's JWKS (see `crate::auth::oidc`).
+#[async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    /// The keys to verify with now; `None` when none could be loaded yet.
+    fn current(&self) -> Option<Arc<KeySet>>;
+
+    /// A token named a `kid` missing from `current()`. A source that can
+    /// fetch again does so here, rate-limited, and returns the new keys.
+    async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        None
+    }
+}
+
+/// A key set that never changes.
+pub struct FixedKeys(Arc<KeySet>);
+
+impl FixedKeys {
+    /// Wraps `keys`.
+    pub fn new(keys: KeySet) -> Self {
+        Self(Arc::new(keys))
+    }
+}
+
+impl KeySource for FixedKeys {
+    fn current(&self) -> Option<Arc<KeySet>> {
+        Some(self.0.clone())
+    }
+}
+
 /// Settings for one trusted issuer.
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
@@ -298,6 +406,9 @@ pub struct VerifierConfig {
     pub leeway: Duration,
     /// The longest `exp - iat` accepted, if set.
     pub max_lifetime: Option<Duration>,
+    /// Accept tokens without `aud`. Off by default: audience-less tokens are
+    /// the legacy kind that any holder can replay against any service.
+    pub allow_missing_audience: bool,
 }
 
 impl VerifierConfig {
@@ -308,35 +419,72 @@ impl VerifierConfig {
             audiences: vec![audience.into()],
             leeway: DEFAULT_LEEWAY,
             max_lifetime: None,
+            allow_missing_audience: false,
         }
     }
 }
 
-/// Verifies tokens of one issuer against its key set.
+/// Verifies tokens of one issuer against its key source.
 pub struct JwtVerifier {
     config: VerifierConfig,
-    keys: Arc<KeySet>,
+    keys: Arc<dyn KeySource>,
 }
 
 impl JwtVerifier {
     /// A verifier with a fixed key set.
     pub fn new(config: VerifierConfig, keys: KeySet) -> Self {
+        Self::with_source(config, Arc::new(FixedKeys::new(keys)))
+    }
+
+    /// A verifier whose keys come from `source`.
+    pub fn with_source(config: VerifierConfig, source: Arc<dyn KeySource>) -> Self {
         Self {
             config,
-            keys: Arc::new(keys),
+            keys: source,
         }
     }
 
-    /// Verifies `token` and derives the caller's identity.
+    /// The settings this verifier enforces.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Verifies `token` with the keys at hand (no fetching) and derives the
+    /// caller's identity.
     pub fn verify(&self, token: &str) -> Result<WorkloadIdentity, AuthError> {
-        verify_with(&self.config, &self.keys, token)
+        let keys = self.keys.current().ok_or(AuthError::KeysUnavailable)?;
+        verify_with(&self.config, &keys, token)
+    }
+
+    /// The full check, fetching keys again once if the token names an
+    /// unknown `kid` and the source allows it.
+    pub async fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
+        let result = match self.keys.current() {
+            Some(keys) => verify_token(&self.config, &keys, token),
+            None => Err(AuthError::KeysUnavailable),
+        };
+        match result {
+            Err(AuthError::UnknownKey | AuthError::KeysUnavailable) => {
+                match self.keys.refresh_for_unknown_kid().await {
+                    Some(keys) => verify_token(&self.config, &keys, token),
+                    None => result,
+                }
+            }
+            other => other,
+        }
     }
 }
 
 #[async_trait]
 impl Authenticator for JwtVerifier {
     async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
-        self.verify(token.expose())
+        self.verify_token(token.expose())
+            .await
+            .map(|verified| verified.identity)
+    }
+
+    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        self.verify_token(token.expose()).await
     }
 }
 
@@ -346,78 +494,441 @@ pub fn verify_with(
     keys: &KeySet,
     token: &str,
 ) -> Result<WorkloadIdentity, AuthError> {
+    verify_token(config, keys, token).map(|verified| verified.identity)
+}
+
+/// The JOSE header. Only `alg` and `kid` are used; `crit` is refused because
+/// no extension is understood; `jku`, `jwk`, `x5u` and `x5c` are ignored.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// The claims as found, each optional so a missing one has its own reason.
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    aud: Audience,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default, rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaims>,
+}
+
+/// The three parts of a compact JWS, size-checked but not decoded.
+struct Parts<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
+
+/// The longest base64url text that decodes to at most `bytes` bytes.
+const fn encoded_len(bytes: usize) -> usize {
+    (bytes * 4).div_ceil(3)
+}
+
+fn split(token: &str) -> Result<Parts<'_>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }
-    if token.split('.').count() != 3 {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    if header.len() > encoded_len(MAX_HEADER_BYTES)
+        || payload.len() > encoded_len(MAX_PAYLOAD_BYTES)
+        || signature.len() > encoded_len(MAX_SIGNATURE_BYTES)
+    {
+        return Err(AuthError::TooLarge);
+    }
+    // An empty signature is left to the signature check, so that an
+    // `alg: none` token is refused for its algorithm, the precise reason.
+    if header.is_empty() || payload.is_empty() {
         return Err(AuthError::Malformed);
     }
-    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-    if !ALLOWED_ALGORITHMS.contains(&header.alg) {
-        return Err(AuthError::DisallowedAlgorithm);
+    Ok(Parts {
+        header,
+        payload,
+        signature,
+    })
+}
+
+fn decode_part(part: &str) -> Result<Vec<u8>, AuthError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, AuthError> {
+    Ok(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        // `none`, HMAC, EdDSA, PS384/512 and anything unknown.
+        _ => return Err(AuthError::DisallowedAlgorithm),
+    })
+}
+
+/// Claims that are only peeked at, never trusted: see [`peek`].
+#[derive(Debug, Default, Deserialize)]
+pub struct PeekedClaims {
+    /// The token's unverified `iss`.
+    #[serde(default)]
+    pub iss: Option<String>,
+    /// The token's unverified `exp`.
+    #[serde(default)]
+    pub exp: Option<u64>,
+}
+
+/// Reads `iss` and `exp` WITHOUT verifying anything, with the same size
+/// limits. Only for choosing which verifier runs and for bounding how long a
+/// remote answer is cached; never for deciding who the caller is.
+pub fn peek(token: &str) -> Result<PeekedClaims, AuthError> {
+    let parts = split(token)?;
+    let payload = decode_part(parts.payload)?;
+    serde_json::from_slice(&payload).map_err(json_error)
+}
+
+/// Syntax errors mean the part is not JSON at all; data errors mean it is
+/// JSON of the wrong shape (wrong types, duplicate members).
+fn json_error(error: serde_json::Error) -> AuthError {
+    match error.classify() {
+        serde_json::error::Category::Data => AuthError::InvalidClaims,
+        _ => AuthError::Malformed,
     }
+}
+
+/// The whole check, returning the identity and the token's `exp`.
+pub fn verify_token(
+    config: &VerifierConfig,
+    keys: &KeySet,
+    token: &str,
+) -> Result<Verified, AuthError> {
+    let parts = split(token)?;
+
+    let header = decode_part(parts.header)?;
+    let header: JoseHeader = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
+    if header.crit.is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let alg = algorithm(&header.alg)?;
     let key = keys
-        .find(header.kid.as_deref(), header.alg)
+        .find(header.kid.as_deref(), alg)
         .ok_or(AuthError::UnknownKey)?;
-    if !key.algorithms.contains(&header.alg) {
+    if !key.algorithms.contains(&alg) {
         return Err(AuthError::DisallowedAlgorithm);
     }
 
-    let mut validation = Validation::new(header.alg);
-    validation.leeway = config.leeway.as_secs();
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
-    validation.set_issuer(&[&config.issuer]);
-    validation.set_audience(&config.audiences);
-    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    // The signature covers the exact bytes `header.payload` as received.
+    let signed_len = parts.header.len() + 1 + parts.payload.len();
+    let message = &token.as_bytes()[..signed_len];
+    match jsonwebtoken::crypto::verify(parts.signature, message, &key.key, alg) {
+        Ok(true) => {}
+        Ok(false) => return Err(AuthError::BadSignature),
+        Err(e) if matches!(e.kind(), ErrorKind::Base64(_)) => return Err(AuthError::Malformed),
+        Err(_) => return Err(AuthError::BadSignature),
+    }
 
-    // `decode` checks the signature before it deserializes any claim.
-    let claims = jsonwebtoken::decode::<ProjectedClaims>(token, &key.key, &validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
-            ErrorKind::InvalidAudience => AuthError::WrongAudience,
-            ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::MissingAudience,
-            ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
-                "exp" => "exp",
-                "iss" => "iss",
-                _ => "sub",
-            }),
-            ErrorKind::InvalidAlgorithm => AuthError::DisallowedAlgorithm,
-            ErrorKind::Json(_) => AuthError::InvalidClaims,
-            ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidRsaKey(_)
-            | ErrorKind::InvalidKeyFormat => AuthError::BadSignature,
-            _ => AuthError::Malformed,
-        })?
-        .claims;
+    // Only now, with the signature good, are the claims read.
+    let payload = decode_part(parts.payload)?;
+    let claims: RawClaims = serde_json::from_slice(&payload).map_err(json_error)?;
+    check_claims(config, claims, unix_now())
+}
 
-    let now = unix_now();
+fn check_claims(
+    config: &VerifierConfig,
+    claims: RawClaims,
+    now: u64,
+) -> Result<Verified, AuthError> {
     let leeway = config.leeway.as_secs();
-    if claims.iat > now + leeway {
+
+    let iss = claims.iss.ok_or(AuthError::MissingClaim("iss"))?;
+    if iss != config.issuer {
+        return Err(AuthError::UnknownIssuer);
+    }
+
+    let exp = claims.exp.ok_or(AuthError::MissingClaim("exp"))?;
+    if exp.saturating_add(leeway) <= now {
+        return Err(AuthError::Expired);
+    }
+    if let Some(nbf) = claims.nbf
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(AuthError::NotYetValid);
+    }
+    let iat = claims.iat.ok_or(AuthError::MissingClaim("iat"))?;
+    if iat > now.saturating_add(leeway) {
         return Err(AuthError::IssuedInFuture);
     }
+    if exp <= iat {
+        return Err(AuthError::InvalidClaims);
+    }
     if let Some(max) = config.max_lifetime
-        && claims.exp.saturating_sub(claims.iat) > max.as_secs()
+        && exp - iat > max.as_secs()
     {
         return Err(AuthError::LifetimeTooLong);
     }
-    let k8s = claims.kubernetes;
+
+    if claims.aud.is_empty() {
+        if !config.allow_missing_audience {
+            return Err(AuthError::MissingAudience);
+        }
+    } else {
+        let ours = |a: &String| config.audiences.iter().any(|ours| ours == a);
+        let matches = match &claims.aud {
+            Audience::None => false,
+            Audience::One(a) => ours(a),
+            Audience::Many(list) => list.iter().any(ours),
+        };
+        if !matches {
+            return Err(AuthError::WrongAudience);
+        }
+    }
+
+    let sub = claims.sub.ok_or(AuthError::MissingClaim("sub"))?;
+    let k8s = claims
+        .kubernetes
+        .ok_or(AuthError::MissingClaim("kubernetes.io"))?;
+    if !is_name(&k8s.namespace) || !is_name(&k8s.serviceaccount.name) {
+        return Err(AuthError::InvalidClaims);
+    }
     let expected_sub = format!(
         "system:serviceaccount:{}:{}",
         k8s.namespace, k8s.serviceaccount.name
     );
-    if claims.sub != expected_sub {
+    if sub != expected_sub {
         return Err(AuthError::SubjectMismatch);
     }
-    Ok(WorkloadIdentity {
-        issuer: claims.iss,
-        namespace: k8s.namespace,
-        service_account: k8s.serviceaccount.name,
-        service_account_uid: Some(k8s.serviceaccount.uid),
-        pod_name: k8s.pod.as_ref().map(|p| p.name.clone()),
-        pod_uid: k8s.pod.map(|p| p.uid),
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    Ok(Verified {
+        identity: WorkloadIdentity {
+            issuer: iss,
+            namespace: k8s.namespace,
+            service_account: k8s.serviceaccount.name,
+            service_account_uid: non_empty(k8s.serviceaccount.uid),
+            pod_name: k8s.pod.as_ref().map(|p| p.name.clone()),
+            pod_uid: k8s.pod.and_then(|p| non_empty(p.uid)),
+        },
+        expires_at: exp,
     })
+}
+
+/// A Kubernetes object name as a namespace or service account can have:
+/// non-empty, at most 253 bytes, lowercase alphanumerics, `-` and `.`. This
+/// keeps `:` out, so `system:serviceaccount:NS:NAME` is unambiguous.
+pub(crate) fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: &str = "https://issuer.test";
+
+    fn claims(now: u64) -> RawClaims {
+        RawClaims {
+            iss: Some(ISS.into()),
+            sub: Some("system:serviceaccount:shop:web".into()),
+            aud: Audience::Many(vec!["other".into(), "coffer".into()]),
+            exp: Some(now + 600),
+            nbf: Some(now),
+            iat: Some(now),
+            kubernetes: Some(KubernetesClaims {
+                namespace: "shop".into(),
+                serviceaccount: ObjectRef {
+                    name: "web".into(),
+                    uid: "u-1".into(),
+                },
+                pod: Some(ObjectRef {
+                    name: "web-0".into(),
+                    uid: "p-1".into(),
+                }),
+                node: None,
+                secret: None,
+                warnafter: None,
+            }),
+        }
+    }
+
+    fn check(f: impl FnOnce(&mut RawClaims, &mut VerifierConfig)) -> Result<Verified, AuthError> {
+        let now = 1_000_000;
+        let mut c = claims(now);
+        let mut config = VerifierConfig::new(ISS, "coffer");
+        f(&mut c, &mut config);
+        check_claims(&config, c, now)
+    }
+
+    #[test]
+    fn good_claims_give_the_whole_identity() {
+        let v = check(|_, _| {}).unwrap();
+        assert_eq!(v.expires_at, 1_000_600);
+        assert_eq!(v.identity.service_account_uid.as_deref(), Some("u-1"));
+        assert_eq!(v.identity.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(v.identity.pod_uid.as_deref(), Some("p-1"));
+    }
+
+    #[test]
+    fn each_claim_failure_has_its_own_reason() {
+        use AuthError::*;
+        type Mutation = Box<dyn FnOnce(&mut RawClaims, &mut VerifierConfig)>;
+        let cases: Vec<(AuthError, Mutation)> = vec![
+            (
+                UnknownIssuer,
+                Box::new(|c, _| c.iss = Some("https://evil".into())),
+            ),
+            (MissingClaim("iss"), Box::new(|c, _| c.iss = None)),
+            (MissingClaim("exp"), Box::new(|c, _| c.exp = None)),
+            (
+                Expired,
+                Box::new(|c, _| {
+                    c.iat = Some(1_000_000 - 600);
+                    c.exp = Some(1_000_000 - 30);
+                }),
+            ),
+            (NotYetValid, Box::new(|c, _| c.nbf = Some(1_000_031))),
+            (MissingClaim("iat"), Box::new(|c, _| c.iat = None)),
+            (IssuedInFuture, Box::new(|c, _| c.iat = Some(1_000_031))),
+            (
+                LifetimeTooLong,
+                Box::new(|_, cfg| cfg.max_lifetime = Some(Duration::from_secs(599))),
+            ),
+            (MissingAudience, Box::new(|c, _| c.aud = Audience::None)),
+            (
+                MissingAudience,
+                Box::new(|c, _| c.aud = Audience::Many(vec![])),
+            ),
+            (
+                WrongAudience,
+                Box::new(|c, _| c.aud = Audience::One("vault".into())),
+            ),
+            (MissingClaim("sub"), Box::new(|c, _| c.sub = None)),
+            (
+                MissingClaim("kubernetes.io"),
+                Box::new(|c, _| c.kubernetes = None),
+            ),
+            (
+                SubjectMismatch,
+                Box::new(|c, _| c.sub = Some("system:serviceaccount:ops:web".into())),
+            ),
+            (
+                InvalidClaims,
+                Box::new(|c, _| {
+                    if let Some(k) = c.kubernetes.as_mut() {
+                        k.namespace = "shop:web".into();
+                    }
+                }),
+            ),
+            (InvalidClaims, Box::new(|c, _| c.exp = c.iat)),
+        ];
+        for (want, mutate) in cases {
+            assert_eq!(check(mutate).map(|_| ()), Err(want.clone()), "{want:?}");
+        }
+    }
+
+    #[test]
+    fn leeway_applies_at_the_edges() {
+        assert!(
+            check(|c, _| {
+                c.iat = Some(1_000_000 - 600);
+                c.exp = Some(1_000_000 - 29);
+            })
+            .is_ok()
+        );
+        assert!(check(|c, _| c.nbf = Some(1_000_030)).is_ok());
+        assert!(check(|c, _| c.iat = Some(1_000_030)).is_ok());
+        assert!(check(|_, cfg| cfg.max_lifetime = Some(Duration::from_secs(600))).is_ok());
+    }
+
+    #[test]
+    fn missing_audience_only_when_explicitly_allowed() {
+        assert!(
+            check(|c, cfg| {
+                c.aud = Audience::None;
+                cfg.allow_missing_audience = true;
+            })
+            .is_ok()
+        );
+        // Allowing a missing audience does not allow a wrong one.
+        assert_eq!(
+            check(|c, cfg| {
+                c.aud = Audience::One("vault".into());
+                cfg.allow_missing_audience = true;
+            })
+            .map(|_| ()),
+            Err(AuthError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn size_limits_come_before_decoding() {
+        let keys = KeySet::default();
+        let config = VerifierConfig::new(ISS, "coffer");
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(
+            verify_token(&config, &keys, &huge).map(|_| ()),
+            Err(AuthError::TooLarge)
+        );
+        let big_header = format!("{}.e30.c2ln", "a".repeat(encoded_len(MAX_HEADER_BYTES) + 1));
+        assert_eq!(
+            verify_token(&config, &keys, &big_header).map(|_| ()),
+            Err(AuthError::TooLarge)
+        );
+        assert_eq!(
+            verify_token(&config, &keys, "a.b").map(|_| ()),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn header_algorithms_outside_the_list_are_refused() {
+        for alg in ["none", "HS256", "EdDSA", "PS512", "rs256"] {
+            assert_eq!(algorithm(alg), Err(AuthError::DisallowedAlgorithm), "{alg}");
+        }
+    }
+
+    #[test]
+    fn pem_keys_get_the_kubernetes_kid() {
+        use rustls_pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
+        let mut both = std::fs::read(format!("{dir}rsa-a.pub.pem")).unwrap();
+        both.extend(std::fs::read(format!("{dir}ec-a.pub.pem")).unwrap());
+        let keys = KeySet::from_pem(&both).unwrap();
+        assert_eq!(keys.len(), 2);
+        for der in SubjectPublicKeyInfoDer::pem_slice_iter(&both) {
+            let der = der.unwrap();
+            let kid =
+                URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der.as_ref()));
+            assert!(keys.contains_kid(&kid), "{kid}");
+        }
+        // The EC key verifies ES256 only, the RSA key the RSA family only.
+        let ec = keys
+            .by_kid
+            .values()
+            .find(|k| k.algorithms == [Algorithm::ES256]);
+        assert!(ec.is_some());
+        // A JWKS is not PEM.
+        let jwks = std::fs::read(format!("{dir}jwks-a.json")).unwrap();
+        assert!(KeySet::from_pem(&jwks).is_err());
+    }
 }

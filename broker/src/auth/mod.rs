@@ -5,8 +5,15 @@
 //! The precise reason is for the server's log and audit trail only: clients
 //! are told `Unauthenticated` and nothing more (see `crate::error`).
 
+pub mod cache;
+pub mod config;
+pub mod files;
+pub mod http;
 pub mod jwt;
+pub mod oidc;
+pub mod router;
 pub mod signer;
+pub mod tokenreview;
 
 use std::fmt;
 
@@ -77,6 +84,16 @@ impl WorkloadIdentity {
     }
 }
 
+/// A verified identity and how long the verification may be reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Who the caller is.
+    pub identity: WorkloadIdentity,
+    /// Unix seconds after which the answer must not be reused: the token's
+    /// `exp`, or less when the authenticator says so.
+    pub expires_at: u64,
+}
+
 /// Why a token was refused. Each variant is one reason, so tests and metrics
 /// can tell them apart; none carries token bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +135,12 @@ pub enum AuthError {
     SubjectMismatch,
     #[error("verification keys are unavailable")]
     KeysUnavailable,
+    #[error("the API server's TokenReview did not authenticate the token")]
+    ReviewRejected,
+    #[error("the API server's TokenReview could not be completed")]
+    ReviewUnavailable,
+    #[error("the token does not belong to a service account")]
+    NotServiceAccount,
 }
 
 impl AuthError {
@@ -142,6 +165,9 @@ impl AuthError {
             Self::InvalidClaims => "invalid_claims",
             Self::SubjectMismatch => "subject_mismatch",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::ReviewRejected => "review_rejected",
+            Self::ReviewUnavailable => "review_unavailable",
+            Self::NotServiceAccount => "not_service_account",
         }
     }
 }
@@ -151,6 +177,16 @@ impl AuthError {
 pub trait Authenticator: Send + Sync + 'static {
     /// Verifies `token` completely, or says precisely why not.
     async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError>;
+
+    /// Like [`Self::authenticate`], and says until when the answer may be
+    /// cached. The default is "not at all" (expires now).
+    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        let identity = self.authenticate(token).await?;
+        Ok(Verified {
+            identity,
+            expires_at: 0,
+        })
+    }
 }
 
 #[cfg(test)]

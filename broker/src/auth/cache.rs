@@ -1,0 +1,186 @@
+//! The verification cache: a sidecar presents the same token on every call,
+//! so the signature check (the RSA or ECDSA cost) is paid once per token.
+//!
+//! Entries are keyed by the SHA-256 of the token's bytes: the cache never
+//! holds a token in clear, so a memory dump of the cache yields no
+//! credential. An entry lives until the token's `exp` (or the shorter time
+//! its authenticator allows) and the cache is bounded by LRU eviction.
+//! Failures are never cached: a token that failed for want of keys may pass
+//! once the keys arrive.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+use lru::LruCache;
+
+use super::{AuthError, Authenticator, BearerToken, Verified, WorkloadIdentity, jwt::unix_now};
+
+/// The default number of cached verifications.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+
+type TokenDigest = [u8; 32];
+
+/// Wraps an authenticator with a bounded cache of positive answers.
+pub struct CachingAuthenticator {
+    inner: Arc<dyn Authenticator>,
+    cache: Mutex<LruCache<TokenDigest, Verified>>,
+}
+
+impl CachingAuthenticator {
+    /// Caches up to `capacity` answers of `inner`.
+    pub fn new(inner: Arc<dyn Authenticator>, capacity: NonZeroUsize) -> Self {
+        Self {
+            inner,
+            cache: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// How many answers are cached now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<TokenDigest, Verified>> {
+        // The cache holds no invariant a panicking holder could break: an
+        // entry is inserted whole or not at all.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lookup(&self, digest: &TokenDigest, now: u64) -> Option<Verified> {
+        let mut cache = self.lock();
+        match cache.get(digest) {
+            Some(hit) if hit.expires_at > now => Some(hit.clone()),
+            Some(_) => {
+                cache.pop(digest);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+fn digest(token: &BearerToken) -> TokenDigest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+#[async_trait]
+impl Authenticator for CachingAuthenticator {
+    async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
+        self.authenticate_cacheable(token)
+            .await
+            .map(|verified| verified.identity)
+    }
+
+    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        let key = digest(token);
+        if let Some(hit) = self.lookup(&key, unix_now()) {
+            crate::metrics::auth_cache(true);
+            return Ok(hit);
+        }
+        crate::metrics::auth_cache(false);
+        let verified = self.inner.authenticate_cacheable(token).await?;
+        if verified.expires_at > unix_now() {
+            self.lock().put(key, verified.clone());
+        }
+        Ok(verified)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts calls; answers with a fixed expiry.
+    struct Counting {
+        calls: AtomicUsize,
+        expires_at: u64,
+    }
+
+    #[async_trait]
+    impl Authenticator for Counting {
+        async fn authenticate(&self, _: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
+            Err(AuthError::BadSignature)
+        }
+        async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if token.expose() == "bad" {
+                return Err(AuthError::BadSignature);
+            }
+            Ok(Verified {
+                identity: WorkloadIdentity {
+                    issuer: "i".into(),
+                    namespace: "ns".into(),
+                    service_account: token.expose().into(),
+                    service_account_uid: None,
+                    pod_name: None,
+                    pod_uid: None,
+                },
+                expires_at: self.expires_at,
+            })
+        }
+    }
+
+    fn cached(expires_at: u64, capacity: usize) -> (Arc<Counting>, CachingAuthenticator) {
+        let inner = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            expires_at,
+        });
+        let cache = CachingAuthenticator::new(inner.clone(), NonZeroUsize::new(capacity).unwrap());
+        (inner, cache)
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_verified_once() {
+        let (inner, cache) = cached(unix_now() + 600, 8);
+        for _ in 0..5 {
+            let id = cache.authenticate(&BearerToken::new("web")).await.unwrap();
+            assert_eq!(id.service_account, "web");
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_and_expired_answers_are_not_cached() {
+        let (inner, cache) = cached(unix_now() + 600, 8);
+        for _ in 0..3 {
+            assert!(cache.authenticate(&BearerToken::new("bad")).await.is_err());
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+
+        let (inner, cache) = cached(unix_now().saturating_sub(1), 8);
+        for _ in 0..3 {
+            cache.authenticate(&BearerToken::new("web")).await.unwrap();
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_and_holds_no_token() {
+        let (_, cache) = cached(unix_now() + 600, 2);
+        for sa in ["a-canary-token", "b", "c"] {
+            cache.authenticate(&BearerToken::new(sa)).await.unwrap();
+        }
+        assert_eq!(cache.len(), 2);
+        let held = cache.lock();
+        for (key, _) in held.iter() {
+            assert_eq!(key.len(), 32);
+            assert!(!key.windows(6).any(|w| w == b"canary"));
+        }
+    }
+}

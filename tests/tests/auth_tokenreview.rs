@@ -1,0 +1,263 @@
+//! TokenReview. No kube-apiserver can run here, so the API server is played
+//! by a local HTTPS server (its own CA, made in the test) that speaks the
+//! `authentication.k8s.io/v1` TokenReview contract: it is a stand-in, and
+//! what it proves is that the broker sends what the API server expects and
+//! reads its answers correctly.
+
+use std::{sync::Arc, time::Duration};
+
+use coffer::Code;
+use coffer_broker::auth::jwt::ProjectedClaims;
+use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, https::HttpsServer, mint_claims};
+use serde_json::{Value, json};
+
+const REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+const BROKER_TOKEN: &str = "broker-own-credential";
+
+/// A JWT-shaped token for `pod` (the issuer routes it; the review decides).
+fn token(pod: &str) -> String {
+    mint_claims(
+        Key::Rsa,
+        &ProjectedClaims::projected(
+            ISSUER,
+            AUDIENCE,
+            "shop",
+            "web",
+            Some(pod),
+            Duration::from_secs(600),
+        ),
+    )
+}
+
+/// The API server's answer, chosen by the pod named in the token.
+fn review(request: &Value, by_pod: &[(String, &'static str)]) -> (u16, String) {
+    let token = request["spec"]["token"].as_str().unwrap_or_default();
+    let case = by_pod
+        .iter()
+        .find(|(t, _)| t == token)
+        .map_or("unknown", |c| c.1);
+    let user = |username: &str| {
+        json!({
+            "username": username,
+            "uid": "sa-uid-1",
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:shop"],
+            "extra": {
+                "authentication.kubernetes.io/pod-name": ["web-0"],
+                "authentication.kubernetes.io/pod-uid": ["pod-uid-1"],
+            },
+        })
+    };
+    let status = match case {
+        "web" => {
+            json!({"authenticated": true, "user": user("system:serviceaccount:shop:web"), "audiences": [AUDIENCE]})
+        }
+        "intruder" => {
+            json!({"authenticated": true, "user": user("system:serviceaccount:shop:intruder"), "audiences": [AUDIENCE]})
+        }
+        "human" => json!({"authenticated": true, "user": user("alice"), "audiences": [AUDIENCE]}),
+        "other-audience" => {
+            json!({"authenticated": true, "user": user("system:serviceaccount:shop:web"), "audiences": ["vault"]})
+        }
+        "outage" => return (500, "{}".into()),
+        _ => {
+            json!({"authenticated": false, "error": "[invalid bearer token, token has been invalidated]"})
+        }
+    };
+    (
+        201,
+        json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": request["spec"],
+            "status": status,
+        })
+        .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn token_review_decides_and_positive_answers_are_cached() {
+    let cases: Vec<(String, &'static str)> = [
+        "web",
+        "intruder",
+        "human",
+        "other-audience",
+        "outage",
+        "revoked",
+    ]
+    .iter()
+    .map(|case| (token(&format!("{case}-pod")), *case))
+    .collect();
+    let table = cases.clone();
+    let server = HttpsServer::start(Arc::new(move |seen| {
+        if seen.method != "POST" || seen.path != REVIEW_PATH {
+            return (404, "{}".into());
+        }
+        if seen.authorization.as_deref() != Some(&format!("Bearer {BROKER_TOKEN}")) {
+            return (401, "{}".into());
+        }
+        review(
+            &serde_json::from_str(&seen.body).unwrap_or_default(),
+            &table,
+        )
+    }));
+
+    let dir = tempfile::tempdir().unwrap();
+    let own_token = dir.path().join("token");
+    std::fs::write(&own_token, format!("{BROKER_TOKEN}\n")).unwrap();
+    let config = dir.path().join("auth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    tokenReview:\n      server: {}\n      caFile: {}\n      tokenFile: {}\n      ttlSeconds: 60\n",
+            server.url,
+            server.ca_file.display(),
+            own_token.display()
+        ),
+    )
+    .unwrap();
+    let broker =
+        BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()]);
+    let token_of = |case: &str| cases.iter().find(|c| c.1 == case).unwrap().0.clone();
+    let code = |case: &'static str| {
+        let broker = &broker;
+        let token = token_of(case);
+        async move {
+            broker
+                .client(token)
+                .await
+                .get("shop/db")
+                .await
+                .unwrap_err()
+                .code()
+        }
+    };
+
+    // shop/web may read shop/db (absent: NotFound); shop/intruder may not.
+    assert_eq!(code("web").await, Some(Code::NotFound));
+    assert_eq!(code("intruder").await, Some(Code::PermissionDenied));
+    for (case, reason) in [
+        ("revoked", "review_rejected"),
+        ("human", "not_service_account"),
+        ("other-audience", "wrong_audience"),
+        ("outage", "review_unavailable"),
+    ] {
+        assert_eq!(code(case).await, Some(Code::Unauthenticated), "{case}");
+        assert_eq!(
+            broker.auth_failure_reasons().last().map(String::as_str),
+            Some(reason),
+            "{case}"
+        );
+    }
+
+    // The broker sent the contract: its own credentials, the token and our audiences.
+    let requests = server.requests();
+    let first: Value = serde_json::from_str(&requests[0].body).unwrap();
+    assert_eq!(first["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(first["kind"], "TokenReview");
+    assert_eq!(first["spec"]["token"], token_of("web"));
+    assert_eq!(first["spec"]["audiences"], json!([AUDIENCE]));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {BROKER_TOKEN}")))
+    );
+
+    // A positive answer is reused: more calls with the same token, no more reviews.
+    let reviews_of_web = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.body.contains(&token_of("web")))
+            .count()
+    };
+    assert_eq!(reviews_of_web(), 1);
+    for _ in 0..5 {
+        assert_eq!(code("web").await, Some(Code::NotFound));
+    }
+    assert_eq!(reviews_of_web(), 1);
+    // A negative one is not: the revoked token is reviewed each time.
+    let before = server.requests().len();
+    assert_eq!(code("revoked").await, Some(Code::Unauthenticated));
+    assert_eq!(server.requests().len(), before + 1);
+
+    // Neither the workload tokens nor the broker's own credential are logged.
+    let output = broker.process.output();
+    assert!(!output.contains(BROKER_TOKEN));
+    for (token, case) in &cases {
+        assert!(!output.contains(token.as_str()), "{case} token leaked");
+    }
+}
+
+#[tokio::test]
+async fn the_identity_comes_from_user_info_and_extra() {
+    use coffer_broker::auth::{
+        Authenticator, BearerToken,
+        http::HttpConfig,
+        tokenreview::{TokenReviewAuthenticator, TokenReviewConfig},
+    };
+    let web = token("web-pod");
+    let table = vec![(web.clone(), "web")];
+    let server = HttpsServer::start(Arc::new(move |seen| {
+        review(
+            &serde_json::from_str(&seen.body).unwrap_or_default(),
+            &table,
+        )
+    }));
+    let authn = TokenReviewAuthenticator::new(TokenReviewConfig {
+        issuer: ISSUER.into(),
+        server: server.url.clone(),
+        audiences: vec![AUDIENCE.into()],
+        http: HttpConfig {
+            ca_file: Some(server.ca_file.clone()),
+            ..HttpConfig::default()
+        },
+        ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    let verified = authn
+        .authenticate_cacheable(&BearerToken::new(web))
+        .await
+        .unwrap();
+    let id = verified.identity;
+    assert_eq!(id.subject(), "system:serviceaccount:shop:web");
+    assert_eq!(id.service_account_uid.as_deref(), Some("sa-uid-1"));
+    assert_eq!(id.pod_name.as_deref(), Some("web-0"));
+    assert_eq!(id.pod_uid.as_deref(), Some("pod-uid-1"));
+    assert_eq!(id.issuer, ISSUER);
+    // Cached no longer than the TTL, even though the token lives 600 s.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        verified.expires_at <= now + 60,
+        "{} vs {now}",
+        verified.expires_at
+    );
+
+    // A server the CA bundle does not vouch for is refused (fail closed).
+    let stranger = HttpsServer::start(Arc::new(|_| (201, "{}".into())));
+    let wrong_ca = TokenReviewAuthenticator::new(TokenReviewConfig {
+        issuer: ISSUER.into(),
+        server: stranger.url.clone(),
+        audiences: vec![AUDIENCE.into()],
+        http: HttpConfig {
+            ca_file: Some(server.ca_file.clone()),
+            ..HttpConfig::default()
+        },
+        ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    assert_eq!(
+        wrong_ca
+            .authenticate(&BearerToken::new(token("web-pod")))
+            .await,
+        Err(coffer_broker::auth::AuthError::ReviewUnavailable)
+    );
+    assert_eq!(
+        stranger.requests().len(),
+        0,
+        "no request completed over untrusted TLS"
+    );
+}
