@@ -447,6 +447,15 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Between fork and exec the child still carries this test's name:
+        // wait until it is `sleep` before scanning.
+        let comm = format!("/proc/{}/comm", child.id());
+        for _ in 0..500 {
+            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let pids = processes_named("sleep");
         let _ = child.kill();
         let _ = child.wait();
