@@ -504,6 +504,12 @@ impl BrokerProcess {
         admin.put(path, data, "text/plain", None).await.unwrap()
     }
 
+    /// Writes `value` at `path` as the test operator; returns the version.
+    pub async fn put_bytes(&self, path: &str, value: &[u8]) -> u64 {
+        self.put_data(path, coffer::SecretData::Bytes(value.into()))
+            .await
+    }
+
     /// Writes a map of string keys at `path`; returns the version.
     pub async fn put_map(&self, path: &str, items: &[(&str, &str)]) -> u64 {
         let map = items

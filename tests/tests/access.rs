@@ -2,20 +2,11 @@
 
 use std::time::Duration;
 
-use coffer::{Code, SecretBytes, SecretData};
+use coffer::Code;
 use coffer_tests::{BrokerProcess, Key, POLICY, SidecarProcess, mint};
 
 async fn seed(broker: &BrokerProcess) {
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            "shop/db",
-            SecretData::Bytes(SecretBytes::from(&b"s3cret"[..])),
-            "",
-            None,
-        )
-        .await
-        .unwrap();
+    broker.put_bytes("shop/db", b"s3cret").await;
 }
 
 #[tokio::test]

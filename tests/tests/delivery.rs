@@ -3,22 +3,12 @@
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use coffer::{SecretBytes, SecretData};
 use coffer_tests::{BrokerProcess, Key, POLICY, SidecarProcess, eventually, mint};
 
 const CANARY: &str = "canary-7f3c9e1d-never-log-me";
 
 async fn put(broker: &BrokerProcess, path: &str, value: &str) -> u64 {
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            path,
-            SecretData::Bytes(SecretBytes::from(value.as_bytes())),
-            "text/plain",
-            None,
-        )
-        .await
-        .unwrap()
+    broker.put_bytes(path, value.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use coffer::{Code, SecretBytes, SecretData};
+use coffer::Code;
 use coffer_tests::{BrokerProcess, Key, POLICY, mint};
 
 /// POLICY without the rule that lets `shop/web` read.
@@ -17,16 +17,7 @@ rules:
 "#;
 
 async fn seed(broker: &BrokerProcess) {
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            "shop/db",
-            SecretData::Bytes(SecretBytes::from(&b"s3cret"[..])),
-            "",
-            None,
-        )
-        .await
-        .unwrap();
+    broker.put_bytes("shop/db", b"s3cret").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -62,16 +53,7 @@ async fn a_watch_that_keeps_access_survives_a_reload() {
     // Same grants, new rule name: the watch stays open and keeps updating.
     broker.write_policy(&POLICY.replace("web-reads-shop", "web-still-reads-shop"));
     broker.wait_for_log("policy reloaded", 1);
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            "shop/db",
-            SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
-            "",
-            None,
-        )
-        .await
-        .unwrap();
+    broker.put_bytes("shop/db", b"v2").await;
     let update = tokio::time::timeout(Duration::from_secs(20), watch.next())
         .await
         .expect("an update arrives")
@@ -119,16 +101,7 @@ async fn an_invalid_policy_file_is_refused_and_the_old_policy_stays() {
         web.get("shop/db").await.unwrap().bytes(),
         Some(&b"s3cret"[..])
     );
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            "shop/db",
-            SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
-            "",
-            None,
-        )
-        .await
-        .unwrap();
+    broker.put_bytes("shop/db", b"v2").await;
     let update = tokio::time::timeout(Duration::from_secs(20), watch.next())
         .await
         .expect("the watch is still open")
