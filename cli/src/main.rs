@@ -24,6 +24,15 @@ use coffer_broker::{
 };
 use zeroize::Zeroizing;
 
+/// `println!` that does not panic when stdout is closed (`cofferctl ... | head`):
+/// a reader that went away is not an error worth a backtrace.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "cofferctl", version, about = "Operate Coffer")]
 struct Cli {
@@ -169,7 +178,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 pod_uid: None,
             };
             let decision = policy.decide(&who, &path, capability);
-            println!("{decision}");
+            say!("{decision}");
             if decision.is_allowed() {
                 ExitCode::SUCCESS
             } else {
@@ -178,15 +187,15 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
         }
         PolicyCommand::Lint { file, strict } => match Policy::load(&file) {
             Err(e) => {
-                println!("{}: {e}", file.display());
+                say!("{}: {e}", file.display());
                 ExitCode::from(1)
             }
             Ok(policy) => {
                 let warnings = policy.warnings();
                 for w in &warnings {
-                    println!("{}: warning: {w}", file.display());
+                    say!("{}: warning: {w}", file.display());
                 }
-                println!(
+                say!(
                     "{}: valid, {} rules, {} warnings",
                     file.display(),
                     policy.rules().len(),
@@ -216,7 +225,7 @@ fn audit_command(command: AuditCommand) -> ExitCode {
     }
     match audit::verify(contents.iter().map(|(n, b)| (n.as_str(), b.as_slice()))) {
         Ok(summary) => {
-            println!(
+            say!(
                 "intact: {} records from seq {}; last record hash {}",
                 summary.records,
                 summary
@@ -227,7 +236,7 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(broken) => {
-            println!("BROKEN at {broken}");
+            say!("BROKEN at {broken}");
             ExitCode::from(1)
         }
     }
@@ -307,7 +316,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 .await?
                 .put(&path, data, &content_type, cas)
                 .await?;
-            println!("{path}: version {version}");
+            say!("{path}: version {version}");
         }
         Command::Get { path, version } => {
             let secret = client(broker).await?.get_version(&path, version).await?;
@@ -326,7 +335,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
         }
         Command::Versions { path } => {
             let list = client(broker).await?.list_versions(&path).await?;
-            println!("current version: {}", list.current_version);
+            say!("current version: {}", list.current_version);
             for v in list.versions {
                 let state = if v.destroyed {
                     "destroyed"
@@ -335,7 +344,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 } else {
                     "live"
                 };
-                println!(
+                say!(
                     "  v{:<6} {state}  created {}",
                     v.version,
                     timestamp(v.created_at)
@@ -344,18 +353,18 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
         }
         Command::Rollback { path, to_version } => {
             let version = client(broker).await?.rollback(&path, to_version).await?;
-            println!("{path}: version {to_version} is current again as version {version}");
+            say!("{path}: version {to_version} is current again as version {version}");
         }
         Command::Status { path } => {
             let status = client(broker).await?.rotation_status(&path).await?;
-            println!("current version: {}", status.current_version);
+            say!("current version: {}", status.current_version);
             for w in status.workloads {
                 let state = match coffer::proto::ApplyState::try_from(w.state) {
                     Ok(coffer::proto::ApplyState::Applied) => "applied",
                     Ok(coffer::proto::ApplyState::Failed) => "FAILED",
                     _ => "unknown",
                 };
-                println!(
+                say!(
                     "  {}/{} pod={} version={} {} at {}",
                     w.namespace,
                     w.service_account,
@@ -398,14 +407,14 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             config.leeway = Duration::from_secs(leeway);
             return Ok(match verify_with(&config, &keys, token.trim()) {
                 Ok(id) => {
-                    println!("valid: {}", id.subject());
-                    println!("  namespace:       {}", id.namespace);
-                    println!(
+                    say!("valid: {}", id.subject());
+                    say!("  namespace:       {}", id.namespace);
+                    say!(
                         "  service account: {} (uid {})",
                         id.service_account,
                         id.service_account_uid.as_deref().unwrap_or("-")
                     );
-                    println!(
+                    say!(
                         "  pod:             {} (uid {})",
                         id.pod_name.as_deref().unwrap_or("-"),
                         id.pod_uid.as_deref().unwrap_or("-")
@@ -413,7 +422,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                     ExitCode::SUCCESS
                 }
                 Err(reason) => {
-                    println!("rejected: {reason} ({})", reason.reason());
+                    say!("rejected: {reason} ({})", reason.reason());
                     ExitCode::from(1)
                 }
             });
