@@ -141,6 +141,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .arg("--config")
         .arg(&config)
         .kill_on_drop(true)
+        // Its own process group: a terminal's Ctrl-C reaches only this
+        // process, which then stops the sidecar in order (below).
+        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", sidecar_bin.display()))?;
 
