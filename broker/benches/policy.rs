@@ -127,12 +127,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         store
             .put(
                 "ns-999/app/db",
-                SecretWrite {
-                    data: SecretData::Bytes(SecretBytes::from(&b"bench-value"[..])),
-                    content_type: String::new(),
-                    labels: Default::default(),
-                    cas: None,
-                },
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"bench-value"[..])), ""),
             )
             .await?;
         let rounds: u64 = 100_000;

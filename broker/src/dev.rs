@@ -73,12 +73,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     store
         .put(
             "demo/greeting",
-            SecretWrite {
-                data: SecretData::Bytes(SecretBytes::from(&b"hello from coffer\n"[..])),
-                content_type: "text/plain".into(),
-                labels: Default::default(),
-                cas: None,
-            },
+            SecretWrite::new(
+                SecretData::Bytes(SecretBytes::from(&b"hello from coffer\n"[..])),
+                "text/plain",
+            ),
         )
         .await?;
     let broker = Broker::new(Arc::new(authn), Policy::from_yaml(POLICY)?, store);

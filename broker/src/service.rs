@@ -823,12 +823,7 @@ mod tests {
         store
             .put(
                 "shop/db",
-                SecretWrite {
-                    data: SecretData::Bytes(SecretBytes::from(&b"v1"[..])),
-                    content_type: String::new(),
-                    labels: Default::default(),
-                    cas: None,
-                },
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v1"[..])), ""),
             )
             .await
             .unwrap();
@@ -880,12 +875,7 @@ mod tests {
         store
             .put(
                 "shop/db",
-                SecretWrite {
-                    data: SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
-                    content_type: String::new(),
-                    labels: Default::default(),
-                    cas: None,
-                },
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v2"[..])), ""),
             )
             .await
             .unwrap();
@@ -943,12 +933,7 @@ mod tests {
         store
             .put(
                 "shop/db",
-                SecretWrite {
-                    data: SecretData::Bytes(SecretBytes::from(&b"v2"[..])),
-                    content_type: String::new(),
-                    labels: Default::default(),
-                    cas: None,
-                },
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v2"[..])), ""),
             )
             .await
             .unwrap();

@@ -328,32 +328,16 @@ impl SidecarProcess {
     /// Starts a sidecar for `token` with `secrets_yaml` (the `secrets:` list
     /// items) and extra CLI `args` such as `--once`.
     pub fn start(broker: &BrokerProcess, token: &str, secrets_yaml: &str, args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out_dir = tempfile::Builder::new()
-            .prefix("coffer-e2e-")
-            .tempdir_in("/dev/shm")
-            .unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, token).unwrap();
-        let config = dir.path().join("sidecar.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "broker: {}\ntokenFile: {}\noutputDir: {}\nsecrets:\n{secrets_yaml}",
-                broker.endpoint,
-                token_file.display(),
-                out_dir.path().display()
-            ),
+        Self::start_with(
+            &broker.endpoint,
+            token,
+            secrets_yaml,
+            SidecarOptions {
+                out_parent: None,
+                global_yaml: "",
+                args,
+            },
         )
-        .unwrap();
-        let mut command = Command::new(binary("coffer-sidecar"));
-        command.arg("--config").arg(&config).args(args);
-        let process = Process::spawn(command, dir.path().join("sidecar.log"));
-        Self {
-            process,
-            out_dir,
-            _dir: dir,
-        }
     }
 
     /// A file in the output directory.

@@ -374,12 +374,7 @@ mod tests {
     use super::*;
 
     fn write(value: &[u8]) -> SecretWrite {
-        SecretWrite {
-            data: SecretData::Bytes(value.into()),
-            content_type: "text/plain".into(),
-            labels: BTreeMap::new(),
-            cas: None,
-        }
+        SecretWrite::new(SecretData::Bytes(value.into()), "text/plain")
     }
 
     #[tokio::test]

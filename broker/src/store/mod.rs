@@ -42,6 +42,18 @@ pub struct SecretWrite {
     pub cas: Option<u64>,
 }
 
+impl SecretWrite {
+    /// An unconditional write of `data` with a content type and no labels.
+    pub fn new(data: SecretData, content_type: impl Into<String>) -> Self {
+        Self {
+            data,
+            content_type: content_type.into(),
+            labels: BTreeMap::new(),
+            cas: None,
+        }
+    }
+}
+
 /// Non-secret facts about one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionInfo {
