@@ -1,0 +1,344 @@
+//! The gRPC adapter: authenticates, validates, authorizes, then asks the store.
+//!
+//! Every RPC follows the same order: identity from the bearer token, paths
+//! validated into [`SecretPath`]s, the policy decision, and only then the
+//! store. Each decision is logged (without values) on target `coffer::decision`.
+//!
+//! One [`Broker`] serves both gRPC services; each lives in its own file:
+//! `workload.rs` (`SecretBroker`: Get, Watch, Ack), `stream.rs` (the task
+//! behind each watch stream), `acks.rs` (the acknowledgement table) and
+//! `operator.rs` (`SecretOperator`).
+
+mod acks;
+mod operator;
+mod stream;
+mod workload;
+
+use std::sync::{Arc, RwLock};
+
+use coffer_proto::{SecretData, v1};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+
+use crate::{
+    audit::{AuditEvent, AuditLog, Outcome},
+    auth::{Authenticator, BearerToken, WorkloadIdentity},
+    error::ApiError,
+    path::SecretPath,
+    policy::{Capability, Decision, Policy},
+    store::{SecretStore, StoredSecret},
+};
+
+/// The most paths one GetSecrets or WatchSecrets call may name.
+pub const MAX_PATHS_PER_CALL: usize = 256;
+
+/// The broker: cheap to clone, all clones share state.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    authn: Arc<dyn Authenticator>,
+    policy: watch::Sender<Arc<Policy>>,
+    store: Arc<dyn SecretStore>,
+    acks: acks::AckTable,
+    shutdown: CancellationToken,
+    audit: RwLock<Option<Arc<AuditLog>>>,
+}
+
+/// One incoming call, as the audit trail names it.
+struct Call {
+    rpc: &'static str,
+    id: String,
+    peer: Option<String>,
+}
+
+impl Call {
+    /// Takes a well-formed `x-request-id` from the caller, or makes one.
+    fn of<T>(request: &Request<T>, rpc: &'static str) -> Self {
+        let id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=64).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
+            .map_or_else(new_request_id, str::to_string);
+        Self {
+            rpc,
+            id,
+            peer: request.remote_addr().map(|a| a.to_string()),
+        }
+    }
+
+    fn event<'a>(
+        &'a self,
+        who: Option<&'a WorkloadIdentity>,
+        path: Option<&'a str>,
+        capability: Option<Capability>,
+        decision: Outcome,
+        reason: &'a str,
+    ) -> AuditEvent<'a> {
+        AuditEvent {
+            request_id: &self.id,
+            peer: self.peer.as_deref(),
+            identity: who,
+            rpc: self.rpc,
+            path,
+            capability,
+            version: None,
+            decision,
+            reason,
+            rule: None,
+        }
+    }
+}
+
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // A failing system RNG leaves zeros: the id is for correlation only.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    crate::audit::hex(&bytes)
+}
+
+/// An allow decision whose audit record is still to be written, once the
+/// version served is known.
+#[must_use]
+struct Allowed {
+    capability: Capability,
+    rule: String,
+}
+
+/// The audit reason for an allowed read that served nothing.
+fn read_reason<T>(result: &Result<T, ApiError>) -> &'static str {
+    match result {
+        Ok(_) => "allowed",
+        Err(ApiError::Store(crate::store::StoreError::NotFound))
+        | Err(ApiError::Store(crate::store::StoreError::VersionNotFound(_)))
+        | Err(ApiError::Store(crate::store::StoreError::VersionDeleted(_))) => "not_found",
+        Err(_) => "store_error",
+    }
+}
+impl Broker {
+    /// A broker over these parts.
+    pub fn new(authn: Arc<dyn Authenticator>, policy: Policy, store: Arc<dyn SecretStore>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                authn,
+                policy: watch::Sender::new(Arc::new(policy)),
+                store,
+                acks: acks::AckTable::default(),
+                shutdown: CancellationToken::new(),
+                audit: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// Records every decision (and authentication failure) to `audit`.
+    pub fn with_audit(self, audit: AuditLog) -> Self {
+        *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
+        self
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.inner.policy.borrow())
+    }
+
+    /// Writes one audit record. Fails closed unless the log is fail-open.
+    async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
+        let log = self
+            .inner
+            .audit
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(log) = log else {
+            return Ok(());
+        };
+        match log.record(event) {
+            Ok(()) => Ok(()),
+            Err(error) if log.is_fail_open() => {
+                tracing::error!(%error, "audit record lost (audit is fail-open)");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit record not written: refusing the request");
+                Err(ApiError::AuditUnavailable)
+            }
+        }
+    }
+
+    /// Records what an allowed request was served.
+    async fn audit_served(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        allowed: Allowed,
+        version: Option<u64>,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        let path = path.to_string();
+        let mut event = call.event(
+            Some(who),
+            Some(&path),
+            Some(allowed.capability),
+            Outcome::Allow,
+            reason,
+        );
+        event.version = version;
+        event.rule = Some(&allowed.rule);
+        self.audit(&event).await
+    }
+
+    /// Replaces the policy. New requests use it at once; open watches are
+    /// checked again and closed if they lost access.
+    pub fn set_policy(&self, policy: Policy) {
+        self.inner.policy.send_replace(Arc::new(policy));
+    }
+
+    /// The store's health, if it reports one (see [`SecretStore::health`]).
+    pub fn store_health(&self) -> Option<watch::Receiver<bool>> {
+        self.inner.store.health()
+    }
+
+    /// Cancelled when the broker shuts down; watch streams end with it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        call: &Call,
+    ) -> Result<WorkloadIdentity, ApiError> {
+        match self.verify_caller(request).await {
+            Ok(who) => Ok(who),
+            Err(error) => {
+                self.audit(&call.event(None, None, None, Outcome::Deny, error.reason()))
+                    .await?;
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn verify_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<WorkloadIdentity, crate::auth::AuthError> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or(crate::auth::AuthError::MissingToken)?
+            .to_str()
+            .map_err(|_| crate::auth::AuthError::MalformedHeader)?;
+        let token = BearerToken::from_header(header)?;
+        self.inner.authn.authenticate(&token).await
+    }
+
+    /// Decides; a denial is audited here, an allowance by the caller once it
+    /// knows what it served ([`Broker::audit_served`]).
+    async fn authorize(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        capability: Capability,
+    ) -> Result<Allowed, ApiError> {
+        let decision = self.inner.policy.borrow().decide(who, path, capability);
+        log_decision(who, path, capability, call.rpc, &decision);
+        match decision {
+            Decision::Allow { rule } => Ok(Allowed { capability, rule }),
+            denied => {
+                let path = path.to_string();
+                let mut event = call.event(
+                    Some(who),
+                    Some(&path),
+                    Some(capability),
+                    Outcome::Deny,
+                    denied.reason(),
+                );
+                event.rule = denied.rule();
+                self.audit(&event).await?;
+                Err(ApiError::PermissionDenied)
+            }
+        }
+    }
+
+    async fn read(&self, path: &SecretPath, version: Option<u64>) -> Result<v1::Secret, ApiError> {
+        let stored = self.inner.store.get(path.base(), version).await?;
+        to_wire(path, stored)
+    }
+}
+
+fn log_decision(
+    who: &WorkloadIdentity,
+    path: &SecretPath,
+    capability: Capability,
+    rpc: &'static str,
+    decision: &Decision,
+) {
+    let (allowed, rule) = (decision.is_allowed(), decision.rule().unwrap_or(""));
+    tracing::info!(
+        target: "coffer::decision",
+        rpc,
+        namespace = %who.namespace,
+        service_account = %who.service_account,
+        pod = who.pod_name.as_deref().unwrap_or(""),
+        path = %path,
+        capability = capability.as_str(),
+        allowed,
+        rule,
+        "policy decision"
+    );
+}
+
+/// Builds the wire form, selecting one key of a map when the path asks.
+fn to_wire(path: &SecretPath, stored: StoredSecret) -> Result<v1::Secret, ApiError> {
+    let data = match path.key() {
+        None => stored.data,
+        Some(key) => SecretData::Bytes(
+            stored
+                .data
+                .key(key)
+                .cloned()
+                .ok_or(crate::store::StoreError::NotFound)?,
+        ),
+    };
+    Ok(v1::Secret {
+        path: path.to_string(),
+        version: stored.version,
+        content_type: stored.content_type,
+        value: Some(data.into()),
+        metadata: Some(v1::SecretMetadata {
+            created_at: Some(stored.created_at.into()),
+            ttl_hint: stored
+                .ttl_hint
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            labels: stored.labels.into_iter().collect(),
+        }),
+    })
+}
+
+fn parse_paths<'a>(
+    raw: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<SecretPath>, ApiError> {
+    if raw.len() == 0 {
+        return Err(ApiError::InvalidArgument("no paths given".into()));
+    }
+    if raw.len() > MAX_PATHS_PER_CALL {
+        return Err(ApiError::InvalidArgument(format!(
+            "at most {MAX_PATHS_PER_CALL} paths per call"
+        )));
+    }
+    let mut paths: Vec<SecretPath> = raw.map(SecretPath::parse).collect::<Result<_, _>>()?;
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
+}

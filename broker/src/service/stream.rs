@@ -1,0 +1,322 @@
+//! The task behind each `WatchSecrets` stream.
+
+use std::sync::Arc;
+
+use coffer_proto::v1;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::{StreamMap, wrappers::ReceiverStream, wrappers::WatchStream};
+use tonic::{Request, Response, Status};
+
+use super::{Broker, Call, parse_paths, read_reason};
+use crate::{
+    audit::Outcome,
+    auth::WorkloadIdentity,
+    error::ApiError,
+    path::SecretPath,
+    policy::{Capability, Policy},
+};
+
+pub(super) type WatchResponseStream = ReceiverStream<Result<v1::WatchSecretsResponse, Status>>;
+
+impl Broker {
+    /// Authorizes every path, sends the snapshot, then hands the stream to a
+    /// task that sends one update per new version until the client leaves,
+    /// the policy revokes access, or the broker shuts down.
+    pub(super) async fn open_watch(
+        &self,
+        request: Request<v1::WatchSecretsRequest>,
+    ) -> Result<Response<WatchResponseStream>, Status> {
+        let call = Call::of(&request, "WatchSecrets");
+        let who = self.authenticate(&request, &call).await?;
+        let req = request.into_inner();
+        let paths = parse_paths(req.paths.iter().map(String::as_str))?;
+        // Subscribe before deciding, so a policy change that lands between
+        // the decision and the watch loop is still seen by the loop.
+        let mut policy = self.inner.policy.subscribe();
+        let mut grants = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let read = self.authorize(&call, &who, path, Capability::Read).await?;
+            grants.push((
+                read,
+                self.authorize(&call, &who, path, Capability::Watch).await?,
+            ));
+        }
+
+        // Subscribe before reading the snapshot, so no change can fall
+        // between the two.
+        let mut changes = StreamMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            changes.insert(
+                index,
+                WatchStream::from_changes(self.inner.store.subscribe(path.base())),
+            );
+        }
+        let mut sent = Vec::with_capacity(paths.len());
+        let mut snapshot = Vec::with_capacity(paths.len());
+        for (path, (read, watch)) in paths.iter().zip(grants) {
+            let result = self.read(path, None).await;
+            let version = result.as_ref().ok().map(|s| s.version);
+            let reason = read_reason(&result);
+            self.audit_served(&call, &who, path, read, version, reason)
+                .await?;
+            self.audit_served(&call, &who, path, watch, version, reason)
+                .await?;
+            let secret = result?;
+            sent.push(secret.version);
+            snapshot.push(secret);
+        }
+
+        let (tx, rx) = mpsc::channel(16);
+        let first = v1::WatchSecretsResponse {
+            kind: v1::WatchEventKind::Snapshot as i32,
+            secrets: snapshot,
+        };
+        // The channel is new and has room: this cannot fail.
+        let _ = tx.try_send(Ok(first));
+
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let shutdown = broker.inner.shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
+                        break;
+                    }
+                    _ = tx.closed() => break,
+                    Ok(()) = policy.changed() => {
+                        let current = Arc::clone(&policy.borrow_and_update());
+                        if let Err(status) = broker.recheck_watch(&call, &who, &current, paths.iter()).await {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
+                    Some((index, version)) = changes.next() => {
+                        if version <= sent[index] {
+                            continue;
+                        }
+                        let path = &paths[index];
+                        let message = match broker.serve_update(&call, &who, path, version).await {
+                            Ok(secret) => {
+                                sent[index] = secret.version;
+                                Ok(v1::WatchSecretsResponse {
+                                    kind: v1::WatchEventKind::Update as i32,
+                                    secrets: vec![secret],
+                                })
+                            }
+                            Err(e) => Err(Status::from(e)),
+                        };
+                        let failed = message.is_err();
+                        if tx.send(message).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// After a policy change: is every path of an open watch still readable
+    /// and watchable? A revocation is audited and ends the watch.
+    async fn recheck_watch<'a>(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        policy: &Policy,
+        paths: impl Iterator<Item = &'a SecretPath>,
+    ) -> Result<(), Status> {
+        for path in paths {
+            for capability in [Capability::Read, Capability::Watch] {
+                let decision = policy.decide(who, path, capability);
+                if decision.is_allowed() {
+                    continue;
+                }
+                tracing::info!(
+                    namespace = %who.namespace,
+                    service_account = %who.service_account,
+                    path = %path,
+                    "watch closed: access revoked"
+                );
+                let raw = path.to_string();
+                let mut event = call.event(
+                    Some(who),
+                    Some(&raw),
+                    Some(capability),
+                    Outcome::Deny,
+                    "revoked",
+                );
+                event.rule = decision.rule();
+                return Err(match self.audit(&event).await {
+                    Ok(()) => ApiError::PermissionDenied.into(),
+                    Err(e) => e.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one watched path's new version, deciding again under the
+    /// current policy and auditing what is sent.
+    async fn serve_update(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        version: u64,
+    ) -> Result<v1::Secret, ApiError> {
+        let watch = self.authorize(call, who, path, Capability::Watch).await?;
+        let result = self.read(path, Some(version)).await;
+        let served = result.as_ref().ok().map(|s| s.version);
+        self.audit_served(call, who, path, watch, served, read_reason(&result))
+            .await?;
+        result
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use coffer_proto::{SecretBytes, SecretData, v1::secret_broker_server::SecretBroker};
+
+    use super::*;
+    use crate::{
+        audit::AuditLog,
+        auth::{
+            jwt::{JwtVerifier, KeySet, VerifierConfig},
+            signer::DevSigner,
+        },
+        store::{SecretStore, SecretWrite, dev::DevStore},
+    };
+
+    const ISS: &str = "https://issuer.test";
+    const READS: &str = "rules:\n  - name: web-reads\n    subjects: [{namespace: shop, serviceAccount: web}]\n    paths: [\"shop/*\"]\n    capabilities: [read, watch]\n";
+
+    async fn broker(audit: &std::path::Path) -> (Broker, String, Arc<DevStore>) {
+        let signer = DevSigner::generate(ISS).unwrap();
+        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
+        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
+        let store = Arc::new(DevStore::in_memory());
+        store
+            .put(
+                "shop/db",
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v1"[..])), ""),
+            )
+            .await
+            .unwrap();
+        let broker = Broker::new(
+            Arc::new(authn),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        )
+        .with_audit(AuditLog::file(audit, 0).unwrap());
+        let token = signer
+            .mint(
+                "coffer",
+                "shop",
+                "web",
+                Some("web-0"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        (broker, token, store)
+    }
+
+    fn watch_request(token: &str) -> Request<v1::WatchSecretsRequest> {
+        let mut request = Request::new(v1::WatchSecretsRequest {
+            paths: vec!["shop/db".into()],
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-request-id", "watch-1".parse().unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn set_policy_closes_a_watch_that_lost_access_and_audits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.log");
+        let (broker, token, store) = broker(&audit).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        let snapshot = stream.next().await.unwrap().unwrap();
+        assert_eq!(snapshot.secrets[0].version, 1);
+
+        // An update while allowed is served and audited with its version.
+        store
+            .put(
+                "shop/db",
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v2"[..])), ""),
+            )
+            .await
+            .unwrap();
+        let update = stream.next().await.unwrap().unwrap();
+        assert_eq!(update.secrets[0].version, 2);
+
+        broker.set_policy(Policy::deny_all());
+        let end = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::PermissionDenied);
+        assert!(stream.next().await.is_none(), "the stream ends");
+
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let summary: Vec<(String, String, String, Option<u64>)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["capability"].as_str().unwrap().to_string(),
+                    r["decision"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                    r["version"].as_u64(),
+                )
+            })
+            .collect();
+        let row = |c: &str, d: &str, r: &str, v: Option<u64>| {
+            (c.to_string(), d.to_string(), r.to_string(), v)
+        };
+        assert_eq!(
+            summary,
+            [
+                row("read", "allow", "allowed", Some(1)),
+                row("watch", "allow", "allowed", Some(1)),
+                row("watch", "allow", "allowed", Some(2)),
+                row("read", "deny", "revoked", None),
+            ]
+        );
+        assert!(records.iter().all(|r| r["request_id"] == "watch-1"));
+        assert!(crate::audit::verify([("audit.log", text.as_bytes())]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn set_policy_keeps_a_watch_that_kept_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, token, store) = broker(&dir.path().join("audit.log")).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.next().await.unwrap().unwrap();
+        broker.set_policy(Policy::from_yaml(READS).unwrap());
+        store
+            .put(
+                "shop/db",
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v2"[..])), ""),
+            )
+            .await
+            .unwrap();
+        // The next message is the update, not a revocation.
+        let update = stream.next().await.unwrap().unwrap();
+        assert_eq!(update.secrets[0].version, 2);
+    }
+}
