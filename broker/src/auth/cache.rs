@@ -5,8 +5,11 @@
 //! holds a token in clear, so a memory dump of the cache yields no
 //! credential. An entry lives until the token's `exp` (or the shorter time
 //! its authenticator allows) and the cache is bounded by LRU eviction.
-//! Failures are never cached: a token that failed for want of keys may pass
-//! once the keys arrive.
+//! An entry is also dropped once the key that verified it has left its
+//! issuer's key set (rotated out of a JWKS file or an OIDC issuer's set), so
+//! removing a key revokes every token it signed at the next call.
+//! Failures are never cached here: a token that failed for want of keys may
+//! pass once the keys arrive (TokenReview keeps its own short negative cache).
 
 use std::{
     num::NonZeroUsize,
@@ -16,7 +19,7 @@ use std::{
 use async_trait::async_trait;
 use lru::LruCache;
 
-use super::{AuthError, Authenticator, BearerToken, Verified, WorkloadIdentity, jwt::unix_now};
+use super::{AuthError, Authenticator, BearerToken, Verified, jwt::unix_now};
 
 /// The default number of cached verifications.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
@@ -57,15 +60,27 @@ impl CachingAuthenticator {
     }
 
     fn lookup(&self, digest: &TokenDigest, now: u64) -> Option<Verified> {
-        let mut cache = self.lock();
-        match cache.get(digest) {
-            Some(hit) if hit.expires_at > now => Some(hit.clone()),
-            Some(_) => {
-                cache.pop(digest);
-                None
+        let hit = {
+            let mut cache = self.lock();
+            match cache.get(digest) {
+                Some(hit) if hit.expires_at > now => hit.clone(),
+                Some(_) => {
+                    cache.pop(digest);
+                    return None;
+                }
+                None => return None,
             }
-            None => None,
+        };
+        // Asked outside the cache's lock: a key source may read its file.
+        if hit.key.as_ref().is_some_and(|key| !key.is_current()) {
+            tracing::info!(
+                issuer = %hit.identity.issuer,
+                "cached verification dropped: its key left the key set"
+            );
+            self.lock().pop(digest);
+            return None;
         }
+        Some(hit)
     }
 }
 
@@ -78,24 +93,22 @@ fn digest(token: &BearerToken) -> TokenDigest {
 
 #[async_trait]
 impl Authenticator for CachingAuthenticator {
-    async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
-        self.authenticate_cacheable(token)
-            .await
-            .map(|verified| verified.identity)
-    }
-
-    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+    async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
         let key = digest(token);
         if let Some(hit) = self.lookup(&key, unix_now()) {
             crate::metrics::auth_cache(true);
             return Ok(hit);
         }
         crate::metrics::auth_cache(false);
-        let verified = self.inner.authenticate_cacheable(token).await?;
+        let verified = self.inner.authenticate(token).await?;
         if verified.expires_at > unix_now() {
             self.lock().put(key, verified.clone());
         }
         Ok(verified)
+    }
+
+    fn issuers(&self) -> Vec<String> {
+        self.inner.issuers()
     }
 }
 
@@ -104,6 +117,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::auth::WorkloadIdentity;
 
     /// Counts calls; answers with a fixed expiry.
     struct Counting {
@@ -113,10 +127,10 @@ mod tests {
 
     #[async_trait]
     impl Authenticator for Counting {
-        async fn authenticate(&self, _: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
-            Err(AuthError::BadSignature)
+        fn issuers(&self) -> Vec<String> {
+            vec!["i".into()]
         }
-        async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if token.expose() == "bad" {
                 return Err(AuthError::BadSignature);
@@ -131,6 +145,7 @@ mod tests {
                     pod_uid: None,
                 },
                 expires_at: self.expires_at,
+                key: None,
             })
         }
     }
@@ -149,7 +164,7 @@ mod tests {
         let (inner, cache) = cached(unix_now() + 600, 8);
         for _ in 0..5 {
             let id = cache.authenticate(&BearerToken::new("web")).await.unwrap();
-            assert_eq!(id.service_account, "web");
+            assert_eq!(id.identity.service_account, "web");
         }
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
     }

@@ -33,6 +33,9 @@
 //!       caFile: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt
 //!       tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
 //!       ttlSeconds: 60
+//!       negativeTtlSeconds: 5      # optional: refused tokens are not re-asked
+//!       maxConcurrent: 8           # optional: reviews in flight at most
+//!       ratePerSecond: 20          # optional: reviews started per second
 //! ```
 //!
 //! Exactly one of `oidc`, `jwksFile`, `pemFile`, `tokenReview` per entry.
@@ -49,7 +52,9 @@ use super::{
     jwt::{DEFAULT_LEEWAY, JwtVerifier, VerifierConfig},
     oidc::{DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_INTERVAL, OidcConfig, OidcKeys},
     router::IssuerRouter,
-    tokenreview::{DEFAULT_REVIEW_TTL, TokenReviewAuthenticator, TokenReviewConfig},
+    tokenreview::{
+        DEFAULT_NEGATIVE_TTL, DEFAULT_REVIEW_TTL, TokenReviewAuthenticator, TokenReviewConfig,
+    },
 };
 
 /// The `--auth-config` file.
@@ -127,6 +132,15 @@ pub struct TokenReviewSection {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// How long a refused token is refused without asking again.
+    #[serde(default)]
+    pub negative_ttl_seconds: Option<u64>,
+    /// Reviews in flight at most.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// Reviews started per second at most.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
 }
 
 /// Why the authentication configuration is unusable.
@@ -288,19 +302,25 @@ impl AuthenticatorConfig {
             )));
         }
         if let Some(review) = &self.token_review {
-            return Ok(Arc::new(TokenReviewAuthenticator::new(
-                TokenReviewConfig {
-                    issuer: self.issuer.clone(),
-                    server: review.server.clone(),
-                    audiences: self.audiences.clone(),
-                    http: HttpConfig {
-                        ca_file: review.ca_file.clone(),
-                        timeout: review.timeout_seconds.map(Duration::from_secs),
-                        token_file: review.token_file.clone(),
-                    },
-                    ttl: seconds(review.ttl_seconds, DEFAULT_REVIEW_TTL),
-                },
-            )?));
+            let mut config = TokenReviewConfig::new(
+                self.issuer.clone(),
+                review.server.clone(),
+                self.audiences.clone(),
+            );
+            config.http = HttpConfig {
+                ca_file: review.ca_file.clone(),
+                timeout: review.timeout_seconds.map(Duration::from_secs),
+                token_file: review.token_file.clone(),
+            };
+            config.ttl = seconds(review.ttl_seconds, DEFAULT_REVIEW_TTL);
+            config.negative_ttl = seconds(review.negative_ttl_seconds, DEFAULT_NEGATIVE_TTL);
+            if let Some(max) = review.max_concurrent {
+                config.max_concurrent = max;
+            }
+            if let Some(rate) = review.rate_per_second {
+                config.rate_per_second = rate;
+            }
+            return Ok(Arc::new(TokenReviewAuthenticator::new(config)?));
         }
         Err(AuthConfigError::Mode(self.issuer.clone()))
     }

@@ -1,6 +1,8 @@
 //! A small HTTPS client for OIDC discovery, JWKS and TokenReview: hyper with
 //! rustls on `ring`, a configurable CA bundle, a timeout on every request,
-//! a bounded response body, and optionally the broker's own bearer token.
+//! a bounded response body, and optionally the broker's own bearer token —
+//! sent only to the one origin (scheme, host, port) it is meant for, so a
+//! discovery document naming a `jwks_uri` elsewhere never receives it.
 
 use std::{
     path::{Path, PathBuf},
@@ -70,11 +72,22 @@ pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     token_file: Option<PathBuf>,
+    /// The only origin the token is sent to.
+    credential_origin: url::Origin,
+}
+
+/// The origin of `url`: scheme, host and port (the default one filled in).
+fn origin(url: &str) -> Result<url::Origin, HttpError> {
+    url::Url::parse(url)
+        .map(|u| u.origin())
+        .map_err(|_| HttpError::Url(url.to_string()))
 }
 
 impl HttpClient {
-    /// Builds a client; fails on an unreadable CA bundle.
-    pub fn new(config: &HttpConfig) -> Result<Self, HttpError> {
+    /// Builds a client that sends the configured token only to requests on
+    /// `credential_url`'s origin; fails on an unreadable CA bundle.
+    pub fn new(config: &HttpConfig, credential_url: &str) -> Result<Self, HttpError> {
+        let credential_origin = origin(credential_url)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match &config.ca_file {
@@ -95,6 +108,7 @@ impl HttpClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),
             token_file: config.token_file.clone(),
+            credential_origin,
         })
     }
 
@@ -143,7 +157,10 @@ impl HttpClient {
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
-        if let Some(path) = &self.token_file {
+        // Another origin (a `jwks_uri` on another host or port) gets no
+        // credential: only the configured server is trusted with it.
+        let same_origin = origin(url).is_ok_and(|o| o == self.credential_origin);
+        if let Some(path) = self.token_file.as_ref().filter(|_| same_origin) {
             let token = read_token(path)?;
             let mut value =
                 header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))

@@ -18,7 +18,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse},
 };
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +182,77 @@ struct VerifyingKey {
     key: DecodingKey,
     /// The algorithms this key may verify.
     algorithms: Vec<Algorithm>,
+    /// SHA-256 of the public key material, to tell whether the key that
+    /// verified a cached answer is still in its set.
+    fingerprint: KeyFingerprint,
+}
+
+/// SHA-256 of a public key's material (not of its `kid`).
+pub type KeyFingerprint = [u8; 32];
+
+/// The key that verified a token and the source it came from, so that a
+/// cached answer can be dropped once the key leaves the source's set.
+#[derive(Clone)]
+pub struct KeyBinding {
+    fingerprint: KeyFingerprint,
+    source: Option<Arc<dyn KeySource>>,
+}
+
+impl KeyBinding {
+    /// The verifying key's fingerprint.
+    pub fn fingerprint(&self) -> &KeyFingerprint {
+        &self.fingerprint
+    }
+
+    /// Whether the key is still in its source's current set. A binding
+    /// without a source (a fixed key set) always is.
+    pub fn is_current(&self) -> bool {
+        match &self.source {
+            None => true,
+            Some(source) => source
+                .current()
+                .is_some_and(|keys| keys.contains_fingerprint(&self.fingerprint)),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A public key's digest is not secret; eight bytes identify it.
+        let short: String = self.fingerprint[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write!(f, "KeyBinding({short})")
+    }
+}
+
+fn sha256(parts: &[&[u8]]) -> KeyFingerprint {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        // Length-prefixed, so that no two splits of the bytes collide.
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(context.finish().as_ref());
+    out
+}
+
+fn jwk_fingerprint(jwk: &Jwk) -> KeyFingerprint {
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => sha256(&[b"RSA", rsa.n.as_bytes(), rsa.e.as_bytes()]),
+        AlgorithmParameters::EllipticCurve(ec) => sha256(&[
+            b"EC",
+            format!("{:?}", ec.curve).as_bytes(),
+            ec.x.as_bytes(),
+            ec.y.as_bytes(),
+        ]),
+        // Never reached: these are skipped before fingerprinting.
+        AlgorithmParameters::OctetKey(_) | AlgorithmParameters::OctetKeyPair(_) => {
+            sha256(&[b"unusable"])
+        }
+    }
 }
 
 /// The keys of one issuer, by `kid`.
@@ -197,8 +268,6 @@ pub struct KeySet {
 pub enum KeySetError {
     #[error("JWKS is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("JWKS key {index} cannot be used: {reason}")]
-    BadKey { index: usize, reason: String },
     #[error("PEM block {index} is not a usable public key: {reason}")]
     BadPem { index: usize, reason: String },
     #[error("JWKS holds no usable signing key")]
@@ -215,21 +284,38 @@ const OID_RSA: &[u8] = &[
 const OID_EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 
 impl KeySet {
-    /// Parses a JWKS document. Symmetric and encryption keys are refused.
+    /// Parses a JWKS document. A key that cannot verify tokens here
+    /// (symmetric, EdDSA, an encryption key, an unsupported curve or
+    /// algorithm, malformed material) is skipped with a warning naming only
+    /// its position and `kid`, so one odd key in an issuer's set is not an
+    /// outage; a set left with no usable key is refused.
     pub fn from_jwks_json(json: &[u8]) -> Result<Self, KeySetError> {
-        let set: JwkSet = serde_json::from_slice(json)?;
+        // Each key is parsed on its own, so that a key of a type this
+        // library does not know is skipped rather than failing the set.
+        let set: RawJwkSet = serde_json::from_slice(json)?;
         let mut keys = Self::default();
-        for (index, jwk) in set.keys.iter().enumerate() {
-            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-                continue;
-            }
-            let bad = |reason: &str| KeySetError::BadKey {
-                index,
-                reason: reason.to_string(),
+        for (index, raw) in set.keys.into_iter().enumerate() {
+            let kid = raw
+                .get("kid")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let usable = serde_json::from_value::<Jwk>(raw)
+                .map_err(|_| "not a JWK this broker understands".to_string())
+                .and_then(|jwk| usable_key(&jwk).map(|(key, algorithms)| (jwk, key, algorithms)));
+            let (jwk, key, algorithms) = match usable {
+                Ok(usable) => usable,
+                Err(reason) => {
+                    // The kid and position only: never the key's material.
+                    tracing::warn!(index, kid, reason, "JWKS key skipped: not usable for verification");
+                    continue;
+                }
             };
-            let algorithms = algorithms_for(jwk).map_err(bad)?;
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(&e.to_string()))?;
-            let entry = VerifyingKey { key, algorithms };
+            let entry = VerifyingKey {
+                key,
+                algorithms,
+                fingerprint: jwk_fingerprint(&jwk),
+            };
             match &jwk.common.key_id {
                 Some(kid) => {
                     keys.by_kid.insert(kid.clone(), entry);
@@ -286,7 +372,15 @@ impl KeySet {
                 return Err(bad("neither RSA nor EC".into()));
             };
             let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der));
-            keys.by_kid.insert(kid, VerifyingKey { key, algorithms });
+            let fingerprint = sha256(&[b"SPKI", der]);
+            keys.by_kid.insert(
+                kid,
+                VerifyingKey {
+                    key,
+                    algorithms,
+                    fingerprint,
+                },
+            );
         }
         if keys.is_empty() {
             return Err(KeySetError::Empty);
@@ -309,6 +403,14 @@ impl KeySet {
         self.by_kid.contains_key(kid)
     }
 
+    /// Whether the set holds a key with this material.
+    pub fn contains_fingerprint(&self, fingerprint: &KeyFingerprint) -> bool {
+        self.by_kid
+            .values()
+            .chain(&self.without_kid)
+            .any(|k| &k.fingerprint == fingerprint)
+    }
+
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&VerifyingKey> {
         match kid {
             Some(kid) => self.by_kid.get(kid),
@@ -326,6 +428,23 @@ impl KeySet {
             }
         }
     }
+}
+
+/// A JWKS whose keys are parsed one by one.
+#[derive(Deserialize)]
+struct RawJwkSet {
+    keys: Vec<serde_json::Value>,
+}
+
+/// The decoding key and its algorithms, or why this key cannot verify here.
+fn usable_key(jwk: &Jwk) -> Result<(DecodingKey, Vec<Algorithm>), String> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err("an encryption key (use: enc)".into());
+    }
+    let algorithms = algorithms_for(jwk).map_err(str::to_string)?;
+    // The library's message could quote the material: say only what failed.
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| "malformed key material".to_string())?;
+    Ok((key, algorithms))
 }
 
 fn algorithms_for(jwk: &Jwk) -> Result<Vec<Algorithm>, &'static str> {
@@ -457,13 +576,14 @@ impl JwtVerifier {
     }
 
     /// The full check, fetching keys again once if the token names an
-    /// unknown `kid` and the source allows it.
-    pub async fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
+    /// unknown `kid` and the source allows it. The answer is bound to the
+    /// key that verified it (see [`KeyBinding`]).
+    pub async fn verify_fetching(&self, token: &str) -> Result<Verified, AuthError> {
         let result = match self.keys.current() {
             Some(keys) => verify_token(&self.config, &keys, token),
             None => Err(AuthError::KeysUnavailable),
         };
-        match result {
+        let result = match result {
             Err(AuthError::UnknownKey | AuthError::KeysUnavailable) => {
                 match self.keys.refresh_for_unknown_kid().await {
                     Some(keys) => verify_token(&self.config, &keys, token),
@@ -471,20 +591,24 @@ impl JwtVerifier {
                 }
             }
             other => other,
-        }
+        };
+        result.map(|mut verified| {
+            if let Some(binding) = verified.key.as_mut() {
+                binding.source = Some(Arc::clone(&self.keys));
+            }
+            verified
+        })
     }
 }
 
 #[async_trait]
 impl Authenticator for JwtVerifier {
-    async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
-        self.verify_token(token.expose())
-            .await
-            .map(|verified| verified.identity)
+    async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        self.verify_fetching(token.expose()).await
     }
 
-    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
-        self.verify_token(token.expose()).await
+    fn issuers(&self) -> Vec<String> {
+        vec![self.config.issuer.clone()]
     }
 }
 
@@ -649,7 +773,12 @@ pub fn verify_token(
     // Only now, with the signature good, are the claims read.
     let payload = decode_part(parts.payload)?;
     let claims: RawClaims = serde_json::from_slice(&payload).map_err(json_error)?;
-    check_claims(config, claims, unix_now())
+    let mut verified = check_claims(config, claims, unix_now())?;
+    verified.key = Some(KeyBinding {
+        fingerprint: key.fingerprint,
+        source: None,
+    });
+    Ok(verified)
 }
 
 fn check_claims(
@@ -727,6 +856,7 @@ fn check_claims(
             pod_uid: k8s.pod.and_then(|p| non_empty(p.uid)),
         },
         expires_at: exp,
+        key: None,
     })
 }
 

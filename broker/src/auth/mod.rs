@@ -84,14 +84,18 @@ impl WorkloadIdentity {
     }
 }
 
-/// A verified identity and how long the verification may be reused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verified identity and how long the verification holds.
+#[derive(Debug, Clone)]
 pub struct Verified {
     /// Who the caller is.
     pub identity: WorkloadIdentity,
-    /// Unix seconds after which the answer must not be reused: the token's
-    /// `exp`, or less when the authenticator says so.
+    /// Unix seconds after which the answer must not be reused and a stream
+    /// opened with it must end: the token's `exp`, or less when the
+    /// authenticator says so (a TokenReview's TTL). 0: not reusable at all.
     pub expires_at: u64,
+    /// The key that verified the signature, when a local key did: a cached
+    /// answer is dropped once that key leaves its issuer's key set.
+    pub key: Option<jwt::KeyBinding>,
 }
 
 /// Why a token was refused. Each variant is one reason, so tests and metrics
@@ -139,6 +143,8 @@ pub enum AuthError {
     ReviewRejected,
     #[error("the API server's TokenReview could not be completed")]
     ReviewUnavailable,
+    #[error("too many TokenReviews at once; the call was refused")]
+    ReviewThrottled,
     #[error("the token does not belong to a service account")]
     NotServiceAccount,
 }
@@ -167,6 +173,7 @@ impl AuthError {
             Self::KeysUnavailable => "keys_unavailable",
             Self::ReviewRejected => "review_rejected",
             Self::ReviewUnavailable => "review_unavailable",
+            Self::ReviewThrottled => "review_throttled",
             Self::NotServiceAccount => "not_service_account",
         }
     }
@@ -175,18 +182,13 @@ impl AuthError {
 /// Turns a bearer token into an identity.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// Verifies `token` completely, or says precisely why not.
-    async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError>;
+    /// Verifies `token` completely, or says precisely why not. The answer
+    /// says until when it holds ([`Verified::expires_at`]).
+    async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError>;
 
-    /// Like [`Self::authenticate`], and says until when the answer may be
-    /// cached. The default is "not at all" (expires now).
-    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
-        let identity = self.authenticate(token).await?;
-        Ok(Verified {
-            identity,
-            expires_at: 0,
-        })
-    }
+    /// The issuers this authenticator accepts tokens from (policy subjects
+    /// must name one when there are several).
+    fn issuers(&self) -> Vec<String>;
 }
 
 #[cfg(test)]

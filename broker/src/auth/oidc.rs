@@ -89,13 +89,14 @@ pub struct OidcKeys {
 impl OidcKeys {
     /// Prepares the source; no request is made yet (see [`Self::start`]).
     pub fn new(config: OidcConfig) -> Result<Self, HttpError> {
-        let http = HttpClient::new(&config.http)?;
         let discovery_url = config.discovery_url.clone().unwrap_or_else(|| {
             format!(
                 "{}/.well-known/openid-configuration",
                 config.issuer.trim_end_matches('/')
             )
         });
+        // The broker's own token goes to the discovery URL's origin only.
+        let http = HttpClient::new(&config.http, &discovery_url)?;
         Ok(Self {
             config,
             discovery_url,

@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 
-use super::{AuthError, Authenticator, BearerToken, Verified, WorkloadIdentity, jwt};
+use super::{AuthError, Authenticator, BearerToken, Verified, jwt};
 
 /// Routes each token to the authenticator configured for its `iss`.
 #[derive(Default)]
@@ -47,13 +47,7 @@ impl IssuerRouter {
 
 #[async_trait]
 impl Authenticator for IssuerRouter {
-    async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
-        self.authenticate_cacheable(token)
-            .await
-            .map(|verified| verified.identity)
-    }
-
-    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+    async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
         // The unverified `iss` only picks which verifier runs. Trusting it is
         // safe because nothing else is taken from it: the chosen verifier
         // then checks the signature against that issuer's own keys and every
@@ -65,6 +59,12 @@ impl Authenticator for IssuerRouter {
             .by_issuer
             .get(&issuer)
             .ok_or(AuthError::UnknownIssuer)?;
-        authenticator.authenticate_cacheable(token).await
+        authenticator.authenticate(token).await
+    }
+
+    fn issuers(&self) -> Vec<String> {
+        let mut issuers: Vec<String> = self.by_issuer.keys().cloned().collect();
+        issuers.sort();
+        issuers
     }
 }

@@ -5,14 +5,32 @@
 //! secret the token is bound to still exists, which no offline verifier can.
 //! The broker authenticates with its own credentials (its service account
 //! needs `system:auth-delegator`, see docs/auth.md) and passes its expected
-//! audiences. Positive answers are cached for the shorter of the token's
-//! `exp` and a short TTL, so revocation takes effect within that TTL.
+//! audiences. Positive answers are cached (by `auth::cache`) for the
+//! shorter of the token's `exp` and a short TTL, so revocation takes effect
+//! within that TTL; a watch stream opened with such an answer ends at the
+//! same time, and the client reconnects with a fresh review.
+//!
+//! Each review costs the API server a request, so anyone able to reach the
+//! broker could make it call the API server at will. Three guards bound
+//! that: a refused token is remembered (by SHA-256, never in clear) for a
+//! few seconds, so repeating it costs nothing; at most `max_concurrent`
+//! reviews run at once; and reviews start at most `rate_per_second` a
+//! second (with an equal burst). A caller that would wait longer than
+//! `max_wait` for its turn is refused with `review_throttled`
+//! (`UNAUTHENTICATED`, like every authentication failure: a client retries
+//! with backoff, and a flood never queues without bound).
 
-use std::time::Duration;
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
+use lru::LruCache;
 use serde::Deserialize;
 use std::collections::HashMap;
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     AuthError, Authenticator, BearerToken, Verified, WorkloadIdentity,
@@ -22,6 +40,16 @@ use super::{
 
 /// The default TTL of a positive answer.
 pub const DEFAULT_REVIEW_TTL: Duration = Duration::from_secs(60);
+/// How long a refused token is refused without asking again.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// How many refused tokens are remembered.
+pub const NEGATIVE_CACHE_ENTRIES: usize = 4096;
+/// The default bound on reviews in flight.
+pub const DEFAULT_MAX_CONCURRENT: usize = 8;
+/// The default sustained rate of reviews (and burst).
+pub const DEFAULT_RATE_PER_SECOND: u32 = 20;
+/// The longest a call waits for its turn before it is refused.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(2);
 /// The path of the TokenReview API.
 pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// The `extra` keys the API server sets for pod-bound tokens.
@@ -42,21 +70,133 @@ pub struct TokenReviewConfig {
     pub http: HttpConfig,
     /// How long a positive answer is reused at most.
     pub ttl: Duration,
+    /// How long a refused token is refused without asking again.
+    pub negative_ttl: Duration,
+    /// Reviews in flight at most.
+    pub max_concurrent: usize,
+    /// Reviews started per second at most (and the burst).
+    pub rate_per_second: u32,
+    /// The longest a call waits for its turn.
+    pub max_wait: Duration,
 }
+
+impl TokenReviewConfig {
+    /// The defaults for `issuer` reviewed by `server`.
+    pub fn new(issuer: impl Into<String>, server: impl Into<String>, audiences: Vec<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            server: server.into(),
+            audiences,
+            http: HttpConfig::default(),
+            ttl: DEFAULT_REVIEW_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            rate_per_second: DEFAULT_RATE_PER_SECOND,
+            max_wait: DEFAULT_MAX_WAIT,
+        }
+    }
+}
+
+type TokenDigest = [u8; 32];
 
 /// Authenticates by TokenReview.
 pub struct TokenReviewAuthenticator {
     config: TokenReviewConfig,
     url: String,
     http: HttpClient,
+    /// Refused tokens by SHA-256: the refusal and when it stops counting.
+    refused: Mutex<LruCache<TokenDigest, (AuthError, Instant)>>,
+    in_flight: Arc<Semaphore>,
+    bucket: Mutex<Bucket>,
+}
+
+/// A token bucket that hands out reservations: a caller takes a token now
+/// or learns how long until its token is due.
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl TokenReviewAuthenticator {
     /// Prepares the client; no request is made yet.
     pub fn new(config: TokenReviewConfig) -> Result<Self, HttpError> {
-        let http = HttpClient::new(&config.http)?;
         let url = format!("{}{TOKEN_REVIEW_PATH}", config.server.trim_end_matches('/'));
-        Ok(Self { config, url, http })
+        let http = HttpClient::new(&config.http, &url)?;
+        let entries = NonZeroUsize::new(NEGATIVE_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
+        Ok(Self {
+            in_flight: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(config.rate_per_second.max(1)),
+                refilled: Instant::now(),
+            }),
+            refused: Mutex::new(LruCache::new(entries)),
+            config,
+            url,
+            http,
+        })
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, LruCache<TokenDigest, (AuthError, Instant)>> {
+        // Entries are inserted whole; a panicking holder cannot tear one.
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A refusal remembered for this token, if still fresh.
+    fn remembered(&self, digest: &TokenDigest) -> Option<AuthError> {
+        let mut refused = self.refused();
+        match refused.get(digest) {
+            Some((error, until)) if *until > Instant::now() => Some(error.clone()),
+            Some(_) => {
+                refused.pop(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// How long until this caller may start a review, having reserved its
+    /// turn; `None` (nothing reserved) when that is beyond `max_wait`.
+    fn reserve(&self) -> Option<Duration> {
+        let rate = f64::from(self.config.rate_per_second.max(1));
+        // The bucket is two numbers updated together under the lock.
+        let mut bucket = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.refilled = now;
+        let wait = if bucket.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - bucket.tokens) / rate)
+        };
+        if wait > self.config.max_wait {
+            return None;
+        }
+        bucket.tokens -= 1.0;
+        Some(wait)
+    }
+
+    /// One review under the guards: its turn in the rate, then a slot.
+    async fn guarded_review(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        let throttled = || {
+            tracing::warn!("TokenReview throttled: too many reviews; refusing the call");
+            AuthError::ReviewThrottled
+        };
+        let started = Instant::now();
+        let wait = self.reserve().ok_or_else(throttled)?;
+        tokio::time::sleep(wait).await;
+        let left = self.config.max_wait.saturating_sub(started.elapsed());
+        let _slot = tokio::time::timeout(left, Arc::clone(&self.in_flight).acquire_owned())
+            .await
+            .map_err(|_| throttled())?
+            // The semaphore is never closed.
+            .map_err(|_| throttled())?;
+        self.review(token).await
     }
 }
 
@@ -88,13 +228,42 @@ struct UserInfo {
 
 #[async_trait]
 impl Authenticator for TokenReviewAuthenticator {
-    async fn authenticate(&self, token: &BearerToken) -> Result<WorkloadIdentity, AuthError> {
-        self.authenticate_cacheable(token)
-            .await
-            .map(|verified| verified.identity)
+    async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        let digest = sha256(token);
+        if let Some(error) = self.remembered(&digest) {
+            return Err(error);
+        }
+        let result = self.guarded_review(token).await;
+        // Only the API server's own verdicts are remembered: a review that
+        // could not be made (or was throttled) says nothing about the token.
+        if let Err(
+            error @ (AuthError::ReviewRejected
+            | AuthError::WrongAudience
+            | AuthError::NotServiceAccount),
+        ) = &result
+        {
+            self.refused()
+                .put(digest, (error.clone(), Instant::now() + self.config.negative_ttl));
+        }
+        result
     }
 
-    async fn authenticate_cacheable(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+    fn issuers(&self) -> Vec<String> {
+        vec![self.config.issuer.clone()]
+    }
+}
+
+fn sha256(token: &BearerToken) -> TokenDigest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes()).as_ref(),
+    );
+    out
+}
+
+impl TokenReviewAuthenticator {
+    /// Asks the API server.
+    async fn review(&self, token: &BearerToken) -> Result<Verified, AuthError> {
         // Unverified: used only to cache no longer than the token lives. The
         // API server decides validity.
         let exp = jwt::peek(token.expose()).ok().and_then(|c| c.exp);
@@ -148,8 +317,9 @@ impl Authenticator for TokenReviewAuthenticator {
                 pod_name: first(EXTRA_POD_NAME),
                 pod_uid: first(EXTRA_POD_UID),
             },
-            // Without an `exp` to bound it, the answer is not cached at all.
-            expires_at: exp.map_or(0, |exp| exp.min(until)),
+            // Without an `exp` (a legacy token), the TTL alone bounds it.
+            expires_at: exp.map_or(until, |exp| exp.min(until)),
+            key: None,
         })
     }
 }

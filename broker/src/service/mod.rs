@@ -23,7 +23,7 @@ use tonic::Request;
 
 use crate::{
     audit::{AuditEvent, AuditLog, Outcome},
-    auth::{Authenticator, BearerToken, WorkloadIdentity},
+    auth::{Authenticator, BearerToken, Verified, WorkloadIdentity},
     error::ApiError,
     path::SecretPath,
     policy::{Capability, Decision, Policy},
@@ -218,6 +218,18 @@ impl Broker {
         request: &Request<T>,
         call: &Call,
     ) -> Result<WorkloadIdentity, ApiError> {
+        self.authenticate_until(request, call)
+            .await
+            .map(|verified| verified.identity)
+    }
+
+    /// [`Self::authenticate`], also saying until when the verification
+    /// holds: a watch stream ends then.
+    async fn authenticate_until<T>(
+        &self,
+        request: &Request<T>,
+        call: &Call,
+    ) -> Result<Verified, ApiError> {
         match self.verify_caller(request).await {
             Ok(who) => Ok(who),
             Err(error) => {
@@ -231,7 +243,7 @@ impl Broker {
     async fn verify_caller<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<WorkloadIdentity, crate::auth::AuthError> {
+    ) -> Result<Verified, crate::auth::AuthError> {
         let header = request
             .metadata()
             .get("authorization")

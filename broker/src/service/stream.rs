@@ -1,6 +1,9 @@
 //! The task behind each `WatchSecrets` stream.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use coffer_proto::v1;
 use futures::StreamExt;
@@ -11,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::{Broker, Call, parse_paths, read_reason};
 use crate::{
     audit::Outcome,
-    auth::WorkloadIdentity,
+    auth::{AuthError, WorkloadIdentity},
     error::ApiError,
     path::SecretPath,
     policy::{Capability, Policy},
@@ -19,16 +22,24 @@ use crate::{
 
 pub(super) type WatchResponseStream = ReceiverStream<Result<v1::WatchSecretsResponse, Status>>;
 
+/// How long from now until the Unix time `at` (zero if it has passed).
+fn until_unix(at: u64) -> Duration {
+    let at = UNIX_EPOCH + Duration::from_secs(at);
+    at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+}
+
 impl Broker {
     /// Authorizes every path, sends the snapshot, then hands the stream to a
     /// task that sends one update per new version until the client leaves,
-    /// the policy revokes access, or the broker shuts down.
+    /// the policy revokes access, the token expires (`UNAUTHENTICATED`: the
+    /// client reconnects with its refreshed token), or the broker shuts down.
     pub(super) async fn open_watch(
         &self,
         request: Request<v1::WatchSecretsRequest>,
     ) -> Result<Response<WatchResponseStream>, Status> {
         let call = Call::of(&request, "WatchSecrets");
-        let who = self.authenticate(&request, &call).await?;
+        let verified = self.authenticate_until(&request, &call).await?;
+        let (who, expires_at) = (verified.identity, verified.expires_at);
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
         // Subscribe before deciding, so a policy change that lands between
@@ -78,13 +89,28 @@ impl Broker {
         let broker = self.clone();
         tokio::spawn(async move {
             let shutdown = broker.inner.shutdown.clone();
+            // A stolen token must not buy the rotations after its expiry.
+            let expired = tokio::time::sleep(until_unix(expires_at));
+            tokio::pin!(expired);
             loop {
                 tokio::select! {
+                    // The token's end wins over an update that is ready at
+                    // the same moment.
+                    biased;
                     _ = shutdown.cancelled() => {
                         let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
                         break;
                     }
                     _ = tx.closed() => break,
+                    () = &mut expired => {
+                        tracing::info!(
+                            namespace = %who.namespace,
+                            service_account = %who.service_account,
+                            "watch closed: the token expired"
+                        );
+                        let _ = tx.send(Err(ApiError::from(AuthError::Expired).into())).await;
+                        break;
+                    }
                     Ok(()) = policy.changed() => {
                         let current = Arc::clone(&policy.borrow_and_update());
                         if let Err(status) = broker.recheck_watch(&call, &who, &current, paths.iter()).await {
