@@ -59,6 +59,7 @@ pub struct AuditEvent<'a> {
 
 #[derive(Serialize)]
 struct Identity<'a> {
+    issuer: &'a str,
     namespace: &'a str,
     service_account: &'a str,
     pod: Option<&'a str>,
@@ -164,6 +165,7 @@ impl AuditLog {
             request_id: event.request_id,
             peer: event.peer,
             identity: event.identity.map(|w| Identity {
+                issuer: &w.issuer,
                 namespace: &w.namespace,
                 service_account: &w.service_account,
                 pod: w.pod_name.as_deref(),

@@ -227,6 +227,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .and_then(|text| {
             Policy::from_yaml(text).map_err(|e| usage(format!("{}: {e}", args.policy.display())))
         })?;
+    policy
+        .check_issuers(&coffer_broker::auth::Authenticator::issuers(&*authn))
+        .map_err(|e| usage(format!("{}: {e}", args.policy.display())))?;
     for warning in policy.warnings() {
         tracing::warn!(%warning, "policy warning");
     }

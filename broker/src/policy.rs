@@ -16,16 +16,29 @@
 //!         podNamePrefix: web-
 //!     paths: ["shared/tls"]
 //!     capabilities: [read, watch]
-//!   - name: nobody-reads-root-ca-keys
+//!   # Patterns match base paths: `shared/ca/root#key` is decided as
+//!   # `shared/ca/root`, so a single key of a map cannot be allowed or
+//!   # denied on its own. Keep what must be denied at a path of its own.
+//!   - name: nobody-reads-root-ca-private-keys
 //!     effect: deny
 //!     subjects: [{namespace: "*", serviceAccount: "*"}]
-//!     paths: ["shared/ca/**/key"]
+//!     paths: ["shared/ca/**/private-key"]
+//!     capabilities: [read, watch]
+//!   # With several issuers configured, every subject names one (exactly).
+//!   - name: prod-web-reads-prod
+//!     subjects:
+//!       - issuer: https://prod.example
+//!         namespace: shop
+//!         serviceAccount: web
+//!     paths: ["prod/shop/*"]
 //!     capabilities: [read, watch]
 //! ```
 //!
 //! Path patterns are described in [`pattern`]. A `#key` selector is
 //! authorized as its base path. Errors found while parsing carry the line
-//! number; risky breadth is reported by [`Policy::warnings`].
+//! number; risky breadth is reported by [`Policy::warnings`]; whether the
+//! subjects fit the configured issuers is checked by
+//! [`Policy::check_issuers`].
 
 pub mod pattern;
 
@@ -124,6 +137,11 @@ struct RuleFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Subject {
+    /// The token issuer, exactly (no glob). Required when the broker trusts
+    /// several issuers, so that a workload named `shop/web` by one issuer is
+    /// never taken for `shop/web` of another.
+    #[serde(default, deserialize_with = "issuer")]
+    pub issuer: Option<String>,
     /// The namespace: a name or a glob (`*`, `team-*`).
     #[serde(deserialize_with = "name_pattern")]
     pub namespace: NamePattern,
@@ -137,7 +155,8 @@ pub struct Subject {
 
 impl Subject {
     fn matches(&self, who: &WorkloadIdentity) -> bool {
-        self.namespace.matches(&who.namespace)
+        self.issuer.as_ref().is_none_or(|issuer| *issuer == who.issuer)
+            && self.namespace.matches(&who.namespace)
             && self.service_account.matches(&who.service_account)
             && match &self.pod_name_prefix {
                 None => true,
@@ -177,6 +196,16 @@ fn non_empty_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Capabil
 fn name_pattern<'de, D: Deserializer<'de>>(d: D) -> Result<NamePattern, D::Error> {
     let raw = String::deserialize(d)?;
     NamePattern::parse(&raw).map_err(serde::de::Error::custom)
+}
+
+fn issuer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let raw = String::deserialize(d)?;
+    if raw.is_empty() || raw.len() > 1024 || raw.chars().any(char::is_control) {
+        return Err(serde::de::Error::custom(
+            "issuer must be the exact, non-empty `iss` of the tokens",
+        ));
+    }
+    Ok(Some(raw))
 }
 
 fn pod_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -289,6 +318,8 @@ pub enum PolicyError {
     Parse(#[from] serde_norway::Error),
     #[error("invalid policy: rule {rule}: {reason}")]
     Invalid { rule: usize, reason: String },
+    #[error("invalid policy: rule {rule}: {reason}")]
+    Issuer { rule: String, reason: String },
 }
 
 impl PolicyError {
@@ -389,6 +420,41 @@ impl Policy {
     /// The rules, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Checks the subjects against the issuers the broker trusts: a subject
+    /// may only name a configured issuer, and when several are configured
+    /// every subject must name one (identities of different issuers are
+    /// different workloads). An empty list skips the check (offline tools
+    /// that do not know the configuration).
+    pub fn check_issuers(&self, configured: &[String]) -> Result<(), PolicyError> {
+        if configured.is_empty() {
+            return Ok(());
+        }
+        for rule in &self.rules {
+            for (index, subject) in rule.subjects.iter().enumerate() {
+                let reason = match &subject.issuer {
+                    Some(issuer) if !configured.contains(issuer) => format!(
+                        "subjects[{index}] names issuer {issuer:?}, which is not configured \
+                         (configured: {})",
+                        configured.join(", ")
+                    ),
+                    Some(_) => continue,
+                    None if configured.len() > 1 => format!(
+                        "subjects[{index}] must name an issuer: several issuers are \
+                         configured ({}), and a namespace/service account alone is \
+                         ambiguous across them",
+                        configured.join(", ")
+                    ),
+                    None => continue,
+                };
+                return Err(PolicyError::Issuer {
+                    rule: rule.name.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// May `who` do `capability` on `path`? An applicable deny rule wins;
@@ -609,6 +675,58 @@ rules:
 #[cfg(test)]
 mod validation_tests {
     use super::*;
+
+    const TWO_ISSUERS: &str = r#"
+rules:
+  - name: prod-web
+    subjects: [{issuer: prod, namespace: shop, serviceAccount: web}]
+    paths: ["shop/*"]
+    capabilities: [read]
+"#;
+
+    #[test]
+    fn a_subject_matches_only_its_issuer() {
+        let policy = Policy::from_yaml(TWO_ISSUERS).unwrap();
+        let path = SecretPath::parse("shop/db").unwrap();
+        let mut who = WorkloadIdentity {
+            issuer: "prod".into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+        };
+        assert!(policy.decide(&who, &path, Capability::Read).is_allowed());
+        who.issuer = "dev".into();
+        assert_eq!(policy.decide(&who, &path, Capability::Read), Decision::Deny);
+        who.issuer = "prod2".into();
+        assert_eq!(policy.decide(&who, &path, Capability::Read), Decision::Deny);
+    }
+
+    #[test]
+    fn several_issuers_require_an_issuer_on_every_subject() {
+        let issuers = ["dev".to_string(), "prod".to_string()];
+        let named = Policy::from_yaml(TWO_ISSUERS).unwrap();
+        assert!(named.check_issuers(&issuers).is_ok());
+        assert!(named.check_issuers(&issuers[1..]).is_ok());
+        assert!(named.check_issuers(&[]).is_ok());
+
+        let unnamed = Policy::from_yaml(
+            "rules:\n  - name: any-web\n    subjects: [{namespace: shop, serviceAccount: web}]\n    paths: [x]\n    capabilities: [read]\n",
+        )
+        .unwrap();
+        assert!(unnamed.check_issuers(&issuers[..1]).is_ok());
+        let error = unnamed.check_issuers(&issuers).unwrap_err().to_string();
+        assert!(error.contains("rule any-web"), "{error}");
+        assert!(error.contains("must name an issuer"), "{error}");
+
+        // Naming an issuer that is not configured is a mistake, not a no-op.
+        let error = named.check_issuers(&issuers[..1]).unwrap_err().to_string();
+        assert!(error.contains("\"prod\", which is not configured"), "{error}");
+        assert!(
+            Policy::from_yaml(&TWO_ISSUERS.replace("issuer: prod", "issuer: \"\"")).is_err()
+        );
+    }
 
     fn error_line(yaml: &str) -> (Option<usize>, String) {
         let e = Policy::from_yaml(yaml).unwrap_err();

@@ -53,7 +53,13 @@ pub fn spawn(broker: Broker, path: PathBuf, interval: Duration, loaded: String) 
             last.clone_from(&hash);
             let parsed = std::str::from_utf8(&bytes)
                 .map_err(|_| "the file is not UTF-8".to_string())
-                .and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()));
+                .and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()))
+                .and_then(|policy| {
+                    policy
+                        .check_issuers(&broker.issuers())
+                        .map(|()| policy)
+                        .map_err(|e| e.to_string())
+                });
             match parsed {
                 Ok(policy) => {
                     for warning in policy.warnings() {

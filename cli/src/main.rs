@@ -111,6 +111,9 @@ enum PolicyCommand {
         /// The pod name, for rules with a podNamePrefix.
         #[arg(long)]
         pod: Option<String>,
+        /// The token issuer, for subjects that name one.
+        #[arg(long)]
+        issuer: Option<String>,
         #[arg(long)]
         path: String,
         /// read, watch, write, rotate, rollback, list or status.
@@ -152,6 +155,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             namespace,
             service_account,
             pod,
+            issuer,
             path,
             capability,
         } => {
@@ -170,7 +174,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 }
             };
             let who = WorkloadIdentity {
-                issuer: "cofferctl".into(),
+                issuer: issuer.unwrap_or_default(),
                 namespace,
                 service_account,
                 service_account_uid: None,

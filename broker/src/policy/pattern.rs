@@ -82,6 +82,11 @@ pub enum PatternError {
     UnknownVariable(String),
     #[error("pattern {0:?} has too many wildcards")]
     TooManyWildcards(String),
+    #[error(
+        "pattern {0:?} has two variables in one segment: ambiguous across identities \
+         (`{{namespace}}-{{serviceaccount}}` is `a-b` for a/b-c and a-b/c); separate them with '/'"
+    )]
+    TwoVariablesInSegment(String),
     #[error("name pattern {0:?} may not contain '/' or variables")]
     BadName(String),
 }
@@ -180,6 +185,9 @@ impl PathPattern {
                 return Err(PatternError::BadDoubleStar(raw.to_string()));
             }
             let tokens = parse_tokens(raw, segment, true)?;
+            if tokens.iter().filter(|t| matches!(t, Token::Var(_))).count() > 1 {
+                return Err(PatternError::TwoVariablesInSegment(raw.to_string()));
+            }
             stars += wildcards(&tokens);
             segments.push(Segment::Glob(tokens));
         }
@@ -198,15 +206,28 @@ impl PathPattern {
         &self.raw
     }
 
-    /// Whether this pattern matches every path there is.
+    /// Whether this pattern matches every path there is, however it is
+    /// spelled: `*`, `**`, `*/**`, `**/*`, `**/**`, `?*/**`, ...
     pub fn matches_everything(&self) -> bool {
-        match self.segments.first() {
-            None => self.prefix,
-            Some(Segment::DoubleStar) => self.segments.len() == 1,
-            Some(Segment::Glob(tokens)) => {
-                self.prefix && self.segments.len() == 1 && tokens == &[Token::Star]
+        // Path segments are never empty, so a glob of wildcards only, with at
+        // least one `*` and at most one `?`, matches every segment.
+        let every_segment = |tokens: &[Token]| {
+            tokens.iter().all(|t| matches!(t, Token::Star | Token::One))
+                && tokens.contains(&Token::Star)
+                && tokens.iter().filter(|t| **t == Token::One).count() <= 1
+        };
+        let mut globs = 0;
+        let mut unbounded = self.prefix;
+        for segment in &self.segments {
+            match segment {
+                Segment::DoubleStar => unbounded = true,
+                Segment::Glob(tokens) if every_segment(tokens) => globs += 1,
+                Segment::Glob(_) => return false,
             }
         }
+        // The shortest path matched must be one segment, the longest unbounded.
+        let shortest = globs + usize::from(self.prefix);
+        unbounded && shortest <= 1
     }
 
     /// Whether the pattern names an identity variable.
@@ -461,6 +482,43 @@ mod tests {
         for bad in ["", "a/b", "{namespace}", "a**", "a b"] {
             assert!(NamePattern::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn every_spelling_of_everything_is_recognised() {
+        for all in ["*", "**", "*/**", "**/*", "**/**", "?*/**", "**/*?"] {
+            let p = PathPattern::parse(all).unwrap();
+            assert!(p.matches_everything(), "{all}");
+            for path in ["a", "a/b", "x/y/z/w"] {
+                assert!(p.matches(path, &who("n", "s", None)), "{all} {path}");
+            }
+        }
+        for some in [
+            "*/*", "*/**/*", "a/*", "**/a", "?/**", "??*/**", "*/**/x", "{namespace}/**", "a",
+        ] {
+            assert!(
+                !PathPattern::parse(some).unwrap().matches_everything(),
+                "{some}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_variables_in_one_segment_are_refused() {
+        for bad in [
+            "{namespace}-{serviceaccount}/*",
+            "x/{namespace}{pod}",
+            "a/{pod}.{namespace}-*",
+        ] {
+            assert!(
+                matches!(
+                    PathPattern::parse(bad),
+                    Err(PatternError::TwoVariablesInSegment(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(PathPattern::parse("{namespace}/{serviceaccount}-x/*").is_ok());
     }
 
     #[test]

@@ -145,6 +145,12 @@ impl Broker {
         self
     }
 
+    /// The token issuers the broker trusts (a policy must fit them: see
+    /// [`Policy::check_issuers`]).
+    pub fn issuers(&self) -> Vec<String> {
+        self.inner.authn.issuers()
+    }
+
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         Arc::clone(&self.inner.policy.borrow())
