@@ -211,9 +211,20 @@ impl Client {
             .broker
             .clone()
             .watch_secrets(request)
-            .await?
+            .await
+            .inspect_err(|status| self.refused(status))?
             .into_inner();
-        Ok(SecretStream { inner })
+        Ok(SecretStream {
+            inner,
+            token: self.token.clone(),
+        })
+    }
+
+    /// After `UNAUTHENTICATED`, the next call reads the token file again.
+    fn refused(&self, status: &tonic::Status) {
+        if status.code() == tonic::Code::Unauthenticated {
+            self.token.refused();
+        }
     }
 
     /// Reports the versions this workload applied.
@@ -312,6 +323,7 @@ pub struct WatchEvent {
 #[derive(Debug)]
 pub struct SecretStream {
     inner: tonic::Streaming<v1::WatchSecretsResponse>,
+    token: TokenSource,
 }
 
 impl SecretStream {
@@ -325,9 +337,16 @@ impl Stream for SecretStream {
     type Item = Result<WatchEvent, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let token = self.token.clone();
         Pin::new(&mut self.inner).poll_next(cx).map(|item| {
             item.map(|result| {
-                let message = result?;
+                // A watch ends UNAUTHENTICATED when its token expires: the
+                // reconnect must present the refreshed token, not this one.
+                let message = result.inspect_err(|status| {
+                    if status.code() == tonic::Code::Unauthenticated {
+                        token.refused();
+                    }
+                })?;
                 let kind = match message.kind() {
                     v1::WatchEventKind::Snapshot => WatchEventKind::Snapshot,
                     v1::WatchEventKind::Update => WatchEventKind::Update,

@@ -83,6 +83,23 @@ impl TokenSource {
     }
 }
 
+impl TokenSource {
+    /// The broker refused the token (`UNAUTHENTICATED`, e.g. a watch ended
+    /// at the token's expiry): read the file again on next use rather than
+    /// presenting the same token until [`Self::REREAD`] has passed. The last
+    /// good token is kept in case the file cannot be read.
+    pub(crate) fn refused(&self) {
+        if let Source::File { cache, .. } = &*self.0 {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, read_at)) = cache.as_mut()
+                && let Some(stale) = Instant::now().checked_sub(Self::REREAD)
+            {
+                *read_at = stale;
+            }
+        }
+    }
+}
+
 fn read_token(path: &Path) -> std::io::Result<SecretString> {
     let raw = SecretString::from(std::fs::read_to_string(path)?);
     let trimmed = raw.expose_secret().trim();
@@ -122,6 +139,19 @@ mod tests {
             c.as_mut().unwrap().1 = Instant::now() - TokenSource::REREAD * 2;
         }
         assert_eq!(source.token().unwrap().expose_secret(), "tok-1");
+    }
+
+    #[test]
+    fn a_refused_token_is_read_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "tok-1\n").unwrap();
+        let source = TokenSource::file(&path);
+        assert_eq!(source.token().unwrap().expose_secret(), "tok-1");
+        std::fs::write(&path, "tok-2\n").unwrap();
+        assert_eq!(source.token().unwrap().expose_secret(), "tok-1");
+        source.refused();
+        assert_eq!(source.token().unwrap().expose_secret(), "tok-2");
     }
 
     #[test]

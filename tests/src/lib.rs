@@ -344,6 +344,11 @@ impl SidecarProcess {
     pub fn file(&self, name: &str) -> PathBuf {
         self.out_dir.path().join(name)
     }
+
+    /// The token file the sidecar reads (replace it to refresh the token).
+    pub fn token_file(&self) -> PathBuf {
+        self._dir.path().join("token")
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.

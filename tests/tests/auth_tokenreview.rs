@@ -54,6 +54,9 @@ fn review(request: &Value, by_pod: &[(String, &'static str)]) -> (u16, String) {
         "intruder" => {
             json!({"authenticated": true, "user": user("system:serviceaccount:shop:intruder"), "audiences": [AUDIENCE]})
         }
+        "admin" => {
+            json!({"authenticated": true, "user": user("system:serviceaccount:ops:admin"), "audiences": [AUDIENCE]})
+        }
         "human" => json!({"authenticated": true, "user": user("alice"), "audiences": [AUDIENCE]}),
         "other-audience" => {
             json!({"authenticated": true, "user": user("system:serviceaccount:shop:web"), "audiences": ["vault"]})
@@ -176,10 +179,11 @@ async fn token_review_decides_and_positive_answers_are_cached() {
         assert_eq!(code("web").await, Some(Code::NotFound));
     }
     assert_eq!(reviews_of_web(), 1);
-    // A negative one is not: the revoked token is reviewed each time.
+    // A refusal is remembered briefly too: the revoked token is not
+    // reviewed again within the negative TTL.
     let before = server.requests().len();
     assert_eq!(code("revoked").await, Some(Code::Unauthenticated));
-    assert_eq!(server.requests().len(), before + 1);
+    assert_eq!(server.requests().len(), before);
 
     // Neither the workload tokens nor the broker's own credential are logged.
     let output = broker.process.output();
@@ -204,19 +208,18 @@ async fn the_identity_comes_from_user_info_and_extra() {
             &table,
         )
     }));
-    let authn = TokenReviewAuthenticator::new(TokenReviewConfig {
-        issuer: ISSUER.into(),
-        server: server.url.clone(),
-        audiences: vec![AUDIENCE.into()],
-        http: HttpConfig {
+    let config = |url: &str| {
+        let mut config = TokenReviewConfig::new(ISSUER, url, vec![AUDIENCE.into()]);
+        config.http = HttpConfig {
             ca_file: Some(server.ca_file.clone()),
             ..HttpConfig::default()
-        },
-        ttl: Duration::from_secs(60),
-    })
-    .unwrap();
+        };
+        config.ttl = Duration::from_secs(60);
+        config
+    };
+    let authn = TokenReviewAuthenticator::new(config(&server.url)).unwrap();
     let verified = authn
-        .authenticate_cacheable(&BearerToken::new(web))
+        .authenticate(&BearerToken::new(web))
         .await
         .unwrap();
     let id = verified.identity;
@@ -238,21 +241,12 @@ async fn the_identity_comes_from_user_info_and_extra() {
 
     // A server the CA bundle does not vouch for is refused (fail closed).
     let stranger = HttpsServer::start(Arc::new(|_| (201, "{}".into())));
-    let wrong_ca = TokenReviewAuthenticator::new(TokenReviewConfig {
-        issuer: ISSUER.into(),
-        server: stranger.url.clone(),
-        audiences: vec![AUDIENCE.into()],
-        http: HttpConfig {
-            ca_file: Some(server.ca_file.clone()),
-            ..HttpConfig::default()
-        },
-        ttl: Duration::from_secs(60),
-    })
-    .unwrap();
+    let wrong_ca = TokenReviewAuthenticator::new(config(&stranger.url)).unwrap();
     assert_eq!(
         wrong_ca
             .authenticate(&BearerToken::new(token("web-pod")))
-            .await,
+            .await
+            .map(|v| v.identity),
         Err(coffer_broker::auth::AuthError::ReviewUnavailable)
     );
     assert_eq!(
@@ -260,4 +254,98 @@ async fn the_identity_comes_from_user_info_and_extra() {
         0,
         "no request completed over untrusted TLS"
     );
+}
+
+/// A broker reviewing tokens at the stand-in API server `server` with
+/// `extra` lines in its tokenReview section.
+fn review_broker(server: &HttpsServer, dir: &std::path::Path, extra: &str) -> BrokerProcess {
+    let config = dir.join("auth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    tokenReview:\n      server: {}\n      caFile: {}\n{extra}",
+            server.url,
+            server.ca_file.display(),
+        ),
+    )
+    .unwrap();
+    BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()])
+}
+
+#[tokio::test]
+async fn a_repeated_bad_token_costs_the_api_server_one_review() {
+    let server = HttpsServer::start(Arc::new(|seen| {
+        review(&serde_json::from_str(&seen.body).unwrap_or_default(), &[])
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let broker = review_broker(&server, dir.path(), "");
+    let bad = token("revoked-pod");
+    let client = broker.client(bad).await;
+    for _ in 0..50 {
+        let error = client.get("shop/db").await.unwrap_err();
+        assert_eq!(error.code(), Some(Code::Unauthenticated));
+    }
+    let reviews = server.requests().len();
+    assert!((1..=2).contains(&reviews), "{reviews} reviews for one bad token");
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_tokens_is_throttled_not_forwarded() {
+    let server = HttpsServer::start(Arc::new(|seen| {
+        review(&serde_json::from_str(&seen.body).unwrap_or_default(), &[])
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let broker = review_broker(
+        &server,
+        dir.path(),
+        "      ratePerSecond: 5\n      maxConcurrent: 2\n",
+    );
+    // 60 different bad tokens at once: each is new to the negative cache.
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        let client = broker.client(token(&format!("flood-{i}"))).await;
+        calls.push(tokio::spawn(async move {
+            client.get("shop/db").await.unwrap_err().code()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Some(Code::Unauthenticated));
+    }
+    // A burst of 5 plus 5/s over the 2 s a caller may wait: far fewer than 60.
+    let reviews = server.requests().len();
+    assert!(reviews <= 25, "{reviews} reviews for 60 calls");
+    assert!(
+        broker
+            .auth_failure_reasons()
+            .iter()
+            .any(|r| r == "review_throttled"),
+        "the excess is refused as review_throttled"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_ends_when_its_review_expires() {
+    let web = token("web-pod");
+    let admin = token("admin-pod");
+    let table = vec![(web.clone(), "web"), (admin.clone(), "admin")];
+    let server = HttpsServer::start(Arc::new(move |seen| {
+        review(&serde_json::from_str(&seen.body).unwrap_or_default(), &table)
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let broker = review_broker(&server, dir.path(), "      ttlSeconds: 2\n");
+    broker
+        .client(admin)
+        .await
+        .put("shop/db", coffer::SecretData::Bytes(b"v1"[..].into()), "text/plain", None)
+        .await
+        .unwrap();
+    let client = broker.client(web).await;
+    let mut stream = client.watch(["shop/db"]).await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("the stream ends within the review's TTL")
+        .expect("with a status")
+        .unwrap_err();
+    assert_eq!(end.code(), Some(Code::Unauthenticated));
 }
