@@ -186,6 +186,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_is_dropped_when_its_key_leaves_the_set() {
+        use crate::auth::{
+            files::{FileKeys, KeyFileFormat},
+            jwt::{JwtVerifier, VerifierConfig},
+            signer::DevSigner,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (old, new) = (
+            DevSigner::generate("https://i").unwrap(),
+            DevSigner::generate("https://i").unwrap(),
+        );
+        std::fs::write(&path, old.jwks_json()).unwrap();
+        let keys = FileKeys::load(&path, KeyFileFormat::Jwks, std::time::Duration::ZERO).unwrap();
+        let verifier =
+            JwtVerifier::with_source(VerifierConfig::new("https://i", "coffer"), Arc::new(keys));
+        let cache = CachingAuthenticator::new(Arc::new(verifier), NonZeroUsize::new(8).unwrap());
+        let token = BearerToken::new(
+            old.mint("coffer", "shop", "web", None, std::time::Duration::from_secs(600))
+                .unwrap(),
+        );
+        cache.authenticate(&token).await.unwrap();
+        assert_eq!(cache.len(), 1);
+        std::fs::write(&path, new.jwks_json()).unwrap();
+        assert_eq!(
+            cache.authenticate(&token).await.map(|v| v.identity),
+            Err(AuthError::UnknownKey)
+        );
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
     async fn the_cache_is_bounded_and_holds_no_token() {
         let (_, cache) = cached(unix_now() + 600, 2);
         for sa in ["a-canary-token", "b", "c"] {

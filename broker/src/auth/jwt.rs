@@ -1038,6 +1038,52 @@ mod tests {
     }
 
     #[test]
+    fn unusable_jwks_keys_are_skipped_and_the_rest_kept() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
+        let mut jwks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{dir}jwks-a.json")).unwrap()).unwrap();
+        let good = jwks["keys"].as_array().unwrap().len();
+        let keys = jwks["keys"].as_array_mut().unwrap();
+        keys.push(serde_json::json!({"kty": "oct", "kid": "h", "k": "c2VjcmV0"}));
+        keys.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "AA"}));
+        keys.push(serde_json::json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"}));
+        keys.push(serde_json::json!({"kty": "RSA", "use": "enc", "kid": "enc", "n": "AQAB", "e": "AQAB"}));
+        keys.push(serde_json::json!({"kty": "RSA", "kid": "hs", "alg": "HS256", "n": "AQAB", "e": "AQAB"}));
+        keys.push(serde_json::json!({"kty": "unheard-of", "kid": "new"}));
+        let set = KeySet::from_jwks_json(jwks.to_string().as_bytes()).unwrap();
+        assert_eq!(set.len(), good);
+        assert!(set.contains_kid("rsa-a") && set.contains_kid("ec-a"));
+        for skipped in ["h", "ed", "p521", "enc", "hs", "new"] {
+            assert!(!set.contains_kid(skipped), "{skipped}");
+        }
+        // A set with nothing usable is still refused.
+        let only_oct = r#"{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}"#;
+        assert!(matches!(
+            KeySet::from_jwks_json(only_oct.as_bytes()),
+            Err(KeySetError::Empty)
+        ));
+    }
+
+    #[test]
+    fn a_verification_is_bound_to_its_key_material() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
+        let jwks = std::fs::read(format!("{dir}jwks-a.json")).unwrap();
+        let pem = std::fs::read(format!("{dir}rsa-a.pub.pem")).unwrap();
+        let from_jwks = KeySet::from_jwks_json(&jwks).unwrap();
+        let from_pem = KeySet::from_pem(&pem).unwrap();
+        let fingerprints = |set: &KeySet| -> Vec<KeyFingerprint> {
+            set.by_kid.values().map(|k| k.fingerprint).collect()
+        };
+        // Distinct keys, distinct fingerprints; re-parsing gives the same ones.
+        let a = fingerprints(&from_jwks);
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0], a[1]);
+        let again = KeySet::from_jwks_json(&jwks).unwrap();
+        assert!(a.iter().all(|f| again.contains_fingerprint(f)));
+        assert_eq!(fingerprints(&from_pem).len(), 1);
+    }
+
+    #[test]
     fn pem_keys_get_the_kubernetes_kid() {
         use rustls_pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
