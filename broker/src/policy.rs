@@ -155,7 +155,9 @@ pub struct Subject {
 
 impl Subject {
     fn matches(&self, who: &WorkloadIdentity) -> bool {
-        self.issuer.as_ref().is_none_or(|issuer| *issuer == who.issuer)
+        self.issuer
+            .as_ref()
+            .is_none_or(|issuer| *issuer == who.issuer)
             && self.namespace.matches(&who.namespace)
             && self.service_account.matches(&who.service_account)
             && match &self.pod_name_prefix {
@@ -722,10 +724,11 @@ rules:
 
         // Naming an issuer that is not configured is a mistake, not a no-op.
         let error = named.check_issuers(&issuers[..1]).unwrap_err().to_string();
-        assert!(error.contains("\"prod\", which is not configured"), "{error}");
         assert!(
-            Policy::from_yaml(&TWO_ISSUERS.replace("issuer: prod", "issuer: \"\"")).is_err()
+            error.contains("\"prod\", which is not configured"),
+            "{error}"
         );
+        assert!(Policy::from_yaml(&TWO_ISSUERS.replace("issuer: prod", "issuer: \"\"")).is_err());
     }
 
     fn error_line(yaml: &str) -> (Option<usize>, String) {

@@ -61,7 +61,13 @@ fn issuers() -> Issuers {
 
 fn token(signer: &DevSigner, namespace: &str, service_account: &str) -> String {
     signer
-        .mint(AUDIENCE, namespace, service_account, None, Duration::from_secs(600))
+        .mint(
+            AUDIENCE,
+            namespace,
+            service_account,
+            None,
+            Duration::from_secs(600),
+        )
         .unwrap()
 }
 
@@ -89,7 +95,10 @@ async fn a_dev_issuer_token_cannot_read_what_prod_shop_web_may() {
         )
         .await
         .unwrap();
-    assert_eq!(read_code(&broker, token(&issuers.prod, "shop", "web")).await, None);
+    assert_eq!(
+        read_code(&broker, token(&issuers.prod, "shop", "web")).await,
+        None
+    );
     // Same namespace and service account, signed by the other trusted issuer.
     assert_eq!(
         read_code(&broker, token(&issuers.dev, "shop", "web")).await,

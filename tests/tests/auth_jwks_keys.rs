@@ -13,7 +13,10 @@ async fn a_jwks_file_with_an_oct_key_still_verifies_with_the_others() {
     let mut jwks: Value =
         serde_json::from_slice(&std::fs::read(fixture("jwks-a.json")).unwrap()).unwrap();
     let keys = jwks["keys"].as_array_mut().unwrap();
-    keys.insert(0, json!({"kty": "oct", "kid": "hmac-1", "k": OCT_SECRET, "alg": "HS256"}));
+    keys.insert(
+        0,
+        json!({"kty": "oct", "kid": "hmac-1", "k": OCT_SECRET, "alg": "HS256"}),
+    );
     keys.push(json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed-1",
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}));
     keys.push(json!({"kty": "RSA", "use": "enc", "kid": "enc-1",

@@ -28,13 +28,15 @@ async fn a_jwks_uri_on_another_origin_gets_no_credential() {
     let elsewhere = Arc::new(Mutex::new(String::new()));
     let discovery = {
         let elsewhere = elsewhere.clone();
-        HttpsServer::start(Arc::new(move |seen| match seen.path.as_str() {
+        HttpsServer::start(Arc::new(move |seen| {
+            match seen.path.as_str() {
             DISCOVERY_PATH => (
                 200,
                 json!({"issuer": ISSUER, "jwks_uri": format!("{}{JWKS_PATH}", elsewhere.lock().unwrap())})
                     .to_string(),
             ),
             _ => (404, "{}".into()),
+        }
         }))
     };
     *elsewhere.lock().unwrap() = keys.url.clone();

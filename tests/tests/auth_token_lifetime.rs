@@ -44,7 +44,7 @@ async fn a_watch_ends_unauthenticated_when_its_token_expires() {
         .await
         .expect("the stream ended or delivered")
         .expect("a message");
-    let error = next.err().expect("the update is not delivered");
+    let error = next.expect_err("the update is not delivered");
     assert_eq!(error.code(), Some(Code::Unauthenticated));
     assert!(stream.next().await.is_none(), "the stream is over");
 }

@@ -218,10 +218,7 @@ async fn the_identity_comes_from_user_info_and_extra() {
         config
     };
     let authn = TokenReviewAuthenticator::new(config(&server.url)).unwrap();
-    let verified = authn
-        .authenticate(&BearerToken::new(web))
-        .await
-        .unwrap();
+    let verified = authn.authenticate(&BearerToken::new(web)).await.unwrap();
     let id = verified.identity;
     assert_eq!(id.subject(), "system:serviceaccount:shop:web");
     assert_eq!(id.service_account_uid.as_deref(), Some("sa-uid-1"));
@@ -286,7 +283,10 @@ async fn a_repeated_bad_token_costs_the_api_server_one_review() {
         assert_eq!(error.code(), Some(Code::Unauthenticated));
     }
     let reviews = server.requests().len();
-    assert!((1..=2).contains(&reviews), "{reviews} reviews for one bad token");
+    assert!(
+        (1..=2).contains(&reviews),
+        "{reviews} reviews for one bad token"
+    );
 }
 
 #[tokio::test]
@@ -329,14 +329,22 @@ async fn a_watch_ends_when_its_review_expires() {
     let admin = token("admin-pod");
     let table = vec![(web.clone(), "web"), (admin.clone(), "admin")];
     let server = HttpsServer::start(Arc::new(move |seen| {
-        review(&serde_json::from_str(&seen.body).unwrap_or_default(), &table)
+        review(
+            &serde_json::from_str(&seen.body).unwrap_or_default(),
+            &table,
+        )
     }));
     let dir = tempfile::tempdir().unwrap();
     let broker = review_broker(&server, dir.path(), "      ttlSeconds: 2\n");
     broker
         .client(admin)
         .await
-        .put("shop/db", coffer::SecretData::Bytes(b"v1"[..].into()), "text/plain", None)
+        .put(
+            "shop/db",
+            coffer::SecretData::Bytes(b"v1"[..].into()),
+            "text/plain",
+            None,
+        )
         .await
         .unwrap();
     let client = broker.client(web).await;

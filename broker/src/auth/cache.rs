@@ -204,8 +204,14 @@ mod tests {
             JwtVerifier::with_source(VerifierConfig::new("https://i", "coffer"), Arc::new(keys));
         let cache = CachingAuthenticator::new(Arc::new(verifier), NonZeroUsize::new(8).unwrap());
         let token = BearerToken::new(
-            old.mint("coffer", "shop", "web", None, std::time::Duration::from_secs(600))
-                .unwrap(),
+            old.mint(
+                "coffer",
+                "shop",
+                "web",
+                None,
+                std::time::Duration::from_secs(600),
+            )
+            .unwrap(),
         );
         cache.authenticate(&token).await.unwrap();
         assert_eq!(cache.len(), 1);

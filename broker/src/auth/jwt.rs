@@ -307,7 +307,12 @@ impl KeySet {
                 Ok(usable) => usable,
                 Err(reason) => {
                     // The kid and position only: never the key's material.
-                    tracing::warn!(index, kid, reason, "JWKS key skipped: not usable for verification");
+                    tracing::warn!(
+                        index,
+                        kid,
+                        reason,
+                        "JWKS key skipped: not usable for verification"
+                    );
                     continue;
                 }
             };
@@ -1046,8 +1051,12 @@ mod tests {
         let keys = jwks["keys"].as_array_mut().unwrap();
         keys.push(serde_json::json!({"kty": "oct", "kid": "h", "k": "c2VjcmV0"}));
         keys.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "AA"}));
-        keys.push(serde_json::json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"}));
-        keys.push(serde_json::json!({"kty": "RSA", "use": "enc", "kid": "enc", "n": "AQAB", "e": "AQAB"}));
+        keys.push(
+            serde_json::json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"}),
+        );
+        keys.push(
+            serde_json::json!({"kty": "RSA", "use": "enc", "kid": "enc", "n": "AQAB", "e": "AQAB"}),
+        );
         keys.push(serde_json::json!({"kty": "RSA", "kid": "hs", "alg": "HS256", "n": "AQAB", "e": "AQAB"}));
         keys.push(serde_json::json!({"kty": "unheard-of", "kid": "new"}));
         let set = KeySet::from_jwks_json(jwks.to_string().as_bytes()).unwrap();

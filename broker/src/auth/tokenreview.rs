@@ -82,7 +82,11 @@ pub struct TokenReviewConfig {
 
 impl TokenReviewConfig {
     /// The defaults for `issuer` reviewed by `server`.
-    pub fn new(issuer: impl Into<String>, server: impl Into<String>, audiences: Vec<String>) -> Self {
+    pub fn new(
+        issuer: impl Into<String>,
+        server: impl Into<String>,
+        audiences: Vec<String>,
+    ) -> Self {
         Self {
             issuer: issuer.into(),
             server: server.into(),
@@ -242,8 +246,10 @@ impl Authenticator for TokenReviewAuthenticator {
             | AuthError::NotServiceAccount),
         ) = &result
         {
-            self.refused()
-                .put(digest, (error.clone(), Instant::now() + self.config.negative_ttl));
+            self.refused().put(
+                digest,
+                (error.clone(), Instant::now() + self.config.negative_ttl),
+            );
         }
         result
     }

@@ -494,7 +494,15 @@ mod tests {
             }
         }
         for some in [
-            "*/*", "*/**/*", "a/*", "**/a", "?/**", "??*/**", "*/**/x", "{namespace}/**", "a",
+            "*/*",
+            "*/**/*",
+            "a/*",
+            "**/a",
+            "?/**",
+            "??*/**",
+            "*/**/x",
+            "{namespace}/**",
+            "a",
         ] {
             assert!(
                 !PathPattern::parse(some).unwrap().matches_everything(),

@@ -25,7 +25,8 @@ pub(super) type WatchResponseStream = ReceiverStream<Result<v1::WatchSecretsResp
 /// How long from now until the Unix time `at` (zero if it has passed).
 fn until_unix(at: u64) -> Duration {
     let at = UNIX_EPOCH + Duration::from_secs(at);
-    at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    at.duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 impl Broker {
