@@ -245,6 +245,15 @@ impl BrokerProcess {
     }
 }
 
+/// An `--auth-config` trusting the test issuer's keys from the JWKS file
+/// `jwks`, checked for changes every `check_seconds`.
+pub fn jwks_file_auth(jwks: &Path, check_seconds: u64) -> String {
+    format!(
+        "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwksFile: {{path: {}, checkIntervalSeconds: {check_seconds}}}\n",
+        jwks.display()
+    )
+}
+
 /// The flags `BrokerProcess::start` authenticates with: the test issuer's
 /// JWKS, issuer and audience.
 pub fn default_auth_args() -> Vec<std::ffi::OsString> {
@@ -270,6 +279,16 @@ impl BrokerProcess {
             args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
         Self::launch_without_auth(policy, "127.0.0.1:0", &args)
+    }
+
+    /// Starts a broker with `policy` and an `--auth-config` file holding
+    /// `yaml` (see [`jwks_file_auth`] for the common one).
+    pub fn start_with_auth_config(policy: &str, yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("auth.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        // The file is read once at start: it may go once the broker listens.
+        Self::start_with_args(policy, ["--auth-config".as_ref(), config.as_os_str()])
     }
 
     /// The address the broker's `--metrics-listen` endpoint bound, from its log.

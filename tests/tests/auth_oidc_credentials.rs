@@ -52,19 +52,15 @@ async fn a_jwks_uri_on_another_origin_gets_no_credential() {
     .unwrap();
     let own_token = dir.path().join("token");
     std::fs::write(&own_token, BROKER_TOKEN).unwrap();
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let broker = BrokerProcess::start_with_auth_config(
+        POLICY,
+        &format!(
             "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    oidc:\n      discoveryUrl: {}{DISCOVERY_PATH}\n      caFile: {}\n      tokenFile: {}\n",
             discovery.url,
             bundle.display(),
             own_token.display()
         ),
-    )
-    .unwrap();
-    let broker =
-        BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()]);
+    );
     eventually(Duration::from_secs(10), "the JWKS fetch", || {
         (keys.count(JWKS_PATH) >= 1).then_some(())
     });

@@ -9,7 +9,8 @@ use std::time::Duration;
 use coffer::Code;
 use coffer_broker::auth::{jwt::ProjectedClaims, signer::DevSigner};
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, SidecarProcess, eventually, mint_claims,
+    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, SidecarProcess, eventually, jwks_file_auth,
+    mint_claims,
 };
 
 /// A `shop/web` token that expires `ttl` from now.
@@ -97,17 +98,7 @@ async fn a_key_removed_from_the_jwks_file_revokes_its_cached_verifications() {
     };
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, &both).unwrap();
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwksFile: {{path: {}, checkIntervalSeconds: 0}}\n",
-            jwks.display()
-        ),
-    )
-    .unwrap();
-    let broker =
-        BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()]);
+    let broker = BrokerProcess::start_with_auth_config(POLICY, &jwks_file_auth(&jwks, 0));
     let mint = |signer: &DevSigner| {
         signer
             .mint(AUDIENCE, "shop", "web", None, Duration::from_secs(600))

@@ -255,18 +255,15 @@ async fn the_identity_comes_from_user_info_and_extra() {
 
 /// A broker reviewing tokens at the stand-in API server `server` with
 /// `extra` lines in its tokenReview section.
-fn review_broker(server: &HttpsServer, dir: &std::path::Path, extra: &str) -> BrokerProcess {
-    let config = dir.join("auth.yaml");
-    std::fs::write(
-        &config,
-        format!(
+fn review_broker(server: &HttpsServer, extra: &str) -> BrokerProcess {
+    BrokerProcess::start_with_auth_config(
+        POLICY,
+        &format!(
             "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    tokenReview:\n      server: {}\n      caFile: {}\n{extra}",
             server.url,
             server.ca_file.display(),
         ),
     )
-    .unwrap();
-    BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()])
 }
 
 #[tokio::test]
@@ -274,8 +271,7 @@ async fn a_repeated_bad_token_costs_the_api_server_one_review() {
     let server = HttpsServer::start(Arc::new(|seen| {
         review(&serde_json::from_str(&seen.body).unwrap_or_default(), &[])
     }));
-    let dir = tempfile::tempdir().unwrap();
-    let broker = review_broker(&server, dir.path(), "");
+    let broker = review_broker(&server, "");
     let bad = token("revoked-pod");
     let client = broker.client(bad).await;
     for _ in 0..50 {
@@ -294,12 +290,7 @@ async fn a_flood_of_distinct_tokens_is_throttled_not_forwarded() {
     let server = HttpsServer::start(Arc::new(|seen| {
         review(&serde_json::from_str(&seen.body).unwrap_or_default(), &[])
     }));
-    let dir = tempfile::tempdir().unwrap();
-    let broker = review_broker(
-        &server,
-        dir.path(),
-        "      ratePerSecond: 5\n      maxConcurrent: 2\n",
-    );
+    let broker = review_broker(&server, "      ratePerSecond: 5\n      maxConcurrent: 2\n");
     // 60 different bad tokens at once: each is new to the negative cache.
     let mut calls = Vec::new();
     for i in 0..60 {
@@ -334,8 +325,7 @@ async fn a_watch_ends_when_its_review_expires() {
             &table,
         )
     }));
-    let dir = tempfile::tempdir().unwrap();
-    let broker = review_broker(&server, dir.path(), "      ttlSeconds: 2\n");
+    let broker = review_broker(&server, "      ttlSeconds: 2\n");
     broker
         .client(admin)
         .await
