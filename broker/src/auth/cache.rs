@@ -24,7 +24,8 @@ use super::{AuthError, Authenticator, BearerToken, Verified, jwt::unix_now};
 /// The default number of cached verifications.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
-type TokenDigest = [u8; 32];
+/// The SHA-256 of a token: how caches name a token without holding it.
+pub(crate) type TokenDigest = [u8; 32];
 
 /// Wraps an authenticator with a bounded cache of positive answers.
 pub struct CachingAuthenticator {
@@ -84,7 +85,8 @@ impl CachingAuthenticator {
     }
 }
 
-fn digest(token: &BearerToken) -> TokenDigest {
+/// The SHA-256 of `token`'s bytes.
+pub(crate) fn token_digest(token: &BearerToken) -> TokenDigest {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
@@ -94,7 +96,7 @@ fn digest(token: &BearerToken) -> TokenDigest {
 #[async_trait]
 impl Authenticator for CachingAuthenticator {
     async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
-        let key = digest(token);
+        let key = token_digest(token);
         if let Some(hit) = self.lookup(&key, unix_now()) {
             crate::metrics::auth_cache(true);
             return Ok(hit);

@@ -34,6 +34,7 @@ use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     AuthError, Authenticator, BearerToken, Verified, WorkloadIdentity,
+    cache::{TokenDigest, token_digest},
     http::{HttpClient, HttpConfig, HttpError},
     jwt::{self, is_name, unix_now},
 };
@@ -100,8 +101,6 @@ impl TokenReviewConfig {
         }
     }
 }
-
-type TokenDigest = [u8; 32];
 
 /// Authenticates by TokenReview.
 pub struct TokenReviewAuthenticator {
@@ -187,10 +186,9 @@ impl TokenReviewAuthenticator {
 
     /// One review under the guards: its turn in the rate, then a slot.
     async fn guarded_review(&self, token: &BearerToken) -> Result<Verified, AuthError> {
-        let throttled = || {
-            tracing::warn!("TokenReview throttled: too many reviews; refusing the call");
-            AuthError::ReviewThrottled
-        };
+        // Logged and counted once per call, as every refusal is (reason
+        // `review_throttled`): no extra line that a flood could multiply.
+        let throttled = || AuthError::ReviewThrottled;
         let started = Instant::now();
         let wait = self.reserve().ok_or_else(throttled)?;
         tokio::time::sleep(wait).await;
@@ -233,7 +231,7 @@ struct UserInfo {
 #[async_trait]
 impl Authenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
-        let digest = sha256(token);
+        let digest = token_digest(token);
         if let Some(error) = self.remembered(&digest) {
             return Err(error);
         }
@@ -257,14 +255,6 @@ impl Authenticator for TokenReviewAuthenticator {
     fn issuers(&self) -> Vec<String> {
         vec![self.config.issuer.clone()]
     }
-}
-
-fn sha256(token: &BearerToken) -> TokenDigest {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(
-        ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes()).as_ref(),
-    );
-    out
 }
 
 impl TokenReviewAuthenticator {
