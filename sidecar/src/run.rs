@@ -317,7 +317,10 @@ impl Sidecar {
         self.ready.send_replace(true);
     }
 
-    fn publish(&self, secrets: &BTreeMap<String, Secret>) -> Result<WriteOutcome, SidecarError> {
+    fn publish(
+        &mut self,
+        secrets: &BTreeMap<String, Secret>,
+    ) -> Result<WriteOutcome, SidecarError> {
         let mut payload = Payload::new();
         for spec in &self.config.secrets {
             let Some(secret) = secrets.get(spec.base_path()) else {

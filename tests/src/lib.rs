@@ -392,6 +392,18 @@ impl SidecarProcess {
         secrets_yaml: &str,
         options: SidecarOptions<'_>,
     ) -> Self {
+        Self::start_wrapped(&[], endpoint, token, secrets_yaml, options)
+    }
+
+    /// Like [`Self::start_with`], run through `wrapper` (a program and its
+    /// arguments, e.g. `setpriv` dropping capabilities) when it is not empty.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        endpoint: &str,
+        token: &str,
+        secrets_yaml: &str,
+        options: SidecarOptions<'_>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out_dir = tempfile::Builder::new()
             .prefix("coffer-e2e-")
@@ -410,7 +422,14 @@ impl SidecarProcess {
             ),
         )
         .unwrap();
-        let mut command = Command::new(binary("coffer-sidecar"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("coffer-sidecar"));
+                command
+            }
+            None => Command::new(binary("coffer-sidecar")),
+        };
         command.arg("--config").arg(&config).args(options.args);
         let process = Process::spawn(command, dir.path().join("sidecar.log"));
         Self {
