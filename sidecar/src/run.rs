@@ -54,6 +54,11 @@ impl SidecarError {
         let code = match self {
             Self::Fetch { source, .. } | Self::Broker(source) => source.code(),
             Self::Render { .. } => return true,
+            // A chown or chmod this process may not do (EPERM, EACCES) will
+            // not be allowed a second later either.
+            Self::Write(WriteError::Io { source, .. }) => {
+                return source.kind() == std::io::ErrorKind::PermissionDenied;
+            }
             _ => None,
         };
         matches!(
@@ -164,17 +169,24 @@ impl Sidecar {
 
     /// Fetches every secret, writes them, and returns. Retries what may
     /// recover (an unreachable broker, a missing secret) until `deadline`;
-    /// fails at once on what will not (denied, unauthenticated).
+    /// fails at once on what will not (denied, unauthenticated, a local
+    /// permission error). The deadline bounds each attempt too, so a broker
+    /// that accepts the connection and never answers cannot hold it longer.
     pub async fn run_once(&mut self, deadline: Duration) -> Result<(), SidecarError> {
         let until = Instant::now() + deadline;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            let error = match self.fetch_all().await {
-                Ok(secrets) => match self.apply(secrets, Instant::now()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                },
-                Err(e) => e,
+            let attempt = async {
+                let secrets = self.fetch_all().await?;
+                self.apply(secrets, Instant::now()).await
+            };
+            let error = match tokio::time::timeout_at(until, attempt).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    tracing::error!("the attempt did not finish before the deadline");
+                    return Err(SidecarError::Timeout(deadline));
+                }
             };
             if error.is_permanent() {
                 return Err(error);
