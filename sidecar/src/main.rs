@@ -81,6 +81,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let admin_listen = config.admin_listen.clone();
+        let quit_listen = config.quit_listen.clone();
         let exit_file = config.exit_when_file_exists.clone();
         let mut sidecar = Sidecar::new(config).await?;
         if cli.once {
@@ -98,7 +99,20 @@ fn main() -> ExitCode {
             tracing::info!(addr = %bound, "admin endpoint listening");
             let state = AdminState {
                 ready: sidecar.ready(),
-                quit: quit.clone(),
+                quit: None,
+            };
+            tokio::spawn(admin::serve(listener, state, std::future::pending()));
+        }
+        if let Some(addr) = quit_listen {
+            // Config validation admits only loopback addresses here.
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the quit endpoint {addr}: {e}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, "quit endpoint listening");
+            let state = AdminState {
+                ready: sidecar.ready(),
+                quit: Some(quit.clone()),
             };
             tokio::spawn(admin::serve(listener, state, std::future::pending()));
         }

@@ -449,12 +449,17 @@ impl SidecarProcess {
 
     /// The address the admin endpoint bound (configure `adminListen: 127.0.0.1:0`).
     pub fn admin_addr(&self) -> String {
-        let output =
-            strip_ansi(&self.wait_for_log("admin endpoint listening", Duration::from_secs(20)));
-        let line = output
-            .lines()
-            .find(|l| l.contains("admin endpoint listening"))
-            .unwrap();
+        self.listening_addr("admin endpoint listening")
+    }
+
+    /// The address the quit endpoint bound (configure `quitListen: 127.0.0.1:0`).
+    pub fn quit_addr(&self) -> String {
+        self.listening_addr("quit endpoint listening")
+    }
+
+    fn listening_addr(&self, message: &str) -> String {
+        let output = strip_ansi(&self.wait_for_log(message, Duration::from_secs(20)));
+        let line = output.lines().find(|l| l.contains(message)).unwrap();
         let start = line.find("addr=").unwrap() + "addr=".len();
         line[start..].split_whitespace().next().unwrap().to_string()
     }
