@@ -14,7 +14,7 @@ use tokio::{sync::watch, time::Instant};
 use crate::{
     action::Actions,
     config::Config,
-    render::{RenderError, render},
+    render::{DotenvNote, Format, RenderError, dotenv_notes, render},
     writer::{AtomicDir, FileContent, Payload, WriteError, WriteOutcome},
 };
 
@@ -334,6 +334,7 @@ impl Sidecar {
         secrets: &BTreeMap<String, Secret>,
     ) -> Result<WriteOutcome, SidecarError> {
         let mut payload = Payload::new();
+        let mut notes = Vec::new();
         for spec in &self.config.secrets {
             let Some(secret) = secrets.get(spec.base_path()) else {
                 // Not fetched yet: a snapshot always carries every path.
@@ -356,7 +357,13 @@ impl Sidecar {
                     &selected
                 }
             };
-            let bytes = render(data, &spec.render_spec()).map_err(render_error)?;
+            let render_spec = spec.render_spec();
+            let bytes = render(data, &render_spec).map_err(render_error)?;
+            if spec.format == Format::Dotenv {
+                for note in dotenv_notes(data, &render_spec.single_key) {
+                    notes.push((spec.file.clone(), note));
+                }
+            }
             payload.insert(
                 spec.file.clone(),
                 FileContent {
@@ -367,7 +374,31 @@ impl Sidecar {
                 },
             );
         }
-        Ok(self.out.write(&payload)?)
+        let outcome = self.out.write(&payload)?;
+        // Once per file written, not per update: by file and key, never the value.
+        for (file, note) in notes {
+            if !outcome.changed.contains(&file) && !outcome.created.contains(&file) {
+                continue;
+            }
+            match note {
+                DotenvNote::Interpolates(key) => tracing::warn!(
+                    file = file.as_str(),
+                    key,
+                    "a dotenv value holds `${{`: python-dotenv substitutes other variables into it unless read with interpolate=False"
+                ),
+                DotenvNote::ShellEscaped(key) => tracing::warn!(
+                    file = file.as_str(),
+                    key,
+                    "a dotenv value holds `$` or a backtick with `'` or a backslash pair: written for bash; python-dotenv keeps the backslash before `$` and backticks"
+                ),
+                DotenvNote::CarriageReturn(key) => tracing::warn!(
+                    file = file.as_str(),
+                    key,
+                    "a dotenv value holds a carriage return, written raw: Python readers must open the file with newline='' to keep it"
+                ),
+            }
+        }
+        Ok(outcome)
     }
 }
 
