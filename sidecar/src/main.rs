@@ -91,28 +91,22 @@ fn main() -> ExitCode {
         }
         sidecar.start_actions(Duration::from_secs(1));
         let quit = Arc::new(Notify::new());
-        if let Some(addr) = admin_listen {
+        // The probe port never quits; the quit port is loopback-only (the
+        // configuration admits nothing else there).
+        let endpoints = [
+            (admin_listen, "admin", None),
+            (quit_listen, "quit", Some(quit.clone())),
+        ];
+        for (addr, name, quit) in endpoints {
+            let Some(addr) = addr else { continue };
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot bind the admin endpoint {addr}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("cannot bind the {name} endpoint {addr}: {e}"))?;
             let bound = listener.local_addr()?;
-            tracing::info!(addr = %bound, "admin endpoint listening");
+            tracing::info!(addr = %bound, "{name} endpoint listening");
             let state = AdminState {
                 ready: sidecar.ready(),
-                quit: None,
-            };
-            tokio::spawn(admin::serve(listener, state, std::future::pending()));
-        }
-        if let Some(addr) = quit_listen {
-            // Config validation admits only loopback addresses here.
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot bind the quit endpoint {addr}: {e}"))?;
-            let bound = listener.local_addr()?;
-            tracing::info!(addr = %bound, "quit endpoint listening");
-            let state = AdminState {
-                ready: sidecar.ready(),
-                quit: Some(quit.clone()),
+                quit,
             };
             tokio::spawn(admin::serve(listener, state, std::future::pending()));
         }

@@ -8,7 +8,7 @@ use coffer_tests::{BrokerProcess, Key, POLICY, binary, mint};
 
 /// Runs `cofferctl args...` on a pty; returns its exit code and what the
 /// terminal showed.
-fn on_a_tty(args: &[&str]) -> (i32, String) {
+fn on_a_tty(args: &[String]) -> (i32, String) {
     let mut line = binary("cofferctl").display().to_string();
     for arg in args {
         line.push(' ');
@@ -35,13 +35,11 @@ async fn get_refuses_escape_sequences_on_a_terminal_unless_raw() {
     std::fs::write(&token, mint(Key::Rsa, "ops", "admin")).unwrap();
     let token = token.display().to_string();
     let common = ["--broker", &broker.endpoint, "--token-file", &token];
+    let with = |head: &[&str]| -> Vec<String> {
+        head.iter().chain(&common).map(|s| s.to_string()).collect()
+    };
 
-    let args: Vec<&str> = ["get", "shop/escape"]
-        .iter()
-        .chain(&common)
-        .copied()
-        .collect();
-    let (code, shown) = on_a_tty(&args);
+    let (code, shown) = on_a_tty(&with(&["get", "shop/escape"]));
     assert_eq!(code, 1, "{shown}");
     assert!(shown.contains("refusing"), "{shown}");
     assert!(
@@ -50,29 +48,18 @@ async fn get_refuses_escape_sequences_on_a_terminal_unless_raw() {
     );
 
     // Printable text still prints on a terminal.
-    let args: Vec<&str> = ["get", "shop/plain"]
-        .iter()
-        .chain(&common)
-        .copied()
-        .collect();
-    let (code, shown) = on_a_tty(&args);
+    let (code, shown) = on_a_tty(&with(&["get", "shop/plain"]));
     assert_eq!(code, 0, "{shown}");
     assert!(shown.contains("just text"), "{shown}");
 
     // --raw is the explicit way through.
-    let args: Vec<&str> = ["get", "shop/escape", "--raw"]
-        .iter()
-        .chain(&common)
-        .copied()
-        .collect();
-    let (code, shown) = on_a_tty(&args);
+    let (code, shown) = on_a_tty(&with(&["get", "shop/escape", "--raw"]));
     assert_eq!(code, 0, "{shown}");
     assert!(shown.contains("owned"), "{shown:?}");
 
     // A pipe is not a terminal: the exact bytes, no flag needed.
     let out = Command::new(binary("cofferctl"))
-        .args(["get", "shop/escape"])
-        .args(common)
+        .args(with(&["get", "shop/escape"]))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
