@@ -68,11 +68,16 @@ enum Command {
         #[arg(long)]
         cas: Option<u64>,
     },
-    /// Print a secret's value to stdout.
+    /// Print a secret's value to stdout. On a terminal, a value with control
+    /// characters or bytes that are not UTF-8 is refused (they could drive
+    /// the terminal) unless --raw is given; pipes and files get the bytes.
     Get {
         path: String,
         #[arg(long)]
         version: Option<u64>,
+        /// Write the bytes to a terminal even if they hold control characters.
+        #[arg(long)]
+        raw: bool,
     },
     /// List a secret's versions.
     Versions { path: String },
@@ -322,20 +327,29 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 .await?;
             say!("{path}: version {version}");
         }
-        Command::Get { path, version } => {
+        Command::Get { path, version, raw } => {
             let secret = client(broker).await?.get_version(&path, version).await?;
-            let mut out = std::io::stdout().lock();
+            let mut text = Zeroizing::new(Vec::new());
             match secret.data() {
-                SecretData::Bytes(b) => out.write_all(b.expose())?,
+                SecretData::Bytes(b) => text.extend_from_slice(b.expose()),
                 SecretData::Map(map) => {
                     for (k, v) in map {
-                        out.write_all(k.as_bytes())?;
-                        out.write_all(b"=")?;
-                        out.write_all(v.expose())?;
-                        out.write_all(b"\n")?;
+                        text.extend_from_slice(k.as_bytes());
+                        text.push(b'=');
+                        text.extend_from_slice(v.expose());
+                        text.push(b'\n');
                     }
                 }
             }
+            let mut out = std::io::stdout().lock();
+            if !raw && std::io::IsTerminal::is_terminal(&out) && !terminal_safe(&text) {
+                eprintln!(
+                    "cofferctl: {path} holds control characters or non-UTF-8 bytes; refusing to \
+                     write them to a terminal (use --raw, or redirect to a file or pipe)"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            out.write_all(&text)?;
         }
         Command::Versions { path } => {
             let list = client(broker).await?.list_versions(&path).await?;
@@ -435,6 +449,20 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `bytes` can go to a terminal without driving it: valid UTF-8
+/// with no control characters but newline and tab (no ESC sequences, no
+/// C1 controls such as CSI), and no bidirectional overrides that reorder
+/// what is shown.
+fn terminal_safe(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    text.chars().all(|c| {
+        (!c.is_control() || c == '\n' || c == '\t')
+            && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
 fn timestamp<T>(t: Option<T>) -> String
 where
     std::time::SystemTime: TryFrom<T>,
@@ -444,4 +472,27 @@ where
             || "-".to_string(),
             |t| humantime::format_rfc3339_seconds(t).to_string(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_safe_refuses_escapes_controls_and_binary() {
+        assert!(terminal_safe(b"p@ss w0rd\nsecond line\tx\n"));
+        assert!(terminal_safe("naïve ☕ 😀".as_bytes()));
+        for bad in [
+            &b"\x1b]0;pwned\x07"[..],
+            b"\x1b[2J",
+            b"a\rb",
+            b"nul\0",
+            b"del\x7f",
+            "c1\u{9b}31m".as_bytes(),
+            "rlo\u{202e}txt".as_bytes(),
+            b"\xff\xfe",
+        ] {
+            assert!(!terminal_safe(bad), "{bad:?}");
+        }
+    }
 }

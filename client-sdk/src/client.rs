@@ -28,6 +28,7 @@ pub struct ClientBuilder {
     token: TokenSource,
     connect_timeout: Duration,
     timeout: Option<Duration>,
+    insecure_plaintext: bool,
 }
 
 impl ClientBuilder {
@@ -52,6 +53,18 @@ impl ClientBuilder {
     /// A deadline for each unary call (default none). Watches are not bound by it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// DANGER: allows `http://` to a host that is not a loopback address, so
+    /// the token and every secret cross the network in clear, readable and
+    /// replayable by anyone on the path. Only for a transport that is
+    /// encrypted below gRPC (a service mesh's mTLS, a WireGuard link) and
+    /// only when you know it is. Default `false`: plaintext goes to
+    /// `127.0.0.0/8`, `::1` and Unix sockets only, and anything else is
+    /// refused with [`Error::Plaintext`] before a byte is sent.
+    pub fn danger_insecure_plaintext(mut self, allow: bool) -> Self {
+        self.insecure_plaintext = allow;
         self
     }
 
@@ -89,6 +102,7 @@ impl ClientBuilder {
                     .map_err(Error::Connect)?
             }
         } else {
+            let tls = self.check_transport()?;
             let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
                 .map_err(|_| Error::Endpoint(self.endpoint.clone()))?
                 .connect_timeout(self.connect_timeout)
@@ -96,7 +110,7 @@ impl ClientBuilder {
             if let Some(timeout) = self.timeout {
                 endpoint = endpoint.timeout(timeout);
             }
-            if self.endpoint.starts_with("https://") {
+            if tls {
                 let mut tls = ClientTlsConfig::new();
                 if let Some(ca) = &self.ca_pem {
                     tls = tls.ca_certificate(Certificate::from_pem(ca));
@@ -117,6 +131,43 @@ impl ClientBuilder {
     }
 }
 
+impl ClientBuilder {
+    /// Whether the endpoint needs TLS (`https://`), after refusing plaintext
+    /// `http://` to anything but a loopback address unless
+    /// [`danger_insecure_plaintext`](Self::danger_insecure_plaintext) says so.
+    fn check_transport(&self) -> Result<bool, Error> {
+        use tonic::codegen::http::uri::Scheme;
+        let uri: Uri = self
+            .endpoint
+            .parse()
+            .map_err(|_| Error::Endpoint(self.endpoint.clone()))?;
+        let host = uri.host().unwrap_or_default();
+        match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => Ok(true),
+            Some(scheme) if *scheme == Scheme::HTTP => {
+                // Only an address literal: a name could resolve anywhere.
+                let loopback = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+                if loopback {
+                    Ok(false)
+                } else if self.insecure_plaintext {
+                    tracing::warn!(
+                        host,
+                        "danger_insecure_plaintext: the token and secrets cross the network unencrypted"
+                    );
+                    Ok(false)
+                } else {
+                    Err(Error::Plaintext(host.to_string()))
+                }
+            }
+            _ => Err(Error::Endpoint(self.endpoint.clone())),
+        }
+    }
+}
+
 /// A connection to a Coffer broker. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -127,7 +178,10 @@ pub struct Client {
 
 impl Client {
     /// Starts configuring a client for `endpoint`: `https://host:port`,
-    /// `http://127.0.0.1:port` (loopback only), or `unix:/path/to.sock`.
+    /// `http://127.0.0.1:port` or `http://[::1]:port` (plaintext: loopback
+    /// addresses only, see
+    /// [`danger_insecure_plaintext`](ClientBuilder::danger_insecure_plaintext)),
+    /// or `unix:/path/to.sock`.
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             endpoint: endpoint.into(),
@@ -135,6 +189,7 @@ impl Client {
             token: TokenSource::projected(),
             connect_timeout: Duration::from_secs(5),
             timeout: None,
+            insecure_plaintext: false,
         }
     }
 
@@ -362,5 +417,67 @@ impl Stream for SecretStream {
                 Ok(WatchEvent { kind, secrets })
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lazy(endpoint: &str, danger: bool) -> Result<Client, Error> {
+        Client::builder(endpoint)
+            .token(TokenSource::from_static("t".to_string()))
+            .danger_insecure_plaintext(danger)
+            .connect_lazy()
+            .await
+    }
+
+    #[tokio::test]
+    async fn plaintext_is_refused_to_anything_but_loopback() {
+        for endpoint in [
+            "http://10.0.0.1:8443",
+            "http://broker.example:80",
+            "http://localhost:8443",
+            "http://0.0.0.0:8443",
+            "http://[::ffff:10.0.0.1]:8443",
+            "HTTP://10.0.0.1:8443",
+        ] {
+            match lazy(endpoint, false).await {
+                Err(Error::Plaintext(_)) => {}
+                other => panic!("{endpoint}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn plaintext_to_loopback_and_tls_anywhere_are_allowed() {
+        for endpoint in [
+            "http://127.0.0.1:8443",
+            "http://127.8.0.1:1",
+            "http://[::1]:8443",
+            "https://10.0.0.1:8443",
+            "https://broker.example:443",
+        ] {
+            assert!(lazy(endpoint, false).await.is_ok(), "{endpoint}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_danger_door_opens_plaintext_to_any_host() {
+        assert!(lazy("http://10.0.0.1:8443", true).await.is_ok());
+        // It does not make other schemes acceptable.
+        assert!(matches!(
+            lazy("ftp://10.0.0.1:21", true).await,
+            Err(Error::Endpoint(_))
+        ));
+    }
+
+    #[test]
+    fn the_refusal_names_the_host_and_the_way_out() {
+        let text = Error::Plaintext("10.0.0.1".into()).to_string();
+        assert!(
+            text.contains("10.0.0.1") && text.contains("https://"),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,10 @@ pub enum Error {
     /// The endpoint string could not be understood.
     #[error("invalid broker endpoint {0:?}")]
     Endpoint(String),
+    /// A plaintext `http://` endpoint that is not a loopback address: the
+    /// token and secrets would cross the network in clear. Holds the host.
+    #[error("refusing plaintext http:// to {0}: use https://, a loopback address or a Unix socket")]
+    Plaintext(String),
     /// The broker answered with an error status. The message is the broker's
     /// generic, non-secret text.
     #[error("broker answered {code:?}: {message}")]

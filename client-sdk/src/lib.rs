@@ -21,6 +21,17 @@
 //!
 //! Values are held in zeroizing buffers; `Debug` prints `[REDACTED]` and there
 //! is no `Display`.
+//!
+//! # Transport
+//!
+//! `https://` is verified TLS. Plaintext `http://` is accepted only to a
+//! loopback address literal (`127.0.0.0/8`, `[::1]`), and `unix:/path` for a
+//! Unix socket; any other `http://` host (a name, `0.0.0.0`, a pod IP) is
+//! refused with [`Error::Plaintext`] before anything is sent, since the token
+//! and the secrets would cross the network in clear. A transport encrypted
+//! below gRPC (a service mesh's mTLS) can open that door knowingly with
+//! [`ClientBuilder::danger_insecure_plaintext`]. The sidecar and `cofferctl`
+//! follow the same rule and offer no such door.
 
 mod client;
 mod error;

@@ -69,7 +69,7 @@ fn writer_swap() {
         .prefix("coffer-bench-")
         .tempdir_in("/dev/shm")
         .expect("a tmpfs directory");
-    let out = AtomicDir::open(dir.path(), false).expect("tmpfs");
+    let mut out = AtomicDir::open(dir.path(), false).expect("tmpfs");
     let payload = |n: usize| -> Payload {
         ["a", "b", "c"]
             .iter()

@@ -1,12 +1,18 @@
-//! The sidecar's small HTTP endpoint, for probes and for Jobs.
+//! The sidecar's small HTTP endpoints, for probes and for Jobs.
 //!
+//! The probe endpoint (`adminListen`), which the kubelet reaches on the pod's
+//! address:
 //! - `GET /ready`: 200 once every secret has been written, 503 before. A
 //!   native sidecar's `startupProbe` points here, so the app container starts
 //!   only when its files exist.
 //! - `GET /healthz`: 200 while the process serves.
+//!
+//! The quit endpoint (`quitListen`), bound to a loopback address only, so
+//! that only the pod's own containers reach it:
 //! - `POST /quitquitquit`: the sidecar exits 0, so a Job's pod can finish.
 //!
-//! It is HTTP/1 on a loopback or pod address; it serves no secret.
+//! Both are HTTP/1 and serve no secret. `/quitquitquit` on the probe port is
+//! 404: whoever can reach the probe port must not be able to stop the sidecar.
 
 use std::{convert::Infallible, future::Future, sync::Arc};
 
@@ -23,8 +29,9 @@ use tokio::{
 pub struct AdminState {
     /// Whether every secret has been written.
     pub ready: watch::Receiver<bool>,
-    /// Woken by `/quitquitquit`.
-    pub quit: Arc<Notify>,
+    /// Woken by `/quitquitquit`; `None` on the probe endpoint, which then
+    /// answers 404 for it.
+    pub quit: Option<Arc<Notify>>,
 }
 
 /// Serves `listener` until `shutdown` resolves.
@@ -58,21 +65,22 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
 }
 
 fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ready" | "/readyz") => {
+    let (status, body) = match (req.method(), req.uri().path(), &state.quit) {
+        (&Method::GET, "/ready" | "/readyz", _) => {
             if *state.ready.borrow() {
                 (StatusCode::OK, "ready\n")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::POST, "/quitquitquit") => {
-            tracing::info!("quit requested over the admin endpoint");
-            state.quit.notify_one();
+        (&Method::GET, "/healthz", _) => (StatusCode::OK, "ok\n"),
+        (&Method::POST, "/quitquitquit", Some(quit)) => {
+            tracing::info!("quit requested over the loopback quit endpoint");
+            quit.notify_one();
             (StatusCode::OK, "quitting\n")
         }
-        (_, "/ready" | "/readyz" | "/healthz" | "/quitquitquit") => {
+        (_, "/quitquitquit", None) => (StatusCode::NOT_FOUND, "not found\n"),
+        (_, "/ready" | "/readyz" | "/healthz" | "/quitquitquit", _) => {
             (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => (StatusCode::NOT_FOUND, "not found\n"),

@@ -8,6 +8,7 @@
 //! audience: coffer
 //! outputDir: /coffer/secrets
 //! adminListen: 127.0.0.1:8099
+//! quitListen: 127.0.0.1:8098
 //! readyFile: /coffer/ready
 //! secrets:
 //!   - path: app/db#password
@@ -47,9 +48,13 @@ pub struct Config {
     pub audience: Option<String>,
     /// Where files are written; must be tmpfs unless explicitly allowed.
     pub output_dir: PathBuf,
-    /// Address of the readiness / quit endpoint, e.g. `127.0.0.1:8099`.
+    /// Address of the probe endpoint (`/ready`, `/healthz`), e.g. `0.0.0.0:8099`.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// Address of the `/quitquitquit` endpoint: a loopback address only
+    /// (e.g. `127.0.0.1:8098`), reachable from the pod's own containers.
+    #[serde(default)]
+    pub quit_listen: Option<String>,
     /// A file created once every secret has been written (for exec probes).
     #[serde(default)]
     pub ready_file: Option<PathBuf>,
@@ -217,6 +222,7 @@ impl Config {
         "COFFER_AUDIENCE",
         "COFFER_OUTPUT_DIR",
         "COFFER_ADMIN_LISTEN",
+        "COFFER_QUIT_LISTEN",
         "COFFER_READY_FILE",
         "COFFER_EXIT_WHEN_FILE_EXISTS",
     ];
@@ -240,6 +246,9 @@ impl Config {
         }
         if let Some(v) = env.get("COFFER_ADMIN_LISTEN") {
             config.admin_listen = Some(v);
+        }
+        if let Some(v) = env.get("COFFER_QUIT_LISTEN") {
+            config.quit_listen = Some(v);
         }
         if let Some(v) = env.get("COFFER_READY_FILE") {
             config.ready_file = Some(v.into());
@@ -298,6 +307,17 @@ impl Config {
             addr.parse::<std::net::SocketAddr>().map_err(|_| {
                 ConfigError::Invalid(format!("adminListen {addr:?} is not host:port"))
             })?;
+        }
+        if let Some(addr) = &self.quit_listen {
+            let parsed = addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| ConfigError::Invalid(format!("quitListen {addr:?} is not ip:port")))?;
+            // Anything that reaches it can stop the sidecar: the pod only.
+            if !parsed.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "quitListen {addr:?} must be a loopback address such as 127.0.0.1:8098"
+                )));
+            }
         }
         Ok(())
     }
@@ -424,8 +444,27 @@ mod tests {
         assert_eq!(c.audience.as_deref(), Some("127.0.0.1:9"));
         assert_eq!(c.output_dir, PathBuf::from("127.0.0.1:9"));
         assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(c.quit_listen.as_deref(), Some("127.0.0.1:9"));
         assert_eq!(c.ready_file, Some("127.0.0.1:9".into()));
         assert_eq!(c.exit_when_file_exists, Some("127.0.0.1:9".into()));
+    }
+
+    #[test]
+    fn the_quit_endpoint_is_loopback_only() {
+        let env = HashMap::<String, String>::new();
+        for ok in ["127.0.0.1:8098", "[::1]:0"] {
+            let text = format!("quitListen: \"{ok}\"\n{BASE}");
+            assert!(Config::parse(&text, &env).is_ok(), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0:8098",
+            "10.0.0.5:8098",
+            "[::]:8098",
+            "localhost:8098",
+        ] {
+            let text = format!("quitListen: \"{bad}\"\n{BASE}");
+            assert!(Config::parse(&text, &env).is_err(), "{bad}");
+        }
     }
 
     #[test]

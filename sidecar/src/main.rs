@@ -81,6 +81,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let admin_listen = config.admin_listen.clone();
+        let quit_listen = config.quit_listen.clone();
         let exit_file = config.exit_when_file_exists.clone();
         let mut sidecar = Sidecar::new(config).await?;
         if cli.once {
@@ -90,15 +91,22 @@ fn main() -> ExitCode {
         }
         sidecar.start_actions(Duration::from_secs(1));
         let quit = Arc::new(Notify::new());
-        if let Some(addr) = admin_listen {
+        // The probe port never quits; the quit port is loopback-only (the
+        // configuration admits nothing else there).
+        let endpoints = [
+            (admin_listen, "admin", None),
+            (quit_listen, "quit", Some(quit.clone())),
+        ];
+        for (addr, name, quit) in endpoints {
+            let Some(addr) = addr else { continue };
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot bind the admin endpoint {addr}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("cannot bind the {name} endpoint {addr}: {e}"))?;
             let bound = listener.local_addr()?;
-            tracing::info!(addr = %bound, "admin endpoint listening");
+            tracing::info!(addr = %bound, "{name} endpoint listening");
             let state = AdminState {
                 ready: sidecar.ready(),
-                quit: quit.clone(),
+                quit,
             };
             tokio::spawn(admin::serve(listener, state, std::future::pending()));
         }

@@ -187,10 +187,76 @@ fn into_bytes(text: Zeroizing<String>) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(text.as_bytes().to_vec())
 }
 
-/// `KEY="value"` in the double-quoted dialect of godotenv and Ruby dotenv:
-/// `\\`, `\"`, `\n`, `\r`, `\t`; and `\$` and `` \` `` so that neither a
-/// dotenv reader nor a shell that sources the file expands anything inside
-/// a secret.
+/// How one dotenv value is quoted. bash `source` and python-dotenv read both
+/// quotings alike, except where the value leaves no common form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DotenvQuoting {
+    /// `"..."` with `\\` and `\"` only; newlines, tabs and CRs raw. For
+    /// values without `$` or a backtick, which a shell would expand.
+    Double,
+    /// `'...'`, every byte raw: nothing inside expands in bash. For values
+    /// with `$` or a backtick and no `'`, and no backslash that
+    /// python-dotenv would unescape (`\\`, or one at the end).
+    Single,
+    /// `"..."` with `\$` and `` \` `` as well: exact and inert in bash,
+    /// but python-dotenv keeps those two backslashes. Only for values with
+    /// `$` or a backtick that no other form fits.
+    DoubleShellEscaped,
+}
+
+fn dotenv_quoting(value: &str) -> DotenvQuoting {
+    if !value.contains(['$', '`']) {
+        DotenvQuoting::Double
+    } else if !value.contains('\'') && !value.contains("\\\\") && !value.ends_with('\\') {
+        DotenvQuoting::Single
+    } else {
+        DotenvQuoting::DoubleShellEscaped
+    }
+}
+
+/// What a reader of a dotenv file should know about a value, by key. Never
+/// holds the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DotenvNote {
+    /// The value holds `${`: python-dotenv's default (`interpolate=True`)
+    /// replaces `${NAME}` with another environment variable, even inside
+    /// quotes. Read the file with `interpolate=False`.
+    Interpolates(String),
+    /// The value holds `$` or a backtick together with `'` or a backslash
+    /// pair: it is written for bash (`\$`, `` \` ``), and python-dotenv
+    /// reads those backslashes literally.
+    ShellEscaped(String),
+    /// The value holds a carriage return, written raw: bash keeps it, but
+    /// Python's universal newlines turn it into `\n` unless the file is
+    /// opened with `newline=''` (python-dotenv: `stream=open(path, newline='')`).
+    CarriageReturn(String),
+}
+
+/// The notes on rendering `data` as dotenv, for the caller to log by key.
+pub fn dotenv_notes(data: &SecretData, single_key: &str) -> Vec<DotenvNote> {
+    let Ok(map) = utf8_map(data, single_key) else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    for (key, value) in map {
+        if value.contains("${") {
+            notes.push(DotenvNote::Interpolates(key.to_string()));
+        }
+        if dotenv_quoting(value) == DotenvQuoting::DoubleShellEscaped {
+            notes.push(DotenvNote::ShellEscaped(key.to_string()));
+        }
+        if value.contains('\r') {
+            notes.push(DotenvNote::CarriageReturn(key.to_string()));
+        }
+    }
+    notes
+}
+
+/// `KEY="value"` or `KEY='value'`, chosen per value so that both bash
+/// `source` and python-dotenv read back the exact value (see
+/// [`DotenvQuoting`]); nothing inside a secret is ever expanded or executed
+/// by a shell.
 fn dotenv_line(out: &mut String, key: &str, value: &str) -> Result<(), RenderError> {
     let mut chars = key.chars();
     let valid = chars
@@ -200,18 +266,27 @@ fn dotenv_line(out: &mut String, key: &str, value: &str) -> Result<(), RenderErr
     if !valid {
         return Err(RenderError::BadEnvName(key.into()));
     }
+    if value.contains('\0') {
+        return Err(RenderError::Nul(key.into()));
+    }
     out.push_str(key);
-    out.push_str("=\"");
+    out.push('=');
+    let quoting = dotenv_quoting(value);
+    if quoting == DotenvQuoting::Single {
+        out.push('\'');
+        out.push_str(value);
+        out.push_str("'\n");
+        return Ok(());
+    }
+    out.push('"');
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '$' => out.push_str("\\$"),
-            '`' => out.push_str("\\`"),
-            '\0' => return Err(RenderError::Nul(key.into())),
+            '$' | '`' => {
+                out.push('\\');
+                out.push(c);
+            }
             c => out.push(c),
         }
     }
@@ -222,8 +297,10 @@ fn dotenv_line(out: &mut String, key: &str, value: &str) -> Result<(), RenderErr
 /// A double-quoted YAML scalar. Quoting every scalar means no value can be
 /// read as another type (`yes`, `0400`, `null`: YAML 1.1 readers such as
 /// PyYAML and SnakeYAML turn plain `yes` into `true`). Escapes are the ones
-/// YAML 1.1 and 1.2 share; every character YAML treats as a line break or
-/// does not allow raw (C0, DEL, C1, U+2028/9, BOM) is written as `\uXXXX`.
+/// YAML 1.1 and 1.2 share; every character outside YAML's printable set
+/// (C0, DEL, C1, U+FFFE, U+FFFF), and those it treats as line breaks or
+/// strips (NEL, U+2028/9, BOM), is written as `\uXXXX`. PyYAML and ruamel
+/// refuse a whole file that holds one of them raw.
 fn yaml_quoted(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
@@ -233,10 +310,17 @@ fn yaml_quoted(out: &mut String, text: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
+            '\u{2028}' | '\u{2029}' | '\u{feff}' => {
                 let _ = write!(out, "\\u{:04X}", c as u32);
             }
-            c => out.push(c),
+            // YAML's c-printable, less what the arms above took.
+            ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'.. => {
+                out.push(c)
+            }
+            // Everything else is in the BMP: C0, DEL, C1, U+FFFE, U+FFFF.
+            c => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
         }
     }
     out.push('"');
@@ -328,14 +412,41 @@ mod tests {
     }
 
     #[test]
-    fn dotenv_escapes_quotes_newlines_backslashes_and_dollars() {
+    fn dotenv_quotes_each_value_so_bash_and_python_dotenv_agree() {
         assert_eq!(
             text(
-                &map(&[("PW", "a\"b\nc\\d$HOME'e`x`"), ("B", "")]),
+                &map(&[
+                    ("A", "a\"b\nc\\d\te\rf"),
+                    ("B", ""),
+                    ("C", "x$HOME`id`\\n\"q"),
+                    ("D", "it's $5"),
+                    ("E", "a\\\\$b"),
+                ]),
                 &RenderSpec::new(Format::Dotenv)
             ),
-            "B=\"\"\nPW=\"a\\\"b\\nc\\\\d\\$HOME'e\\`x\\`\"\n"
+            "A=\"a\\\"b\nc\\\\d\te\rf\"\nB=\"\"\nC='x$HOME`id`\\n\"q'\n\
+             D=\"it's \\$5\"\nE=\"a\\\\\\\\\\$b\"\n"
         );
+    }
+
+    #[test]
+    fn dotenv_notes_name_keys_never_values() {
+        let data = map(&[
+            ("A", "${HOME}"),
+            ("B", "it's $5"),
+            ("C", "plain"),
+            ("D", "a\r\n"),
+        ]);
+        let notes = dotenv_notes(&data, "value");
+        assert_eq!(
+            notes,
+            vec![
+                DotenvNote::Interpolates("A".into()),
+                DotenvNote::ShellEscaped("B".into()),
+                DotenvNote::CarriageReturn("D".into()),
+            ]
+        );
+        assert!(!format!("{notes:?}").contains("HOME"));
     }
 
     #[test]
@@ -380,6 +491,10 @@ mod tests {
             ("i", ""),
             ("j", "#hash"),
             ("k", "nel\u{85} ls\u{2028} ctl\u{1} del\u{7f} back\\slash"),
+            (
+                "l",
+                "non\u{fffe}chars\u{ffff} nul\u{0} bom\u{feff} astral\u{1f600}",
+            ),
             ("yes", "key that YAML 1.1 reads as a bool"),
         ];
         let out = text(&map(&values), &RenderSpec::new(Format::Yaml));
@@ -389,6 +504,7 @@ mod tests {
         }
         assert!(out.contains("\"b\": \"yes\"\n"), "{out}");
         assert!(out.contains("\\u0085"), "{out}");
+        assert!(out.contains("\\uFFFE") && out.contains("\\uFFFF"), "{out}");
         assert_eq!(text(&map(&[]), &RenderSpec::new(Format::Yaml)), "{}\n");
     }
 

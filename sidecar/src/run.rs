@@ -14,7 +14,7 @@ use tokio::{sync::watch, time::Instant};
 use crate::{
     action::Actions,
     config::Config,
-    render::{RenderError, render},
+    render::{DotenvNote, Format, RenderError, dotenv_notes, render},
     writer::{AtomicDir, FileContent, Payload, WriteError, WriteOutcome},
 };
 
@@ -54,6 +54,11 @@ impl SidecarError {
         let code = match self {
             Self::Fetch { source, .. } | Self::Broker(source) => source.code(),
             Self::Render { .. } => return true,
+            // A chown or chmod this process may not do (EPERM, EACCES) will
+            // not be allowed a second later either.
+            Self::Write(WriteError::Io { source, .. }) => {
+                return source.kind() == std::io::ErrorKind::PermissionDenied;
+            }
             _ => None,
         };
         matches!(
@@ -164,17 +169,24 @@ impl Sidecar {
 
     /// Fetches every secret, writes them, and returns. Retries what may
     /// recover (an unreachable broker, a missing secret) until `deadline`;
-    /// fails at once on what will not (denied, unauthenticated).
+    /// fails at once on what will not (denied, unauthenticated, a local
+    /// permission error). The deadline bounds each attempt too, so a broker
+    /// that accepts the connection and never answers cannot hold it longer.
     pub async fn run_once(&mut self, deadline: Duration) -> Result<(), SidecarError> {
         let until = Instant::now() + deadline;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            let error = match self.fetch_all().await {
-                Ok(secrets) => match self.apply(secrets, Instant::now()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                },
-                Err(e) => e,
+            let attempt = async {
+                let secrets = self.fetch_all().await?;
+                self.apply(secrets, Instant::now()).await
+            };
+            let error = match tokio::time::timeout_at(until, attempt).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    tracing::error!("the attempt did not finish before the deadline");
+                    return Err(SidecarError::Timeout(deadline));
+                }
             };
             if error.is_permanent() {
                 return Err(error);
@@ -317,8 +329,12 @@ impl Sidecar {
         self.ready.send_replace(true);
     }
 
-    fn publish(&self, secrets: &BTreeMap<String, Secret>) -> Result<WriteOutcome, SidecarError> {
+    fn publish(
+        &mut self,
+        secrets: &BTreeMap<String, Secret>,
+    ) -> Result<WriteOutcome, SidecarError> {
         let mut payload = Payload::new();
+        let mut notes = Vec::new();
         for spec in &self.config.secrets {
             let Some(secret) = secrets.get(spec.base_path()) else {
                 // Not fetched yet: a snapshot always carries every path.
@@ -341,7 +357,13 @@ impl Sidecar {
                     &selected
                 }
             };
-            let bytes = render(data, &spec.render_spec()).map_err(render_error)?;
+            let render_spec = spec.render_spec();
+            let bytes = render(data, &render_spec).map_err(render_error)?;
+            if spec.format == Format::Dotenv {
+                for note in dotenv_notes(data, &render_spec.single_key) {
+                    notes.push((spec.file.clone(), note));
+                }
+            }
             payload.insert(
                 spec.file.clone(),
                 FileContent {
@@ -352,7 +374,31 @@ impl Sidecar {
                 },
             );
         }
-        Ok(self.out.write(&payload)?)
+        let outcome = self.out.write(&payload)?;
+        // Once per file written, not per update: by file and key, never the value.
+        for (file, note) in notes {
+            if !outcome.changed.contains(&file) && !outcome.created.contains(&file) {
+                continue;
+            }
+            match note {
+                DotenvNote::Interpolates(key) => tracing::warn!(
+                    file = file.as_str(),
+                    key,
+                    "a dotenv value holds `${{`: python-dotenv substitutes other variables into it unless read with interpolate=False"
+                ),
+                DotenvNote::ShellEscaped(key) => tracing::warn!(
+                    file = file.as_str(),
+                    key,
+                    "a dotenv value holds `$` or a backtick with `'` or a backslash pair: written for bash; python-dotenv keeps the backslash before `$` and backticks"
+                ),
+                DotenvNote::CarriageReturn(key) => tracing::warn!(
+                    file = file.as_str(),
+                    key,
+                    "a dotenv value holds a carriage return, written raw: Python readers must open the file with newline='' to keep it"
+                ),
+            }
+        }
+        Ok(outcome)
     }
 }
 

@@ -131,10 +131,41 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Wri
     }
 }
 
+/// SHA-256 over a file's content, mode, uid and gid: what the writer last
+/// published for one name. Held in memory only; `Debug` prints nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+struct FileDigest([u8; 32]);
+
+impl FileDigest {
+    fn of(content: &FileContent, uid: u32, gid: u32) -> Self {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        // Fixed-width fields after a length prefix: no two inputs share an encoding.
+        ctx.update(&(content.bytes.len() as u64).to_be_bytes());
+        ctx.update(&content.bytes);
+        ctx.update(&content.mode.to_be_bytes());
+        ctx.update(&uid.to_be_bytes());
+        ctx.update(&gid.to_be_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        Self(out)
+    }
+}
+
+impl fmt::Debug for FileDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// An output directory managed with the AtomicWriter protocol.
 #[derive(Debug)]
 pub struct AtomicDir {
     root: PathBuf,
+    /// What each file held when this process last published it. Files are
+    /// compared against this, never re-read: the documented deployment
+    /// chowns them to the app's uid with mode 0400, and a sidecar without
+    /// CAP_DAC_OVERRIDE cannot read them back.
+    published: BTreeMap<FileName, FileDigest>,
 }
 
 impl AtomicDir {
@@ -151,7 +182,10 @@ impl AtomicDir {
         if allow_non_tmpfs {
             tracing::warn!(dir = %root.display(), "--allow-non-tmpfs: secrets may be written to disk");
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            published: BTreeMap::new(),
+        })
     }
 
     /// The directory.
@@ -162,8 +196,18 @@ impl AtomicDir {
     /// Publishes `payload` as the new content of the directory. Writes
     /// nothing, and reports no change, when every file's content, mode and
     /// owner already match.
-    pub fn write(&self, payload: &Payload) -> Result<WriteOutcome, WriteError> {
-        let (changed, created) = self.compare(payload);
+    pub fn write(&mut self, payload: &Payload) -> Result<WriteOutcome, WriteError> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        let digests: BTreeMap<FileName, FileDigest> = payload
+            .iter()
+            .map(|(name, content)| {
+                let uid = content.uid.unwrap_or(euid);
+                let gid = content.gid.unwrap_or(egid);
+                (name.clone(), FileDigest::of(content, uid, gid))
+            })
+            .collect();
+        let (changed, created) = self.compare(payload, &digests, euid, egid);
         if changed.is_empty() && created.is_empty() && self.entry_count() == Some(payload.len()) {
             return Ok(WriteOutcome::default());
         }
@@ -203,6 +247,10 @@ impl AtomicDir {
         // Published: from here on the new directory must stay.
         let _ = staging.keep();
 
+        // `..data` already points at the new files: record them even if a
+        // visible link below fails, so the next comparison is against what
+        // the directory really holds.
+        self.published = digests;
         self.link_visible_names(payload)?;
         self.remove_stale(payload, previous.as_deref(), &staging_name);
         Ok(WriteOutcome {
@@ -220,10 +268,20 @@ impl AtomicDir {
 
     /// Sorts the files of `payload` into those that differ in content, mode
     /// or owner from what the directory holds now, and those it lacks.
-    fn compare(&self, payload: &Payload) -> (Vec<FileName>, Vec<FileName>) {
+    ///
+    /// Owner, mode and size come from `stat`, which needs no read access.
+    /// Content is compared by digest against what this process published.
+    /// Only for a file it has not written yet (the first update after a
+    /// restart) does it read the file, and a file it cannot read counts as
+    /// changed.
+    fn compare(
+        &self,
+        payload: &Payload,
+        digests: &BTreeMap<FileName, FileDigest>,
+        euid: u32,
+        egid: u32,
+    ) -> (Vec<FileName>, Vec<FileName>) {
         let data = self.root.join(DATA_LINK);
-        let euid = nix::unistd::geteuid().as_raw();
-        let egid = nix::unistd::getegid().as_raw();
         let mut changed = Vec::new();
         let mut created = Vec::new();
         for (name, want) in payload {
@@ -235,14 +293,18 @@ impl AtomicDir {
                 created.push(name.clone());
                 continue;
             };
-            let same = visible.file_type().is_symlink()
+            let same_meta = visible.file_type().is_symlink()
                 && meta.mode() & 0o7777 == want.mode
                 && meta.uid() == want.uid.unwrap_or(euid)
                 && meta.gid() == want.gid.unwrap_or(egid)
-                && meta.len() == want.bytes.len() as u64
-                && fs::read(&path)
-                    .map(Zeroizing::new)
-                    .is_ok_and(|have| *have == *want.bytes);
+                && meta.len() == want.bytes.len() as u64;
+            let same = same_meta
+                && match self.published.get(name) {
+                    Some(digest) => digests.get(name) == Some(digest),
+                    None => fs::read(&path)
+                        .map(Zeroizing::new)
+                        .is_ok_and(|have| *have == *want.bytes),
+                };
             if !same {
                 changed.push(name.clone());
             }
@@ -364,7 +426,7 @@ mod tests {
     #[test]
     fn writes_links_and_modes() {
         let dir = shm_dir();
-        let out = AtomicDir::open(dir.path(), false).unwrap();
+        let mut out = AtomicDir::open(dir.path(), false).unwrap();
         assert!(
             out.write(&payload(&[("a", b"one", 0o400), ("b", b"two", 0o440)]))
                 .unwrap()
@@ -384,7 +446,7 @@ mod tests {
     #[test]
     fn unchanged_content_writes_nothing() {
         let dir = shm_dir();
-        let out = AtomicDir::open(dir.path(), false).unwrap();
+        let mut out = AtomicDir::open(dir.path(), false).unwrap();
         let p = payload(&[("a", b"one", 0o400)]);
         assert!(out.write(&p).unwrap().written);
         let before = fs::read_link(dir.path().join(DATA_LINK)).unwrap();
@@ -399,9 +461,55 @@ mod tests {
     }
 
     #[test]
+    fn published_files_are_compared_by_digest_not_read_back() {
+        let dir = shm_dir();
+        let mut out = AtomicDir::open(dir.path(), false).unwrap();
+        let p = payload(&[("a", b"one", 0o400), ("b", b"two", 0o400)]);
+        out.write(&p).unwrap();
+        // Same size, same mode: only reading the file would tell it apart.
+        // The writer must not read it (the app may own it, unreadable to
+        // the sidecar), so the digest of what it wrote decides.
+        let real = fs::canonicalize(dir.path().join("a")).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&real, b"xxx").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(out.write(&p).unwrap(), WriteOutcome::default());
+
+        // A new value of `b` rewrites the directory but reports only `b`.
+        let next = payload(&[("a", b"one", 0o400), ("b", b"TWO", 0o400)]);
+        let outcome = out.write(&next).unwrap();
+        assert!(outcome.written);
+        assert_eq!(
+            outcome.changed,
+            vec![FileName::try_from("b".to_string()).unwrap()]
+        );
+        // The digest covers the owner and mode too.
+        let mut chowned = payload(&[("a", b"one", 0o400), ("b", b"TWO", 0o400)]);
+        for content in chowned.values_mut() {
+            content.gid = Some(nix::unistd::getegid().as_raw());
+        }
+        assert_eq!(out.write(&chowned).unwrap(), WriteOutcome::default());
+        assert!(format!("{out:?}").contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn a_restarted_writer_reads_what_it_did_not_write() {
+        let dir = shm_dir();
+        let p = payload(&[("a", b"one", 0o400)]);
+        AtomicDir::open(dir.path(), false)
+            .unwrap()
+            .write(&p)
+            .unwrap();
+        let mut again = AtomicDir::open(dir.path(), false).unwrap();
+        assert_eq!(again.write(&p).unwrap(), WriteOutcome::default());
+        let outcome = again.write(&payload(&[("a", b"two", 0o400)])).unwrap();
+        assert_eq!(outcome.changed.len(), 1);
+    }
+
+    #[test]
     fn reports_only_the_files_that_changed() {
         let dir = shm_dir();
-        let out = AtomicDir::open(dir.path(), false).unwrap();
+        let mut out = AtomicDir::open(dir.path(), false).unwrap();
         let first = out
             .write(&payload(&[("a", b"1", 0o400), ("b", b"1", 0o400)]))
             .unwrap();
@@ -422,7 +530,7 @@ mod tests {
     #[test]
     fn updates_remove_old_directories_and_dropped_files() {
         let dir = shm_dir();
-        let out = AtomicDir::open(dir.path(), false).unwrap();
+        let mut out = AtomicDir::open(dir.path(), false).unwrap();
         out.write(&payload(&[("a", b"1", 0o400), ("b", b"1", 0o400)]))
             .unwrap();
         out.write(&payload(&[("a", b"2", 0o400)])).unwrap();

@@ -416,6 +416,18 @@ impl SidecarProcess {
         secrets_yaml: &str,
         options: SidecarOptions<'_>,
     ) -> Self {
+        Self::start_wrapped(&[], endpoint, token, secrets_yaml, options)
+    }
+
+    /// Like [`Self::start_with`], run through `wrapper` (a program and its
+    /// arguments, e.g. `setpriv` dropping capabilities) when it is not empty.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        endpoint: &str,
+        token: &str,
+        secrets_yaml: &str,
+        options: SidecarOptions<'_>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out_dir = tempfile::Builder::new()
             .prefix("coffer-e2e-")
@@ -434,7 +446,14 @@ impl SidecarProcess {
             ),
         )
         .unwrap();
-        let mut command = Command::new(binary("coffer-sidecar"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("coffer-sidecar"));
+                command
+            }
+            None => Command::new(binary("coffer-sidecar")),
+        };
         command.arg("--config").arg(&config).args(options.args);
         let process = Process::spawn(command, dir.path().join("sidecar.log"));
         Self {
@@ -454,12 +473,17 @@ impl SidecarProcess {
 
     /// The address the admin endpoint bound (configure `adminListen: 127.0.0.1:0`).
     pub fn admin_addr(&self) -> String {
-        let output =
-            strip_ansi(&self.wait_for_log("admin endpoint listening", Duration::from_secs(20)));
-        let line = output
-            .lines()
-            .find(|l| l.contains("admin endpoint listening"))
-            .unwrap();
+        self.listening_addr("admin endpoint listening")
+    }
+
+    /// The address the quit endpoint bound (configure `quitListen: 127.0.0.1:0`).
+    pub fn quit_addr(&self) -> String {
+        self.listening_addr("quit endpoint listening")
+    }
+
+    fn listening_addr(&self, message: &str) -> String {
+        let output = strip_ansi(&self.wait_for_log(message, Duration::from_secs(20)));
+        let line = output.lines().find(|l| l.contains(message)).unwrap();
         let start = line.find("addr=").unwrap() + "addr=".len();
         line[start..].split_whitespace().next().unwrap().to_string()
     }

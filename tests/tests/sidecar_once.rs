@@ -97,3 +97,71 @@ async fn once_exits_64_on_a_bad_configuration() {
     assert_eq!(status.code(), Some(64));
     assert!(sidecar.process.output().contains("invalid configuration"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_timeout_bounds_an_attempt_against_a_broker_that_never_answers() {
+    // Accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept() {
+            open.push(stream);
+            if open.len() > 16 {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut sidecar = SidecarProcess::start_with(
+        &endpoint,
+        &mint(Key::Ec, "shop", "web"),
+        "  - {path: shop/db#password, file: password}\n",
+        SidecarOptions {
+            args: &["--once", "--once-timeout", "2"],
+            ..Default::default()
+        },
+    );
+    let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
+    let took = started.elapsed();
+    let output = sidecar.process.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{output}");
+    assert!(output.contains("gave up after"), "{output}");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_fails_at_once_when_chown_is_not_permitted() {
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_map("shop/db", &[("password", "pw")]).await;
+    let started = std::time::Instant::now();
+    // Root without CAP_CHOWN: giving the file to uid 4321 is EPERM.
+    let mut sidecar = SidecarProcess::start_wrapped(
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-chown",
+            "--inh-caps",
+            "-chown",
+            "--",
+        ],
+        &broker.endpoint,
+        &mint(Key::Ec, "shop", "web"),
+        "  - {path: shop/db#password, file: password, uid: 4321}\n",
+        SidecarOptions {
+            args: &["--once", "--once-timeout", "60"],
+            ..Default::default()
+        },
+    );
+    let status = sidecar.process.wait(Duration::from_secs(30)).unwrap();
+    let output = sidecar.process.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not at once:\n{output}"
+    );
+    assert!(output.contains("chown"), "{output}");
+    assert!(!output.contains("retrying"), "not retried:\n{output}");
+    assert!(!sidecar.file("password").exists());
+}
