@@ -152,6 +152,16 @@ impl Broker {
 
     /// Writes one audit record. Fails closed unless the log is fail-open.
     async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
+        self.write_audit(event, false).await
+    }
+
+    /// Writes (or counts, see [`AuditLog::record_auth_failure`]) the record
+    /// of a failed authentication. Fails closed like [`Broker::audit`].
+    async fn audit_auth_failure(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
+        self.write_audit(event, true).await
+    }
+
+    async fn write_audit(&self, event: &AuditEvent<'_>, auth_failure: bool) -> Result<(), ApiError> {
         let log = self
             .inner
             .audit
@@ -161,7 +171,13 @@ impl Broker {
         let Some(log) = log else {
             return Ok(());
         };
-        match log.record(event) {
+        // The write happens on the audit writer thread; this only awaits it.
+        let result = if auth_failure {
+            log.record_auth_failure(event).await
+        } else {
+            log.record(event).await
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(error) if log.is_fail_open() => {
                 tracing::error!(%error, "audit record lost (audit is fail-open)");
@@ -221,8 +237,14 @@ impl Broker {
         match self.verify_caller(request).await {
             Ok(who) => Ok(who),
             Err(error) => {
-                self.audit(&call.event(None, None, None, Outcome::Deny, error.reason()))
-                    .await?;
+                self.audit_auth_failure(&call.event(
+                    None,
+                    None,
+                    None,
+                    Outcome::Deny,
+                    error.reason(),
+                ))
+                .await?;
                 Err(error.into())
             }
         }
