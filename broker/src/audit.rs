@@ -179,7 +179,9 @@ enum Link {
 
 impl Link {
     fn new(key: Option<&[u8]>) -> Self {
-        key.map_or(Self::Sha256, |k| Self::Hmac(hmac::Key::new(hmac::HMAC_SHA256, k)))
+        key.map_or(Self::Sha256, |k| {
+            Self::Hmac(hmac::Key::new(hmac::HMAC_SHA256, k))
+        })
     }
 
     fn hash(&self, line: &[u8]) -> String {
@@ -661,7 +663,9 @@ impl RotatingFile {
         let excess = rotated.len().saturating_sub(self.keep);
         for (_, old) in rotated.into_iter().take(excess) {
             match std::fs::remove_file(&old) {
-                Ok(()) => tracing::info!(path = %old.display(), "oldest rotated audit file deleted"),
+                Ok(()) => {
+                    tracing::info!(path = %old.display(), "oldest rotated audit file deleted")
+                }
                 Err(error) => {
                     tracing::warn!(path = %old.display(), %error, "cannot delete a rotated audit file");
                 }
@@ -1094,9 +1098,16 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(records.len(), 3, "{text}");
-        let counts: Vec<_> = records.iter().map(|r| r["count"].as_u64().unwrap()).collect();
+        let counts: Vec<_> = records
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .collect();
         assert_eq!(counts.iter().sum::<u64>(), 101);
-        assert!(records.iter().any(|r| r["count"] == 99 && r["peer"] == "10.0.0.1"));
+        assert!(
+            records
+                .iter()
+                .any(|r| r["count"] == 99 && r["peer"] == "10.0.0.1")
+        );
         verify([("a", text.as_bytes())]).unwrap();
     }
 

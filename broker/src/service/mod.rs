@@ -161,7 +161,11 @@ impl Broker {
         self.write_audit(event, true).await
     }
 
-    async fn write_audit(&self, event: &AuditEvent<'_>, auth_failure: bool) -> Result<(), ApiError> {
+    async fn write_audit(
+        &self,
+        event: &AuditEvent<'_>,
+        auth_failure: bool,
+    ) -> Result<(), ApiError> {
         let log = self
             .inner
             .audit

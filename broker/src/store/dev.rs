@@ -182,7 +182,10 @@ impl SecretStore for DevStore {
             // Seal the document as it will be, then take the new version
             // back out: readers see it only once it is on disk.
             let sealed = self.persistence.as_ref().map(|p| {
-                secrets.entry(path.to_string()).or_default().push(new.clone());
+                secrets
+                    .entry(path.to_string())
+                    .or_default()
+                    .push(new.clone());
                 let sealed = p.seal(&secrets);
                 if let Some(versions) = secrets.get_mut(path) {
                     versions.pop();
@@ -526,7 +529,10 @@ mod tests {
             store.put("a", write(b"1")).await,
             Err(StoreError::Internal(_))
         ));
-        assert!(matches!(store.get("a", None).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            store.get("a", None).await,
+            Err(StoreError::NotFound)
+        ));
         assert_eq!(*store.subscribe("a").borrow(), 0);
     }
 
