@@ -1111,6 +1111,44 @@ mod tests {
         verify([("a", text.as_bytes())]).unwrap();
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stalled_sink_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        // A reader that opens the pipe but reads only when told: once the
+        // pipe's buffer is full, every write blocks.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || {
+                let mut pipe = File::open(&fifo).unwrap();
+                wait.recv().unwrap();
+                let mut all = String::new();
+                pipe.read_to_string(&mut all).unwrap();
+                all.lines().count()
+            }
+        });
+        let log = std::sync::Arc::new(AuditLog::file(&fifo, 0).unwrap());
+        let writes = tokio::spawn({
+            let log = log.clone();
+            async move {
+                for i in 0..1000 {
+                    log.record(&event(&format!("r{i}"))).await.unwrap();
+                }
+            }
+        });
+        // ~300 KB of records against a 64 KiB pipe: the writer is stuck, yet
+        // this single-threaded runtime still runs timers and tasks.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!writes.is_finished(), "the pipe never filled up");
+        go.send(()).unwrap();
+        writes.await.unwrap();
+        drop(log);
+        assert_eq!(reader.join().unwrap(), 1000);
+    }
+
     #[tokio::test]
     async fn an_unwritable_sink_reports_an_error_and_the_chain_holds() {
         let log = AuditLog::file(Path::new("/dev/full"), 0).unwrap();
