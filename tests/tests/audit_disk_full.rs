@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use coffer::{Code, SecretBytes, SecretData};
+use coffer::Code;
 use coffer_tests::{BrokerProcess, Key, POLICY, cofferctl, mint};
 
 /// A 64 KiB tmpfs, unmounted on drop.
@@ -57,16 +57,7 @@ async fn a_record_cut_short_by_a_full_disk_does_not_break_the_chain() {
             "0s",
         ],
     );
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            "shop/db",
-            SecretData::Bytes(SecretBytes::from(&b"v"[..])),
-            "",
-            None,
-        )
-        .await
-        .unwrap();
+    broker.put_bytes("shop/db", b"v").await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     web.get("shop/db").await.unwrap();
 

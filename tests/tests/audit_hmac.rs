@@ -3,7 +3,7 @@
 
 use std::{ffi::OsStr, path::Path, time::Duration};
 
-use coffer::{Code, SecretBytes, SecretData};
+use coffer::Code;
 use coffer_tests::{BrokerProcess, Key, POLICY, cofferctl, eventually, mint};
 
 fn verify(file: &Path, key: Option<&Path>) -> (i32, String) {
@@ -30,16 +30,7 @@ async fn keyed_broker(dir: &Path) -> BrokerProcess {
             "1s",
         ],
     );
-    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    admin
-        .put(
-            "shop/db",
-            SecretData::Bytes(SecretBytes::from(&b"v"[..])),
-            "",
-            None,
-        )
-        .await
-        .unwrap();
+    broker.put_bytes("shop/db", b"v").await;
     let intruder = broker.client(mint(Key::Rsa, "shop", "intruder")).await;
     assert_eq!(
         intruder.get("shop/db").await.unwrap_err().code(),

@@ -206,6 +206,11 @@ mod tests {
     use super::*;
     use crate::auth::signer::DevSigner;
 
+    fn kid_of(signer: &DevSigner) -> String {
+        let jwks: serde_json::Value = serde_json::from_str(&signer.jwks_json()).unwrap();
+        jwks["keys"][0]["kid"].as_str().unwrap().to_string()
+    }
+
     #[tokio::test]
     async fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -214,10 +219,6 @@ mod tests {
         let b = DevSigner::generate("https://i").unwrap();
         std::fs::write(&path, a.jwks_json()).unwrap();
         let keys = FileKeys::load(&path, KeyFileFormat::Jwks, Duration::ZERO).unwrap();
-        let kid_of = |s: &DevSigner| {
-            let jwks: serde_json::Value = serde_json::from_str(&s.jwks_json()).unwrap();
-            jwks["keys"][0]["kid"].as_str().unwrap().to_string()
-        };
         assert!(keys.current().unwrap().contains_kid(&kid_of(&a)));
 
         std::fs::write(&path, b.jwks_json()).unwrap();
@@ -238,8 +239,7 @@ mod tests {
         std::fs::write(&path, a.jwks_json()).unwrap();
         let keys = FileKeys::load(&path, KeyFileFormat::Jwks, Duration::ZERO).unwrap();
         std::fs::write(&path, b.jwks_json()).unwrap();
-        let jwks: serde_json::Value = serde_json::from_str(&b.jwks_json()).unwrap();
-        let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
+        let kid = kid_of(&b);
         // The first call answers at once with what it has; a later one sees
         // the reloaded file.
         let deadline = Instant::now() + Duration::from_secs(10);
