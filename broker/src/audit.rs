@@ -259,6 +259,9 @@ enum Message {
     Head {
         reply: oneshot::Sender<(u64, String)>,
     },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The audit trail. Writes are serialized on one thread: the chain is one
@@ -374,6 +377,14 @@ impl AuditLog {
         rx.await.map_err(|_| AuditError::Stopped)
     }
 
+    /// Writes the pending counts of aggregated authentication failures now
+    /// and logs the chain head; for shutdown.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Message::Flush { reply })?;
+        rx.await.map_err(|_| AuditError::Stopped)
+    }
+
     fn send(&self, message: Message) -> Result<(), AuditError> {
         self.tx
             .as_ref()
@@ -417,9 +428,14 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: &mpsc::Receiver<Message>) {
-        let tick = self
-            .aggregate_interval
-            .min(self.head_interval.unwrap_or(Duration::MAX))
+        // Wake often enough to end aggregation intervals and log the head
+        // roughly on time, and no more often than needed.
+        let tick = [Some(self.aggregate_interval), self.head_interval]
+            .into_iter()
+            .flatten()
+            .filter(|d| !d.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             match rx.recv_timeout(tick) {
@@ -431,6 +447,11 @@ impl Writer {
                 }
                 Ok(Message::Head { reply }) => {
                     let _ = reply.send((self.seq, self.prev.clone()));
+                }
+                Ok(Message::Flush { reply }) => {
+                    self.flush_windows(true);
+                    self.log_head();
+                    let _ = reply.send(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {

@@ -287,14 +287,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             coffer_broker::reload::fingerprint(&policy_text),
         );
     }
-    run_listener(
+    let at_shutdown = broker.clone();
+    let served = run_listener(
         broker,
         tls,
         &args.listen,
         args.addr_file.as_deref(),
         shutdown_signal(),
     )
-    .await
+    .await;
+    at_shutdown.flush_audit().await;
+    served
 }
 
 /// Opens the audit trail at `path` (`-`: stdout) as the flags say.

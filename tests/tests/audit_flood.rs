@@ -82,6 +82,37 @@ async fn five_hundred_bad_tokens_make_a_handful_of_counted_records() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn counts_still_pending_are_written_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let mut broker = BrokerProcess::start_with(
+        POLICY,
+        &[
+            "--audit-file",
+            audit.to_str().unwrap(),
+            "--audit-aggregate-interval",
+            "1h",
+        ],
+    );
+    let forger = broker.client(mint(Key::ForeignRsa, "shop", "web")).await;
+    for _ in 0..20 {
+        assert_eq!(
+            forger.get("shop/db").await.unwrap_err().code(),
+            Some(Code::Unauthenticated)
+        );
+    }
+    drop(forger);
+    broker.process.terminate();
+    assert!(broker.process.wait(Duration::from_secs(20)).is_some());
+    let counts: Vec<u64> = records(&audit)
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 19]);
+    assert!(broker.process.output().contains("audit chain head"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rotation_keeps_at_most_n_files_and_the_pruned_trail_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");

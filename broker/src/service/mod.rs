@@ -145,6 +145,24 @@ impl Broker {
         self
     }
 
+    fn audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.inner
+            .audit
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes what the audit trail still holds in memory (aggregated
+    /// failure counts); call at shutdown.
+    pub async fn flush_audit(&self) {
+        if let Some(log) = self.audit_log()
+            && let Err(error) = log.flush().await
+        {
+            tracing::error!(%error, "audit trail not flushed at shutdown");
+        }
+    }
+
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         Arc::clone(&self.inner.policy.borrow())
@@ -166,13 +184,7 @@ impl Broker {
         event: &AuditEvent<'_>,
         auth_failure: bool,
     ) -> Result<(), ApiError> {
-        let log = self
-            .inner
-            .audit
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(log) = log else {
+        let Some(log) = self.audit_log() else {
             return Ok(());
         };
         // The write happens on the audit writer thread; this only awaits it.
