@@ -112,6 +112,23 @@ struct ServeArgs {
     /// Rotate the audit file once it would exceed this many bytes (0: never).
     #[arg(long, env = "COFFER_AUDIT_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
     audit_max_bytes: u64,
+    /// Keep at most this many rotated audit files, deleting the oldest
+    /// (0: keep all). The oldest kept file then starts the chain.
+    #[arg(long, env = "COFFER_AUDIT_KEEP", default_value_t = coffer_broker::audit::DEFAULT_KEEP)]
+    audit_keep: usize,
+    /// Link audit records with HMAC-SHA256 keyed by this file's bytes, so
+    /// that whoever can write the trail but not read the key cannot
+    /// recompute the chain.
+    #[arg(long, env = "COFFER_AUDIT_HMAC_KEY_FILE")]
+    audit_hmac_key_file: Option<PathBuf>,
+    /// Count repeated authentication failures from one peer IP (per RPC and
+    /// reason) into one audit record per interval (0s: one record each).
+    #[arg(long, env = "COFFER_AUDIT_AGGREGATE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    audit_aggregate_interval: Duration,
+    /// Log the audit chain head (next seq, last hash) at info this often
+    /// (0s: never), so records cut off the end can be detected.
+    #[arg(long, env = "COFFER_AUDIT_HEAD_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    audit_head_interval: Duration,
     /// Serve requests even when the audit trail cannot be written. By default
     /// they are refused (UNAVAILABLE).
     #[arg(long, env = "COFFER_AUDIT_FAIL_OPEN")]
@@ -235,12 +252,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let audit = match &args.audit_file {
         None => None,
-        Some(path) if path.as_os_str() == "-" => Some(AuditLog::stdout()),
-        Some(path) => {
-            Some(AuditLog::file(path, args.audit_max_bytes).map_err(|e| usage(e.to_string()))?)
-        }
-    }
-    .map(|log| log.fail_open(args.audit_fail_open));
+        Some(path) => Some(open_audit(&args, path)?.fail_open(args.audit_fail_open)),
+    };
     let store: Arc<dyn SecretStore> = match &args.dev_store_file {
         _ if args.store == StoreKind::Vault => vault_store(&args).await?,
         None => Arc::new(DevStore::in_memory()),
@@ -277,14 +290,49 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             coffer_broker::reload::fingerprint(&policy_text),
         );
     }
-    run_listener(
+    let at_shutdown = broker.clone();
+    let served = run_listener(
         broker,
         tls,
         &args.listen,
         args.addr_file.as_deref(),
         shutdown_signal(),
     )
-    .await
+    .await;
+    at_shutdown.flush_audit().await;
+    served
+}
+
+/// Opens the audit trail at `path` (`-`: stdout) as the flags say.
+fn open_audit(args: &ServeArgs, path: &std::path::Path) -> anyhow::Result<AuditLog> {
+    use coffer_broker::audit::{AuditOptions, AuditSink};
+    let sink = if path.as_os_str() == "-" {
+        AuditSink::Stdout
+    } else {
+        AuditSink::File(path.to_path_buf())
+    };
+    let hmac_key = match &args.audit_hmac_key_file {
+        None => None,
+        Some(file) => {
+            let key = zeroize::Zeroizing::new(
+                std::fs::read(file)
+                    .map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?,
+            );
+            if key.is_empty() {
+                return Err(usage(format!("{} is empty", file.display())));
+            }
+            Some(key)
+        }
+    };
+    let options = AuditOptions {
+        max_bytes: args.audit_max_bytes,
+        keep: args.audit_keep,
+        hmac_key,
+        aggregate_interval: args.audit_aggregate_interval,
+        head_interval: Some(args.audit_head_interval).filter(|d| !d.is_zero()),
+        ..AuditOptions::new(sink)
+    };
+    AuditLog::open(options).map_err(|e| usage(e.to_string()))
 }
 
 async fn vault_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn SecretStore>> {

@@ -138,11 +138,15 @@ enum PolicyCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain of audit files given oldest first
-    /// (e.g. `audit.log.* audit.log`); names the first broken record.
+    /// (e.g. `audit.log.* audit.log`); names the first broken record. A
+    /// trail whose oldest files were pruned starts at its first record.
     /// Exits 0 when intact, 1 when broken, 2 when a file cannot be read.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The broker's --audit-hmac-key-file: check an HMAC-linked chain.
+        #[arg(long)]
+        hmac_key_file: Option<PathBuf>,
     },
 }
 
@@ -221,7 +225,20 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
 }
 
 fn audit_command(command: AuditCommand) -> ExitCode {
-    let AuditCommand::Verify { files } = command;
+    let AuditCommand::Verify {
+        files,
+        hmac_key_file,
+    } = command;
+    let key = match &hmac_key_file {
+        None => None,
+        Some(file) => match std::fs::read(file) {
+            Ok(bytes) => Some(zeroize::Zeroizing::new(bytes)),
+            Err(e) => {
+                eprintln!("cofferctl: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let mut contents = Vec::with_capacity(files.len());
     for file in &files {
         match std::fs::read(file) {
@@ -232,7 +249,10 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             }
         }
     }
-    match audit::verify(contents.iter().map(|(n, b)| (n.as_str(), b.as_slice()))) {
+    match audit::verify_keyed(
+        contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+        key.as_deref().map(Vec::as_slice),
+    ) {
         Ok(summary) => {
             say!(
                 "intact: {} records from seq {}; last record hash {}",

@@ -126,6 +126,15 @@ impl Process {
         None
     }
 
+    /// Asks the process to stop (SIGTERM), as Kubernetes does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Stops the process with SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

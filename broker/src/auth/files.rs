@@ -5,10 +5,16 @@
 //! second when a token names an unknown `kid`); it is re-parsed only when its
 //! SHA-256 changed. A file that fails to read or parse leaves the last good
 //! keys in place, so a half-written update cannot lock every workload out.
+//! Checks read the file with `tokio::fs` (the blocking pool): a check due
+//! during a verification runs in the background and the verification uses
+//! the keys it has.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -51,10 +57,16 @@ struct State {
 
 /// A key file, reloaded when it changes.
 pub struct FileKeys {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     path: PathBuf,
     format: KeyFileFormat,
     interval: Duration,
     state: Mutex<State>,
+    /// A background reload is under way; `current` starts no second one.
+    reloading: AtomicBool,
 }
 
 impl FileKeys {
@@ -67,17 +79,22 @@ impl FileKeys {
         let path = path.into();
         let (keys, digest) = read(&path, format)?;
         Ok(Self {
-            path,
-            format,
-            interval,
-            state: Mutex::new(State {
-                keys: Arc::new(keys),
-                digest,
-                checked: Instant::now(),
+            shared: Arc::new(Shared {
+                path,
+                format,
+                interval,
+                state: Mutex::new(State {
+                    keys: Arc::new(keys),
+                    digest,
+                    checked: Instant::now(),
+                }),
+                reloading: AtomicBool::new(false),
             }),
         })
     }
+}
 
+impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // State is replaced whole; a panic mid-update cannot leave it torn.
         self.state
@@ -85,24 +102,52 @@ impl FileKeys {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn check(&self, at_least: Duration) -> Arc<KeySet> {
+    /// The keys now. When a check is due, the file is read in the
+    /// background (on a runtime) and this call does not wait for it: the
+    /// verifying request never blocks on the disk.
+    fn current(self: &Arc<Self>) -> Arc<KeySet> {
         let mut state = self.lock();
-        if state.checked.elapsed() < at_least {
-            return state.keys.clone();
+        if state.checked.elapsed() >= self.interval
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.reloading.swap(true, Ordering::AcqRel)
+        {
+            state.checked = Instant::now();
+            let shared = Arc::clone(self);
+            runtime.spawn(async move {
+                shared.reload().await;
+                shared.reloading.store(false, Ordering::Release);
+            });
         }
-        state.checked = Instant::now();
-        let bytes = match std::fs::read(&self.path) {
+        state.keys.clone()
+    }
+
+    /// Reads the file again unless it was read less than `at_least` ago.
+    async fn check(&self, at_least: Duration) -> Arc<KeySet> {
+        {
+            let mut state = self.lock();
+            if state.checked.elapsed() < at_least {
+                return state.keys.clone();
+            }
+            state.checked = Instant::now();
+        }
+        self.reload().await
+    }
+
+    async fn reload(&self) -> Arc<KeySet> {
+        let bytes = match tokio::fs::read(&self.path).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "key file unreadable; keeping the last good keys");
-                return state.keys.clone();
+                return self.lock().keys.clone();
             }
         };
         let digest = sha256(&bytes);
-        if digest == state.digest {
-            return state.keys.clone();
+        if digest == self.lock().digest {
+            return self.lock().keys.clone();
         }
-        match parse(&bytes, self.format) {
+        let parsed = parse(&bytes, self.format);
+        let mut state = self.lock();
+        match parsed {
             Ok(keys) => {
                 tracing::info!(path = %self.path.display(), keys = keys.len(), "key file reloaded");
                 state.keys = Arc::new(keys);
@@ -119,11 +164,15 @@ impl FileKeys {
 #[async_trait]
 impl KeySource for FileKeys {
     fn current(&self) -> Option<Arc<KeySet>> {
-        Some(self.check(self.interval))
+        Some(self.shared.current())
     }
 
     async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
-        Some(self.check(UNKNOWN_KID_INTERVAL.min(self.interval)))
+        Some(
+            self.shared
+                .check(UNKNOWN_KID_INTERVAL.min(self.shared.interval))
+                .await,
+        )
     }
 }
 
@@ -157,6 +206,11 @@ mod tests {
     use super::*;
     use crate::auth::signer::DevSigner;
 
+    fn kid_of(signer: &DevSigner) -> String {
+        let jwks: serde_json::Value = serde_json::from_str(&signer.jwks_json()).unwrap();
+        jwks["keys"][0]["kid"].as_str().unwrap().to_string()
+    }
+
     #[tokio::test]
     async fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -165,18 +219,34 @@ mod tests {
         let b = DevSigner::generate("https://i").unwrap();
         std::fs::write(&path, a.jwks_json()).unwrap();
         let keys = FileKeys::load(&path, KeyFileFormat::Jwks, Duration::ZERO).unwrap();
-        let kid_of = |s: &DevSigner| {
-            let jwks: serde_json::Value = serde_json::from_str(&s.jwks_json()).unwrap();
-            jwks["keys"][0]["kid"].as_str().unwrap().to_string()
-        };
         assert!(keys.current().unwrap().contains_kid(&kid_of(&a)));
 
         std::fs::write(&path, b.jwks_json()).unwrap();
-        let now = keys.current().unwrap();
+        let now = keys.refresh_for_unknown_kid().await.unwrap();
         assert!(now.contains_kid(&kid_of(&b)) && !now.contains_kid(&kid_of(&a)));
 
         std::fs::write(&path, "{ not json").unwrap();
+        keys.refresh_for_unknown_kid().await;
         assert!(keys.current().unwrap().contains_kid(&kid_of(&b)));
+    }
+
+    #[tokio::test]
+    async fn a_due_check_reloads_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let a = DevSigner::generate("https://i").unwrap();
+        let b = DevSigner::generate("https://i").unwrap();
+        std::fs::write(&path, a.jwks_json()).unwrap();
+        let keys = FileKeys::load(&path, KeyFileFormat::Jwks, Duration::ZERO).unwrap();
+        std::fs::write(&path, b.jwks_json()).unwrap();
+        let kid = kid_of(&b);
+        // The first call answers at once with what it has; a later one sees
+        // the reloaded file.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !keys.current().unwrap().contains_kid(&kid) {
+            assert!(Instant::now() < deadline, "the file was never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

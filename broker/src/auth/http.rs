@@ -161,7 +161,7 @@ impl HttpClient {
         // credential: only the configured server is trusted with it.
         let same_origin = origin(url).is_ok_and(|o| o == self.credential_origin);
         if let Some(path) = self.token_file.as_ref().filter(|_| same_origin) {
-            let token = read_token(path)?;
+            let token = read_token(path).await?;
             let mut value =
                 header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
                     .map_err(|_| HttpError::Credentials {
@@ -217,11 +217,14 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     out
 }
 
-fn read_token(path: &Path) -> Result<SecretString, HttpError> {
-    let raw = std::fs::read_to_string(path).map_err(|source| HttpError::Credentials {
-        path: path.to_owned(),
-        source,
-    })?;
+/// Re-read on every request (projected tokens rotate), off the async workers.
+async fn read_token(path: &Path) -> Result<SecretString, HttpError> {
+    let raw = zeroize::Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|source| {
+        HttpError::Credentials {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
     Ok(SecretString::from(raw.trim().to_string()))
 }
 

@@ -151,6 +151,24 @@ impl Broker {
         self.inner.authn.issuers()
     }
 
+    fn audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.inner
+            .audit
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes what the audit trail still holds in memory (aggregated
+    /// failure counts); call at shutdown.
+    pub async fn flush_audit(&self) {
+        if let Some(log) = self.audit_log()
+            && let Err(error) = log.flush().await
+        {
+            tracing::error!(%error, "audit trail not flushed at shutdown");
+        }
+    }
+
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         Arc::clone(&self.inner.policy.borrow())
@@ -158,16 +176,30 @@ impl Broker {
 
     /// Writes one audit record. Fails closed unless the log is fail-open.
     async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
-        let log = self
-            .inner
-            .audit
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(log) = log else {
+        self.write_audit(event, false).await
+    }
+
+    /// Writes (or counts, see [`AuditLog::record_auth_failure`]) the record
+    /// of a failed authentication. Fails closed like [`Broker::audit`].
+    async fn audit_auth_failure(&self, event: &AuditEvent<'_>) -> Result<(), ApiError> {
+        self.write_audit(event, true).await
+    }
+
+    async fn write_audit(
+        &self,
+        event: &AuditEvent<'_>,
+        auth_failure: bool,
+    ) -> Result<(), ApiError> {
+        let Some(log) = self.audit_log() else {
             return Ok(());
         };
-        match log.record(event) {
+        // The write happens on the audit writer thread; this only awaits it.
+        let result = if auth_failure {
+            log.record_auth_failure(event).await
+        } else {
+            log.record(event).await
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(error) if log.is_fail_open() => {
                 tracing::error!(%error, "audit record lost (audit is fail-open)");
@@ -239,8 +271,14 @@ impl Broker {
         match self.verify_caller(request).await {
             Ok(who) => Ok(who),
             Err(error) => {
-                self.audit(&call.event(None, None, None, Outcome::Deny, error.reason()))
-                    .await?;
+                self.audit_auth_failure(&call.event(
+                    None,
+                    None,
+                    None,
+                    Outcome::Deny,
+                    error.reason(),
+                ))
+                .await?;
                 Err(error.into())
             }
         }

@@ -44,6 +44,9 @@ pub struct DevStore {
     secrets: Mutex<HashMap<String, Vec<Version>>>,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     persistence: Option<Persistence>,
+    /// Serializes writers, so the file is written outside the `secrets`
+    /// lock (and off the async workers) while no other write interleaves.
+    writer: tokio::sync::Mutex<()>,
 }
 
 struct Persistence {
@@ -98,6 +101,7 @@ impl DevStore {
             secrets: Mutex::default(),
             watchers: Mutex::default(),
             persistence: None,
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -118,6 +122,7 @@ impl DevStore {
             secrets: Mutex::new(secrets),
             watchers: Mutex::default(),
             persistence: Some(persistence),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -159,39 +164,53 @@ impl SecretStore for DevStore {
     }
 
     async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
-        let version = {
+        let _writing = self.writer.lock().await;
+        let new = Version {
+            data: write.data,
+            content_type: write.content_type,
+            created_at: SystemTime::now(),
+            labels: write.labels,
+        };
+        let (version, sealed) = {
             let mut secrets = self.lock_secrets();
-            let versions = secrets.entry(path.to_string()).or_default();
-            let current = versions.len() as u64;
+            let current = secrets.get(path).map_or(0, |v| v.len() as u64);
             if let Some(cas) = write.cas
                 && cas != current
             {
-                if versions.is_empty() {
-                    secrets.remove(path);
-                }
                 return Err(StoreError::CasMismatch { current });
             }
-            versions.push(Version {
-                data: write.data,
-                content_type: write.content_type,
-                created_at: SystemTime::now(),
-                labels: write.labels,
-            });
-            let version = versions.len() as u64;
-            if let Some(p) = &self.persistence
-                && let Err(e) = p.save(&secrets)
-            {
-                // Keep memory and file in agreement: undo the write.
+            // Seal the document as it will be, then take the new version
+            // back out: readers see it only once it is on disk.
+            let sealed = self.persistence.as_ref().map(|p| {
+                secrets
+                    .entry(path.to_string())
+                    .or_default()
+                    .push(new.clone());
+                let sealed = p.seal(&secrets);
                 if let Some(versions) = secrets.get_mut(path) {
                     versions.pop();
                     if versions.is_empty() {
                         secrets.remove(path);
                     }
                 }
-                return Err(StoreError::Internal(e.to_string()));
-            }
-            version
+                sealed
+            });
+            (current + 1, sealed)
         };
+        if let (Some(p), Some(sealed)) = (&self.persistence, sealed) {
+            let sealed = sealed.map_err(|e| StoreError::Internal(e.to_string()))?;
+            let file = p.path.clone();
+            // The fsync runs on the blocking pool; `writer` keeps other
+            // writes out until it is done.
+            tokio::task::spawn_blocking(move || sealed.write_to(&file))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+        }
+        self.lock_secrets()
+            .entry(path.to_string())
+            .or_default()
+            .push(new);
         self.notify(path, version);
         Ok(version)
     }
@@ -305,7 +324,8 @@ impl Persistence {
             .collect())
     }
 
-    fn save(&self, secrets: &HashMap<String, Vec<Version>>) -> Result<(), DevStoreError> {
+    /// Seals `secrets` in memory; no I/O (see [`Sealed::write_to`]).
+    fn seal(&self, secrets: &HashMap<String, Vec<Version>>) -> Result<Sealed, DevStoreError> {
         let doc = Document {
             secrets: secrets
                 .iter()
@@ -358,13 +378,30 @@ impl Persistence {
             )
             .map_err(|_| self.io(std::io::Error::other("seal failed")))?;
 
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| self.io(e))?;
-        tmp.write_all(MAGIC).map_err(|e| self.io(e))?;
-        tmp.write_all(&nonce).map_err(|e| self.io(e))?;
-        tmp.write_all(&buffer).map_err(|e| self.io(e))?;
-        tmp.as_file().sync_all().map_err(|e| self.io(e))?;
-        tmp.persist(&self.path).map_err(|e| self.io(e.error))?;
+        Ok(Sealed { nonce, buffer })
+    }
+}
+
+/// A sealed document, ready to be written.
+struct Sealed {
+    nonce: [u8; NONCE_LEN],
+    buffer: Zeroizing<Vec<u8>>,
+}
+
+impl Sealed {
+    /// Replaces `path` atomically with this document, fsynced. Blocking.
+    fn write_to(&self, path: &Path) -> Result<(), DevStoreError> {
+        let io = |source| DevStoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        tmp.write_all(MAGIC).map_err(io)?;
+        tmp.write_all(&self.nonce).map_err(io)?;
+        tmp.write_all(&self.buffer).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }
 }
@@ -448,6 +485,55 @@ mod tests {
             DevStore::persistent(&file, &[8u8; 32]),
             Err(DevStoreError::Unseal)
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_persisted_writes_stay_in_order_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store.sealed");
+        let key = [7u8; 32];
+        let store = std::sync::Arc::new(DevStore::persistent(&file, &key).unwrap());
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .put("a", write(format!("v{i}").as_bytes()))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for task in tasks {
+            versions.push(task.await.unwrap());
+        }
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
+        let reloaded = DevStore::persistent(&file, &key).unwrap();
+        assert_eq!(reloaded.versions("a").await.unwrap().0, 8);
+        for v in 1..=8 {
+            assert_eq!(
+                reloaded.get("a", Some(v)).await.unwrap().data,
+                store.get("a", Some(v)).await.unwrap().data
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_leaves_nothing_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gone").join("store.sealed");
+        let store = DevStore::persistent(&file, &[7u8; 32]).unwrap();
+        assert!(matches!(
+            store.put("a", write(b"1")).await,
+            Err(StoreError::Internal(_))
+        ));
+        assert!(matches!(
+            store.get("a", None).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(*store.subscribe("a").borrow(), 0);
     }
 
     #[test]
