@@ -14,8 +14,10 @@
 //! * Concurrent reads of the same path and version make one Vault call
 //!   (single-flight); the result is cached for `cache.ttl` in zeroizing
 //!   buffers, the cache bounded by `cache.maxBytes`.
-//! * A version read that matches the path's current version also fills the
-//!   "latest" entry, so each new version is read from Vault once.
+//! * A version read fills the "latest" entry only when the metadata (or a
+//!   latest read, or our own write) confirmed that version is current, so
+//!   each new version is read from Vault once, and reading an old version of
+//!   a cold path never makes it "latest" for everyone else.
 //! * A deleted or destroyed KV v2 version is [`StoreError::VersionDeleted`],
 //!   never an empty value.
 //! * While Vault is unreachable or sealed, cached values are served until
@@ -82,12 +84,23 @@ struct Inner {
     cache: Mutex<Cache>,
     inflight: Mutex<HashMap<CacheKey, SharedRead>>,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
-    /// The newest version each path is known to have.
-    latest_known: Mutex<HashMap<String, u64>>,
+    /// What is known about each path's versions.
+    latest_known: Mutex<HashMap<String, Known>>,
     health: watch::Sender<bool>,
     last_contact: Mutex<Instant>,
     reads: AtomicU64,
     shutdown: CancellationToken,
+}
+
+/// What the store knows about one path's versions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// The newest version seen anywhere (a lower bound of the current one).
+    newest: u64,
+    /// The version a latest read, the metadata or our own write said was
+    /// current. Only this may let a versioned read fill the latest entry: an
+    /// old version read first on a cold path must not become "latest".
+    current: Option<u64>,
 }
 
 /// Why a Vault call failed, sorted for the caller.
@@ -406,13 +419,25 @@ impl Inner {
         Ok(self.metadata(path).await?.map_or(0, |m| m.current_version))
     }
 
+    /// Records that `version` is current (metadata, a latest read, a write).
+    fn note_current(&self, path: &str, version: u64) {
+        self.latest_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_string())
+            .or_default()
+            .current = Some(version);
+        self.note_version(path, version);
+    }
+
+    /// Records that `version` exists, so the current one is at least that.
     fn note_version(&self, path: &str, version: u64) {
         let newer = {
             let mut known = self.latest_known.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = known.entry(path.to_string()).or_insert(0);
-            let newer = version > *entry;
+            let entry = known.entry(path.to_string()).or_default();
+            let newer = version > entry.newest;
             if newer {
-                *entry = version;
+                entry.newest = version;
             }
             newer
         };
@@ -439,8 +464,16 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(path)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |k| k.newest)
+    }
+
+    /// Whether `version` is confirmed current and nothing newer was seen.
+    fn is_confirmed_current(&self, path: &str, version: u64) -> bool {
+        self.latest_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .is_some_and(|k| k.current == Some(version) && k.newest <= version)
     }
 
     /// Fetches, caches and tells the bookkeeping what it learned.
@@ -450,7 +483,7 @@ impl Inner {
     ) -> Result<StoredSecret, Arc<StoreError>> {
         let result = self.fetch(&key.0, key.1).await;
         if let Ok(secret) = &result {
-            let latest = key.1.is_none() || secret.version >= self.known_version(&key.0);
+            let latest = key.1.is_none() || self.is_confirmed_current(&key.0, secret.version);
             {
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 cache.insert((key.0.clone(), Some(secret.version)), secret.clone());
@@ -458,7 +491,11 @@ impl Inner {
                     cache.insert((key.0.clone(), None), secret.clone());
                 }
             }
-            self.note_version(&key.0, secret.version);
+            if key.1.is_none() {
+                self.note_current(&key.0, secret.version);
+            } else {
+                self.note_version(&key.0, secret.version);
+            }
         }
         self.inflight
             .lock()
@@ -584,7 +621,7 @@ impl SecretStore for VaultStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove_path(path);
-        inner.note_version(path, version);
+        inner.note_current(path, version);
         Ok(version)
     }
 
@@ -620,7 +657,7 @@ impl SecretStore for VaultStore {
             })
             .collect();
         infos.sort_by_key(|v| v.version);
-        self.inner.note_version(path, meta.current_version);
+        self.inner.note_current(path, meta.current_version);
         Ok((meta.current_version, infos))
     }
 
@@ -672,7 +709,7 @@ async fn poll_loop(weak: Weak<Inner>, path: String, shutdown: CancellationToken)
                 return;
             }
             match inner.current_version(&path).await {
-                Ok(version) => inner.note_version(&path, version),
+                Ok(version) => inner.note_current(&path, version),
                 Err(error) => tracing::debug!(path, %error, "polling Vault failed"),
             }
             jittered(inner.config.poll.interval, inner.config.poll.jitter)
