@@ -298,9 +298,9 @@ async fn vault_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn SecretStore>> {
         config.ca_file = Some(ca.clone());
     }
     config.validate().map_err(|e| usage(e.to_string()))?;
-    let store = VaultStore::connect(config)
-        .await
-        .context("connecting to Vault")?;
+    // Vault may start after the broker (any order in a cluster): the first
+    // login is retried in the background while health says NOT_SERVING.
+    let store = VaultStore::start(config).map_err(|e| usage(e.to_string()))?;
     Ok(Arc::new(store))
 }
 

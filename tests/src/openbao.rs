@@ -59,16 +59,22 @@ pub struct OpenBao {
 impl OpenBao {
     /// Starts a dev server and waits until it is unsealed and active.
     pub fn start() -> Self {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
+    }
+
+    /// Starts a dev server on a port taken earlier from [`reserve_port`],
+    /// e.g. to start Vault after the broker that points at it.
+    pub fn start_at(port: u16) -> Self {
+        Self::start_inner(false, Some(port))
     }
 
     /// Like [`start`](Self::start), serving HTTPS with a certificate from a
     /// fresh CA (`ca_file`).
     pub fn start_tls() -> Self {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(tls: bool) -> Self {
+    fn start_inner(tls: bool, fixed_port: Option<u16>) -> Self {
         let bin = bao_binary();
         let mut last_output = String::new();
         for _ in 0..5 {
@@ -83,7 +89,7 @@ impl OpenBao {
                 ),
             )
             .unwrap();
-            let port = free_port_pair();
+            let port = fixed_port.unwrap_or_else(free_port_pair);
             let addr = format!("127.0.0.1:{port}");
             let mut command = Command::new(&bin);
             command
@@ -219,6 +225,11 @@ pub fn health_status(addr: &str) -> Option<u16> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A free loopback port (and its successor) for [`OpenBao::start_at`].
+pub fn reserve_port() -> u16 {
+    free_port_pair()
 }
 
 /// A loopback port that is free, and whose successor is free too.

@@ -129,22 +129,57 @@ impl VaultStore {
     /// Logs in to Vault and starts the token renewer and health prober.
     /// Fails when the configuration is invalid or the first login is refused.
     pub async fn connect(config: VaultConfig) -> Result<Self, StoreError> {
+        let config = Self::prepare(config)?;
+        let session = Session::connect(Arc::clone(&config)).await?;
+        let store = Self::assemble(config, session, true);
+        store.inner.session.spawn_renewer(store.inner.shutdown.clone());
+        Ok(store)
+    }
+
+    /// Starts without waiting for Vault: the first login is retried in the
+    /// background with jittered backoff. Until it succeeds [`health`] reports
+    /// not serving and every request fails with [`StoreError::Unavailable`].
+    /// Fails only when the configuration is invalid. Needs a Tokio runtime.
+    ///
+    /// [`health`]: SecretStore::health
+    pub fn start(config: VaultConfig) -> Result<Self, StoreError> {
+        let config = Self::prepare(config)?;
+        let session = Session::new(Arc::clone(&config))?;
+        let store = Self::assemble(config, session, false);
+        let weak = Arc::downgrade(&store.inner);
+        let session = Arc::clone(&store.inner.session);
+        let shutdown = store.inner.shutdown.clone();
+        tokio::spawn(async move {
+            if !session.first_login(&shutdown).await {
+                return;
+            }
+            session.spawn_renewer(shutdown);
+            if let Some(inner) = weak.upgrade() {
+                inner.contact_ok();
+            }
+        });
+        Ok(store)
+    }
+
+    fn prepare(config: VaultConfig) -> Result<Arc<VaultConfig>, StoreError> {
         config
             .validate()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         // vaultrs is built without a TLS provider; ours is ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = Arc::new(config);
-        let session = Session::connect(Arc::clone(&config)).await?;
+        Ok(Arc::new(config))
+    }
+
+    /// The store around a session, with its health prober running.
+    fn assemble(config: Arc<VaultConfig>, session: Arc<Session>, serving: bool) -> Self {
         let shutdown = CancellationToken::new();
-        session.spawn_renewer(shutdown.clone());
         let inner = Arc::new(Inner {
             limiter: RateLimiter::new(config.limits.max_requests_per_second),
             cache: Mutex::new(Cache::new(config.cache.max_bytes)),
             inflight: Mutex::default(),
             watchers: Mutex::default(),
             latest_known: Mutex::default(),
-            health: watch::Sender::new(true),
+            health: watch::Sender::new(serving),
             last_contact: Mutex::new(Instant::now()),
             reads: AtomicU64::new(0),
             shutdown,
@@ -154,7 +189,7 @@ impl VaultStore {
         let weak = Arc::downgrade(&inner);
         let token = inner.shutdown.clone();
         tokio::spawn(async move { probe_loop(weak, token).await });
-        Ok(Self { inner })
+        Self { inner }
     }
 
     /// How many secret reads (not metadata polls) were sent to Vault.
@@ -247,6 +282,9 @@ impl Inner {
         let mut retries = 0;
         let mut relogged = false;
         loop {
+            if !self.session.logged_in() {
+                return Err(CallError::Unavailable("not logged in to Vault yet".into()));
+            }
             self.limiter.acquire().await;
             let (client, generation) = self.session.client();
             let error = match f(client).await {
