@@ -300,7 +300,9 @@ async fn vault_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn SecretStore>> {
     config.validate().map_err(|e| usage(e.to_string()))?;
     // Vault may start after the broker (any order in a cluster): the first
     // login is retried in the background while health says NOT_SERVING.
-    let store = VaultStore::start(config).map_err(|e| usage(e.to_string()))?;
+    let store = VaultStore::start(config)
+        .await
+        .map_err(|e| usage(e.to_string()))?;
     Ok(Arc::new(store))
 }
 

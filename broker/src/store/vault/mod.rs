@@ -132,19 +132,33 @@ impl VaultStore {
         let config = Self::prepare(config)?;
         let session = Session::connect(Arc::clone(&config)).await?;
         let store = Self::assemble(config, session, true);
-        store.inner.session.spawn_renewer(store.inner.shutdown.clone());
+        store
+            .inner
+            .session
+            .spawn_renewer(store.inner.shutdown.clone());
         Ok(store)
     }
 
-    /// Starts without waiting for Vault: the first login is retried in the
-    /// background with jittered backoff. Until it succeeds [`health`] reports
-    /// not serving and every request fails with [`StoreError::Unavailable`].
-    /// Fails only when the configuration is invalid. Needs a Tokio runtime.
+    /// Tries to log in once; if that fails, starts anyway and retries the
+    /// first login in the background with jittered backoff. Until it
+    /// succeeds [`health`] reports not serving and every request fails with
+    /// [`StoreError::Unavailable`]. Fails only when the configuration is
+    /// invalid.
     ///
     /// [`health`]: SecretStore::health
-    pub fn start(config: VaultConfig) -> Result<Self, StoreError> {
+    pub async fn start(config: VaultConfig) -> Result<Self, StoreError> {
         let config = Self::prepare(config)?;
         let session = Session::new(Arc::clone(&config))?;
+        if let Err(error) = session.relogin(0).await {
+            tracing::warn!(%error, "Vault login failed; starting anyway, not serving until it succeeds");
+        } else {
+            let store = Self::assemble(config, session, true);
+            store
+                .inner
+                .session
+                .spawn_renewer(store.inner.shutdown.clone());
+            return Ok(store);
+        }
         let store = Self::assemble(config, session, false);
         let weak = Arc::downgrade(&store.inner);
         let session = Arc::clone(&store.inner.session);
