@@ -63,6 +63,7 @@ fn store_status(error: StoreError) -> Status {
         StoreError::Unsupported(what) => {
             Status::unimplemented(format!("{what} is not supported by this store"))
         }
+        StoreError::Throttled => Status::resource_exhausted("too many requests; retry later"),
         StoreError::Unavailable(detail) => {
             tracing::warn!(error = %detail, "secret store unavailable");
             Status::unavailable("secret store unavailable")

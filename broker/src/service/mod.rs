@@ -121,6 +121,7 @@ fn read_reason<T>(result: &Result<T, ApiError>) -> &'static str {
         Err(ApiError::Store(crate::store::StoreError::NotFound))
         | Err(ApiError::Store(crate::store::StoreError::VersionNotFound(_)))
         | Err(ApiError::Store(crate::store::StoreError::VersionDeleted(_))) => "not_found",
+        Err(ApiError::Store(crate::store::StoreError::Throttled)) => "throttled",
         Err(_) => "store_error",
     }
 }
@@ -271,10 +272,26 @@ impl Broker {
         }
     }
 
-    async fn read(&self, path: &SecretPath, version: Option<u64>) -> Result<v1::Secret, ApiError> {
-        let stored = self.inner.store.get(path.base(), version).await?;
+    /// Reads for `who`, who is charged its share of the store's backend.
+    async fn read(
+        &self,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        version: Option<u64>,
+    ) -> Result<v1::Secret, ApiError> {
+        let stored = self
+            .inner
+            .store
+            .get_for(&tenant(who), path.base(), version)
+            .await?;
         to_wire(path, stored)
     }
+}
+
+/// The key a store shares its backend budget by: one per service account
+/// of one issuer, so the pods of one workload share one share.
+fn tenant(who: &WorkloadIdentity) -> String {
+    format!("{} {}/{}", who.issuer, who.namespace, who.service_account)
 }
 
 fn log_decision(

@@ -55,7 +55,7 @@ impl Broker {
         let mut sent = Vec::with_capacity(paths.len());
         let mut snapshot = Vec::with_capacity(paths.len());
         for (path, (read, watch)) in paths.iter().zip(grants) {
-            let result = self.read(path, None).await;
+            let result = self.read(&who, path, None).await;
             let version = result.as_ref().ok().map(|s| s.version);
             let reason = read_reason(&result);
             self.audit_served(&call, &who, path, read, version, reason)
@@ -167,7 +167,7 @@ impl Broker {
         version: u64,
     ) -> Result<v1::Secret, ApiError> {
         let watch = self.authorize(call, who, path, Capability::Watch).await?;
-        let result = self.read(path, Some(version)).await;
+        let result = self.read(who, path, Some(version)).await;
         let served = result.as_ref().ok().map(|s| s.version);
         self.audit_served(call, who, path, watch, served, read_reason(&result))
             .await?;

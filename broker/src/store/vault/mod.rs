@@ -61,7 +61,7 @@ use vaultrs::{
 };
 
 pub use config::{AuthConfig, MountConfig, VaultConfig};
-use limits::{Backoff, Class, RateLimiter, classify, jittered};
+use limits::{Backoff, Class, RateLimiter, TenantLimiter, classify, jittered};
 use session::Session;
 
 use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
@@ -81,7 +81,10 @@ struct Inner {
     config: Arc<VaultConfig>,
     session: Arc<Session>,
     limiter: RateLimiter,
+    tenants: TenantLimiter,
     cache: Mutex<Cache>,
+    /// Recent "not found" answers, by path and version.
+    missing: Mutex<NegativeCache>,
     inflight: Mutex<HashMap<CacheKey, SharedRead>>,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// What is known about each path's versions.
@@ -189,7 +192,16 @@ impl VaultStore {
         let shutdown = CancellationToken::new();
         let inner = Arc::new(Inner {
             limiter: RateLimiter::new(config.limits.max_requests_per_second),
+            tenants: TenantLimiter::new(
+                config.limits.per_identity_requests_per_second,
+                config.limits.per_identity_burst,
+                config.limits.per_identity_max_wait,
+            ),
             cache: Mutex::new(Cache::new(config.cache.max_bytes)),
+            missing: Mutex::new(NegativeCache::new(
+                config.cache.negative_ttl,
+                config.cache.max_negative_entries,
+            )),
             inflight: Mutex::default(),
             watchers: Mutex::default(),
             latest_known: Mutex::default(),
@@ -498,6 +510,10 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .invalidate_older_latest(path, version);
+            self.missing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove_path(path);
             let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tx) = watchers.get(path) {
                 tx.send_if_modified(|v| {
@@ -534,6 +550,12 @@ impl Inner {
         key: CacheKey,
     ) -> Result<StoredSecret, Arc<StoreError>> {
         let result = self.fetch(&key.0, key.1).await;
+        if let Err(e @ (StoreError::NotFound | StoreError::VersionNotFound(_))) = &result {
+            self.missing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), clone_error(e));
+        }
         if let Ok(secret) = &result {
             let latest = key.1.is_none() || self.is_confirmed_current(&key.0, secret.version);
             {
@@ -568,9 +590,15 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl SecretStore for VaultStore {
-    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+impl VaultStore {
+    /// A read from the cache, the negative cache, a read already in flight,
+    /// or Vault; only the last costs `tenant` a share of the budget.
+    async fn read(
+        &self,
+        tenant: Option<&str>,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
         let inner = &self.inner;
         let key: CacheKey = (path.to_string(), version);
         if let Some(hit) = inner
@@ -580,6 +608,25 @@ impl SecretStore for VaultStore {
             .fresh(&key, inner.config.cache.ttl)
         {
             return Ok(hit);
+        }
+        if let Some(missing) = inner
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Err(missing);
+        }
+        let joining = inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key);
+        if let Some(tenant) = tenant.filter(|_| !joining) {
+            inner.tenants.acquire(tenant).await.map_err(|_| {
+                tracing::debug!(path, "a caller is over its share of Vault reads");
+                StoreError::Throttled
+            })?;
         }
         let read = {
             let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -613,6 +660,22 @@ impl SecretStore for VaultStore {
                 other => Err(clone_error(other)),
             },
         }
+    }
+}
+
+#[async_trait]
+impl SecretStore for VaultStore {
+    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+        self.read(None, path, version).await
+    }
+
+    async fn get_for(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.read(Some(tenant), path, version).await
     }
 
     async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
@@ -670,6 +733,11 @@ impl SecretStore for VaultStore {
         };
         inner
             .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_path(path);
+        inner
+            .missing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove_path(path);
@@ -841,8 +909,53 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::VersionDeleted(v) => StoreError::VersionDeleted(*v),
         StoreError::CasMismatch { current } => StoreError::CasMismatch { current: *current },
         StoreError::Unavailable(d) => StoreError::Unavailable(d.clone()),
+        StoreError::Throttled => StoreError::Throttled,
         StoreError::Unsupported(w) => StoreError::Unsupported(w),
         StoreError::Internal(d) => StoreError::Internal(d.clone()),
+    }
+}
+
+/// Recent "not found" answers, each kept for `ttl`, at most `max` of them.
+struct NegativeCache {
+    entries: HashMap<CacheKey, (Instant, StoreError)>,
+    ttl: Duration,
+    max: usize,
+}
+
+impl NegativeCache {
+    fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            ttl,
+            max,
+        }
+    }
+
+    fn get(&mut self, key: &CacheKey) -> Option<StoreError> {
+        let (at, error) = self.entries.get(key)?;
+        if at.elapsed() < self.ttl {
+            return Some(clone_error(error));
+        }
+        self.entries.remove(key);
+        None
+    }
+
+    fn insert(&mut self, key: CacheKey, error: StoreError) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if self.entries.len() >= self.max {
+            let ttl = self.ttl;
+            self.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        // Still full of live entries: not remembering is only slower.
+        if self.entries.len() < self.max {
+            self.entries.insert(key, (Instant::now(), error));
+        }
+    }
+
+    fn remove_path(&mut self, path: &str) {
+        self.entries.retain(|(p, _), _| p != path);
     }
 }
 
