@@ -96,6 +96,13 @@ where
         // authenticator and is refused as `Unauthenticated` (too_large)
         // instead of as an HTTP 431 the client cannot interpret.
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES));
+    let per_connection = broker.limits().requests_per_connection;
+    if per_connection > 0 {
+        // Shed, not queue: the excess gets RESOURCE_EXHAUSTED at once.
+        builder = builder
+            .concurrency_limit_per_connection(per_connection)
+            .load_shed(true);
+    }
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -10,6 +10,7 @@
 //! `operator.rs` (`SecretOperator`).
 
 mod acks;
+mod limits;
 mod operator;
 mod stream;
 mod workload;
@@ -20,6 +21,8 @@ use coffer_proto::{SecretData, v1};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
+
+pub use limits::Limits;
 
 use crate::{
     audit::{AuditEvent, AuditLog, Outcome},
@@ -46,6 +49,8 @@ struct Inner {
     acks: acks::AckTable,
     shutdown: CancellationToken,
     audit: RwLock<Option<Arc<AuditLog>>>,
+    limits: RwLock<Limits>,
+    watches: limits::WatchCounts,
 }
 
 /// One incoming call, as the audit trail names it.
@@ -136,6 +141,8 @@ impl Broker {
                 acks: acks::AckTable::default(),
                 shutdown: CancellationToken::new(),
                 audit: RwLock::new(None),
+                limits: RwLock::new(Limits::default()),
+                watches: limits::WatchCounts::default(),
             }),
         }
     }
@@ -144,6 +151,39 @@ impl Broker {
     pub fn with_audit(self, audit: AuditLog) -> Self {
         *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
         self
+    }
+
+    /// Bounds what one caller can hold open (see [`Limits`]).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        self
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> Limits {
+        *self.inner.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A watch slot for `who`, or `RESOURCE_EXHAUSTED` (audited) when the
+    /// identity already holds its limit of open streams.
+    async fn acquire_watch_slot(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+    ) -> Result<limits::WatchSlot, ApiError> {
+        let max = self.limits().watches_per_identity;
+        if let Some(slot) = self.inner.watches.acquire(tenant(who), max) {
+            return Ok(slot);
+        }
+        tracing::warn!(
+            namespace = %who.namespace,
+            service_account = %who.service_account,
+            max,
+            "watch refused: too many open watches for this identity"
+        );
+        self.audit(&call.event(Some(who), None, None, Outcome::Deny, "too_many_watches"))
+            .await?;
+        Err(ApiError::TooManyWatches)
     }
 
     /// The policy in force now.

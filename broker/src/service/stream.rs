@@ -31,6 +31,8 @@ impl Broker {
         let who = self.authenticate(&request, &call).await?;
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
+        // Held by the task below; given back whenever the stream ends.
+        let slot = self.acquire_watch_slot(&call, &who).await?;
         // Subscribe before deciding, so a policy change that lands between
         // the decision and the watch loop is still seen by the loop.
         let mut policy = self.inner.policy.subscribe();
@@ -77,6 +79,7 @@ impl Broker {
 
         let broker = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let shutdown = broker.inner.shutdown.clone();
             loop {
                 tokio::select! {
