@@ -167,7 +167,7 @@ impl VaultStore {
         let session = Arc::clone(&store.inner.session);
         let shutdown = store.inner.shutdown.clone();
         tokio::spawn(async move {
-            if !session.first_login(&shutdown).await {
+            if !session.retry_first_login(&shutdown).await {
                 return;
             }
             session.spawn_renewer(shutdown);

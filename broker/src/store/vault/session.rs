@@ -69,30 +69,28 @@ impl Session {
         self.client().1 > 0
     }
 
-    /// Tries the first login until it succeeds, with jittered exponential
-    /// backoff (capped at 30 s), so the broker can start before Vault does.
-    /// Returns false if `shutdown` came first.
-    pub(super) async fn first_login(&self, shutdown: &CancellationToken) -> bool {
+    /// After a failed first login: tries again until it succeeds, pausing
+    /// with jittered exponential backoff (0.5 s doubling to 30 s) before each
+    /// attempt, so the broker can start before Vault does. Returns false if
+    /// `shutdown` came first.
+    pub(super) async fn retry_first_login(&self, shutdown: &CancellationToken) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut attempt: u32 = 0;
+        let mut attempt: u32 = 1;
         loop {
+            // At least 100 ms, so full jitter never spins.
+            let pause = backoff.next_delay().max(Duration::from_millis(100));
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(pause) => {}
+            }
             attempt = attempt.saturating_add(1);
             match self.relogin(0).await {
                 Ok(()) => return true,
-                Err(error) => {
-                    // At least 100 ms, so full jitter never spins.
-                    let pause = backoff.next_delay().max(Duration::from_millis(100));
-                    tracing::warn!(
-                        %error,
-                        attempt,
-                        retry_ms = pause.as_millis() as u64,
-                        "Vault login failed; not serving until it succeeds"
-                    );
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    attempt,
+                    "Vault login failed; not serving until it succeeds"
+                ),
             }
         }
     }
