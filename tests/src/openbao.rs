@@ -178,6 +178,18 @@ impl OpenBao {
         self.bao(&["operator", "seal"]);
     }
 
+    /// A broker Vault config: root-token login (from a file), `shop/*` on the
+    /// KV v2 mount `secret`, then `extra` YAML lines.
+    pub fn config_yaml(&self, extra: &str) -> String {
+        let token = self.file("root-token", ROOT_TOKEN);
+        format!(
+            "address: {}\nauth: {{method: token, tokenFile: {}}}\n\
+             mounts: [{{prefix: shop, mount: secret}}]\n{extra}",
+            self.addr,
+            token.display()
+        )
+    }
+
     /// Writes a file in the scratch directory and returns its path.
     pub fn file(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);

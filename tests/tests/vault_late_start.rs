@@ -9,25 +9,7 @@ use coffer_tests::{
     BrokerProcess, Key, POLICY, mint,
     openbao::{self, OpenBao, ROOT_TOKEN},
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-async fn health(broker: &BrokerProcess) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(broker.endpoint.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test]
 async fn a_broker_started_before_vault_is_not_serving_until_its_first_login() {
@@ -52,7 +34,7 @@ async fn a_broker_started_before_vault_is_not_serving_until_its_first_login() {
         POLICY,
         &["--store=vault", "--vault-config", config.to_str().unwrap()],
     );
-    assert_eq!(health(&broker).await, ServingStatus::NotServing);
+    assert_eq!(broker.health().await, ServingStatus::NotServing);
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let refused = web.get("shop/db").await.unwrap_err();
     assert_eq!(refused.code(), Some(Code::Unavailable));
@@ -61,7 +43,7 @@ async fn a_broker_started_before_vault_is_not_serving_until_its_first_login() {
     let bao = OpenBao::start_at(port);
     bao.bao(&["kv", "put", "secret/shop/db", "password=late-canary"]);
     let until = Instant::now() + Duration::from_secs(90);
-    while health(&broker).await != ServingStatus::Serving {
+    while broker.health().await != ServingStatus::Serving {
         assert!(Instant::now() < until, "health never reported SERVING");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -9,22 +9,10 @@ use coffer_broker::store::{
     SecretStore, SecretWrite, StoreError,
     vault::{VaultConfig, VaultStore},
 };
-use coffer_tests::{
-    BrokerProcess, Key, POLICY, mint,
-    openbao::{OpenBao, ROOT_TOKEN},
-};
-
-fn config_yaml(bao: &OpenBao, extra: &str) -> String {
-    let token = bao.file("root-token", ROOT_TOKEN);
-    format!(
-        "address: {}\nauth: {{method: token, tokenFile: {}}}\nmounts: [{{prefix: shop, mount: secret}}]\n{extra}",
-        bao.addr,
-        token.display()
-    )
-}
+use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
 
 fn broker(bao: &OpenBao, extra: &str) -> BrokerProcess {
-    let config = bao.file("vault.yaml", &config_yaml(bao, extra));
+    let config = bao.file("vault.yaml", &bao.config_yaml(extra));
     BrokerProcess::start_with(
         POLICY,
         &["--store=vault", "--vault-config", config.to_str().unwrap()],
@@ -56,7 +44,7 @@ async fn a_caller_hammering_a_missing_path_costs_one_vault_read_per_interval() {
 #[tokio::test]
 async fn a_write_through_the_store_is_readable_at_once_after_a_remembered_miss() {
     let bao = OpenBao::start();
-    let config = VaultConfig::from_yaml(&config_yaml(&bao, "cache: {negativeTtl: 60s}\n")).unwrap();
+    let config = VaultConfig::from_yaml(&bao.config_yaml("cache: {negativeTtl: 60s}\n")).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
     assert!(matches!(
         store.get("shop/new", None).await,

@@ -1,26 +1,14 @@
 //! Reading an old version through the real broker never poisons the Vault
 //! store's "latest" cache entry.
 
-use coffer_tests::{
-    BrokerProcess, Key, POLICY, mint,
-    openbao::{OpenBao, ROOT_TOKEN},
-};
+use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
 
 #[tokio::test]
 async fn reading_version_one_first_on_a_cold_path_does_not_make_it_latest() {
     let bao = OpenBao::start();
     bao.bao(&["kv", "put", "secret/shop/db", "v=one"]);
     bao.bao(&["kv", "put", "secret/shop/db", "v=two"]);
-    let token = bao.file("root-token", ROOT_TOKEN);
-    let config = bao.file(
-        "vault.yaml",
-        &format!(
-            "address: {}\nauth: {{method: token, tokenFile: {}}}\n\
-             mounts: [{{prefix: shop, mount: secret}}]\ncache: {{ttl: 60s}}\n",
-            bao.addr,
-            token.display()
-        ),
-    );
+    let config = bao.file("vault.yaml", &bao.config_yaml("cache: {ttl: 60s}\n"));
     // A fresh broker: nothing cached, no metadata seen.
     let broker = BrokerProcess::start_with(
         POLICY,
