@@ -6,6 +6,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use super::{Broker, Call};
+use crate::{audit::Outcome, auth::WorkloadIdentity, error::ApiError};
+
 /// What one caller may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -68,6 +71,47 @@ impl Drop for WatchSlot {
                 open.remove(&self.key);
             }
         }
+    }
+}
+
+/// The key a store shares its backend budget by: one per service account
+/// of one issuer, so the pods of one workload share one share.
+pub(super) fn tenant(who: &WorkloadIdentity) -> String {
+    format!("{} {}/{}", who.issuer, who.namespace, who.service_account)
+}
+
+impl Broker {
+    /// Bounds what one caller can hold open (see [`Limits`]).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        self
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> Limits {
+        *self.inner.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A watch slot for `who`, or `RESOURCE_EXHAUSTED` (audited) when the
+    /// identity already holds its limit of open streams.
+    pub(super) async fn acquire_watch_slot(
+        &self,
+        call: &Call,
+        who: &WorkloadIdentity,
+    ) -> Result<WatchSlot, ApiError> {
+        let max = self.limits().watches_per_identity;
+        if let Some(slot) = self.inner.watches.acquire(tenant(who), max) {
+            return Ok(slot);
+        }
+        tracing::warn!(
+            namespace = %who.namespace,
+            service_account = %who.service_account,
+            max,
+            "watch refused: too many open watches for this identity"
+        );
+        self.audit(&call.event(Some(who), None, None, Outcome::Deny, "too_many_watches"))
+            .await?;
+        Err(ApiError::TooManyWatches)
     }
 }
 

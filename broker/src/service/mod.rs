@@ -153,39 +153,6 @@ impl Broker {
         self
     }
 
-    /// Bounds what one caller can hold open (see [`Limits`]).
-    pub fn with_limits(self, limits: Limits) -> Self {
-        *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
-        self
-    }
-
-    /// The bounds in force.
-    pub fn limits(&self) -> Limits {
-        *self.inner.limits.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A watch slot for `who`, or `RESOURCE_EXHAUSTED` (audited) when the
-    /// identity already holds its limit of open streams.
-    async fn acquire_watch_slot(
-        &self,
-        call: &Call,
-        who: &WorkloadIdentity,
-    ) -> Result<limits::WatchSlot, ApiError> {
-        let max = self.limits().watches_per_identity;
-        if let Some(slot) = self.inner.watches.acquire(tenant(who), max) {
-            return Ok(slot);
-        }
-        tracing::warn!(
-            namespace = %who.namespace,
-            service_account = %who.service_account,
-            max,
-            "watch refused: too many open watches for this identity"
-        );
-        self.audit(&call.event(Some(who), None, None, Outcome::Deny, "too_many_watches"))
-            .await?;
-        Err(ApiError::TooManyWatches)
-    }
-
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         Arc::clone(&self.inner.policy.borrow())
@@ -322,16 +289,10 @@ impl Broker {
         let stored = self
             .inner
             .store
-            .get_for(&tenant(who), path.base(), version)
+            .get_for(&limits::tenant(who), path.base(), version)
             .await?;
         to_wire(path, stored)
     }
-}
-
-/// The key a store shares its backend budget by: one per service account
-/// of one issuer, so the pods of one workload share one share.
-fn tenant(who: &WorkloadIdentity) -> String {
-    format!("{} {}/{}", who.issuer, who.namespace, who.service_account)
 }
 
 fn log_decision(
