@@ -27,6 +27,8 @@ pub enum ApiError {
     ShuttingDown,
     #[error("audit trail cannot be written")]
     AuditUnavailable,
+    #[error("too many open watches for this identity")]
+    TooManyWatches,
 }
 
 impl From<ApiError> for Status {
@@ -48,6 +50,9 @@ impl From<ApiError> for Status {
             ApiError::ShuttingDown => Status::unavailable("broker is shutting down"),
             // Fail closed: nothing is served that could not be recorded.
             ApiError::AuditUnavailable => Status::unavailable("audit trail unavailable"),
+            ApiError::TooManyWatches => {
+                Status::resource_exhausted("too many open watches for this identity")
+            }
         }
     }
 }
@@ -63,6 +68,7 @@ fn store_status(error: StoreError) -> Status {
         StoreError::Unsupported(what) => {
             Status::unimplemented(format!("{what} is not supported by this store"))
         }
+        StoreError::Throttled => Status::resource_exhausted("too many requests; retry later"),
         StoreError::Unavailable(detail) => {
             tracing::warn!(error = %detail, "secret store unavailable");
             Status::unavailable("secret store unavailable")

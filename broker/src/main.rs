@@ -12,7 +12,7 @@ use coffer_broker::{
     auth::config::AuthConfig,
     policy::Policy,
     server::{self, ListenAddr},
-    service::Broker,
+    service::{Broker, Limits},
     store::{SecretStore, dev::DevStore},
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -133,6 +133,14 @@ struct ServeArgs {
     /// they are refused (UNAVAILABLE).
     #[arg(long, env = "COFFER_AUDIT_FAIL_OPEN")]
     audit_fail_open: bool,
+    /// Open WatchSecrets streams one identity (issuer, namespace, service
+    /// account) may hold; the next is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COFFER_MAX_WATCHES_PER_IDENTITY", default_value_t = Limits::default().watches_per_identity)]
+    max_watches_per_identity: usize,
+    /// Requests one connection may have in flight (0: unbounded); the excess
+    /// is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COFFER_MAX_REQUESTS_PER_CONNECTION", default_value_t = Limits::default().requests_per_connection)]
+    max_requests_per_connection: usize,
     /// Where secrets live: the embedded dev store, or Vault/OpenBao.
     #[arg(long, env = "COFFER_STORE", value_enum, default_value = "dev")]
     store: StoreKind,
@@ -196,6 +204,9 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.max_watches_per_identity == 0 {
+        return Err(usage("--max-watches-per-identity must be at least 1"));
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let cert =
@@ -278,7 +289,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(DevStore::persistent(file, &key)?)
         }
     };
-    let mut broker = Broker::new(authn, policy, store);
+    let mut broker = Broker::new(authn, policy, store).with_limits(Limits {
+        watches_per_identity: args.max_watches_per_identity,
+        requests_per_connection: args.max_requests_per_connection,
+    });
     if let Some(audit) = audit {
         broker = broker.with_audit(audit);
     }
@@ -349,9 +363,11 @@ async fn vault_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn SecretStore>> {
         config.ca_file = Some(ca.clone());
     }
     config.validate().map_err(|e| usage(e.to_string()))?;
-    let store = VaultStore::connect(config)
+    // Vault may start after the broker (any order in a cluster): the first
+    // login is retried in the background while health says NOT_SERVING.
+    let store = VaultStore::start(config)
         .await
-        .context("connecting to Vault")?;
+        .map_err(|e| usage(e.to_string()))?;
     Ok(Arc::new(store))
 }
 

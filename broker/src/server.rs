@@ -72,6 +72,10 @@ where
     health.set_serving::<SecretOperatorServer<Broker>>().await;
 
     if let Some(store_health) = broker.store_health() {
+        // Before the first connection: a broker whose store is not up yet
+        // (e.g. Vault not logged in) never reports SERVING, not even briefly.
+        let serving = *store_health.borrow();
+        report_store_health(&health, serving).await;
         tokio::spawn(forward_store_health(
             store_health,
             health.clone(),
@@ -92,6 +96,13 @@ where
         // authenticator and is refused as `Unauthenticated` (too_large)
         // instead of as an HTTP 431 the client cannot interpret.
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES));
+    let per_connection = broker.limits().requests_per_connection;
+    if per_connection > 0 {
+        // Shed, not queue: the excess gets RESOURCE_EXHAUSTED at once.
+        builder = builder
+            .concurrency_limit_per_connection(per_connection)
+            .load_shed(true);
+    }
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -131,22 +142,29 @@ async fn forward_store_health(
 ) {
     loop {
         let serving = *store.borrow_and_update();
-        let status = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
+        if !serving {
             tracing::warn!("secret store cannot serve: reporting NOT_SERVING");
-            tonic_health::ServingStatus::NotServing
-        };
-        reporter.set_service_status("", status).await;
-        reporter
-            .set_service_status(
-                <SecretBrokerServer<Broker> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
+        }
+        report_store_health(&reporter, serving).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = store.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// Sets the overall and the broker service's health from the store's.
+async fn report_store_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <SecretBrokerServer<Broker> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }

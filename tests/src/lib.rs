@@ -244,6 +244,23 @@ impl BrokerProcess {
         });
     }
 
+    /// The overall status the broker reports on `grpc.health.v1`.
+    pub async fn health(&self) -> tonic_health::pb::health_check_response::ServingStatus {
+        let channel = tonic::transport::Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    }
+
     /// A client presenting `token`.
     pub async fn client(&self, token: String) -> Client {
         Client::builder(self.endpoint.clone())

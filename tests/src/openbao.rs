@@ -59,16 +59,22 @@ pub struct OpenBao {
 impl OpenBao {
     /// Starts a dev server and waits until it is unsealed and active.
     pub fn start() -> Self {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
+    }
+
+    /// Starts a dev server on a port taken earlier from [`reserve_port`],
+    /// e.g. to start Vault after the broker that points at it.
+    pub fn start_at(port: u16) -> Self {
+        Self::start_inner(false, Some(port))
     }
 
     /// Like [`start`](Self::start), serving HTTPS with a certificate from a
     /// fresh CA (`ca_file`).
     pub fn start_tls() -> Self {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(tls: bool) -> Self {
+    fn start_inner(tls: bool, fixed_port: Option<u16>) -> Self {
         let bin = bao_binary();
         let mut last_output = String::new();
         for _ in 0..5 {
@@ -83,7 +89,7 @@ impl OpenBao {
                 ),
             )
             .unwrap();
-            let port = free_port_pair();
+            let port = fixed_port.unwrap_or_else(free_port_pair);
             let addr = format!("127.0.0.1:{port}");
             let mut command = Command::new(&bin);
             command
@@ -172,6 +178,18 @@ impl OpenBao {
         self.bao(&["operator", "seal"]);
     }
 
+    /// A broker Vault config: root-token login (from a file), `shop/*` on the
+    /// KV v2 mount `secret`, then `extra` YAML lines.
+    pub fn config_yaml(&self, extra: &str) -> String {
+        let token = self.file("root-token", ROOT_TOKEN);
+        format!(
+            "address: {}\nauth: {{method: token, tokenFile: {}}}\n\
+             mounts: [{{prefix: shop, mount: secret}}]\n{extra}",
+            self.addr,
+            token.display()
+        )
+    }
+
     /// Writes a file in the scratch directory and returns its path.
     pub fn file(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -219,6 +237,11 @@ pub fn health_status(addr: &str) -> Option<u16> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A free loopback port (and its successor) for [`OpenBao::start_at`].
+pub fn reserve_port() -> u16 {
+    free_port_pair()
 }
 
 /// A loopback port that is free, and whose successor is free too.

@@ -8,24 +8,12 @@ use coffer_broker::store::{
     SecretStore,
     vault::{VaultConfig, VaultStore},
 };
-use coffer_tests::{
-    BrokerProcess, Key, POLICY, mint,
-    openbao::{OpenBao, ROOT_TOKEN},
-};
+use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
 
 const SETTINGS: &str = "cache: {ttl: 60s}\npoll: {interval: 200ms, jitter: 0.1}\n";
 
-fn config_yaml(bao: &OpenBao, extra: &str) -> String {
-    let token = bao.file("root-token", ROOT_TOKEN);
-    format!(
-        "address: {}\nauth: {{method: token, tokenFile: {}}}\nmounts: [{{prefix: shop, mount: secret}}]\n{extra}",
-        bao.addr,
-        token.display()
-    )
-}
-
 fn broker(bao: &OpenBao) -> BrokerProcess {
-    let config = bao.file("vault.yaml", &config_yaml(bao, SETTINGS));
+    let config = bao.file("vault.yaml", &bao.config_yaml(SETTINGS));
     BrokerProcess::start_with(
         POLICY,
         &["--store=vault", "--vault-config", config.to_str().unwrap()],
@@ -57,7 +45,7 @@ async fn concurrent_uncached_reads_share_one_vault_call() {
     let bao = OpenBao::start();
     bao.bao(&["kv", "put", "secret/shop/sf", "v=one"]);
     // No cache: only single-flight can merge these.
-    let config = VaultConfig::from_yaml(&config_yaml(&bao, "cache: {ttl: 0s}\n")).unwrap();
+    let config = VaultConfig::from_yaml(&bao.config_yaml("cache: {ttl: 0s}\n")).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
     let reads = futures::future::join_all((0..100).map(|_| store.get("shop/sf", None))).await;
     assert!(
@@ -109,7 +97,7 @@ async fn a_write_made_in_vault_reaches_every_watcher_with_one_read() {
 async fn many_watchers_of_a_path_share_one_poller_that_stops_with_them() {
     let bao = OpenBao::start();
     bao.bao(&["kv", "put", "secret/shop/p", "v=one"]);
-    let config = VaultConfig::from_yaml(&config_yaml(&bao, SETTINGS)).unwrap();
+    let config = VaultConfig::from_yaml(&bao.config_yaml(SETTINGS)).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
     let mut receivers: Vec<_> = (0..10).map(|_| store.subscribe("shop/p")).collect();
     assert_eq!(store.watched_paths(), 1);

@@ -6,47 +6,22 @@
 use std::time::{Duration, Instant};
 
 use coffer::{Client, Code};
-use coffer_tests::{
-    BrokerProcess, Key, POLICY, mint,
-    openbao::{OpenBao, ROOT_TOKEN},
-};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 fn broker(bao: &OpenBao) -> BrokerProcess {
-    let token = bao.file("root-token", ROOT_TOKEN);
     let config = bao.file(
         "vault.yaml",
-        &format!(
-            "address: {}\nauth: {{method: token, tokenFile: {}}}\n\
-             mounts: [{{prefix: shop, mount: secret}}]\n\
-             cache: {{ttl: 1s, maxStaleness: 6s}}\n\
-             poll: {{interval: 300ms}}\n\
-             limits: {{maxRetries: 1, initialBackoff: 50ms, requestTimeout: 1s}}\n",
-            bao.addr,
-            token.display()
+        &bao.config_yaml(
+            "cache: {ttl: 1s, maxStaleness: 6s}\n\
+             poll: {interval: 300ms}\n\
+             limits: {maxRetries: 1, initialBackoff: 50ms, requestTimeout: 1s}\n",
         ),
     );
     BrokerProcess::start_with(
         POLICY,
         &["--store=vault", "--vault-config", config.to_str().unwrap()],
     )
-}
-
-async fn health(broker: &BrokerProcess) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(broker.endpoint.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    response.into_inner().status()
 }
 
 async fn eventually_unavailable(web: &Client) {
@@ -75,7 +50,7 @@ async fn eventually_unavailable(web: &Client) {
 
 async fn eventually_not_serving(broker: &BrokerProcess) {
     let until = Instant::now() + Duration::from_secs(60);
-    while health(broker).await != ServingStatus::NotServing {
+    while broker.health().await != ServingStatus::NotServing {
         assert!(Instant::now() < until, "health never reported NOT_SERVING");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -91,7 +66,7 @@ async fn degrades(outage: impl FnOnce(&mut OpenBao)) {
         password(&web.get("shop/db").await.unwrap()),
         b"cached-canary"
     );
-    assert_eq!(health(&broker).await, ServingStatus::Serving);
+    assert_eq!(broker.health().await, ServingStatus::Serving);
 
     outage(&mut bao);
     // Past the cache TTL, so the broker asks Vault, fails, and falls back.

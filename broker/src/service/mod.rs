@@ -10,6 +10,7 @@
 //! `operator.rs` (`SecretOperator`).
 
 mod acks;
+mod limits;
 mod operator;
 mod stream;
 mod workload;
@@ -20,6 +21,8 @@ use coffer_proto::{SecretData, v1};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
+
+pub use limits::Limits;
 
 use crate::{
     audit::{AuditEvent, AuditLog, Outcome},
@@ -46,6 +49,8 @@ struct Inner {
     acks: acks::AckTable,
     shutdown: CancellationToken,
     audit: RwLock<Option<Arc<AuditLog>>>,
+    limits: RwLock<Limits>,
+    watches: limits::WatchCounts,
 }
 
 /// One incoming call, as the audit trail names it.
@@ -121,6 +126,7 @@ fn read_reason<T>(result: &Result<T, ApiError>) -> &'static str {
         Err(ApiError::Store(crate::store::StoreError::NotFound))
         | Err(ApiError::Store(crate::store::StoreError::VersionNotFound(_)))
         | Err(ApiError::Store(crate::store::StoreError::VersionDeleted(_))) => "not_found",
+        Err(ApiError::Store(crate::store::StoreError::Throttled)) => "throttled",
         Err(_) => "store_error",
     }
 }
@@ -135,6 +141,8 @@ impl Broker {
                 acks: acks::AckTable::default(),
                 shutdown: CancellationToken::new(),
                 audit: RwLock::new(None),
+                limits: RwLock::new(Limits::default()),
+                watches: limits::WatchCounts::default(),
             }),
         }
     }
@@ -327,8 +335,18 @@ impl Broker {
         }
     }
 
-    async fn read(&self, path: &SecretPath, version: Option<u64>) -> Result<v1::Secret, ApiError> {
-        let stored = self.inner.store.get(path.base(), version).await?;
+    /// Reads for `who`, who is charged its share of the store's backend.
+    async fn read(
+        &self,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        version: Option<u64>,
+    ) -> Result<v1::Secret, ApiError> {
+        let stored = self
+            .inner
+            .store
+            .get_for(&limits::tenant(who), path.base(), version)
+            .await?;
         to_wire(path, stored)
     }
 }

@@ -43,6 +43,8 @@ impl Broker {
         let (who, expires_at) = (verified.identity, verified.expires_at);
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
+        // Held by the task below; given back whenever the stream ends.
+        let slot = self.acquire_watch_slot(&call, &who).await?;
         // Subscribe before deciding, so a policy change that lands between
         // the decision and the watch loop is still seen by the loop.
         let mut policy = self.inner.policy.subscribe();
@@ -67,7 +69,7 @@ impl Broker {
         let mut sent = Vec::with_capacity(paths.len());
         let mut snapshot = Vec::with_capacity(paths.len());
         for (path, (read, watch)) in paths.iter().zip(grants) {
-            let result = self.read(path, None).await;
+            let result = self.read(&who, path, None).await;
             let version = result.as_ref().ok().map(|s| s.version);
             let reason = read_reason(&result);
             self.audit_served(&call, &who, path, read, version, reason)
@@ -89,6 +91,7 @@ impl Broker {
 
         let broker = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let shutdown = broker.inner.shutdown.clone();
             // A stolen token must not buy the rotations after its expiry.
             let expired = tokio::time::sleep(until_unix(expires_at));
@@ -194,7 +197,7 @@ impl Broker {
         version: u64,
     ) -> Result<v1::Secret, ApiError> {
         let watch = self.authorize(call, who, path, Capability::Watch).await?;
-        let result = self.read(path, Some(version)).await;
+        let result = self.read(who, path, Some(version)).await;
         let served = result.as_ref().ok().map(|s| s.version);
         self.audit_served(call, who, path, watch, served, read_reason(&result))
             .await?;

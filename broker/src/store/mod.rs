@@ -78,6 +78,9 @@ pub enum StoreError {
     CasMismatch { current: u64 },
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The caller used up its share of the backend's capacity.
+    #[error("too many backend requests from this caller")]
+    Throttled,
     #[error("not supported by this store: {0}")]
     Unsupported(&'static str),
     #[error("store failure: {0}")]
@@ -89,6 +92,19 @@ pub enum StoreError {
 pub trait SecretStore: Send + Sync + 'static {
     /// A version of `path`, or the current one.
     async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError>;
+
+    /// Like [`get`](Self::get), on behalf of `tenant`: an opaque key naming
+    /// the caller, so a store can give each caller a fair share of its
+    /// backend. Stores without a shared backend budget just `get`.
+    async fn get_for(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        let _ = tenant;
+        self.get(path, version).await
+    }
 
     /// Writes a new version and returns its number.
     async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError>;

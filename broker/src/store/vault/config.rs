@@ -116,6 +116,13 @@ pub struct CacheConfig {
     /// they are this old (counted from the last successful read).
     #[serde(default = "default_staleness", deserialize_with = "duration")]
     pub max_staleness: Duration,
+    /// How long "not found" is remembered, so a caller asking again and
+    /// again for a missing path costs one Vault read per period (0s: off).
+    #[serde(default = "default_negative_ttl", deserialize_with = "duration")]
+    pub negative_ttl: Duration,
+    /// Upper bound on remembered "not found" answers.
+    #[serde(default = "default_negative_entries")]
+    pub max_negative_entries: usize,
 }
 
 fn default_cache_ttl() -> Duration {
@@ -127,6 +134,12 @@ fn default_cache_bytes() -> usize {
 fn default_staleness() -> Duration {
     Duration::from_secs(300)
 }
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_negative_entries() -> usize {
+    10_000
+}
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -134,6 +147,8 @@ impl Default for CacheConfig {
             ttl: default_cache_ttl(),
             max_bytes: default_cache_bytes(),
             max_staleness: default_staleness(),
+            negative_ttl: default_negative_ttl(),
+            max_negative_entries: default_negative_entries(),
         }
     }
 }
@@ -185,6 +200,17 @@ pub struct LimitConfig {
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Each caller identity's share of Vault reads per second (0: no
+    /// per-identity limit), so one tenant cannot use up the whole budget.
+    #[serde(default = "default_identity_rate")]
+    pub per_identity_requests_per_second: u32,
+    /// How many reads an identity may make at once above its rate.
+    #[serde(default = "default_identity_burst")]
+    pub per_identity_burst: u32,
+    /// How long a read may wait for its identity's share before it is
+    /// refused with `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_identity_wait", deserialize_with = "duration")]
+    pub per_identity_max_wait: Duration,
 }
 
 fn default_rate() -> u32 {
@@ -202,6 +228,15 @@ fn default_max_backoff() -> Duration {
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_identity_rate() -> u32 {
+    50
+}
+fn default_identity_burst() -> u32 {
+    100
+}
+fn default_identity_wait() -> Duration {
+    Duration::from_secs(1)
+}
 
 impl Default for LimitConfig {
     fn default() -> Self {
@@ -211,6 +246,9 @@ impl Default for LimitConfig {
             initial_backoff: default_backoff(),
             max_backoff: default_max_backoff(),
             request_timeout: default_timeout(),
+            per_identity_requests_per_second: default_identity_rate(),
+            per_identity_burst: default_identity_burst(),
+            per_identity_max_wait: default_identity_wait(),
         }
     }
 }

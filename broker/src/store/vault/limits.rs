@@ -1,7 +1,8 @@
-//! Protecting Vault: a request-rate ceiling, exponential backoff with full
-//! jitter, and the classification of failures that decides what is retried.
+//! Protecting Vault: a request-rate ceiling, each identity's fair share of
+//! it, exponential backoff with full jitter, and the classification of
+//! failures that decides what is retried.
 
-use std::{sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::time::Instant;
@@ -125,6 +126,70 @@ impl RateLimiter {
     }
 }
 
+/// The most identities tracked at once; beyond it, identities without a
+/// pending debt are forgotten, and new ones share one bucket.
+const MAX_TENANTS: usize = 10_000;
+
+/// A token bucket per caller identity (GCRA: one "theoretical arrival time"
+/// per identity). A request within the identity's burst goes at once; one
+/// that would have to wait longer than `max_wait` is refused, so a flooding
+/// identity sheds its own excess instead of queueing in front of everyone
+/// else at the global [`RateLimiter`].
+pub(super) struct TenantLimiter {
+    /// `None`: no per-identity limit.
+    interval: Option<Duration>,
+    /// How far ahead of now an identity may book: the burst.
+    tolerance: Duration,
+    max_wait: Duration,
+    next: Mutex<HashMap<String, Instant>>,
+}
+
+/// An identity used up its share of Vault reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OverShare;
+
+impl TenantLimiter {
+    pub(super) fn new(per_second: u32, burst: u32, max_wait: Duration) -> Self {
+        let interval = (per_second > 0).then(|| Duration::from_secs(1) / per_second);
+        Self {
+            interval,
+            tolerance: interval.unwrap_or_default() * burst.saturating_sub(1),
+            max_wait,
+            next: Mutex::default(),
+        }
+    }
+
+    /// Waits for `tenant`'s next slot, or refuses if that is more than
+    /// `max_wait` away (and then books nothing).
+    pub(super) async fn acquire(&self, tenant: &str) -> Result<(), OverShare> {
+        let Some(interval) = self.interval else {
+            return Ok(());
+        };
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if next.len() >= MAX_TENANTS && !next.contains_key(tenant) {
+                next.retain(|_, at| *at > now);
+            }
+            let key = if next.len() >= MAX_TENANTS && !next.contains_key(tenant) {
+                ""
+            } else {
+                tenant
+            };
+            let booked = next.get(key).copied().unwrap_or(now).max(now);
+            // The earliest this request may go: its booking minus the burst.
+            let start = booked.checked_sub(self.tolerance).unwrap_or(now).max(now);
+            if start.duration_since(now) > self.max_wait {
+                return Err(OverShare);
+            }
+            next.insert(key.to_string(), booked + interval);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +229,23 @@ mod tests {
         }
         // Five requests at 10/s: the fifth waits for its slot at 400 ms.
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_identity_over_its_share_is_refused_while_others_go_at_once() {
+        // 10/s, a burst of 3, at most 200 ms of waiting.
+        let limiter = TenantLimiter::new(10, 3, Duration::from_millis(200));
+        let start = Instant::now();
+        let results = futures::future::join_all((0..20).map(|_| limiter.acquire("noisy"))).await;
+        // Three at once, two more within 200 ms; the rest is refused.
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+        let quiet = Instant::now();
+        limiter.acquire("quiet").await.unwrap();
+        assert_eq!(
+            quiet.elapsed(),
+            Duration::ZERO,
+            "another identity is not held up"
+        );
     }
 }

@@ -14,8 +14,10 @@
 //! * Concurrent reads of the same path and version make one Vault call
 //!   (single-flight); the result is cached for `cache.ttl` in zeroizing
 //!   buffers, the cache bounded by `cache.maxBytes`.
-//! * A version read that matches the path's current version also fills the
-//!   "latest" entry, so each new version is read from Vault once.
+//! * A version read fills the "latest" entry only when the metadata (or a
+//!   latest read, or our own write) confirmed that version is current, so
+//!   each new version is read from Vault once, and reading an old version of
+//!   a cold path never makes it "latest" for everyone else.
 //! * A deleted or destroyed KV v2 version is [`StoreError::VersionDeleted`],
 //!   never an empty value.
 //! * While Vault is unreachable or sealed, cached values are served until
@@ -59,7 +61,7 @@ use vaultrs::{
 };
 
 pub use config::{AuthConfig, MountConfig, VaultConfig};
-use limits::{Backoff, Class, RateLimiter, classify, jittered};
+use limits::{Backoff, Class, RateLimiter, TenantLimiter, classify, jittered};
 use session::Session;
 
 use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
@@ -79,15 +81,29 @@ struct Inner {
     config: Arc<VaultConfig>,
     session: Arc<Session>,
     limiter: RateLimiter,
+    tenants: TenantLimiter,
     cache: Mutex<Cache>,
+    /// Recent "not found" answers, by path and version.
+    missing: Mutex<NegativeCache>,
     inflight: Mutex<HashMap<CacheKey, SharedRead>>,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
-    /// The newest version each path is known to have.
-    latest_known: Mutex<HashMap<String, u64>>,
+    /// What is known about each path's versions.
+    latest_known: Mutex<HashMap<String, Known>>,
     health: watch::Sender<bool>,
     last_contact: Mutex<Instant>,
     reads: AtomicU64,
     shutdown: CancellationToken,
+}
+
+/// What the store knows about one path's versions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// The newest version seen anywhere (a lower bound of the current one).
+    newest: u64,
+    /// The version a latest read, the metadata or our own write said was
+    /// current. Only this may let a versioned read fill the latest entry: an
+    /// old version read first on a cold path must not become "latest".
+    current: Option<u64>,
 }
 
 /// Why a Vault call failed, sorted for the caller.
@@ -116,22 +132,80 @@ impl VaultStore {
     /// Logs in to Vault and starts the token renewer and health prober.
     /// Fails when the configuration is invalid or the first login is refused.
     pub async fn connect(config: VaultConfig) -> Result<Self, StoreError> {
+        let config = Self::prepare(config)?;
+        let session = Session::connect(Arc::clone(&config)).await?;
+        let store = Self::assemble(config, session, true);
+        store
+            .inner
+            .session
+            .spawn_renewer(store.inner.shutdown.clone());
+        Ok(store)
+    }
+
+    /// Tries to log in once; if that fails, starts anyway and retries the
+    /// first login in the background with jittered backoff. Until it
+    /// succeeds [`health`] reports not serving and every request fails with
+    /// [`StoreError::Unavailable`]. Fails only when the configuration is
+    /// invalid.
+    ///
+    /// [`health`]: SecretStore::health
+    pub async fn start(config: VaultConfig) -> Result<Self, StoreError> {
+        let config = Self::prepare(config)?;
+        let session = Session::new(Arc::clone(&config))?;
+        if let Err(error) = session.relogin(0).await {
+            tracing::warn!(%error, "Vault login failed; starting anyway, not serving until it succeeds");
+        } else {
+            let store = Self::assemble(config, session, true);
+            store
+                .inner
+                .session
+                .spawn_renewer(store.inner.shutdown.clone());
+            return Ok(store);
+        }
+        let store = Self::assemble(config, session, false);
+        let weak = Arc::downgrade(&store.inner);
+        let session = Arc::clone(&store.inner.session);
+        let shutdown = store.inner.shutdown.clone();
+        tokio::spawn(async move {
+            if !session.retry_first_login(&shutdown).await {
+                return;
+            }
+            session.spawn_renewer(shutdown);
+            if let Some(inner) = weak.upgrade() {
+                inner.contact_ok();
+            }
+        });
+        Ok(store)
+    }
+
+    fn prepare(config: VaultConfig) -> Result<Arc<VaultConfig>, StoreError> {
         config
             .validate()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         // vaultrs is built without a TLS provider; ours is ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = Arc::new(config);
-        let session = Session::connect(Arc::clone(&config)).await?;
+        Ok(Arc::new(config))
+    }
+
+    /// The store around a session, with its health prober running.
+    fn assemble(config: Arc<VaultConfig>, session: Arc<Session>, serving: bool) -> Self {
         let shutdown = CancellationToken::new();
-        session.spawn_renewer(shutdown.clone());
         let inner = Arc::new(Inner {
             limiter: RateLimiter::new(config.limits.max_requests_per_second),
+            tenants: TenantLimiter::new(
+                config.limits.per_identity_requests_per_second,
+                config.limits.per_identity_burst,
+                config.limits.per_identity_max_wait,
+            ),
             cache: Mutex::new(Cache::new(config.cache.max_bytes)),
+            missing: Mutex::new(NegativeCache::new(
+                config.cache.negative_ttl,
+                config.cache.max_negative_entries,
+            )),
             inflight: Mutex::default(),
             watchers: Mutex::default(),
             latest_known: Mutex::default(),
-            health: watch::Sender::new(true),
+            health: watch::Sender::new(serving),
             last_contact: Mutex::new(Instant::now()),
             reads: AtomicU64::new(0),
             shutdown,
@@ -141,7 +215,7 @@ impl VaultStore {
         let weak = Arc::downgrade(&inner);
         let token = inner.shutdown.clone();
         tokio::spawn(async move { probe_loop(weak, token).await });
-        Ok(Self { inner })
+        Self { inner }
     }
 
     /// How many secret reads (not metadata polls) were sent to Vault.
@@ -234,6 +308,9 @@ impl Inner {
         let mut retries = 0;
         let mut relogged = false;
         loop {
+            if !self.session.logged_in() {
+                return Err(CallError::Unavailable("not logged in to Vault yet".into()));
+            }
             self.limiter.acquire().await;
             let (client, generation) = self.session.client();
             let error = match f(client).await {
@@ -406,13 +483,25 @@ impl Inner {
         Ok(self.metadata(path).await?.map_or(0, |m| m.current_version))
     }
 
+    /// Records that `version` is current (metadata, a latest read, a write).
+    fn note_current(&self, path: &str, version: u64) {
+        self.latest_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_string())
+            .or_default()
+            .current = Some(version);
+        self.note_version(path, version);
+    }
+
+    /// Records that `version` exists, so the current one is at least that.
     fn note_version(&self, path: &str, version: u64) {
         let newer = {
             let mut known = self.latest_known.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = known.entry(path.to_string()).or_insert(0);
-            let newer = version > *entry;
+            let entry = known.entry(path.to_string()).or_default();
+            let newer = version > entry.newest;
             if newer {
-                *entry = version;
+                entry.newest = version;
             }
             newer
         };
@@ -421,6 +510,10 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .invalidate_older_latest(path, version);
+            self.missing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove_path(path);
             let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tx) = watchers.get(path) {
                 tx.send_if_modified(|v| {
@@ -439,8 +532,16 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(path)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |k| k.newest)
+    }
+
+    /// Whether `version` is confirmed current and nothing newer was seen.
+    fn is_confirmed_current(&self, path: &str, version: u64) -> bool {
+        self.latest_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .is_some_and(|k| k.current == Some(version) && k.newest <= version)
     }
 
     /// Fetches, caches and tells the bookkeeping what it learned.
@@ -449,8 +550,14 @@ impl Inner {
         key: CacheKey,
     ) -> Result<StoredSecret, Arc<StoreError>> {
         let result = self.fetch(&key.0, key.1).await;
+        if let Err(e @ (StoreError::NotFound | StoreError::VersionNotFound(_))) = &result {
+            self.missing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), clone_error(e));
+        }
         if let Ok(secret) = &result {
-            let latest = key.1.is_none() || secret.version >= self.known_version(&key.0);
+            let latest = key.1.is_none() || self.is_confirmed_current(&key.0, secret.version);
             {
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 cache.insert((key.0.clone(), Some(secret.version)), secret.clone());
@@ -458,7 +565,11 @@ impl Inner {
                     cache.insert((key.0.clone(), None), secret.clone());
                 }
             }
-            self.note_version(&key.0, secret.version);
+            if key.1.is_none() {
+                self.note_current(&key.0, secret.version);
+            } else {
+                self.note_version(&key.0, secret.version);
+            }
         }
         self.inflight
             .lock()
@@ -479,9 +590,15 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl SecretStore for VaultStore {
-    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+impl VaultStore {
+    /// A read from the cache, the negative cache, a read already in flight,
+    /// or Vault; only the last costs `tenant` a share of the budget.
+    async fn read(
+        &self,
+        tenant: Option<&str>,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
         let inner = &self.inner;
         let key: CacheKey = (path.to_string(), version);
         if let Some(hit) = inner
@@ -491,6 +608,25 @@ impl SecretStore for VaultStore {
             .fresh(&key, inner.config.cache.ttl)
         {
             return Ok(hit);
+        }
+        if let Some(missing) = inner
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Err(missing);
+        }
+        let joining = inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key);
+        if let Some(tenant) = tenant.filter(|_| !joining) {
+            inner.tenants.acquire(tenant).await.map_err(|_| {
+                tracing::debug!(path, "a caller is over its share of Vault reads");
+                StoreError::Throttled
+            })?;
         }
         let read = {
             let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -524,6 +660,22 @@ impl SecretStore for VaultStore {
                 other => Err(clone_error(other)),
             },
         }
+    }
+}
+
+#[async_trait]
+impl SecretStore for VaultStore {
+    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+        self.read(None, path, version).await
+    }
+
+    async fn get_for(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.read(Some(tenant), path, version).await
     }
 
     async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
@@ -584,7 +736,12 @@ impl SecretStore for VaultStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove_path(path);
-        inner.note_version(path, version);
+        inner
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_path(path);
+        inner.note_current(path, version);
         Ok(version)
     }
 
@@ -620,7 +777,7 @@ impl SecretStore for VaultStore {
             })
             .collect();
         infos.sort_by_key(|v| v.version);
-        self.inner.note_version(path, meta.current_version);
+        self.inner.note_current(path, meta.current_version);
         Ok((meta.current_version, infos))
     }
 
@@ -672,7 +829,7 @@ async fn poll_loop(weak: Weak<Inner>, path: String, shutdown: CancellationToken)
                 return;
             }
             match inner.current_version(&path).await {
-                Ok(version) => inner.note_version(&path, version),
+                Ok(version) => inner.note_current(&path, version),
                 Err(error) => tracing::debug!(path, %error, "polling Vault failed"),
             }
             jittered(inner.config.poll.interval, inner.config.poll.jitter)
@@ -752,8 +909,53 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::VersionDeleted(v) => StoreError::VersionDeleted(*v),
         StoreError::CasMismatch { current } => StoreError::CasMismatch { current: *current },
         StoreError::Unavailable(d) => StoreError::Unavailable(d.clone()),
+        StoreError::Throttled => StoreError::Throttled,
         StoreError::Unsupported(w) => StoreError::Unsupported(w),
         StoreError::Internal(d) => StoreError::Internal(d.clone()),
+    }
+}
+
+/// Recent "not found" answers, each kept for `ttl`, at most `max` of them.
+struct NegativeCache {
+    entries: HashMap<CacheKey, (Instant, StoreError)>,
+    ttl: Duration,
+    max: usize,
+}
+
+impl NegativeCache {
+    fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            ttl,
+            max,
+        }
+    }
+
+    fn get(&mut self, key: &CacheKey) -> Option<StoreError> {
+        let (at, error) = self.entries.get(key)?;
+        if at.elapsed() < self.ttl {
+            return Some(clone_error(error));
+        }
+        self.entries.remove(key);
+        None
+    }
+
+    fn insert(&mut self, key: CacheKey, error: StoreError) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if self.entries.len() >= self.max {
+            let ttl = self.ttl;
+            self.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        // Still full of live entries: not remembering is only slower.
+        if self.entries.len() < self.max {
+            self.entries.insert(key, (Instant::now(), error));
+        }
+    }
+
+    fn remove_path(&mut self, path: &str) {
+        self.entries.retain(|(p, _), _| p != path);
     }
 }
 

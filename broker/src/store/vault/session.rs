@@ -38,20 +38,61 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// Logs in once; fails when the configuration or Vault refuses.
-    pub(super) async fn connect(config: Arc<VaultConfig>) -> Result<Arc<Self>, StoreError> {
+    /// A session that has not logged in yet (generation 0): every call
+    /// before the first login is refused by the store as unavailable.
+    pub(super) fn new(config: Arc<VaultConfig>) -> Result<Arc<Self>, StoreError> {
         let address = url::Url::parse(&config.address)
             .map_err(|e| StoreError::Internal(format!("invalid Vault address: {e}")))?;
         let anonymous = build_client(&config, &address, "")?;
-        let (token, lease) = login(&config, &anonymous).await?;
-        let client = build_client(&config, &address, &token)?;
         Ok(Arc::new(Self {
             config,
             address,
-            client: RwLock::new((Arc::new(client), 0)),
-            lease: Mutex::new(lease),
+            client: RwLock::new((Arc::new(anonymous), 0)),
+            lease: Mutex::new(Lease {
+                ttl: Duration::ZERO,
+                renewable: false,
+                obtained: Instant::now(),
+            }),
             relogin: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Logs in once; fails when the configuration or Vault refuses.
+    pub(super) async fn connect(config: Arc<VaultConfig>) -> Result<Arc<Self>, StoreError> {
+        let session = Self::new(config)?;
+        session.relogin(0).await?;
+        Ok(session)
+    }
+
+    /// Whether a login has succeeded yet.
+    pub(super) fn logged_in(&self) -> bool {
+        self.client().1 > 0
+    }
+
+    /// After a failed first login: tries again until it succeeds, pausing
+    /// with jittered exponential backoff (0.5 s doubling to 30 s) before each
+    /// attempt, so the broker can start before Vault does. Returns false if
+    /// `shutdown` came first.
+    pub(super) async fn retry_first_login(&self, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut attempt: u32 = 1;
+        loop {
+            // At least 100 ms, so full jitter never spins.
+            let pause = backoff.next_delay().max(Duration::from_millis(100));
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(pause) => {}
+            }
+            attempt = attempt.saturating_add(1);
+            match self.relogin(0).await {
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(
+                    %error,
+                    attempt,
+                    "Vault login failed; not serving until it succeeds"
+                ),
+            }
+        }
     }
 
     /// The client holding the current token, and the login generation.
@@ -83,7 +124,8 @@ impl Session {
         *guard = (Arc::new(client), generation + 1);
         tracing::info!(
             method = method_name(&self.config.auth),
-            "logged in to Vault again"
+            first = generation == 0,
+            "logged in to Vault"
         );
         Ok(())
     }
