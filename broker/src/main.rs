@@ -12,7 +12,7 @@ use coffer_broker::{
     auth::config::AuthConfig,
     policy::Policy,
     server::{self, ListenAddr},
-    service::Broker,
+    service::{AckLimits, Broker},
     store::{SecretStore, dev::DevStore},
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -116,6 +116,10 @@ struct ServeArgs {
     /// they are refused (UNAVAILABLE).
     #[arg(long, env = "COFFER_AUDIT_FAIL_OPEN")]
     audit_fail_open: bool,
+    /// How long `status` keeps listing a workload that acknowledged a
+    /// version but no longer watches the path.
+    #[arg(long, env = "COFFER_ACK_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    ack_ttl: Duration,
     /// Where secrets live: the embedded dev store, or Vault/OpenBao.
     #[arg(long, env = "COFFER_STORE", value_enum, default_value = "dev")]
     store: StoreKind,
@@ -262,7 +266,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(DevStore::persistent(file, &key)?)
         }
     };
-    let mut broker = Broker::new(authn, policy, store);
+    let mut broker = Broker::new(authn, policy, store).with_ack_limits(AckLimits {
+        ttl: args.ack_ttl,
+        ..AckLimits::default()
+    });
     if let Some(audit) = audit {
         broker = broker.with_audit(audit);
     }

@@ -11,6 +11,8 @@
 
 mod acks;
 mod operator;
+
+pub use acks::AckLimits;
 mod stream;
 mod workload;
 
@@ -142,6 +144,12 @@ impl Broker {
     /// Records every decision (and authentication failure) to `audit`.
     pub fn with_audit(self, audit: AuditLog) -> Self {
         *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
+        self
+    }
+
+    /// Bounds the rollout table behind `RotationStatus` (see [`AckLimits`]).
+    pub fn with_ack_limits(self, limits: AckLimits) -> Self {
+        self.inner.acks.set_limits(limits);
         self
     }
 

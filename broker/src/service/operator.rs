@@ -158,15 +158,28 @@ impl SecretOperator for Broker {
                 "RotationStatus",
             )
             .await?;
-        let current_version = match self.inner.store.versions(path.base()).await {
-            Ok((current, _)) => current,
-            Err(crate::store::StoreError::NotFound) => 0,
+        let (current_version, created) = match self.inner.store.versions(path.base()).await {
+            Ok((current, versions)) => (
+                current,
+                versions
+                    .iter()
+                    .find(|v| v.version == current)
+                    .map(|v| v.created_at),
+            ),
+            Err(crate::store::StoreError::NotFound) => (0, None),
             Err(e) => return Err(ApiError::from(e).into()),
         };
-        let workloads = self.inner.acks.workloads(path.base());
+        let rollout = self
+            .inner
+            .acks
+            .status(path.base(), current_version, created);
         Ok(Response::new(v1::RotationStatusResponse {
             current_version,
-            workloads,
+            workloads: rollout.workloads,
+            expected: rollout.expected,
+            applied: rollout.applied,
+            failed: rollout.failed,
+            pending: rollout.pending,
         }))
     }
 }

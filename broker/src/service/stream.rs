@@ -77,6 +77,8 @@ impl Broker {
 
         let broker = self.clone();
         tokio::spawn(async move {
+            // In the rollout's expected set while this task runs.
+            let _watching = broker.inner.acks.watching(&who, &paths);
             let shutdown = broker.inner.shutdown.clone();
             loop {
                 tokio::select! {
