@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod reload;
+pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod store;

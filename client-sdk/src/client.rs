@@ -247,6 +247,22 @@ impl Client {
             .version)
     }
 
+    /// Has the broker generate a new value (operators). Unset fields of
+    /// `spec` come from the spec stored with the secret. Returns the version.
+    pub async fn rotate(&self, path: &str, spec: Option<v1::RotationSpec>) -> Result<u64, Error> {
+        let request = self.request(v1::RotateSecretRequest {
+            path: path.to_string(),
+            spec,
+        })?;
+        Ok(self
+            .operator
+            .clone()
+            .rotate_secret(request)
+            .await?
+            .into_inner()
+            .version)
+    }
+
     /// Makes `to_version`'s value current again, as a new version (operators).
     pub async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, Error> {
         let request = self.request(v1::RollbackSecretRequest {

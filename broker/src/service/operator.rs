@@ -8,7 +8,13 @@ use coffer_proto::{
 use tonic::{Request, Response, Status};
 
 use super::{Broker, Call};
-use crate::{error::ApiError, path::SecretPath, policy::Capability, store::SecretWrite};
+use crate::{
+    error::ApiError,
+    path::SecretPath,
+    policy::Capability,
+    rotation::{RotationError, RotationSpec},
+    store::SecretWrite,
+};
 
 impl Broker {
     async fn operator_path<T>(
@@ -78,14 +84,52 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::RotateSecretRequest>,
     ) -> Result<Response<v1::RotateSecretResponse>, Status> {
-        self.operator_path(
-            &request,
-            &request.get_ref().path,
-            Capability::Rotate,
-            "RotateSecret",
-        )
-        .await?;
-        Err(ApiError::Unimplemented("RotateSecret").into())
+        let path = self
+            .operator_path(
+                &request,
+                &request.get_ref().path,
+                Capability::Rotate,
+                "RotateSecret",
+            )
+            .await?;
+        let current = match self.inner.store.get(path.base(), None).await {
+            Ok(current) => Some(current),
+            Err(crate::store::StoreError::NotFound) => None,
+            Err(e) => return Err(ApiError::from(e).into()),
+        };
+        let mut labels = current
+            .as_ref()
+            .map(|c| c.labels.clone())
+            .unwrap_or_default();
+        let spec = RotationSpec::resolve(request.get_ref().spec.as_ref(), &labels)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let data = spec
+            .next_value(current.as_ref().map(|c| &c.data))
+            .map_err(|e| match e {
+                RotationError::Random => ApiError::Store(crate::store::StoreError::Internal(
+                    "the system random number generator failed".into(),
+                )),
+                e => ApiError::InvalidArgument(e.to_string()),
+            })?;
+        labels.extend(spec.labels());
+        let write = SecretWrite {
+            data,
+            content_type: current
+                .as_ref()
+                .map(|c| c.content_type.clone())
+                .unwrap_or_default(),
+            labels,
+            // Whatever was written meanwhile is not silently overwritten.
+            cas: Some(current.as_ref().map_or(0, |c| c.version)),
+        };
+        let version = self
+            .inner
+            .store
+            .put(path.base(), write)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(path = %path, version, key = spec.key.as_deref().unwrap_or(""), "secret rotated");
+        Ok(Response::new(v1::RotateSecretResponse { version }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RollbackSecret"))]

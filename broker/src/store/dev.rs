@@ -171,11 +171,17 @@ impl SecretStore for DevStore {
                 }
                 return Err(StoreError::CasMismatch { current });
             }
+            // Labels belong to the secret, as Vault's custom_metadata does:
+            // a write without labels keeps the last ones.
+            let labels = match versions.last() {
+                Some(last) if write.labels.is_empty() => last.labels.clone(),
+                _ => write.labels,
+            };
             versions.push(Version {
                 data: write.data,
                 content_type: write.content_type,
                 created_at: SystemTime::now(),
-                labels: write.labels,
+                labels,
             });
             let version = versions.len() as u64;
             if let Some(p) = &self.persistence

@@ -570,14 +570,38 @@ impl SecretStore for VaultStore {
                     }
                 })
                 .await;
-            match result {
+            let version = match result {
                 Ok(meta) => meta.version,
                 Err(CallError::Other(400, _)) if cas.is_some() => {
                     let current = inner.metadata(path).await?.map_or(0, |m| m.current_version);
                     return Err(StoreError::CasMismatch { current });
                 }
                 Err(e) => return Err(e.into()),
+            };
+            // Labels given replace the secret's custom_metadata; a write
+            // without labels keeps the stored ones (e.g. a rotation spec).
+            if !write.labels.is_empty() {
+                let labels: HashMap<String, String> = write.labels.clone().into_iter().collect();
+                inner
+                    .call(|c| {
+                        let (name, p, labels) = (name.clone(), inner_path.clone(), labels.clone());
+                        async move {
+                            vaultrs::kv2::set_metadata(
+                                &*c,
+                                &name,
+                                &p,
+                                Some(
+                                    vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder(
+                                    )
+                                    .custom_metadata(labels),
+                                ),
+                            )
+                            .await
+                        }
+                    })
+                    .await?;
             }
+            version
         };
         inner
             .cache
