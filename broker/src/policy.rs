@@ -48,11 +48,13 @@ pub enum Capability {
     Rollback,
     List,
     Status,
+    Delete,
+    Destroy,
 }
 
 impl Capability {
     /// Every capability, in policy-file order.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 9] = [
         Self::Read,
         Self::Watch,
         Self::Write,
@@ -60,6 +62,8 @@ impl Capability {
         Self::Rollback,
         Self::List,
         Self::Status,
+        Self::Delete,
+        Self::Destroy,
     ];
 
     /// The name used in policy files and audit records.
@@ -72,6 +76,8 @@ impl Capability {
             Self::Rollback => "rollback",
             Self::List => "list",
             Self::Status => "status",
+            Self::Delete => "delete",
+            Self::Destroy => "destroy",
         }
     }
 
@@ -82,11 +88,14 @@ impl Capability {
 
     /// Whether this capability changes secrets.
     pub fn is_write_side(self) -> bool {
-        matches!(self, Self::Write | Self::Rotate | Self::Rollback)
+        matches!(
+            self,
+            Self::Write | Self::Rotate | Self::Rollback | Self::Delete | Self::Destroy
+        )
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
@@ -209,7 +218,7 @@ pub struct Rule {
     pub paths: Vec<PathPattern>,
     /// What it grants or forbids.
     pub capabilities: Vec<Capability>,
-    caps: u8,
+    caps: u16,
 }
 
 impl Rule {

@@ -122,6 +122,34 @@ enum Command {
     },
     /// List a secret's versions.
     Versions { path: String },
+    /// Soft-delete versions (capability `delete`); `undelete` restores them.
+    Delete {
+        path: String,
+        /// Comma-separated versions; default: the current one.
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+    },
+    /// Restore soft-deleted versions (capability `delete`).
+    Undelete {
+        path: String,
+        /// Comma-separated versions; default: the current one.
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+    },
+    /// Destroy versions for good (capability `destroy`).
+    Destroy {
+        path: String,
+        /// Comma-separated versions (required: destroying is final).
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+    },
+    /// List the secrets under a folder that you may list (capability `list`
+    /// on each name); folders end with `/`.
+    List {
+        /// The folder, e.g. `shop`; default: the top.
+        #[arg(default_value = "")]
+        folder: String,
+    },
     /// Make an old version current again.
     Rollback { path: String, to_version: u64 },
     /// Show the rollout of the current version: how many of the workloads
@@ -459,6 +487,41 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 );
             }
         }
+        Command::Delete { path, versions } => {
+            change_versions(
+                broker,
+                coffer::VersionAction::Delete,
+                &path,
+                versions,
+                "deleted",
+            )
+            .await?;
+        }
+        Command::Undelete { path, versions } => {
+            change_versions(
+                broker,
+                coffer::VersionAction::Undelete,
+                &path,
+                versions,
+                "undeleted",
+            )
+            .await?;
+        }
+        Command::Destroy { path, versions } => {
+            change_versions(
+                broker,
+                coffer::VersionAction::Destroy,
+                &path,
+                versions,
+                "destroyed",
+            )
+            .await?;
+        }
+        Command::List { folder } => {
+            for name in client(broker).await?.list_secrets(&folder).await? {
+                say!("{name}");
+            }
+        }
         Command::Rollback { path, to_version } => {
             let version = client(broker).await?.rollback(&path, to_version).await?;
             say!("{path}: version {to_version} is current again as version {version}");
@@ -757,4 +820,25 @@ async fn wait_for_rollout(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+async fn change_versions(
+    broker: &BrokerArgs,
+    action: coffer::VersionAction,
+    path: &str,
+    versions: Vec<u64>,
+    done: &str,
+) -> anyhow::Result<()> {
+    let which = if versions.is_empty() {
+        "the current version".to_string()
+    } else {
+        let list: Vec<String> = versions.iter().map(u64::to_string).collect();
+        format!("versions {}", list.join(", "))
+    };
+    client(broker)
+        .await?
+        .change_versions(action, path, versions)
+        .await?;
+    say!("{path}: {which} {done}");
+    Ok(())
 }

@@ -263,6 +263,41 @@ impl Client {
             .version)
     }
 
+    /// Soft-deletes (`delete`), restores (`undelete`) or destroys
+    /// (`destroy`) `versions` of `path`; empty means the current version.
+    pub async fn change_versions(
+        &self,
+        action: VersionAction,
+        path: &str,
+        versions: Vec<u64>,
+    ) -> Result<(), Error> {
+        let request = self.request(v1::DeleteVersionsRequest {
+            path: path.to_string(),
+            versions,
+        })?;
+        let mut operator = self.operator.clone();
+        match action {
+            VersionAction::Delete => operator.delete_versions(request).await?,
+            VersionAction::Undelete => operator.undelete_versions(request).await?,
+            VersionAction::Destroy => operator.destroy_versions(request).await?,
+        };
+        Ok(())
+    }
+
+    /// The names under `folder` the caller may list; folders end with `/`.
+    pub async fn list_secrets(&self, folder: &str) -> Result<Vec<String>, Error> {
+        let request = self.request(v1::ListSecretsRequest {
+            path: folder.to_string(),
+        })?;
+        Ok(self
+            .operator
+            .clone()
+            .list_secrets(request)
+            .await?
+            .into_inner()
+            .names)
+    }
+
     /// Makes `to_version`'s value current again, as a new version (operators).
     pub async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, Error> {
         let request = self.request(v1::RollbackSecretRequest {
@@ -303,6 +338,17 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// What [`Client::change_versions`] does to versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionAction {
+    /// Soft-delete: unreadable until undeleted.
+    Delete,
+    /// Restore soft-deleted versions.
+    Undelete,
+    /// Remove the values for good.
+    Destroy,
 }
 
 /// Whether a watch event is the initial snapshot or a later change.

@@ -40,8 +40,121 @@ impl Broker {
         Ok(path)
     }
 }
+impl Broker {
+    /// Delete, undelete or destroy: authorized and audited before it acts.
+    async fn change_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+        capability: Capability,
+        rpc: &'static str,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        if request.get_ref().versions.len() > super::MAX_PATHS_PER_CALL {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {} versions per call",
+                super::MAX_PATHS_PER_CALL
+            ))
+            .into());
+        }
+        let path = self
+            .operator_path(&request, &request.get_ref().path, capability, rpc)
+            .await?;
+        let versions = &request.get_ref().versions;
+        let store = &self.inner.store;
+        let result = match rpc {
+            "DeleteVersions" => store.delete_versions(path.base(), versions).await,
+            "UndeleteVersions" => store.undelete_versions(path.base(), versions).await,
+            _ => store.destroy_versions(path.base(), versions).await,
+        };
+        result.map_err(ApiError::from)?;
+        tracing::info!(path = %path, ?versions, rpc, "versions changed");
+        Ok(Response::new(v1::DeleteVersionsResponse {}))
+    }
+}
+
 #[tonic::async_trait]
 impl SecretOperator for Broker {
+    #[tracing::instrument(skip_all, fields(rpc = "DeleteVersions"))]
+    async fn delete_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        self.change_versions(request, Capability::Delete, "DeleteVersions")
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "UndeleteVersions"))]
+    async fn undelete_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        self.change_versions(request, Capability::Delete, "UndeleteVersions")
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "DestroyVersions"))]
+    async fn destroy_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        self.change_versions(request, Capability::Destroy, "DestroyVersions")
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListSecrets"))]
+    async fn list_secrets(
+        &self,
+        request: Request<v1::ListSecretsRequest>,
+    ) -> Result<Response<v1::ListSecretsResponse>, Status> {
+        let call = Call::of(&request, "ListSecrets");
+        let who = self.authenticate(&request, &call).await?;
+        let folder = request.get_ref().path.trim_end_matches('/').to_string();
+        if !folder.is_empty() {
+            let path = SecretPath::parse(&folder).map_err(ApiError::from)?;
+            if path.key().is_some() {
+                return Err(ApiError::InvalidArgument("a folder has no '#key'".into()).into());
+            }
+        }
+        let names = self
+            .inner
+            .store
+            .list(&folder)
+            .await
+            .map_err(ApiError::from)?;
+        // Each name is shown only to a caller with `list` on it: the folder
+        // itself grants nothing, so a listing reveals no more than the
+        // policy already lets the caller see.
+        let policy = self.policy();
+        let visible: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                let child = if folder.is_empty() {
+                    name.trim_end_matches('/').to_string()
+                } else {
+                    format!("{folder}/{}", name.trim_end_matches('/'))
+                };
+                SecretPath::parse(&child)
+                    .is_ok_and(|p| policy.decide(&who, &p, Capability::List).is_allowed())
+            })
+            .collect();
+        let (outcome, reason) = if visible.is_empty() {
+            (crate::audit::Outcome::Deny, "nothing_listable")
+        } else {
+            (crate::audit::Outcome::Allow, "listed")
+        };
+        self.audit(&call.event(
+            Some(&who),
+            Some(&folder),
+            Some(Capability::List),
+            outcome,
+            reason,
+        ))
+        .await?;
+        if visible.is_empty() {
+            return Err(ApiError::PermissionDenied.into());
+        }
+        Ok(Response::new(v1::ListSecretsResponse { names: visible }))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "PutSecret"))]
     async fn put_secret(
         &self,

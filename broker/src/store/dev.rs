@@ -37,6 +37,10 @@ struct Version {
     content_type: String,
     created_at: SystemTime,
     labels: BTreeMap<String, String>,
+    /// Soft-deleted: unreadable until undeleted.
+    deleted: bool,
+    /// Destroyed: the value is gone for good.
+    destroyed: bool,
 }
 
 /// The in-memory store.
@@ -127,6 +131,44 @@ impl DevStore {
         self.secrets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Applies `change` to `versions` of `path` (empty: the current one),
+    /// keeping memory and file in agreement.
+    fn mark(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: impl Fn(&mut Version),
+    ) -> Result<(), StoreError> {
+        let mut secrets = self.lock_secrets();
+        let existing = secrets.get_mut(path).ok_or(StoreError::NotFound)?;
+        let current = existing.len() as u64;
+        let wanted: Vec<u64> = if versions.is_empty() {
+            vec![current]
+        } else {
+            versions.to_vec()
+        };
+        if let Some(&bad) = wanted.iter().find(|&&n| n == 0 || n > current) {
+            return Err(StoreError::VersionNotFound(bad));
+        }
+        let before = existing.clone();
+        for n in wanted {
+            // `n` is within 1..=len, checked above.
+            if let Some(v) = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| existing.get_mut(i))
+            {
+                change(v);
+            }
+        }
+        if let Some(p) = &self.persistence
+            && let Err(e) = p.save(&secrets)
+        {
+            secrets.insert(path.to_string(), before);
+            return Err(StoreError::Internal(e.to_string()));
+        }
+        Ok(())
+    }
+
     fn notify(&self, path: &str, version: u64) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = watchers.get(path) {
@@ -148,6 +190,9 @@ impl SecretStore for DevStore {
             .filter(|&i| i < versions.len())
             .ok_or(StoreError::VersionNotFound(number))?;
         let v = &versions[index];
+        if v.deleted || v.destroyed {
+            return Err(StoreError::VersionDeleted(number));
+        }
         Ok(StoredSecret {
             version: number,
             data: v.data.clone(),
@@ -182,6 +227,8 @@ impl SecretStore for DevStore {
                 content_type: write.content_type,
                 created_at: SystemTime::now(),
                 labels,
+                deleted: false,
+                destroyed: false,
             });
             let version = versions.len() as u64;
             if let Some(p) = &self.persistence
@@ -211,11 +258,51 @@ impl SecretStore for DevStore {
             .map(|(v, n)| VersionInfo {
                 version: n,
                 created_at: v.created_at,
-                deleted: false,
-                destroyed: false,
+                deleted: v.deleted,
+                destroyed: v.destroyed,
             })
             .collect();
         Ok((versions.len() as u64, infos))
+    }
+
+    async fn delete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.mark(path, versions, |v| v.deleted = true)
+    }
+
+    async fn undelete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.mark(path, versions, |v| {
+            if !v.destroyed {
+                v.deleted = false;
+            }
+        })
+    }
+
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.mark(path, versions, |v| {
+            v.destroyed = true;
+            // Dropping the old value zeroizes it.
+            v.data = SecretData::Bytes(SecretBytes::new(Vec::new()));
+        })
+    }
+
+    async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = if folder.is_empty() {
+            String::new()
+        } else {
+            format!("{folder}/")
+        };
+        let secrets = self.lock_secrets();
+        let mut names: Vec<String> = secrets
+            .keys()
+            .filter_map(|path| path.strip_prefix(&prefix))
+            .map(|rest| match rest.split_once('/') {
+                Some((folder, _)) => format!("{folder}/"),
+                None => rest.to_string(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
@@ -244,6 +331,8 @@ struct VersionOut<'a> {
     bytes: Option<&'a [u8]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     map: Option<BTreeMap<&'a str, &'a [u8]>>,
+    deleted: bool,
+    destroyed: bool,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +344,10 @@ struct VersionIn {
     bytes: Option<Vec<u8>>,
     #[serde(default)]
     map: Option<BTreeMap<String, Vec<u8>>>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    destroyed: bool,
 }
 
 impl Persistence {
@@ -304,6 +397,8 @@ impl Persistence {
                         content_type: v.content_type,
                         created_at: UNIX_EPOCH + Duration::from_millis(v.created_unix_ms),
                         labels: v.labels,
+                        deleted: v.deleted,
+                        destroyed: v.destroyed,
                     })
                     .collect();
                 (path, versions)
@@ -325,6 +420,8 @@ impl Persistence {
                                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                             content_type: &v.content_type,
                             labels: &v.labels,
+                            deleted: v.deleted,
+                            destroyed: v.destroyed,
                             bytes: match &v.data {
                                 SecretData::Bytes(b) => Some(b.expose()),
                                 SecretData::Map(_) => None,
