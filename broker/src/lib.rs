@@ -25,6 +25,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod path;
+pub mod peers;
 pub mod policy;
 pub mod reload;
 pub mod rotation;

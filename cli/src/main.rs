@@ -710,6 +710,13 @@ fn print_status(path: &str, status: &coffer::proto::RotationStatusResponse) {
         status.failed,
         status.pending
     );
+    if status.replicas > 1 {
+        say!(
+            "  ({} of {} replicas answered)",
+            status.replicas_answered,
+            status.replicas
+        );
+    }
     for w in &status.workloads {
         let mut line = format!(
             "  {}/{} pod={} version={} {}",
@@ -762,6 +769,8 @@ fn status_json(path: &str, status: &coffer::proto::RotationStatusResponse) -> se
         "applied": status.applied,
         "failed": status.failed,
         "pending": status.pending,
+        "replicas": status.replicas,
+        "replicasAnswered": status.replicas_answered,
         "workloads": workloads,
     })
 }

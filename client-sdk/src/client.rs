@@ -298,6 +298,24 @@ impl Client {
             .names)
     }
 
+    /// The same connection presenting another token.
+    pub fn with_token(&self, token: TokenSource) -> Client {
+        Client {
+            broker: self.broker.clone(),
+            operator: self.operator.clone(),
+            token,
+        }
+    }
+
+    /// Tells a broker replica that `path` changed (brokers to their peers).
+    pub async fn notify_changed(&self, path: &str) -> Result<(), Error> {
+        let request = self.request(v1::NotifyChangedRequest {
+            path: path.to_string(),
+        })?;
+        self.operator.clone().notify_changed(request).await?;
+        Ok(())
+    }
+
     /// Makes `to_version`'s value current again, as a new version (operators).
     pub async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, Error> {
         let request = self.request(v1::RollbackSecretRequest {
@@ -328,8 +346,19 @@ impl Client {
 
     /// Which workloads acknowledged which version of `path` (operators).
     pub async fn rotation_status(&self, path: &str) -> Result<v1::RotationStatusResponse, Error> {
+        self.rotation_status_of(path, false).await
+    }
+
+    /// Like [`Self::rotation_status`]; `local_only` asks the one replica
+    /// connected, not its peers (what brokers ask each other).
+    pub async fn rotation_status_of(
+        &self,
+        path: &str,
+        local_only: bool,
+    ) -> Result<v1::RotationStatusResponse, Error> {
         let request = self.request(v1::RotationStatusRequest {
             path: path.to_string(),
+            local_only,
         })?;
         Ok(self
             .operator

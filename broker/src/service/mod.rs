@@ -48,6 +48,7 @@ struct Inner {
     acks: acks::AckTable,
     shutdown: CancellationToken,
     audit: RwLock<Option<Arc<AuditLog>>>,
+    peers: std::sync::OnceLock<crate::peers::Peers>,
 }
 
 /// One incoming call, as the audit trail names it.
@@ -137,6 +138,7 @@ impl Broker {
                 acks: acks::AckTable::default(),
                 shutdown: CancellationToken::new(),
                 audit: RwLock::new(None),
+                peers: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -150,6 +152,15 @@ impl Broker {
     /// Bounds the rollout table behind `RotationStatus` (see [`AckLimits`]).
     pub fn with_ack_limits(self, limits: AckLimits) -> Self {
         self.inner.acks.set_limits(limits);
+        self
+    }
+
+    /// Tells `peers` of every write and merges their rollout answers (see
+    /// [`crate::peers`]). Set once, before serving.
+    pub fn with_peers(self, peers: crate::peers::Peers) -> Self {
+        if self.inner.peers.set(peers).is_err() {
+            tracing::warn!("peers were already set; keeping the first set");
+        }
         self
     }
 

@@ -41,6 +41,12 @@ impl Broker {
     }
 }
 impl Broker {
+    fn notify_peers(&self, path: &SecretPath) {
+        if let Some(peers) = self.inner.peers.get() {
+            peers.notify(path.base());
+        }
+    }
+
     /// Delete, undelete or destroy: authorized and audited before it acts.
     async fn change_versions(
         &self,
@@ -67,6 +73,7 @@ impl Broker {
         };
         result.map_err(ApiError::from)?;
         tracing::info!(path = %path, ?versions, rpc, "versions changed");
+        self.notify_peers(&path);
         Ok(Response::new(v1::DeleteVersionsResponse {}))
     }
 }
@@ -98,6 +105,35 @@ impl SecretOperator for Broker {
     ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
         self.change_versions(request, Capability::Destroy, "DestroyVersions")
             .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "NotifyChanged"))]
+    async fn notify_changed(
+        &self,
+        request: Request<v1::NotifyChangedRequest>,
+    ) -> Result<Response<v1::NotifyChangedResponse>, Status> {
+        let call = Call::of(&request, "NotifyChanged");
+        let who = self.authenticate(&request, &call).await?;
+        let path = SecretPath::parse(&request.get_ref().path).map_err(ApiError::from)?;
+        let raw = path.to_string();
+        let accepted = self.inner.peers.get().is_some_and(|p| p.accepts(&who));
+        let (outcome, reason) = if accepted {
+            (crate::audit::Outcome::Allow, "peer")
+        } else {
+            (crate::audit::Outcome::Deny, "not_a_peer")
+        };
+        self.audit(&call.event(Some(&who), Some(&raw), None, outcome, reason))
+            .await?;
+        if !accepted {
+            return Err(ApiError::PermissionDenied.into());
+        }
+        self.inner
+            .store
+            .refresh(path.base())
+            .await
+            .map_err(ApiError::from)?;
+        tracing::debug!(path = %path, "re-read after a peer's write");
+        Ok(Response::new(v1::NotifyChangedResponse {}))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListSecrets"))]
@@ -190,6 +226,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, "secret written");
+        self.notify_peers(&path);
         Ok(Response::new(v1::PutSecretResponse { version }))
     }
 
@@ -242,6 +279,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, key = spec.key.as_deref().unwrap_or(""), "secret rotated");
+        self.notify_peers(&path);
         Ok(Response::new(v1::RotateSecretResponse { version }))
     }
 
@@ -266,6 +304,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, from = to, version, "secret rolled back");
+        self.notify_peers(&path);
         Ok(Response::new(v1::RollbackSecretResponse { version }))
     }
 
@@ -330,13 +369,35 @@ impl SecretOperator for Broker {
             .inner
             .acks
             .status(path.base(), current_version, created);
-        Ok(Response::new(v1::RotationStatusResponse {
+        let local = v1::RotationStatusResponse {
             current_version,
             workloads: rollout.workloads,
             expected: rollout.expected,
             applied: rollout.applied,
             failed: rollout.failed,
             pending: rollout.pending,
-        }))
+            replicas: 1,
+            replicas_answered: 1,
+        };
+        let peers = self.inner.peers.get().filter(|p| !p.is_empty());
+        let (Some(peers), false) = (peers, request.get_ref().local_only) else {
+            return Ok(Response::new(local));
+        };
+        // Peers decide for themselves: they are asked with the operator's
+        // own token, never with more authority than the caller has.
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::auth::BearerToken::from_header(v).ok());
+        let Some(token) = token else {
+            return Ok(Response::new(local));
+        };
+        let others = peers.statuses(path.base(), token.expose()).await;
+        let answered = 1 + others.len() as u32;
+        let mut merged = crate::peers::merge(local, others);
+        merged.replicas = 1 + peers.len() as u32;
+        merged.replicas_answered = answered;
+        Ok(Response::new(merged))
     }
 }

@@ -131,6 +131,12 @@ pub trait SecretStore: Send + Sync + 'static {
         Err(StoreError::Unsupported("listing"))
     }
 
+    /// Re-reads what the store knows of `path` now (a peer replica changed
+    /// it), telling subscribers at once rather than at the next poll.
+    async fn refresh(&self, _path: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The current version of `path` (0 while it does not exist), updated on
     /// every change. Many watchers of one path share one subscription.
     fn subscribe(&self, path: &str) -> watch::Receiver<u64>;

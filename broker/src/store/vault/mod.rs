@@ -703,6 +703,18 @@ impl SecretStore for VaultStore {
     async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
         VaultStore::list(self, folder).await
     }
+
+    async fn refresh(&self, path: &str) -> Result<(), StoreError> {
+        let version = self.inner.current_version(path).await?;
+        // Deletions keep the version number: drop what is cached either way.
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_path(path);
+        self.inner.note_version(path, version);
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy)]
