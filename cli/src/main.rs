@@ -206,7 +206,7 @@ enum PolicyCommand {
         pod: Option<String>,
         #[arg(long)]
         path: String,
-        /// read, watch, write, rotate, rollback, list or status.
+        /// read, watch, write, rotate, rollback, list, status, delete or destroy.
         #[arg(long, default_value = "read", value_parser = parse_capability)]
         capability: Capability,
     },
