@@ -2,16 +2,12 @@
 //! watchers on the other at once (not at its next metadata poll), and
 //! `status` on either replica lists the pods of both.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, SidecarOptions, SidecarProcess, binary, eventually, mint,
-    mint_claims,
-    openbao::{OpenBao, ROOT_TOKEN},
+    BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint,
+    openbao::OpenBao,
+    operator::{Ctl, pod_token, vault_args},
 };
 
 const POLICY: &str = r#"
@@ -37,81 +33,41 @@ fn free_port() -> u16 {
 struct Replicas {
     a: BrokerProcess,
     b: BrokerProcess,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 fn start(bao: &OpenBao) -> Replicas {
     let dir = tempfile::tempdir().unwrap();
-    let token = bao.file("root-token", ROOT_TOKEN);
     // A poll interval far above what the test waits: only the peer's
     // notification can deliver the change in time.
-    let config = bao.file(
-        "vault.yaml",
-        &format!(
-            "auth: {{method: token, tokenFile: {}}}\nmounts: [{{prefix: shop, mount: secret}}]\npoll: {{interval: 120s}}\n",
-            token.display()
-        ),
-    );
+    let vault = vault_args(bao, "poll: {interval: 120s}\n");
     let broker_token = dir.path().join("broker-token");
     std::fs::write(&broker_token, mint(Key::Rsa, "coffer", "broker")).unwrap();
     let (pa, pb) = (free_port(), free_port());
     let launch = |me: u16, peer: u16| {
-        let args: Vec<String> = vec![
-            "--store=vault".into(),
-            "--vault-addr".into(),
-            bao.addr.clone(),
-            "--vault-config".into(),
-            config.display().to_string(),
+        let mut args = vault.clone();
+        args.extend([
             "--peer".into(),
             format!("http://127.0.0.1:{peer}"),
             "--peer-token-file".into(),
             broker_token.display().to_string(),
             "--peer-identity".into(),
             "coffer/broker".into(),
-        ];
+        ]);
         let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         BrokerProcess::launch(POLICY, &format!("127.0.0.1:{me}"), &args)
     };
     let a = launch(pa, pb);
     let b = launch(pb, pa);
-    Replicas { a, b, dir }
+    Replicas { a, b, _dir: dir }
 }
 
 fn sidecar(broker: &BrokerProcess, pod: &str) -> SidecarProcess {
-    let token = mint_claims(
-        Key::Rsa,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
-            "shop",
-            "web",
-            Some(pod),
-            Duration::from_secs(3600),
-        ),
-    );
     SidecarProcess::start_with(
         &broker.endpoint,
-        &token,
+        &pod_token(pod),
         "  - {path: shop/db#password, file: password}\n",
         SidecarOptions::default(),
-    )
-}
-
-fn ctl(replicas: &Replicas, broker: &BrokerProcess, args: &[&str]) -> (i32, String, String) {
-    let token = replicas.dir.path().join("admin-token");
-    std::fs::write(&token, mint(Key::Rsa, "ops", "admin")).unwrap();
-    let out = Command::new(binary("cofferctl"))
-        .arg("--broker")
-        .arg(&broker.endpoint)
-        .arg("--token-file")
-        .arg(&token)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
@@ -133,9 +89,7 @@ async fn a_rotation_through_one_replica_reaches_watchers_on_the_other_at_once() 
     }
 
     let started = Instant::now();
-    let (code, out, err) = ctl(
-        &replicas,
-        &replicas.a,
+    let (code, out, err) = Ctl::new(&replicas.a).run(
         &[
             "rotate",
             "shop/db",
@@ -145,6 +99,7 @@ async fn a_rotation_through_one_replica_reaches_watchers_on_the_other_at_once() 
             "--timeout",
             "60s",
         ],
+        b"",
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2/2 applied"), "{out}");
@@ -158,11 +113,7 @@ async fn a_rotation_through_one_replica_reaches_watchers_on_the_other_at_once() 
 
     // Either replica answers for both.
     for broker in [&replicas.a, &replicas.b] {
-        let (_, json, _) = ctl(
-            &replicas,
-            broker,
-            &["status", "shop/db", "--output", "json"],
-        );
+        let (_, json, _) = Ctl::new(broker).run(&["status", "shop/db", "--output", "json"], b"");
         let status: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(status["replicas"], 2);
         assert_eq!(status["replicasAnswered"], 2);
@@ -177,15 +128,11 @@ async fn a_rotation_through_one_replica_reaches_watchers_on_the_other_at_once() 
     }
 
     // A replica that is down is reported, not hidden.
-    let Replicas { a, mut b, dir } = replicas;
-    b.process.kill();
-    let replicas_left = Replicas { a, b, dir };
-    let (_, out, _) = ctl(&replicas_left, &replicas_left.a, &["status", "shop/db"]);
+    let mut replicas = replicas;
+    replicas.b.process.kill();
+    let (_, out, _) = Ctl::new(&replicas.a).run(&["status", "shop/db"], b"");
     assert!(out.contains("(1 of 2 replicas answered)"), "{out}");
-    for output in [
-        replicas_left.a.process.output(),
-        replicas_left.b.process.output(),
-    ] {
+    for output in [replicas.a.process.output(), replicas.b.process.output()] {
         assert!(!output.contains(&rotated), "no value in any log");
     }
 }

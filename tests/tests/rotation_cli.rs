@@ -2,19 +2,13 @@
 //! broker, on the dev store and on OpenBao: map writes, generated values,
 //! and rollouts followed to the last watching sidecar.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use coffer::SecretData;
-use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, SidecarOptions, SidecarProcess, binary, eventually, mint,
-    mint_claims,
-    openbao::{OpenBao, ROOT_TOKEN},
+    BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint,
+    openbao::OpenBao,
+    operator::{Ctl, TinyTmpfs, pod_token, vault_broker},
 };
 
 const POLICY: &str = r#"
@@ -29,53 +23,6 @@ rules:
     capabilities: [read, write, rotate, rollback, list, status]
 "#;
 
-/// `cofferctl` as the operator, with `stdin`; exit code, stdout, stderr.
-struct Ctl {
-    broker: String,
-    token_file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Ctl {
-    fn new(broker: &BrokerProcess) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, mint(Key::Rsa, "ops", "admin")).unwrap();
-        Self {
-            broker: broker.endpoint.clone(),
-            token_file,
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-        let mut child = Command::new(binary("cofferctl"))
-            .arg("--broker")
-            .arg(&self.broker)
-            .arg("--token-file")
-            .arg(&self.token_file)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str], stdin: &[u8]) -> String {
-        let (code, out, err) = self.run(args, stdin);
-        assert_eq!(code, 0, "cofferctl {args:?}: {out}{err}");
-        out
-    }
-}
-
 fn text(data: &SecretData, key: &str) -> String {
     String::from_utf8(data.key(key).unwrap().expose().to_vec()).unwrap()
 }
@@ -83,27 +30,6 @@ fn text(data: &SecretData, key: &str) -> String {
 async fn admin_get(broker: &BrokerProcess, path: &str) -> coffer::Secret {
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin.get(path).await.unwrap()
-}
-
-fn vault_broker(bao: &OpenBao) -> BrokerProcess {
-    let token = bao.file("root-token", ROOT_TOKEN);
-    let config = bao.file(
-        "vault.yaml",
-        &format!(
-            "auth: {{method: token, tokenFile: {}}}\nmounts: [{{prefix: shop, mount: secret}}]\n",
-            token.display()
-        ),
-    );
-    BrokerProcess::start_with(
-        POLICY,
-        &[
-            "--store=vault",
-            "--vault-addr",
-            &bao.addr,
-            "--vault-config",
-            config.to_str().unwrap(),
-        ],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,26 +159,12 @@ async fn rotate_on_the_dev_store_honours_the_spec_and_keeps_other_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotate_on_openbao_honours_the_spec_and_keeps_other_keys() {
     let bao = OpenBao::start();
-    let broker = vault_broker(&bao);
+    let broker = vault_broker(&bao, POLICY);
     rotate_one_key(&broker).await;
     // The spec is the secret's custom_metadata in OpenBao, for every replica.
     let meta = bao.bao(&["kv", "metadata", "get", "-format=json", "secret/shop/db"]);
     assert!(meta.contains("coffer.rotate/length"), "{meta}");
     assert!(meta.contains("\"40\""), "{meta}");
-}
-
-fn pod_token(pod: &str) -> String {
-    mint_claims(
-        Key::Rsa,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
-            "shop",
-            "web",
-            Some(pod),
-            Duration::from_secs(3600),
-        ),
-    )
 }
 
 fn sidecar(
@@ -352,42 +264,13 @@ async fn rotate_wait_ends_when_every_watcher_applied_and_status_lists_them() {
     );
 }
 
-/// A tiny tmpfs, unmounted when dropped.
-struct TinyTmpfs(tempfile::TempDir);
-
-impl TinyTmpfs {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Self(dir)
-    }
-
-    /// Fills the file system up.
-    fn fill(&self) {
-        let mut file = std::fs::File::create(self.0.path().join("filler")).unwrap();
-        let block = [0u8; 1024];
-        while file.write_all(&block).is_ok() {}
-    }
-}
-
-impl Drop for TinyTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sidecar_on_a_full_tmpfs_shows_failed_and_the_wait_fails() {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let tmpfs = TinyTmpfs::mount("64k");
     let good = sidecar(&broker, "web-ok", None);
-    let mut full = sidecar(&broker, "web-full", Some(tmpfs.0.path()));
+    let mut full = sidecar(&broker, "web-full", Some(tmpfs.path()));
     for pod in [&good, &full] {
         eventually(Duration::from_secs(20), "the first file", || {
             (read(pod) == "first").then_some(())
