@@ -12,7 +12,7 @@ use coffer_broker::{
     auth::config::AuthConfig,
     policy::Policy,
     server::{self, ListenAddr},
-    service::{Broker, Limits},
+    service::{AckLimits, Broker, Limits},
     store::{SecretStore, dev::DevStore},
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -141,6 +141,28 @@ struct ServeArgs {
     /// is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "COFFER_MAX_REQUESTS_PER_CONNECTION", default_value_t = Limits::default().requests_per_connection)]
     max_requests_per_connection: usize,
+    /// How long `status` keeps listing a workload that acknowledged a
+    /// version but no longer watches the path.
+    #[arg(long, env = "COFFER_ACK_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    ack_ttl: Duration,
+    /// A peer replica to tell of every write and to ask in RotationStatus
+    /// (repeatable; e.g. each pod of a StatefulSet).
+    #[arg(long = "peer", env = "COFFER_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// The broker's own token, presented to peers. Required with --peer.
+    #[arg(long, env = "COFFER_PEER_TOKEN_FILE")]
+    peer_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) for peers' certificates.
+    #[arg(long, env = "COFFER_PEER_CA_FILE")]
+    peer_ca_file: Option<PathBuf>,
+    /// NAMESPACE/SERVICEACCOUNT allowed to tell this broker of a peer's write
+    /// (repeatable; usually the brokers' own service account).
+    #[arg(
+        long = "peer-identity",
+        env = "COFFER_PEER_IDENTITIES",
+        value_delimiter = ','
+    )]
+    peer_identities: Vec<String>,
     /// Where secrets live: the embedded dev store, or Vault/OpenBao.
     #[arg(long, env = "COFFER_STORE", value_enum, default_value = "dev")]
     store: StoreKind,
@@ -292,10 +314,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut broker = Broker::new(authn, policy, store).with_limits(Limits {
         watches_per_identity: args.max_watches_per_identity,
         requests_per_connection: args.max_requests_per_connection,
+    })
+    .with_ack_limits(AckLimits {
+        ttl: args.ack_ttl,
+        ..AckLimits::default()
     });
     if let Some(audit) = audit {
         broker = broker.with_audit(audit);
     }
+    let peer_ca = match &args.peer_ca_file {
+        Some(file) => {
+            Some(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?)
+        }
+        None => None,
+    };
+    let peers = coffer_broker::peers::Peers::new(coffer_broker::peers::PeerConfig {
+        urls: args.peers.clone(),
+        token_file: args.peer_token_file.clone(),
+        ca_pem: peer_ca,
+        identities: args.peer_identities.clone(),
+    })
+    .await
+    .map_err(|e| usage(e.to_string()))?;
+    broker = broker.with_peers(peers);
     if !args.policy_reload_interval.is_zero() {
         coffer_broker::reload::spawn(
             broker.clone(),

@@ -61,11 +61,13 @@ pub enum Capability {
     Rollback,
     List,
     Status,
+    Delete,
+    Destroy,
 }
 
 impl Capability {
     /// Every capability, in policy-file order.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 9] = [
         Self::Read,
         Self::Watch,
         Self::Write,
@@ -73,6 +75,8 @@ impl Capability {
         Self::Rollback,
         Self::List,
         Self::Status,
+        Self::Delete,
+        Self::Destroy,
     ];
 
     /// The name used in policy files and audit records.
@@ -85,6 +89,8 @@ impl Capability {
             Self::Rollback => "rollback",
             Self::List => "list",
             Self::Status => "status",
+            Self::Delete => "delete",
+            Self::Destroy => "destroy",
         }
     }
 
@@ -95,11 +101,14 @@ impl Capability {
 
     /// Whether this capability changes secrets.
     pub fn is_write_side(self) -> bool {
-        matches!(self, Self::Write | Self::Rotate | Self::Rollback)
+        matches!(
+            self,
+            Self::Write | Self::Rotate | Self::Rollback | Self::Delete | Self::Destroy
+        )
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
@@ -240,7 +249,7 @@ pub struct Rule {
     pub paths: Vec<PathPattern>,
     /// What it grants or forbids.
     pub capabilities: Vec<Capability>,
-    caps: u8,
+    caps: u16,
 }
 
 impl Rule {

@@ -4,7 +4,7 @@
 //! check, a broken audit chain), 2 usage error (or an invalid policy).
 
 use std::{
-    io::{Read, Write},
+    io::{IsTerminal, Read, Write},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
@@ -58,15 +58,61 @@ struct BrokerArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a new version, reading the value from stdin.
+    /// Write a new version: a map from KEY=VALUE pairs, --from-file or
+    /// --json, or else the bytes on stdin.
+    ///
+    /// Values given as KEY=VALUE are visible in the process list and shell
+    /// history: prefer --from-file KEY=FILE or stdin for real secrets. A map
+    /// write replaces the whole secret. Stdin bytes are written as they are,
+    /// except that one trailing newline is dropped when stdin is a terminal
+    /// (--strip-newline / --keep-newline decide either way).
+    #[command(verbatim_doc_comment)]
     Put {
         path: String,
+        /// KEY=VALUE pairs of a map secret.
+        #[arg(value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// A key whose value is a file's bytes (repeatable).
+        #[arg(long, value_name = "KEY=FILE")]
+        from_file: Vec<String>,
+        /// Read a JSON object of string values from stdin: a map secret.
+        #[arg(long, conflicts_with_all = ["pairs", "from_file"])]
+        json: bool,
+        /// Drop one trailing newline from stdin bytes.
+        #[arg(long, conflicts_with = "keep_newline")]
+        strip_newline: bool,
+        /// Keep stdin bytes exactly, even from a terminal.
+        #[arg(long)]
+        keep_newline: bool,
         /// Content type hint.
         #[arg(long, default_value = "text/plain")]
         content_type: String,
         /// Write only if the current version is this (0: only if absent).
         #[arg(long)]
         cas: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Have the broker generate a new value (capability `rotate`). Unset
+    /// options come from the spec stored with the secret (labels
+    /// `coffer.rotate/*`), then the defaults: 32 characters of [A-Za-z0-9].
+    /// A spec given here is stored for the next rotation.
+    Rotate {
+        path: String,
+        /// For a map secret: the key to rotate; the other keys are kept.
+        #[arg(long)]
+        key: Option<String>,
+        /// Characters to generate (bytes for hex and base64).
+        #[arg(long)]
+        length: Option<u32>,
+        /// The characters to draw from.
+        #[arg(long)]
+        alphabet: Option<String>,
+        /// chars (default), hex or base64.
+        #[arg(long)]
+        encoding: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Print a secret's value to stdout. On a terminal, a value with control
     /// characters or bytes that are not UTF-8 is refused (they could drive
@@ -81,10 +127,45 @@ enum Command {
     },
     /// List a secret's versions.
     Versions { path: String },
+    /// Soft-delete versions (capability `delete`); `undelete` restores them.
+    Delete {
+        path: String,
+        /// Comma-separated versions; default: the current one.
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+    },
+    /// Restore soft-deleted versions (capability `delete`).
+    Undelete {
+        path: String,
+        /// Comma-separated versions; default: the current one.
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+    },
+    /// Destroy versions for good (capability `destroy`).
+    Destroy {
+        path: String,
+        /// Comma-separated versions (required: destroying is final).
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+    },
+    /// List the secrets under a folder that you may list (capability `list`
+    /// on each name); folders end with `/`.
+    List {
+        /// The folder, e.g. `shop`; default: the top.
+        #[arg(default_value = "")]
+        folder: String,
+    },
     /// Make an old version current again.
     Rollback { path: String, to_version: u64 },
-    /// Show which workloads hold which version.
-    Status { path: String },
+    /// Show the rollout of the current version: how many of the workloads
+    /// watching the path applied it (N/M), then one line per workload.
+    /// Exits 0 when every watcher applied it, 1 when any failed or is pending.
+    Status {
+        path: String,
+        /// text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Token debugging.
     Token {
         #[command(subcommand)]
@@ -100,6 +181,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// `--wait`: follow the rollout until every watcher applied the new version.
+#[derive(clap::Args)]
+struct WaitArgs {
+    /// Show a progress bar until every workload watching the path applied
+    /// the new version; exit 1 when any failed or the timeout passed.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration, requires = "wait")]
+    timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -121,7 +214,7 @@ enum PolicyCommand {
         issuer: Option<String>,
         #[arg(long)]
         path: String,
-        /// read, watch, write, rotate, rollback, list or status.
+        /// read, watch, write, rotate, rollback, list, status, delete or destroy.
         #[arg(long, default_value = "read", value_parser = parse_capability)]
         capability: Capability,
     },
@@ -335,17 +428,60 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
         Command::Audit { command } => return Ok(audit_command(command)),
         Command::Put {
             path,
+            pairs,
+            from_file,
+            json,
+            strip_newline,
+            keep_newline,
             content_type,
             cas,
+            wait,
         } => {
-            let mut value = Zeroizing::new(Vec::new());
-            std::io::stdin().read_to_end(&mut value)?;
-            let data = SecretData::Bytes(SecretBytes::new(std::mem::take(&mut *value)));
-            let version = client(broker)
-                .await?
-                .put(&path, data, &content_type, cas)
-                .await?;
+            let data = if json {
+                let mut text = Zeroizing::new(Vec::new());
+                std::io::stdin().read_to_end(&mut text)?;
+                json_map(&text)?
+            } else if !pairs.is_empty() || !from_file.is_empty() {
+                pair_map(&pairs, &from_file)?
+            } else {
+                let mut value = Zeroizing::new(Vec::new());
+                std::io::stdin().read_to_end(&mut value)?;
+                let strip = strip_newline || (!keep_newline && std::io::stdin().is_terminal());
+                if strip && value.last() == Some(&b'\n') {
+                    value.pop();
+                    if value.last() == Some(&b'\r') {
+                        value.pop();
+                    }
+                }
+                SecretData::Bytes(SecretBytes::new(std::mem::take(&mut *value)))
+            };
+            let client = client(broker).await?;
+            let version = client.put(&path, data, &content_type, cas).await?;
             say!("{path}: version {version}");
+            if wait.wait {
+                return wait_for_rollout(&client, &path, version, wait.timeout).await;
+            }
+        }
+        Command::Rotate {
+            path,
+            key,
+            length,
+            alphabet,
+            encoding,
+            wait,
+        } => {
+            let spec = coffer::proto::RotationSpec {
+                length,
+                alphabet,
+                encoding,
+                key,
+            };
+            let client = client(broker).await?;
+            let version = client.rotate(&path, Some(spec)).await?;
+            say!("{path}: rotated to version {version}");
+            if wait.wait {
+                return wait_for_rollout(&client, &path, version, wait.timeout).await;
+            }
         }
         Command::Get { path, version, raw } => {
             let secret = client(broker).await?.get_version(&path, version).await?;
@@ -389,29 +525,58 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 );
             }
         }
+        Command::Delete { path, versions } => {
+            change_versions(
+                broker,
+                coffer::VersionAction::Delete,
+                &path,
+                versions,
+                "deleted",
+            )
+            .await?;
+        }
+        Command::Undelete { path, versions } => {
+            change_versions(
+                broker,
+                coffer::VersionAction::Undelete,
+                &path,
+                versions,
+                "undeleted",
+            )
+            .await?;
+        }
+        Command::Destroy { path, versions } => {
+            change_versions(
+                broker,
+                coffer::VersionAction::Destroy,
+                &path,
+                versions,
+                "destroyed",
+            )
+            .await?;
+        }
+        Command::List { folder } => {
+            for name in client(broker).await?.list_secrets(&folder).await? {
+                say!("{name}");
+            }
+        }
         Command::Rollback { path, to_version } => {
             let version = client(broker).await?.rollback(&path, to_version).await?;
             say!("{path}: version {to_version} is current again as version {version}");
         }
-        Command::Status { path } => {
+        Command::Status { path, output } => {
             let status = client(broker).await?.rotation_status(&path).await?;
-            say!("current version: {}", status.current_version);
-            for w in status.workloads {
-                let state = match coffer::proto::ApplyState::try_from(w.state) {
-                    Ok(coffer::proto::ApplyState::Applied) => "applied",
-                    Ok(coffer::proto::ApplyState::Failed) => "FAILED",
-                    _ => "unknown",
-                };
-                say!(
-                    "  {}/{} pod={} version={} {} at {}",
-                    w.namespace,
-                    w.service_account,
-                    if w.pod.is_empty() { "-" } else { &w.pod },
-                    w.version,
-                    state,
-                    timestamp(w.acknowledged_at)
-                );
+            if output == "json" {
+                say!("{}", status_json(&path, &status));
+            } else {
+                print_status(&path, &status);
             }
+            let done = status.failed == 0 && status.pending == 0;
+            return Ok(if done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::Token {
             command:
@@ -492,6 +657,251 @@ where
             || "-".to_string(),
             |t| humantime::format_rfc3339_seconds(t).to_string(),
         )
+}
+
+/// A map secret from `KEY=VALUE` pairs and `KEY=FILE` files.
+fn pair_map(pairs: &[String], files: &[String]) -> anyhow::Result<SecretData> {
+    let mut map = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = split_pair(pair, "KEY=VALUE")?;
+        if map
+            .insert(key.to_string(), SecretBytes::from(value.as_bytes()))
+            .is_some()
+        {
+            anyhow::bail!("key {key:?} given twice");
+        }
+    }
+    for spec in files {
+        let (key, file) = split_pair(spec, "KEY=FILE")?;
+        let bytes = Zeroizing::new(std::fs::read(file).with_context(|| format!("reading {file}"))?);
+        if map
+            .insert(key.to_string(), SecretBytes::from(&bytes[..]))
+            .is_some()
+        {
+            anyhow::bail!("key {key:?} given twice");
+        }
+    }
+    Ok(SecretData::Map(map))
+}
+
+/// Splits `KEY=REST`; the message names the argument's shape, never its value.
+fn split_pair<'a>(text: &'a str, shape: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    match text.split_once('=') {
+        Some((key, rest)) if !key.is_empty() => Ok((key, rest)),
+        _ => anyhow::bail!("expected {shape} (a non-empty key, then `=`)"),
+    }
+}
+
+/// One JSON value of a map secret, kept in a zeroizing buffer: strings as
+/// they are, numbers and booleans as their JSON text.
+struct JsonValue(SecretBytes);
+
+impl<'de> serde::Deserialize<'de> for JsonValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = JsonValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JsonValue, E> {
+                Ok(JsonValue(SecretBytes::from(v.as_bytes())))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<JsonValue, E> {
+                Ok(JsonValue(SecretBytes::from(v.to_string().as_bytes())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<JsonValue, E> {
+                Ok(JsonValue(SecretBytes::from(v.to_string().as_bytes())))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<JsonValue, E> {
+                Ok(JsonValue(SecretBytes::from(v.to_string().as_bytes())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<JsonValue, E> {
+                Ok(JsonValue(SecretBytes::from(v.to_string().as_bytes())))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A map secret from a JSON object. Errors give the position, not the text.
+fn json_map(text: &[u8]) -> anyhow::Result<SecretData> {
+    let map: std::collections::BTreeMap<String, JsonValue> = serde_json::from_slice(text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--json needs an object of strings, numbers or booleans on stdin (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
+    Ok(SecretData::Map(
+        map.into_iter().map(|(k, v)| (k, v.0)).collect(),
+    ))
+}
+
+fn state_name(state: i32) -> &'static str {
+    match coffer::proto::ApplyState::try_from(state) {
+        Ok(coffer::proto::ApplyState::Applied) => "applied",
+        Ok(coffer::proto::ApplyState::Failed) => "failed",
+        Ok(coffer::proto::ApplyState::Pending) => "pending",
+        _ => "unknown",
+    }
+}
+
+fn took(d: Option<&prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| Duration::try_from(*d).ok())
+}
+
+/// `status`: the summary line, then one line per workload.
+fn print_status(path: &str, status: &coffer::proto::RotationStatusResponse) {
+    say!(
+        "{path}: version {}: {}/{} applied ({} failed, {} pending)",
+        status.current_version,
+        status.applied,
+        status.expected,
+        status.failed,
+        status.pending
+    );
+    if status.replicas > 1 {
+        say!(
+            "  ({} of {} replicas answered)",
+            status.replicas_answered,
+            status.replicas
+        );
+    }
+    for w in &status.workloads {
+        let mut line = format!(
+            "  {}/{} pod={} version={} {}",
+            w.namespace,
+            w.service_account,
+            if w.pod.is_empty() { "-" } else { &w.pod },
+            w.version,
+            state_name(w.state),
+        );
+        if let Some(t) = took(w.time_to_apply.as_ref()) {
+            line.push_str(&format!(" in {}ms", t.as_millis()));
+        }
+        if !w.reason.is_empty() {
+            line.push_str(&format!(" ({})", w.reason));
+        }
+        if w.acknowledged_at.is_some() {
+            line.push_str(&format!(" at {}", timestamp(w.acknowledged_at)));
+        }
+        if !w.watching {
+            line.push_str(" [not watching]");
+        }
+        say!("{line}");
+    }
+}
+
+fn status_json(path: &str, status: &coffer::proto::RotationStatusResponse) -> serde_json::Value {
+    let workloads: Vec<serde_json::Value> = status
+        .workloads
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "issuer": w.issuer,
+                "namespace": w.namespace,
+                "serviceAccount": w.service_account,
+                "pod": w.pod,
+                "podUid": w.pod_uid,
+                "version": w.version,
+                "state": state_name(w.state),
+                "reason": w.reason,
+                "watching": w.watching,
+                "acknowledgedAt": w.acknowledged_at.map(|_| timestamp(w.acknowledged_at)),
+                "timeToApplyMs": took(w.time_to_apply.as_ref()).map(|t| t.as_millis() as u64),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "path": path,
+        "currentVersion": status.current_version,
+        "expected": status.expected,
+        "applied": status.applied,
+        "failed": status.failed,
+        "pending": status.pending,
+        "replicas": status.replicas,
+        "replicasAnswered": status.replicas_answered,
+        "workloads": workloads,
+    })
+}
+
+/// `--wait`: a progress bar of applied/expected until every watcher applied
+/// `version` (exit 0), any failed (exit 1), or `timeout` passed (exit 1).
+async fn wait_for_rollout(
+    client: &Client,
+    path: &str,
+    version: u64,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{path} v{version}"));
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = client.rotation_status(path).await?;
+        bar.set_length(u64::from(status.expected));
+        bar.set_position(u64::from(status.applied));
+        let current = status.current_version == version;
+        if !current && status.current_version > version {
+            bar.abandon();
+            eprintln!(
+                "cofferctl: {path} moved on to version {} meanwhile",
+                status.current_version
+            );
+            print_status(path, &status);
+            return Ok(ExitCode::from(1));
+        }
+        if current && status.failed > 0 {
+            bar.abandon();
+            print_status(path, &status);
+            eprintln!(
+                "cofferctl: {} workload(s) failed to apply version {version}",
+                status.failed
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if current && status.pending == 0 {
+            bar.finish();
+            print_status(path, &status);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tokio::time::Instant::now() >= until {
+            bar.abandon();
+            print_status(path, &status);
+            eprintln!(
+                "cofferctl: timed out after {}",
+                humantime::format_duration(timeout)
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn change_versions(
+    broker: &BrokerArgs,
+    action: coffer::VersionAction,
+    path: &str,
+    versions: Vec<u64>,
+    done: &str,
+) -> anyhow::Result<()> {
+    let which = if versions.is_empty() {
+        "the current version".to_string()
+    } else {
+        let list: Vec<String> = versions.iter().map(u64::to_string).collect();
+        format!("versions {}", list.join(", "))
+    };
+    client(broker)
+        .await?
+        .change_versions(action, path, versions)
+        .await?;
+    say!("{path}: {which} {done}");
+    Ok(())
 }
 
 #[cfg(test)]

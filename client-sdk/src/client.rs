@@ -313,6 +313,75 @@ impl Client {
             .version)
     }
 
+    /// Has the broker generate a new value (operators). Unset fields of
+    /// `spec` come from the spec stored with the secret. Returns the version.
+    pub async fn rotate(&self, path: &str, spec: Option<v1::RotationSpec>) -> Result<u64, Error> {
+        let request = self.request(v1::RotateSecretRequest {
+            path: path.to_string(),
+            spec,
+        })?;
+        Ok(self
+            .operator
+            .clone()
+            .rotate_secret(request)
+            .await?
+            .into_inner()
+            .version)
+    }
+
+    /// Soft-deletes (`delete`), restores (`undelete`) or destroys
+    /// (`destroy`) `versions` of `path`; empty means the current version.
+    pub async fn change_versions(
+        &self,
+        action: VersionAction,
+        path: &str,
+        versions: Vec<u64>,
+    ) -> Result<(), Error> {
+        let request = self.request(v1::DeleteVersionsRequest {
+            path: path.to_string(),
+            versions,
+        })?;
+        let mut operator = self.operator.clone();
+        match action {
+            VersionAction::Delete => operator.delete_versions(request).await?,
+            VersionAction::Undelete => operator.undelete_versions(request).await?,
+            VersionAction::Destroy => operator.destroy_versions(request).await?,
+        };
+        Ok(())
+    }
+
+    /// The names under `folder` the caller may list; folders end with `/`.
+    pub async fn list_secrets(&self, folder: &str) -> Result<Vec<String>, Error> {
+        let request = self.request(v1::ListSecretsRequest {
+            path: folder.to_string(),
+        })?;
+        Ok(self
+            .operator
+            .clone()
+            .list_secrets(request)
+            .await?
+            .into_inner()
+            .names)
+    }
+
+    /// The same connection presenting another token.
+    pub fn with_token(&self, token: TokenSource) -> Client {
+        Client {
+            broker: self.broker.clone(),
+            operator: self.operator.clone(),
+            token,
+        }
+    }
+
+    /// Tells a broker replica that `path` changed (brokers to their peers).
+    pub async fn notify_changed(&self, path: &str) -> Result<(), Error> {
+        let request = self.request(v1::NotifyChangedRequest {
+            path: path.to_string(),
+        })?;
+        self.operator.clone().notify_changed(request).await?;
+        Ok(())
+    }
+
     /// Makes `to_version`'s value current again, as a new version (operators).
     pub async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, Error> {
         let request = self.request(v1::RollbackSecretRequest {
@@ -343,8 +412,19 @@ impl Client {
 
     /// Which workloads acknowledged which version of `path` (operators).
     pub async fn rotation_status(&self, path: &str) -> Result<v1::RotationStatusResponse, Error> {
+        self.rotation_status_of(path, false).await
+    }
+
+    /// Like [`Self::rotation_status`]; `local_only` asks the one replica
+    /// connected, not its peers (what brokers ask each other).
+    pub async fn rotation_status_of(
+        &self,
+        path: &str,
+        local_only: bool,
+    ) -> Result<v1::RotationStatusResponse, Error> {
         let request = self.request(v1::RotationStatusRequest {
             path: path.to_string(),
+            local_only,
         })?;
         Ok(self
             .operator
@@ -353,6 +433,17 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// What [`Client::change_versions`] does to versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionAction {
+    /// Soft-delete: unreadable until undeleted.
+    Delete,
+    /// Restore soft-deleted versions.
+    Undelete,
+    /// Remove the values for good.
+    Destroy,
 }
 
 /// Whether a watch event is the initial snapshot or a later change.

@@ -42,7 +42,7 @@ mod token;
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use client::{Client, ClientBuilder, SecretStream, WatchEvent, WatchEventKind};
+pub use client::{Client, ClientBuilder, SecretStream, VersionAction, WatchEvent, WatchEventKind};
 pub use coffer_proto::{SecretBytes, SecretData};
 pub use error::Error;
 pub use secret::Secret;

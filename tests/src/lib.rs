@@ -7,6 +7,7 @@
 //! README's test command does it).
 
 pub mod openbao;
+pub mod operator;
 
 use std::{
     path::{Path, PathBuf},

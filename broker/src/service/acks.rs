@@ -1,92 +1,580 @@
-//! What each workload reports having applied, per path: the table behind
-//! `RotationStatus`.
+//! The rollout table behind `RotationStatus`: which workloads watch each
+//! path right now (the expected set), and what each last acknowledged.
+//!
+//! A workload is keyed by its issuer and pod uid, or by its issuer,
+//! namespace, service account and pod name when the token names no uid, so
+//! two issuers' `shop/web` never share an entry. Callers are authorized
+//! before anything is recorded (see `workload.rs`).
+//!
+//! Bounds, because any authorized workload can grow the table: at most
+//! [`AckLimits::per_path`] entries per path and [`AckLimits::total`] in all;
+//! when full, the oldest acknowledgement (of that path, or of the whole table)
+//! is evicted, so a live pod's fresh acknowledgement always lands. An entry
+//! expires [`AckLimits::ttl`] after its acknowledgement unless the workload
+//! still watches the path, so `status` does not list dead pods forever.
 
-use std::{collections::HashMap, sync::Mutex, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use coffer_proto::v1;
 
-use crate::{auth::WorkloadIdentity, error::ApiError, path::SecretPath};
+use crate::{auth::WorkloadIdentity, path::SecretPath};
 
+/// How large the table may grow and how long an acknowledgement counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckLimits {
+    /// Entries kept per path.
+    pub per_path: usize,
+    /// Entries kept in all.
+    pub total: usize,
+    /// How long an acknowledgement of a workload that no longer watches the
+    /// path is kept.
+    pub ttl: Duration,
+}
+
+impl Default for AckLimits {
+    fn default() -> Self {
+        Self {
+            per_path: 4096,
+            total: 65_536,
+            // A projected service-account token's usual lifetime.
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Who a workload is, as far as the table is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct WorkloadKey {
+enum PodKey {
+    Uid {
+        issuer: String,
+        uid: String,
+    },
+    Name {
+        issuer: String,
+        namespace: String,
+        service_account: String,
+        pod: String,
+    },
+}
+
+impl PodKey {
+    fn of(who: &WorkloadIdentity) -> Self {
+        match &who.pod_uid {
+            Some(uid) if !uid.is_empty() => Self::Uid {
+                issuer: who.issuer.clone(),
+                uid: uid.clone(),
+            },
+            _ => Self::Name {
+                issuer: who.issuer.clone(),
+                namespace: who.namespace.clone(),
+                service_account: who.service_account.clone(),
+                pod: who.pod_name.clone().unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// How the workload is shown to operators.
+#[derive(Debug, Clone)]
+struct Workload {
+    issuer: String,
     namespace: String,
     service_account: String,
     pod: String,
+    pod_uid: String,
+}
+
+impl Workload {
+    fn of(who: &WorkloadIdentity) -> Self {
+        Self {
+            issuer: who.issuer.clone(),
+            namespace: who.namespace.clone(),
+            service_account: who.service_account.clone(),
+            pod: who.pod_name.clone().unwrap_or_default(),
+            pod_uid: who.pod_uid.clone().unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Ack {
     version: u64,
     state: v1::ApplyState,
+    reason: String,
     at: SystemTime,
 }
 
-/// Acknowledgements by path, then by workload.
+#[derive(Debug, Clone)]
+struct Entry {
+    workload: Workload,
+    /// Open watch streams of this workload on this path.
+    watching: usize,
+    ack: Option<Ack>,
+}
+
+impl Entry {
+    fn last_seen(&self) -> SystemTime {
+        self.ack.as_ref().map_or(SystemTime::UNIX_EPOCH, |a| a.at)
+    }
+
+    fn expired(&self, now: SystemTime, ttl: Duration) -> bool {
+        self.watching == 0
+            && self
+                .ack
+                .as_ref()
+                .is_none_or(|a| now.duration_since(a.at).unwrap_or_default() > ttl)
+    }
+}
+
 #[derive(Default)]
+struct Table {
+    by_path: HashMap<String, HashMap<PodKey, Entry>>,
+    entries: usize,
+    limits: AckLimits,
+}
+
+/// Workloads by base path.
 pub(super) struct AckTable {
-    by_path: Mutex<HashMap<String, HashMap<WorkloadKey, Ack>>>,
+    table: Arc<Mutex<Table>>,
+}
+
+impl Default for AckTable {
+    fn default() -> Self {
+        Self::new(AckLimits::default())
+    }
+}
+
+/// A sanitized failure reason: short, printable, one line.
+fn clean_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(128)
+        .collect()
+}
+
+/// What [`AckTable::status`] reports for one path.
+pub(super) struct Rollout {
+    pub(super) workloads: Vec<v1::WorkloadVersion>,
+    pub(super) expected: u32,
+    pub(super) applied: u32,
+    pub(super) failed: u32,
+    pub(super) pending: u32,
 }
 
 impl AckTable {
-    /// Records what a workload reports having applied.
+    pub(super) fn new(limits: AckLimits) -> Self {
+        Self {
+            table: Arc::new(Mutex::new(Table {
+                limits,
+                ..Table::default()
+            })),
+        }
+    }
+
+    /// Changes the bounds; entries over them go as new ones arrive.
+    pub(super) fn set_limits(&self, limits: AckLimits) {
+        self.lock().limits = limits;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Every critical section leaves the table whole.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records what an authorized workload reports having applied. Paths are
+    /// recorded by their base (`app/db#key` counts for `app/db`).
     pub(super) fn record(
         &self,
         who: &WorkloadIdentity,
-        applied: Vec<v1::AppliedVersion>,
-    ) -> Result<(), ApiError> {
-        let key = WorkloadKey {
-            namespace: who.namespace.clone(),
-            service_account: who.service_account.clone(),
-            pod: who.pod_name.clone().unwrap_or_default(),
-        };
-        let mut acks = self.by_path.lock().unwrap_or_else(|p| p.into_inner());
-        for item in applied {
-            let path = SecretPath::parse(&item.path)?;
-            let state = item.state();
+        applied: &[(SecretPath, v1::AppliedVersion)],
+    ) {
+        let key = PodKey::of(who);
+        let now = SystemTime::now();
+        let mut table = self.lock();
+        for (path, item) in applied {
+            let state = match item.state() {
+                v1::ApplyState::Failed => v1::ApplyState::Failed,
+                _ => v1::ApplyState::Applied,
+            };
+            let reason = if state == v1::ApplyState::Failed {
+                clean_reason(&item.reason)
+            } else {
+                String::new()
+            };
             tracing::info!(
                 target: "coffer::ack",
-                namespace = %key.namespace,
-                service_account = %key.service_account,
-                pod = %key.pod,
+                issuer = %who.issuer,
+                namespace = %who.namespace,
+                service_account = %who.service_account,
+                pod = who.pod_name.as_deref().unwrap_or(""),
                 path = %path,
                 version = item.version,
                 state = state.as_str_name(),
-                reason = %item.reason.chars().take(128).collect::<String>(),
+                reason = %reason,
                 "workload acknowledged a version"
             );
-            acks.entry(path.to_string()).or_default().insert(
-                key.clone(),
-                Ack {
-                    version: item.version,
-                    state,
-                    at: SystemTime::now(),
-                },
-            );
+            let ack = Ack {
+                version: item.version,
+                state,
+                reason,
+                at: now,
+            };
+            let entry = table.entry_for(path.base(), &key, who, now);
+            entry.ack = Some(ack);
         }
-        Ok(())
     }
 
-    /// What every workload last acknowledged for `base` (or one of its
-    /// `#key`s), sorted by namespace and pod.
-    pub(super) fn workloads(&self, base: &str) -> Vec<v1::WorkloadVersion> {
-        let acks = self.by_path.lock().unwrap_or_else(|p| p.into_inner());
-        let mut workloads: Vec<v1::WorkloadVersion> = acks
+    /// Registers an open watch of `paths` by `who`, until the guard drops.
+    pub(super) fn watching(&self, who: &WorkloadIdentity, paths: &[SecretPath]) -> WatchGuard {
+        let key = PodKey::of(who);
+        let now = SystemTime::now();
+        let mut bases: Vec<String> = paths.iter().map(|p| p.base().to_string()).collect();
+        bases.sort();
+        bases.dedup();
+        let mut table = self.lock();
+        for base in &bases {
+            table.entry_for(base, &key, who, now).watching += 1;
+        }
+        WatchGuard {
+            table: Arc::clone(&self.table),
+            key,
+            bases,
+        }
+    }
+
+    /// The rollout of `base` against its `current` version (created at
+    /// `created`): every watching workload, and those not watching whose
+    /// acknowledgement has not expired; sorted by namespace and pod.
+    pub(super) fn status(&self, base: &str, current: u64, created: Option<SystemTime>) -> Rollout {
+        let now = SystemTime::now();
+        let mut table = self.lock();
+        table.prune(base, now);
+        let mut rollout = Rollout {
+            workloads: Vec::new(),
+            expected: 0,
+            applied: 0,
+            failed: 0,
+            pending: 0,
+        };
+        let Some(entries) = table.by_path.get(base) else {
+            return rollout;
+        };
+        for entry in entries.values() {
+            let at_current = entry.ack.as_ref().filter(|a| a.version == current);
+            let state = match at_current {
+                Some(a) => a.state,
+                None if entry.watching > 0 => v1::ApplyState::Pending,
+                None => entry
+                    .ack
+                    .as_ref()
+                    .map_or(v1::ApplyState::Pending, |a| a.state),
+            };
+            if entry.watching > 0 {
+                rollout.expected += 1;
+                match state {
+                    v1::ApplyState::Applied => rollout.applied += 1,
+                    v1::ApplyState::Failed => rollout.failed += 1,
+                    _ => rollout.pending += 1,
+                }
+            }
+            let time_to_apply = match (at_current, created) {
+                (Some(a), Some(created)) if a.state == v1::ApplyState::Applied => {
+                    a.at.duration_since(created)
+                        .ok()
+                        .and_then(|d| prost_types::Duration::try_from(d).ok())
+                }
+                _ => None,
+            };
+            let w = &entry.workload;
+            rollout.workloads.push(v1::WorkloadVersion {
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                pod: w.pod.clone(),
+                version: entry.ack.as_ref().map_or(0, |a| a.version),
+                state: state as i32,
+                acknowledged_at: entry.ack.as_ref().map(|a| a.at.into()),
+                issuer: w.issuer.clone(),
+                pod_uid: w.pod_uid.clone(),
+                reason: entry
+                    .ack
+                    .as_ref()
+                    .map(|a| a.reason.clone())
+                    .unwrap_or_default(),
+                watching: entry.watching > 0,
+                time_to_apply,
+            });
+        }
+        rollout.workloads.sort_by(|a, b| {
+            (&a.namespace, &a.pod, &a.pod_uid).cmp(&(&b.namespace, &b.pod, &b.pod_uid))
+        });
+        rollout
+    }
+}
+
+impl Table {
+    /// The entry of `key` on `base`, made room for if new.
+    fn entry_for(
+        &mut self,
+        base: &str,
+        key: &PodKey,
+        who: &WorkloadIdentity,
+        now: SystemTime,
+    ) -> &mut Entry {
+        let limits = self.limits;
+        let exists = self
+            .by_path
+            .get(base)
+            .is_some_and(|entries| entries.contains_key(key));
+        if !exists {
+            self.prune(base, now);
+            let on_path = self.by_path.get(base).map_or(0, HashMap::len);
+            if on_path >= limits.per_path.max(1) {
+                self.evict_oldest(Some(base));
+            }
+            if self.entries >= limits.total.max(1) {
+                self.evict_oldest(None);
+            }
+            self.entries += 1;
+        }
+        self.by_path
+            .entry(base.to_string())
+            .or_default()
+            .entry(key.clone())
+            .or_insert_with(|| Entry {
+                workload: Workload::of(who),
+                watching: 0,
+                ack: None,
+            })
+    }
+
+    /// Drops the expired entries of `base`.
+    fn prune(&mut self, base: &str, now: SystemTime) {
+        let ttl = self.limits.ttl;
+        if let Some(entries) = self.by_path.get_mut(base) {
+            let before = entries.len();
+            entries.retain(|_, e| !e.expired(now, ttl));
+            self.entries -= before - entries.len();
+            if entries.is_empty() {
+                self.by_path.remove(base);
+            }
+        }
+    }
+
+    /// Evicts the entry with the oldest acknowledgement, of `base` or of all
+    /// paths, preferring workloads that no longer watch.
+    fn evict_oldest(&mut self, base: Option<&str>) {
+        let victim = self
+            .by_path
             .iter()
-            .filter(|(acked_path, _)| {
-                // `app/db#key` acknowledgements count for `app/db`.
-                acked_path.split('#').next() == Some(base)
-            })
-            .flat_map(|(_, by_workload)| by_workload.iter())
-            .map(|(k, a)| v1::WorkloadVersion {
-                namespace: k.namespace.clone(),
-                service_account: k.service_account.clone(),
-                pod: k.pod.clone(),
-                version: a.version,
-                state: a.state as i32,
-                acknowledged_at: Some(a.at.into()),
-            })
+            .filter(|(path, _)| base.is_none_or(|b| b == path.as_str()))
+            .flat_map(|(path, entries)| entries.iter().map(move |(k, e)| (path, k, e)))
+            .min_by_key(|(_, _, e)| (e.watching > 0, e.last_seen()))
+            .map(|(path, key, _)| (path.clone(), key.clone()));
+        if let Some((path, key)) = victim {
+            tracing::warn!(path = %path, "acknowledgement table full: evicting the oldest entry");
+            self.remove(&path, &key);
+        }
+    }
+
+    fn remove(&mut self, base: &str, key: &PodKey) {
+        if let Some(entries) = self.by_path.get_mut(base) {
+            if entries.remove(key).is_some() {
+                self.entries -= 1;
+            }
+            if entries.is_empty() {
+                self.by_path.remove(base);
+            }
+        }
+    }
+}
+
+/// An open watch in the rollout table; dropping it ends the registration.
+pub(super) struct WatchGuard {
+    table: Arc<Mutex<Table>>,
+    key: PodKey,
+    bases: Vec<String>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        for base in &self.bases {
+            let Some(entry) = table
+                .by_path
+                .get_mut(base)
+                .and_then(|entries| entries.get_mut(&self.key))
+            else {
+                continue;
+            };
+            entry.watching = entry.watching.saturating_sub(1);
+            // A watcher that never acknowledged leaves no trace.
+            if entry.watching == 0 && entry.ack.is_none() {
+                table.remove(base, &self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(issuer: &str, name: &str, uid: Option<&str>) -> WorkloadIdentity {
+        WorkloadIdentity {
+            issuer: issuer.into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            service_account_uid: None,
+            pod_name: Some(name.into()),
+            pod_uid: uid.map(str::to_string),
+        }
+    }
+
+    fn ack(path: &str, version: u64, state: v1::ApplyState) -> (SecretPath, v1::AppliedVersion) {
+        (
+            SecretPath::parse(path).unwrap(),
+            v1::AppliedVersion {
+                path: path.into(),
+                version,
+                state: state as i32,
+                reason: "no space\n\x1b[31mleft".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn pods_of_two_issuers_with_one_name_are_two_entries() {
+        let table = AckTable::default();
+        table.record(
+            &pod("a", "web-0", None),
+            &[ack("shop/db", 1, v1::ApplyState::Applied)],
+        );
+        table.record(
+            &pod("b", "web-0", None),
+            &[ack("shop/db", 1, v1::ApplyState::Applied)],
+        );
+        let rollout = table.status("shop/db", 1, None);
+        let issuers: Vec<&str> = rollout
+            .workloads
+            .iter()
+            .map(|w| w.issuer.as_str())
             .collect();
-        workloads.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
-        workloads
+        assert_eq!(rollout.workloads.len(), 2, "{issuers:?}");
+    }
+
+    #[test]
+    fn a_pod_is_keyed_by_uid_so_a_renamed_token_updates_one_entry() {
+        let table = AckTable::default();
+        table.record(
+            &pod("a", "web-0", Some("u1")),
+            &[ack("shop/db", 1, v1::ApplyState::Applied)],
+        );
+        table.record(
+            &pod("a", "web-x", Some("u1")),
+            &[ack("shop/db#k", 2, v1::ApplyState::Applied)],
+        );
+        let rollout = table.status("shop/db", 2, None);
+        assert_eq!(rollout.workloads.len(), 1);
+        assert_eq!(rollout.workloads[0].version, 2);
+    }
+
+    #[test]
+    fn the_table_evicts_the_oldest_when_a_path_is_full() {
+        let table = AckTable::new(AckLimits {
+            per_path: 2,
+            total: 100,
+            ttl: Duration::from_secs(60),
+        });
+        for name in ["p1", "p2", "p3"] {
+            table.record(
+                &pod("a", name, None),
+                &[ack("shop/db", 1, v1::ApplyState::Applied)],
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let pods: Vec<String> = table
+            .status("shop/db", 1, None)
+            .workloads
+            .into_iter()
+            .map(|w| w.pod)
+            .collect();
+        assert_eq!(pods, ["p2", "p3"]);
+    }
+
+    #[test]
+    fn the_table_stays_under_its_total_bound() {
+        let table = AckTable::new(AckLimits {
+            per_path: 100,
+            total: 3,
+            ttl: Duration::from_secs(60),
+        });
+        for i in 0..10 {
+            table.record(
+                &pod("a", "p", None),
+                &[ack(&format!("shop/s{i}"), 1, v1::ApplyState::Applied)],
+            );
+        }
+        assert_eq!(table.lock().entries, 3);
+        let kept: usize = (0..10)
+            .map(|i| table.status(&format!("shop/s{i}"), 1, None).workloads.len())
+            .sum();
+        assert_eq!(kept, 3);
+    }
+
+    #[test]
+    fn acknowledgements_expire_unless_the_pod_still_watches() {
+        let table = AckTable::new(AckLimits {
+            per_path: 100,
+            total: 100,
+            ttl: Duration::from_millis(50),
+        });
+        let gone = pod("a", "gone", None);
+        let live = pod("a", "live", None);
+        let guard = table.watching(&live, &[SecretPath::parse("shop/db").unwrap()]);
+        table.record(&gone, &[ack("shop/db", 1, v1::ApplyState::Applied)]);
+        table.record(&live, &[ack("shop/db", 1, v1::ApplyState::Applied)]);
+        std::thread::sleep(Duration::from_millis(80));
+        let pods: Vec<String> = table
+            .status("shop/db", 1, None)
+            .workloads
+            .into_iter()
+            .map(|w| w.pod)
+            .collect();
+        assert_eq!(pods, ["live"]);
+        drop(guard);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(table.status("shop/db", 1, None).workloads.is_empty());
+        assert_eq!(table.lock().entries, 0);
+    }
+
+    #[test]
+    fn watchers_are_expected_and_pending_until_they_ack_the_current_version() {
+        let table = AckTable::default();
+        let paths = [SecretPath::parse("shop/db").unwrap()];
+        let (a, b, c) = (
+            pod("i", "a", None),
+            pod("i", "b", None),
+            pod("i", "c", None),
+        );
+        let _ga = table.watching(&a, &paths);
+        let _gb = table.watching(&b, &paths);
+        let _gc = table.watching(&c, &paths);
+        table.record(&a, &[ack("shop/db", 2, v1::ApplyState::Applied)]);
+        table.record(&b, &[ack("shop/db", 2, v1::ApplyState::Failed)]);
+        table.record(&c, &[ack("shop/db", 1, v1::ApplyState::Applied)]);
+        let created = SystemTime::now() - Duration::from_secs(1);
+        let r = table.status("shop/db", 2, Some(created));
+        assert_eq!((r.expected, r.applied, r.failed, r.pending), (3, 1, 1, 1));
+        assert!(r.workloads[0].time_to_apply.is_some());
+        assert_eq!(
+            r.workloads[1].reason, "no space[31mleft",
+            "control characters are dropped"
+        );
+        assert_eq!(r.workloads[2].state, v1::ApplyState::Pending as i32);
     }
 }

@@ -12,6 +12,8 @@
 mod acks;
 mod limits;
 mod operator;
+
+pub use acks::AckLimits;
 mod stream;
 mod workload;
 
@@ -51,6 +53,7 @@ struct Inner {
     audit: RwLock<Option<Arc<AuditLog>>>,
     limits: RwLock<Limits>,
     watches: limits::WatchCounts,
+    peers: std::sync::OnceLock<crate::peers::Peers>,
 }
 
 /// One incoming call, as the audit trail names it.
@@ -143,6 +146,7 @@ impl Broker {
                 audit: RwLock::new(None),
                 limits: RwLock::new(Limits::default()),
                 watches: limits::WatchCounts::default(),
+                peers: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -175,6 +179,21 @@ impl Broker {
         {
             tracing::error!(%error, "audit trail not flushed at shutdown");
         }
+    }
+
+    /// Bounds the rollout table behind `RotationStatus` (see [`AckLimits`]).
+    pub fn with_ack_limits(self, limits: AckLimits) -> Self {
+        self.inner.acks.set_limits(limits);
+        self
+    }
+
+    /// Tells `peers` of every write and merges their rollout answers (see
+    /// [`crate::peers`]). Set once, before serving.
+    pub fn with_peers(self, peers: crate::peers::Peers) -> Self {
+        if self.inner.peers.set(peers).is_err() {
+            tracing::warn!("peers were already set; keeping the first set");
+        }
+        self
     }
 
     /// The policy in force now.

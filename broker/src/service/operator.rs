@@ -8,7 +8,13 @@ use coffer_proto::{
 use tonic::{Request, Response, Status};
 
 use super::{Broker, Call};
-use crate::{error::ApiError, path::SecretPath, policy::Capability, store::SecretWrite};
+use crate::{
+    error::ApiError,
+    path::SecretPath,
+    policy::Capability,
+    rotation::{RotationError, RotationSpec},
+    store::SecretWrite,
+};
 
 impl Broker {
     async fn operator_path<T>(
@@ -34,8 +40,157 @@ impl Broker {
         Ok(path)
     }
 }
+impl Broker {
+    fn notify_peers(&self, path: &SecretPath) {
+        if let Some(peers) = self.inner.peers.get() {
+            peers.notify(path.base());
+        }
+    }
+
+    /// Delete, undelete or destroy: authorized and audited before it acts.
+    async fn change_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+        capability: Capability,
+        rpc: &'static str,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        if request.get_ref().versions.len() > super::MAX_PATHS_PER_CALL {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {} versions per call",
+                super::MAX_PATHS_PER_CALL
+            ))
+            .into());
+        }
+        let path = self
+            .operator_path(&request, &request.get_ref().path, capability, rpc)
+            .await?;
+        let versions = &request.get_ref().versions;
+        let store = &self.inner.store;
+        let result = match rpc {
+            "DeleteVersions" => store.delete_versions(path.base(), versions).await,
+            "UndeleteVersions" => store.undelete_versions(path.base(), versions).await,
+            _ => store.destroy_versions(path.base(), versions).await,
+        };
+        result.map_err(ApiError::from)?;
+        tracing::info!(path = %path, ?versions, rpc, "versions changed");
+        self.notify_peers(&path);
+        Ok(Response::new(v1::DeleteVersionsResponse {}))
+    }
+}
+
 #[tonic::async_trait]
 impl SecretOperator for Broker {
+    #[tracing::instrument(skip_all, fields(rpc = "DeleteVersions"))]
+    async fn delete_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        self.change_versions(request, Capability::Delete, "DeleteVersions")
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "UndeleteVersions"))]
+    async fn undelete_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        self.change_versions(request, Capability::Delete, "UndeleteVersions")
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "DestroyVersions"))]
+    async fn destroy_versions(
+        &self,
+        request: Request<v1::DeleteVersionsRequest>,
+    ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        self.change_versions(request, Capability::Destroy, "DestroyVersions")
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "NotifyChanged"))]
+    async fn notify_changed(
+        &self,
+        request: Request<v1::NotifyChangedRequest>,
+    ) -> Result<Response<v1::NotifyChangedResponse>, Status> {
+        let call = Call::of(&request, "NotifyChanged");
+        let who = self.authenticate(&request, &call).await?;
+        let path = SecretPath::parse(&request.get_ref().path).map_err(ApiError::from)?;
+        let raw = path.to_string();
+        let accepted = self.inner.peers.get().is_some_and(|p| p.accepts(&who));
+        let (outcome, reason) = if accepted {
+            (crate::audit::Outcome::Allow, "peer")
+        } else {
+            (crate::audit::Outcome::Deny, "not_a_peer")
+        };
+        self.audit(&call.event(Some(&who), Some(&raw), None, outcome, reason))
+            .await?;
+        if !accepted {
+            return Err(ApiError::PermissionDenied.into());
+        }
+        self.inner
+            .store
+            .refresh(path.base())
+            .await
+            .map_err(ApiError::from)?;
+        tracing::debug!(path = %path, "re-read after a peer's write");
+        Ok(Response::new(v1::NotifyChangedResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListSecrets"))]
+    async fn list_secrets(
+        &self,
+        request: Request<v1::ListSecretsRequest>,
+    ) -> Result<Response<v1::ListSecretsResponse>, Status> {
+        let call = Call::of(&request, "ListSecrets");
+        let who = self.authenticate(&request, &call).await?;
+        let folder = request.get_ref().path.trim_end_matches('/').to_string();
+        if !folder.is_empty() {
+            let path = SecretPath::parse(&folder).map_err(ApiError::from)?;
+            if path.key().is_some() {
+                return Err(ApiError::InvalidArgument("a folder has no '#key'".into()).into());
+            }
+        }
+        let names = self
+            .inner
+            .store
+            .list(&folder)
+            .await
+            .map_err(ApiError::from)?;
+        // Each name is shown only to a caller with `list` on it: the folder
+        // itself grants nothing, so a listing reveals no more than the
+        // policy already lets the caller see.
+        let policy = self.policy();
+        let visible: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                let child = if folder.is_empty() {
+                    name.trim_end_matches('/').to_string()
+                } else {
+                    format!("{folder}/{}", name.trim_end_matches('/'))
+                };
+                SecretPath::parse(&child)
+                    .is_ok_and(|p| policy.decide(&who, &p, Capability::List).is_allowed())
+            })
+            .collect();
+        let (outcome, reason) = if visible.is_empty() {
+            (crate::audit::Outcome::Deny, "nothing_listable")
+        } else {
+            (crate::audit::Outcome::Allow, "listed")
+        };
+        self.audit(&call.event(
+            Some(&who),
+            Some(&folder),
+            Some(Capability::List),
+            outcome,
+            reason,
+        ))
+        .await?;
+        if visible.is_empty() {
+            return Err(ApiError::PermissionDenied.into());
+        }
+        Ok(Response::new(v1::ListSecretsResponse { names: visible }))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "PutSecret"))]
     async fn put_secret(
         &self,
@@ -71,6 +226,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, "secret written");
+        self.notify_peers(&path);
         Ok(Response::new(v1::PutSecretResponse { version }))
     }
 
@@ -78,14 +234,53 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::RotateSecretRequest>,
     ) -> Result<Response<v1::RotateSecretResponse>, Status> {
-        self.operator_path(
-            &request,
-            &request.get_ref().path,
-            Capability::Rotate,
-            "RotateSecret",
-        )
-        .await?;
-        Err(ApiError::Unimplemented("RotateSecret").into())
+        let path = self
+            .operator_path(
+                &request,
+                &request.get_ref().path,
+                Capability::Rotate,
+                "RotateSecret",
+            )
+            .await?;
+        let current = match self.inner.store.get(path.base(), None).await {
+            Ok(current) => Some(current),
+            Err(crate::store::StoreError::NotFound) => None,
+            Err(e) => return Err(ApiError::from(e).into()),
+        };
+        let mut labels = current
+            .as_ref()
+            .map(|c| c.labels.clone())
+            .unwrap_or_default();
+        let spec = RotationSpec::resolve(request.get_ref().spec.as_ref(), &labels)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let data = spec
+            .next_value(current.as_ref().map(|c| &c.data))
+            .map_err(|e| match e {
+                RotationError::Random => ApiError::Store(crate::store::StoreError::Internal(
+                    "the system random number generator failed".into(),
+                )),
+                e => ApiError::InvalidArgument(e.to_string()),
+            })?;
+        labels.extend(spec.labels());
+        let write = SecretWrite {
+            data,
+            content_type: current
+                .as_ref()
+                .map(|c| c.content_type.clone())
+                .unwrap_or_default(),
+            labels,
+            // Whatever was written meanwhile is not silently overwritten.
+            cas: Some(current.as_ref().map_or(0, |c| c.version)),
+        };
+        let version = self
+            .inner
+            .store
+            .put(path.base(), write)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(path = %path, version, key = spec.key.as_deref().unwrap_or(""), "secret rotated");
+        self.notify_peers(&path);
+        Ok(Response::new(v1::RotateSecretResponse { version }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RollbackSecret"))]
@@ -109,6 +304,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, from = to, version, "secret rolled back");
+        self.notify_peers(&path);
         Ok(Response::new(v1::RollbackSecretResponse { version }))
     }
 
@@ -158,15 +354,50 @@ impl SecretOperator for Broker {
                 "RotationStatus",
             )
             .await?;
-        let current_version = match self.inner.store.versions(path.base()).await {
-            Ok((current, _)) => current,
-            Err(crate::store::StoreError::NotFound) => 0,
+        let (current_version, created) = match self.inner.store.versions(path.base()).await {
+            Ok((current, versions)) => (
+                current,
+                versions
+                    .iter()
+                    .find(|v| v.version == current)
+                    .map(|v| v.created_at),
+            ),
+            Err(crate::store::StoreError::NotFound) => (0, None),
             Err(e) => return Err(ApiError::from(e).into()),
         };
-        let workloads = self.inner.acks.workloads(path.base());
-        Ok(Response::new(v1::RotationStatusResponse {
+        let rollout = self
+            .inner
+            .acks
+            .status(path.base(), current_version, created);
+        let local = v1::RotationStatusResponse {
             current_version,
-            workloads,
-        }))
+            workloads: rollout.workloads,
+            expected: rollout.expected,
+            applied: rollout.applied,
+            failed: rollout.failed,
+            pending: rollout.pending,
+            replicas: 1,
+            replicas_answered: 1,
+        };
+        let peers = self.inner.peers.get().filter(|p| !p.is_empty());
+        let (Some(peers), false) = (peers, request.get_ref().local_only) else {
+            return Ok(Response::new(local));
+        };
+        // Peers decide for themselves: they are asked with the operator's
+        // own token, never with more authority than the caller has.
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::auth::BearerToken::from_header(v).ok());
+        let Some(token) = token else {
+            return Ok(Response::new(local));
+        };
+        let others = peers.statuses(path.base(), token.expose()).await;
+        let answered = 1 + others.len() as u32;
+        let mut merged = crate::peers::merge(local, others);
+        merged.replicas = 1 + peers.len() as u32;
+        merged.replicas_answered = answered;
+        Ok(Response::new(merged))
     }
 }

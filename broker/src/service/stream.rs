@@ -92,6 +92,8 @@ impl Broker {
         let broker = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            // In the rollout's expected set while this task runs.
+            let _watching = broker.inner.acks.watching(&who, &paths);
             let shutdown = broker.inner.shutdown.clone();
             // A stolen token must not buy the rotations after its expiry.
             let expired = tokio::time::sleep(until_unix(expires_at));

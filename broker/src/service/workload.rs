@@ -93,7 +93,37 @@ impl SecretBroker for Broker {
         if req.applied.len() > MAX_PATHS_PER_CALL {
             return Err(ApiError::InvalidArgument("too many acknowledgements".into()).into());
         }
-        self.inner.acks.record(&who, req.applied)?;
+        // Every path must be readable or watchable by the caller before
+        // anything is recorded: a refusal is audited and records nothing.
+        let mut checked = Vec::with_capacity(req.applied.len());
+        for item in req.applied {
+            let path = SecretPath::parse(&item.path).map_err(ApiError::from)?;
+            let capability = if self
+                .policy()
+                .decide(&who, &path, Capability::Read)
+                .is_allowed()
+            {
+                Capability::Read
+            } else {
+                Capability::Watch
+            };
+            let allowed = self.authorize(&call, &who, &path, capability).await?;
+            checked.push((path, item, allowed));
+        }
+        let mut acked = Vec::with_capacity(checked.len());
+        for (path, item, allowed) in checked {
+            self.audit_served(
+                &call,
+                &who,
+                &path,
+                allowed,
+                Some(item.version),
+                "acknowledged",
+            )
+            .await?;
+            acked.push((path, item));
+        }
+        self.inner.acks.record(&who, &acked);
         Ok(Response::new(v1::AckSecretsResponse {}))
     }
 }

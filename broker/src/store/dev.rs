@@ -37,6 +37,10 @@ struct Version {
     content_type: String,
     created_at: SystemTime,
     labels: BTreeMap<String, String>,
+    /// Soft-deleted: unreadable until undeleted.
+    deleted: bool,
+    /// Destroyed: the value is gone for good.
+    destroyed: bool,
 }
 
 /// The in-memory store.
@@ -132,6 +136,57 @@ impl DevStore {
         self.secrets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Applies `change` to `versions` of `path` (empty: the current one),
+    /// keeping memory and file in agreement: the change shows at once (it
+    /// only ever hides a value) and is undone if the file cannot be written.
+    async fn mark(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: impl Fn(&mut Version),
+    ) -> Result<(), StoreError> {
+        let _writing = self.writer.lock().await;
+        let (before, sealed) = {
+            let mut secrets = self.lock_secrets();
+            let existing = secrets.get_mut(path).ok_or(StoreError::NotFound)?;
+            let current = existing.len() as u64;
+            let wanted: Vec<u64> = if versions.is_empty() {
+                vec![current]
+            } else {
+                versions.to_vec()
+            };
+            if let Some(&bad) = wanted.iter().find(|&&n| n == 0 || n > current) {
+                return Err(StoreError::VersionNotFound(bad));
+            }
+            let before = existing.clone();
+            for n in wanted {
+                // `n` is within 1..=len, checked above.
+                if let Some(v) = usize::try_from(n - 1)
+                    .ok()
+                    .and_then(|i| existing.get_mut(i))
+                {
+                    change(v);
+                }
+            }
+            (before, self.persistence.as_ref().map(|p| p.seal(&secrets)))
+        };
+        if let (Some(p), Some(sealed)) = (&self.persistence, sealed) {
+            let file = p.path.clone();
+            let written = match sealed {
+                Ok(sealed) => tokio::task::spawn_blocking(move || sealed.write_to(&file))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| StoreError::Internal(e.to_string()))),
+                Err(e) => Err(StoreError::Internal(e.to_string())),
+            };
+            if let Err(e) = written {
+                self.lock_secrets().insert(path.to_string(), before);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     fn notify(&self, path: &str, version: u64) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = watchers.get(path) {
@@ -153,6 +208,9 @@ impl SecretStore for DevStore {
             .filter(|&i| i < versions.len())
             .ok_or(StoreError::VersionNotFound(number))?;
         let v = &versions[index];
+        if v.deleted || v.destroyed {
+            return Err(StoreError::VersionDeleted(number));
+        }
         Ok(StoredSecret {
             version: number,
             data: v.data.clone(),
@@ -165,13 +223,7 @@ impl SecretStore for DevStore {
 
     async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
         let _writing = self.writer.lock().await;
-        let new = Version {
-            data: write.data,
-            content_type: write.content_type,
-            created_at: SystemTime::now(),
-            labels: write.labels,
-        };
-        let (version, sealed) = {
+        let (version, new, sealed) = {
             let mut secrets = self.lock_secrets();
             let current = secrets.get(path).map_or(0, |v| v.len() as u64);
             if let Some(cas) = write.cas
@@ -179,6 +231,20 @@ impl SecretStore for DevStore {
             {
                 return Err(StoreError::CasMismatch { current });
             }
+            // Labels belong to the secret, as Vault's custom_metadata does:
+            // a write without labels keeps the last ones.
+            let labels = match secrets.get(path).and_then(|v| v.last()) {
+                Some(last) if write.labels.is_empty() => last.labels.clone(),
+                _ => write.labels,
+            };
+            let new = Version {
+                data: write.data,
+                content_type: write.content_type,
+                created_at: SystemTime::now(),
+                labels,
+                deleted: false,
+                destroyed: false,
+            };
             // Seal the document as it will be, then take the new version
             // back out: readers see it only once it is on disk.
             let sealed = self.persistence.as_ref().map(|p| {
@@ -195,7 +261,7 @@ impl SecretStore for DevStore {
                 }
                 sealed
             });
-            (current + 1, sealed)
+            (current + 1, new, sealed)
         };
         if let (Some(p), Some(sealed)) = (&self.persistence, sealed) {
             let sealed = sealed.map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -224,11 +290,53 @@ impl SecretStore for DevStore {
             .map(|(v, n)| VersionInfo {
                 version: n,
                 created_at: v.created_at,
-                deleted: false,
-                destroyed: false,
+                deleted: v.deleted,
+                destroyed: v.destroyed,
             })
             .collect();
         Ok((versions.len() as u64, infos))
+    }
+
+    async fn delete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.mark(path, versions, |v| v.deleted = true).await
+    }
+
+    async fn undelete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.mark(path, versions, |v| {
+            if !v.destroyed {
+                v.deleted = false;
+            }
+        })
+        .await
+    }
+
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.mark(path, versions, |v| {
+            v.destroyed = true;
+            // Dropping the old value zeroizes it.
+            v.data = SecretData::Bytes(SecretBytes::new(Vec::new()));
+        })
+        .await
+    }
+
+    async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = if folder.is_empty() {
+            String::new()
+        } else {
+            format!("{folder}/")
+        };
+        let secrets = self.lock_secrets();
+        let mut names: Vec<String> = secrets
+            .keys()
+            .filter_map(|path| path.strip_prefix(&prefix))
+            .map(|rest| match rest.split_once('/') {
+                Some((folder, _)) => format!("{folder}/"),
+                None => rest.to_string(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
@@ -257,6 +365,8 @@ struct VersionOut<'a> {
     bytes: Option<&'a [u8]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     map: Option<BTreeMap<&'a str, &'a [u8]>>,
+    deleted: bool,
+    destroyed: bool,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +378,10 @@ struct VersionIn {
     bytes: Option<Vec<u8>>,
     #[serde(default)]
     map: Option<BTreeMap<String, Vec<u8>>>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    destroyed: bool,
 }
 
 impl Persistence {
@@ -317,6 +431,8 @@ impl Persistence {
                         content_type: v.content_type,
                         created_at: UNIX_EPOCH + Duration::from_millis(v.created_unix_ms),
                         labels: v.labels,
+                        deleted: v.deleted,
+                        destroyed: v.destroyed,
                     })
                     .collect();
                 (path, versions)
@@ -339,6 +455,8 @@ impl Persistence {
                                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                             content_type: &v.content_type,
                             labels: &v.labels,
+                            deleted: v.deleted,
+                            destroyed: v.destroyed,
                             bytes: match &v.data {
                                 SecretData::Bytes(b) => Some(b.expose()),
                                 SecretData::Map(_) => None,

@@ -127,6 +127,32 @@ pub trait SecretStore: Send + Sync + 'static {
         .await
     }
 
+    /// Soft-deletes `versions` of `path` (empty: the current one).
+    async fn delete_versions(&self, _path: &str, _versions: &[u64]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("deleting versions"))
+    }
+
+    /// Restores soft-deleted `versions` of `path` (empty: the current one).
+    async fn undelete_versions(&self, _path: &str, _versions: &[u64]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("undeleting versions"))
+    }
+
+    /// Destroys `versions` of `path` for good (empty: the current one).
+    async fn destroy_versions(&self, _path: &str, _versions: &[u64]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("destroying versions"))
+    }
+
+    /// The names directly under `folder` (`""`: the top); folders end with `/`.
+    async fn list(&self, _folder: &str) -> Result<Vec<String>, StoreError> {
+        Err(StoreError::Unsupported("listing"))
+    }
+
+    /// Re-reads what the store knows of `path` now (a peer replica changed
+    /// it), telling subscribers at once rather than at the next poll.
+    async fn refresh(&self, _path: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The current version of `path` (0 while it does not exist), updated on
     /// every change. Many watchers of one path share one subscription.
     fn subscribe(&self, path: &str) -> watch::Receiver<u64>;

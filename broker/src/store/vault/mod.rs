@@ -722,14 +722,38 @@ impl SecretStore for VaultStore {
                     }
                 })
                 .await;
-            match result {
+            let version = match result {
                 Ok(meta) => meta.version,
                 Err(CallError::Other(400, _)) if cas.is_some() => {
                     let current = inner.metadata(path).await?.map_or(0, |m| m.current_version);
                     return Err(StoreError::CasMismatch { current });
                 }
                 Err(e) => return Err(e.into()),
+            };
+            // Labels given replace the secret's custom_metadata; a write
+            // without labels keeps the stored ones (e.g. a rotation spec).
+            if !write.labels.is_empty() {
+                let labels: HashMap<String, String> = write.labels.clone().into_iter().collect();
+                inner
+                    .call(|c| {
+                        let (name, p, labels) = (name.clone(), inner_path.clone(), labels.clone());
+                        async move {
+                            vaultrs::kv2::set_metadata(
+                                &*c,
+                                &name,
+                                &p,
+                                Some(
+                                    vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder(
+                                    )
+                                    .custom_metadata(labels),
+                                ),
+                            )
+                            .await
+                        }
+                    })
+                    .await?;
             }
+            version
         };
         inner
             .cache
@@ -816,6 +840,91 @@ impl SecretStore for VaultStore {
 
     fn health(&self) -> Option<watch::Receiver<bool>> {
         Some(self.inner.health.subscribe())
+    }
+
+    async fn delete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.change_versions(path, versions, VersionChange::Delete)
+            .await
+    }
+
+    async fn undelete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.change_versions(path, versions, VersionChange::Undelete)
+            .await
+    }
+
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        self.change_versions(path, versions, VersionChange::Destroy)
+            .await
+    }
+
+    async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        VaultStore::list(self, folder).await
+    }
+
+    async fn refresh(&self, path: &str) -> Result<(), StoreError> {
+        let version = self.inner.current_version(path).await?;
+        // Deletions keep the version number: drop what is cached either way.
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_path(path);
+        self.inner.note_version(path, version);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum VersionChange {
+    Delete,
+    Undelete,
+    Destroy,
+}
+
+impl VaultStore {
+    /// Deletes, undeletes or destroys KV v2 versions (empty: the current one).
+    async fn change_versions(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let (mount, inner_path) = inner.route(path)?;
+        if mount.kv != 2 {
+            return Err(StoreError::Unsupported("versions on a KV v1 mount"));
+        }
+        let versions = if versions.is_empty() {
+            let current = inner.metadata(path).await?.ok_or(StoreError::NotFound)?;
+            vec![current.current_version]
+        } else {
+            versions.to_vec()
+        };
+        let name = mount.mount.clone();
+        inner
+            .call(|c| {
+                let (name, p, versions) = (name.clone(), inner_path.clone(), versions.clone());
+                async move {
+                    match change {
+                        VersionChange::Delete => {
+                            vaultrs::kv2::delete_versions(&*c, &name, &p, versions).await
+                        }
+                        VersionChange::Undelete => {
+                            vaultrs::kv2::undelete_versions(&*c, &name, &p, versions).await
+                        }
+                        VersionChange::Destroy => {
+                            vaultrs::kv2::destroy_versions(&*c, &name, &p, versions).await
+                        }
+                    }
+                }
+            })
+            .await?;
+        inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_path(path);
+        Ok(())
     }
 }
 

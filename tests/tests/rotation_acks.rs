@@ -1,0 +1,99 @@
+//! Acknowledgements are authorized: a workload may only report versions of
+//! paths it can read or watch, and `RotationStatus` shows nothing else.
+
+use coffer::proto::{AppliedVersion, ApplyState};
+use coffer_tests::{BrokerProcess, Key, mint};
+
+const POLICY: &str = r#"
+rules:
+  - name: payments-reads
+    subjects: [{namespace: shop, serviceAccount: payments}]
+    paths: ["shop/payments/*"]
+    capabilities: [read, watch]
+  - name: admin-manages-shop
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/**"]
+    capabilities: [read, write, rotate, rollback, list, status]
+"#;
+
+fn applied(path: &str, version: u64) -> Vec<AppliedVersion> {
+    vec![AppliedVersion {
+        path: path.into(),
+        version,
+        state: ApplyState::Applied as i32,
+        reason: String::new(),
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ack_without_access_is_denied_and_not_shown_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let broker = BrokerProcess::start_with(POLICY, &["--audit-file", audit.to_str().unwrap()]);
+    broker
+        .put_bytes("shop/payments/stripe-key", b"sk_live")
+        .await;
+
+    let intruder = broker.client(mint(Key::Rsa, "shop", "web")).await;
+    let error = intruder
+        .ack(applied("shop/payments/stripe-key", 999))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(tonic::Code::PermissionDenied));
+
+    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
+    let status = admin
+        .rotation_status("shop/payments/stripe-key")
+        .await
+        .unwrap();
+    assert!(status.workloads.is_empty(), "{:?}", status.workloads);
+
+    // The refusal is in the audit trail like any other decision.
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        trail.lines().any(|l| l.contains("\"AckSecrets\"")
+            && l.contains("\"deny\"")
+            && l.contains("shop/payments/stripe-key")),
+        "{trail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ack_of_a_readable_path_is_shown_with_its_issuer() {
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_bytes("shop/payments/stripe-key", b"sk").await;
+    let payments = broker.client(mint(Key::Rsa, "shop", "payments")).await;
+    payments
+        .ack(applied("shop/payments/stripe-key", 1))
+        .await
+        .unwrap();
+    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
+    let status = admin
+        .rotation_status("shop/payments/stripe-key")
+        .await
+        .unwrap();
+    assert_eq!(status.workloads.len(), 1);
+    let w = &status.workloads[0];
+    assert_eq!((w.namespace.as_str(), w.version), ("shop", 1));
+    assert_eq!(w.issuer, coffer_tests::ISSUER);
+    assert!(!w.watching, "an ack alone does not make a watcher");
+    assert_eq!(status.expected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_denied_path_records_none_of_the_batch() {
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_bytes("shop/payments/stripe-key", b"sk").await;
+    broker.put_bytes("shop/other", b"x").await;
+    let payments = broker.client(mint(Key::Rsa, "shop", "payments")).await;
+    let mut batch = applied("shop/payments/stripe-key", 1);
+    batch.extend(applied("shop/other", 1));
+    let error = payments.ack(batch).await.unwrap_err();
+    assert_eq!(error.code(), Some(tonic::Code::PermissionDenied));
+    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
+    let status = admin
+        .rotation_status("shop/payments/stripe-key")
+        .await
+        .unwrap();
+    assert!(status.workloads.is_empty());
+}
