@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod deploy;
 pub mod https;
 
 use coffer::{Client, TokenSource};
@@ -96,7 +97,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    /// Starts `command` with its output going to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = command
