@@ -76,3 +76,53 @@ pub fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind}/{name} in the rendered manifests"))
 }
+
+/// One HTTPS request to `addr` (`127.0.0.1:PORT`), verifying the server as
+/// `localhost` against `ca_pem`. Returns the status and the body.
+pub fn https_request(
+    addr: &str,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().ok()?)
+            .ok()?;
+    let tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
+    stream.write_all(body).ok()?;
+    stream.flush().ok()?;
+    let mut response = Vec::new();
+    // A peer that closes without close_notify still gave us the response.
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -18,7 +18,7 @@ use std::{
 use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{
     ISSUER, Key, Process,
-    deploy::{find, objects},
+    deploy::{KUSTOMIZATIONS, find, https_request, objects},
     eventually, fixture, http,
     https::HttpsServer,
     mint_claims,
@@ -163,7 +163,8 @@ impl Cluster {
     /// The content of a Secret the user creates (docs/deploy.md).
     fn secret(&self, name: &str) -> Vec<(String, Vec<u8>)> {
         match name {
-            "coffer-broker-tls" => vec![
+            // One test certificate (for localhost) serves both.
+            "coffer-broker-tls" | "coffer-injector-tls" => vec![
                 ("tls.crt".into(), self.broker_cert.clone().into_bytes()),
                 ("tls.key".into(), self.broker_key.clone().into_bytes()),
             ],
@@ -294,6 +295,7 @@ fn start(
     let binary = match image.split(':').next().unwrap().rsplit('/').next().unwrap() {
         "broker" => "coffer-broker",
         "sidecar" => "coffer-sidecar",
+        "injector" => "coffer-injector",
         other => panic!("no binary for image {image} ({other})"),
     };
 
@@ -448,6 +450,35 @@ async fn start_broker(rendered: &[Value], cluster: &Cluster) -> (Container, Stri
     (broker, url)
 }
 
+/// Starts the injector of a rendered overlay and waits for /healthz.
+fn start_injector(rendered: &[Value], cluster: &Cluster) -> Container {
+    let addr_dir = tempfile::tempdir().unwrap();
+    let addr_file = addr_dir.path().join("addr");
+    let mut injector = start(
+        rendered,
+        "coffer-injector",
+        "injector",
+        cluster,
+        &[("COFFER_ADDR_FILE", addr_file.to_str().unwrap())],
+    );
+    let addr = eventually(Duration::from_secs(20), "the injector to listen", || {
+        if let Some(status) = injector.process.wait(Duration::ZERO) {
+            panic!(
+                "the injector exited ({status}) with the rendered args:\n{}",
+                injector.process.output()
+            );
+        }
+        std::fs::read_to_string(&addr_file).ok()
+    });
+    for path in ["/healthz", "/readyz"] {
+        eventually(Duration::from_secs(20), "the injector's health", || {
+            let status = https_request(&addr, &cluster.broker_ca, "GET", path, b"").map(|r| r.0);
+            (status == Some(200)).then_some(())
+        });
+    }
+    injector
+}
+
 /// The admin address a JSON-logging sidecar bound.
 fn admin_addr(sidecar: &Container) -> String {
     eventually(Duration::from_secs(20), "the admin endpoint", || {
@@ -553,4 +584,53 @@ fn a_flag_the_binary_does_not_know_fails() {
         "{}",
         broker.process.output()
     );
+}
+
+#[test]
+fn the_injector_of_every_overlay_starts_and_answers_health() {
+    let cluster = Cluster::start(false);
+    for overlay in ["overlays/vault", "overlays/tokenreview", "overlays/dev"] {
+        let injector = start_injector(&objects(overlay), &cluster);
+        assert!(injector.process.output().contains("injector listening"));
+    }
+}
+
+/// What the tests above start: (kustomization, Deployment, container).
+const STARTED: &[(&str, &str, &str)] = &[
+    ("overlays/vault", "coffer-broker", "broker"),
+    ("overlays/vault", "coffer-injector", "injector"),
+    ("overlays/tokenreview", "coffer-broker", "broker"),
+    ("overlays/tokenreview", "coffer-injector", "injector"),
+    ("overlays/dev", "coffer-broker", "broker"),
+    ("overlays/dev", "coffer-injector", "injector"),
+    ("example/native", "web", "coffer"),
+    ("example/init-mode", "web", "coffer"),
+];
+
+#[test]
+fn every_rendered_coffer_container_is_started_by_a_smoke_test() {
+    for kustomization in KUSTOMIZATIONS {
+        for object in objects(kustomization) {
+            if object["kind"] != "Deployment" {
+                continue;
+            }
+            let spec = &object["spec"]["template"]["spec"];
+            for container in ["containers", "initContainers"]
+                .iter()
+                .filter_map(|k| spec[k].as_array())
+                .flatten()
+            {
+                let image = container["image"].as_str().unwrap();
+                if !image.starts_with("coffer/") {
+                    continue; // the example's own app image
+                }
+                let key = (
+                    *kustomization,
+                    object["metadata"]["name"].as_str().unwrap(),
+                    container["name"].as_str().unwrap(),
+                );
+                assert!(STARTED.contains(&key), "no smoke test starts {key:?}");
+            }
+        }
+    }
 }
