@@ -139,7 +139,7 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, P
     let sidecar = json!({
         "name": SIDECAR,
         "image": injection.image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": "Always",
         "restartPolicy": "Always",
         "args": ["--config=/etc/coffer/config/sidecar.yaml", "--log-format=json"],
         "ports": [{"name": "coffer-admin", "containerPort": port}],
