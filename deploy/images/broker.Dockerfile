@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The broker image: docker build -f deploy/images/broker.Dockerfile -t coffer/broker:0.1.0 .
 # Multi-stage: compiled in the Rust image, shipped on distroless (glibc, no
-# shell, no package manager) as the nonroot user (65532). CI builds the same
-# binary with the same command (cargo build --locked --release -p coffer-broker).
+# shell, no package manager) as the nonroot user (65532). The binary is the one
+# `cargo build --locked --release -p coffer-broker` builds outside Docker.
 FROM docker.io/library/rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
