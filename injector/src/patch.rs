@@ -212,3 +212,70 @@ fn parent(path: &str) -> &str {
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injection() -> Injection {
+        Injection {
+            image: "coffer/sidecar:test".into(),
+            ca_config_map: "coffer-ca".into(),
+            layout: Layout {
+                broker: "https://coffer-broker.coffer.svc:8443".into(),
+                output_dir: "/coffer/secrets".into(),
+                token_file: "/var/run/secrets/coffer/token".into(),
+                ca_file: "/etc/coffer/ca/ca.crt".into(),
+                admin_listen: "0.0.0.0:8099".into(),
+            },
+        }
+    }
+
+    fn pod(spec: Value) -> Value {
+        json!({
+            "metadata": {
+                "labels": {"coffer.dev/inject": "true"},
+                "annotations": {"coffer.dev/secret-db": "shop/db#password"},
+            },
+            "spec": spec,
+        })
+    }
+
+    #[test]
+    fn a_pod_without_the_opt_in_gets_no_patch() {
+        let mut pod = pod(json!({"containers": [{"name": "app"}]}));
+        pod["metadata"]["labels"] = json!({});
+        assert!(patch(&pod, &injection()).unwrap().is_none());
+    }
+
+    #[test]
+    fn existing_lists_are_appended_to_and_the_sidecar_goes_first() {
+        let pod = pod(json!({
+            "initContainers": [{"name": "migrate"}],
+            "containers": [{"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        }));
+        let ops = patch(&pod, &injection()).unwrap().unwrap();
+        let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+        assert!(paths.contains(&"/spec/initContainers/0"));
+        assert!(paths.contains(&"/spec/volumes/-"));
+        assert!(paths.contains(&"/spec/containers/0/volumeMounts/-"));
+    }
+
+    #[test]
+    fn annotation_keys_are_escaped_in_paths() {
+        let pod = pod(json!({"containers": [{"name": "app"}]}));
+        let ops = patch(&pod, &injection()).unwrap().unwrap();
+        assert!(
+            ops.iter()
+                .any(|o| o["path"] == "/metadata/annotations/coffer.dev~1sidecar-config")
+        );
+    }
+
+    #[test]
+    fn an_already_injected_pod_is_left_alone() {
+        let mut pod = pod(json!({"containers": [{"name": "app"}]}));
+        pod["metadata"]["annotations"][INJECTED_ANNOTATION] = json!("true");
+        assert!(patch(&pod, &injection()).unwrap().is_none());
+    }
+}

@@ -17,6 +17,9 @@ use crate::{patch::Injection, review::review};
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// A connection that has not finished by then is dropped.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait to be accepted. With `MAX_BODY`,
+/// this bounds the memory any caller can make the injector hold.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +57,16 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let injection = Arc::new(injection);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let stream = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -89,6 +100,7 @@ pub async fn serve(
                 }
             };
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            drop(permit);
         });
     }
 }
