@@ -118,11 +118,42 @@ pub fn https_request(
     let mut response = Vec::new();
     // A peer that closes without close_notify still gave us the response.
     let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    crate::parse_response(&String::from_utf8_lossy(&response))
+}
+
+/// Validates a manifest file strictly against [`KUBERNETES_VERSION`];
+/// panics with the validator's report otherwise.
+pub fn kubernetes_validate(file: &Path) {
+    let output = Command::new(venv_tool("kubernetes-validate"))
+        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Scans a manifest file with checkov (framework kubernetes, offline);
+/// returns its JSON report.
+pub fn checkov(file: &Path) -> Value {
+    let output = Command::new(venv_tool("checkov"))
+        .args(["--framework", "kubernetes", "--output", "json", "--quiet"])
+        .args(["--compact", "--skip-download", "--file"])
+        .arg(file)
+        // checkov writes caches where it runs.
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov output is not JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }

@@ -590,6 +590,11 @@ pub fn http(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
+    parse_response(&response)
+}
+
+/// An HTTP/1 response's status and body.
+pub fn parse_response(response: &str) -> Option<(u16, String)> {
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")

@@ -3,10 +3,7 @@
 //! checks; every skip is annotated inline with its reason. The validators
 //! are pinned in scripts/install-test-deps.
 
-use std::process::Command;
-
-use coffer_tests::deploy::{KUBERNETES_VERSION, KUSTOMIZATIONS, objects, render, venv_tool};
-use serde_json::Value;
+use coffer_tests::deploy::{KUSTOMIZATIONS, kubernetes_validate, objects, render};
 
 fn rendered_file(kustomization: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -21,47 +18,15 @@ fn rendered_file(kustomization: &str) -> (tempfile::TempDir, std::path::PathBuf)
 fn every_kustomization_validates_strictly() {
     for kustomization in KUSTOMIZATIONS {
         let (_dir, file) = rendered_file(kustomization);
-        let output = Command::new(venv_tool("kubernetes-validate"))
-            .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{kustomization} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        kubernetes_validate(&file);
     }
 }
 
 /// Runs checkov on the rendered kustomization; returns (passed, failed,
 /// skipped) and panics with the failed checks if any.
 fn checkov(kustomization: &str) -> (u64, u64, u64) {
-    let (dir, file) = rendered_file(kustomization);
-    let output = Command::new(venv_tool("checkov"))
-        .args([
-            "--framework",
-            "kubernetes",
-            "--output",
-            "json",
-            "--quiet",
-            "--compact",
-            "--skip-download",
-            "--file",
-        ])
-        .arg(&file)
-        // checkov writes caches next to where it runs.
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "checkov output is not JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
+    let (_dir, file) = rendered_file(kustomization);
+    let report = coffer_tests::deploy::checkov(&file);
     let summary = &report["summary"];
     let count = |k: &str| summary[k].as_u64().unwrap();
     let failed: Vec<String> = report["results"]["failed_checks"]

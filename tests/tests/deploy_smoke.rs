@@ -395,28 +395,44 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Starts a server container and waits for the address it bound (written
+/// to `COFFER_ADDR_FILE`: an environment variable, not a flag, so the
+/// rendered args stay exactly as rendered).
+fn start_listening(
+    rendered: &[Value],
+    deployment: &str,
+    name: &str,
+    cluster: &Cluster,
+) -> (Container, String) {
+    let addr_dir = tempfile::tempdir().unwrap();
+    let addr_file = addr_dir.path().join("addr");
+    let mut container = start(
+        rendered,
+        deployment,
+        name,
+        cluster,
+        &[("COFFER_ADDR_FILE", addr_file.to_str().unwrap())],
+    );
+    let addr = eventually(
+        Duration::from_secs(30),
+        &format!("{name} to listen"),
+        || {
+            if let Some(status) = container.process.wait(Duration::ZERO) {
+                panic!(
+                    "{name} exited ({status}) with the rendered args:\n{}",
+                    container.process.output()
+                );
+            }
+            std::fs::read_to_string(&addr_file).ok()
+        },
+    );
+    (container, addr)
+}
+
 /// Starts the broker of `overlay` and waits until grpc health says SERVING.
 /// Returns the running broker and its `https://localhost:PORT`.
 async fn start_broker(rendered: &[Value], cluster: &Cluster) -> (Container, String) {
-    let addr_dir = tempfile::tempdir().unwrap();
-    let addr_file = addr_dir.path().join("addr");
-    let mut broker = start(
-        rendered,
-        "coffer-broker",
-        "broker",
-        cluster,
-        // Not a flag: how the test learns the port (the rendered --listen is kept).
-        &[("COFFER_ADDR_FILE", addr_file.to_str().unwrap())],
-    );
-    let addr = eventually(Duration::from_secs(30), "the broker to listen", || {
-        if let Some(status) = broker.process.wait(Duration::ZERO) {
-            panic!(
-                "the broker exited ({status}) with the rendered args:\n{}",
-                broker.process.output()
-            );
-        }
-        std::fs::read_to_string(&addr_file).ok()
-    });
+    let (broker, addr) = start_listening(rendered, "coffer-broker", "broker", cluster);
     let port = addr.rsplit(':').next().unwrap().to_string();
     let url = format!("https://localhost:{port}");
     let tls = ClientTlsConfig::new()
@@ -452,24 +468,7 @@ async fn start_broker(rendered: &[Value], cluster: &Cluster) -> (Container, Stri
 
 /// Starts the injector of a rendered overlay and waits for /healthz.
 fn start_injector(rendered: &[Value], cluster: &Cluster) -> Container {
-    let addr_dir = tempfile::tempdir().unwrap();
-    let addr_file = addr_dir.path().join("addr");
-    let mut injector = start(
-        rendered,
-        "coffer-injector",
-        "injector",
-        cluster,
-        &[("COFFER_ADDR_FILE", addr_file.to_str().unwrap())],
-    );
-    let addr = eventually(Duration::from_secs(20), "the injector to listen", || {
-        if let Some(status) = injector.process.wait(Duration::ZERO) {
-            panic!(
-                "the injector exited ({status}) with the rendered args:\n{}",
-                injector.process.output()
-            );
-        }
-        std::fs::read_to_string(&addr_file).ok()
-    });
+    let (injector, addr) = start_listening(rendered, "coffer-injector", "injector", cluster);
     for path in ["/healthz", "/readyz"] {
         eventually(Duration::from_secs(20), "the injector's health", || {
             let status = https_request(&addr, &cluster.broker_ca, "GET", path, b"").map(|r| r.0);

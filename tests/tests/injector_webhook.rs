@@ -10,7 +10,7 @@ use std::{process::Command, time::Duration};
 use base64::Engine;
 use coffer_tests::{
     BrokerProcess, Key, POLICY, Process,
-    deploy::{KUBERNETES_VERSION, https_request, venv_tool},
+    deploy::{checkov, https_request, kubernetes_validate},
     eventually, mint,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -203,25 +203,8 @@ fn the_patched_pod_validates_and_passes_checkov() {
     });
     let file = dir.path().join("pod.yaml");
     std::fs::write(&file, format!("{patched}\n---\n{network_policy}\n")).unwrap();
-    let output = Command::new(venv_tool("kubernetes-validate"))
-        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let output = Command::new(venv_tool("checkov"))
-        .args(["--framework", "kubernetes", "--output", "json", "--quiet"])
-        .args(["--compact", "--skip-download", "--file"])
-        .arg(&file)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    kubernetes_validate(&file);
+    let report = checkov(&file);
     assert_eq!(
         report["summary"]["failed"], 0,
         "{:#}",
