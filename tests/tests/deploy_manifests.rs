@@ -132,3 +132,59 @@ fn no_app_container_mounts_the_coffer_token() {
         }
     }
 }
+
+/// `cofferctl policy check` against the shipped policy: (namespace,
+/// service account, path, capability) → allowed?
+fn shipped_policy_allows(who: (&str, &str), path: &str, capability: &str) -> bool {
+    let objects = objects("overlays/vault");
+    let policy =
+        coffer_tests::deploy::find(&objects, "ConfigMap", "coffer-policy")["data"]["policy.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy).unwrap();
+    let (code, _) = coffer_tests::cofferctl(&[
+        "policy".as_ref(),
+        "check".as_ref(),
+        "--policy".as_ref(),
+        file.as_os_str(),
+        "--namespace".as_ref(),
+        who.0.as_ref(),
+        "--service-account".as_ref(),
+        who.1.as_ref(),
+        "--path".as_ref(),
+        path.as_ref(),
+        "--capability".as_ref(),
+        capability.as_ref(),
+    ]);
+    assert!(
+        code == 0 || code == 1,
+        "cofferctl policy check: exit {code}"
+    );
+    code == 0
+}
+
+#[test]
+fn the_shipped_policy_has_an_operator_rule_and_stays_deny_by_default() {
+    let operator = ("coffer", "coffer-operator");
+    for capability in ["write", "rotate", "rollback", "list", "status"] {
+        assert!(shipped_policy_allows(operator, "shop/web/db", capability));
+    }
+    assert!(shipped_policy_allows(
+        ("shop", "web"),
+        "shop/web/db",
+        "watch"
+    ));
+    assert!(!shipped_policy_allows(
+        ("shop", "web"),
+        "shop/web/db",
+        "write"
+    ));
+    assert!(!shipped_policy_allows(
+        ("shop", "api"),
+        "shop/web/db",
+        "read"
+    ));
+}
