@@ -288,9 +288,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(open_audit(&args, path)?.fail_open(args.audit_fail_open)),
     };
     let store: Arc<dyn SecretStore> = match &args.dev_store_file {
-        _ if args.store == StoreKind::Vault => vault_store(&args).await?,
-        None => Arc::new(DevStore::in_memory()),
+        _ if args.store == StoreKind::Vault => {
+            let store = vault_store(&args).await?;
+            tracing::info!(store = "vault", "serving secrets from Vault/OpenBao");
+            store
+        }
+        None => {
+            tracing::warn!(
+                store = "dev",
+                persistent = false,
+                "NOT FOR PRODUCTION: serving the in-memory dev store; every secret \
+                 is lost when the broker stops, and replicas do not share it \
+                 (use --store vault, or --dev-store-file to persist)"
+            );
+            Arc::new(DevStore::in_memory())
+        }
         Some(file) => {
+            tracing::warn!(
+                store = "dev",
+                persistent = true,
+                file = %file.display(),
+                "NOT FOR PRODUCTION: serving the dev store from a sealed file \
+                 (one broker only; use --store vault in production)"
+            );
             let material = match &args.dev_store_key_file {
                 Some(path) => zeroize::Zeroizing::new(
                     std::fs::read(path)
@@ -311,14 +331,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(DevStore::persistent(file, &key)?)
         }
     };
-    let mut broker = Broker::new(authn, policy, store).with_limits(Limits {
-        watches_per_identity: args.max_watches_per_identity,
-        requests_per_connection: args.max_requests_per_connection,
-    })
-    .with_ack_limits(AckLimits {
-        ttl: args.ack_ttl,
-        ..AckLimits::default()
-    });
+    let mut broker = Broker::new(authn, policy, store)
+        .with_limits(Limits {
+            watches_per_identity: args.max_watches_per_identity,
+            requests_per_connection: args.max_requests_per_connection,
+        })
+        .with_ack_limits(AckLimits {
+            ttl: args.ack_ttl,
+            ..AckLimits::default()
+        });
     if let Some(audit) = audit {
         broker = broker.with_audit(audit);
     }

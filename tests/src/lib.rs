@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod deploy;
 pub mod https;
 
 use coffer::{Client, TokenSource};
@@ -97,7 +98,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
+    /// Starts `command` with its output going to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = command
@@ -663,6 +665,11 @@ pub fn http(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
+    parse_response(&response)
+}
+
+/// An HTTP/1 response's status and body.
+pub fn parse_response(response: &str) -> Option<(u16, String)> {
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")

@@ -1,0 +1,472 @@
+//! Pod annotations → the sidecar's configuration.
+//!
+//! Per secret `<name>` (a DNS-label-like name chosen by the user):
+//!
+//! | annotation | meaning |
+//! | ---------- | ------- |
+//! | `coffer.dev/secret-<name>: shop/web/db#password` | the broker path (required) |
+//! | `coffer.dev/file-<name>: db-password` | the file name (default `<name>`) |
+//! | `coffer.dev/format-<name>: dotenv` | raw, json, dotenv, properties, yaml, template |
+//! | `coffer.dev/mode-<name>: "0440"` | octal file mode (default `0400`) |
+//! | `coffer.dev/template-<name>: "{{ source.password }}"` | inline template (implies `format: template`) |
+//! | `coffer.dev/action-<name>: "{signal: HUP, processName: app}"` | run when the file changes |
+//!
+//! and for the pod: `coffer.dev/inject: "true"`, `coffer.dev/action` (run once
+//! per update). vault-k8s names are accepted where they mean the same:
+//! `vault.hashicorp.com/agent-inject-secret-<name>` (a KV v2 API path such as
+//! `secret/data/shop/db` becomes the broker path `shop/db`),
+//! `agent-inject-file-<name>`, `agent-inject-perms-<name>`, and
+//! `agent-inject-template-<name>` when it is not a Go template (those are
+//! refused with a message: rewrite them as minijinja).
+
+use std::collections::BTreeMap;
+
+use coffer_sidecar::config::{Config, Env};
+use serde_json::{Map, Value, json};
+
+/// The opt-in label (objectSelector) and annotation.
+pub const INJECT: &str = "coffer.dev/inject";
+const PREFIX: &str = "coffer.dev/";
+const VAULT_PREFIX: &str = "vault.hashicorp.com/";
+
+/// Why a pod's annotations cannot be turned into a sidecar.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnnotationError {
+    /// An annotation under `coffer.dev/` that means nothing.
+    #[error("unknown annotation {0:?}")]
+    Unknown(String),
+    /// `coffer.dev/inject` is neither "true" nor "false".
+    #[error("{INJECT} must be \"true\" or \"false\", not {0:?}")]
+    BadInject(String),
+    /// Opted in, but no secret named.
+    #[error("no secrets: add coffer.dev/secret-<name>: <path>")]
+    NoSecrets,
+    /// A per-secret annotation for a secret that is not declared.
+    #[error("{0:?} names a secret that has no coffer.dev/secret-<name> annotation")]
+    Orphan(String),
+    /// A Go template from vault-k8s.
+    #[error(
+        "{0:?} is a Go (consul-template) template: rewrite it as coffer.dev/template-<name> in minijinja syntax ({{{{ source.KEY }}}})"
+    )]
+    GoTemplate(String),
+    /// An annotation value that does not parse.
+    #[error("{annotation:?}: {reason}")]
+    BadValue {
+        /// The annotation.
+        annotation: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The sidecar refuses the resulting configuration.
+    #[error("the sidecar configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Where the injected sidecar finds things (fixed by the injected volumes).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The broker URL, e.g. `https://coffer-broker.coffer.svc:8443`.
+    pub broker: String,
+    /// Where the secrets volume is mounted, in the sidecar and the apps.
+    pub output_dir: String,
+    /// The projected token file.
+    pub token_file: String,
+    /// The broker's CA bundle.
+    pub ca_file: String,
+    /// The sidecar's admin endpoint (its startupProbe).
+    pub admin_listen: String,
+}
+
+/// Whether the pod asks for injection (label or annotation).
+pub fn wants_injection(pod: &Value) -> Result<bool, AnnotationError> {
+    let meta = &pod["metadata"];
+    let mut wants = false;
+    for value in [&meta["labels"][INJECT], &meta["annotations"][INJECT]] {
+        match value.as_str() {
+            None => {}
+            Some("true") => wants = true,
+            Some("false") => {}
+            Some(other) => return Err(AnnotationError::BadInject(other.to_string())),
+        }
+    }
+    Ok(wants)
+}
+
+/// Builds the sidecar's YAML configuration from the pod's annotations and
+/// checks it with the sidecar's own parser.
+pub fn sidecar_config(
+    annotations: &Map<String, Value>,
+    layout: &Layout,
+) -> Result<String, AnnotationError> {
+    let mut secrets: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut per_secret: Vec<(String, &'static str, String, String)> = Vec::new();
+    let mut pod_action = None;
+    for (key, value) in annotations {
+        let text = || value.as_str().unwrap_or_default().to_string();
+        if let Some(rest) = key.strip_prefix(PREFIX) {
+            match rest {
+                "inject" | "injected" | "sidecar-config" => continue,
+                "action" => {
+                    pod_action = Some(parse_action(key, &text())?);
+                    continue;
+                }
+                _ => {}
+            }
+            let (field, name) = ["secret", "file", "format", "mode", "template", "action"]
+                .iter()
+                .find_map(|f| {
+                    rest.strip_prefix(f)
+                        .and_then(|r| r.strip_prefix('-'))
+                        .map(|n| (*f, n))
+                })
+                .ok_or_else(|| AnnotationError::Unknown(key.clone()))?;
+            if name.is_empty() {
+                return Err(AnnotationError::Unknown(key.clone()));
+            }
+            if field == "secret" {
+                secrets
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert("path".into(), json!(text()));
+            } else {
+                per_secret.push((name.to_string(), field, text(), key.clone()));
+            }
+        } else if let Some(rest) = key.strip_prefix(VAULT_PREFIX) {
+            let vault = [
+                ("agent-inject-secret-", "secret"),
+                ("agent-inject-file-", "file"),
+                ("agent-inject-perms-", "mode"),
+                ("agent-inject-template-", "template"),
+            ];
+            let Some((field, name)) = vault
+                .iter()
+                .find_map(|(p, f)| rest.strip_prefix(p).map(|n| (*f, n)))
+            else {
+                // Other vault-k8s annotations are Vault Agent's business.
+                continue;
+            };
+            if field == "secret" {
+                // Vault Agent writes the whole secret; JSON is the closest.
+                let spec = secrets.entry(name.to_string()).or_default();
+                spec.insert("path".into(), json!(vault_path(&text())));
+                spec.entry("format").or_insert_with(|| json!("json"));
+            } else if field == "template" && is_go_template(&text()) {
+                return Err(AnnotationError::GoTemplate(key.clone()));
+            } else {
+                per_secret.push((name.to_string(), field, text(), key.clone()));
+            }
+        }
+    }
+    for (name, field, value, annotation) in per_secret {
+        let spec = secrets
+            .get_mut(&name)
+            .ok_or_else(|| AnnotationError::Orphan(annotation.clone()))?;
+        match field {
+            "file" => {
+                spec.insert("file".into(), json!(value));
+            }
+            "format" => {
+                spec.insert("format".into(), json!(value));
+            }
+            "mode" => {
+                spec.insert("mode".into(), json!(value));
+            }
+            "template" => {
+                spec.insert("format".into(), json!("template"));
+                spec.insert("template".into(), json!(value));
+            }
+            "action" => {
+                spec.insert("action".into(), parse_action(&annotation, &value)?);
+            }
+            _ => return Err(AnnotationError::Unknown(annotation)),
+        }
+    }
+    if secrets.is_empty() {
+        return Err(AnnotationError::NoSecrets);
+    }
+    let secrets: Vec<Value> = secrets
+        .into_iter()
+        .map(|(name, mut spec)| {
+            spec.entry("file").or_insert_with(|| json!(name));
+            Value::Object(spec)
+        })
+        .collect();
+    let mut config = json!({
+        "broker": layout.broker,
+        "caFile": layout.ca_file,
+        "tokenFile": layout.token_file,
+        "outputDir": layout.output_dir,
+        "adminListen": layout.admin_listen,
+        "secrets": secrets,
+    });
+    if let Some(action) = pod_action {
+        config["action"] = action;
+    }
+    let yaml =
+        serde_norway::to_string(&config).map_err(|e| AnnotationError::Invalid(e.to_string()))?;
+    Config::parse(&yaml, &NoEnv).map_err(|e| AnnotationError::Invalid(e.to_string()))?;
+    Ok(yaml)
+}
+
+/// No environment overrides: the configuration is exactly what was generated.
+struct NoEnv;
+
+impl Env for NoEnv {
+    fn get(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+fn parse_action(annotation: &str, text: &str) -> Result<Value, AnnotationError> {
+    let value: Value = serde_norway::from_str(text).map_err(|e| AnnotationError::BadValue {
+        annotation: annotation.to_string(),
+        reason: format!("expected a mapping such as {{signal: HUP, processName: app}}: {e}"),
+    })?;
+    if !value.is_object() {
+        return Err(AnnotationError::BadValue {
+            annotation: annotation.to_string(),
+            reason: "expected a mapping such as {signal: HUP, processName: app}".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// `secret/data/shop/db` (a KV v2 API path, as vault-k8s wants it) → `shop/db`.
+fn vault_path(path: &str) -> String {
+    match path.split_once('/') {
+        Some((_mount, rest)) if rest.starts_with("data/") => rest["data/".len()..].to_string(),
+        _ => path.to_string(),
+    }
+}
+
+fn is_go_template(text: &str) -> bool {
+    text.contains("with secret") || text.contains(".Data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            broker: "https://coffer-broker.coffer.svc:8443".into(),
+            output_dir: "/coffer/secrets".into(),
+            token_file: "/var/run/secrets/coffer/token".into(),
+            ca_file: "/etc/coffer/ca/ca.crt".into(),
+            admin_listen: "0.0.0.0:8099".into(),
+        }
+    }
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Value, AnnotationError> {
+        let map: Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        sidecar_config(&map, &layout()).map(|y| serde_norway::from_str(&y).unwrap())
+    }
+
+    fn secret(pairs: &[(&str, &str)]) -> Value {
+        config(pairs).unwrap()["secrets"][0].clone()
+    }
+
+    #[test]
+    fn secret_names_the_path_and_the_default_file() {
+        let s = secret(&[("coffer.dev/secret-db", "shop/web/db#password")]);
+        assert_eq!(s, json!({"path": "shop/web/db#password", "file": "db"}));
+    }
+
+    #[test]
+    fn file_names_the_file() {
+        let s = secret(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/file-db", "db-password"),
+        ]);
+        assert_eq!(s["file"], "db-password");
+    }
+
+    #[test]
+    fn format_sets_the_format() {
+        let s = secret(&[
+            ("coffer.dev/secret-db", "shop/web/db"),
+            ("coffer.dev/format-db", "dotenv"),
+        ]);
+        assert_eq!(s["format"], "dotenv");
+    }
+
+    #[test]
+    fn mode_sets_the_mode() {
+        let s = secret(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/mode-db", "0440"),
+        ]);
+        assert_eq!(s["mode"], "0440");
+    }
+
+    #[test]
+    fn template_sets_an_inline_template() {
+        let s = secret(&[
+            ("coffer.dev/secret-db", "shop/web/db"),
+            (
+                "coffer.dev/template-db",
+                "url=postgres://app:{{ source.password }}@db",
+            ),
+        ]);
+        assert_eq!(s["format"], "template");
+        assert_eq!(s["template"], "url=postgres://app:{{ source.password }}@db");
+    }
+
+    #[test]
+    fn action_per_file_and_per_pod() {
+        let c = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/action-db", "{signal: HUP, processName: app}"),
+            (
+                "coffer.dev/action",
+                "{post: 'http://127.0.0.1:8080/reload'}",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c["secrets"][0]["action"],
+            json!({"signal": "HUP", "processName": "app"})
+        );
+        assert_eq!(c["action"], json!({"post": "http://127.0.0.1:8080/reload"}));
+    }
+
+    #[test]
+    fn vault_k8s_secret_file_and_perms_are_accepted() {
+        let s = secret(&[
+            ("vault.hashicorp.com/agent-inject", "true"),
+            ("vault.hashicorp.com/role", "web"),
+            (
+                "vault.hashicorp.com/agent-inject-secret-db",
+                "secret/data/shop/web/db",
+            ),
+            ("vault.hashicorp.com/agent-inject-file-db", "db.json"),
+            ("vault.hashicorp.com/agent-inject-perms-db", "0440"),
+        ]);
+        assert_eq!(
+            s,
+            json!({"path": "shop/web/db", "file": "db.json", "mode": "0440", "format": "json"})
+        );
+    }
+
+    #[test]
+    fn vault_k8s_minijinja_template_is_accepted() {
+        let s = secret(&[
+            (
+                "vault.hashicorp.com/agent-inject-secret-db",
+                "secret/data/shop/web/db",
+            ),
+            (
+                "vault.hashicorp.com/agent-inject-template-db",
+                "{{ source.password }}",
+            ),
+        ]);
+        assert_eq!(s["format"], "template");
+    }
+
+    #[test]
+    fn refuses_a_go_template() {
+        let e = config(&[
+            (
+                "vault.hashicorp.com/agent-inject-secret-db",
+                "secret/data/shop/web/db",
+            ),
+            (
+                "vault.hashicorp.com/agent-inject-template-db",
+                "{{ with secret \"secret/data/shop/web/db\" }}{{ .Data.data.password }}{{ end }}",
+            ),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::GoTemplate(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_an_unknown_annotation() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/fromat-db", "json"),
+        ])
+        .unwrap_err();
+        assert_eq!(e, AnnotationError::Unknown("coffer.dev/fromat-db".into()));
+    }
+
+    #[test]
+    fn refuses_no_secrets() {
+        assert_eq!(
+            config(&[("coffer.dev/inject", "true")]).unwrap_err(),
+            AnnotationError::NoSecrets
+        );
+    }
+
+    #[test]
+    fn refuses_an_option_for_an_undeclared_secret() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/mode-api", "0400"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::Orphan(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_file_name_that_escapes_the_directory() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/file-db", "../etc/passwd"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::Invalid(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_an_unknown_format() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db"),
+            ("coffer.dev/format-db", "xml"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::Invalid(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_mode_that_is_not_octal() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/mode-db", "rw-r--r--"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::Invalid(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_template_that_does_not_parse() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db"),
+            ("coffer.dev/template-db", "{{ source.password "),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::Invalid(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_an_action_that_is_not_a_mapping() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/action-db", "kill -HUP 1"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, AnnotationError::BadValue { .. }), "{e}");
+    }
+
+    #[test]
+    fn refuses_an_inject_value_that_is_not_a_boolean() {
+        let pod = json!({"metadata": {"labels": {"coffer.dev/inject": "yes"}}});
+        assert_eq!(
+            wants_injection(&pod).unwrap_err(),
+            AnnotationError::BadInject("yes".into())
+        );
+    }
+}

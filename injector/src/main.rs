@@ -1,0 +1,115 @@
+//! `coffer-injector`: the mutating admission webhook (see the library docs).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
+use coffer_injector::{annotations::Layout, patch::Injection, server};
+
+/// Exit status for invalid configuration (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "coffer-injector",
+    version,
+    about = "Adds the Coffer sidecar to pods that opt in"
+)]
+struct Cli {
+    /// Listen address (HTTPS: /mutate, /healthz, /readyz).
+    #[arg(long, env = "COFFER_INJECTOR_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Write the bound address here once listening (useful with port 0).
+    #[arg(long, env = "COFFER_ADDR_FILE")]
+    addr_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) the API server verifies (caBundle).
+    #[arg(long, env = "COFFER_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// TLS private key (PEM).
+    #[arg(long, env = "COFFER_TLS_KEY")]
+    tls_key: PathBuf,
+    /// The sidecar image to inject.
+    #[arg(long, env = "COFFER_SIDECAR_IMAGE")]
+    sidecar_image: String,
+    /// The broker URL the sidecars use.
+    #[arg(
+        long,
+        env = "COFFER_BROKER",
+        default_value = "https://coffer-broker.coffer.svc:8443"
+    )]
+    broker: String,
+    /// The ConfigMap, in each pod's namespace, holding the broker's CA (`ca.crt`).
+    #[arg(long, env = "COFFER_CA_CONFIG_MAP", default_value = "coffer-ca")]
+    ca_config_map: String,
+    /// Where app containers see the secret files.
+    #[arg(long, env = "COFFER_SECRETS_DIR", default_value = "/coffer/secrets")]
+    secrets_dir: String,
+    /// Log format.
+    #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
+    log_format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Plain,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(match cli.log_format {
+        Format::Plain => LogFormat::Plain,
+        Format::Json => LogFormat::Json,
+    });
+    if !cli.secrets_dir.starts_with('/') || cli.secrets_dir.contains("..") {
+        tracing::error!(dir = %cli.secrets_dir, "--secrets-dir must be an absolute path");
+        return ExitCode::from(EX_USAGE);
+    }
+    let tls = match server::tls_config(&cli.tls_cert, &cli.tls_key) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(%error, "invalid TLS configuration");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let injection = Injection {
+        image: cli.sidecar_image,
+        ca_config_map: cli.ca_config_map,
+        layout: Layout {
+            broker: cli.broker,
+            output_dir: cli.secrets_dir,
+            token_file: "/var/run/secrets/coffer/token".into(),
+            ca_file: "/etc/coffer/ca/ca.crt".into(),
+            admin_listen: "0.0.0.0:8099".into(),
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cli.listen)
+            .await
+            .with_context(|| format!("binding {}", cli.listen))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "injector listening");
+        if let Some(file) = &cli.addr_file {
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, bound.to_string())?;
+            std::fs::rename(&tmp, file)?;
+        }
+        server::serve(listener, tls, injection, shutdown_signal()).await;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "coffer-injector failed");
+            ExitCode::FAILURE
+        }
+    }
+}

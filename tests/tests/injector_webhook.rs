@@ -1,0 +1,355 @@
+//! The real `coffer-injector` binary, fed real AdmissionReview v1 JSON over
+//! HTTPS: the patched pod validates (kubernetes-validate, strict) and passes
+//! checkov, the generated sidecar configuration is loaded by the real
+//! sidecar, and invalid pods are refused with a clear message. (One test per
+//! annotation and per refusal of the annotation parser: the unit tests in
+//! injector/src/annotations.rs.)
+
+use std::{process::Command, time::Duration};
+
+use base64::Engine;
+use coffer_tests::{
+    BrokerProcess, Key, POLICY, Process,
+    deploy::{checkov, https_request, kubernetes_validate},
+    eventually, mint,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::{Value, json};
+
+const CANARY: &str = "canary-injected-7d2a";
+
+struct Injector {
+    process: Process,
+    addr: String,
+    ca: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Injector {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+        let addr_file = dir.path().join("addr");
+        let mut command = Command::new(coffer_tests::binary("coffer-injector"));
+        command
+            .arg("--listen=127.0.0.1:0")
+            .arg(format!(
+                "--tls-cert={}",
+                dir.path().join("tls.crt").display()
+            ))
+            .arg(format!(
+                "--tls-key={}",
+                dir.path().join("tls.key").display()
+            ))
+            .arg("--sidecar-image=coffer/sidecar:0.1.0")
+            .env("COFFER_ADDR_FILE", &addr_file);
+        let mut process = Process::spawn(command, dir.path().join("output.log"));
+        let addr = eventually(Duration::from_secs(20), "the injector to listen", || {
+            if let Some(status) = process.wait(Duration::ZERO) {
+                panic!("the injector exited ({status}):\n{}", process.output());
+            }
+            std::fs::read_to_string(&addr_file).ok()
+        });
+        Self {
+            process,
+            addr,
+            ca: ca.pem(),
+            _dir: dir,
+        }
+    }
+
+    /// Sends `pod` in an AdmissionReview; returns the review's `response`.
+    fn review(&self, pod: &Value) -> Value {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop",
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            },
+        });
+        let (status, body) = https_request(
+            &self.addr,
+            &self.ca,
+            "POST",
+            "/mutate",
+            review.to_string().as_bytes(),
+        )
+        .expect("the injector answers");
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(
+            answer["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+        answer["response"].clone()
+    }
+}
+
+/// A hardened pod as a ReplicaSet would create it, opted in.
+fn pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-6b7f9c-",
+            "namespace": "shop",
+            "labels": {"app": "web", "coffer.dev/inject": "true"},
+            "annotations": annotations,
+        },
+        "spec": {
+            "serviceAccountName": "web",
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "web",
+                "image": "example/web:1.0",
+                "imagePullPolicy": "Always",
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": 10001,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                    "limits": {"cpu": "500m", "memory": "128Mi"},
+                },
+            }],
+        },
+    })
+}
+
+fn opted_in() -> Value {
+    pod(json!({
+        "checkov.io/skip1": "CKV_K8S_43=test images are named by tag; pin digests in real manifests",
+        "coffer.dev/secret-db": "shop/db#password",
+        "coffer.dev/file-db": "db-password",
+        "coffer.dev/mode-db": "0400",
+    }))
+}
+
+/// Applies the JSONPatch `add` operations the injector emits.
+fn apply(mut doc: Value, response: &Value) -> Value {
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let ops: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+    for op in ops {
+        assert_eq!(op["op"], "add", "{op}");
+        let path = op["path"].as_str().unwrap();
+        let (parent, last) = path.rsplit_once('/').unwrap();
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let target = doc
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("no {parent}"));
+        match target {
+            Value::Object(map) => {
+                map.insert(last, op["value"].clone());
+            }
+            Value::Array(items) if last == "-" => items.push(op["value"].clone()),
+            Value::Array(items) => items.insert(last.parse().unwrap(), op["value"].clone()),
+            other => panic!("cannot add into {other}"),
+        }
+    }
+    doc
+}
+
+#[test]
+fn the_patched_pod_validates_and_passes_checkov() {
+    let injector = Injector::start();
+    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let dir = tempfile::tempdir().unwrap();
+    // The pod, and the NetworkPolicy every pod should have (checkov's CKV2_K8S_6).
+    let network_policy = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": 8080, "protocol": "TCP"}]}],
+        },
+    });
+    let file = dir.path().join("pod.yaml");
+    std::fs::write(&file, format!("{patched}\n---\n{network_policy}\n")).unwrap();
+    kubernetes_validate(&file);
+    let report = checkov(&file);
+    assert_eq!(
+        report["summary"]["failed"], 0,
+        "{:#}",
+        report["results"]["failed_checks"]
+    );
+    assert!(report["summary"]["passed"].as_u64().unwrap() > 20);
+}
+
+#[test]
+fn the_sidecar_is_a_native_sidecar_and_only_it_sees_the_token() {
+    let injector = Injector::start();
+    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let spec = &patched["spec"];
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(sidecar["securityContext"]["runAsUser"], 10001);
+    let mounts = |c: &Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(mounts(sidecar).contains(&"coffer-token".to_string()));
+    assert_eq!(mounts(&spec["containers"][0]), ["coffer-secrets"]);
+    let volumes = spec["volumes"].as_array().unwrap();
+    let secrets = volumes
+        .iter()
+        .find(|v| v["name"] == "coffer-secrets")
+        .unwrap();
+    assert_eq!(secrets["emptyDir"]["medium"], "Memory");
+    let token = volumes
+        .iter()
+        .find(|v| v["name"] == "coffer-token")
+        .unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "coffer"
+    );
+    assert_eq!(patched["metadata"]["labels"]["coffer.dev/client"], "true");
+}
+
+#[tokio::test]
+async fn the_generated_config_is_loaded_by_the_real_sidecar() {
+    let injector = Injector::start();
+    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let config = patched["metadata"]["annotations"]["coffer.dev/sidecar-config"]
+        .as_str()
+        .unwrap();
+
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_map("shop/db", &[("password", CANARY)]).await;
+    // Where the kubelet would mount the volumes, here.
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::Builder::new()
+        .prefix("coffer-injected-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    std::fs::write(dir.path().join("token"), mint(Key::Rsa, "shop", "web")).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &injector.ca).unwrap();
+    let config = config
+        .replace("https://coffer-broker.coffer.svc:8443", &broker.endpoint)
+        .replace(
+            "/var/run/secrets/coffer/token",
+            dir.path().join("token").to_str().unwrap(),
+        )
+        .replace(
+            "/etc/coffer/ca/ca.crt",
+            dir.path().join("ca.crt").to_str().unwrap(),
+        )
+        .replace("/coffer/secrets", out.path().to_str().unwrap())
+        .replace("0.0.0.0:8099", "127.0.0.1:0");
+    let config_file = dir.path().join("sidecar.yaml");
+    std::fs::write(&config_file, config).unwrap();
+    let mut command = Command::new(coffer_tests::binary("coffer-sidecar"));
+    command.arg("--config").arg(&config_file).arg("--once");
+    let mut sidecar = Process::spawn(command, dir.path().join("sidecar.log"));
+    let status = sidecar.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        sidecar.output()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("db-password")).unwrap(),
+        CANARY
+    );
+    assert!(!sidecar.output().contains(CANARY));
+    assert!(!injector.process.output().contains(CANARY));
+}
+
+#[test]
+fn a_pod_that_does_not_opt_in_is_allowed_unchanged() {
+    let injector = Injector::start();
+    let mut pod = opted_in();
+    pod["metadata"]["labels"]["coffer.dev/inject"] = json!("false");
+    let response = injector.review(&pod);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none());
+}
+
+#[test]
+fn invalid_annotations_are_refused_with_their_name() {
+    let injector = Injector::start();
+    let mut pod = opted_in();
+    pod["metadata"]["annotations"]["coffer.dev/fromat-db"] = json!("json");
+    let response = injector.review(&pod);
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.contains("coffer.dev/fromat-db"), "{message}");
+}
+
+#[test]
+fn an_app_container_mounting_the_token_volume_is_refused() {
+    let injector = Injector::start();
+    let mut pod = opted_in();
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "coffer-token", "mountPath": "/stolen"}]);
+    let response = injector.review(&pod);
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.contains("coffer-token"), "{message}");
+}
+
+#[test]
+fn a_pod_with_a_conflicting_volume_is_refused() {
+    let injector = Injector::start();
+    let mut pod = opted_in();
+    pod["spec"]["volumes"] = json!([{"name": "coffer-secrets", "emptyDir": {}}]);
+    let response = injector.review(&pod);
+    assert_eq!(response["allowed"], false);
+}
+
+#[test]
+fn a_body_that_is_not_an_admission_review_is_a_bad_request() {
+    let injector = Injector::start();
+    let (status, _) = https_request(
+        &injector.addr,
+        &injector.ca,
+        "POST",
+        "/mutate",
+        b"{\"kind\":\"Pod\"}",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+}
