@@ -56,13 +56,21 @@ impl Console {
             .arg(&token_file)
             .args(["console", "--listen", "127.0.0.1:0"]);
         let process = Process::spawn(command, dir.path().join("console.log"));
-        let url = eventually(Duration::from_secs(20), "the console's URL", || {
-            process
-                .output()
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let url = loop {
+            let output = process.output();
+            if let Some(url) = output
                 .lines()
                 .find_map(|l| l.strip_prefix("Coffer console: "))
-                .map(str::to_string)
-        });
+            {
+                break url.to_string();
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no URL from the console: {output}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let rest = url.strip_prefix("http://").unwrap();
         let (addr, query) = rest.split_once('/').unwrap();
         assert!(addr.starts_with("127.0.0.1:"), "loopback by default: {url}");

@@ -56,12 +56,25 @@ impl Views {
         Ok(Self { env })
     }
 
-    fn render(&self, name: &str, context: minijinja::Value) -> (StatusCode, String) {
-        match self
+    /// Renders `name`, then the page around it (`base.html`, given `path`
+    /// and `csrf` on a secret's page).
+    fn render(
+        &self,
+        name: &str,
+        context: minijinja::Value,
+        page: minijinja::Value,
+    ) -> (StatusCode, String) {
+        let rendered = self
             .env
             .get_template(name)
             .and_then(|t| t.render(context))
-        {
+            .and_then(|main| {
+                let main = minijinja::Value::from_safe_string(main);
+                self.env
+                    .get_template("base.html")?
+                    .render(minijinja::context! { main => main, ..page })
+            });
+        match rendered {
             Ok(html) => (StatusCode::OK, html),
             Err(e) => {
                 eprintln!("cofferctl: console: rendering {name}: {:?}", e.kind());
@@ -79,6 +92,7 @@ impl Views {
         self.render(
             "overview.html",
             minijinja::context! { rows => template_value(&rows), error => error },
+            minijinja::context! {},
         )
     }
 
@@ -103,8 +117,9 @@ impl Views {
         self.render(
             "secret.html",
             minijinja::context! {
-                path => path, versions => template_value(&versions), error => error, spec => spec, csrf => csrf,
+                path => path, versions => template_value(&versions), error => error, spec => spec,
             },
+            minijinja::context! { path => path, csrf => csrf },
         )
     }
 
