@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::{Process, eventually};
 
 /// The W3C name of an element reference in WebDriver answers.
-const ELEMENT: &str = "element-6066-11e4-a5aa-4f1f4a8c0e5e";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium session; chromedriver and the browser stop on drop.
 pub struct Browser {
@@ -106,7 +106,12 @@ impl Browser {
                 "/element",
                 Some(&json!({"using": "css selector", "value": css})),
             );
-            (code == 200).then(|| answer["value"][ELEMENT].as_str().unwrap().to_string())
+            (code == 200).then(|| {
+                answer["value"][ELEMENT]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{css}: {answer}"))
+                    .to_string()
+            })
         });
         self.ok("POST", &format!("/element/{id}/click"), Some(&json!({})));
     }
@@ -203,17 +208,42 @@ pub fn http_exchange(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).ok()?;
     stream.write_all(body).ok()?;
+    // Read by the framing, not to EOF: chromedriver keeps connections open.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let rest = &raw[split + 4..];
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
+    let mut buf = [0u8; 16384];
+    let split = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
     };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: Option<usize> = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    let mut rest = raw[split + 4..].to_vec();
+    loop {
+        let complete = match length {
+            Some(length) => rest.len() >= length,
+            None if chunked => rest.ends_with(b"0\r\n\r\n"),
+            None => false,
+        };
+        if complete {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = if chunked { dechunk(&rest) } else { rest };
     Some((code, head, body))
 }
 
