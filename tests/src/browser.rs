@@ -70,8 +70,8 @@ impl Browser {
             "unhandledPromptBehavior": "ignore",
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
         }}});
-        let (code, answer) = request(&addr, "POST", "/session", Some(&capabilities))
-            .expect("chromedriver answers");
+        let (code, answer) =
+            request(&addr, "POST", "/session", Some(&capabilities)).expect("chromedriver answers");
         assert_eq!(code, 200, "new session: {answer}");
         let session = answer["value"]["sessionId"].as_str().unwrap().to_string();
         Self {
@@ -128,7 +128,8 @@ impl Browser {
 
     /// The text of the element `css` selects, or "" if there is none.
     pub fn text(&self, css: &str) -> String {
-        let script = "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';";
+        let script =
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';";
         let value = self.ok(
             "POST",
             "/execute/sync",

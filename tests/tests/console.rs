@@ -129,7 +129,11 @@ impl Console {
     }
 }
 
-fn sidecar(broker: &BrokerProcess, pod: &str, out_parent: Option<&std::path::Path>) -> SidecarProcess {
+fn sidecar(
+    broker: &BrokerProcess,
+    pod: &str,
+    out_parent: Option<&std::path::Path>,
+) -> SidecarProcess {
     SidecarProcess::start_with(
         &broker.endpoint,
         &pod_token(pod),
@@ -215,7 +219,10 @@ async fn a_sidecar_on_a_full_tmpfs_shows_failed_with_its_reason() {
     let text = browser.wait_for_text("#rollout-text", "1 failed", Duration::from_secs(30));
     assert!(text.contains("1/2 applied"), "{text}");
     let failed = browser.wait_for_text("#failed", "pod=web-full", Duration::from_secs(5));
-    assert!(failed.contains("no storage space"), "the reason is shown: {failed}");
+    assert!(
+        failed.contains("no storage space"),
+        "the reason is shown: {failed}"
+    );
     assert!(browser.text("#applied").contains("pod=web-ok"));
     assert_eq!(read(&full), "first", "the last good file stays");
     drop(full);
@@ -271,11 +278,24 @@ async fn requests_without_the_access_token_are_refused() {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
-    for path in ["/", "/api/secrets", "/secret/shop/db", "/api/secret/shop/db", "/assets/console.js"] {
+    for path in [
+        "/",
+        "/api/secrets",
+        "/secret/shop/db",
+        "/api/secret/shop/db",
+        "/assets/console.js",
+    ] {
         let (code, _, body) = http_exchange(&console.addr, "GET", path, &[], b"").unwrap();
         assert_eq!(code, 401, "{path}");
-        assert!(!String::from_utf8_lossy(&body).contains("shop/db"), "{path}");
-        let flipped = if console.token.starts_with('0') { '1' } else { '0' };
+        assert!(
+            !String::from_utf8_lossy(&body).contains("shop/db"),
+            "{path}"
+        );
+        let flipped = if console.token.starts_with('0') {
+            '1'
+        } else {
+            '0'
+        };
         let wrong = format!(
             "{}={flipped}{}",
             console.cookie().split('=').next().unwrap(),
@@ -285,8 +305,7 @@ async fn requests_without_the_access_token_are_refused() {
             http_exchange(&console.addr, "GET", path, &[("Cookie", &wrong)], b"").unwrap();
         assert_eq!(code, 401, "a wrong token: {path}");
     }
-    let (code, _, _) =
-        http_exchange(&console.addr, "GET", "/?token=00", &[], b"").unwrap();
+    let (code, _, _) = http_exchange(&console.addr, "GET", "/?token=00", &[], b"").unwrap();
     assert_eq!(code, 401);
     // The right token is traded for a cookie and dropped from the URL.
     let (code, head, _) = http_exchange(
@@ -299,7 +318,10 @@ async fn requests_without_the_access_token_are_refused() {
     .unwrap();
     assert_eq!(code, 303, "{head}");
     assert!(head.contains("location: /\r\n"), "{head}");
-    assert!(head.contains("httponly") && head.contains("samesite=strict"), "{head}");
+    assert!(
+        head.contains("httponly") && head.contains("samesite=strict"),
+        "{head}"
+    );
     assert_eq!(console.get("/").0, 200);
     // Another Host (DNS rebinding) is refused even with the token.
     let (code, _, _) = http_exchange(
@@ -322,7 +344,10 @@ async fn actions_without_the_csrf_token_or_from_another_origin_are_refused() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[], "no CSRF header"),
         (&[("X-Coffer-CSRF", "0000")], "a wrong CSRF token"),
-        (&[("X-Coffer-CSRF", &csrf), ("Origin", "http://evil.example")], "another origin"),
+        (
+            &[("X-Coffer-CSRF", &csrf), ("Origin", "http://evil.example")],
+            "another origin",
+        ),
         (&[("X-Coffer-CSRF", &csrf), ("Origin", "")], "no Origin"),
     ];
     for (headers, what) in cases {
@@ -345,10 +370,21 @@ async fn every_response_forbids_caching_and_inline_scripts() {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
-    for path in ["/", "/secret/shop/db", "/api/secrets", "/assets/console.js", "/nope"] {
-        let (_, head, _) =
-            http_exchange(&console.addr, "GET", path, &[("Cookie", &console.cookie())], b"")
-                .unwrap();
+    for path in [
+        "/",
+        "/secret/shop/db",
+        "/api/secrets",
+        "/assets/console.js",
+        "/nope",
+    ] {
+        let (_, head, _) = http_exchange(
+            &console.addr,
+            "GET",
+            path,
+            &[("Cookie", &console.cookie())],
+            b"",
+        )
+        .unwrap();
         assert!(head.contains("cache-control: no-store"), "{path}: {head}");
         let csp = head
             .lines()
@@ -405,5 +441,8 @@ async fn no_page_or_json_answer_carries_a_secret_value() {
         assert!(!console.get(path).1.contains(&rotated), "{path}");
     }
     let output = console.process.output();
-    assert!(!output.contains(CANARY) && !output.contains(&rotated), "{output}");
+    assert!(
+        !output.contains(CANARY) && !output.contains(&rotated),
+        "{output}"
+    );
 }

@@ -215,7 +215,10 @@ impl Console {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         response
     }
@@ -233,7 +236,8 @@ impl Console {
         // The access token in the URL is traded for a cookie once, and the
         // URL without it replaces the one in the address bar and history.
         if let Some(token) = query_param(req.uri().query(), "token") {
-            if req.method() != Method::GET || !same_digest(&digest(token.as_bytes()), &self.access_digest)
+            if req.method() != Method::GET
+                || !same_digest(&digest(token.as_bytes()), &self.access_digest)
             {
                 return Err((StatusCode::UNAUTHORIZED, "invalid access token\n"));
             }
@@ -241,7 +245,8 @@ impl Console {
             let headers = response.headers_mut();
             headers.insert(
                 header::LOCATION,
-                HeaderValue::from_str(&path).map_err(|_| (StatusCode::BAD_REQUEST, "bad path\n"))?,
+                HeaderValue::from_str(&path)
+                    .map_err(|_| (StatusCode::BAD_REQUEST, "bad path\n"))?,
             );
             let cookie = Zeroizing::new(format!(
                 "{}={token}; HttpOnly; SameSite=Strict; Path=/",
@@ -323,10 +328,7 @@ impl Console {
         if !self.hosts.iter().any(|h| origin == format!("http://{h}")) {
             return Err((StatusCode::FORBIDDEN, "cross-origin request refused\n"));
         }
-        let csrf = req
-            .headers()
-            .get(CSRF_HEADER)
-            .map(|v| digest(v.as_bytes()));
+        let csrf = req.headers().get(CSRF_HEADER).map(|v| digest(v.as_bytes()));
         if !csrf.is_some_and(|d| same_digest(&d, &self.csrf_digest)) {
             return Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token\n"));
         }
@@ -358,7 +360,12 @@ async fn read_rollback(req: Request<Incoming>) -> Result<u64, Refusal> {
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "body too large or unreadable\n"))?
+        .map_err(|_| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or unreadable\n",
+            )
+        })?
         .to_bytes();
     serde_json::from_slice::<Rollback>(&body)
         .map(|r| r.to_version)

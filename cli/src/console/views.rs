@@ -225,7 +225,7 @@ fn version_rows(list: &coffer::proto::ListVersionsResponse) -> Vec<VersionRow> {
             current: v.version == list.current_version,
         })
         .collect();
-    rows.sort_by(|a, b| b.version.cmp(&a.version));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.version));
     rows
 }
 
@@ -285,7 +285,10 @@ fn age(t: SystemTime) -> String {
         .duration_since(t)
         .unwrap_or_default()
         .as_secs();
-    format!("{} ago", humantime::format_duration(Duration::from_secs(secs)))
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
 }
 
 /// A broker error as an HTTP status and a JSON body.
