@@ -323,6 +323,17 @@ async fn requests_without_the_access_token_are_refused() {
         "{head}"
     );
     assert_eq!(console.get("/").0, 200);
+    // The trade redirects to this console only, never to another site.
+    let (code, head, _) = http_exchange(
+        &console.addr,
+        "GET",
+        &format!("//evil.example/?token={}", console.token),
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 303, "{head}");
+    assert!(head.contains("location: /\r\n"), "{head}");
     // Another Host (DNS rebinding) is refused even with the token.
     let (code, _, _) = http_exchange(
         &console.addr,
@@ -445,4 +456,23 @@ async fn no_page_or_json_answer_carries_a_secret_value() {
         !output.contains(CANARY) && !output.contains(&rotated),
         "{output}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wildcard_listen_address_is_refused() {
+    let broker = BrokerProcess::start(POLICY);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, mint(Key::Rsa, "ops", "admin")).unwrap();
+    let output = Command::new(binary("cofferctl"))
+        .arg("--broker")
+        .arg(&broker.endpoint)
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["console", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("not a wildcard"), "{err}");
 }

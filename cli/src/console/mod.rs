@@ -80,6 +80,13 @@ pub(crate) async fn run(client: Client, args: ConsoleArgs) -> anyhow::Result<Exi
     let addr = args
         .listen
         .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+    if addr.ip().is_unspecified() {
+        // Every request names the address it was sent to (`Host`), and the
+        // console answers only its own: a wildcard bind has none to check.
+        anyhow::bail!(
+            "--listen {addr}: name one address (e.g. 127.0.0.1:8750 or this machine's own IP), not a wildcard"
+        );
+    }
     if !addr.ip().is_loopback() {
         // Only reachable when typed: the default is loopback.
         eprintln!(
@@ -241,11 +248,17 @@ impl Console {
             {
                 return Err((StatusCode::UNAUTHORIZED, "invalid access token\n"));
             }
+            // Back to the same page, never elsewhere (`//host` is another site).
+            let target = if path.starts_with("//") {
+                "/"
+            } else {
+                path.as_str()
+            };
             let mut response = plain(StatusCode::SEE_OTHER, "");
             let headers = response.headers_mut();
             headers.insert(
                 header::LOCATION,
-                HeaderValue::from_str(&path)
+                HeaderValue::from_str(target)
                     .map_err(|_| (StatusCode::BAD_REQUEST, "bad path\n"))?,
             );
             let cookie = Zeroizing::new(format!(
