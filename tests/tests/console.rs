@@ -8,10 +8,10 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use coffer_tests::{
-    BrokerProcess, Key, Process, SidecarOptions, SidecarProcess, binary,
+    BrokerProcess, Key, Process, SidecarProcess, binary,
     browser::{Browser, http_exchange},
     eventually, mint,
-    operator::{TinyTmpfs, pod_token},
+    operator::{TinyTmpfs, password_of, password_sidecar},
 };
 
 const POLICY: &str = r#"
@@ -129,34 +129,17 @@ impl Console {
     }
 }
 
-fn sidecar(
-    broker: &BrokerProcess,
-    pod: &str,
-    out_parent: Option<&std::path::Path>,
-) -> SidecarProcess {
-    SidecarProcess::start_with(
-        &broker.endpoint,
-        &pod_token(pod),
-        "  - {path: shop/db#password, file: password}\n",
-        SidecarOptions {
-            out_parent,
-            ..Default::default()
-        },
-    )
-}
-
-fn read(sidecar: &SidecarProcess) -> String {
-    std::fs::read_to_string(sidecar.file("password")).unwrap_or_default()
-}
-
 /// A broker with shop/db = {password: first} watched by `pods` sidecars.
 async fn broker_with_pods(pods: &[&str]) -> (BrokerProcess, Vec<SidecarProcess>) {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
-    let pods: Vec<SidecarProcess> = pods.iter().map(|p| sidecar(&broker, p, None)).collect();
+    let pods: Vec<SidecarProcess> = pods
+        .iter()
+        .map(|p| password_sidecar(&broker, p, None))
+        .collect();
     for pod in &pods {
         eventually(Duration::from_secs(20), "the first file", || {
-            (read(pod) == "first").then_some(())
+            (password_of(pod) == "first").then_some(())
         });
     }
     (broker, pods)
@@ -188,10 +171,10 @@ async fn rotate_clicked_in_the_page_rolls_out_to_three_of_three() {
     for pod in ["web-a", "web-b", "web-c"] {
         assert!(applied.contains(&format!("pod={pod} in ")), "{applied}");
     }
-    let rotated = read(&pods[0]);
+    let rotated = password_of(&pods[0]);
     assert_eq!(rotated.len(), 32, "the files hold the new value");
     for pod in &pods {
-        assert_eq!(read(pod), rotated);
+        assert_eq!(password_of(pod), rotated);
     }
     std::fs::write(screenshot_path(), browser.screenshot()).unwrap();
     let dom = browser.dom();
@@ -203,9 +186,9 @@ async fn rotate_clicked_in_the_page_rolls_out_to_three_of_three() {
 async fn a_sidecar_on_a_full_tmpfs_shows_failed_with_its_reason() {
     let tmpfs = TinyTmpfs::mount("64k");
     let (broker, mut pods) = broker_with_pods(&["web-ok"]).await;
-    let full = sidecar(&broker, "web-full", Some(tmpfs.path()));
+    let full = password_sidecar(&broker, "web-full", Some(tmpfs.path()));
     eventually(Duration::from_secs(20), "the first file", || {
-        (read(&full) == "first").then_some(())
+        (password_of(&full) == "first").then_some(())
     });
     tmpfs.fill();
     let console = Console::start(&broker, ("ops", "admin"));
@@ -224,7 +207,7 @@ async fn a_sidecar_on_a_full_tmpfs_shows_failed_with_its_reason() {
         "the reason is shown: {failed}"
     );
     assert!(browser.text("#applied").contains("pod=web-ok"));
-    assert_eq!(read(&full), "first", "the last good file stays");
+    assert_eq!(password_of(&full), "first", "the last good file stays");
     drop(full);
     pods.clear();
     drop(tmpfs);
@@ -236,7 +219,7 @@ async fn rollback_from_the_page_restores_the_old_version_in_the_files() {
     broker.put_map("shop/db", &[("password", "second")]).await;
     for pod in &pods {
         eventually(Duration::from_secs(20), "the second file", || {
-            (read(pod) == "second").then_some(())
+            (password_of(pod) == "second").then_some(())
         });
     }
     let console = Console::start(&broker, ("ops", "admin"));
@@ -250,7 +233,7 @@ async fn rollback_from_the_page_restores_the_old_version_in_the_files() {
     browser.wait_for_text("#message", "now version 3", Duration::from_secs(20));
     for pod in &pods {
         eventually(Duration::from_secs(20), "the rolled-back file", || {
-            (read(pod) == "first").then_some(())
+            (password_of(pod) == "first").then_some(())
         });
     }
     browser.wait_for_text("#rollout-version", "v3", Duration::from_secs(20));
@@ -270,7 +253,7 @@ async fn a_denied_rotate_shows_the_brokers_denial() {
     browser.accept_dialog();
     let message = browser.wait_for_text("#message", "refused", Duration::from_secs(20));
     assert!(message.contains("PermissionDenied"), "{message}");
-    assert_eq!(read(&pods[0]), "first", "nothing changed");
+    assert_eq!(password_of(&pods[0]), "first", "nothing changed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
