@@ -459,3 +459,29 @@ async fn a_wildcard_listen_address_is_refused() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("not a wildcard"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_lists_version_age_and_rotation_spec() {
+    let broker = BrokerProcess::start(POLICY);
+    broker.put_map("shop/db", &[("password", "first")]).await;
+    let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
+    let spec = coffer::proto::RotationSpec {
+        length: Some(40),
+        ..Default::default()
+    };
+    assert_eq!(admin.rotate("shop/db", Some(spec)).await.unwrap(), 2);
+    let console = Console::start(&broker, ("ops", "admin"));
+    let (code, list) = console.get("/api/secrets");
+    assert_eq!(code, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let row = &list["secrets"][0];
+    assert_eq!(row["path"], "shop/db", "{list}");
+    assert_eq!(row["currentVersion"], 2, "{list}");
+    assert!(row["age"].as_str().unwrap().ends_with(" ago"), "{list}");
+    assert!(
+        row["spec"].as_str().unwrap().contains("length=40"),
+        "{list}"
+    );
+    let (_, html) = console.get("/");
+    assert!(html.contains("length=40") && html.contains("v2"), "{html}");
+}
