@@ -33,6 +33,8 @@ macro_rules! say {
     }};
 }
 
+mod console;
+
 #[derive(Parser)]
 #[command(name = "cofferctl", version, about = "Operate Coffer")]
 struct Cli {
@@ -181,6 +183,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// A local web view of secrets, versions and live rollouts, with Rotate
+    /// and Rollback (see docs/console.md).
+    Console(console::ConsoleArgs),
 }
 
 /// `--wait`: follow the rollout until every watcher applied the new version.
@@ -426,6 +431,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
     match command {
         Command::Policy { command } => return Ok(policy_command(command)),
         Command::Audit { command } => return Ok(audit_command(command)),
+        Command::Console(args) => return console::run(client(broker).await?, args).await,
         Command::Put {
             path,
             pairs,

@@ -6,6 +6,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`; the
 //! README's test command does it).
 
+pub mod browser;
 pub mod openbao;
 pub mod operator;
 

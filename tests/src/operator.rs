@@ -11,7 +11,8 @@ use std::{
 use coffer_broker::auth::jwt::ProjectedClaims;
 
 use crate::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, binary, mint, mint_claims,
+    AUDIENCE, BrokerProcess, ISSUER, Key, SidecarOptions, SidecarProcess, binary, mint,
+    mint_claims,
     openbao::{OpenBao, ROOT_TOKEN},
 };
 
@@ -112,6 +113,29 @@ pub fn pod_token(pod: &str) -> String {
             Duration::from_secs(3600),
         ),
     )
+}
+
+/// A sidecar of pod `pod` (of `shop/web`) writing `shop/db#password` to the
+/// file `password`, in a directory under `out_parent` (default /dev/shm).
+pub fn password_sidecar(
+    broker: &BrokerProcess,
+    pod: &str,
+    out_parent: Option<&Path>,
+) -> SidecarProcess {
+    SidecarProcess::start_with(
+        &broker.endpoint,
+        &pod_token(pod),
+        "  - {path: shop/db#password, file: password}\n",
+        SidecarOptions {
+            out_parent,
+            ..Default::default()
+        },
+    )
+}
+
+/// What a [`password_sidecar`]'s file holds now ("" before the first write).
+pub fn password_of(sidecar: &SidecarProcess) -> String {
+    std::fs::read_to_string(sidecar.file("password")).unwrap_or_default()
 }
 
 /// A tiny tmpfs, unmounted when dropped.

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use coffer::SecretData;
 use coffer_tests::{
-    BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint,
+    BrokerProcess, Key, SidecarProcess, eventually, mint,
     openbao::OpenBao,
-    operator::{Ctl, TinyTmpfs, pod_token, vault_broker},
+    operator::{Ctl, TinyTmpfs, password_of, password_sidecar, vault_broker},
 };
 
 const POLICY: &str = r#"
@@ -167,37 +167,17 @@ async fn rotate_on_openbao_honours_the_spec_and_keeps_other_keys() {
     assert!(meta.contains("\"40\""), "{meta}");
 }
 
-fn sidecar(
-    broker: &BrokerProcess,
-    pod: &str,
-    out_parent: Option<&std::path::Path>,
-) -> SidecarProcess {
-    SidecarProcess::start_with(
-        &broker.endpoint,
-        &pod_token(pod),
-        "  - {path: shop/db#password, file: password}\n",
-        SidecarOptions {
-            out_parent,
-            ..Default::default()
-        },
-    )
-}
-
-fn read(sidecar: &SidecarProcess) -> String {
-    std::fs::read_to_string(sidecar.file("password")).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rotate_wait_ends_when_every_watcher_applied_and_status_lists_them() {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let pods: Vec<SidecarProcess> = ["web-a", "web-b", "web-c"]
         .iter()
-        .map(|p| sidecar(&broker, p, None))
+        .map(|p| password_sidecar(&broker, p, None))
         .collect();
     for pod in &pods {
         eventually(Duration::from_secs(20), "the first file", || {
-            (read(pod) == "first").then_some(())
+            (password_of(pod) == "first").then_some(())
         });
     }
     let ctl = Ctl::new(&broker);
@@ -219,10 +199,10 @@ async fn rotate_wait_ends_when_every_watcher_applied_and_status_lists_them() {
         b"",
     );
     assert!(out.contains("version 2: 3/3 applied"), "{out}");
-    let rotated = read(&pods[0]);
+    let rotated = password_of(&pods[0]);
     assert_eq!(rotated.len(), 32);
     for pod in &pods {
-        assert_eq!(read(pod), rotated, "every file changed");
+        assert_eq!(password_of(pod), rotated, "every file changed");
     }
 
     let json = ctl.ok(&["status", "shop/db", "--output", "json"], b"");
@@ -247,7 +227,7 @@ async fn rotate_wait_ends_when_every_watcher_applied_and_status_lists_them() {
     ctl.ok(&["rollback", "shop/db", "1"], b"");
     for pod in &pods {
         eventually(Duration::from_secs(20), "the rolled-back file", || {
-            (read(pod) == "first").then_some(())
+            (password_of(pod) == "first").then_some(())
         });
     }
     // A pod that stops watching leaves the expected set.
@@ -269,11 +249,11 @@ async fn a_sidecar_on_a_full_tmpfs_shows_failed_and_the_wait_fails() {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let tmpfs = TinyTmpfs::mount("64k");
-    let good = sidecar(&broker, "web-ok", None);
-    let mut full = sidecar(&broker, "web-full", Some(tmpfs.path()));
+    let good = password_sidecar(&broker, "web-ok", None);
+    let mut full = password_sidecar(&broker, "web-full", Some(tmpfs.path()));
     for pod in [&good, &full] {
         eventually(Duration::from_secs(20), "the first file", || {
-            (read(pod) == "first").then_some(())
+            (password_of(pod) == "first").then_some(())
         });
     }
     tmpfs.fill();
@@ -299,7 +279,7 @@ async fn a_sidecar_on_a_full_tmpfs_shows_failed_and_the_wait_fails() {
         "{out}"
     );
     assert!(err.contains("failed to apply"), "{err}");
-    assert_eq!(read(&full), "first", "the last good file stays");
+    assert_eq!(password_of(&full), "first", "the last good file stays");
     full.process.kill();
     drop(full);
     drop(tmpfs);
