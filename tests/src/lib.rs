@@ -8,6 +8,7 @@
 
 pub mod openbao;
 pub mod operator;
+pub mod postgres;
 
 use std::{
     path::{Path, PathBuf},
