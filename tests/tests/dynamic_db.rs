@@ -187,3 +187,27 @@ fn a_broker_restart_leaves_no_orphaned_leases() {
     assert!(s.pg.can_login(&user, &pass));
     assert_eq!(s.leases(), 1, "the crashed broker's lease was revoked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_sees_the_lease_expiry_and_the_same_pod_gets_the_same_user() {
+    let s = tokio::task::spawn_blocking(|| setup("30s", "120s", "2s"))
+        .await
+        .unwrap();
+    let broker = s.broker();
+    let client = broker.client(pod_token("web-a")).await;
+    let mut updates = client.watch([PATH]).await.unwrap();
+    let first = updates.next().await.unwrap().unwrap();
+    let secret = &first.secrets[0];
+    let ttl = secret.ttl_hint().expect("a leased secret carries its TTL");
+    assert!(ttl <= Duration::from_secs(30) && ttl > Duration::from_secs(20));
+    let expires: u64 = secret.labels()[coffer_broker::store::vault::LEASE_EXPIRES_LABEL]
+        .parse()
+        .unwrap();
+    assert!(expires > 0);
+    // The same pod reading again gets its own credential, not a new one.
+    let again = client.get(PATH).await.unwrap();
+    assert_eq!(again.key("username"), secret.key("username"));
+    // Another pod of the same service account gets another.
+    let other = broker.client(pod_token("web-b")).await.get(PATH).await.unwrap();
+    assert_ne!(other.key("username"), secret.key("username"));
+}
