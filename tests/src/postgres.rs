@@ -81,7 +81,12 @@ impl Postgres {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -139,7 +144,11 @@ impl Postgres {
     /// Runs `sql` as `user` with `psql`; its output, or its error text.
     pub fn psql(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
         let psql = self.bin.join("psql");
-        let psql = if psql.is_file() { psql } else { PathBuf::from("psql") };
+        let psql = if psql.is_file() {
+            psql
+        } else {
+            PathBuf::from("psql")
+        };
         let out = Command::new(psql)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", user, "-d", "postgres", "-tAc", sql])
@@ -216,7 +225,10 @@ fn run_as_owner() -> Option<(u32, u32)> {
         return None;
     }
     let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "running as root needs the `postgres` user (the Debian package creates it)"

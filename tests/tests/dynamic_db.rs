@@ -48,7 +48,11 @@ impl Setup {
     /// How many leases OpenBao holds for the role.
     fn leases(&self) -> usize {
         let (ok, out, _) = self.bao.try_bao(
-            &["list", "-format=json", "sys/leases/lookup/database/creds/shop"],
+            &[
+                "list",
+                "-format=json",
+                "sys/leases/lookup/database/creds/shop",
+            ],
             "",
         );
         if !ok {
@@ -160,10 +164,7 @@ fn the_credential_rotates_before_max_ttl_and_the_file_follows() {
         let (user, pass) = creds(&a);
         (user != first_user).then_some((user, pass))
     });
-    assert!(
-        s.pg.can_login(&user, &pass),
-        "the rotated credential works"
-    );
+    assert!(s.pg.can_login(&user, &pass), "the rotated credential works");
     assert_not_logged(
         &[&first_pass, &pass],
         &[
@@ -208,6 +209,11 @@ async fn the_sdk_sees_the_lease_expiry_and_the_same_pod_gets_the_same_user() {
     let again = client.get(PATH).await.unwrap();
     assert_eq!(again.key("username"), secret.key("username"));
     // Another pod of the same service account gets another.
-    let other = broker.client(pod_token("web-b")).await.get(PATH).await.unwrap();
+    let other = broker
+        .client(pod_token("web-b"))
+        .await
+        .get(PATH)
+        .await
+        .unwrap();
     assert_ne!(other.key("username"), secret.key("username"));
 }

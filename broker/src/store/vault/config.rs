@@ -371,7 +371,10 @@ impl VaultConfig {
                     return invalid(format!("mount {}: a database mount needs a role", m.mount));
                 }
                 if m.prefix.trim_matches('/').is_empty() {
-                    return invalid(format!("mount {}: a database mount needs a prefix", m.mount));
+                    return invalid(format!(
+                        "mount {}: a database mount needs a prefix",
+                        m.mount
+                    ));
                 }
             }
         }

@@ -129,7 +129,11 @@ impl Inner {
     /// The entry of `holder` on `path`, created (with its task) if new.
     fn held(self: &Arc<Self>, holder: &Holder, path: &str, mount: &MountConfig) -> Arc<Held> {
         let key = (holder_key(holder, mount), path.to_string());
-        let mut entries = self.leases.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self
+            .leases
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(held) = entries.get(&key) {
             return Arc::clone(held);
         }
@@ -298,7 +302,11 @@ impl Inner {
 
     /// Removes `held` from the table if nobody watches it; true if removed.
     fn retire_if_unused(&self, held: &Held) -> bool {
-        let mut entries = self.leases.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self
+            .leases
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if held.version.receiver_count() > 0 {
             return false;
         }

@@ -285,9 +285,9 @@ impl Inner {
         match self.config.route(path) {
             // A leased path has one credential per holder: only
             // `get_held` and `subscribe_held` serve it.
-            Some((m, _)) if m.is_leased() => Err(StoreError::Unsupported(
-                "this operation on a leased path",
-            )),
+            Some((m, _)) if m.is_leased() => {
+                Err(StoreError::Unsupported("this operation on a leased path"))
+            }
             Some((m, p)) => Ok((m.clone(), p)),
             None => Err(StoreError::NotFound),
         }
@@ -708,11 +708,7 @@ impl SecretStore for VaultStore {
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
         match self.inner.leased_mount(path) {
-            Some(mount) => {
-                self.inner
-                    .leased_get(holder, path, &mount, version)
-                    .await
-            }
+            Some(mount) => self.inner.leased_get(holder, path, &mount, version).await,
             None => self.read(Some(&holder.tenant), path, version).await,
         }
     }
