@@ -376,6 +376,8 @@ pub(super) fn holder(who: &WorkloadIdentity) -> crate::store::Holder {
     crate::store::Holder {
         tenant: limits::tenant(who),
         pod: who.pod_uid.clone().or_else(|| who.pod_name.clone()),
+        namespace: who.namespace.clone(),
+        service_account: who.service_account.clone(),
     }
 }
 

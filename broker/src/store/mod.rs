@@ -71,6 +71,10 @@ pub struct Holder {
     pub tenant: String,
     /// The caller's pod (its uid, else its name), for pod-bound tokens.
     pub pod: Option<String>,
+    /// The caller's namespace (from the verified token).
+    pub namespace: String,
+    /// The caller's service account (from the verified token).
+    pub service_account: String,
 }
 
 /// Why a store could not do what was asked. Backend detail stays in the

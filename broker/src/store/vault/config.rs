@@ -116,6 +116,18 @@ pub struct MountConfig {
     /// the role (each would revoke the others' leases).
     #[serde(default = "default_true")]
     pub revoke_on_start: bool,
+    /// For a `pki` mount: the SPIFFE trust domain of the URI SAN
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceaccount>`.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// For a `pki` mount: DNS names every certificate of the path carries
+    /// (the first is also the common name).
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// For a `pki` mount: the certificate lifetime asked for (the role's
+    /// default when absent).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ttl: Option<Duration>,
 }
 
 /// The secrets engine behind a mount.
@@ -127,6 +139,8 @@ pub enum Engine {
     Kv,
     /// Dynamic database credentials, leased per workload.
     Database,
+    /// Certificates from the PKI engine, issued per workload.
+    Pki,
 }
 
 /// Who shares one leased credential.
@@ -308,6 +322,10 @@ impl Default for LimitConfig {
     }
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
@@ -368,13 +386,10 @@ impl VaultConfig {
             if m.is_leased() {
                 let role = m.role.as_deref().unwrap_or("");
                 if role.is_empty() || role.contains('/') || role.contains("..") {
-                    return invalid(format!("mount {}: a database mount needs a role", m.mount));
+                    return invalid(format!("mount {}: a leased mount needs a role", m.mount));
                 }
                 if m.prefix.trim_matches('/').is_empty() {
-                    return invalid(format!(
-                        "mount {}: a database mount needs a prefix",
-                        m.mount
-                    ));
+                    return invalid(format!("mount {}: a leased mount needs a prefix", m.mount));
                 }
             }
         }

@@ -27,7 +27,11 @@ use tokio::sync::{Notify, watch};
 use vaultrs::{client::VaultClient, error::ClientError};
 use zeroize::Zeroizing;
 
-use super::{CallError, Inner, MountConfig, config::LeasePer, to_secret_data};
+use super::{
+    CallError, Inner, MountConfig,
+    config::{Engine, LeasePer},
+    to_secret_data,
+};
 use crate::store::{Holder, StoreError, StoredSecret};
 
 /// The label carrying a leased credential's expiry (Unix seconds).
@@ -62,6 +66,7 @@ pub struct LeaseInfo {
 
 struct Held {
     key: Key,
+    holder: Holder,
     mount: MountConfig,
     version: watch::Sender<u64>,
     state: tokio::sync::Mutex<Option<Credential>>,
@@ -139,6 +144,7 @@ impl Inner {
         }
         let held = Arc::new(Held {
             key: key.clone(),
+            holder: holder.clone(),
             mount: mount.clone(),
             version: watch::Sender::new(0),
             state: tokio::sync::Mutex::new(None),
@@ -177,7 +183,7 @@ impl Inner {
                 continue;
             }
             if state.is_none() {
-                let credential = self.issue(&held.mount, 1).await?;
+                let credential = self.issue(&held.mount, &held.holder, 1).await?;
                 *state = Some(credential);
                 held.version.send_replace(1);
                 held.issued.notify_one();
@@ -203,7 +209,8 @@ impl Inner {
     /// Revokes what an earlier run of the broker left of `mount`'s role,
     /// once per role and process.
     async fn sweep_once(&self, mount: &MountConfig) -> Result<(), StoreError> {
-        if !mount.revoke_on_start {
+        // Certificates carry no Vault lease: nothing to sweep.
+        if !mount.revoke_on_start || mount.engine != Engine::Database {
             return Ok(());
         }
         let prefix = creds_path(mount);
@@ -222,18 +229,34 @@ impl Inner {
         Ok(())
     }
 
-    /// A new credential from Vault, as `version`.
-    async fn issue(&self, mount: &MountConfig, version: u64) -> Result<Credential, StoreError> {
-        self.sweep_once(mount).await?;
-        let path = creds_path(mount);
-        let grant = self
-            .call(|c| {
-                let path = path.clone();
-                async move { raw(&c, http::Method::GET, &path, None).await }
-            })
-            .await
-            .map_err(StoreError::from)
-            .and_then(|body| parse_grant(&body))?;
+    /// A new credential (or certificate) for `holder` from Vault, as `version`.
+    async fn issue(
+        &self,
+        mount: &MountConfig,
+        holder: &Holder,
+        version: u64,
+    ) -> Result<Credential, StoreError> {
+        let (path, grant) = if mount.engine == Engine::Pki {
+            let path = issue_path(mount);
+            let body = pki_request(mount, holder)?;
+            let answer = self
+                .call(|c| {
+                    let (path, body) = (path.clone(), body.clone());
+                    async move { raw(&c, http::Method::PUT, &path, Some(body)).await }
+                })
+                .await?;
+            (path, parse_certificate(&answer)?)
+        } else {
+            self.sweep_once(mount).await?;
+            let path = creds_path(mount);
+            let answer = self
+                .call(|c| {
+                    let path = path.clone();
+                    async move { raw(&c, http::Method::GET, &path, None).await }
+                })
+                .await?;
+            (path, parse_grant(&answer)?)
+        };
         let data = to_secret_data(grant.data.unwrap_or(serde_json::Value::Null))?;
         let now = Instant::now();
         let expires_wall = SystemTime::now() + grant.lease;
@@ -348,7 +371,9 @@ async fn manage(weak: Weak<Inner>, held: Arc<Held>) {
             () = tokio::time::sleep_until(idle_until.unwrap_or(far).into()), if idle_until.is_some() => {
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.retire_if_unused(&held) {
-                    if let Some(c) = held.state.lock().await.take() {
+                    if let Some(c) = held.state.lock().await.take()
+                        && held.mount.engine == Engine::Database
+                    {
                         inner.revoke(&c.lease_id).await;
                     }
                     return;
@@ -400,7 +425,7 @@ async fn renew_or_rotate(inner: &Inner, held: &Held) {
         _ => {}
     }
     let next = current.secret.version + 1;
-    match inner.issue(&held.mount, next).await {
+    match inner.issue(&held.mount, &held.holder, next).await {
         Ok(fresh) => {
             // The old lease ends by itself at max_ttl, so an application
             // still using it has until then to pick up the new file.
@@ -448,6 +473,78 @@ async fn raw(
     Ok(Zeroizing::new(response.into_body()))
 }
 
+/// `<mount>/issue/<role>`.
+fn issue_path(mount: &MountConfig) -> String {
+    format!(
+        "{}/issue/{}",
+        mount.mount.trim_matches('/'),
+        mount.role.as_deref().unwrap_or("")
+    )
+}
+
+/// The issue request: the identity comes from the verified token (the
+/// holder) and the names from the config, never from the caller's request.
+fn pki_request(mount: &MountConfig, holder: &Holder) -> Result<serde_json::Value, StoreError> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    if !name_ok(&holder.namespace) || !name_ok(&holder.service_account) {
+        return Err(StoreError::Internal(
+            "the caller's namespace or service account is not a DNS name".into(),
+        ));
+    }
+    let spiffe = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        mount.trust_domain.as_deref().unwrap_or(""),
+        holder.namespace,
+        holder.service_account
+    );
+    let mut body = serde_json::json!({
+        "uri_sans": spiffe,
+        "exclude_cn_from_sans": false,
+        "format": "pem",
+    });
+    if let Some(first) = mount.dns_names.first() {
+        body["common_name"] = first.clone().into();
+        body["alt_names"] = mount.dns_names.join(",").into();
+    }
+    if let Some(ttl) = mount.ttl {
+        body["ttl"] = format!("{}s", ttl.as_secs()).into();
+    }
+    Ok(body)
+}
+
+/// A PKI answer as a credential: `tls.crt`, `tls.key`, `ca.crt`, lasting
+/// until the certificate's expiry; its serial stands for the lease id.
+fn parse_certificate(body: &[u8]) -> Result<Grant, StoreError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| StoreError::Internal("Vault's certificate answer is not JSON".into()))?;
+    let data = &mut value["data"];
+    let serial = data["serial_number"].as_str().unwrap_or("").to_string();
+    let expiration = data["expiration"].as_u64().unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if serial.is_empty() || expiration <= now {
+        return Err(StoreError::Internal(
+            "Vault's certificate answer has no serial or expiry".into(),
+        ));
+    }
+    let files = serde_json::json!({
+        "tls.crt": data["certificate"].take(),
+        "tls.key": data["private_key"].take(),
+        "ca.crt": data["issuing_ca"].take(),
+    });
+    Ok(Grant {
+        lease_id: format!("pki:{serial}"),
+        lease: Duration::from_secs(expiration - now),
+        renewable: false,
+        data: Some(files),
+    })
+}
+
 /// The lease fields (and data) of a Vault answer.
 fn parse_grant(body: &[u8]) -> Result<Grant, StoreError> {
     let mut value: serde_json::Value = serde_json::from_slice(body)
@@ -492,19 +589,66 @@ mod tests {
             lease_per: LeasePer::Pod,
             grace: Duration::from_secs(1),
             revoke_on_start: true,
+            trust_domain: None,
+            dns_names: Vec::new(),
+            ttl: None,
         };
         let pod = Holder {
             tenant: "iss/shop/web".into(),
             pod: Some("uid-1".into()),
+            namespace: "shop".into(),
+            service_account: "web".into(),
         };
         let no_pod = Holder {
-            tenant: "iss/shop/web".into(),
             pod: None,
+            ..pod.clone()
         };
         assert_eq!(holder_key(&pod, &mount), "iss/shop/web/pod/uid-1");
         assert_eq!(holder_key(&no_pod, &mount), "iss/shop/web");
         mount.lease_per = LeasePer::ServiceAccount;
         assert_eq!(holder_key(&pod, &mount), "iss/shop/web");
         assert_eq!(creds_path(&mount), "database/creds/shop");
+    }
+
+    #[test]
+    fn a_certificate_request_names_the_token_identity_and_the_configured_dns_names() {
+        let mut mount = MountConfig {
+            prefix: "shop/tls".into(),
+            mount: "pki".into(),
+            kv: 2,
+            path: None,
+            engine: Engine::Pki,
+            role: Some("web".into()),
+            lease_per: LeasePer::Pod,
+            grace: Duration::from_secs(1),
+            revoke_on_start: true,
+            trust_domain: Some("cluster.local".into()),
+            dns_names: vec!["web.shop.svc".into(), "web".into()],
+            ttl: Some(Duration::from_secs(60)),
+        };
+        let holder = Holder {
+            tenant: "iss shop/web".into(),
+            pod: None,
+            namespace: "shop".into(),
+            service_account: "web".into(),
+        };
+        let body = pki_request(&mount, &holder).unwrap();
+        assert_eq!(body["uri_sans"], "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(body["common_name"], "web.shop.svc");
+        assert_eq!(body["alt_names"], "web.shop.svc,web");
+        assert_eq!(body["ttl"], "60s");
+        assert_eq!(issue_path(&mount), "pki/issue/web");
+        mount.dns_names.clear();
+        assert!(
+            pki_request(&mount, &holder)
+                .unwrap()
+                .get("common_name")
+                .is_none()
+        );
+        let odd = Holder {
+            service_account: "web/../x".into(),
+            ..holder
+        };
+        assert!(pki_request(&mount, &odd).is_err());
     }
 }
