@@ -217,3 +217,22 @@ async fn the_sdk_sees_the_lease_expiry_and_the_same_pod_gets_the_same_user() {
         .unwrap();
     assert_ne!(other.key("username"), secret.key("username"));
 }
+
+#[test]
+fn vault_down_at_renewal_keeps_the_last_credential_until_it_expires() {
+    let s = setup("10s", "60s", "2s");
+    let broker = s.broker();
+    let a = sidecar(&broker, "web-a");
+    let (user, pass) = creds(&a);
+    s.bao.seal();
+    // The renewal at 2/3 of the lease fails; the credential stays.
+    broker.wait_for_log("lease renewal failed", 1);
+    assert_eq!(creds(&a), (user.clone(), pass.clone()), "the file is kept");
+    assert!(s.pg.can_login(&user, &pass), "still valid until its expiry");
+    // Nothing renews it: PostgreSQL refuses it after the lease's end.
+    eventually(
+        Duration::from_secs(15),
+        "the unrenewed user expires",
+        || (!s.pg.can_login(&user, &pass)).then_some(()),
+    );
+}
