@@ -1,5 +1,6 @@
-//! Leased secrets: database credentials issued per workload (see
-//! docs/dynamic.md).
+//! Leased secrets: database credentials and PKI certificates issued per
+//! workload (see docs/dynamic.md). A certificate has no Vault lease: it is
+//! reissued at two thirds of its life and never revoked.
 //!
 //! Each (holder, path) pair owns one [`Held`] entry and one task. The first
 //! read issues a credential (`<mount>/creds/<role>`) as version 1; the task
