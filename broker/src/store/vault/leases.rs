@@ -261,9 +261,7 @@ impl Inner {
         let data = to_secret_data(grant.data.unwrap_or(serde_json::Value::Null))?;
         let now = Instant::now();
         let expires_wall = SystemTime::now() + grant.lease;
-        let expires_unix = expires_wall
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let expires_unix = unix_seconds(expires_wall);
         tracing::info!(path = %path, lease_id = %grant.lease_id, version, ttl_s = grant.lease.as_secs(), "issued a leased credential");
         Ok(Credential {
             secret: StoredSecret {
@@ -340,6 +338,10 @@ impl Inner {
     }
 }
 
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// `<mount>/creds/<role>`.
 fn creds_path(mount: &MountConfig) -> String {
     format!(
@@ -409,6 +411,10 @@ async fn renew_or_rotate(inner: &Inner, held: &Held) {
             current.expires_at = now + granted;
             current.expires_wall = SystemTime::now() + granted;
             current.failing = false;
+            current.secret.labels.insert(
+                LEASE_EXPIRES_LABEL.to_string(),
+                unix_seconds(current.expires_wall).to_string(),
+            );
             tracing::debug!(path = %path, lease_id = %current.lease_id, ttl_s = granted.as_secs(), "renewed a lease");
             return;
         }
