@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod openbao;
 pub mod operator;
+pub mod postgres;
 
 use std::{
     path::{Path, PathBuf},

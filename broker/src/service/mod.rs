@@ -364,9 +364,20 @@ impl Broker {
         let stored = self
             .inner
             .store
-            .get_for(&limits::tenant(who), path.base(), version)
+            .get_held(&holder(who), path.base(), version)
             .await?;
         to_wire(path, stored)
+    }
+}
+
+/// The caller as a store sees it: its tenant and pod (leased secrets are
+/// issued per pod).
+pub(super) fn holder(who: &WorkloadIdentity) -> crate::store::Holder {
+    crate::store::Holder {
+        tenant: limits::tenant(who),
+        pod: who.pod_uid.clone().or_else(|| who.pod_name.clone()),
+        namespace: who.namespace.clone(),
+        service_account: who.service_account.clone(),
     }
 }
 

@@ -63,7 +63,11 @@ impl Broker {
         for (index, path) in paths.iter().enumerate() {
             changes.insert(
                 index,
-                WatchStream::from_changes(self.inner.store.subscribe(path.base())),
+                WatchStream::from_changes(
+                    self.inner
+                        .store
+                        .subscribe_held(&super::holder(&who), path.base()),
+                ),
             );
         }
         let mut sent = Vec::with_capacity(paths.len());

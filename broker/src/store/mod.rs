@@ -63,6 +63,20 @@ pub struct VersionInfo {
     pub destroyed: bool,
 }
 
+/// Who reads a secret, for stores that issue a credential per workload
+/// (leased secrets, docs/dynamic.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The caller's tenant: issuer, namespace and service account.
+    pub tenant: String,
+    /// The caller's pod (its uid, else its name), for pod-bound tokens.
+    pub pod: Option<String>,
+    /// The caller's namespace (from the verified token).
+    pub namespace: String,
+    /// The caller's service account (from the verified token).
+    pub service_account: String,
+}
+
 /// Why a store could not do what was asked. Backend detail stays in the
 /// variant for the server log; clients see only the category.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +118,18 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> Result<StoredSecret, StoreError> {
         let _ = tenant;
         self.get(path, version).await
+    }
+
+    /// Like [`get_for`](Self::get_for), for `holder`: a store issuing a
+    /// credential per workload (a leased path) gives each holder its own.
+    /// Other stores ignore the pod.
+    async fn get_held(
+        &self,
+        holder: &Holder,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.get_for(&holder.tenant, path, version).await
     }
 
     /// Writes a new version and returns its number.
@@ -156,6 +182,13 @@ pub trait SecretStore: Send + Sync + 'static {
     /// The current version of `path` (0 while it does not exist), updated on
     /// every change. Many watchers of one path share one subscription.
     fn subscribe(&self, path: &str) -> watch::Receiver<u64>;
+
+    /// Like [`subscribe`](Self::subscribe), for `holder`'s own credential on
+    /// a leased path; holding the receiver keeps the holder's lease alive.
+    fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
+        let _ = holder;
+        self.subscribe(path)
+    }
 
     /// Whether the backend can serve (`true`) or not, updated as it changes;
     /// `None` for stores that are always up. The server reports it on

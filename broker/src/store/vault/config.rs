@@ -96,10 +96,79 @@ pub struct MountConfig {
     /// so broker path `shop/db` is `shop/db` in the mount.
     #[serde(default)]
     pub path: Option<String>,
+    /// The secrets engine behind the mount: `kv` (default) or `database`,
+    /// whose credentials are leased per workload (see docs/dynamic.md).
+    #[serde(default, rename = "type")]
+    pub engine: Engine,
+    /// For a `database` mount: the role whose credentials the broker path
+    /// (exactly `prefix`) hands out.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// For a leased mount: who shares one credential.
+    #[serde(default)]
+    pub lease_per: LeasePer,
+    /// For a leased mount: how long a lease outlives its holder's last watch
+    /// before it is revoked.
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub grace: Duration,
+    /// For a leased mount: revoke every lease of the role when the broker
+    /// starts, so a crash leaks none. Turn off when several replicas share
+    /// the role (each would revoke the others' leases).
+    #[serde(default = "default_true")]
+    pub revoke_on_start: bool,
+    /// For a `pki` mount: the SPIFFE trust domain of the URI SAN
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceaccount>`.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// For a `pki` mount: DNS names every certificate of the path carries
+    /// (the first is also the common name).
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// For a `pki` mount: the certificate lifetime asked for (the role's
+    /// default when absent).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ttl: Option<Duration>,
+}
+
+/// The secrets engine behind a mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Engine {
+    /// Key/value (version `kv`).
+    #[default]
+    Kv,
+    /// Dynamic database credentials, leased per workload.
+    Database,
+    /// Certificates from the PKI engine, issued per workload.
+    Pki,
+}
+
+/// Who shares one leased credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LeasePer {
+    /// Each pod its own (pods without pod claims: per service account).
+    #[default]
+    Pod,
+    /// All pods of a service account one.
+    ServiceAccount,
+}
+
+impl MountConfig {
+    /// Whether the mount hands out leased credentials rather than KV values.
+    pub fn is_leased(&self) -> bool {
+        self.engine != Engine::Kv
+    }
 }
 
 fn default_kv() -> u8 {
     2
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_true() -> bool {
+    true
 }
 
 /// The value cache.
@@ -253,6 +322,10 @@ impl Default for LimitConfig {
     }
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
@@ -309,6 +382,15 @@ impl VaultConfig {
             }
             if m.mount.trim_matches('/').is_empty() {
                 return invalid(format!("prefix {:?}: mount is empty", m.prefix));
+            }
+            if m.is_leased() {
+                let role = m.role.as_deref().unwrap_or("");
+                if role.is_empty() || role.contains('/') || role.contains("..") {
+                    return invalid(format!("mount {}: a leased mount needs a role", m.mount));
+                }
+                if m.prefix.trim_matches('/').is_empty() {
+                    return invalid(format!("mount {}: a leased mount needs a prefix", m.mount));
+                }
             }
         }
         if !(0.0..=1.0).contains(&self.poll.jitter) {
@@ -399,5 +481,28 @@ cache: {ttl: 5s, maxStaleness: 1m}
         )
         .unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_database_mount_needs_a_role_and_a_prefix() {
+        let base = "address: http://x\nauth: {method: token, tokenFile: /t}\nmounts: ";
+        let ok = VaultConfig::from_yaml(&format!(
+            "{base}[{{prefix: db/shop, mount: database, type: database, role: shop, grace: 5s, leasePer: serviceAccount}}]"
+        ))
+        .unwrap();
+        ok.validate().unwrap();
+        let m = &ok.mounts[0];
+        assert!(m.is_leased());
+        assert_eq!(m.lease_per, LeasePer::ServiceAccount);
+        assert_eq!(m.grace, Duration::from_secs(5));
+        assert!(m.revoke_on_start);
+        for bad in [
+            "[{prefix: db/shop, mount: database, type: database}]",
+            "[{prefix: db/shop, mount: database, type: database, role: ../x}]",
+            "[{prefix: \"\", mount: database, type: database, role: shop}]",
+        ] {
+            let c = VaultConfig::from_yaml(&format!("{base}{bad}")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 }

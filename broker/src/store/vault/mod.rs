@@ -37,6 +37,7 @@
 //! values are moved out of it into zeroizing buffers without a further copy.
 
 pub mod config;
+mod leases;
 mod limits;
 mod session;
 
@@ -61,10 +62,11 @@ use vaultrs::{
 };
 
 pub use config::{AuthConfig, MountConfig, VaultConfig};
+pub use leases::{LEASE_EXPIRES_LABEL, LeaseInfo};
 use limits::{Backoff, Class, RateLimiter, TenantLimiter, classify, jittered};
 use session::Session;
 
-use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
+use super::{Holder, SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
 
 /// The key under which opaque bytes are stored in a Vault map.
 pub const BYTES_KEY: &str = "value";
@@ -92,6 +94,8 @@ struct Inner {
     health: watch::Sender<bool>,
     last_contact: Mutex<Instant>,
     reads: AtomicU64,
+    /// Leased credentials, per holder and path.
+    leases: leases::Leases,
     shutdown: CancellationToken,
 }
 
@@ -208,6 +212,7 @@ impl VaultStore {
             health: watch::Sender::new(serving),
             last_contact: Mutex::new(Instant::now()),
             reads: AtomicU64::new(0),
+            leases: leases::Leases::default(),
             shutdown,
             session,
             config,
@@ -221,6 +226,11 @@ impl VaultStore {
     /// How many secret reads (not metadata polls) were sent to Vault.
     pub fn vault_reads(&self) -> u64 {
         self.inner.reads.load(Ordering::Relaxed)
+    }
+
+    /// The live leases (no credentials), for status and tests.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.inner.leases.list()
     }
 
     /// How many paths have a poller (one per watched path, however many
@@ -272,10 +282,23 @@ impl Drop for VaultStore {
 
 impl Inner {
     fn route(&self, path: &str) -> Result<(MountConfig, String), StoreError> {
+        match self.config.route(path) {
+            // A leased path has one credential per holder: only
+            // `get_held` and `subscribe_held` serve it.
+            Some((m, _)) if m.is_leased() => {
+                Err(StoreError::Unsupported("this operation on a leased path"))
+            }
+            Some((m, p)) => Ok((m.clone(), p)),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// The leased mount serving exactly `path`, if any.
+    fn leased_mount(&self, path: &str) -> Option<MountConfig> {
         self.config
             .route(path)
-            .map(|(m, p)| (m.clone(), p))
-            .ok_or(StoreError::NotFound)
+            .filter(|(m, _)| m.is_leased() && path == m.prefix.trim_matches('/'))
+            .map(|(m, _)| m.clone())
     }
 
     fn contact_ok(&self) {
@@ -676,6 +699,25 @@ impl SecretStore for VaultStore {
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
         self.read(Some(tenant), path, version).await
+    }
+
+    async fn get_held(
+        &self,
+        holder: &Holder,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        match self.inner.leased_mount(path) {
+            Some(mount) => self.inner.leased_get(holder, path, &mount, version).await,
+            None => self.read(Some(&holder.tenant), path, version).await,
+        }
+    }
+
+    fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
+        match self.inner.leased_mount(path) {
+            Some(mount) => self.inner.leased_subscribe(holder, path, &mount),
+            None => self.subscribe(path),
+        }
     }
 
     async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {

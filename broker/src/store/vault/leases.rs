@@ -1,0 +1,661 @@
+//! Leased secrets: database credentials and PKI certificates issued per
+//! workload (see docs/dynamic.md). A certificate has no Vault lease: it is
+//! reissued at two thirds of its life and never revoked.
+//!
+//! Each (holder, path) pair owns one [`Held`] entry and one task. The first
+//! read issues a credential (`<mount>/creds/<role>`) as version 1; the task
+//! renews the lease at two thirds of its duration, and when Vault shortens
+//! a renewal (the role's `max_ttl` is near) or refuses it, issues a fresh
+//! credential as the next version, which the entry's watch channel pushes
+//! to the holder's streams. When the holder has had no open watch for the
+//! mount's `grace`, the lease is revoked and the entry removed. While Vault
+//! cannot be reached the last credential is served until its lease ends.
+//!
+//! A broker restart loses the in-memory lease ids, so before the first
+//! credential of a role is issued the store revokes every lease of the role
+//! by prefix (`revokeOnStart`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::{Notify, watch};
+use vaultrs::{client::VaultClient, error::ClientError};
+use zeroize::Zeroizing;
+
+use super::{
+    CallError, Inner, MountConfig,
+    config::{Engine, LeasePer},
+    to_secret_data,
+};
+use crate::store::{Holder, StoreError, StoredSecret};
+
+/// The label carrying a leased credential's expiry (Unix seconds).
+pub const LEASE_EXPIRES_LABEL: &str = "coffer.dev/lease-expires";
+
+type Key = (String, String);
+
+/// The live leases, by holder key and broker path.
+#[derive(Default)]
+pub(super) struct Leases {
+    entries: Mutex<HashMap<Key, Arc<Held>>>,
+    /// Roles whose leases left by an earlier run were revoked.
+    swept: tokio::sync::Mutex<Vec<String>>,
+}
+
+/// A non-secret view of one live lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The holder key (tenant, and pod unless leased per service account).
+    pub holder: String,
+    /// The broker path.
+    pub path: String,
+    /// Vault's lease id.
+    pub lease_id: String,
+    /// The credential's version.
+    pub version: u64,
+    /// When the lease ends unless renewed.
+    pub expires_at: SystemTime,
+    /// Whether the last renewal failed (Vault unreachable).
+    pub renewal_failing: bool,
+}
+
+struct Held {
+    key: Key,
+    holder: Holder,
+    mount: MountConfig,
+    version: watch::Sender<u64>,
+    state: tokio::sync::Mutex<Option<Credential>>,
+    issued: Notify,
+    /// Set under the entries lock when the entry leaves the table.
+    retired: AtomicBool,
+}
+
+struct Credential {
+    secret: StoredSecret,
+    lease_id: String,
+    /// The duration Vault granted at issue (the role's TTL).
+    lease: Duration,
+    renew_at: Instant,
+    expires_at: Instant,
+    expires_wall: SystemTime,
+    renewable: bool,
+    failing: bool,
+}
+
+/// What Vault answers when issuing or renewing.
+struct Grant {
+    lease_id: String,
+    lease: Duration,
+    renewable: bool,
+    data: Option<serde_json::Value>,
+}
+
+impl Leases {
+    /// Every live lease, without credentials.
+    pub(super) fn list(&self) -> Vec<LeaseInfo> {
+        let held: Vec<Arc<Held>> = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        held.iter()
+            .filter_map(|h| {
+                let state = h.state.try_lock().ok()?;
+                let c = state.as_ref()?;
+                Some(LeaseInfo {
+                    holder: h.key.0.clone(),
+                    path: h.key.1.clone(),
+                    lease_id: c.lease_id.clone(),
+                    version: c.secret.version,
+                    expires_at: c.expires_wall,
+                    renewal_failing: c.failing,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The holder key for `mount`: per pod unless the mount says otherwise.
+fn holder_key(holder: &Holder, mount: &MountConfig) -> String {
+    match (mount.lease_per, &holder.pod) {
+        (LeasePer::Pod, Some(pod)) => format!("{}/pod/{pod}", holder.tenant),
+        _ => holder.tenant.clone(),
+    }
+}
+
+impl Inner {
+    /// The entry of `holder` on `path`, created (with its task) if new.
+    fn held(self: &Arc<Self>, holder: &Holder, path: &str, mount: &MountConfig) -> Arc<Held> {
+        let key = (holder_key(holder, mount), path.to_string());
+        let mut entries = self
+            .leases
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = entries.get(&key) {
+            return Arc::clone(held);
+        }
+        let held = Arc::new(Held {
+            key: key.clone(),
+            holder: holder.clone(),
+            mount: mount.clone(),
+            version: watch::Sender::new(0),
+            state: tokio::sync::Mutex::new(None),
+            issued: Notify::new(),
+            retired: AtomicBool::new(false),
+        });
+        entries.insert(key, Arc::clone(&held));
+        let (weak, task) = (Arc::downgrade(self), Arc::clone(&held));
+        tokio::spawn(manage(weak, task));
+        held
+    }
+
+    /// The version channel of `holder`'s credential on `path`.
+    pub(super) fn leased_subscribe(
+        self: &Arc<Self>,
+        holder: &Holder,
+        path: &str,
+        mount: &MountConfig,
+    ) -> watch::Receiver<u64> {
+        self.held(holder, path, mount).version.subscribe()
+    }
+
+    /// `holder`'s credential on `path`, issued on first use.
+    pub(super) async fn leased_get(
+        self: &Arc<Self>,
+        holder: &Holder,
+        path: &str,
+        mount: &MountConfig,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        loop {
+            let held = self.held(holder, path, mount);
+            let mut state = held.state.lock().await;
+            if held.retired.load(Ordering::Acquire) {
+                // Revoked between the lookup and now: start a new entry.
+                continue;
+            }
+            if state.is_none() {
+                let credential = self.issue(&held.mount, &held.holder, 1).await?;
+                *state = Some(credential);
+                held.version.send_replace(1);
+                held.issued.notify_one();
+            }
+            // Just set if it was empty.
+            let Some(current) = state.as_ref() else {
+                return Err(StoreError::Internal("lease state vanished".into()));
+            };
+            if version.is_some_and(|v| v != current.secret.version) {
+                return Err(StoreError::VersionNotFound(version.unwrap_or(0)));
+            }
+            if current.expires_at <= Instant::now() {
+                return Err(StoreError::Unavailable(
+                    "the lease expired and Vault cannot issue a new one".into(),
+                ));
+            }
+            let mut secret = current.secret.clone();
+            secret.ttl_hint = Some(current.expires_at.saturating_duration_since(Instant::now()));
+            return Ok(secret);
+        }
+    }
+
+    /// Revokes what an earlier run of the broker left of `mount`'s role,
+    /// once per role and process.
+    async fn sweep_once(&self, mount: &MountConfig) -> Result<(), StoreError> {
+        // Certificates carry no Vault lease: nothing to sweep.
+        if !mount.revoke_on_start || mount.engine != Engine::Database {
+            return Ok(());
+        }
+        let prefix = creds_path(mount);
+        let mut swept = self.leases.swept.lock().await;
+        if swept.contains(&prefix) {
+            return Ok(());
+        }
+        let path = format!("sys/leases/revoke-prefix/{prefix}");
+        self.call(|c| {
+            let path = path.clone();
+            async move { raw(&c, http::Method::PUT, &path, None).await.map(drop) }
+        })
+        .await?;
+        tracing::info!(prefix = %prefix, "revoked the leases an earlier run left");
+        swept.push(prefix);
+        Ok(())
+    }
+
+    /// A new credential (or certificate) for `holder` from Vault, as `version`.
+    async fn issue(
+        &self,
+        mount: &MountConfig,
+        holder: &Holder,
+        version: u64,
+    ) -> Result<Credential, StoreError> {
+        let (path, grant) = if mount.engine == Engine::Pki {
+            let path = issue_path(mount);
+            let body = pki_request(mount, holder)?;
+            let answer = self
+                .call(|c| {
+                    let (path, body) = (path.clone(), body.clone());
+                    async move { raw(&c, http::Method::PUT, &path, Some(body)).await }
+                })
+                .await?;
+            (path, parse_certificate(&answer)?)
+        } else {
+            self.sweep_once(mount).await?;
+            let path = creds_path(mount);
+            let answer = self
+                .call(|c| {
+                    let path = path.clone();
+                    async move { raw(&c, http::Method::GET, &path, None).await }
+                })
+                .await?;
+            (path, parse_grant(&answer)?)
+        };
+        let data = to_secret_data(grant.data.unwrap_or(serde_json::Value::Null))?;
+        let now = Instant::now();
+        let expires_wall = SystemTime::now() + grant.lease;
+        let expires_unix = unix_seconds(expires_wall);
+        tracing::info!(path = %path, lease_id = %grant.lease_id, version, ttl_s = grant.lease.as_secs(), "issued a leased credential");
+        Ok(Credential {
+            secret: StoredSecret {
+                version,
+                data,
+                content_type: String::new(),
+                created_at: SystemTime::now(),
+                ttl_hint: Some(grant.lease),
+                labels: BTreeMap::from([(
+                    LEASE_EXPIRES_LABEL.to_string(),
+                    expires_unix.to_string(),
+                )]),
+            },
+            lease_id: grant.lease_id,
+            lease: grant.lease,
+            renew_at: now + grant.lease * 2 / 3,
+            expires_at: now + grant.lease,
+            expires_wall,
+            renewable: grant.renewable,
+            failing: false,
+        })
+    }
+
+    /// Renews `lease_id` by `increment`; the duration Vault granted.
+    async fn renew(&self, lease_id: &str, increment: Duration) -> Result<Duration, CallError> {
+        let body = serde_json::json!({"lease_id": lease_id, "increment": increment.as_secs()});
+        let answer = self
+            .call(|c| {
+                let body = body.clone();
+                async move { raw(&c, http::Method::PUT, "sys/leases/renew", Some(body)).await }
+            })
+            .await?;
+        parse_grant(&answer)
+            .map(|g| g.lease)
+            .map_err(|e| CallError::Other(0, e.to_string()))
+    }
+
+    /// Revokes `lease_id`; failures are logged (the lease then ends at its
+    /// expiry, or at the next start's sweep).
+    async fn revoke(&self, lease_id: &str) {
+        let body = serde_json::json!({"lease_id": lease_id});
+        let result = self
+            .call(|c| {
+                let body = body.clone();
+                async move {
+                    raw(&c, http::Method::PUT, "sys/leases/revoke", Some(body))
+                        .await
+                        .map(drop)
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => tracing::info!(lease_id = %lease_id, "revoked a lease"),
+            Err(e) => {
+                let error = StoreError::from(e);
+                tracing::warn!(lease_id = %lease_id, error = %error, "could not revoke a lease");
+            }
+        }
+    }
+
+    /// Removes `held` from the table if nobody watches it; true if removed.
+    fn retire_if_unused(&self, held: &Held) -> bool {
+        let mut entries = self
+            .leases
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if held.version.receiver_count() > 0 {
+            return false;
+        }
+        held.retired.store(true, Ordering::Release);
+        entries.remove(&held.key);
+        true
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `<mount>/creds/<role>`.
+fn creds_path(mount: &MountConfig) -> String {
+    format!(
+        "{}/creds/{}",
+        mount.mount.trim_matches('/'),
+        mount.role.as_deref().unwrap_or("")
+    )
+}
+
+/// One entry's life: renew, rotate, and revoke when unwatched.
+async fn manage(weak: Weak<Inner>, held: Arc<Held>) {
+    let shutdown = match weak.upgrade() {
+        Some(inner) => inner.shutdown.clone(),
+        None => return,
+    };
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let renew_at = held.state.lock().await.as_ref().map(|c| c.renew_at);
+        let idle_until = if held.version.receiver_count() == 0 {
+            Some(*idle_since.get_or_insert_with(Instant::now) + held.mount.grace)
+        } else {
+            idle_since = None;
+            None
+        };
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = held.issued.notified() => {}
+            () = held.version.closed(), if idle_until.is_none() => {}
+            () = tokio::time::sleep_until(idle_until.unwrap_or(far).into()), if idle_until.is_some() => {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.retire_if_unused(&held) {
+                    if let Some(c) = held.state.lock().await.take()
+                        && held.mount.engine == Engine::Database
+                    {
+                        inner.revoke(&c.lease_id).await;
+                    }
+                    return;
+                }
+                idle_since = None;
+            }
+            () = tokio::time::sleep_until(renew_at.unwrap_or(far).into()), if renew_at.is_some() => {
+                let Some(inner) = weak.upgrade() else { return };
+                renew_or_rotate(&inner, &held).await;
+            }
+        }
+    }
+}
+
+/// At the renewal time: renew, or issue the next version when Vault
+/// shortened the lease (its `max_ttl` is near) or the lease is gone.
+async fn renew_or_rotate(inner: &Inner, held: &Held) {
+    let mut state = held.state.lock().await;
+    let Some(current) = state.as_mut() else {
+        return;
+    };
+    let path = &held.key.1;
+    let renewed = if current.renewable {
+        inner.renew(&current.lease_id, current.lease).await
+    } else {
+        Err(CallError::Other(0, "not renewable".into()))
+    };
+    let now = Instant::now();
+    match renewed {
+        Ok(granted) if granted >= current.lease => {
+            current.renew_at = now + granted * 2 / 3;
+            current.expires_at = now + granted;
+            current.expires_wall = SystemTime::now() + granted;
+            current.failing = false;
+            current.secret.labels.insert(
+                LEASE_EXPIRES_LABEL.to_string(),
+                unix_seconds(current.expires_wall).to_string(),
+            );
+            tracing::debug!(path = %path, lease_id = %current.lease_id, ttl_s = granted.as_secs(), "renewed a lease");
+            return;
+        }
+        Err(CallError::Unavailable(detail)) => {
+            // Keep the credential until its lease ends; retry sooner.
+            let left = current.expires_at.saturating_duration_since(now);
+            current.renew_at = now + (left / 3).max(Duration::from_millis(500));
+            current.failing = true;
+            tracing::warn!(path = %path, lease_id = %current.lease_id, left_s = left.as_secs(), error = %detail, "lease renewal failed; serving the last credential until it expires");
+            if !left.is_zero() {
+                return;
+            }
+        }
+        // Shortened by max_ttl, refused or unknown: rotate.
+        _ => {}
+    }
+    let next = current.secret.version + 1;
+    match inner.issue(&held.mount, &held.holder, next).await {
+        Ok(fresh) => {
+            // The old lease ends by itself at max_ttl, so an application
+            // still using it has until then to pick up the new file.
+            tracing::info!(path = %path, old_lease_id = %current.lease_id, version = next, "rotated a leased credential");
+            *current = fresh;
+            held.version.send_replace(next);
+        }
+        Err(error) => {
+            let left = current.expires_at.saturating_duration_since(now);
+            current.renew_at = now + (left / 3).max(Duration::from_millis(500));
+            current.failing = true;
+            tracing::warn!(path = %path, error = %error, left_s = left.as_secs(), "could not issue the next credential; serving the last one until it expires");
+        }
+    }
+}
+
+/// One request to Vault's HTTP API, for endpoints vaultrs does not model
+/// with their lease fields. The body is zeroized when dropped.
+async fn raw(
+    client: &VaultClient,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    let settings = &client.settings;
+    let url = format!(
+        "{}/v1/{path}",
+        settings.address.as_str().trim_end_matches('/')
+    );
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("X-Vault-Token", settings.token.as_str());
+    if let Some(namespace) = &settings.namespace {
+        request = request.header("X-Vault-Namespace", namespace.as_str());
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let request = request.body(bytes).map_err(|e| ClientError::APIError {
+        code: 0,
+        errors: vec![e.to_string()],
+    })?;
+    let response = rustify::client::Client::execute(&client.http, request)
+        .await
+        .map_err(|source| ClientError::RestClientError { source })?;
+    Ok(Zeroizing::new(response.into_body()))
+}
+
+/// `<mount>/issue/<role>`.
+fn issue_path(mount: &MountConfig) -> String {
+    format!(
+        "{}/issue/{}",
+        mount.mount.trim_matches('/'),
+        mount.role.as_deref().unwrap_or("")
+    )
+}
+
+/// The issue request: the identity comes from the verified token (the
+/// holder) and the names from the config, never from the caller's request.
+fn pki_request(mount: &MountConfig, holder: &Holder) -> Result<serde_json::Value, StoreError> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    if !name_ok(&holder.namespace) || !name_ok(&holder.service_account) {
+        return Err(StoreError::Internal(
+            "the caller's namespace or service account is not a DNS name".into(),
+        ));
+    }
+    let spiffe = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        mount.trust_domain.as_deref().unwrap_or(""),
+        holder.namespace,
+        holder.service_account
+    );
+    let mut body = serde_json::json!({
+        "uri_sans": spiffe,
+        "exclude_cn_from_sans": false,
+        "format": "pem",
+    });
+    if let Some(first) = mount.dns_names.first() {
+        body["common_name"] = first.clone().into();
+        body["alt_names"] = mount.dns_names.join(",").into();
+    }
+    if let Some(ttl) = mount.ttl {
+        body["ttl"] = format!("{}s", ttl.as_secs()).into();
+    }
+    Ok(body)
+}
+
+/// A PKI answer as a credential: `tls.crt`, `tls.key`, `ca.crt`, lasting
+/// until the certificate's expiry; its serial stands for the lease id.
+fn parse_certificate(body: &[u8]) -> Result<Grant, StoreError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| StoreError::Internal("Vault's certificate answer is not JSON".into()))?;
+    let data = &mut value["data"];
+    let serial = data["serial_number"].as_str().unwrap_or("").to_string();
+    let expiration = data["expiration"].as_u64().unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if serial.is_empty() || expiration <= now {
+        return Err(StoreError::Internal(
+            "Vault's certificate answer has no serial or expiry".into(),
+        ));
+    }
+    let files = serde_json::json!({
+        "tls.crt": data["certificate"].take(),
+        "tls.key": data["private_key"].take(),
+        "ca.crt": data["issuing_ca"].take(),
+    });
+    Ok(Grant {
+        lease_id: format!("pki:{serial}"),
+        lease: Duration::from_secs(expiration - now),
+        renewable: false,
+        data: Some(files),
+    })
+}
+
+/// The lease fields (and data) of a Vault answer.
+fn parse_grant(body: &[u8]) -> Result<Grant, StoreError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| StoreError::Internal("Vault's lease answer is not JSON".into()))?;
+    let lease_id = value["lease_id"].as_str().unwrap_or("").to_string();
+    if lease_id.is_empty() {
+        return Err(StoreError::Internal("Vault's answer has no lease".into()));
+    }
+    Ok(Grant {
+        lease: Duration::from_secs(value["lease_duration"].as_u64().unwrap_or(0)),
+        renewable: value["renewable"].as_bool().unwrap_or(false),
+        data: value.get_mut("data").map(serde_json::Value::take),
+        lease_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_is_parsed_without_keeping_the_body() {
+        let body = br#"{"lease_id":"database/creds/shop/abc","lease_duration":60,"renewable":true,"data":{"username":"u","password":"p"}}"#;
+        let grant = parse_grant(body).unwrap();
+        assert_eq!(grant.lease_id, "database/creds/shop/abc");
+        assert_eq!(grant.lease, Duration::from_secs(60));
+        assert!(grant.renewable);
+        assert!(grant.data.is_some());
+        assert!(parse_grant(br#"{"lease_id":"","data":{}}"#).is_err());
+        assert!(parse_grant(b"not json").is_err());
+    }
+
+    #[test]
+    fn holders_are_per_pod_unless_per_service_account() {
+        let mut mount = MountConfig {
+            prefix: "db/shop".into(),
+            mount: "database".into(),
+            kv: 2,
+            path: None,
+            engine: super::super::config::Engine::Database,
+            role: Some("shop".into()),
+            lease_per: LeasePer::Pod,
+            grace: Duration::from_secs(1),
+            revoke_on_start: true,
+            trust_domain: None,
+            dns_names: Vec::new(),
+            ttl: None,
+        };
+        let pod = Holder {
+            tenant: "iss/shop/web".into(),
+            pod: Some("uid-1".into()),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+        };
+        let no_pod = Holder {
+            pod: None,
+            ..pod.clone()
+        };
+        assert_eq!(holder_key(&pod, &mount), "iss/shop/web/pod/uid-1");
+        assert_eq!(holder_key(&no_pod, &mount), "iss/shop/web");
+        mount.lease_per = LeasePer::ServiceAccount;
+        assert_eq!(holder_key(&pod, &mount), "iss/shop/web");
+        assert_eq!(creds_path(&mount), "database/creds/shop");
+    }
+
+    #[test]
+    fn a_certificate_request_names_the_token_identity_and_the_configured_dns_names() {
+        let mut mount = MountConfig {
+            prefix: "shop/tls".into(),
+            mount: "pki".into(),
+            kv: 2,
+            path: None,
+            engine: Engine::Pki,
+            role: Some("web".into()),
+            lease_per: LeasePer::Pod,
+            grace: Duration::from_secs(1),
+            revoke_on_start: true,
+            trust_domain: Some("cluster.local".into()),
+            dns_names: vec!["web.shop.svc".into(), "web".into()],
+            ttl: Some(Duration::from_secs(60)),
+        };
+        let holder = Holder {
+            tenant: "iss shop/web".into(),
+            pod: None,
+            namespace: "shop".into(),
+            service_account: "web".into(),
+        };
+        let body = pki_request(&mount, &holder).unwrap();
+        assert_eq!(body["uri_sans"], "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(body["common_name"], "web.shop.svc");
+        assert_eq!(body["alt_names"], "web.shop.svc,web");
+        assert_eq!(body["ttl"], "60s");
+        assert_eq!(issue_path(&mount), "pki/issue/web");
+        mount.dns_names.clear();
+        assert!(
+            pki_request(&mount, &holder)
+                .unwrap()
+                .get("common_name")
+                .is_none()
+        );
+        let odd = Holder {
+            service_account: "web/../x".into(),
+            ..holder
+        };
+        assert!(pki_request(&mount, &odd).is_err());
+    }
+}
