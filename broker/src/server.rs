@@ -83,10 +83,15 @@ where
         ));
     }
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
+    // Both reflection versions: v1 for current grpcurl, v1alpha for older
+    // grpcurl, Postman and Evans, which speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1();
+    let reflection_v1alpha = reflection().build_v1alpha();
 
     let mut builder = Server::builder()
         .tcp_nodelay(true)
@@ -123,11 +128,15 @@ where
         .add_service(
             SecretOperatorServer::new(broker).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
-    match reflection {
+    // The descriptor sets are compiled in; failing to parse them is a build
+    // bug, and the broker works without reflection.
+    match reflection_v1 {
         Ok(reflection) => router = router.add_service(reflection),
-        // The descriptor set is compiled in; failing to parse it is a build bug,
-        // and the broker works without reflection.
-        Err(error) => tracing::error!(%error, "reflection disabled"),
+        Err(error) => tracing::error!(%error, "reflection v1 disabled"),
+    }
+    match reflection_v1alpha {
+        Ok(reflection) => router = router.add_service(reflection),
+        Err(error) => tracing::error!(%error, "reflection v1alpha disabled"),
     }
     router.serve_with_incoming_shutdown(incoming, signal).await
 }
