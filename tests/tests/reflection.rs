@@ -36,7 +36,10 @@ async fn a_v1alpha_only_client_lists_the_services() {
         "coffer.v1.SecretOperator",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
 }
 
@@ -67,7 +70,9 @@ async fn a_v1_client_lists_the_services() {
         panic!("not a list: {response:?}");
     };
     assert!(
-        list.service.iter().any(|s| s.name == "coffer.v1.SecretBroker"),
+        list.service
+            .iter()
+            .any(|s| s.name == "coffer.v1.SecretBroker"),
         "{list:?}"
     );
 }
