@@ -83,17 +83,13 @@ fn sidecar_metrics(sidecar: &SidecarProcess) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn both_endpoints_count_a_scripted_run() {
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+/// A broker with `--metrics-listen`, `shop/db` holding `password`, and a
+/// sidecar with an admin endpoint that has written it.
+async fn broker_and_sidecar(password: &str) -> (BrokerProcess, SidecarProcess) {
     let mut args = default_auth_args();
     args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     let broker = BrokerProcess::start_with_args(POLICY, args);
-    broker.put_map("shop/db", &[("password", CANARY)]).await;
-
+    broker.put_map("shop/db", &[("password", password)]).await;
     let sidecar = SidecarProcess::start_with(
         &broker.endpoint,
         &mint(Key::Ec, "shop", "web"),
@@ -104,6 +100,16 @@ async fn both_endpoints_count_a_scripted_run() {
         },
     );
     sidecar.wait_for_files(&["password"], Duration::from_secs(30));
+    (broker, sidecar)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_endpoints_count_a_scripted_run() {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (broker, sidecar) = broker_and_sidecar(CANARY).await;
 
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     for _ in 0..3 {
@@ -248,20 +254,7 @@ fn names_in(text: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_and_alerts_name_only_metrics_the_binaries_expose() {
-    let mut args = default_auth_args();
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let broker = BrokerProcess::start_with_args(POLICY, args);
-    broker.put_map("shop/db", &[("password", "x")]).await;
-    let sidecar = SidecarProcess::start_with(
-        &broker.endpoint,
-        &mint(Key::Ec, "shop", "web"),
-        "  - {path: shop/db#password, file: password}\n",
-        SidecarOptions {
-            global_yaml: "adminListen: 127.0.0.1:0\n",
-            ..Default::default()
-        },
-    );
-    sidecar.wait_for_files(&["password"], Duration::from_secs(30));
+    let (broker, sidecar) = broker_and_sidecar("x").await;
     // One refused token, so the failure family has a sample.
     assert!(
         broker

@@ -4,15 +4,19 @@
 use coffer_tests::{BrokerProcess, POLICY};
 use tonic_reflection::pb::{v1, v1alpha};
 
-#[tokio::test]
-async fn a_v1alpha_only_client_lists_the_services() {
-    let broker = BrokerProcess::start(POLICY);
-    let channel = tonic::transport::Channel::from_shared(broker.endpoint.clone())
+async fn channel(broker: &BrokerProcess) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(broker.endpoint.clone())
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_v1alpha_only_client_lists_the_services() {
+    let broker = BrokerProcess::start(POLICY);
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&broker).await);
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(
@@ -46,12 +50,8 @@ async fn a_v1alpha_only_client_lists_the_services() {
 #[tokio::test]
 async fn a_v1_client_lists_the_services() {
     let broker = BrokerProcess::start(POLICY);
-    let channel = tonic::transport::Channel::from_shared(broker.endpoint.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(channel(&broker).await);
     let request = v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
