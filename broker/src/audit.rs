@@ -562,7 +562,7 @@ impl Writer {
         let hash = self.link.hash(line.as_bytes());
         let mut bytes = line.into_bytes();
         bytes.push(b'\n');
-        match &mut self.sink {
+        let written = match &mut self.sink {
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&bytes)
@@ -570,10 +570,14 @@ impl Writer {
                     .map_err(|source| AuditError::Io {
                         path: "stdout".into(),
                         source,
-                    })?;
+                    })
             }
-            Sink::File(file) => file.write(&bytes)?,
+            Sink::File(file) => file.write(&bytes),
+        };
+        if written.is_err() {
+            crate::metrics::audit_write_failure();
         }
+        written?;
         self.seq += 1;
         self.prev = hash;
         Ok(())

@@ -152,8 +152,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n\nThe demo secret (mode 0400, on tmpfs):\
          \n  cat {}/greeting\
          \n\nChange it, and watch the file follow:\
-         \n  printf 'rotated at %s\\n' \"$(date)\" | {} --broker {endpoint} --token-file {} put demo/greeting\
-         \n  {} --broker {endpoint} --token-file {} status demo/greeting\
+         \n  printf 'rotated at %s\\n' \"$(date)\" | {} put demo/greeting --broker {endpoint} --token-file {}\
+         \n  {} status demo/greeting --broker {endpoint} --token-file {}\
          \n\nPress Ctrl-C to stop; {} is removed on exit.\n",
         sidecar.id().unwrap_or(0),
         secrets_dir.display(),

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
+use coffer::cli::{LogFormat, init_tracing_with_level, shutdown_signal};
 use coffer_broker::{
     audit::AuditLog,
     auth::config::AuthConfig,
@@ -32,6 +32,11 @@ struct Cli {
         default_value = "plain"
     )]
     log_format: Format,
+    /// Log filter: a level (error, warn, info, debug, trace) or RUST_LOG-style
+    /// directives such as `info,coffer_broker::auth=debug`. Replaces RUST_LOG
+    /// when given; without either, `info`.
+    #[arg(long, global = true, env = "COFFER_LOG_LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,10 +191,14 @@ enum StoreKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(match cli.log_format {
+    let format = match cli.log_format {
         Format::Plain => LogFormat::Plain,
         Format::Json => LogFormat::Json,
-    });
+    };
+    if let Err(error) = init_tracing_with_level(format, cli.log_level.as_deref()) {
+        eprintln!("coffer-broker: {error}");
+        return ExitCode::from(EX_USAGE);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {

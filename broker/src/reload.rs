@@ -67,9 +67,11 @@ pub fn spawn(broker: Broker, path: PathBuf, interval: Duration, loaded: String) 
                     }
                     let rules = policy.rules().len();
                     broker.set_policy(policy);
+                    crate::metrics::policy_reload(true);
                     tracing::info!(path = %path.display(), sha256 = %hash, rules, "policy reloaded");
                 }
                 Err(error) => {
+                    crate::metrics::policy_reload(false);
                     tracing::error!(
                         path = %path.display(), sha256 = %hash, %error,
                         "policy reload refused; keeping the policy in force"

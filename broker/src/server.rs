@@ -83,10 +83,15 @@ where
         ));
     }
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
+    // Both reflection versions: v1 for current grpcurl, v1alpha for older
+    // grpcurl, Postman and Evans, which speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1();
+    let reflection_v1alpha = reflection().build_v1alpha();
 
     let mut builder = Server::builder()
         .tcp_nodelay(true)
@@ -116,6 +121,7 @@ where
     };
 
     let mut router = builder
+        .layer(RequestMetricsLayer)
         .add_service(health_service)
         .add_service(
             SecretBrokerServer::new(broker.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -123,13 +129,74 @@ where
         .add_service(
             SecretOperatorServer::new(broker).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
-    match reflection {
+    // The descriptor sets are compiled in; failing to parse them is a build
+    // bug, and the broker works without reflection.
+    match reflection_v1 {
         Ok(reflection) => router = router.add_service(reflection),
-        // The descriptor set is compiled in; failing to parse it is a build bug,
-        // and the broker works without reflection.
-        Err(error) => tracing::error!(%error, "reflection disabled"),
+        Err(error) => tracing::error!(%error, "reflection v1 disabled"),
+    }
+    match reflection_v1alpha {
+        Ok(reflection) => router = router.add_service(reflection),
+        Err(error) => tracing::error!(%error, "reflection v1alpha disabled"),
     }
     router.serve_with_incoming_shutdown(incoming, signal).await
+}
+
+/// Counts every gRPC request by method and status code, with its time to
+/// the response headers (`coffer_grpc_requests_total`,
+/// `coffer_grpc_request_duration_seconds`). A unary call that succeeds sends
+/// its status in the trailers, so headers without `grpc-status` mean OK; a
+/// failure is a trailers-only response whose headers carry the code.
+#[derive(Debug, Clone, Copy)]
+struct RequestMetricsLayer;
+
+impl<S> tower::Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RequestMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RequestMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            if let Ok(response) = &response {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                crate::metrics::request(&path, code, started.elapsed());
+            }
+            response
+        })
+    }
 }
 
 /// Mirrors the store's health onto `grpc.health.v1`: the broker service is

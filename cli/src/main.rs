@@ -1,7 +1,10 @@
 //! `cofferctl`: the operator's tool.
 //!
-//! Exit codes: 0 success, 1 failure (or a rejected token, a denied policy
-//! check, a broken audit chain), 2 usage error (or an invalid policy).
+//! Exit codes by category ([`EXIT_CODES`], also in `--help` and
+//! docs/cli.md): 0 success, 1 failure (or a rejected token, a denied policy
+//! check, a broken audit chain, an unfinished rollout), 2 usage error (or an
+//! invalid policy), 3 not found, 4 permission denied, 5 unauthenticated,
+//! 6 unavailable.
 
 use std::{
     io::{IsTerminal, Read, Write},
@@ -34,28 +37,110 @@ macro_rules! say {
 }
 
 mod console;
+/// The exit codes, shown at the end of `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure: a denied policy check, a rejected token, a broken audit chain,
+     a rollout not (yet) applied everywhere, any other error
+  2  usage error: bad arguments, an invalid policy or input
+  3  not found: the secret or version does not exist
+  4  permission denied: the policy does not allow it
+  5  unauthenticated: the token is missing, unreadable, expired or refused
+  6  unavailable: the broker or its secret backend cannot be reached";
+
+const EXIT_NOT_FOUND: u8 = 3;
+const EXIT_PERMISSION_DENIED: u8 = 4;
+const EXIT_UNAUTHENTICATED: u8 = 5;
+const EXIT_UNAVAILABLE: u8 = 6;
+const EXIT_USAGE: u8 = 2;
+
+/// `--version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("COFFER_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
-#[command(name = "cofferctl", version, about = "Operate Coffer")]
+#[command(
+    name = "cofferctl",
+    version = VERSION,
+    about = "Operate Coffer",
+    after_help = EXIT_CODES
+)]
 struct Cli {
-    #[command(flatten)]
-    broker: BrokerArgs,
+    /// Output format: text for people, json (one object per result) for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
-/// How to reach the broker; accepted before or after the subcommand.
-#[derive(clap::Args)]
+/// `--output`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// The `--output` chosen, set once in `main`.
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
+/// Whether results are printed as JSON.
+fn json_output() -> bool {
+    OUTPUT.get() == Some(&Output::Json)
+}
+
+/// How to reach the broker: only the commands that talk to it take these.
+#[derive(clap::Args, Debug, Clone)]
 struct BrokerArgs {
     /// The broker: https://host:port, http://127.0.0.1:port or unix:/path.
-    #[arg(long, env = "COFFER_BROKER", global = true)]
+    #[arg(long, env = "COFFER_BROKER")]
     broker: Option<String>,
     /// The operator's token file.
-    #[arg(long, env = "COFFER_TOKEN_FILE", global = true)]
+    #[arg(long, env = "COFFER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// CA bundle (PEM) for the broker's certificate.
-    #[arg(long, env = "COFFER_CA_FILE", global = true)]
+    #[arg(long, env = "COFFER_CA_FILE")]
     ca_file: Option<PathBuf>,
+}
+
+/// A usage error found after parsing (exit 2).
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The exit code of a failed command, by category.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<UsageError>().is_some() {
+        return EXIT_USAGE;
+    }
+    let Some(error) = error.downcast_ref::<coffer::Error>() else {
+        return 1;
+    };
+    if let coffer::Error::Token { .. } = error {
+        return EXIT_UNAUTHENTICATED;
+    }
+    if let coffer::Error::Connect(_) = error {
+        return EXIT_UNAVAILABLE;
+    }
+    match error.code() {
+        Some(tonic::Code::NotFound) => EXIT_NOT_FOUND,
+        Some(tonic::Code::PermissionDenied) => EXIT_PERMISSION_DENIED,
+        Some(tonic::Code::Unauthenticated) => EXIT_UNAUTHENTICATED,
+        Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => EXIT_UNAVAILABLE,
+        Some(tonic::Code::InvalidArgument) => EXIT_USAGE,
+        _ => 1,
+    }
 }
 
 #[derive(Subcommand)]
@@ -70,6 +155,7 @@ enum Command {
     /// (--strip-newline / --keep-newline decide either way).
     #[command(verbatim_doc_comment)]
     Put {
+        /// The secret's path, e.g. `shop/db`.
         path: String,
         /// KEY=VALUE pairs of a map secret.
         #[arg(value_name = "KEY=VALUE")]
@@ -94,12 +180,15 @@ enum Command {
         cas: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// Have the broker generate a new value (capability `rotate`). Unset
     /// options come from the spec stored with the secret (labels
     /// `coffer.rotate/*`), then the defaults: 32 characters of [A-Za-z0-9].
     /// A spec given here is stored for the next rotation.
     Rotate {
+        /// The secret's path, e.g. `shop/db`.
         path: String,
         /// For a map secret: the key to rotate; the other keys are kept.
         #[arg(long)]
@@ -115,37 +204,57 @@ enum Command {
         encoding: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// Print a secret's value to stdout. On a terminal, a value with control
     /// characters or bytes that are not UTF-8 is refused (they could drive
     /// the terminal) unless --raw is given; pipes and files get the bytes.
     Get {
+        /// The secret's path; `path#key` for one key of a map secret.
         path: String,
+        /// An older version instead of the current one.
         #[arg(long)]
         version: Option<u64>,
         /// Write the bytes to a terminal even if they hold control characters.
         #[arg(long)]
         raw: bool,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
     /// List a secret's versions.
-    Versions { path: String },
+    Versions {
+        /// The secret's path.
+        path: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Soft-delete versions (capability `delete`); `undelete` restores them.
     Delete {
+        /// The secret's path.
         path: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Comma-separated versions; default: the current one.
         #[arg(long, value_delimiter = ',')]
         versions: Vec<u64>,
     },
     /// Restore soft-deleted versions (capability `delete`).
     Undelete {
+        /// The secret's path.
         path: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Comma-separated versions; default: the current one.
         #[arg(long, value_delimiter = ',')]
         versions: Vec<u64>,
     },
     /// Destroy versions for good (capability `destroy`).
     Destroy {
+        /// The secret's path.
         path: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Comma-separated versions (required: destroying is final).
         #[arg(long, value_delimiter = ',', required = true)]
         versions: Vec<u64>,
@@ -156,19 +265,33 @@ enum Command {
         /// The folder, e.g. `shop`; default: the top.
         #[arg(default_value = "")]
         folder: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
-    /// Make an old version current again.
-    Rollback { path: String, to_version: u64 },
+    /// Make an old version current again (as a new version).
+    Rollback {
+        /// The secret's path.
+        path: String,
+        /// The version whose value becomes current again.
+        to_version: u64,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Show the rollout of the current version: how many of the workloads
     /// watching the path applied it (N/M), then one line per workload.
     /// Exits 0 when every watcher applied it, 1 when any failed or is pending.
     Status {
+        /// The secret's path.
         path: String,
-        /// text or json.
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-        output: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
-    /// Token debugging.
+    /// Print a shell completion script: `source <(cofferctl completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Token debugging, offline.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -185,7 +308,12 @@ enum Command {
     },
     /// A local web view of secrets, versions and live rollouts, with Rotate
     /// and Rollback (see docs/console.md).
-    Console(console::ConsoleArgs),
+    Console {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        args: console::ConsoleArgs,
+    },
 }
 
 /// `--wait`: follow the rollout until every watcher applied the new version.
@@ -205,10 +333,13 @@ enum PolicyCommand {
     /// May this workload do this? Prints allow or deny and the deciding rule;
     /// exits 0 on allow, 1 on deny, 2 on a usage error or an invalid policy.
     Check {
+        /// The policy file (YAML).
         #[arg(long)]
         policy: PathBuf,
+        /// The workload's namespace.
         #[arg(long)]
         namespace: String,
+        /// The workload's service account.
         #[arg(long)]
         service_account: String,
         /// The pod name, for rules with a podNamePrefix.
@@ -217,6 +348,7 @@ enum PolicyCommand {
         /// The token issuer, for subjects that name one.
         #[arg(long)]
         issuer: Option<String>,
+        /// The secret path asked for.
         #[arg(long)]
         path: String,
         /// read, watch, write, rotate, rollback, list, status, delete or destroy.
@@ -226,6 +358,7 @@ enum PolicyCommand {
     /// Validate a policy file and report risky breadth. Exits 0 when valid,
     /// 1 when invalid (or, with --strict, when there are warnings).
     Lint {
+        /// The policy file (YAML).
         file: PathBuf,
         /// Treat warnings as failures.
         #[arg(long)]
@@ -240,6 +373,7 @@ enum AuditCommand {
     /// trail whose oldest files were pruned starts at its first record.
     /// Exits 0 when intact, 1 when broken, 2 when a file cannot be read.
     Verify {
+        /// The audit files, oldest first.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The broker's --audit-hmac-key-file: check an HMAC-linked chain.
@@ -289,7 +423,14 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 pod_uid: None,
             };
             let decision = policy.decide(&who, &path, capability);
-            say!("{decision}");
+            if json_output() {
+                say!(
+                    "{}",
+                    serde_json::json!({"allowed": decision.is_allowed(), "decision": decision.to_string()})
+                );
+            } else {
+                say!("{decision}");
+            }
             if decision.is_allowed() {
                 ExitCode::SUCCESS
             } else {
@@ -297,9 +438,35 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             }
         }
         PolicyCommand::Lint { file, strict } => match Policy::load(&file) {
+            Err(e) if json_output() => {
+                say!(
+                    "{}",
+                    serde_json::json!({"file": file.display().to_string(), "valid": false, "error": e.to_string()})
+                );
+                ExitCode::from(1)
+            }
             Err(e) => {
                 say!("{}: {e}", file.display());
                 ExitCode::from(1)
+            }
+            Ok(policy) if json_output() => {
+                let warnings: Vec<String> =
+                    policy.warnings().iter().map(ToString::to_string).collect();
+                let failed = strict && !warnings.is_empty();
+                say!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        "valid": true,
+                        "rules": policy.rules().len(),
+                        "warnings": warnings,
+                    })
+                );
+                if failed {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Ok(policy) => {
                 let warnings = policy.warnings();
@@ -351,6 +518,25 @@ fn audit_command(command: AuditCommand) -> ExitCode {
         contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
         key.as_deref().map(Vec::as_slice),
     ) {
+        Ok(summary) if json_output() => {
+            say!(
+                "{}",
+                serde_json::json!({
+                    "intact": true,
+                    "records": summary.records,
+                    "firstSeq": summary.first_seq,
+                    "lastHash": summary.last_hash.to_string(),
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(broken) if json_output() => {
+            say!(
+                "{}",
+                serde_json::json!({"intact": false, "brokenAt": broken.to_string()})
+            );
+            ExitCode::from(1)
+        }
         Ok(summary) => {
             say!(
                 "intact: {} records from seq {}; last record hash {}",
@@ -392,6 +578,7 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = OUTPUT.set(cli.output);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -402,20 +589,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&cli.broker, cli.command)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cofferctl: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
 async fn client(args: &BrokerArgs) -> anyhow::Result<Client> {
     let (Some(endpoint), Some(token_file)) = (&args.broker, &args.token_file) else {
-        anyhow::bail!(
+        return Err(UsageError(
             "--broker and --token-file (or COFFER_BROKER and COFFER_TOKEN_FILE) are required"
-        );
+                .into(),
+        )
+        .into());
     };
     let mut builder = Client::builder(endpoint.clone())
         .token(TokenSource::file(token_file))
@@ -427,11 +616,22 @@ async fn client(args: &BrokerArgs) -> anyhow::Result<Client> {
     Ok(builder.connect().await?)
 }
 
-async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Policy { command } => return Ok(policy_command(command)),
         Command::Audit { command } => return Ok(audit_command(command)),
-        Command::Console(args) => return console::run(client(broker).await?, args).await,
+        Command::Console { broker, args } => {
+            return console::run(client(&broker).await?, args).await;
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cofferctl",
+                &mut std::io::stdout(),
+            );
+        }
         Command::Put {
             path,
             pairs,
@@ -442,6 +642,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             content_type,
             cas,
             wait,
+            broker,
         } => {
             let data = if json {
                 let mut text = Zeroizing::new(Vec::new());
@@ -461,9 +662,13 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 }
                 SecretData::Bytes(SecretBytes::new(std::mem::take(&mut *value)))
             };
-            let client = client(broker).await?;
+            let client = client(&broker).await?;
             let version = client.put(&path, data, &content_type, cas).await?;
-            say!("{path}: version {version}");
+            if json_output() {
+                say!("{}", serde_json::json!({"path": path, "version": version}));
+            } else {
+                say!("{path}: version {version}");
+            }
             if wait.wait {
                 return wait_for_rollout(&client, &path, version, wait.timeout).await;
             }
@@ -475,6 +680,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             alphabet,
             encoding,
             wait,
+            broker,
         } => {
             let spec = coffer::proto::RotationSpec {
                 length,
@@ -482,15 +688,27 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 encoding,
                 key,
             };
-            let client = client(broker).await?;
+            let client = client(&broker).await?;
             let version = client.rotate(&path, Some(spec)).await?;
-            say!("{path}: rotated to version {version}");
+            if json_output() {
+                say!("{}", serde_json::json!({"path": path, "version": version}));
+            } else {
+                say!("{path}: rotated to version {version}");
+            }
             if wait.wait {
                 return wait_for_rollout(&client, &path, version, wait.timeout).await;
             }
         }
-        Command::Get { path, version, raw } => {
-            let secret = client(broker).await?.get_version(&path, version).await?;
+        Command::Get {
+            path,
+            version,
+            raw,
+            broker,
+        } => {
+            let secret = client(&broker).await?.get_version(&path, version).await?;
+            if json_output() {
+                return get_json(&path, &secret);
+            }
             let mut text = Zeroizing::new(Vec::new());
             match secret.data() {
                 SecretData::Bytes(b) => text.extend_from_slice(b.expose()),
@@ -513,8 +731,31 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             }
             out.write_all(&text)?;
         }
-        Command::Versions { path } => {
-            let list = client(broker).await?.list_versions(&path).await?;
+        Command::Versions { path, broker } => {
+            let list = client(&broker).await?.list_versions(&path).await?;
+            if json_output() {
+                let versions: Vec<serde_json::Value> = list
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "version": v.version,
+                            "deleted": v.deleted,
+                            "destroyed": v.destroyed,
+                            "createdAt": timestamp(v.created_at),
+                        })
+                    })
+                    .collect();
+                say!(
+                    "{}",
+                    serde_json::json!({
+                        "path": path,
+                        "currentVersion": list.current_version,
+                        "versions": versions,
+                    })
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             say!("current version: {}", list.current_version);
             for v in list.versions {
                 let state = if v.destroyed {
@@ -531,9 +772,13 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 );
             }
         }
-        Command::Delete { path, versions } => {
+        Command::Delete {
+            path,
+            versions,
+            broker,
+        } => {
             change_versions(
-                broker,
+                &broker,
                 coffer::VersionAction::Delete,
                 &path,
                 versions,
@@ -541,9 +786,13 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             )
             .await?;
         }
-        Command::Undelete { path, versions } => {
+        Command::Undelete {
+            path,
+            versions,
+            broker,
+        } => {
             change_versions(
-                broker,
+                &broker,
                 coffer::VersionAction::Undelete,
                 &path,
                 versions,
@@ -551,9 +800,13 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             )
             .await?;
         }
-        Command::Destroy { path, versions } => {
+        Command::Destroy {
+            path,
+            versions,
+            broker,
+        } => {
             change_versions(
-                broker,
+                &broker,
                 coffer::VersionAction::Destroy,
                 &path,
                 versions,
@@ -561,18 +814,34 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             )
             .await?;
         }
-        Command::List { folder } => {
-            for name in client(broker).await?.list_secrets(&folder).await? {
-                say!("{name}");
+        Command::List { folder, broker } => {
+            let names = client(&broker).await?.list_secrets(&folder).await?;
+            if json_output() {
+                say!("{}", serde_json::json!({"folder": folder, "names": names}));
+            } else {
+                for name in names {
+                    say!("{name}");
+                }
             }
         }
-        Command::Rollback { path, to_version } => {
-            let version = client(broker).await?.rollback(&path, to_version).await?;
-            say!("{path}: version {to_version} is current again as version {version}");
+        Command::Rollback {
+            path,
+            to_version,
+            broker,
+        } => {
+            let version = client(&broker).await?.rollback(&path, to_version).await?;
+            if json_output() {
+                say!(
+                    "{}",
+                    serde_json::json!({"path": path, "fromVersion": to_version, "version": version})
+                );
+            } else {
+                say!("{path}: version {to_version} is current again as version {version}");
+            }
         }
-        Command::Status { path, output } => {
-            let status = client(broker).await?.rotation_status(&path).await?;
-            if output == "json" {
+        Command::Status { path, broker } => {
+            let status = client(&broker).await?.rotation_status(&path).await?;
+            if json_output() {
                 say!("{}", status_json(&path, &status));
             } else {
                 print_status(&path, &status);
@@ -615,6 +884,28 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             let mut config = VerifierConfig::new(issuer, audience);
             config.leeway = Duration::from_secs(leeway);
             return Ok(match verify_with(&config, &keys, token.trim()) {
+                Ok(id) if json_output() => {
+                    say!(
+                        "{}",
+                        serde_json::json!({
+                            "valid": true,
+                            "subject": id.subject(),
+                            "namespace": id.namespace,
+                            "serviceAccount": id.service_account,
+                            "serviceAccountUid": id.service_account_uid,
+                            "pod": id.pod_name,
+                            "podUid": id.pod_uid,
+                        })
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(reason) if json_output() => {
+                    say!(
+                        "{}",
+                        serde_json::json!({"valid": false, "reason": reason.reason(), "message": reason.to_string()})
+                    );
+                    ExitCode::from(1)
+                }
                 Ok(id) => {
                     say!("valid: {}", id.subject());
                     say!("  namespace:       {}", id.namespace);
@@ -637,6 +928,53 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             });
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `get --output json`: `{"path", "version", "data"}`, where `data` is
+/// `{"text": ...}` for a UTF-8 value and `{"base64": ...}` otherwise (a map
+/// secret: one such object per key). Written straight into a zeroizing
+/// buffer, so no copy of the value outlives the call.
+fn get_json(path: &str, secret: &coffer::Secret) -> anyhow::Result<ExitCode> {
+    fn value(out: &mut Vec<u8>, bytes: &[u8]) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                out.extend_from_slice(b"{\"text\":");
+                serde_json::to_writer(&mut *out, text)?;
+            }
+            Err(_) => {
+                out.extend_from_slice(b"{\"base64\":\"");
+                let encoded =
+                    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));
+                out.extend_from_slice(encoded.as_bytes());
+                out.push(b'"');
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+    let mut out = Zeroizing::new(Vec::new());
+    out.extend_from_slice(b"{\"path\":");
+    serde_json::to_writer(&mut *out, path)?;
+    out.extend_from_slice(format!(",\"version\":{},\"data\":", secret.version()).as_bytes());
+    match secret.data() {
+        SecretData::Bytes(b) => value(&mut out, b.expose())?,
+        SecretData::Map(map) => {
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.push(b':');
+                value(&mut out, v.expose())?;
+            }
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b"}\n");
+    std::io::stdout().lock().write_all(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -904,15 +1242,47 @@ async fn change_versions(
     };
     client(broker)
         .await?
-        .change_versions(action, path, versions)
+        .change_versions(action, path, versions.clone())
         .await?;
-    say!("{path}: {which} {done}");
+    if json_output() {
+        say!("{}", serde_json::json!({"path": path, done: versions}));
+    } else {
+        say!("{path}: {which} {done}");
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_argument_has_a_description() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "cofferctl", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn terminal_safe_refuses_escapes_controls_and_binary() {

@@ -16,6 +16,28 @@ pub enum LogFormat {
 /// overrides the default filter (`info`).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, filter);
+}
+
+/// Like [`init_tracing`], but `level` (a level such as `debug`, or
+/// `RUST_LOG`-style directives), when given, replaces `RUST_LOG`.
+///
+/// # Errors
+/// The directives do not parse; the message says why.
+pub fn init_tracing_with_level(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    match level {
+        Some(level) => {
+            let filter = EnvFilter::builder()
+                .parse(level)
+                .map_err(|e| format!("--log-level {level:?}: {e}"))?;
+            install(format, filter);
+        }
+        None => init_tracing(format),
+    }
+    Ok(())
+}
+
+fn install(format: LogFormat, filter: EnvFilter) {
     // Colour only for a person at a terminal; files and log collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()

@@ -6,6 +6,9 @@
 //!   native sidecar's `startupProbe` points here, so the app container starts
 //!   only when its files exist.
 //! - `GET /healthz`: 200 while the process serves.
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]): files written,
+//!   write failures, the applied version of each secret, when the last update
+//!   was applied, reconnects. No value, token or file content.
 //!
 //! The quit endpoint (`quitListen`), bound to a loopback address only, so
 //! that only the pod's own containers reach it:
@@ -74,6 +77,17 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
             }
         }
         (&Method::GET, "/healthz", _) => (StatusCode::OK, "ok\n"),
+        // The probe endpoint only: the quit endpoint is for quitting.
+        (&Method::GET, "/metrics", None) => {
+            let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            return response;
+        }
         (&Method::POST, "/quitquitquit", Some(quit)) => {
             tracing::info!("quit requested over the loopback quit endpoint");
             quit.notify_one();

@@ -9,6 +9,7 @@
 pub mod action;
 pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod render;
 pub mod run;
 pub mod writer;

@@ -38,6 +38,10 @@ struct Cli {
     /// when done). Overrides `exitWhenFileExists` / COFFER_EXIT_WHEN_FILE_EXISTS.
     #[arg(long, value_name = "PATH")]
     exit_when_file_exists: Option<PathBuf>,
+    /// Parse and validate the configuration, then exit: 0 when valid, 64
+    /// (EX_USAGE) when not. Contacts nothing and writes nothing.
+    #[arg(long, conflicts_with = "once")]
+    check_config: bool,
     /// Log format.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
     log_format: Format,
@@ -67,6 +71,14 @@ fn main() -> ExitCode {
     config.allow_non_tmpfs |= cli.allow_non_tmpfs;
     if let Some(path) = cli.exit_when_file_exists.take() {
         config.exit_when_file_exists = Some(path);
+    }
+    if cli.check_config {
+        tracing::info!(
+            config = %cli.config.display(),
+            secrets = config.secrets.len(),
+            "configuration valid"
+        );
+        return ExitCode::SUCCESS;
     }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()

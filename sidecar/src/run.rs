@@ -227,6 +227,7 @@ impl Sidecar {
                     tracing::warn!(error = %error, "watch failed; keeping the last good files")
                 }
             }
+            crate::metrics::reconnect();
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
@@ -284,8 +285,19 @@ impl Sidecar {
                 tracing::debug!(versions = ?changed, "content unchanged; nothing written");
                 proto::ApplyState::Applied
             }
-            Err(_) => proto::ApplyState::Failed,
+            Err(_) => {
+                crate::metrics::write_failure();
+                proto::ApplyState::Failed
+            }
         };
+        if let Ok(outcome) = &result {
+            let files = if outcome.written {
+                outcome.changed.len() + outcome.created.len()
+            } else {
+                0
+            };
+            crate::metrics::applied(files, changed.iter().map(|(p, v)| (p.as_str(), *v)));
+        }
         if result.is_ok() {
             self.current = next;
             if !*self.ready.borrow()

@@ -40,11 +40,12 @@ impl Ctl {
         if !token.exists() {
             std::fs::write(&token, mint(Key::Rsa, namespace, account)).unwrap();
         }
+        // By environment: only the network commands take these flags, and
+        // they take them after the subcommand.
         let mut child = Command::new(binary("cofferctl"))
-            .arg("--broker")
-            .arg(&self.broker)
-            .arg("--token-file")
-            .arg(&token)
+            .env("COFFER_BROKER", &self.broker)
+            .env("COFFER_TOKEN_FILE", &token)
+            .env_remove("COFFER_CA_FILE")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -50,11 +50,12 @@ impl Console {
         std::fs::write(&token_file, mint(Key::Rsa, who.0, who.1)).unwrap();
         let mut command = Command::new(binary("cofferctl"));
         command
+            .arg("console")
             .arg("--broker")
             .arg(&broker.endpoint)
             .arg("--token-file")
             .arg(&token_file)
-            .args(["console", "--listen", "127.0.0.1:0"]);
+            .args(["--listen", "127.0.0.1:0"]);
         let process = Process::spawn(command, dir.path().join("console.log"));
         let until = std::time::Instant::now() + Duration::from_secs(20);
         let url = loop {
@@ -459,11 +460,12 @@ async fn a_wildcard_listen_address_is_refused() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, mint(Key::Rsa, "ops", "admin")).unwrap();
     let output = Command::new(binary("cofferctl"))
+        .arg("console")
         .arg("--broker")
         .arg(&broker.endpoint)
         .arg("--token-file")
         .arg(&token_file)
-        .args(["console", "--listen", "0.0.0.0:0"])
+        .args(["--listen", "0.0.0.0:0"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -44,7 +44,8 @@ async fn delete_undelete_destroy(broker: &BrokerProcess) {
 
     // Without the capability: refused, nothing changes.
     let (code, _, err) = ctl.as_("ops/writer", &["delete", "shop/db"], b"");
-    assert_eq!(code, 1, "{err}");
+    // Exit 4: permission denied.
+    assert_eq!(code, 4, "{err}");
     assert!(err.contains("PermissionDenied"), "{err}");
     assert_eq!(web.get("shop/db").await.unwrap().version(), 2);
 
@@ -77,7 +78,8 @@ async fn list_shows_only_listable_names(broker: &BrokerProcess) {
     assert!(names.contains(&"db") && names.contains(&"api"), "{names:?}");
     // A workload without `list` sees nothing, not even that names exist.
     let (code, out, err) = ctl.as_("shop/web", &["list", "shop"], b"");
-    assert_eq!(code, 1, "{out}{err}");
+    // Exit 4: permission denied.
+    assert_eq!(code, 4, "{out}{err}");
     assert!(err.contains("PermissionDenied"), "{err}");
     assert!(!out.contains("db"));
 }

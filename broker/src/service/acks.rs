@@ -133,6 +133,8 @@ impl Entry {
 #[derive(Default)]
 struct Table {
     by_path: HashMap<String, HashMap<PodKey, Entry>>,
+    /// The last version the broker wrote of each base, and when.
+    published: HashMap<String, (u64, SystemTime)>,
     entries: usize,
     limits: AckLimits,
 }
@@ -224,8 +226,33 @@ impl AckTable {
                 reason,
                 at: now,
             };
+            let published = table.published.get(path.base()).copied();
             let entry = table.entry_for(path.base(), &key, who, now);
+            let repeated = entry
+                .ack
+                .as_ref()
+                .is_some_and(|a| a.version == item.version && a.state == v1::ApplyState::Applied);
+            if let Some((version, at)) = published
+                && version == item.version
+                && state == v1::ApplyState::Applied
+                && !repeated
+            {
+                crate::metrics::propagation(now.duration_since(at).unwrap_or_default());
+            }
             entry.ack = Some(ack);
+        }
+    }
+
+    /// Notes that the broker wrote `version` of `base` now, so each applied
+    /// acknowledgement of it observes `coffer_rollout_propagation_seconds`.
+    /// Bounded like the table: beyond `total` bases, new ones are not noted.
+    pub(super) fn published(&self, base: &str, version: u64) {
+        let mut table = self.lock();
+        let total = table.limits.total;
+        if table.published.len() < total || table.published.contains_key(base) {
+            table
+                .published
+                .insert(base.to_string(), (version, SystemTime::now()));
         }
     }
 
@@ -244,6 +271,7 @@ impl AckTable {
             table: Arc::clone(&self.table),
             key,
             bases,
+            _open: crate::metrics::watch_opened(),
         }
     }
 
@@ -398,6 +426,8 @@ pub(super) struct WatchGuard {
     table: Arc<Mutex<Table>>,
     key: PodKey,
     bases: Vec<String>,
+    /// Counts the stream in `coffer_watch_streams_open`.
+    _open: crate::metrics::WatchOpen,
 }
 
 impl Drop for WatchGuard {

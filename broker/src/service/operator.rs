@@ -226,6 +226,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, "secret written");
+        self.inner.acks.published(path.base(), version);
         self.notify_peers(&path);
         Ok(Response::new(v1::PutSecretResponse { version }))
     }
@@ -279,6 +280,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, key = spec.key.as_deref().unwrap_or(""), "secret rotated");
+        self.inner.acks.published(path.base(), version);
         self.notify_peers(&path);
         Ok(Response::new(v1::RotateSecretResponse { version }))
     }
@@ -304,6 +306,7 @@ impl SecretOperator for Broker {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, from = to, version, "secret rolled back");
+        self.inner.acks.published(path.base(), version);
         self.notify_peers(&path);
         Ok(Response::new(v1::RollbackSecretResponse { version }))
     }

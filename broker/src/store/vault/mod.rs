@@ -336,6 +336,7 @@ impl Inner {
             }
             self.limiter.acquire().await;
             let (client, generation) = self.session.client();
+            crate::metrics::backend_read();
             let error = match f(client).await {
                 Ok(value) => {
                     self.contact_ok();
@@ -353,9 +354,13 @@ impl Inner {
                     if self.session.recover_from_forbidden(generation).await {
                         continue;
                     }
+                    crate::metrics::backend_error("forbidden");
                     return Err(CallError::Forbidden);
                 }
-                Class::Forbidden => return Err(CallError::Forbidden),
+                Class::Forbidden => {
+                    crate::metrics::backend_error("forbidden");
+                    return Err(CallError::Forbidden);
+                }
                 Class::Transient if retries < limits.max_retries => {
                     retries += 1;
                     let pause = backoff.next_delay();
@@ -366,10 +371,12 @@ impl Inner {
                     }
                 }
                 Class::Transient => {
+                    crate::metrics::backend_error("unavailable");
                     self.contact_failed();
                     return Err(CallError::Unavailable(error.to_string()));
                 }
                 Class::Permanent => {
+                    crate::metrics::backend_error("other");
                     let code = match &error {
                         ClientError::APIError { code, .. } => *code,
                         _ => 0,
@@ -630,6 +637,7 @@ impl VaultStore {
             .unwrap_or_else(|p| p.into_inner())
             .fresh(&key, inner.config.cache.ttl)
         {
+            crate::metrics::store_cache("hit");
             return Ok(hit);
         }
         if let Some(missing) = inner
@@ -645,9 +653,11 @@ impl VaultStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&key);
+        crate::metrics::store_cache(if joining { "coalesced" } else { "miss" });
         if let Some(tenant) = tenant.filter(|_| !joining) {
             inner.tenants.acquire(tenant).await.map_err(|_| {
                 tracing::debug!(path, "a caller is over its share of Vault reads");
+                crate::metrics::backend_throttled();
                 StoreError::Throttled
             })?;
         }
@@ -972,6 +982,7 @@ impl VaultStore {
 
 /// The one poller of `path`: reads `current_version` until nobody watches.
 async fn poll_loop(weak: Weak<Inner>, path: String, shutdown: CancellationToken) {
+    let poller = crate::metrics::poller_started();
     loop {
         let interval = {
             let Some(inner) = weak.upgrade() else { return };
@@ -980,7 +991,10 @@ async fn poll_loop(weak: Weak<Inner>, path: String, shutdown: CancellationToken)
                 return;
             }
             match inner.current_version(&path).await {
-                Ok(version) => inner.note_current(&path, version),
+                Ok(version) => {
+                    poller.polled();
+                    inner.note_current(&path, version);
+                }
                 Err(error) => tracing::debug!(path, %error, "polling Vault failed"),
             }
             jittered(inner.config.poll.interval, inner.config.poll.jitter)
