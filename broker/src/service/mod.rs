@@ -57,6 +57,7 @@ struct Inner {
     watches: limits::WatchCounts,
     peers: std::sync::OnceLock<crate::peers::Peers>,
     decisions: DecisionCounts,
+    fanout: stream::FanOut,
 }
 
 /// One incoming call, as the audit trail names it. The request id and the
@@ -168,6 +169,7 @@ impl Broker {
                 watches: limits::WatchCounts::default(),
                 peers: std::sync::OnceLock::new(),
                 decisions: DecisionCounts::default(),
+                fanout: stream::FanOut::default(),
             }),
         }
     }

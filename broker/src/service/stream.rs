@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamMap, wrappers::ReceiverStream, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 
-use super::{Broker, Call, parse_paths, read_reason};
+use super::{Allowed, Broker, Call, parse_paths, read_reason};
 use crate::{
     audit::Outcome,
     auth::{AuthError, WorkloadIdentity},
@@ -98,6 +98,8 @@ impl Broker {
             // A stolen token must not buy the rotations after its expiry.
             let expired = tokio::time::sleep(until_unix(expires_at));
             tokio::pin!(expired);
+            // Per path: the policy generation `watch` was last granted under.
+            let mut granted: Vec<Option<Granted>> = vec![None; paths.len()];
             loop {
                 tokio::select! {
                     // The token's end wins over an update that is ready at
@@ -129,7 +131,8 @@ impl Broker {
                             continue;
                         }
                         let path = &paths[index];
-                        let message = match broker.serve_update(&call, &who, path, version).await {
+                        let granted = &mut granted[index];
+                        let message = match broker.serve_update(&call, &who, path, version, granted).await {
                             Ok(secret) => {
                                 sent[index] = secret.version;
                                 Ok(v1::WatchSecretsResponse {
@@ -190,22 +193,112 @@ impl Broker {
     }
 
     /// Reads one watched path's new version, deciding again under the
-    /// current policy and auditing what is sent.
+    /// current policy and auditing what is sent. The decision is reused while
+    /// the policy is the one it was made under; the version's wire form is
+    /// read once and shared by every stream on the path (see [`FanOut`]).
     async fn serve_update(
         &self,
         call: &Call,
         who: &WorkloadIdentity,
         path: &SecretPath,
         version: u64,
+        granted: &mut Option<Granted>,
     ) -> Result<v1::Secret, ApiError> {
-        let watch = self.authorize(call, who, path, Capability::Watch).await?;
-        let result = self.read(who, path, Some(version)).await;
+        // Taken before deciding: a decision is never filed under a policy
+        // newer than the one it was made with.
+        let policy = self.policy();
+        let watch = match granted {
+            Some(g) if Arc::ptr_eq(&g.policy, &policy) => Allowed {
+                capability: Capability::Watch,
+                rule: g.rule.clone(),
+            },
+            _ => {
+                let watch = self.authorize(call, who, path, Capability::Watch).await?;
+                *granted = Some(Granted {
+                    policy,
+                    rule: watch.rule.clone(),
+                });
+                watch
+            }
+        };
+        let result = match self.inner.fanout.get(path, version) {
+            Some(secret) => Ok(secret),
+            None => self.read(who, path, Some(version)).await.inspect(|secret| {
+                self.inner.fanout.put(path, version, secret);
+            }),
+        };
         let served = result.as_ref().ok().map(|s| s.version);
         self.audit_served(call, who, path, watch, served, read_reason(&result))
             .await?;
         result
     }
 }
+
+/// A watch grant and the policy it was decided under (its generation: the
+/// policy's `Arc`, replaced whole on every change).
+#[derive(Clone)]
+pub(super) struct Granted {
+    policy: Arc<Policy>,
+    rule: String,
+}
+
+/// How long a version's wire form is shared after it was first read: long
+/// enough for one fan-out, short enough that a deleted version is not served
+/// from here for long.
+const FANOUT_TTL: Duration = Duration::from_secs(2);
+
+/// The most paths whose newest version is shared at once.
+const FANOUT_MAX_PATHS: usize = 1024;
+
+/// The newest version of each recently updated path, read once and shared by
+/// every stream that sends it. Values are `v1::Secret`s, whose bytes are
+/// wiped when the last holder drops them.
+#[derive(Default)]
+pub(super) struct FanOut {
+    recent: std::sync::Mutex<
+        std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>,
+    >,
+}
+
+impl FanOut {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>,
+    > {
+        // Entries are inserted whole: a panicking holder leaves no half state.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `path` at `version`, if it was read in the last [`FANOUT_TTL`].
+    fn get(&self, path: &SecretPath, version: u64) -> Option<v1::Secret> {
+        let recent = self.lock();
+        let (v, at, secret) = recent.get(path)?;
+        (*v == version && at.elapsed() < FANOUT_TTL).then(|| (**secret).clone())
+    }
+
+    fn put(&self, path: &SecretPath, version: u64, secret: &v1::Secret) {
+        let mut recent = self.lock();
+        if recent.len() >= FANOUT_MAX_PATHS {
+            recent.retain(|_, (_, at, _)| at.elapsed() < FANOUT_TTL);
+            if recent.len() >= FANOUT_MAX_PATHS {
+                recent.clear();
+            }
+        }
+        match recent.get(path) {
+            // An older version never replaces a newer one.
+            Some((v, _, _)) if *v > version => {}
+            _ => {
+                recent.insert(
+                    path.clone(),
+                    (version, std::time::Instant::now(), Arc::new(secret.clone())),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -350,5 +443,62 @@ mod tests {
         // The next message is the update, not a revocation.
         let update = stream.next().await.unwrap().unwrap();
         assert_eq!(update.secrets[0].version, 2);
+    }
+
+    #[tokio::test]
+    async fn an_update_read_once_reaches_every_watcher_audited_per_stream_under_the_current_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.log");
+        let (broker, token, store) = broker(&audit).await;
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let mut stream = broker
+                .watch_secrets(watch_request(&token))
+                .await
+                .unwrap()
+                .into_inner();
+            stream.next().await.unwrap().unwrap();
+            streams.push(stream);
+        }
+        let put = |value: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                store
+                    .put(
+                        "shop/db",
+                        SecretWrite::new(SecretData::Bytes(SecretBytes::from(value)), ""),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        put(b"v2").await;
+        for stream in &mut streams {
+            let update = stream.next().await.unwrap().unwrap();
+            assert_eq!(update.secrets[0].version, 2);
+        }
+        // Same access under another rule name: the cached grant is not
+        // reused across the policy change.
+        broker.set_policy(Policy::from_yaml(&READS.replace("web-reads", "web-reads-2")).unwrap());
+        put(b"v3").await;
+        for stream in &mut streams {
+            let update = stream.next().await.unwrap().unwrap();
+            assert_eq!(update.secrets[0].version, 3);
+        }
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let served: Vec<(u64, String)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["capability"] == "watch" && r["version"].as_u64() > Some(1))
+            .map(|r| {
+                (
+                    r["version"].as_u64().unwrap(),
+                    r["rule"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let mut expected = vec![(2, "web-reads".to_string()); 3];
+        expected.extend(vec![(3, "web-reads-2".to_string()); 3]);
+        assert_eq!(served, expected);
     }
 }
