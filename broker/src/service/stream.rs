@@ -255,18 +255,14 @@ const FANOUT_MAX_PATHS: usize = 1024;
 /// wiped when the last holder drops them.
 #[derive(Default)]
 pub(super) struct FanOut {
-    recent: std::sync::Mutex<
-        std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>,
-    >,
+    recent: std::sync::Mutex<Recent>,
 }
 
+/// Per path: the version, when it was read, and its wire form.
+type Recent = std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>;
+
 impl FanOut {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
         // Entries are inserted whole: a panicking holder leaves no half state.
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
