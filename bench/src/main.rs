@@ -416,18 +416,9 @@ async fn run_all(
             )));
             continue;
         }
-        let bare = watch_run(&servers.bare, &token, watchers, conns, || {
-            let mut update = v1::WatchSecretsResponse {
-                kind: v1::WatchEventKind::Update as i32,
-                secrets: servers.reply.secret.clone().into_iter().collect(),
-            };
-            for s in &mut update.secrets {
-                s.version += 1;
-            }
-            let _ = servers.updates.send(update);
-            Ok(())
-        })
-        .await?;
+        // The broker first: its streams grow the heap afresh, while the bare
+        // server's may reuse what the broker's freed, so the RSS ratio is
+        // pessimistic for the broker.
         let store = setup.store.clone();
         let coffer = watch_run(&servers.broker, &token, watchers, conns, move || {
             let store = store.clone();
@@ -441,6 +432,18 @@ async fn run_all(
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the rotation thread panicked"))?
+        })
+        .await?;
+        let bare = watch_run(&servers.bare, &token, watchers, conns, || {
+            let mut update = v1::WatchSecretsResponse {
+                kind: v1::WatchEventKind::Update as i32,
+                secrets: servers.reply.secret.clone().into_iter().collect(),
+            };
+            for s in &mut update.secrets {
+                s.version += 1;
+            }
+            let _ = servers.updates.send(update);
+            Ok(())
         })
         .await?;
         rows.push(Row::Watch {
