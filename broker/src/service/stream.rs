@@ -20,7 +20,14 @@ use crate::{
     policy::{Capability, Policy},
 };
 
-pub(super) type WatchResponseStream = ReceiverStream<Result<v1::WatchSecretsResponse, Status>>;
+/// One message of a watch stream.
+type WatchItem = Result<v1::WatchSecretsResponse, Status>;
+
+/// The stream handed to tonic. Items cross the channel boxed: a `Status` is
+/// large, and the channel allocates its slots in blocks of 32 per stream,
+/// so boxing keeps an idle stream's buffer to 32 pointers.
+pub(super) type WatchResponseStream =
+    futures::stream::Map<ReceiverStream<Box<WatchItem>>, fn(Box<WatchItem>) -> WatchItem>;
 
 /// How long from now until the Unix time `at` (zero if it has passed).
 fn until_unix(at: u64) -> Duration {
@@ -87,7 +94,7 @@ impl Broker {
             secrets: snapshot,
         };
         // The channel is new and has room: this cannot fail.
-        let _ = tx.try_send(Ok(first));
+        let _ = tx.try_send(Box::new(Ok(first)));
 
         let broker = self.clone();
         tokio::spawn(async move {
@@ -106,7 +113,7 @@ impl Broker {
                     // the same moment.
                     biased;
                     _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
+                        let _ = tx.send(Box::new(Err(ApiError::ShuttingDown.into()))).await;
                         break;
                     }
                     _ = tx.closed() => break,
@@ -116,13 +123,13 @@ impl Broker {
                             service_account = %who.service_account,
                             "watch closed: the token expired"
                         );
-                        let _ = tx.send(Err(ApiError::from(AuthError::Expired).into())).await;
+                        let _ = tx.send(Box::new(Err(ApiError::from(AuthError::Expired).into()))).await;
                         break;
                     }
                     Ok(()) = policy.changed() => {
                         let current = Arc::clone(&policy.borrow_and_update());
                         if let Err(status) = broker.recheck_watch(&call, &who, &current, paths.iter()).await {
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tx.send(Box::new(Err(status))).await;
                             break;
                         }
                     }
@@ -143,14 +150,15 @@ impl Broker {
                             Err(e) => Err(Status::from(e)),
                         };
                         let failed = message.is_err();
-                        if tx.send(message).await.is_err() || failed {
+                        if tx.send(Box::new(message)).await.is_err() || failed {
                             break;
                         }
                     }
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let unbox: fn(Box<WatchItem>) -> WatchItem = |item| *item;
+        Ok(Response::new(ReceiverStream::new(rx).map(unbox)))
     }
 
     /// After a policy change: is every path of an open watch still readable
