@@ -10,6 +10,9 @@
 //! removing a key revokes every token it signed at the next call.
 //! Failures are never cached here: a token that failed for want of keys may
 //! pass once the keys arrive (TokenReview keeps its own short negative cache).
+//! The cache is split in up to [`CACHE_SHARDS`] LRUs chosen by the digest's
+//! first byte, so lookups from several cores do not queue on one lock; the
+//! bound is split between them (the total never exceeds the capacity).
 
 use std::{
     num::NonZeroUsize,
@@ -24,27 +27,35 @@ use super::{AuthError, Authenticator, BearerToken, Verified, jwt::unix_now};
 /// The default number of cached verifications.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
+/// How many independently locked LRUs the cache is split into.
+pub const CACHE_SHARDS: usize = 16;
+
 /// The SHA-256 of a token: how caches name a token without holding it.
 pub(crate) type TokenDigest = [u8; 32];
 
 /// Wraps an authenticator with a bounded cache of positive answers.
 pub struct CachingAuthenticator {
     inner: Arc<dyn Authenticator>,
-    cache: Mutex<LruCache<TokenDigest, Verified>>,
+    shards: Box<[Mutex<LruCache<TokenDigest, Verified>>]>,
 }
 
 impl CachingAuthenticator {
     /// Caches up to `capacity` answers of `inner`.
     pub fn new(inner: Arc<dyn Authenticator>, capacity: NonZeroUsize) -> Self {
+        let shards = capacity.get().min(CACHE_SHARDS);
+        // At least one entry per shard: `shards <= capacity`.
+        let per_shard = NonZeroUsize::new(capacity.get() / shards).unwrap_or(NonZeroUsize::MIN);
         Self {
             inner,
-            cache: Mutex::new(LruCache::new(capacity)),
+            shards: (0..shards)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
         }
     }
 
     /// How many answers are cached now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
     /// Whether the cache is empty.
@@ -52,17 +63,14 @@ impl CachingAuthenticator {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, LruCache<TokenDigest, Verified>> {
-        // The cache holds no invariant a panicking holder could break: an
-        // entry is inserted whole or not at all.
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The shard that holds `digest` (a SHA-256: its bytes are uniform).
+    fn lock(&self, digest: &TokenDigest) -> MutexGuard<'_, LruCache<TokenDigest, Verified>> {
+        lock(&self.shards[usize::from(digest[0]) % self.shards.len()])
     }
 
     fn lookup(&self, digest: &TokenDigest, now: u64) -> Option<Verified> {
         let hit = {
-            let mut cache = self.lock();
+            let mut cache = self.lock(digest);
             match cache.get(digest) {
                 Some(hit) if hit.expires_at > now => hit.clone(),
                 Some(_) => {
@@ -78,11 +86,21 @@ impl CachingAuthenticator {
                 issuer = %hit.identity.issuer,
                 "cached verification dropped: its key left the key set"
             );
-            self.lock().pop(digest);
+            self.lock(digest).pop(digest);
             return None;
         }
         Some(hit)
     }
+}
+
+fn lock(
+    shard: &Mutex<LruCache<TokenDigest, Verified>>,
+) -> MutexGuard<'_, LruCache<TokenDigest, Verified>> {
+    // The cache holds no invariant a panicking holder could break: an
+    // entry is inserted whole or not at all.
+    shard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The SHA-256 of `token`'s bytes.
@@ -104,7 +122,7 @@ impl Authenticator for CachingAuthenticator {
         crate::metrics::auth_cache(false);
         let verified = self.inner.authenticate(token).await?;
         if verified.expires_at > unix_now() {
-            self.lock().put(key, verified.clone());
+            self.lock(&key).put(key, verified.clone());
         }
         Ok(verified)
     }
@@ -238,11 +256,34 @@ mod tests {
         for sa in ["a-canary-token", "b", "c"] {
             cache.authenticate(&BearerToken::new(sa)).await.unwrap();
         }
-        assert_eq!(cache.len(), 2);
-        let held = cache.lock();
-        for (key, _) in held.iter() {
-            assert_eq!(key.len(), 32);
-            assert!(!key.windows(6).any(|w| w == b"canary"));
+        // Split over two shards of one entry each: never more than two.
+        assert!((1..=2).contains(&cache.len()), "{}", cache.len());
+        for shard in cache.shards.iter() {
+            for (key, _) in lock(shard).iter() {
+                assert_eq!(key.len(), 32);
+                assert!(!key.windows(6).any(|w| w == b"canary"));
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_cache_is_split_into_shards_within_its_bound() {
+        let (inner, cache) = cached(unix_now() + 600, 64);
+        assert_eq!(cache.shards.len(), CACHE_SHARDS);
+        for i in 0..1000 {
+            cache
+                .authenticate(&BearerToken::new(format!("sa-{i}")))
+                .await
+                .unwrap();
+        }
+        let len = cache.len();
+        assert!(len <= 64 && len > CACHE_SHARDS, "{len}");
+        // The newest token is still cached in its shard: no second check.
+        let before = inner.calls.load(Ordering::SeqCst);
+        cache
+            .authenticate(&BearerToken::new("sa-999"))
+            .await
+            .unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), before);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Every RPC follows the same order: identity from the bearer token, paths
 //! validated into [`SecretPath`]s, the policy decision, and only then the
-//! store. Each decision is logged (without values) on target `coffer::decision`.
+//! store. Each decision is logged (without values) on target `coffer::decision`:
+//! every one at `debug`; at `info` only denials and a summary of the counts
+//! per RPC every minute (the audit trail is the per-request record).
 //!
 //! One [`Broker`] serves both gRPC services; each lives in its own file:
 //! `workload.rs` (`SecretBroker`: Get, Watch, Ack), `stream.rs` (the task
@@ -54,19 +56,25 @@ struct Inner {
     limits: RwLock<Limits>,
     watches: limits::WatchCounts,
     peers: std::sync::OnceLock<crate::peers::Peers>,
+    decisions: DecisionCounts,
+    fanout: stream::FanOut,
 }
 
-/// One incoming call, as the audit trail names it.
+/// One incoming call, as the audit trail names it. The request id and the
+/// peer's text are made only when a record is written: with the audit trail
+/// off, an allowed request allocates neither.
 struct Call {
     rpc: &'static str,
-    id: String,
-    peer: Option<String>,
+    given_id: Option<String>,
+    id: std::sync::OnceLock<String>,
+    remote: Option<std::net::SocketAddr>,
+    peer: std::sync::OnceLock<Option<String>>,
 }
 
 impl Call {
-    /// Takes a well-formed `x-request-id` from the caller, or makes one.
+    /// Takes a well-formed `x-request-id` from the caller, or makes one later.
     fn of<T>(request: &Request<T>, rpc: &'static str) -> Self {
-        let id = request
+        let given_id = request
             .metadata()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
@@ -75,12 +83,25 @@ impl Call {
                     && v.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             })
-            .map_or_else(new_request_id, str::to_string);
+            .map(str::to_string);
         Self {
             rpc,
-            id,
-            peer: request.remote_addr().map(|a| a.to_string()),
+            given_id,
+            id: std::sync::OnceLock::new(),
+            remote: request.remote_addr(),
+            peer: std::sync::OnceLock::new(),
         }
+    }
+
+    fn id(&self) -> &str {
+        self.id
+            .get_or_init(|| self.given_id.clone().unwrap_or_else(new_request_id))
+    }
+
+    fn peer(&self) -> Option<&str> {
+        self.peer
+            .get_or_init(|| self.remote.map(|a| a.to_string()))
+            .as_deref()
     }
 
     fn event<'a>(
@@ -92,8 +113,8 @@ impl Call {
         reason: &'a str,
     ) -> AuditEvent<'a> {
         AuditEvent {
-            request_id: &self.id,
-            peer: self.peer.as_deref(),
+            request_id: self.id(),
+            peer: self.peer(),
             identity: who,
             rpc: self.rpc,
             path,
@@ -147,6 +168,8 @@ impl Broker {
                 limits: RwLock::new(Limits::default()),
                 watches: limits::WatchCounts::default(),
                 peers: std::sync::OnceLock::new(),
+                decisions: DecisionCounts::default(),
+                fanout: stream::FanOut::default(),
             }),
         }
     }
@@ -249,6 +272,10 @@ impl Broker {
         version: Option<u64>,
         reason: &str,
     ) -> Result<(), ApiError> {
+        if self.audit_log().is_none() {
+            // No trail: nothing to format.
+            return Ok(());
+        }
         let path = path.to_string();
         let mut event = call.event(
             Some(who),
@@ -335,7 +362,14 @@ impl Broker {
         capability: Capability,
     ) -> Result<Allowed, ApiError> {
         let decision = self.inner.policy.borrow().decide(who, path, capability);
-        log_decision(who, path, capability, call.rpc, &decision);
+        log_decision(
+            &self.inner.decisions,
+            who,
+            path,
+            capability,
+            call.rpc,
+            &decision,
+        );
         match decision {
             Decision::Allow { rule } => Ok(Allowed { capability, rule }),
             denied => {
@@ -381,26 +415,158 @@ pub(super) fn holder(who: &WorkloadIdentity) -> crate::store::Holder {
     }
 }
 
+/// Logs one decision: every one at `debug`, denials at `info`; allowances
+/// are counted and summarized at `info` (see [`DecisionCounts`]).
 fn log_decision(
+    counts: &DecisionCounts,
     who: &WorkloadIdentity,
     path: &SecretPath,
     capability: Capability,
     rpc: &'static str,
     decision: &Decision,
 ) {
-    let (allowed, rule) = (decision.is_allowed(), decision.rule().unwrap_or(""));
-    tracing::info!(
-        target: "coffer::decision",
-        rpc,
-        namespace = %who.namespace,
-        service_account = %who.service_account,
-        pod = who.pod_name.as_deref().unwrap_or(""),
-        path = %path,
-        capability = capability.as_str(),
-        allowed,
-        rule,
-        "policy decision"
-    );
+    let allowed = decision.is_allowed();
+    counts.count(rpc, allowed);
+    let level_enabled = if allowed {
+        tracing::enabled!(target: "coffer::decision", tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(target: "coffer::decision", tracing::Level::INFO)
+    };
+    if !level_enabled {
+        return;
+    }
+    let rule = decision.rule().unwrap_or("");
+    if allowed {
+        tracing::debug!(
+            target: "coffer::decision",
+            rpc,
+            namespace = %who.namespace,
+            service_account = %who.service_account,
+            pod = who.pod_name.as_deref().unwrap_or(""),
+            path = %path,
+            capability = capability.as_str(),
+            allowed,
+            rule,
+            "policy decision"
+        );
+    } else {
+        tracing::info!(
+            target: "coffer::decision",
+            rpc,
+            namespace = %who.namespace,
+            service_account = %who.service_account,
+            pod = who.pod_name.as_deref().unwrap_or(""),
+            path = %path,
+            capability = capability.as_str(),
+            allowed,
+            rule,
+            "policy decision"
+        );
+    }
+}
+
+/// How often the allowed/denied counts are logged at `info`.
+pub const DECISION_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The RPCs whose decisions are counted; any other name counts as `other`.
+const COUNTED_RPCS: [&str; 15] = [
+    "GetSecret",
+    "GetSecrets",
+    "WatchSecrets",
+    "AckSecrets",
+    "PutSecret",
+    "RotateSecret",
+    "RollbackSecret",
+    "ListVersions",
+    "RotationStatus",
+    "DeleteVersions",
+    "UndeleteVersions",
+    "DestroyVersions",
+    "ListSecrets",
+    "NotifyChanged",
+    "other",
+];
+
+/// Allowed and denied decisions per RPC since the last summary: lock-free
+/// counters on the hot path, one `info` line per RPC with decisions when a
+/// summary is due. The summary is written by the first decision after
+/// [`DECISION_SUMMARY_EVERY`] has passed (an idle broker has nothing to say).
+pub(crate) struct DecisionCounts {
+    allowed: [std::sync::atomic::AtomicU64; COUNTED_RPCS.len()],
+    denied: [std::sync::atomic::AtomicU64; COUNTED_RPCS.len()],
+    since: std::time::Instant,
+    /// Milliseconds after `since` when the next summary is due.
+    next_due_ms: std::sync::atomic::AtomicU64,
+    every: std::time::Duration,
+}
+
+impl Default for DecisionCounts {
+    fn default() -> Self {
+        Self::every(DECISION_SUMMARY_EVERY)
+    }
+}
+
+impl DecisionCounts {
+    fn every(every: std::time::Duration) -> Self {
+        Self {
+            allowed: Default::default(),
+            denied: Default::default(),
+            since: std::time::Instant::now(),
+            next_due_ms: std::sync::atomic::AtomicU64::new(duration_ms(every)),
+            every,
+        }
+    }
+
+    fn count(&self, rpc: &'static str, allowed: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let index = COUNTED_RPCS
+            .iter()
+            .position(|name| *name == rpc)
+            .unwrap_or(COUNTED_RPCS.len() - 1);
+        let counter = if allowed {
+            &self.allowed[index]
+        } else {
+            &self.denied[index]
+        };
+        counter.fetch_add(1, Relaxed);
+        let now = duration_ms(self.since.elapsed());
+        let due = self.next_due_ms.load(Relaxed);
+        // One caller wins the summary; the others carry on counting.
+        if now >= due
+            && self
+                .next_due_ms
+                .compare_exchange(due, now + duration_ms(self.every), Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.summarize();
+        }
+    }
+
+    /// Logs and resets the counts: one line per RPC that had decisions.
+    fn summarize(&self) -> Vec<(&'static str, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut lines = Vec::new();
+        for (index, rpc) in COUNTED_RPCS.iter().enumerate() {
+            let allowed = self.allowed[index].swap(0, Relaxed);
+            let denied = self.denied[index].swap(0, Relaxed);
+            if allowed + denied > 0 {
+                tracing::info!(
+                    target: "coffer::decision",
+                    rpc,
+                    allowed,
+                    denied,
+                    period_s = self.every.as_secs(),
+                    "policy decisions summary"
+                );
+                lines.push((*rpc, allowed, denied));
+            }
+        }
+        lines
+    }
+}
+
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Builds the wire form, selecting one key of a map when the path asks.
@@ -445,4 +611,34 @@ fn parse_paths<'a>(
     paths.sort();
     paths.dedup();
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_summary_counts_per_rpc_and_resets() {
+        let counts = DecisionCounts::every(std::time::Duration::from_secs(3600));
+        for _ in 0..3 {
+            counts.count("GetSecret", true);
+        }
+        counts.count("GetSecret", false);
+        counts.count("PutSecret", false);
+        counts.count("NoSuchRpc", true);
+        let lines = counts.summarize();
+        assert_eq!(
+            lines,
+            vec![("GetSecret", 3, 1), ("PutSecret", 0, 1), ("other", 1, 0)]
+        );
+        assert!(counts.summarize().is_empty(), "the counts reset");
+    }
+
+    #[test]
+    fn decision_summary_is_due_once_per_period() {
+        let counts = DecisionCounts::every(std::time::Duration::ZERO);
+        counts.count("GetSecret", true);
+        // The summary ran inside count(): nothing is left to report.
+        assert!(counts.summarize().is_empty());
+    }
 }

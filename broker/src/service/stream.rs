@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamMap, wrappers::ReceiverStream, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 
-use super::{Broker, Call, parse_paths, read_reason};
+use super::{Allowed, Broker, Call, parse_paths, read_reason};
 use crate::{
     audit::Outcome,
     auth::{AuthError, WorkloadIdentity},
@@ -20,7 +20,14 @@ use crate::{
     policy::{Capability, Policy},
 };
 
-pub(super) type WatchResponseStream = ReceiverStream<Result<v1::WatchSecretsResponse, Status>>;
+/// One message of a watch stream.
+type WatchItem = Result<v1::WatchSecretsResponse, Status>;
+
+/// The stream handed to tonic. Items cross the channel boxed: a `Status` is
+/// large, and the channel allocates its slots in blocks of 32 per stream,
+/// so boxing keeps an idle stream's buffer to 32 pointers.
+pub(super) type WatchResponseStream =
+    futures::stream::Map<ReceiverStream<Box<WatchItem>>, fn(Box<WatchItem>) -> WatchItem>;
 
 /// How long from now until the Unix time `at` (zero if it has passed).
 fn until_unix(at: u64) -> Duration {
@@ -91,7 +98,7 @@ impl Broker {
             secrets: snapshot,
         };
         // The channel is new and has room: this cannot fail.
-        let _ = tx.try_send(Ok(first));
+        let _ = tx.try_send(Box::new(Ok(first)));
 
         let broker = self.clone();
         tokio::spawn(async move {
@@ -102,13 +109,15 @@ impl Broker {
             // A stolen token must not buy the rotations after its expiry.
             let expired = tokio::time::sleep(until_unix(expires_at));
             tokio::pin!(expired);
+            // Per path: the policy generation `watch` was last granted under.
+            let mut granted: Vec<Option<Granted>> = vec![None; paths.len()];
             loop {
                 tokio::select! {
                     // The token's end wins over an update that is ready at
                     // the same moment.
                     biased;
                     _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
+                        let _ = tx.send(Box::new(Err(ApiError::ShuttingDown.into()))).await;
                         break;
                     }
                     _ = tx.closed() => break,
@@ -118,13 +127,13 @@ impl Broker {
                             service_account = %who.service_account,
                             "watch closed: the token expired"
                         );
-                        let _ = tx.send(Err(ApiError::from(AuthError::Expired).into())).await;
+                        let _ = tx.send(Box::new(Err(ApiError::from(AuthError::Expired).into()))).await;
                         break;
                     }
                     Ok(()) = policy.changed() => {
                         let current = Arc::clone(&policy.borrow_and_update());
                         if let Err(status) = broker.recheck_watch(&call, &who, &current, paths.iter()).await {
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tx.send(Box::new(Err(status))).await;
                             break;
                         }
                     }
@@ -133,7 +142,8 @@ impl Broker {
                             continue;
                         }
                         let path = &paths[index];
-                        let message = match broker.serve_update(&call, &who, path, version).await {
+                        let granted = &mut granted[index];
+                        let message = match broker.serve_update(&call, &who, path, version, granted).await {
                             Ok(secret) => {
                                 sent[index] = secret.version;
                                 Ok(v1::WatchSecretsResponse {
@@ -144,14 +154,15 @@ impl Broker {
                             Err(e) => Err(Status::from(e)),
                         };
                         let failed = message.is_err();
-                        if tx.send(message).await.is_err() || failed {
+                        if tx.send(Box::new(message)).await.is_err() || failed {
                             break;
                         }
                     }
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let unbox: fn(Box<WatchItem>) -> WatchItem = |item| *item;
+        Ok(Response::new(ReceiverStream::new(rx).map(unbox)))
     }
 
     /// After a policy change: is every path of an open watch still readable
@@ -194,22 +205,113 @@ impl Broker {
     }
 
     /// Reads one watched path's new version, deciding again under the
-    /// current policy and auditing what is sent.
+    /// current policy and auditing what is sent. The decision is reused while
+    /// the policy is the one it was made under; the version's wire form is
+    /// read once and shared by every stream on the path (see [`FanOut`]).
     async fn serve_update(
         &self,
         call: &Call,
         who: &WorkloadIdentity,
         path: &SecretPath,
         version: u64,
+        granted: &mut Option<Granted>,
     ) -> Result<v1::Secret, ApiError> {
-        let watch = self.authorize(call, who, path, Capability::Watch).await?;
-        let result = self.read(who, path, Some(version)).await;
+        // Taken before deciding: a decision is never filed under a policy
+        // newer than the one it was made with.
+        let policy = self.policy();
+        let watch = match granted {
+            Some(g) if Arc::ptr_eq(&g.policy, &policy) => Allowed {
+                capability: Capability::Watch,
+                rule: g.rule.clone(),
+            },
+            _ => {
+                let watch = self.authorize(call, who, path, Capability::Watch).await?;
+                *granted = Some(Granted {
+                    policy,
+                    rule: watch.rule.clone(),
+                });
+                watch
+            }
+        };
+        // A leased path's versions are each holder's own credential: never
+        // shared between streams.
+        let shared = self.inner.store.shared(path.base());
+        let result = match self.inner.fanout.get(path, version).filter(|_| shared) {
+            Some(secret) => Ok(secret),
+            None => self.read(who, path, Some(version)).await.inspect(|secret| {
+                if shared {
+                    self.inner.fanout.put(path, version, secret);
+                }
+            }),
+        };
         let served = result.as_ref().ok().map(|s| s.version);
         self.audit_served(call, who, path, watch, served, read_reason(&result))
             .await?;
         result
     }
 }
+
+/// A watch grant and the policy it was decided under (its generation: the
+/// policy's `Arc`, replaced whole on every change).
+#[derive(Clone)]
+pub(super) struct Granted {
+    policy: Arc<Policy>,
+    rule: String,
+}
+
+/// How long a version's wire form is shared after it was first read: long
+/// enough for one fan-out, short enough that a deleted version is not served
+/// from here for long.
+const FANOUT_TTL: Duration = Duration::from_secs(2);
+
+/// The most paths whose newest version is shared at once.
+const FANOUT_MAX_PATHS: usize = 1024;
+
+/// The newest version of each recently updated path, read once and shared by
+/// every stream that sends it. Values are `v1::Secret`s, whose bytes are
+/// wiped when the last holder drops them.
+#[derive(Default)]
+pub(super) struct FanOut {
+    recent: std::sync::Mutex<Recent>,
+}
+
+/// Per path: the version, when it was read, and its wire form.
+type Recent = std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>;
+
+impl FanOut {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Entries are inserted whole: a panicking holder leaves no half state.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `path` at `version`, if it was read in the last [`FANOUT_TTL`].
+    fn get(&self, path: &SecretPath, version: u64) -> Option<v1::Secret> {
+        let recent = self.lock();
+        let (v, at, secret) = recent.get(path)?;
+        (*v == version && at.elapsed() < FANOUT_TTL).then(|| (**secret).clone())
+    }
+
+    fn put(&self, path: &SecretPath, version: u64, secret: &v1::Secret) {
+        let mut recent = self.lock();
+        if recent.len() >= FANOUT_MAX_PATHS {
+            recent.retain(|_, (_, at, _)| at.elapsed() < FANOUT_TTL);
+            if recent.len() >= FANOUT_MAX_PATHS {
+                recent.clear();
+            }
+        }
+        match recent.get(path) {
+            // An older version never replaces a newer one.
+            Some((v, _, _)) if *v > version => {}
+            _ => {
+                recent.insert(
+                    path.clone(),
+                    (version, std::time::Instant::now(), Arc::new(secret.clone())),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -354,5 +456,149 @@ mod tests {
         // The next message is the update, not a revocation.
         let update = stream.next().await.unwrap().unwrap();
         assert_eq!(update.secrets[0].version, 2);
+    }
+
+    #[tokio::test]
+    async fn an_update_read_once_reaches_every_watcher_audited_per_stream_under_the_current_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.log");
+        let (broker, token, store) = broker(&audit).await;
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let mut stream = broker
+                .watch_secrets(watch_request(&token))
+                .await
+                .unwrap()
+                .into_inner();
+            stream.next().await.unwrap().unwrap();
+            streams.push(stream);
+        }
+        let put = |value: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                store
+                    .put(
+                        "shop/db",
+                        SecretWrite::new(SecretData::Bytes(SecretBytes::from(value)), ""),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        put(b"v2").await;
+        for stream in &mut streams {
+            let update = stream.next().await.unwrap().unwrap();
+            assert_eq!(update.secrets[0].version, 2);
+        }
+        // Same access under another rule name: the cached grant is not
+        // reused across the policy change.
+        broker.set_policy(Policy::from_yaml(&READS.replace("web-reads", "web-reads-2")).unwrap());
+        put(b"v3").await;
+        for stream in &mut streams {
+            let update = stream.next().await.unwrap().unwrap();
+            assert_eq!(update.secrets[0].version, 3);
+        }
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let served: Vec<(u64, String)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["capability"] == "watch" && r["version"].as_u64() > Some(1))
+            .map(|r| {
+                (
+                    r["version"].as_u64().unwrap(),
+                    r["rule"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let mut expected = vec![(2, "web-reads".to_string()); 3];
+        expected.extend(vec![(3, "web-reads-2".to_string()); 3]);
+        assert_eq!(served, expected);
+    }
+
+    /// A store whose every version is each holder's own (as a leased path
+    /// is): the value names the pod it was issued to.
+    struct PerPod(DevStore);
+
+    #[async_trait::async_trait]
+    impl SecretStore for PerPod {
+        async fn get(
+            &self,
+            path: &str,
+            version: Option<u64>,
+        ) -> Result<crate::store::StoredSecret, crate::store::StoreError> {
+            self.0.get(path, version).await
+        }
+        async fn get_held(
+            &self,
+            holder: &crate::store::Holder,
+            path: &str,
+            version: Option<u64>,
+        ) -> Result<crate::store::StoredSecret, crate::store::StoreError> {
+            let mut stored = self.0.get(path, version).await?;
+            let pod = holder.pod.clone().unwrap_or_default();
+            stored.data = SecretData::Bytes(SecretBytes::from(pod.as_bytes()));
+            Ok(stored)
+        }
+        async fn put(
+            &self,
+            path: &str,
+            write: SecretWrite,
+        ) -> Result<u64, crate::store::StoreError> {
+            self.0.put(path, write).await
+        }
+        async fn versions(
+            &self,
+            path: &str,
+        ) -> Result<(u64, Vec<crate::store::VersionInfo>), crate::store::StoreError> {
+            self.0.versions(path).await
+        }
+        fn subscribe(&self, path: &str) -> tokio::sync::watch::Receiver<u64> {
+            self.0.subscribe(path)
+        }
+        fn shared(&self, _path: &str) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_of_a_per_holder_path_is_never_shared_between_pods() {
+        let signer = DevSigner::generate(ISS).unwrap();
+        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
+        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
+        let store = Arc::new(PerPod(DevStore::in_memory()));
+        let write =
+            |v: &'static [u8]| SecretWrite::new(SecretData::Bytes(SecretBytes::from(v)), "");
+        store.put("shop/db", write(b"v1")).await.unwrap();
+        let broker = Broker::new(
+            Arc::new(authn),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        );
+        let mut streams = Vec::new();
+        for pod in ["web-0", "web-1"] {
+            let token = signer
+                .mint("coffer", "shop", "web", Some(pod), Duration::from_secs(600))
+                .unwrap();
+            let mut stream = broker
+                .watch_secrets(watch_request(&token))
+                .await
+                .unwrap()
+                .into_inner();
+            stream.next().await.unwrap().unwrap();
+            streams.push((pod, stream));
+        }
+        store.put("shop/db", write(b"v2")).await.unwrap();
+        // Each pod's value is its own (here: its pod uid), never the one
+        // another stream read first.
+        let mut values = Vec::new();
+        for (_, stream) in &mut streams {
+            let update = stream.next().await.unwrap().unwrap();
+            let secret = update.secrets.into_iter().next().unwrap();
+            match SecretData::try_from(secret.value.unwrap()).unwrap() {
+                SecretData::Bytes(bytes) => values.push(bytes.expose().to_vec()),
+                SecretData::Map(_) => panic!("a map"),
+            }
+        }
+        assert_ne!(values[0], values[1]);
     }
 }

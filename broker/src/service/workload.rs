@@ -14,7 +14,7 @@ use crate::{
 impl SecretBroker for Broker {
     type WatchSecretsStream = WatchResponseStream;
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetSecret"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "GetSecret"))]
     async fn get_secret(
         &self,
         request: Request<v1::GetSecretRequest>,
@@ -34,7 +34,7 @@ impl SecretBroker for Broker {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetSecrets"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "GetSecrets"))]
     async fn get_secrets(
         &self,
         request: Request<v1::GetSecretsRequest>,
@@ -74,7 +74,7 @@ impl SecretBroker for Broker {
         Ok(Response::new(v1::GetSecretsResponse { results }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "WatchSecrets"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "WatchSecrets"))]
     async fn watch_secrets(
         &self,
         request: Request<v1::WatchSecretsRequest>,
@@ -82,7 +82,7 @@ impl SecretBroker for Broker {
         self.open_watch(request).await
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "AckSecrets"))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rpc = "AckSecrets"))]
     async fn ack_secrets(
         &self,
         request: Request<v1::AckSecretsRequest>,

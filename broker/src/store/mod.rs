@@ -190,6 +190,14 @@ pub trait SecretStore: Send + Sync + 'static {
         self.subscribe(path)
     }
 
+    /// Whether every caller reads the same value at a version of `path`, so
+    /// one read may be shared among them (the watch fan-out). `false` for a
+    /// leased path, where each holder has a credential of its own.
+    fn shared(&self, path: &str) -> bool {
+        let _ = path;
+        true
+    }
+
     /// Whether the backend can serve (`true`) or not, updated as it changes;
     /// `None` for stores that are always up. The server reports it on
     /// `grpc.health.v1`.

@@ -723,6 +723,10 @@ impl SecretStore for VaultStore {
         }
     }
 
+    fn shared(&self, path: &str) -> bool {
+        self.inner.leased_mount(path).is_none()
+    }
+
     fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
         match self.inner.leased_mount(path) {
             Some(mount) => self.inner.leased_subscribe(holder, path, &mount),
