@@ -456,7 +456,10 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
                 SecretData::Bytes(SecretBytes::new(std::mem::take(&mut *value)))
             };
             let client = client(broker).await?;
-            let version = client.put(&path, data, &content_type, cas).await?;
+            let put = coffer::Put::new(&path, data)
+                .content_type(content_type)
+                .cas(cas);
+            let version = client.put(put).await?;
             say!("{path}: version {version}");
             if wait.wait {
                 return wait_for_rollout(&client, &path, version, wait.timeout).await;
@@ -470,14 +473,21 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             encoding,
             wait,
         } => {
-            let spec = coffer::proto::RotationSpec {
-                length,
-                alphabet,
-                encoding,
-                key,
-            };
+            let mut rotate = coffer::Rotate::new(&path);
+            if let Some(length) = length {
+                rotate = rotate.length(length);
+            }
+            if let Some(alphabet) = alphabet {
+                rotate = rotate.alphabet(alphabet);
+            }
+            if let Some(encoding) = encoding {
+                rotate = rotate.encoding(encoding.parse()?);
+            }
+            if let Some(key) = key {
+                rotate = rotate.key(key);
+            }
             let client = client(broker).await?;
-            let version = client.rotate(&path, Some(spec)).await?;
+            let version = client.rotate(rotate).await?;
             say!("{path}: rotated to version {version}");
             if wait.wait {
                 return wait_for_rollout(&client, &path, version, wait.timeout).await;
@@ -508,15 +518,13 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             out.write_all(&text)?;
         }
         Command::Versions { path } => {
-            let list = client(broker).await?.list_versions(&path).await?;
-            say!("current version: {}", list.current_version);
+            let list = client(broker).await?.versions(&path).await?;
+            say!("current version: {}", list.current);
             for v in list.versions {
-                let state = if v.destroyed {
-                    "destroyed"
-                } else if v.deleted {
-                    "deleted"
-                } else {
-                    "live"
+                let state = match v.state {
+                    coffer::VersionState::Destroyed => "destroyed",
+                    coffer::VersionState::Deleted => "deleted",
+                    _ => "live",
                 };
                 say!(
                     "  v{:<6} {state}  created {}",
@@ -565,7 +573,7 @@ async fn run(broker: &BrokerArgs, command: Command) -> anyhow::Result<ExitCode> 
             say!("{path}: version {to_version} is current again as version {version}");
         }
         Command::Status { path, output } => {
-            let status = client(broker).await?.rotation_status(&path).await?;
+            let status = client(broker).await?.status(&path).await?;
             if output == "json" {
                 say!("{}", status_json(&path, &status));
             } else {
@@ -739,21 +747,16 @@ fn json_map(text: &[u8]) -> anyhow::Result<SecretData> {
     ))
 }
 
-fn state_name(state: i32) -> &'static str {
-    match coffer::proto::ApplyState::try_from(state) {
-        Ok(coffer::proto::ApplyState::Applied) => "applied",
-        Ok(coffer::proto::ApplyState::Failed) => "failed",
-        Ok(coffer::proto::ApplyState::Pending) => "pending",
-        _ => "unknown",
-    }
+fn state_name(state: coffer::ApplyState) -> &'static str {
+    state.as_str()
 }
 
-fn took(d: Option<&prost_types::Duration>) -> Option<Duration> {
-    d.and_then(|d| Duration::try_from(*d).ok())
+fn took(d: Option<&Duration>) -> Option<Duration> {
+    d.copied()
 }
 
 /// `status`: the summary line, then one line per workload.
-fn print_status(path: &str, status: &coffer::proto::RotationStatusResponse) {
+fn print_status(path: &str, status: &coffer::RotationStatus) {
     say!(
         "{path}: version {}: {}/{} applied ({} failed, {} pending)",
         status.current_version,
@@ -794,7 +797,7 @@ fn print_status(path: &str, status: &coffer::proto::RotationStatusResponse) {
     }
 }
 
-fn status_json(path: &str, status: &coffer::proto::RotationStatusResponse) -> serde_json::Value {
+fn status_json(path: &str, status: &coffer::RotationStatus) -> serde_json::Value {
     let workloads: Vec<serde_json::Value> = status
         .workloads
         .iter()
@@ -843,7 +846,7 @@ async fn wait_for_rollout(
     bar.set_message(format!("{path} v{version}"));
     let until = tokio::time::Instant::now() + timeout;
     loop {
-        let status = client.rotation_status(path).await?;
+        let status = client.status(path).await?;
         bar.set_length(u64::from(status.expected));
         bar.set_position(u64::from(status.applied));
         let current = status.current_version == version;

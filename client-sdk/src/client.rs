@@ -17,9 +17,8 @@ use tonic::{
 use zeroize::Zeroizing;
 
 use crate::{
-    WatchStream,
     Applied, Error, Put, RetryPolicy, Rotate, RotationStatus, Secret, TokenSource, VersionAction,
-    Versions,
+    Versions, WatchStream,
     env::{self, Env},
 };
 
@@ -367,11 +366,10 @@ impl Client {
     pub async fn get_version(&self, path: &str, version: Option<u64>) -> Result<Secret, Error> {
         let response = self
             .read(|| async {
-                let request = self
-                    .request(v1::GetSecretRequest {
-                        path: path.to_string(),
-                        version,
-                    })?;
+                let request = self.request(v1::GetSecretRequest {
+                    path: path.to_string(),
+                    version,
+                })?;
                 Ok(self.broker.clone().get_secret(request).await?)
             })
             .await?
@@ -529,11 +527,9 @@ impl Client {
     pub async fn list_secrets(&self, folder: &str) -> Result<Vec<String>, Error> {
         let names = self
             .read(|| async {
-                let request = self
-                    .request(v1::ListSecretsRequest {
-                        path: folder.to_string(),
-                    })
-?;
+                let request = self.request(v1::ListSecretsRequest {
+                    path: folder.to_string(),
+                })?;
                 Ok(self.operator.clone().list_secrets(request).await?)
             })
             .await?;
@@ -579,11 +575,9 @@ impl Client {
     pub async fn versions(&self, path: &str) -> Result<Versions, Error> {
         let response = self
             .read(|| async {
-                let request = self
-                    .request(v1::ListVersionsRequest {
-                        path: path.to_string(),
-                    })
-?;
+                let request = self.request(v1::ListVersionsRequest {
+                    path: path.to_string(),
+                })?;
                 Ok(self.operator.clone().list_versions(request).await?)
             })
             .await?;
@@ -605,12 +599,10 @@ impl Client {
     async fn status_of(&self, path: &str, local_only: bool) -> Result<RotationStatus, Error> {
         let response = self
             .read(|| async {
-                let request = self
-                    .request(v1::RotationStatusRequest {
-                        path: path.to_string(),
-                        local_only,
-                    })
-?;
+                let request = self.request(v1::RotationStatusRequest {
+                    path: path.to_string(),
+                    local_only,
+                })?;
                 Ok(self.operator.clone().rotation_status(request).await?)
             })
             .await?;

@@ -167,8 +167,7 @@ impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         // tonic reports its own client-side timeout as CANCELLED "Timeout
         // expired"; callers asked for a deadline, so say so.
-        if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired")
-        {
+        if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") {
             return Self::DeadlineExceeded(status.message().to_string());
         }
         Self::from_code(Code::from(status.code()), status.message().to_string())

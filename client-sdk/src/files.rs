@@ -75,7 +75,9 @@ impl FileSecret {
 
     /// The file as text (UTF-8), in a zeroizing string.
     pub fn read_str(&self) -> Result<SecretString, Error> {
-        Ok(SecretString::from(self.as_secret()?.expose_str()?.to_string()))
+        Ok(SecretString::from(
+            self.as_secret()?.expose_str()?.to_string(),
+        ))
     }
 
     /// The file decoded as JSON into `T`; errors say where, never what.
@@ -97,13 +99,14 @@ impl FileSecret {
     /// yielded: [`Self::read`] it first.
     pub fn watch(&self) -> Result<FileWatch, Error> {
         let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                // A full channel already holds a wake-up: nothing is lost.
-                let _ = tx.try_send(());
-            }
-        })
-        .map_err(notify_error)?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    // A full channel already holds a wake-up: nothing is lost.
+                    let _ = tx.try_send(());
+                }
+            })
+            .map_err(notify_error)?;
         watcher
             .watch(&self.dir, notify::RecursiveMode::NonRecursive)
             .map_err(notify_error)?;

@@ -383,9 +383,7 @@ impl From<v1::RotationStatusResponse> for RotationStatus {
                     state: ApplyState::from_wire(w.state),
                     reason: w.reason,
                     watching: w.watching,
-                    acknowledged_at: w
-                        .acknowledged_at
-                        .and_then(|t| SystemTime::try_from(t).ok()),
+                    acknowledged_at: w.acknowledged_at.and_then(|t| SystemTime::try_from(t).ok()),
                     time_to_apply: w.time_to_apply.and_then(|d| Duration::try_from(d).ok()),
                 })
                 .collect(),

@@ -56,7 +56,9 @@ impl Secret {
     /// Borrowed from the zeroizing buffer; copy it only into a zeroizing
     /// type (`secrecy::SecretString`).
     pub fn expose_str(&self) -> Result<&str, Error> {
-        let bytes = self.bytes().ok_or_else(|| self.decode_error("a single value", 0, 0))?;
+        let bytes = self
+            .bytes()
+            .ok_or_else(|| self.decode_error("a single value", 0, 0))?;
         std::str::from_utf8(bytes).map_err(|_| self.decode_error("UTF-8 text", 0, 0))
     }
 
@@ -76,12 +78,13 @@ impl Secret {
                         .map_err(|_| self.decode_error("a map of UTF-8 values", 0, 0))?;
                     fields.push((key.as_str(), text));
                 }
-                let deserializer = serde::de::value::MapDeserializer::<
-                    _,
-                    serde::de::value::Error,
-                >::new(fields.into_iter());
-                T::deserialize(deserializer)
-                    .map_err(|_| self.decode_error("a map with the fields of the requested type", 0, 0))
+                let deserializer =
+                    serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(
+                        fields.into_iter(),
+                    );
+                T::deserialize(deserializer).map_err(|_| {
+                    self.decode_error("a map with the fields of the requested type", 0, 0)
+                })
             }
         }
     }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use coffer::{Client, Code, Secret, SecretBytes, SecretData, TokenSource, proto};
+use coffer::{Applied, ApplyState, Client, Code, Secret, SecretBytes, SecretData, TokenSource};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -236,7 +236,7 @@ impl Sidecar {
     }
 
     async fn watch_once(&mut self, backoff: &mut Backoff) -> Result<(), SidecarError> {
-        let mut stream = self.client.watch(self.config.paths()).await?;
+        let mut stream = self.client.watch_once(self.config.paths()).await?;
         tracing::info!(paths = self.config.secrets.len(), "watching");
         while let Some(event) = stream.next().await {
             let event = event?;
@@ -278,13 +278,13 @@ impl Sidecar {
                 if let Some(actions) = &self.actions {
                     actions.notify(&outcome.changed);
                 }
-                proto::ApplyState::Applied
+                ApplyState::Applied
             }
             Ok(_) => {
                 tracing::debug!(versions = ?changed, "content unchanged; nothing written");
-                proto::ApplyState::Applied
+                ApplyState::Applied
             }
-            Err(_) => proto::ApplyState::Failed,
+            Err(_) => ApplyState::Failed,
         };
         if result.is_ok() {
             self.current = next;
@@ -305,10 +305,10 @@ impl Sidecar {
         };
         let acks = changed
             .into_iter()
-            .map(|(path, version)| proto::AppliedVersion {
+            .map(|(path, version)| Applied {
                 path,
                 version,
-                state: state as i32,
+                state,
                 reason: reason.clone(),
             })
             .collect();
