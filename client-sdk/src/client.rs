@@ -454,6 +454,13 @@ impl Client {
         self.retry
     }
 
+    /// The broker refused the token: a token file is read again on next
+    /// use. Returns whether there is a file to read (a fixed token cannot
+    /// change).
+    pub(crate) fn token_refused(&self) -> bool {
+        self.token.refused()
+    }
+
     /// After `UNAUTHENTICATED`, the next call reads the token file again.
     fn refused(&self, status: &tonic::Status) {
         if status.code() == tonic::Code::Unauthenticated {

@@ -10,29 +10,29 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The path, or the version asked for, does not exist.
-    #[error("not found: {0}")]
+    #[error("broker answered NotFound: {0}")]
     NotFound(String),
     /// The policy does not allow this caller to do this.
-    #[error("permission denied: {0}")]
+    #[error("broker answered PermissionDenied: {0}")]
     PermissionDenied(String),
     /// The token is missing, malformed, expired or not trusted.
-    #[error("unauthenticated: {0}")]
+    #[error("broker answered Unauthenticated: {0}")]
     Unauthenticated(String),
     /// The request is malformed (e.g. an invalid path).
-    #[error("invalid argument: {0}")]
+    #[error("broker answered InvalidArgument: {0}")]
     InvalidArgument(String),
     /// The broker (or its backend) cannot be reached now; worth retrying.
-    #[error("unavailable: {0}")]
+    #[error("broker answered Unavailable: {0}")]
     Unavailable(String),
     /// A limit was hit (too many watches, too many requests).
-    #[error("resource exhausted: {0}")]
+    #[error("broker answered ResourceExhausted: {0}")]
     ResourceExhausted(String),
     /// A check-and-set write found another version than the one expected,
     /// or the operation does not apply in the secret's current state.
-    #[error("failed precondition: {0}")]
+    #[error("broker answered FailedPrecondition: {0}")]
     FailedPrecondition(String),
     /// The call took longer than the configured timeout.
-    #[error("deadline exceeded: {0}")]
+    #[error("broker answered DeadlineExceeded: {0}")]
     DeadlineExceeded(String),
     /// Any other status the broker answered with.
     #[error("broker answered {code:?}: {message}")]
@@ -253,11 +253,20 @@ mod tests {
     #[test]
     fn each_broker_status_becomes_its_kind_and_keeps_its_code() {
         for (code, check) in [
-            (tonic::Code::NotFound, "not found"),
-            (tonic::Code::PermissionDenied, "permission denied"),
-            (tonic::Code::Unauthenticated, "unauthenticated"),
-            (tonic::Code::InvalidArgument, "invalid argument"),
-            (tonic::Code::Unavailable, "unavailable"),
+            (tonic::Code::NotFound, "broker answered NotFound"),
+            (
+                tonic::Code::PermissionDenied,
+                "broker answered PermissionDenied",
+            ),
+            (
+                tonic::Code::Unauthenticated,
+                "broker answered Unauthenticated",
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "broker answered InvalidArgument",
+            ),
+            (tonic::Code::Unavailable, "broker answered Unavailable"),
         ] {
             let error = Error::from(tonic::Status::new(code, "m"));
             assert_eq!(error.code(), Some(Code::from(code)));

@@ -149,9 +149,9 @@ impl State {
     /// `None`, or ends the watch and returns the error to yield.
     async fn after(&mut self, error: Error) -> Option<Error> {
         let next = match &error {
-            Error::Unauthenticated(_) if !self.token_reread => {
-                // The stream already told the token source to read the file
-                // again; a fixed token will be refused again, once.
+            // Read the token file again and reconnect at once; a fixed
+            // token cannot change, so its refusal ends the watch.
+            Error::Unauthenticated(_) if !self.token_reread && self.client.token_refused() => {
                 self.token_reread = true;
                 Next::Now
             }

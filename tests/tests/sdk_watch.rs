@@ -132,3 +132,39 @@ async fn a_watch_on_a_path_without_watch_rights_is_permission_denied() {
     };
     assert!(matches!(error, Error::PermissionDenied(_)), "{error:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_reconnects_with_a_refreshed_token_file() {
+    // No leeway: the first token is worthless the moment it expires.
+    let broker = BrokerProcess::start_with(POLICY, &["--leeway", "0"]);
+    broker.put_bytes("shop/db", b"v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let short = coffer_tests::mint_claims(
+        Key::Ec,
+        &coffer_broker::auth::jwt::ProjectedClaims::projected(
+            coffer_tests::ISSUER,
+            coffer_tests::AUDIENCE,
+            "shop",
+            "web",
+            Some("web-0"),
+            Duration::from_secs(3),
+        ),
+    );
+    std::fs::write(&token_file, short).unwrap();
+    let web = Client::builder(broker.endpoint.clone())
+        .token(TokenSource::file(&token_file))
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = web.watch(["shop/db"]).await.unwrap();
+    assert_eq!(next(&mut watch).await.1, vec![("shop/db".to_string(), 1)]);
+
+    // The kubelet refreshes the token; the old one expires; a change comes.
+    let tmp = dir.path().join("token.tmp");
+    std::fs::write(&tmp, mint(Key::Ec, "shop", "web")).unwrap();
+    std::fs::rename(&tmp, &token_file).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    broker.put_bytes("shop/db", b"v2").await;
+    assert_eq!(next(&mut watch).await.1, vec![("shop/db".to_string(), 2)]);
+}
