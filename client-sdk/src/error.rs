@@ -78,7 +78,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A value could not be decoded as asked ([`crate::Secret::get_json`],
+    /// A value could not be decoded as asked ([`crate::Secret::json`],
     /// [`crate::Secret::expose_str`]). Says where, never what: the value's
     /// text is not quoted.
     #[error("the value of {path} is not {expected} (line {line}, column {column})")]

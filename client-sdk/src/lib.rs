@@ -38,7 +38,7 @@
 //! ([`ClientBuilder::ca_file`], [`ClientBuilder::ca_pem`]; without one the
 //! system roots are used), a TLS server name, timeouts, a [`RetryPolicy`]
 //! and a [`TokenSource`]. [`Client::from_env`] reads the same variables as
-//! the sidecar and `cofferctl` ([`env`]).
+//! the sidecar and `cofferctl` ([`mod@env`]).
 //!
 //! # Transport
 //!
