@@ -68,42 +68,8 @@ impl SidecarError {
     }
 }
 
-/// Exponential backoff with jitter, as every reconnecting client should have.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubles up to `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            next: base,
-            base,
-            max,
-        }
-    }
-
-    /// The next delay: between half and all of the current step.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter only spreads reconnects out; it need not be unpredictable.
-        let seed = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            Instant::now(),
-        );
-        let fraction = 0.5 + (seed % 1000) as f64 / 2000.0;
-        step.mul_f64(fraction)
-    }
-
-    /// Back to the first step after a success.
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-}
+/// The SDK's backoff: one for every reconnecting loop.
+pub use coffer::Backoff;
 
 /// A running sidecar.
 #[derive(Debug)]
