@@ -370,7 +370,11 @@ impl Client {
                     path: path.to_string(),
                     version,
                 })?;
-                Ok(self.broker.clone().get_secret(request).await?)
+                self.broker
+                    .clone()
+                    .get_secret(request)
+                    .await
+                    .map_err(Error::status)
             })
             .await?
             .into_inner();
@@ -399,7 +403,8 @@ impl Client {
             .clone()
             .get_secrets(request)
             .await
-            .inspect_err(|status| self.refused(status))?
+            .inspect_err(|status| self.refused(status))
+            .map_err(Error::status)?
             .into_inner();
         Ok(response
             .results
@@ -441,7 +446,8 @@ impl Client {
             .clone()
             .watch_secrets(request)
             .await
-            .inspect_err(|status| self.refused(status))?
+            .inspect_err(|status| self.refused(status))
+            .map_err(Error::status)?
             .into_inner();
         Ok(SecretStream {
             inner,
@@ -473,7 +479,11 @@ impl Client {
         let request = self.request(v1::AckSecretsRequest {
             applied: applied.into_iter().map(Into::into).collect(),
         })?;
-        self.broker.clone().ack_secrets(request).await?;
+        self.broker
+            .clone()
+            .ack_secrets(request)
+            .await
+            .map_err(Error::status)?;
         Ok(())
     }
 
@@ -491,7 +501,8 @@ impl Client {
             .operator
             .clone()
             .put_secret(request)
-            .await?
+            .await
+            .map_err(Error::status)?
             .into_inner()
             .version)
     }
@@ -504,7 +515,8 @@ impl Client {
             .operator
             .clone()
             .rotate_secret(request)
-            .await?
+            .await
+            .map_err(Error::status)?
             .into_inner()
             .version)
     }
@@ -523,9 +535,18 @@ impl Client {
         })?;
         let mut operator = self.operator.clone();
         match action {
-            VersionAction::Delete => operator.delete_versions(request).await?,
-            VersionAction::Undelete => operator.undelete_versions(request).await?,
-            VersionAction::Destroy => operator.destroy_versions(request).await?,
+            VersionAction::Delete => operator
+                .delete_versions(request)
+                .await
+                .map_err(Error::status)?,
+            VersionAction::Undelete => operator
+                .undelete_versions(request)
+                .await
+                .map_err(Error::status)?,
+            VersionAction::Destroy => operator
+                .destroy_versions(request)
+                .await
+                .map_err(Error::status)?,
         };
         Ok(())
     }
@@ -537,7 +558,11 @@ impl Client {
                 let request = self.request(v1::ListSecretsRequest {
                     path: folder.to_string(),
                 })?;
-                Ok(self.operator.clone().list_secrets(request).await?)
+                self.operator
+                    .clone()
+                    .list_secrets(request)
+                    .await
+                    .map_err(Error::status)
             })
             .await?;
         Ok(names.into_inner().names)
@@ -558,7 +583,11 @@ impl Client {
         let request = self.request(v1::NotifyChangedRequest {
             path: path.to_string(),
         })?;
-        self.operator.clone().notify_changed(request).await?;
+        self.operator
+            .clone()
+            .notify_changed(request)
+            .await
+            .map_err(Error::status)?;
         Ok(())
     }
 
@@ -573,7 +602,8 @@ impl Client {
             .operator
             .clone()
             .rollback_secret(request)
-            .await?
+            .await
+            .map_err(Error::status)?
             .into_inner()
             .version)
     }
@@ -585,7 +615,11 @@ impl Client {
                 let request = self.request(v1::ListVersionsRequest {
                     path: path.to_string(),
                 })?;
-                Ok(self.operator.clone().list_versions(request).await?)
+                self.operator
+                    .clone()
+                    .list_versions(request)
+                    .await
+                    .map_err(Error::status)
             })
             .await?;
         Ok(response.into_inner().into())
@@ -610,7 +644,11 @@ impl Client {
                     path: path.to_string(),
                     local_only,
                 })?;
-                Ok(self.operator.clone().rotation_status(request).await?)
+                self.operator
+                    .clone()
+                    .rotation_status(request)
+                    .await
+                    .map_err(Error::status)
             })
             .await?;
         Ok(response.into_inner().into())
@@ -661,11 +699,13 @@ impl Stream for SecretStream {
             item.map(|result| {
                 // A watch ends UNAUTHENTICATED when its token expires: the
                 // reconnect must present the refreshed token, not this one.
-                let message = result.inspect_err(|status| {
-                    if status.code() == tonic::Code::Unauthenticated {
-                        token.refused();
-                    }
-                })?;
+                let message = result
+                    .inspect_err(|status| {
+                        if status.code() == tonic::Code::Unauthenticated {
+                            token.refused();
+                        }
+                    })
+                    .map_err(Error::status)?;
                 let kind = match message.kind() {
                     v1::WatchEventKind::Snapshot => WatchEventKind::Snapshot,
                     v1::WatchEventKind::Update => WatchEventKind::Update,

@@ -163,14 +163,19 @@ impl Error {
     }
 }
 
-impl From<tonic::Status> for Error {
-    fn from(status: tonic::Status) -> Self {
+impl Error {
+    /// The error for a status the broker (or tonic) answered with. Not a
+    /// `From` impl: tonic's types stay out of the public API.
+    pub(crate) fn status(status: tonic::Status) -> Self {
         // tonic reports its own client-side timeout as CANCELLED "Timeout
         // expired"; callers asked for a deadline, so say so.
         if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") {
             return Self::DeadlineExceeded(status.message().to_string());
         }
-        Self::from_code(Code::from(status.code()), status.message().to_string())
+        Self::from_code(
+            Code::from_tonic(status.code()),
+            status.message().to_string(),
+        )
     }
 }
 
@@ -217,12 +222,10 @@ pub enum Code {
 impl Code {
     /// The code for a `google.rpc.Code` number; unknown numbers are `Unknown`.
     pub fn from_i32(number: i32) -> Self {
-        Self::from(tonic::Code::from_i32(number))
+        Self::from_tonic(tonic::Code::from_i32(number))
     }
-}
 
-impl From<tonic::Code> for Code {
-    fn from(code: tonic::Code) -> Self {
+    fn from_tonic(code: tonic::Code) -> Self {
         use tonic::Code as T;
         match code {
             T::Ok => Self::Ok,
@@ -268,11 +271,11 @@ mod tests {
             ),
             (tonic::Code::Unavailable, "broker answered Unavailable"),
         ] {
-            let error = Error::from(tonic::Status::new(code, "m"));
-            assert_eq!(error.code(), Some(Code::from(code)));
+            let error = Error::status(tonic::Status::new(code, "m"));
+            assert_eq!(error.code(), Some(Code::from_tonic(code)));
             assert!(error.to_string().starts_with(check), "{error}");
         }
-        let other = Error::from(tonic::Status::new(tonic::Code::DataLoss, "m"));
+        let other = Error::status(tonic::Status::new(tonic::Code::DataLoss, "m"));
         assert_eq!(other.code(), Some(Code::DataLoss));
     }
 }
