@@ -136,8 +136,8 @@ impl Peers {
         let asks = self.clients.iter().map(|(url, client)| {
             let client = client.with_token(TokenSource::from_static(token.to_string()));
             async move {
-                match client.rotation_status_of(path, true).await {
-                    Ok(status) => Some(status),
+                match client.status_local(path).await {
+                    Ok(status) => Some(v1::RotationStatusResponse::from(status)),
                     Err(error) => {
                         tracing::warn!(peer = %url, path, %error, "peer did not answer RotationStatus");
                         None

@@ -130,15 +130,12 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if let coffer::Error::Token { .. } = error {
         return EXIT_UNAUTHENTICATED;
     }
-    if let coffer::Error::Connect(_) = error {
-        return EXIT_UNAVAILABLE;
-    }
     match error.code() {
-        Some(tonic::Code::NotFound) => EXIT_NOT_FOUND,
-        Some(tonic::Code::PermissionDenied) => EXIT_PERMISSION_DENIED,
-        Some(tonic::Code::Unauthenticated) => EXIT_UNAUTHENTICATED,
-        Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => EXIT_UNAVAILABLE,
-        Some(tonic::Code::InvalidArgument) => EXIT_USAGE,
+        Some(coffer::Code::NotFound) => EXIT_NOT_FOUND,
+        Some(coffer::Code::PermissionDenied) => EXIT_PERMISSION_DENIED,
+        Some(coffer::Code::Unauthenticated) => EXIT_UNAUTHENTICATED,
+        Some(coffer::Code::Unavailable | coffer::Code::DeadlineExceeded) => EXIT_UNAVAILABLE,
+        Some(coffer::Code::InvalidArgument) => EXIT_USAGE,
         _ => 1,
     }
 }
@@ -663,7 +660,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 SecretData::Bytes(SecretBytes::new(std::mem::take(&mut *value)))
             };
             let client = client(&broker).await?;
-            let version = client.put(&path, data, &content_type, cas).await?;
+            let put = coffer::Put::new(&path, data)
+                .content_type(content_type)
+                .cas(cas);
+            let version = client.put(put).await?;
             if json_output() {
                 say!("{}", serde_json::json!({"path": path, "version": version}));
             } else {
@@ -682,14 +682,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             wait,
             broker,
         } => {
-            let spec = coffer::proto::RotationSpec {
-                length,
-                alphabet,
-                encoding,
-                key,
-            };
+            let mut rotate = coffer::Rotate::new(&path);
+            if let Some(length) = length {
+                rotate = rotate.length(length);
+            }
+            if let Some(alphabet) = alphabet {
+                rotate = rotate.alphabet(alphabet);
+            }
+            if let Some(encoding) = encoding {
+                rotate = rotate.encoding(encoding.parse()?);
+            }
+            if let Some(key) = key {
+                rotate = rotate.key(key);
+            }
             let client = client(&broker).await?;
-            let version = client.rotate(&path, Some(spec)).await?;
+            let version = client.rotate(rotate).await?;
             if json_output() {
                 say!("{}", serde_json::json!({"path": path, "version": version}));
             } else {
@@ -732,7 +739,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             out.write_all(&text)?;
         }
         Command::Versions { path, broker } => {
-            let list = client(&broker).await?.list_versions(&path).await?;
+            let list = client(&broker).await?.versions(&path).await?;
             if json_output() {
                 let versions: Vec<serde_json::Value> = list
                     .versions
@@ -740,8 +747,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|v| {
                         serde_json::json!({
                             "version": v.version,
-                            "deleted": v.deleted,
-                            "destroyed": v.destroyed,
+                            "deleted": v.state == coffer::VersionState::Deleted,
+                            "destroyed": v.state == coffer::VersionState::Destroyed,
                             "createdAt": timestamp(v.created_at),
                         })
                     })
@@ -750,20 +757,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "{}",
                     serde_json::json!({
                         "path": path,
-                        "currentVersion": list.current_version,
+                        "currentVersion": list.current,
                         "versions": versions,
                     })
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            say!("current version: {}", list.current_version);
+            say!("current version: {}", list.current);
             for v in list.versions {
-                let state = if v.destroyed {
-                    "destroyed"
-                } else if v.deleted {
-                    "deleted"
-                } else {
-                    "live"
+                let state = match v.state {
+                    coffer::VersionState::Destroyed => "destroyed",
+                    coffer::VersionState::Deleted => "deleted",
+                    _ => "live",
                 };
                 say!(
                     "  v{:<6} {state}  created {}",
@@ -840,7 +845,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status { path, broker } => {
-            let status = client(&broker).await?.rotation_status(&path).await?;
+            let status = client(&broker).await?.status(&path).await?;
             if json_output() {
                 say!("{}", status_json(&path, &status));
             } else {
@@ -1083,21 +1088,16 @@ fn json_map(text: &[u8]) -> anyhow::Result<SecretData> {
     ))
 }
 
-fn state_name(state: i32) -> &'static str {
-    match coffer::proto::ApplyState::try_from(state) {
-        Ok(coffer::proto::ApplyState::Applied) => "applied",
-        Ok(coffer::proto::ApplyState::Failed) => "failed",
-        Ok(coffer::proto::ApplyState::Pending) => "pending",
-        _ => "unknown",
-    }
+fn state_name(state: coffer::ApplyState) -> &'static str {
+    state.as_str()
 }
 
-fn took(d: Option<&prost_types::Duration>) -> Option<Duration> {
-    d.and_then(|d| Duration::try_from(*d).ok())
+fn took(d: Option<&Duration>) -> Option<Duration> {
+    d.copied()
 }
 
 /// `status`: the summary line, then one line per workload.
-fn print_status(path: &str, status: &coffer::proto::RotationStatusResponse) {
+fn print_status(path: &str, status: &coffer::RotationStatus) {
     say!(
         "{path}: version {}: {}/{} applied ({} failed, {} pending)",
         status.current_version,
@@ -1138,7 +1138,7 @@ fn print_status(path: &str, status: &coffer::proto::RotationStatusResponse) {
     }
 }
 
-fn status_json(path: &str, status: &coffer::proto::RotationStatusResponse) -> serde_json::Value {
+fn status_json(path: &str, status: &coffer::RotationStatus) -> serde_json::Value {
     let workloads: Vec<serde_json::Value> = status
         .workloads
         .iter()
@@ -1187,7 +1187,7 @@ async fn wait_for_rollout(
     bar.set_message(format!("{path} v{version}"));
     let until = tokio::time::Instant::now() + timeout;
     loop {
-        let status = client.rotation_status(path).await?;
+        let status = client.status(path).await?;
         bar.set_length(u64::from(status.expected));
         bar.set_position(u64::from(status.applied));
         let current = status.current_version == version;

@@ -1,13 +1,14 @@
 use std::{
+    path::PathBuf,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
-use coffer_proto::{SecretData, v1};
+use coffer_proto::v1;
 use futures::Stream;
 use hyper_util::rt::TokioIo;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tonic::{
     Request,
     metadata::MetadataValue,
@@ -15,7 +16,11 @@ use tonic::{
 };
 use zeroize::Zeroizing;
 
-use crate::{Error, Secret, TokenSource};
+use crate::{
+    Applied, Error, Put, RetryPolicy, Rotate, RotationStatus, Secret, TokenSource, VersionAction,
+    Versions, WatchStream,
+    env::{self, Env},
+};
 
 type BrokerClient = v1::secret_broker_client::SecretBrokerClient<Channel>;
 type OperatorClient = v1::secret_operator_client::SecretOperatorClient<Channel>;
@@ -25,16 +30,70 @@ type OperatorClient = v1::secret_operator_client::SecretOperatorClient<Channel>;
 pub struct ClientBuilder {
     endpoint: String,
     ca_pem: Option<Vec<u8>>,
+    ca_file: Option<PathBuf>,
+    system_roots: Option<bool>,
+    server_name: Option<String>,
     token: TokenSource,
     connect_timeout: Duration,
     timeout: Option<Duration>,
+    retry: RetryPolicy,
     insecure_plaintext: bool,
 }
 
 impl ClientBuilder {
-    /// Trusts only this CA (PEM) for the broker's certificate.
+    /// A builder from the environment that the sidecar and `cofferctl` read
+    /// too: `COFFER_BROKER` (required), `COFFER_CA_FILE`,
+    /// `COFFER_TOKEN_FILE` (default: the projected token) and
+    /// `COFFER_TLS_SERVER_NAME`.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_env_with(&env::ProcessEnv)
+    }
+
+    /// Like [`Self::from_env`], reading from `env` (tests pass a map).
+    pub fn from_env_with(env: &dyn Env) -> Result<Self, Error> {
+        let endpoint = env
+            .get(env::BROKER)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(Error::Config {
+                name: env::BROKER,
+                reason: "not set: the broker's endpoint, e.g. https://coffer-broker.coffer.svc:8443",
+            })?;
+        let mut builder = Client::builder(endpoint.trim());
+        if let Some(file) = env.get(env::CA_FILE).filter(|v| !v.is_empty()) {
+            builder = builder.ca_file(file);
+        }
+        if let Some(file) = env.get(env::TOKEN_FILE).filter(|v| !v.is_empty()) {
+            builder = builder.token(TokenSource::file(file));
+        }
+        if let Some(name) = env.get(env::TLS_SERVER_NAME).filter(|v| !v.is_empty()) {
+            builder = builder.tls_server_name(name);
+        }
+        Ok(builder)
+    }
+
+    /// Trusts this CA (PEM) for the broker's certificate.
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Trusts the CA bundle (PEM) in this file, read when connecting.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Whether the operating system's trusted roots verify the broker too.
+    /// Default: only when no CA is given.
+    pub fn system_roots(mut self, enabled: bool) -> Self {
+        self.system_roots = Some(enabled);
+        self
+    }
+
+    /// The name the broker's certificate must carry, when it is not the
+    /// endpoint's host (e.g. connecting by IP address).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
         self
     }
 
@@ -50,9 +109,17 @@ impl ClientBuilder {
         self
     }
 
-    /// A deadline for each unary call (default none). Watches are not bound by it.
+    /// A deadline for each unary call (default none); exceeded, a call fails
+    /// with [`Error::DeadlineExceeded`]. Watches are not bound by it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// How reads are retried and watches reconnect (default:
+    /// [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 
@@ -79,12 +146,40 @@ impl ClientBuilder {
         self.build(true).await
     }
 
+    fn tls_config(&self) -> Result<ClientTlsConfig, Error> {
+        let mut tls = ClientTlsConfig::new();
+        let mut has_ca = false;
+        if let Some(ca) = &self.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+            has_ca = true;
+        }
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path).map_err(|source| Error::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+            has_ca = true;
+        }
+        if self.system_roots.unwrap_or(!has_ca) {
+            tls = tls.with_native_roots();
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(tls)
+    }
+
     async fn build(self, lazy: bool) -> Result<Client, Error> {
         let channel = if let Some(path) = self.endpoint.strip_prefix("unix:") {
             let path = std::path::PathBuf::from(path);
             // The URI is ignored by the connector; it only has to parse.
             let endpoint =
                 Endpoint::from_static("http://coffer.sock").connect_timeout(self.connect_timeout);
+            let endpoint = match self.timeout {
+                Some(timeout) => endpoint.timeout(timeout),
+                None => endpoint,
+            };
             let connector = tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -99,7 +194,7 @@ impl ClientBuilder {
                 endpoint
                     .connect_with_connector(connector)
                     .await
-                    .map_err(Error::Connect)?
+                    .map_err(|e| Error::transport(&e))?
             }
         } else {
             let tls = self.check_transport()?;
@@ -111,22 +206,21 @@ impl ClientBuilder {
                 endpoint = endpoint.timeout(timeout);
             }
             if tls {
-                let mut tls = ClientTlsConfig::new();
-                if let Some(ca) = &self.ca_pem {
-                    tls = tls.ca_certificate(Certificate::from_pem(ca));
-                }
-                endpoint = endpoint.tls_config(tls).map_err(Error::Connect)?;
+                endpoint = endpoint
+                    .tls_config(self.tls_config()?)
+                    .map_err(|e| Error::Tls(e.to_string()))?;
             }
             if lazy {
                 endpoint.connect_lazy()
             } else {
-                endpoint.connect().await.map_err(Error::Connect)?
+                endpoint.connect().await.map_err(|e| Error::transport(&e))?
             }
         };
         Ok(Client {
             broker: BrokerClient::new(channel.clone()),
             operator: OperatorClient::new(channel),
             token: self.token,
+            retry: self.retry,
         })
     }
 }
@@ -174,6 +268,7 @@ pub struct Client {
     broker: BrokerClient,
     operator: OperatorClient,
     token: TokenSource,
+    retry: RetryPolicy,
 }
 
 impl Client {
@@ -186,11 +281,23 @@ impl Client {
         ClientBuilder {
             endpoint: endpoint.into(),
             ca_pem: None,
+            ca_file: None,
+            system_roots: None,
+            server_name: None,
             token: TokenSource::projected(),
             connect_timeout: Duration::from_secs(5),
             timeout: None,
+            retry: RetryPolicy::default(),
             insecure_plaintext: false,
         }
+    }
+
+    /// A client configured from the environment (see
+    /// [`ClientBuilder::from_env`]), connected lazily: the first call
+    /// connects, and a broker that is not up yet costs a retry, not an error
+    /// here.
+    pub async fn from_env() -> Result<Self, Error> {
+        ClientBuilder::from_env()?.connect_lazy().await
     }
 
     /// Wraps `message` in a request that carries the caller's token.
@@ -205,18 +312,72 @@ impl Client {
         Ok(request)
     }
 
+    /// Runs a read, retrying it per the retry policy while it fails for a
+    /// passing reason; after `UNAUTHENTICATED` a token file is read again
+    /// and the call tried once more.
+    async fn read<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut backoff = self.retry.backoff();
+        let mut attempt = 1;
+        let mut token_reread = false;
+        loop {
+            let error = match call().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if matches!(error, Error::Unauthenticated(_)) && !token_reread {
+                token_reread = true;
+                if self.token.refused() {
+                    continue;
+                }
+            }
+            if !error.is_transient() || attempt >= self.retry.max_attempts {
+                return Err(error);
+            }
+            attempt += 1;
+            let delay = backoff.next_delay();
+            tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "call failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// The current version of the secret at `path` (`app/db` or `app/db#key`).
     pub async fn get(&self, path: &str) -> Result<Secret, Error> {
         self.get_version(path, None).await
     }
 
+    /// The current value at `path` as text (UTF-8), held in a zeroizing
+    /// string. A map secret needs `path#key`.
+    pub async fn get_str(&self, path: &str) -> Result<SecretString, Error> {
+        let secret = self.get(path).await?;
+        Ok(SecretString::from(secret.expose_str()?.to_string()))
+    }
+
+    /// The current value at `path` decoded as JSON into `T` (see
+    /// [`Secret::json`]): a JSON document, or a map secret's keys as fields.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.get(path).await?.json()
+    }
+
     /// A given version of the secret at `path`, or the current one for `None`.
     pub async fn get_version(&self, path: &str, version: Option<u64>) -> Result<Secret, Error> {
-        let request = self.request(v1::GetSecretRequest {
-            path: path.to_string(),
-            version,
-        })?;
-        let response = self.broker.clone().get_secret(request).await?.into_inner();
+        let response = self
+            .read(|| async {
+                let request = self.request(v1::GetSecretRequest {
+                    path: path.to_string(),
+                    version,
+                })?;
+                self.broker
+                    .clone()
+                    .get_secret(request)
+                    .await
+                    .map_err(Error::status)
+            })
+            .await?
+            .into_inner();
         response
             .secret
             .ok_or(Error::InvalidResponse("response without a secret"))?
@@ -229,7 +390,7 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let requests = paths
+        let requests: Vec<v1::GetSecretRequest> = paths
             .into_iter()
             .map(|p| v1::GetSecretRequest {
                 path: p.into(),
@@ -237,24 +398,42 @@ impl Client {
             })
             .collect();
         let request = self.request(v1::GetSecretsRequest { requests })?;
-        let response = self.broker.clone().get_secrets(request).await?.into_inner();
+        let response = self
+            .broker
+            .clone()
+            .get_secrets(request)
+            .await
+            .inspect_err(|status| self.refused(status))
+            .map_err(Error::status)?
+            .into_inner();
         Ok(response
             .results
             .into_iter()
             .map(|item| match item.result {
                 Some(v1::secret_result::Result::Secret(s)) => Secret::try_from(s),
-                Some(v1::secret_result::Result::Error(e)) => Err(Error::Status {
-                    code: tonic::Code::from_i32(e.code),
-                    message: e.message,
-                }),
+                Some(v1::secret_result::Result::Error(e)) => {
+                    Err(Error::from_code(crate::Code::from_i32(e.code), e.message))
+                }
                 None => Err(Error::InvalidResponse("batch item without a result")),
             })
             .collect())
     }
 
-    /// Watches `paths`: the first event is a snapshot of all of them, then
-    /// one event per change.
-    pub async fn watch<I, S>(&self, paths: I) -> Result<SecretStream, Error>
+    /// Watches `paths`, reconnecting by itself: the first event is a
+    /// snapshot of all of them, then one event per change. See
+    /// [`WatchStream`] for what it promises across reconnects.
+    pub async fn watch<I, S>(&self, paths: I) -> Result<WatchStream, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        WatchStream::start(self.clone(), paths.into_iter().map(Into::into).collect()).await
+    }
+
+    /// One watch stream, without reconnecting: it ends when the broker ends
+    /// it (an error, or the end of the stream). For callers that run their
+    /// own reconnect loop, as the sidecar does.
+    pub async fn watch_once<I, S>(&self, paths: I) -> Result<SecretStream, Error>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -267,12 +446,25 @@ impl Client {
             .clone()
             .watch_secrets(request)
             .await
-            .inspect_err(|status| self.refused(status))?
+            .inspect_err(|status| self.refused(status))
+            .map_err(Error::status)?
             .into_inner();
         Ok(SecretStream {
             inner,
             token: self.token.clone(),
         })
+    }
+
+    /// The retry policy this client follows.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The broker refused the token: a token file is read again on next
+    /// use. Returns whether there is a file to read (a fixed token cannot
+    /// change).
+    pub(crate) fn token_refused(&self) -> bool {
+        self.token.refused()
     }
 
     /// After `UNAUTHENTICATED`, the next call reads the token file again.
@@ -283,48 +475,48 @@ impl Client {
     }
 
     /// Reports the versions this workload applied.
-    pub async fn ack(&self, applied: Vec<v1::AppliedVersion>) -> Result<(), Error> {
-        let request = self.request(v1::AckSecretsRequest { applied })?;
-        self.broker.clone().ack_secrets(request).await?;
+    pub async fn ack(&self, applied: Vec<Applied>) -> Result<(), Error> {
+        let request = self.request(v1::AckSecretsRequest {
+            applied: applied.into_iter().map(Into::into).collect(),
+        })?;
+        self.broker
+            .clone()
+            .ack_secrets(request)
+            .await
+            .map_err(Error::status)?;
         Ok(())
     }
 
-    /// Writes a new version (operators). Returns the version written.
-    pub async fn put(
-        &self,
-        path: &str,
-        data: SecretData,
-        content_type: &str,
-        cas: Option<u64>,
-    ) -> Result<u64, Error> {
+    /// Writes a new version (capability `write`). Returns the version
+    /// written. Not retried: a write whose answer was lost may have happened.
+    pub async fn put(&self, put: Put) -> Result<u64, Error> {
         let request = self.request(v1::PutSecretRequest {
-            path: path.to_string(),
-            value: Some(data.into()),
-            content_type: content_type.to_string(),
-            cas,
-            labels: Default::default(),
+            path: put.path,
+            value: Some(put.data.into()),
+            content_type: put.content_type,
+            cas: put.cas,
+            labels: put.labels.into_iter().collect(),
         })?;
         Ok(self
             .operator
             .clone()
             .put_secret(request)
-            .await?
+            .await
+            .map_err(Error::status)?
             .into_inner()
             .version)
     }
 
-    /// Has the broker generate a new value (operators). Unset fields of
-    /// `spec` come from the spec stored with the secret. Returns the version.
-    pub async fn rotate(&self, path: &str, spec: Option<v1::RotationSpec>) -> Result<u64, Error> {
-        let request = self.request(v1::RotateSecretRequest {
-            path: path.to_string(),
-            spec,
-        })?;
+    /// Has the broker generate a new value (capability `rotate`). Returns
+    /// the version.
+    pub async fn rotate(&self, rotate: Rotate) -> Result<u64, Error> {
+        let request = self.request(rotate.into_wire())?;
         Ok(self
             .operator
             .clone()
             .rotate_secret(request)
-            .await?
+            .await
+            .map_err(Error::status)?
             .into_inner()
             .version)
     }
@@ -343,25 +535,37 @@ impl Client {
         })?;
         let mut operator = self.operator.clone();
         match action {
-            VersionAction::Delete => operator.delete_versions(request).await?,
-            VersionAction::Undelete => operator.undelete_versions(request).await?,
-            VersionAction::Destroy => operator.destroy_versions(request).await?,
+            VersionAction::Delete => operator
+                .delete_versions(request)
+                .await
+                .map_err(Error::status)?,
+            VersionAction::Undelete => operator
+                .undelete_versions(request)
+                .await
+                .map_err(Error::status)?,
+            VersionAction::Destroy => operator
+                .destroy_versions(request)
+                .await
+                .map_err(Error::status)?,
         };
         Ok(())
     }
 
     /// The names under `folder` the caller may list; folders end with `/`.
     pub async fn list_secrets(&self, folder: &str) -> Result<Vec<String>, Error> {
-        let request = self.request(v1::ListSecretsRequest {
-            path: folder.to_string(),
-        })?;
-        Ok(self
-            .operator
-            .clone()
-            .list_secrets(request)
-            .await?
-            .into_inner()
-            .names)
+        let names = self
+            .read(|| async {
+                let request = self.request(v1::ListSecretsRequest {
+                    path: folder.to_string(),
+                })?;
+                self.operator
+                    .clone()
+                    .list_secrets(request)
+                    .await
+                    .map_err(Error::status)
+            })
+            .await?;
+        Ok(names.into_inner().names)
     }
 
     /// The same connection presenting another token.
@@ -370,6 +574,7 @@ impl Client {
             broker: self.broker.clone(),
             operator: self.operator.clone(),
             token,
+            retry: self.retry,
         }
     }
 
@@ -378,11 +583,16 @@ impl Client {
         let request = self.request(v1::NotifyChangedRequest {
             path: path.to_string(),
         })?;
-        self.operator.clone().notify_changed(request).await?;
+        self.operator
+            .clone()
+            .notify_changed(request)
+            .await
+            .map_err(Error::status)?;
         Ok(())
     }
 
-    /// Makes `to_version`'s value current again, as a new version (operators).
+    /// Makes `to_version`'s value current again, as a new version
+    /// (capability `rollback`). Returns the new version.
     pub async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, Error> {
         let request = self.request(v1::RollbackSecretRequest {
             path: path.to_string(),
@@ -392,62 +602,62 @@ impl Client {
             .operator
             .clone()
             .rollback_secret(request)
-            .await?
+            .await
+            .map_err(Error::status)?
             .into_inner()
             .version)
     }
 
-    /// Lists the versions of `path` (operators).
-    pub async fn list_versions(&self, path: &str) -> Result<v1::ListVersionsResponse, Error> {
-        let request = self.request(v1::ListVersionsRequest {
-            path: path.to_string(),
-        })?;
-        Ok(self
-            .operator
-            .clone()
-            .list_versions(request)
-            .await?
-            .into_inner())
+    /// The versions of `path` (capability `list`).
+    pub async fn versions(&self, path: &str) -> Result<Versions, Error> {
+        let response = self
+            .read(|| async {
+                let request = self.request(v1::ListVersionsRequest {
+                    path: path.to_string(),
+                })?;
+                self.operator
+                    .clone()
+                    .list_versions(request)
+                    .await
+                    .map_err(Error::status)
+            })
+            .await?;
+        Ok(response.into_inner().into())
     }
 
-    /// Which workloads acknowledged which version of `path` (operators).
-    pub async fn rotation_status(&self, path: &str) -> Result<v1::RotationStatusResponse, Error> {
-        self.rotation_status_of(path, false).await
+    /// Which workloads acknowledged which version of `path`, merged over
+    /// every broker replica (capability `status`).
+    pub async fn status(&self, path: &str) -> Result<RotationStatus, Error> {
+        self.status_of(path, false).await
     }
 
-    /// Like [`Self::rotation_status`]; `local_only` asks the one replica
-    /// connected, not its peers (what brokers ask each other).
-    pub async fn rotation_status_of(
-        &self,
-        path: &str,
-        local_only: bool,
-    ) -> Result<v1::RotationStatusResponse, Error> {
-        let request = self.request(v1::RotationStatusRequest {
-            path: path.to_string(),
-            local_only,
-        })?;
-        Ok(self
-            .operator
-            .clone()
-            .rotation_status(request)
-            .await?
-            .into_inner())
+    /// Like [`Self::status`], from the one replica connected, without
+    /// asking its peers (what replicas ask each other).
+    pub async fn status_local(&self, path: &str) -> Result<RotationStatus, Error> {
+        self.status_of(path, true).await
     }
-}
 
-/// What [`Client::change_versions`] does to versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionAction {
-    /// Soft-delete: unreadable until undeleted.
-    Delete,
-    /// Restore soft-deleted versions.
-    Undelete,
-    /// Remove the values for good.
-    Destroy,
+    async fn status_of(&self, path: &str, local_only: bool) -> Result<RotationStatus, Error> {
+        let response = self
+            .read(|| async {
+                let request = self.request(v1::RotationStatusRequest {
+                    path: path.to_string(),
+                    local_only,
+                })?;
+                self.operator
+                    .clone()
+                    .rotation_status(request)
+                    .await
+                    .map_err(Error::status)
+            })
+            .await?;
+        Ok(response.into_inner().into())
+    }
 }
 
 /// Whether a watch event is the initial snapshot or a later change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WatchEventKind {
     /// The current value of every watched path.
     Snapshot,
@@ -457,6 +667,7 @@ pub enum WatchEventKind {
 
 /// One message of a watch.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WatchEvent {
     /// Snapshot or update.
     pub kind: WatchEventKind,
@@ -464,8 +675,8 @@ pub struct WatchEvent {
     pub secrets: Vec<Secret>,
 }
 
-/// The stream returned by [`Client::watch`]. It ends when the broker ends it;
-/// callers reconnect with backoff.
+/// The stream returned by [`Client::watch_once`]. It ends when the broker
+/// ends it; callers reconnect with backoff.
 #[derive(Debug)]
 pub struct SecretStream {
     inner: tonic::Streaming<v1::WatchSecretsResponse>,
@@ -488,11 +699,13 @@ impl Stream for SecretStream {
             item.map(|result| {
                 // A watch ends UNAUTHENTICATED when its token expires: the
                 // reconnect must present the refreshed token, not this one.
-                let message = result.inspect_err(|status| {
-                    if status.code() == tonic::Code::Unauthenticated {
-                        token.refused();
-                    }
-                })?;
+                let message = result
+                    .inspect_err(|status| {
+                        if status.code() == tonic::Code::Unauthenticated {
+                            token.refused();
+                        }
+                    })
+                    .map_err(Error::status)?;
                 let kind = match message.kind() {
                     v1::WatchEventKind::Snapshot => WatchEventKind::Snapshot,
                     v1::WatchEventKind::Update => WatchEventKind::Update,

@@ -6,21 +6,39 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), coffer::Error> {
-//! use coffer::{Client, TokenSource};
+//! use coffer::Client;
+//! use futures::StreamExt;
 //!
-//! let client = Client::builder("https://coffer-broker.coffer.svc:8443")
-//!     .ca_pem(std::fs::read("/etc/coffer/ca.pem")?)
-//!     .token(TokenSource::projected())
-//!     .connect()
-//!     .await?;
-//! let db = client.get("app/db#password").await?;
-//! let password: &[u8] = db.bytes().expect("one key selects bytes");
-//! # let _ = password;
+//! // COFFER_BROKER, COFFER_CA_FILE and COFFER_TOKEN_FILE, as the sidecar reads them.
+//! let client = Client::from_env().await?;
+//!
+//! let password = client.get_str("app/db#password").await?;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Db { user: String, password: secrecy::SecretString }
+//! let db: Db = client.get_json("app/db").await?;
+//!
+//! // Reconnects by itself; never the same version twice.
+//! let mut changes = client.watch(["app/db"]).await?;
+//! while let Some(event) = changes.next().await {
+//!     for secret in event?.secrets {
+//!         println!("{} is now version {}", secret.path(), secret.version());
+//!     }
+//! }
+//! # let _ = (password, db.user, db.password);
 //! # Ok(()) }
 //! ```
 //!
 //! Values are held in zeroizing buffers; `Debug` prints `[REDACTED]` and there
-//! is no `Display`.
+//! is no `Display`. Errors never quote a value.
+//!
+//! # Configuration
+//!
+//! [`Client::builder`] takes the endpoint and then, as needed: a CA
+//! ([`ClientBuilder::ca_file`], [`ClientBuilder::ca_pem`]; without one the
+//! system roots are used), a TLS server name, timeouts, a [`RetryPolicy`]
+//! and a [`TokenSource`]. [`Client::from_env`] reads the same variables as
+//! the sidecar and `cofferctl` ([`mod@env`]).
 //!
 //! # Transport
 //!
@@ -32,22 +50,45 @@
 //! below gRPC (a service mesh's mTLS) can open that door knowingly with
 //! [`ClientBuilder::danger_insecure_plaintext`]. The sidecar and `cofferctl`
 //! follow the same rule and offer no such door.
+//!
+//! # Files
+//!
+//! A service whose pod runs the Coffer sidecar reads files instead:
+//! [`FileSecret`] reads one and watches it, yielding after each update the
+//! sidecar publishes.
 
 mod client;
+pub mod env;
 mod error;
 pub mod files;
+mod ops;
+mod retry;
 mod secret;
 mod token;
+mod watch;
 
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use client::{Client, ClientBuilder, SecretStream, VersionAction, WatchEvent, WatchEventKind};
+pub use client::{Client, ClientBuilder, SecretStream, WatchEvent, WatchEventKind};
 pub use coffer_proto::{SecretBytes, SecretData};
-pub use error::Error;
+pub use error::{Code, Error};
+pub use files::{FileSecret, FileWatch};
+pub use ops::{
+    Applied, ApplyState, Encoding, Put, Rotate, RotationStatus, VersionAction, VersionInfo,
+    VersionState, Versions, WorkloadStatus,
+};
+pub use retry::{Backoff, RetryPolicy};
 pub use secret::Secret;
 pub use token::TokenSource;
-pub use tonic::Code;
+pub use watch::WatchStream;
 
-/// The generated contract, for callers that need the raw messages.
-pub use coffer_proto::v1 as proto;
+/// The crate README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
+/// The project README's SDK example, compiled as a doctest.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ProjectReadmeDoctests;

@@ -52,6 +52,52 @@ impl Secret {
         self.data.key(name).map(SecretBytes::expose)
     }
 
+    /// The value as text: a single value (or `path#key`) that is UTF-8.
+    /// Borrowed from the zeroizing buffer; copy it only into a zeroizing
+    /// type (`secrecy::SecretString`).
+    pub fn expose_str(&self) -> Result<&str, Error> {
+        let bytes = self
+            .bytes()
+            .ok_or_else(|| self.decode_error("a single value", 0, 0))?;
+        std::str::from_utf8(bytes).map_err(|_| self.decode_error("UTF-8 text", 0, 0))
+    }
+
+    /// The value decoded as JSON into `T`: a single value holding a JSON
+    /// document, or a map secret whose keys become the fields of `T` (each
+    /// value as a string). The error says where decoding stopped, never
+    /// what the text was. Give `T` zeroizing fields (`secrecy::SecretString`)
+    /// to keep the values wiped after use.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        match &self.data {
+            SecretData::Bytes(bytes) => serde_json::from_slice(bytes.expose())
+                .map_err(|e| self.decode_error("JSON of the requested type", e.line(), e.column())),
+            SecretData::Map(map) => {
+                let mut fields = Vec::with_capacity(map.len());
+                for (key, value) in map {
+                    let text = std::str::from_utf8(value.expose())
+                        .map_err(|_| self.decode_error("a map of UTF-8 values", 0, 0))?;
+                    fields.push((key.as_str(), text));
+                }
+                let deserializer =
+                    serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(
+                        fields.into_iter(),
+                    );
+                T::deserialize(deserializer).map_err(|_| {
+                    self.decode_error("a map with the fields of the requested type", 0, 0)
+                })
+            }
+        }
+    }
+
+    fn decode_error(&self, expected: &'static str, line: usize, column: usize) -> Error {
+        Error::Decode {
+            path: self.path.clone(),
+            expected,
+            line,
+            column,
+        }
+    }
+
     /// When this version was created in the backend.
     pub fn created_at(&self) -> Option<SystemTime> {
         self.created_at
@@ -65,6 +111,21 @@ impl Secret {
     /// Non-secret labels.
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
+    }
+}
+
+impl Secret {
+    /// A secret built locally (files, tests).
+    pub(crate) fn local(path: String, version: u64, data: SecretData) -> Self {
+        Self {
+            path,
+            version,
+            content_type: String::new(),
+            data,
+            created_at: None,
+            ttl_hint: None,
+            labels: BTreeMap::new(),
+        }
     }
 }
 
@@ -90,5 +151,58 @@ impl TryFrom<v1::Secret> for Secret {
             ttl_hint: metadata.ttl_hint.and_then(|d| Duration::try_from(d).ok()),
             labels: metadata.labels.into_iter().collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(text: &str) -> Secret {
+        Secret::local("app/x".into(), 1, SecretData::Bytes(text.as_bytes().into()))
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Db {
+        user: String,
+        port: u16,
+    }
+
+    #[test]
+    fn json_decodes_a_document_and_a_map() {
+        let db: Db = bytes(r#"{"user":"app","port":5432}"#).json().unwrap();
+        assert_eq!((db.user.as_str(), db.port), ("app", 5432));
+        let map = Secret::local(
+            "app/db".into(),
+            1,
+            SecretData::Map(
+                [("user".to_string(), SecretBytes::from(&b"app"[..]))]
+                    .into_iter()
+                    .collect(),
+            ),
+        );
+        #[derive(serde::Deserialize)]
+        struct User {
+            user: String,
+        }
+        assert_eq!(map.json::<User>().unwrap().user, "app");
+    }
+
+    #[test]
+    fn a_decode_error_never_quotes_the_value() {
+        let error = bytes(r#"{"user":"canary-value","port":"canary-port"}"#)
+            .json::<Db>()
+            .unwrap_err();
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains("canary"), "{text}");
+        assert!(matches!(error, Error::Decode { line: 1, .. }), "{text}");
+        let binary = Secret::local("a".into(), 1, SecretData::Bytes(vec![0xff, 0xfe].into()));
+        assert!(matches!(binary.expose_str(), Err(Error::Decode { .. })));
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let text = format!("{:?}", bytes("canary"));
+        assert!(!text.contains("canary"), "{text}");
     }
 }

@@ -87,16 +87,19 @@ impl TokenSource {
     /// The broker refused the token (`UNAUTHENTICATED`, e.g. a watch ended
     /// at the token's expiry): read the file again on next use rather than
     /// presenting the same token until [`Self::REREAD`] has passed. The last
-    /// good token is kept in case the file cannot be read.
-    pub(crate) fn refused(&self) {
-        if let Source::File { cache, .. } = &*self.0 {
-            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, read_at)) = cache.as_mut()
-                && let Some(stale) = Instant::now().checked_sub(Self::REREAD)
-            {
-                *read_at = stale;
-            }
+    /// good token is kept in case the file cannot be read. Returns whether
+    /// there is a file to read again (a fixed token cannot change).
+    pub(crate) fn refused(&self) -> bool {
+        let Source::File { cache, .. } = &*self.0 else {
+            return false;
+        };
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, read_at)) = cache.as_mut()
+            && let Some(stale) = Instant::now().checked_sub(Self::REREAD)
+        {
+            *read_at = stale;
         }
+        true
     }
 }
 

@@ -153,26 +153,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Where overrides come from; tests pass a map instead of the process env.
-pub trait Env {
-    /// The value of `name`, if set.
-    fn get(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String, S> {
-    fn get(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
+/// Where overrides come from (the SDK's, so the names and their reading are
+/// one); tests pass a map instead of the process env.
+pub use coffer::env::{Env, ProcessEnv};
 
 impl Config {
     /// Reads `path`, then applies `COFFER_BROKER`, `COFFER_CA_FILE`,
@@ -216,9 +199,9 @@ impl Config {
 
     /// Environment variables that override the file, by field.
     pub const ENV_VARS: &'static [&'static str] = &[
-        "COFFER_BROKER",
-        "COFFER_CA_FILE",
-        "COFFER_TOKEN_FILE",
+        coffer::env::BROKER,
+        coffer::env::CA_FILE,
+        coffer::env::TOKEN_FILE,
         "COFFER_AUDIENCE",
         "COFFER_OUTPUT_DIR",
         "COFFER_ADMIN_LISTEN",
@@ -229,13 +212,13 @@ impl Config {
 
     fn parse_unchecked(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
         let mut config: Self = serde_norway::from_str(text)?;
-        if let Some(v) = env.get("COFFER_BROKER") {
+        if let Some(v) = env.get(coffer::env::BROKER) {
             config.broker = v;
         }
-        if let Some(v) = env.get("COFFER_CA_FILE") {
+        if let Some(v) = env.get(coffer::env::CA_FILE) {
             config.ca_file = Some(v.into());
         }
-        if let Some(v) = env.get("COFFER_TOKEN_FILE") {
+        if let Some(v) = env.get(coffer::env::TOKEN_FILE) {
             config.token_file = v.into();
         }
         if let Some(v) = env.get("COFFER_OUTPUT_DIR") {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use coffer::{Client, Code, Secret, SecretBytes, SecretData, TokenSource, proto};
+use coffer::{Applied, ApplyState, Client, Code, Secret, SecretBytes, SecretData, TokenSource};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -68,42 +68,8 @@ impl SidecarError {
     }
 }
 
-/// Exponential backoff with jitter, as every reconnecting client should have.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubles up to `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            next: base,
-            base,
-            max,
-        }
-    }
-
-    /// The next delay: between half and all of the current step.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter only spreads reconnects out; it need not be unpredictable.
-        let seed = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            Instant::now(),
-        );
-        let fraction = 0.5 + (seed % 1000) as f64 / 2000.0;
-        step.mul_f64(fraction)
-    }
-
-    /// Back to the first step after a success.
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-}
+/// The SDK's backoff: one for every reconnecting loop.
+pub use coffer::Backoff;
 
 /// A running sidecar.
 #[derive(Debug)]
@@ -237,7 +203,7 @@ impl Sidecar {
     }
 
     async fn watch_once(&mut self, backoff: &mut Backoff) -> Result<(), SidecarError> {
-        let mut stream = self.client.watch(self.config.paths()).await?;
+        let mut stream = self.client.watch_once(self.config.paths()).await?;
         tracing::info!(paths = self.config.secrets.len(), "watching");
         while let Some(event) = stream.next().await {
             let event = event?;
@@ -279,15 +245,15 @@ impl Sidecar {
                 if let Some(actions) = &self.actions {
                     actions.notify(&outcome.changed);
                 }
-                proto::ApplyState::Applied
+                ApplyState::Applied
             }
             Ok(_) => {
                 tracing::debug!(versions = ?changed, "content unchanged; nothing written");
-                proto::ApplyState::Applied
+                ApplyState::Applied
             }
             Err(_) => {
                 crate::metrics::write_failure();
-                proto::ApplyState::Failed
+                ApplyState::Failed
             }
         };
         if let Ok(outcome) = &result {
@@ -317,10 +283,10 @@ impl Sidecar {
         };
         let acks = changed
             .into_iter()
-            .map(|(path, version)| proto::AppliedVersion {
+            .map(|(path, version)| Applied {
                 path,
                 version,
-                state: state as i32,
+                state,
                 reason: reason.clone(),
             })
             .collect();

@@ -564,7 +564,10 @@ impl BrokerProcess {
     /// Writes `data` at `path` as the test operator (`ops/admin`); returns the version.
     pub async fn put_data(&self, path: &str, data: coffer::SecretData) -> u64 {
         let admin = self.client(mint(Key::Rsa, "ops", "admin")).await;
-        admin.put(path, data, "text/plain", None).await.unwrap()
+        admin
+            .put(coffer::Put::new(path, data).content_type("text/plain"))
+            .await
+            .unwrap()
     }
 
     /// Writes `value` at `path` as the test operator; returns the version.
@@ -585,7 +588,7 @@ impl BrokerProcess {
     /// The versions workloads acknowledged for `path`.
     pub async fn acked_versions(&self, path: &str) -> Vec<u64> {
         let admin = self.client(mint(Key::Rsa, "ops", "admin")).await;
-        let status = admin.rotation_status(path).await.unwrap();
+        let status = admin.status(path).await.unwrap();
         status.workloads.iter().map(|w| w.version).collect()
     }
 }

@@ -41,12 +41,10 @@ async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
     let forged_token = mint(Key::ForeignRsa, "shop", "web");
     let admin = broker.client(admin_token.clone()).await;
     admin
-        .put(
+        .put(coffer::Put::new(
             "shop/db",
             SecretData::Bytes(SecretBytes::from(CANARY.as_bytes())),
-            "",
-            None,
-        )
+        ))
         .await
         .unwrap();
     let web = broker.client(web_token.clone()).await;
@@ -186,12 +184,10 @@ async fn an_unwritable_audit_sink_refuses_requests() {
     let broker = BrokerProcess::start_with(POLICY, &["--audit-file", "/dev/full"]);
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let error = admin
-        .put(
+        .put(coffer::Put::new(
             "shop/db",
             SecretData::Bytes(SecretBytes::from(&b"v"[..])),
-            "",
-            None,
-        )
+        ))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(Code::Unavailable));
@@ -215,12 +211,10 @@ async fn fail_open_serves_requests_when_the_sink_is_unwritable() {
         BrokerProcess::start_with(POLICY, &["--audit-file", "/dev/full", "--audit-fail-open"]);
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
-        .put(
+        .put(coffer::Put::new(
             "shop/db",
             SecretData::Bytes(SecretBytes::from(&b"v"[..])),
-            "",
-            None,
-        )
+        ))
         .await
         .unwrap();
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;

@@ -88,10 +88,11 @@ async fn a_dev_issuer_token_cannot_read_what_prod_shop_web_may() {
     let admin = broker.client(token(&issuers.prod, "ops", "admin")).await;
     admin
         .put(
-            "shop/db",
-            coffer::SecretData::Bytes(b"prod-only"[..].into()),
-            "text/plain",
-            None,
+            coffer::Put::new(
+                "shop/db",
+                coffer::SecretData::Bytes(b"prod-only"[..].into()),
+            )
+            .content_type("text/plain"),
         )
         .await
         .unwrap();

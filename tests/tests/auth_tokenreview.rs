@@ -330,15 +330,13 @@ async fn a_watch_ends_when_its_review_expires() {
         .client(admin)
         .await
         .put(
-            "shop/db",
-            coffer::SecretData::Bytes(b"v1"[..].into()),
-            "text/plain",
-            None,
+            coffer::Put::new("shop/db", coffer::SecretData::Bytes(b"v1"[..].into()))
+                .content_type("text/plain"),
         )
         .await
         .unwrap();
     let client = broker.client(web).await;
-    let mut stream = client.watch(["shop/db"]).await.unwrap();
+    let mut stream = client.watch_once(["shop/db"]).await.unwrap();
     stream.next().await.unwrap().unwrap();
     let end = tokio::time::timeout(Duration::from_secs(15), stream.next())
         .await

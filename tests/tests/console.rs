@@ -478,11 +478,8 @@ async fn the_overview_lists_version_age_and_rotation_spec() {
     let broker = BrokerProcess::start(POLICY);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let spec = coffer::proto::RotationSpec {
-        length: Some(40),
-        ..Default::default()
-    };
-    assert_eq!(admin.rotate("shop/db", Some(spec)).await.unwrap(), 2);
+    let rotate = coffer::Rotate::new("shop/db").length(40);
+    assert_eq!(admin.rotate(rotate).await.unwrap(), 2);
     let console = Console::start(&broker, ("ops", "admin"));
     let (code, list) = console.get("/api/secrets");
     assert_eq!(code, 200, "{list}");

@@ -46,7 +46,7 @@ async fn secret_reaches_tmpfs_follows_changes_and_never_leaks() {
     // The sidecar acknowledged what it applied.
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let status = eventually(Duration::from_secs(10), "the acknowledgement of v2", || {
-        let status = futures_lite_block(admin.rotation_status("shop/db")).unwrap();
+        let status = futures_lite_block(admin.status("shop/db")).unwrap();
         status
             .workloads
             .iter()

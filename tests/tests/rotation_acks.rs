@@ -1,7 +1,7 @@
 //! Acknowledgements are authorized: a workload may only report versions of
 //! paths it can read or watch, and `RotationStatus` shows nothing else.
 
-use coffer::proto::{AppliedVersion, ApplyState};
+use coffer::{Applied, ApplyState};
 use coffer_tests::{BrokerProcess, Key, mint};
 
 const POLICY: &str = r#"
@@ -16,11 +16,11 @@ rules:
     capabilities: [read, write, rotate, rollback, list, status]
 "#;
 
-fn applied(path: &str, version: u64) -> Vec<AppliedVersion> {
-    vec![AppliedVersion {
+fn applied(path: &str, version: u64) -> Vec<Applied> {
+    vec![Applied {
         path: path.into(),
         version,
-        state: ApplyState::Applied as i32,
+        state: ApplyState::Applied,
         reason: String::new(),
     }]
 }
@@ -39,13 +39,10 @@ async fn an_ack_without_access_is_denied_and_not_shown_in_status() {
         .ack(applied("shop/payments/stripe-key", 999))
         .await
         .unwrap_err();
-    assert_eq!(error.code(), Some(tonic::Code::PermissionDenied));
+    assert_eq!(error.code(), Some(coffer::Code::PermissionDenied));
 
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let status = admin
-        .rotation_status("shop/payments/stripe-key")
-        .await
-        .unwrap();
+    let status = admin.status("shop/payments/stripe-key").await.unwrap();
     assert!(status.workloads.is_empty(), "{:?}", status.workloads);
 
     // The refusal is in the audit trail like any other decision.
@@ -68,10 +65,7 @@ async fn an_ack_of_a_readable_path_is_shown_with_its_issuer() {
         .await
         .unwrap();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let status = admin
-        .rotation_status("shop/payments/stripe-key")
-        .await
-        .unwrap();
+    let status = admin.status("shop/payments/stripe-key").await.unwrap();
     assert_eq!(status.workloads.len(), 1);
     let w = &status.workloads[0];
     assert_eq!((w.namespace.as_str(), w.version), ("shop", 1));
@@ -89,11 +83,8 @@ async fn one_denied_path_records_none_of_the_batch() {
     let mut batch = applied("shop/payments/stripe-key", 1);
     batch.extend(applied("shop/other", 1));
     let error = payments.ack(batch).await.unwrap_err();
-    assert_eq!(error.code(), Some(tonic::Code::PermissionDenied));
+    assert_eq!(error.code(), Some(coffer::Code::PermissionDenied));
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let status = admin
-        .rotation_status("shop/payments/stripe-key")
-        .await
-        .unwrap();
+    let status = admin.status("shop/payments/stripe-key").await.unwrap();
     assert!(status.workloads.is_empty());
 }

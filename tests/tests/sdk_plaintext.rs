@@ -30,10 +30,8 @@ async fn the_sdk_refuses_plaintext_off_loopback_unless_the_danger_door_is_open()
         .unwrap();
     admin
         .put(
-            "shop/db",
-            coffer::SecretData::Bytes((&b"pw"[..]).into()),
-            "text/plain",
-            None,
+            coffer::Put::new("shop/db", coffer::SecretData::Bytes((&b"pw"[..]).into()))
+                .content_type("text/plain"),
         )
         .await
         .unwrap();

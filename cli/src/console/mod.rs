@@ -303,7 +303,7 @@ impl Console {
             (Method::POST, p) if p.starts_with("/api/rotate/") => {
                 let secret = secret_path(&p["/api/rotate/".len()..])?;
                 self.check_action(&req)?;
-                let result = self.client.rotate(&secret, None).await;
+                let result = self.client.rotate(coffer::Rotate::new(&secret)).await;
                 Ok(action_result(result, "rotated"))
             }
             (Method::POST, p) if p.starts_with("/api/rollback/") => {

@@ -109,7 +109,7 @@ impl Views {
         path: &str,
         csrf: &str,
     ) -> (StatusCode, String) {
-        let (versions, error) = match client.list_versions(path).await {
+        let (versions, error) = match client.versions(path).await {
             Ok(list) => (version_rows(&list), None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
@@ -129,11 +129,11 @@ impl Views {
         client: &Client,
         path: &str,
     ) -> (StatusCode, serde_json::Value) {
-        let versions = match client.list_versions(path).await {
+        let versions = match client.versions(path).await {
             Ok(list) => list,
             Err(e) => return error_parts(&e),
         };
-        let rollout = match client.rotation_status(path).await {
+        let rollout = match client.status(path).await {
             Ok(status) => crate::status_json(path, &status),
             Err(e) => serde_json::json!({ "error": e.to_string() }),
         };
@@ -141,7 +141,7 @@ impl Views {
             StatusCode::OK,
             serde_json::json!({
                 "path": path,
-                "currentVersion": versions.current_version,
+                "currentVersion": versions.current,
                 "versions": version_rows(&versions),
                 "rollout": rollout,
             }),
@@ -188,15 +188,14 @@ async fn secret_rows(client: &Client) -> (Vec<SecretRow>, Option<String>) {
             spec: String::new(),
             error: None,
         };
-        match client.list_versions(&path).await {
+        match client.versions(&path).await {
             Ok(list) => {
-                row.current_version = Some(list.current_version);
+                row.current_version = Some(list.current);
                 let created = list
                     .versions
                     .iter()
-                    .find(|v| v.version == list.current_version)
-                    .and_then(|v| v.created_at)
-                    .and_then(|t| SystemTime::try_from(t).ok());
+                    .find(|v| v.version == list.current)
+                    .and_then(|v| v.created_at);
                 row.created_at = created.map(rfc3339);
                 row.age = created.map(age);
             }
@@ -208,21 +207,19 @@ async fn secret_rows(client: &Client) -> (Vec<SecretRow>, Option<String>) {
     (rows, error)
 }
 
-fn version_rows(list: &coffer::proto::ListVersionsResponse) -> Vec<VersionRow> {
+fn version_rows(list: &coffer::Versions) -> Vec<VersionRow> {
     let mut rows: Vec<VersionRow> = list
         .versions
         .iter()
         .map(|v| VersionRow {
             version: v.version,
             created_at: crate::timestamp(v.created_at),
-            state: if v.destroyed {
-                "destroyed"
-            } else if v.deleted {
-                "deleted"
-            } else {
-                "live"
+            state: match v.state {
+                coffer::VersionState::Destroyed => "destroyed",
+                coffer::VersionState::Deleted => "deleted",
+                _ => "live",
             },
-            current: v.version == list.current_version,
+            current: v.version == list.current,
         })
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.version));
