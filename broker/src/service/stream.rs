@@ -336,13 +336,7 @@ mod tests {
         let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
         let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
         let store = Arc::new(DevStore::in_memory());
-        store
-            .put(
-                "shop/db",
-                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v1"[..])), ""),
-            )
-            .await
-            .unwrap();
+        put(store.as_ref(), b"v1").await;
         let broker = Broker::new(
             Arc::new(authn),
             Policy::from_yaml(READS).unwrap(),
@@ -359,6 +353,17 @@ mod tests {
             )
             .unwrap();
         (broker, token, store)
+    }
+
+    /// Writes `value` as the next version of `shop/db`.
+    async fn put(store: &dyn SecretStore, value: &'static [u8]) -> u64 {
+        store
+            .put(
+                "shop/db",
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(value)), ""),
+            )
+            .await
+            .unwrap()
     }
 
     fn watch_request(token: &str) -> Request<v1::WatchSecretsRequest> {
@@ -388,13 +393,7 @@ mod tests {
         assert_eq!(snapshot.secrets[0].version, 1);
 
         // An update while allowed is served and audited with its version.
-        store
-            .put(
-                "shop/db",
-                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v2"[..])), ""),
-            )
-            .await
-            .unwrap();
+        put(store.as_ref(), b"v2").await;
         let update = stream.next().await.unwrap().unwrap();
         assert_eq!(update.secrets[0].version, 2);
 
@@ -446,13 +445,7 @@ mod tests {
             .into_inner();
         stream.next().await.unwrap().unwrap();
         broker.set_policy(Policy::from_yaml(READS).unwrap());
-        store
-            .put(
-                "shop/db",
-                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"v2"[..])), ""),
-            )
-            .await
-            .unwrap();
+        put(store.as_ref(), b"v2").await;
         // The next message is the update, not a revocation.
         let update = stream.next().await.unwrap().unwrap();
         assert_eq!(update.secrets[0].version, 2);
@@ -473,19 +466,7 @@ mod tests {
             stream.next().await.unwrap().unwrap();
             streams.push(stream);
         }
-        let put = |value: &'static [u8]| {
-            let store = store.clone();
-            async move {
-                store
-                    .put(
-                        "shop/db",
-                        SecretWrite::new(SecretData::Bytes(SecretBytes::from(value)), ""),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
-        put(b"v2").await;
+        put(store.as_ref(), b"v2").await;
         for stream in &mut streams {
             let update = stream.next().await.unwrap().unwrap();
             assert_eq!(update.secrets[0].version, 2);
@@ -493,7 +474,7 @@ mod tests {
         // Same access under another rule name: the cached grant is not
         // reused across the policy change.
         broker.set_policy(Policy::from_yaml(&READS.replace("web-reads", "web-reads-2")).unwrap());
-        put(b"v3").await;
+        put(store.as_ref(), b"v3").await;
         for stream in &mut streams {
             let update = stream.next().await.unwrap().unwrap();
             assert_eq!(update.secrets[0].version, 3);
@@ -566,9 +547,7 @@ mod tests {
         let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
         let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
         let store = Arc::new(PerPod(DevStore::in_memory()));
-        let write =
-            |v: &'static [u8]| SecretWrite::new(SecretData::Bytes(SecretBytes::from(v)), "");
-        store.put("shop/db", write(b"v1")).await.unwrap();
+        put(store.as_ref(), b"v1").await;
         let broker = Broker::new(
             Arc::new(authn),
             Policy::from_yaml(READS).unwrap(),
@@ -587,7 +566,7 @@ mod tests {
             stream.next().await.unwrap().unwrap();
             streams.push((pod, stream));
         }
-        store.put("shop/db", write(b"v2")).await.unwrap();
+        put(store.as_ref(), b"v2").await;
         // Each pod's value is its own (here: its pod uid), never the one
         // another stream read first.
         let mut values = Vec::new();
