@@ -43,6 +43,7 @@ use coffer_proto::{
         secret_broker_client::SecretBrokerClient,
         secret_broker_server::{SecretBroker, SecretBrokerServer},
     },
+    wire::WatchReply,
 };
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -244,6 +245,36 @@ impl Setup {
     }
 }
 
+/// A thread with its own runtime that writes the bench's path on demand.
+struct Writer {
+    requests: std::sync::mpsc::Sender<(u64, std::sync::mpsc::Sender<anyhow::Result<()>>)>,
+}
+
+impl Writer {
+    fn start(store: Arc<DevStore>) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let (requests, incoming) =
+            std::sync::mpsc::channel::<(u64, std::sync::mpsc::Sender<anyhow::Result<()>>)>();
+        std::thread::spawn(move || {
+            for (n, done) in incoming {
+                let _ = done.send(rt.block_on(put_value(&store, n)));
+            }
+        });
+        Ok(Self { requests })
+    }
+
+    /// Writes value `n` and returns when the write (and its notification)
+    /// is done.
+    fn write(&self, n: u64) -> anyhow::Result<()> {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.requests
+            .send((n, done))
+            .map_err(|_| anyhow::anyhow!("the writer thread is gone"))?;
+        wait.recv()
+            .map_err(|_| anyhow::anyhow!("the writer thread is gone"))?
+    }
+}
+
 async fn put_value(store: &DevStore, n: u64) -> anyhow::Result<()> {
     // A fixed-size value, so every version's message has the same size.
     let value = format!("{:0>160}", n);
@@ -272,7 +303,7 @@ struct Bare {
     updates: broadcast::Sender<v1::WatchSecretsResponse>,
 }
 
-type BareStream = Pin<Box<dyn Stream<Item = Result<v1::WatchSecretsResponse, Status>> + Send>>;
+type BareStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SecretBroker for Bare {
@@ -301,8 +332,9 @@ impl SecretBroker for Bare {
             secrets: self.reply.secret.clone().into_iter().collect(),
         };
         let updates = tokio_stream::wrappers::BroadcastStream::new(self.updates.subscribe());
-        let stream = futures::stream::once(async move { Ok(snapshot) })
-            .chain(updates.filter_map(|u| async move { u.ok().map(Ok) }));
+        // Each stream encodes its own message, as a plain tonic server does.
+        let stream = futures::stream::once(async move { Ok(snapshot.into()) })
+            .chain(updates.filter_map(|u| async move { u.ok().map(|u| Ok(u.into())) }));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -419,21 +451,11 @@ async fn run_all(
         // The broker first: its streams grow the heap afresh, while the bare
         // server's may reuse what the broker's freed, so the RSS ratio is
         // pessimistic for the broker.
-        let store = setup.store.clone();
-        let coffer = watch_run(&servers.broker, &token, watchers, conns, move || {
-            let store = store.clone();
-            // The write happens on its own thread's runtime: the store's
-            // notification is what starts the fan-out.
-            std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(put_value(&store, 2)))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the rotation thread panicked"))?
-        })
-        .await?;
+        // The write happens on a thread of its own, ready before the clock
+        // starts: the store's notification is what starts the fan-out.
+        let writer = Writer::start(setup.store.clone())?;
+        let coffer =
+            watch_run(&servers.broker, &token, watchers, conns, || writer.write(2)).await?;
         let bare = watch_run(&servers.bare, &token, watchers, conns, || {
             let mut update = v1::WatchSecretsResponse {
                 kind: v1::WatchEventKind::Update as i32,

@@ -15,9 +15,18 @@
 pub mod v1 {
     #![allow(missing_docs, unreachable_pub, clippy::all)] // generated code
     tonic::include_proto!("coffer.v1");
+
+    /// The servers, generated apart: their `WatchSecrets` streams send
+    /// [`crate::wire::WatchReply`] (see `build.rs`).
+    mod servers {
+        #![allow(missing_docs, unreachable_pub, clippy::all)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/servers/coffer.v1.rs"));
+    }
+    pub use servers::*;
 }
 
 pub mod value;
+pub mod wire;
 
 pub use value::{SecretBytes, SecretData};
 

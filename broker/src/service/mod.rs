@@ -138,9 +138,11 @@ fn new_request_id() -> String {
 /// An allow decision whose audit record is still to be written, once the
 /// version served is known.
 #[must_use]
+#[derive(Clone)]
 struct Allowed {
     capability: Capability,
-    rule: String,
+    /// Shared: a watch reuses its grant for every update it sends.
+    rule: Arc<str>,
 }
 
 /// The audit reason for an allowed read that served nothing.
@@ -371,7 +373,10 @@ impl Broker {
             &decision,
         );
         match decision {
-            Decision::Allow { rule } => Ok(Allowed { capability, rule }),
+            Decision::Allow { rule } => Ok(Allowed {
+                capability,
+                rule: rule.into(),
+            }),
             denied => {
                 let path = path.to_string();
                 let mut event = call.event(

@@ -1,17 +1,21 @@
-//! The task behind each `WatchSecrets` stream.
+//! Each `WatchSecrets` stream: a state machine polled by the connection's
+//! own stream task (no task or channel of its own), sending the snapshot and
+//! then one update per new version.
 
 use std::{
+    pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use coffer_proto::v1;
-use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::{StreamMap, wrappers::ReceiverStream, wrappers::WatchStream};
+use coffer_proto::{v1, wire::WatchReply};
+use futures::{Stream, StreamExt};
+use tokio::{sync::watch, time::Sleep};
+use tokio_stream::{StreamMap, wrappers::WatchStream};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status};
 
-use super::{Allowed, Broker, Call, parse_paths, read_reason};
+use super::{Allowed, Broker, Call, acks::WatchGuard, limits::WatchSlot, parse_paths, read_reason};
 use crate::{
     audit::Outcome,
     auth::{AuthError, WorkloadIdentity},
@@ -21,13 +25,10 @@ use crate::{
 };
 
 /// One message of a watch stream.
-type WatchItem = Result<v1::WatchSecretsResponse, Status>;
+type WatchItem = Result<WatchReply, Status>;
 
-/// The stream handed to tonic. Items cross the channel boxed: a `Status` is
-/// large, and the channel allocates its slots in blocks of 32 per stream,
-/// so boxing keeps an idle stream's buffer to 32 pointers.
-pub(super) type WatchResponseStream =
-    futures::stream::Map<ReceiverStream<Box<WatchItem>>, fn(Box<WatchItem>) -> WatchItem>;
+/// The stream handed to tonic.
+pub(super) type WatchResponseStream = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
 
 /// How long from now until the Unix time `at` (zero if it has passed).
 fn until_unix(at: u64) -> Duration {
@@ -37,10 +38,11 @@ fn until_unix(at: u64) -> Duration {
 }
 
 impl Broker {
-    /// Authorizes every path, sends the snapshot, then hands the stream to a
-    /// task that sends one update per new version until the client leaves,
-    /// the policy revokes access, the token expires (`UNAUTHENTICATED`: the
-    /// client reconnects with its refreshed token), or the broker shuts down.
+    /// Authorizes every path, reads the snapshot, then hands tonic a stream
+    /// that sends it and one update per new version until the client leaves
+    /// (tonic drops the stream), the policy revokes access, the token expires
+    /// (`UNAUTHENTICATED`: the client reconnects with its refreshed token),
+    /// or the broker shuts down.
     pub(super) async fn open_watch(
         &self,
         request: Request<v1::WatchSecretsRequest>,
@@ -50,11 +52,14 @@ impl Broker {
         let (who, expires_at) = (verified.identity, verified.expires_at);
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
-        // Held by the task below; given back whenever the stream ends.
+        // Held by the stream; given back whenever it ends.
         let slot = self.acquire_watch_slot(&call, &who).await?;
         // Subscribe before deciding, so a policy change that lands between
         // the decision and the watch loop is still seen by the loop.
-        let mut policy = self.inner.policy.subscribe();
+        let policy = self.inner.policy.subscribe();
+        // Taken before deciding: the grants below are filed under this
+        // generation (or an older one, which only costs a new decision).
+        let generation = self.policy();
         let mut grants = Vec::with_capacity(paths.len());
         for path in &paths {
             let read = self.authorize(&call, &who, path, Capability::Read).await?;
@@ -79,90 +84,53 @@ impl Broker {
         }
         let mut sent = Vec::with_capacity(paths.len());
         let mut snapshot = Vec::with_capacity(paths.len());
+        let mut granted = Vec::with_capacity(paths.len());
         for (path, (read, watch)) in paths.iter().zip(grants) {
             let result = self.read(&who, path, None).await;
             let version = result.as_ref().ok().map(|s| s.version);
             let reason = read_reason(&result);
             self.audit_served(&call, &who, path, read, version, reason)
                 .await?;
-            self.audit_served(&call, &who, path, watch, version, reason)
+            self.audit_served(&call, &who, path, watch.clone(), version, reason)
                 .await?;
+            granted.push(Some(Granted {
+                policy: Arc::clone(&generation),
+                watch,
+            }));
             let secret = result?;
             sent.push(secret.version);
             snapshot.push(secret);
         }
-
-        let (tx, rx) = mpsc::channel(16);
         let first = v1::WatchSecretsResponse {
             kind: v1::WatchEventKind::Snapshot as i32,
             secrets: snapshot,
         };
-        // The channel is new and has room: this cannot fail.
-        let _ = tx.try_send(Box::new(Ok(first)));
 
-        let broker = self.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            // In the rollout's expected set while this task runs.
-            let _watching = broker.inner.acks.watching(&who, &paths);
-            let shutdown = broker.inner.shutdown.clone();
+        let watch = Watch {
+            // In the rollout's expected set while the stream lives.
+            _watching: self.inner.acks.watching(&who, &paths),
+            _slot: slot,
+            // A child of the broker's token: each stream waits on its own,
+            // so thousands of streams do not queue on one lock per update.
+            shutdown: Box::pin(self.inner.shutdown.child_token().cancelled_owned()),
             // A stolen token must not buy the rotations after its expiry.
-            let expired = tokio::time::sleep(until_unix(expires_at));
-            tokio::pin!(expired);
-            // Per path: the policy generation `watch` was last granted under.
-            let mut granted: Vec<Option<Granted>> = vec![None; paths.len()];
-            loop {
-                tokio::select! {
-                    // The token's end wins over an update that is ready at
-                    // the same moment.
-                    biased;
-                    _ = shutdown.cancelled() => {
-                        let _ = tx.send(Box::new(Err(ApiError::ShuttingDown.into()))).await;
-                        break;
-                    }
-                    _ = tx.closed() => break,
-                    () = &mut expired => {
-                        tracing::info!(
-                            namespace = %who.namespace,
-                            service_account = %who.service_account,
-                            "watch closed: the token expired"
-                        );
-                        let _ = tx.send(Box::new(Err(ApiError::from(AuthError::Expired).into()))).await;
-                        break;
-                    }
-                    Ok(()) = policy.changed() => {
-                        let current = Arc::clone(&policy.borrow_and_update());
-                        if let Err(status) = broker.recheck_watch(&call, &who, &current, paths.iter()).await {
-                            let _ = tx.send(Box::new(Err(status))).await;
-                            break;
-                        }
-                    }
-                    Some((index, version)) = changes.next() => {
-                        if version <= sent[index] {
-                            continue;
-                        }
-                        let path = &paths[index];
-                        let granted = &mut granted[index];
-                        let message = match broker.serve_update(&call, &who, path, version, granted).await {
-                            Ok(secret) => {
-                                sent[index] = secret.version;
-                                Ok(v1::WatchSecretsResponse {
-                                    kind: v1::WatchEventKind::Update as i32,
-                                    secrets: vec![secret],
-                                })
-                            }
-                            Err(e) => Err(Status::from(e)),
-                        };
-                        let failed = message.is_err();
-                        if tx.send(Box::new(message)).await.is_err() || failed {
-                            break;
-                        }
-                    }
-                }
-            }
+            expired: Box::pin(tokio::time::sleep(until_unix(expires_at))),
+            granted,
+            broker: self.clone(),
+            call,
+            who,
+            paths,
+            sent,
+            changes,
+            policy,
+            first: Some(first.into()),
+            ended: false,
+        };
+        let stream = futures::stream::unfold(watch, |mut watch| async move {
+            let item = watch.next().await?;
+            Some((item, watch))
         });
-        let unbox: fn(Box<WatchItem>) -> WatchItem = |item| *item;
-        Ok(Response::new(ReceiverStream::new(rx).map(unbox)))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     /// After a policy change: is every path of an open watch still readable
@@ -206,8 +174,9 @@ impl Broker {
 
     /// Reads one watched path's new version, deciding again under the
     /// current policy and auditing what is sent. The decision is reused while
-    /// the policy is the one it was made under; the version's wire form is
-    /// read once and shared by every stream on the path (see [`FanOut`]).
+    /// the policy is the one it was made under; the version's update is read
+    /// and encoded once and shared by every stream on the path (see
+    /// [`FanOut`]). Returns the version served and its message.
     async fn serve_update(
         &self,
         call: &Call,
@@ -215,20 +184,17 @@ impl Broker {
         path: &SecretPath,
         version: u64,
         granted: &mut Option<Granted>,
-    ) -> Result<v1::Secret, ApiError> {
+    ) -> Result<(u64, WatchReply), ApiError> {
         // Taken before deciding: a decision is never filed under a policy
         // newer than the one it was made with.
         let policy = self.policy();
         let watch = match granted {
-            Some(g) if Arc::ptr_eq(&g.policy, &policy) => Allowed {
-                capability: Capability::Watch,
-                rule: g.rule.clone(),
-            },
+            Some(g) if Arc::ptr_eq(&g.policy, &policy) => g.watch.clone(),
             _ => {
                 let watch = self.authorize(call, who, path, Capability::Watch).await?;
                 *granted = Some(Granted {
                     policy,
-                    rule: watch.rule.clone(),
+                    watch: watch.clone(),
                 });
                 watch
             }
@@ -236,18 +202,106 @@ impl Broker {
         // A leased path's versions are each holder's own credential: never
         // shared between streams.
         let shared = self.inner.store.shared(path.base());
-        let result = match self.inner.fanout.get(path, version).filter(|_| shared) {
-            Some(secret) => Ok(secret),
-            None => self.read(who, path, Some(version)).await.inspect(|secret| {
+        let cached = shared
+            .then(|| self.inner.fanout.get(path, version))
+            .flatten();
+        let result = match cached {
+            Some(reply) => Ok((version, reply)),
+            None => self.read(who, path, Some(version)).await.map(|secret| {
+                let served = secret.version;
+                let update = v1::WatchSecretsResponse {
+                    kind: v1::WatchEventKind::Update as i32,
+                    secrets: vec![secret],
+                };
                 if shared {
-                    self.inner.fanout.put(path, version, secret);
+                    let reply = WatchReply::encoded(&update);
+                    self.inner.fanout.put(path, version, &reply);
+                    (served, reply)
+                } else {
+                    (served, update.into())
                 }
             }),
         };
-        let served = result.as_ref().ok().map(|s| s.version);
+        let served = result.as_ref().ok().map(|(v, _)| *v);
         self.audit_served(call, who, path, watch, served, read_reason(&result))
             .await?;
         result
+    }
+}
+
+/// One open watch: what its stream needs between two messages.
+struct Watch {
+    broker: Broker,
+    call: Call,
+    who: WorkloadIdentity,
+    paths: Vec<SecretPath>,
+    /// Per path: the newest version sent.
+    sent: Vec<u64>,
+    /// Per path: the policy generation `watch` was last granted under.
+    granted: Vec<Option<Granted>>,
+    changes: StreamMap<usize, WatchStream<u64>>,
+    policy: watch::Receiver<Arc<Policy>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    expired: Pin<Box<Sleep>>,
+    /// The snapshot, until it is sent.
+    first: Option<WatchReply>,
+    /// An error was sent: the stream ends.
+    ended: bool,
+    _slot: WatchSlot,
+    _watching: WatchGuard,
+}
+
+impl Watch {
+    /// The next message, or `None` once an error ended the stream.
+    async fn next(&mut self) -> Option<WatchItem> {
+        if self.ended {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        let item = self.wait().await;
+        self.ended = item.is_err();
+        Some(item)
+    }
+
+    async fn wait(&mut self) -> WatchItem {
+        loop {
+            tokio::select! {
+                // Shutdown and the token's end win over an update that is
+                // ready at the same moment.
+                biased;
+                () = &mut self.shutdown => return Err(ApiError::ShuttingDown.into()),
+                () = &mut self.expired => {
+                    tracing::info!(
+                        namespace = %self.who.namespace,
+                        service_account = %self.who.service_account,
+                        "watch closed: the token expired"
+                    );
+                    return Err(ApiError::from(AuthError::Expired).into());
+                }
+                Ok(()) = self.policy.changed() => {
+                    let current = Arc::clone(&self.policy.borrow_and_update());
+                    self.broker
+                        .recheck_watch(&self.call, &self.who, &current, self.paths.iter())
+                        .await?;
+                }
+                Some((index, version)) = self.changes.next() => {
+                    if version <= self.sent[index] {
+                        continue;
+                    }
+                    let (path, granted) = (&self.paths[index], &mut self.granted[index]);
+                    // Boxed: an idle stream does not carry the space of a
+                    // read in flight.
+                    let update = Box::pin(self.broker.serve_update(
+                        &self.call, &self.who, path, version, granted,
+                    ));
+                    let (served, reply) = update.await?;
+                    self.sent[index] = served;
+                    return Ok(reply);
+                }
+            }
+        }
     }
 }
 
@@ -256,10 +310,10 @@ impl Broker {
 #[derive(Clone)]
 pub(super) struct Granted {
     policy: Arc<Policy>,
-    rule: String,
+    watch: Allowed,
 }
 
-/// How long a version's wire form is shared after it was first read: long
+/// How long a version's update is shared after it was first read: long
 /// enough for one fan-out, short enough that a deleted version is not served
 /// from here for long.
 const FANOUT_TTL: Duration = Duration::from_secs(2);
@@ -267,16 +321,16 @@ const FANOUT_TTL: Duration = Duration::from_secs(2);
 /// The most paths whose newest version is shared at once.
 const FANOUT_MAX_PATHS: usize = 1024;
 
-/// The newest version of each recently updated path, read once and shared by
-/// every stream that sends it. Values are `v1::Secret`s, whose bytes are
-/// wiped when the last holder drops them.
+/// The newest update of each recently changed path, read and encoded once
+/// and shared by every stream that sends it. Its bytes are wiped when the
+/// last stream drops them.
 #[derive(Default)]
 pub(super) struct FanOut {
     recent: std::sync::Mutex<Recent>,
 }
 
-/// Per path: the version, when it was read, and its wire form.
-type Recent = std::collections::HashMap<SecretPath, (u64, std::time::Instant, Arc<v1::Secret>)>;
+/// Per path: the version, when it was read, and its encoded update.
+type Recent = std::collections::HashMap<SecretPath, (u64, std::time::Instant, WatchReply)>;
 
 impl FanOut {
     fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -284,14 +338,15 @@ impl FanOut {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `path` at `version`, if it was read in the last [`FANOUT_TTL`].
-    fn get(&self, path: &SecretPath, version: u64) -> Option<v1::Secret> {
+    /// The update of `path` to `version`, if it was read in the last
+    /// [`FANOUT_TTL`].
+    fn get(&self, path: &SecretPath, version: u64) -> Option<WatchReply> {
         let recent = self.lock();
-        let (v, at, secret) = recent.get(path)?;
-        (*v == version && at.elapsed() < FANOUT_TTL).then(|| (**secret).clone())
+        let (v, at, reply) = recent.get(path)?;
+        (*v == version && at.elapsed() < FANOUT_TTL).then(|| reply.clone())
     }
 
-    fn put(&self, path: &SecretPath, version: u64, secret: &v1::Secret) {
+    fn put(&self, path: &SecretPath, version: u64, reply: &WatchReply) {
         let mut recent = self.lock();
         if recent.len() >= FANOUT_MAX_PATHS {
             recent.retain(|_, (_, at, _)| at.elapsed() < FANOUT_TTL);
@@ -305,7 +360,7 @@ impl FanOut {
             _ => {
                 recent.insert(
                     path.clone(),
-                    (version, std::time::Instant::now(), Arc::new(secret.clone())),
+                    (version, std::time::Instant::now(), reply.clone()),
                 );
             }
         }
@@ -366,6 +421,11 @@ mod tests {
             .unwrap()
     }
 
+    /// A stream's next item as the message a client decodes.
+    fn message(item: Option<Result<WatchReply, Status>>) -> v1::WatchSecretsResponse {
+        item.unwrap().unwrap().into_message().unwrap()
+    }
+
     fn watch_request(token: &str) -> Request<v1::WatchSecretsRequest> {
         let mut request = Request::new(v1::WatchSecretsRequest {
             paths: vec!["shop/db".into()],
@@ -389,12 +449,12 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        let snapshot = stream.next().await.unwrap().unwrap();
+        let snapshot = message(stream.next().await);
         assert_eq!(snapshot.secrets[0].version, 1);
 
         // An update while allowed is served and audited with its version.
         put(store.as_ref(), b"v2").await;
-        let update = stream.next().await.unwrap().unwrap();
+        let update = message(stream.next().await);
         assert_eq!(update.secrets[0].version, 2);
 
         broker.set_policy(Policy::deny_all());
@@ -447,7 +507,7 @@ mod tests {
         broker.set_policy(Policy::from_yaml(READS).unwrap());
         put(store.as_ref(), b"v2").await;
         // The next message is the update, not a revocation.
-        let update = stream.next().await.unwrap().unwrap();
+        let update = message(stream.next().await);
         assert_eq!(update.secrets[0].version, 2);
     }
 
@@ -468,7 +528,7 @@ mod tests {
         }
         put(store.as_ref(), b"v2").await;
         for stream in &mut streams {
-            let update = stream.next().await.unwrap().unwrap();
+            let update = message(stream.next().await);
             assert_eq!(update.secrets[0].version, 2);
         }
         // Same access under another rule name: the cached grant is not
@@ -476,7 +536,7 @@ mod tests {
         broker.set_policy(Policy::from_yaml(&READS.replace("web-reads", "web-reads-2")).unwrap());
         put(store.as_ref(), b"v3").await;
         for stream in &mut streams {
-            let update = stream.next().await.unwrap().unwrap();
+            let update = message(stream.next().await);
             assert_eq!(update.secrets[0].version, 3);
         }
         let text = std::fs::read_to_string(&audit).unwrap();
@@ -571,7 +631,7 @@ mod tests {
         // another stream read first.
         let mut values = Vec::new();
         for (_, stream) in &mut streams {
-            let update = stream.next().await.unwrap().unwrap();
+            let update = message(stream.next().await);
             let secret = update.secrets.into_iter().next().unwrap();
             match SecretData::try_from(secret.value.unwrap()).unwrap() {
                 SecretData::Bytes(bytes) => values.push(bytes.expose().to_vec()),
