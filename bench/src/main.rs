@@ -92,6 +92,9 @@ struct Args {
         default_value = "1000x1000,10000x100,10000x10000"
     )]
     watch: Vec<String>,
+    /// Rotations per watch run (the figures are the median over them).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// The broker's log filter (its default is `info`); logs go to a sink.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -124,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         args.get = vec!["1x4".into()];
         args.cold_tokens = 40;
         args.watch = vec!["50x5".into()];
+        args.rounds = 2;
     }
     // The broker logs as it would in production, into a sink.
     tracing_subscriber::fmt()
@@ -396,6 +400,8 @@ struct WatchFigures {
     median: Duration,
     p99: Duration,
     last: Duration,
+    /// Server CPU time of the fan-out per update delivered.
+    cpu_per_update: Duration,
     rss_per_stream: f64,
 }
 
@@ -454,15 +460,17 @@ async fn run_all(
         // The write happens on a thread of its own, ready before the clock
         // starts: the store's notification is what starts the fan-out.
         let writer = Writer::start(setup.store.clone())?;
-        let coffer =
-            watch_run(&servers.broker, &token, watchers, conns, || writer.write(2)).await?;
-        let bare = watch_run(&servers.bare, &token, watchers, conns, || {
+        let coffer = watch_run(&servers.broker, &token, watchers, conns, args.rounds, |n| {
+            writer.write(n)
+        })
+        .await?;
+        let bare = watch_run(&servers.bare, &token, watchers, conns, args.rounds, |n| {
             let mut update = v1::WatchSecretsResponse {
                 kind: v1::WatchEventKind::Update as i32,
                 secrets: servers.reply.secret.clone().into_iter().collect(),
             };
             for s in &mut update.secrets {
-                s.version += 1;
+                s.version = n;
             }
             let _ = servers.updates.send(update);
             Ok(())
@@ -668,21 +676,26 @@ async fn cold_load(url: &str, tokens: &Arc<Vec<String>>) -> anyhow::Result<Figur
 }
 
 /// Opens `watchers` streams over `conns` connections, waits for every
-/// snapshot, rotates once, and times each receiver from the rotation.
+/// snapshot, then rotates `rounds` times, each once every receiver has the
+/// last, timing each receiver from its rotation. The figures are the median
+/// over the rounds; the server CPU is the whole fan-out's, per update sent.
 async fn watch_run(
     url: &str,
     token: &str,
     watchers: usize,
     conns: usize,
-    rotate: impl FnOnce() -> anyhow::Result<()>,
+    rounds: usize,
+    mut rotate: impl FnMut(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<WatchFigures> {
     let conns = conns.clamp(1, watchers.max(1));
+    let rounds = rounds.max(1);
     let mut channels = Vec::with_capacity(conns);
     for _ in 0..conns {
         channels.push(connect(url).await?);
     }
     let rss_before = rss_bytes();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
+    let (receipts_tx, mut receipts) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut tasks = Vec::with_capacity(watchers);
     for i in 0..watchers {
         let mut client = SecretBrokerClient::new(channels[i % conns].clone());
@@ -693,6 +706,7 @@ async fn watch_run(
             token,
         );
         let ready = ready_tx.clone();
+        let receipts = receipts_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut stream = client.watch_secrets(request).await?.into_inner();
             stream
@@ -700,42 +714,68 @@ async fn watch_run(
                 .await?
                 .ok_or_else(|| Status::internal("no snapshot"))?;
             let _ = ready.send(()).await;
-            let update = stream
-                .message()
-                .await?
-                .ok_or_else(|| Status::internal("no update"))?;
-            let at = Instant::now();
-            drop(update);
-            // Keep the stream open until every receiver has its update, so
-            // closing streams do not compete with the fan-out.
-            Ok::<_, Status>((at, stream))
+            for _ in 0..rounds {
+                let update = stream
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::internal("no update"))?;
+                let _ = receipts.send(Instant::now());
+                drop(update);
+            }
+            // Keep the stream open until every receiver has its last update,
+            // so closing streams do not compete with the fan-out.
+            Ok::<_, Status>(stream)
         }));
     }
-    drop(ready_tx);
+    drop((ready_tx, receipts_tx));
     for _ in 0..watchers {
         if ready_rx.recv().await.is_none() {
             break;
         }
     }
-    // Let the server settle its per-stream tasks before reading memory.
+    // Let the server settle its per-stream work before reading memory.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_after = rss_bytes();
-    let start = Instant::now();
-    rotate()?;
-    let mut times = Vec::with_capacity(watchers);
+    let mut per_round = Vec::with_capacity(rounds);
+    let mut cpu = Duration::ZERO;
+    for round in 0..rounds {
+        let cpu_before = server_cpu();
+        let start = Instant::now();
+        rotate(round as u64 + 2)?;
+        let mut times = Vec::with_capacity(watchers);
+        for _ in 0..watchers {
+            let at = receipts
+                .recv()
+                .await
+                .context("a watcher ended before its update")?;
+            times.push(at.saturating_duration_since(start));
+        }
+        cpu += server_cpu().saturating_sub(cpu_before);
+        times.sort_unstable();
+        per_round.push([
+            times.first().copied().unwrap_or_default(),
+            quantile(&times, 0.5),
+            quantile(&times, 0.99),
+            times.last().copied().unwrap_or_default(),
+        ]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut streams = Vec::with_capacity(watchers);
     for task in tasks {
-        let (at, stream) = task.await??;
-        times.push(at.saturating_duration_since(start));
-        streams.push(stream);
+        streams.push(task.await??);
     }
     drop(streams);
-    times.sort_unstable();
+    let median_of = |i: usize| {
+        let mut v: Vec<Duration> = per_round.iter().map(|r| r[i]).collect();
+        v.sort_unstable();
+        quantile(&v, 0.5)
+    };
     Ok(WatchFigures {
-        first: times.first().copied().unwrap_or_default(),
-        median: quantile(&times, 0.5),
-        p99: quantile(&times, 0.99),
-        last: times.last().copied().unwrap_or_default(),
+        first: median_of(0),
+        median: median_of(1),
+        p99: median_of(2),
+        last: median_of(3),
+        cpu_per_update: cpu / (watchers.max(1) * rounds) as u32,
         rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / watchers.max(1) as f64,
     })
 }
@@ -906,6 +946,15 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                         ratio(c.as_secs_f64(), b.as_secs_f64())
                     );
                 }
+                println!(
+                    "| rotation to {label}: server CPU per update | {} | {} | {} |",
+                    us(coffer.cpu_per_update),
+                    us(bare.cpu_per_update),
+                    ratio(
+                        coffer.cpu_per_update.as_secs_f64(),
+                        bare.cpu_per_update.as_secs_f64()
+                    )
+                );
                 println!(
                     "| rotation to {label}: RSS per stream (client and server) | {:.1} KiB | {:.1} KiB | {} |",
                     coffer.rss_per_stream / 1024.0,
