@@ -63,11 +63,13 @@ pub enum Capability {
     Status,
     Delete,
     Destroy,
+    /// Revoke a dynamic secret's lease (`RevokeLease`).
+    Revoke,
 }
 
 impl Capability {
     /// Every capability, in policy-file order.
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Self::Read,
         Self::Watch,
         Self::Write,
@@ -77,6 +79,7 @@ impl Capability {
         Self::Status,
         Self::Delete,
         Self::Destroy,
+        Self::Revoke,
     ];
 
     /// The name used in policy files and audit records.
@@ -91,6 +94,7 @@ impl Capability {
             Self::Status => "status",
             Self::Delete => "delete",
             Self::Destroy => "destroy",
+            Self::Revoke => "revoke",
         }
     }
 
@@ -103,7 +107,12 @@ impl Capability {
     pub fn is_write_side(self) -> bool {
         matches!(
             self,
-            Self::Write | Self::Rotate | Self::Rollback | Self::Delete | Self::Destroy
+            Self::Write
+                | Self::Rotate
+                | Self::Rollback
+                | Self::Delete
+                | Self::Destroy
+                | Self::Revoke
         )
     }
 

@@ -12,8 +12,11 @@
 //! `operator.rs` (`SecretOperator`).
 
 mod acks;
+mod leases;
 mod limits;
 mod operator;
+
+pub use leases::MAX_LEASES_LISTED;
 
 pub use acks::AckLimits;
 mod stream;
