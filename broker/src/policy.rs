@@ -755,6 +755,52 @@ rules:
     }
 
     #[test]
+    fn revoke_is_its_own_write_side_capability() {
+        let policy = Policy::from_yaml(
+            r#"
+rules:
+  - name: ops-revokes-shop-leases
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [list, revoke]
+  - name: revoke-everywhere
+    subjects: [{namespace: ops, serviceAccount: root}]
+    paths: ["**"]
+    capabilities: [revoke]
+"#,
+        )
+        .unwrap();
+        let path = SecretPath::parse("shop/pg").unwrap();
+        let who = |ns: &str, sa: &str| WorkloadIdentity {
+            issuer: "i".into(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+        };
+        let admin = who("ops", "admin");
+        assert!(policy.decide(&admin, &path, Capability::Revoke).is_allowed());
+        assert!(!policy.decide(&admin, &path, Capability::Read).is_allowed());
+        assert!(
+            !policy
+                .decide(&who("shop", "web"), &path, Capability::Revoke)
+                .is_allowed()
+        );
+        assert_eq!(Capability::from_name("revoke"), Some(Capability::Revoke));
+        assert!(Capability::Revoke.is_write_side());
+        // Like any write-side capability on every path, lint warns.
+        assert!(
+            policy
+                .warnings()
+                .iter()
+                .any(|w| w.to_string().contains("revoke-everywhere")),
+            "{:?}",
+            policy.warnings()
+        );
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let unknown = "rules:\n  - subjects: [{namespace: a, serviceAccount: b}]\n    paths: [x]\n    capabilites: [read]\n";
         assert_eq!(error_line(unknown).0, Some(4), "{}", error_line(unknown).1);
