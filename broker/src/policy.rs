@@ -780,7 +780,11 @@ rules:
             pod_uid: None,
         };
         let admin = who("ops", "admin");
-        assert!(policy.decide(&admin, &path, Capability::Revoke).is_allowed());
+        assert!(
+            policy
+                .decide(&admin, &path, Capability::Revoke)
+                .is_allowed()
+        );
         assert!(!policy.decide(&admin, &path, Capability::Read).is_allowed());
         assert!(
             !policy

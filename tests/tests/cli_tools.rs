@@ -134,7 +134,10 @@ async fn the_dev_store_has_no_leases_to_list_or_revoke() {
     let broker = BrokerProcess::start(POLICY);
     let ctl = Ctl::new(&broker);
     let listed = json(&ctl.ok(&["leases", "--output", "json"], b""));
-    assert_eq!(listed, serde_json::json!({"leases": [], "truncated": false}));
+    assert_eq!(
+        listed,
+        serde_json::json!({"leases": [], "truncated": false})
+    );
     assert_eq!(ctl.ok(&["leases"], b"").trim(), "no live leases");
     let (code, _, err) = ctl.run(&["revoke", "database/creds/shop/x"], b"");
     assert_eq!(code, 3, "{err}");

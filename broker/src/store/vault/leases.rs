@@ -58,6 +58,9 @@ pub(super) struct Leases {
     /// The broker's own lease actions, for the audit trail.
     events: mpsc::Sender<LeaseEvent>,
     events_out: Mutex<Option<mpsc::Receiver<LeaseEvent>>>,
+    /// Whether anyone took the receiver (without an audit trail, nothing
+    /// is queued).
+    events_taken: AtomicBool,
 }
 
 impl Default for Leases {
@@ -68,6 +71,7 @@ impl Default for Leases {
             swept: tokio::sync::Mutex::default(),
             events,
             events_out: Mutex::new(Some(rx)),
+            events_taken: AtomicBool::new(false),
         }
     }
 }
@@ -83,6 +87,9 @@ struct Held {
     retired: AtomicBool,
     /// The last versions issued and their lease ids, newest last.
     served: Mutex<VecDeque<(u64, String)>>,
+    /// What `ListLeases` shows of the credential, kept apart from `state`
+    /// so a listing never waits for a renewal in flight.
+    view: Mutex<Option<LeaseInfo>>,
 }
 
 impl Held {
@@ -103,13 +110,14 @@ impl Held {
         served.push_back((version, lease_id.to_string()));
     }
 
-    /// The current lease id, if a credential was issued.
-    fn current_lease(&self) -> Option<String> {
-        self.served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .back()
-            .map(|(_, id)| id.clone())
+    /// Updates what listings show after `state` changed.
+    fn publish(&self, credential: Option<&Credential>) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = credential.map(|c| info(self, c));
+    }
+
+    /// What listings show, if a credential is held.
+    fn view(&self) -> Option<LeaseInfo> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -138,10 +146,15 @@ struct Grant {
 impl Leases {
     /// The receiver of the broker's own lease actions, once.
     pub(super) fn take_events(&self) -> Option<mpsc::Receiver<LeaseEvent>> {
-        self.events_out
+        let rx = self
+            .events_out
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .take();
+        if rx.is_some() {
+            self.events_taken.store(true, Ordering::Release);
+        }
+        rx
     }
 
     /// The lease that served `version` on `key`'s entry.
@@ -165,7 +178,7 @@ impl Leases {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .find(|h| h.current_lease().as_deref() == Some(lease_id))
+            .find(|h| h.view().is_some_and(|v| v.lease_id == lease_id))
             .cloned()
     }
 
@@ -178,13 +191,7 @@ impl Leases {
             .values()
             .cloned()
             .collect();
-        held.iter()
-            .filter_map(|h| {
-                let state = h.state.try_lock().ok()?;
-                let c = state.as_ref()?;
-                Some(info(h, c))
-            })
-            .collect()
+        held.iter().filter_map(|h| h.view()).collect()
     }
 }
 
@@ -246,6 +253,7 @@ impl Inner {
             issued: Notify::new(),
             retired: AtomicBool::new(false),
             served: Mutex::new(VecDeque::new()),
+            view: Mutex::new(None),
         });
         entries.insert(key, Arc::clone(&held));
         let (weak, task) = (Arc::downgrade(self), Arc::clone(&held));
@@ -291,6 +299,7 @@ impl Inner {
                     reason,
                 );
                 *state = Some(credential);
+                held.publish(state.as_ref());
                 crate::metrics::lease_state(None, Some(false));
                 held.version.send_replace(next);
                 held.issued.notify_one();
@@ -443,6 +452,9 @@ impl Inner {
         version: u64,
         reason: &'static str,
     ) {
+        if !self.leases.events_taken.load(Ordering::Acquire) {
+            return;
+        }
         let event = LeaseEvent {
             action,
             lease_id: lease_id.to_string(),
@@ -483,6 +495,7 @@ impl Inner {
             self.revoke(lease_id).await?;
         }
         let old = state.take();
+        held.publish(None);
         crate::metrics::lease_state(gauge_state(old.as_ref()), None);
         self.emit(
             &held,
@@ -498,6 +511,7 @@ impl Inner {
                     held.remember(next, &fresh.lease_id);
                     self.emit(&held, LeaseAction::Issue, &fresh.lease_id, next, "revoked");
                     *state = Some(fresh);
+                    held.publish(state.as_ref());
                     crate::metrics::lease_state(None, Some(false));
                     held.issued.notify_one();
                 }
@@ -567,6 +581,7 @@ async fn manage(weak: Weak<Inner>, held: Arc<Held>) {
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.retire_if_unused(&held) {
                     let taken = held.state.lock().await.take();
+                    held.publish(None);
                     crate::metrics::lease_state(gauge_state(taken.as_ref()), None);
                     if let Some(c) = taken
                         && held.mount.engine == Engine::Database
@@ -596,6 +611,11 @@ async fn renew_or_rotate(inner: &Inner, held: &Held) {
     let Some(current) = state.as_mut() else {
         return;
     };
+    renew_or_rotate_held(inner, held, current).await;
+    held.publish(state.as_ref());
+}
+
+async fn renew_or_rotate_held(inner: &Inner, held: &Held, current: &mut Credential) {
     let path = &held.key.1;
     let renewed = if current.renewable {
         inner.renew(&current.lease_id, current.lease).await
