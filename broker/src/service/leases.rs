@@ -107,16 +107,8 @@ impl Broker {
             .collect();
         let Some(first) = paths.first() else {
             // No leased mount could hold it: nothing exists to hide.
-            self.audit_lease_call(
-                &call,
-                &who,
-                None,
-                lease_id,
-                Outcome::Deny,
-                "unknown_lease",
-                None,
-            )
-            .await?;
+            self.audit_lease_call(&call, &who, None, lease_id, "unknown_lease", None)
+                .await?;
             return Err(ApiError::LeaseNotFound.into());
         };
         let policy = self.policy();
@@ -131,16 +123,8 @@ impl Broker {
             return Err(ApiError::PermissionDenied.into());
         };
         let Some(lease) = live else {
-            self.audit_lease_call(
-                &call,
-                &who,
-                Some(path),
-                lease_id,
-                Outcome::Deny,
-                "not_found",
-                None,
-            )
-            .await?;
+            self.audit_lease_call(&call, &who, Some(path), lease_id, "not_found", None)
+                .await?;
             return Err(ApiError::LeaseNotFound.into());
         };
         let allowed = self
@@ -152,7 +136,6 @@ impl Broker {
             &who,
             Some(path),
             &lease.lease_id,
-            Outcome::Allow,
             "allowed",
             Some(&allowed.rule),
         )
@@ -168,16 +151,22 @@ impl Broker {
         }))
     }
 
+    /// The record of a `RevokeLease` decision, naming the lease.
     async fn audit_lease_call(
         &self,
         call: &Call,
         who: &crate::auth::WorkloadIdentity,
         path: Option<&SecretPath>,
         lease_id: &str,
-        decision: Outcome,
         reason: &str,
-        rule: Option<&str>,
+        allowed_by: Option<&str>,
     ) -> Result<(), ApiError> {
+        // Allowed by a rule, or else denied.
+        let decision = if allowed_by.is_some() {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
         let path = path.map(SecretPath::to_string);
         let mut event = call.event(
             Some(who),
@@ -187,7 +176,7 @@ impl Broker {
             reason,
         );
         event.lease_id = Some(lease_id);
-        event.rule = rule;
+        event.rule = allowed_by;
         self.audit(&event).await
     }
 }
