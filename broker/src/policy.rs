@@ -618,7 +618,7 @@ fn merge_ascending<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = u
 mod tests {
     use super::*;
 
-    fn who(ns: &str, sa: &str) -> WorkloadIdentity {
+    pub(super) fn who(ns: &str, sa: &str) -> WorkloadIdentity {
         WorkloadIdentity {
             issuer: "i".into(),
             namespace: ns.into(),
@@ -771,14 +771,7 @@ rules:
         )
         .unwrap();
         let path = SecretPath::parse("shop/pg").unwrap();
-        let who = |ns: &str, sa: &str| WorkloadIdentity {
-            issuer: "i".into(),
-            namespace: ns.into(),
-            service_account: sa.into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-        };
+        let who = super::tests::who;
         let admin = who("ops", "admin");
         assert!(
             policy

@@ -60,7 +60,7 @@ impl Broker {
         visible.truncate(MAX_LEASES_LISTED);
         self.audit(&call.event(
             Some(&who),
-            Some(&prefix),
+            Some(prefix.as_str()).filter(|p| !p.is_empty()),
             Some(Capability::List),
             Outcome::Allow,
             "listed",

@@ -623,7 +623,10 @@ async fn renew_or_rotate_held(inner: &Inner, held: &Held, current: &mut Credenti
         Err(CallError::Other(0, "not renewable".into()))
     };
     let now = Instant::now();
-    crate::metrics::lease_renewal(renewed.is_ok());
+    if current.renewable {
+        // Certificates are never renewed, only reissued: not counted.
+        crate::metrics::lease_renewal(renewed.is_ok());
+    }
     let before = gauge_state(Some(current));
     let reason = match renewed {
         Ok(granted) if granted >= current.lease => {
