@@ -46,7 +46,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-use crate::{auth::WorkloadIdentity, policy::Capability};
+use crate::{auth::WorkloadIdentity, policy::Capability, store::LeaseOwner};
 
 /// The `prev` of the first record of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -90,6 +90,13 @@ pub struct AuditEvent<'a> {
     pub decision: Outcome,
     pub reason: &'a str,
     pub rule: Option<&'a str>,
+    /// The Vault lease of the credential served or acted on (never the
+    /// credential).
+    pub lease_id: Option<&'a str>,
+    /// Who acted when not the caller: `broker` for its own lease actions.
+    pub actor: Option<&'a str>,
+    /// The workload a lease belongs to, in the broker's own lease records.
+    pub owner: Option<&'a LeaseOwner>,
 }
 
 #[derive(Serialize, Clone)]
@@ -98,6 +105,17 @@ struct Identity {
     namespace: String,
     service_account: String,
     pod: Option<String>,
+}
+
+impl From<&LeaseOwner> for Identity {
+    fn from(owner: &LeaseOwner) -> Self {
+        Self {
+            issuer: owner.issuer.clone(),
+            namespace: owner.namespace.clone(),
+            service_account: owner.service_account.clone(),
+            pod: owner.pod_name.clone().or_else(|| owner.pod_uid.clone()),
+        }
+    }
 }
 
 /// An event copied out of the request, ready to cross to the writer thread.
@@ -113,6 +131,12 @@ struct Entry {
     decision: Outcome,
     reason: String,
     rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<Identity>,
 }
 
 impl From<&AuditEvent<'_>> for Entry {
@@ -133,6 +157,9 @@ impl From<&AuditEvent<'_>> for Entry {
             decision: event.decision,
             reason: event.reason.to_string(),
             rule: event.rule.map(str::to_string),
+            lease_id: event.lease_id.map(str::to_string),
+            actor: event.actor.map(str::to_string),
+            owner: event.owner.map(Identity::from),
         }
     }
 }
@@ -950,6 +977,9 @@ mod tests {
             decision: Outcome::Allow,
             reason: "allowed",
             rule: Some("r"),
+            lease_id: None,
+            actor: None,
+            owner: None,
         }
     }
 

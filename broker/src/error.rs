@@ -29,6 +29,8 @@ pub enum ApiError {
     AuditUnavailable,
     #[error("too many open watches for this identity")]
     TooManyWatches,
+    #[error("lease not found")]
+    LeaseNotFound,
 }
 
 impl From<ApiError> for Status {
@@ -53,6 +55,7 @@ impl From<ApiError> for Status {
             ApiError::TooManyWatches => {
                 Status::resource_exhausted("too many open watches for this identity")
             }
+            ApiError::LeaseNotFound => Status::not_found("lease not found"),
         }
     }
 }

@@ -71,6 +71,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The `state` label of a live lease.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `ok` or `failing` (renewals fail; served until it expires).
+    pub state: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +103,8 @@ struct Metrics {
     propagation_seconds: Histogram,
     policy_reloads: Family<ResultLabel, Counter>,
     audit_write_failures: Counter,
+    lease_renewals: Family<ResultLabel, Counter>,
+    leases: Family<StateLabel, Gauge>,
     registry: Mutex<Registry>,
 }
 
@@ -126,6 +135,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         propagation_seconds: propagation_histogram(),
         policy_reloads: Family::default(),
         audit_write_failures: Counter::default(),
+        lease_renewals: Family::default(),
+        leases: Family::default(),
         registry: Mutex::new(Registry::default()),
     };
     // Known label values start at 0, so rate() and alerts see the series
@@ -137,6 +148,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         let _ = metrics
             .policy_reloads
             .get_or_create(&ResultLabel { result });
+        let _ = metrics
+            .lease_renewals
+            .get_or_create(&ResultLabel { result });
+    }
+    for state in ["ok", "failing"] {
+        let _ = metrics.leases.get_or_create(&StateLabel { state });
     }
     for result in ["hit", "miss", "coalesced"] {
         let _ = metrics.read_cache.get_or_create(&CacheLabel { result });
@@ -205,6 +222,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "audit_write_failures",
         "Audit records that could not be written",
         metrics.audit_write_failures.clone(),
+    );
+    registry.register(
+        "lease_renewals",
+        "Renewals of leased credentials asked of the backend, by result",
+        metrics.lease_renewals.clone(),
+    );
+    registry.register(
+        "leases",
+        "Leased credentials held now, by state (failing: renewals fail, served until expiry)",
+        metrics.leases.clone(),
     );
     registry.register_collector(Box::new(PollLagCollector));
     *metrics
@@ -299,6 +326,32 @@ pub struct WatchOpen(());
 impl Drop for WatchOpen {
     fn drop(&mut self) {
         METRICS.open_watches.dec();
+    }
+}
+
+/// Counts one lease renewal asked of the backend.
+pub fn lease_renewal(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    METRICS
+        .lease_renewals
+        .get_or_create(&ResultLabel { result })
+        .inc();
+}
+
+/// Moves one lease between the `coffer_leases` states: `None` is absent,
+/// `Some(true)` failing, `Some(false)` ok.
+pub fn lease_state(from: Option<bool>, to: Option<bool>) {
+    if from == to {
+        return;
+    }
+    let state = |failing: bool| StateLabel {
+        state: if failing { "failing" } else { "ok" },
+    };
+    if let Some(failing) = from {
+        METRICS.leases.get_or_create(&state(failing)).dec();
+    }
+    if let Some(failing) = to {
+        METRICS.leases.get_or_create(&state(failing)).inc();
     }
 }
 

@@ -63,11 +63,13 @@ pub enum Capability {
     Status,
     Delete,
     Destroy,
+    /// Revoke a dynamic secret's lease (`RevokeLease`).
+    Revoke,
 }
 
 impl Capability {
     /// Every capability, in policy-file order.
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Self::Read,
         Self::Watch,
         Self::Write,
@@ -77,6 +79,7 @@ impl Capability {
         Self::Status,
         Self::Delete,
         Self::Destroy,
+        Self::Revoke,
     ];
 
     /// The name used in policy files and audit records.
@@ -91,6 +94,7 @@ impl Capability {
             Self::Status => "status",
             Self::Delete => "delete",
             Self::Destroy => "destroy",
+            Self::Revoke => "revoke",
         }
     }
 
@@ -103,7 +107,12 @@ impl Capability {
     pub fn is_write_side(self) -> bool {
         matches!(
             self,
-            Self::Write | Self::Rotate | Self::Rollback | Self::Delete | Self::Destroy
+            Self::Write
+                | Self::Rotate
+                | Self::Rollback
+                | Self::Delete
+                | Self::Destroy
+                | Self::Revoke
         )
     }
 
@@ -609,7 +618,7 @@ fn merge_ascending<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = u
 mod tests {
     use super::*;
 
-    fn who(ns: &str, sa: &str) -> WorkloadIdentity {
+    pub(super) fn who(ns: &str, sa: &str) -> WorkloadIdentity {
         WorkloadIdentity {
             issuer: "i".into(),
             namespace: ns.into(),
@@ -743,6 +752,49 @@ rules:
     fn error_line(yaml: &str) -> (Option<usize>, String) {
         let e = Policy::from_yaml(yaml).unwrap_err();
         (e.line(), e.to_string())
+    }
+
+    #[test]
+    fn revoke_is_its_own_write_side_capability() {
+        let policy = Policy::from_yaml(
+            r#"
+rules:
+  - name: ops-revokes-shop-leases
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [list, revoke]
+  - name: revoke-everywhere
+    subjects: [{namespace: ops, serviceAccount: root}]
+    paths: ["**"]
+    capabilities: [revoke]
+"#,
+        )
+        .unwrap();
+        let path = SecretPath::parse("shop/pg").unwrap();
+        let who = super::tests::who;
+        let admin = who("ops", "admin");
+        assert!(
+            policy
+                .decide(&admin, &path, Capability::Revoke)
+                .is_allowed()
+        );
+        assert!(!policy.decide(&admin, &path, Capability::Read).is_allowed());
+        assert!(
+            !policy
+                .decide(&who("shop", "web"), &path, Capability::Revoke)
+                .is_allowed()
+        );
+        assert_eq!(Capability::from_name("revoke"), Some(Capability::Revoke));
+        assert!(Capability::Revoke.is_write_side());
+        // Like any write-side capability on every path, lint warns.
+        assert!(
+            policy
+                .warnings()
+                .iter()
+                .any(|w| w.to_string().contains("revoke-everywhere")),
+            "{:?}",
+            policy.warnings()
+        );
     }
 
     #[test]

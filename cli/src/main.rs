@@ -283,6 +283,27 @@ enum Command {
         #[command(flatten)]
         broker: BrokerArgs,
     },
+    /// List the live leases of dynamic secrets (database credentials,
+    /// certificates) on the broker connected: lease id, path, owner,
+    /// version, expiry and renewal state. Only leases of paths you may list
+    /// (capability `list`); at most 1,000 (a note on stderr says when more
+    /// matched).
+    Leases {
+        /// Only leases of this path and the paths under it, e.g. `shop`.
+        #[arg(long)]
+        path: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Revoke one lease now (capability `revoke` on its path): the database
+    /// user is dropped and the pod holding it gets a new credential.
+    /// Exits 3 when no live lease has this id.
+    Revoke {
+        /// The lease id, as `cofferctl leases` shows it.
+        lease_id: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
     /// Print a shell completion script: `source <(cofferctl completions bash)`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -858,6 +879,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             });
         }
+        Command::Leases { path, broker } => {
+            let list = client(&broker).await?.leases(path.as_deref()).await?;
+            if json_output() {
+                let leases: Vec<serde_json::Value> = list.leases.iter().map(lease_json).collect();
+                say!(
+                    "{}",
+                    serde_json::json!({"leases": leases, "truncated": list.truncated})
+                );
+            } else {
+                print_leases(&list);
+            }
+            if list.truncated {
+                eprintln!("more leases matched than one answer holds: narrow --path");
+            }
+        }
+        Command::Revoke { lease_id, broker } => {
+            let revoked = client(&broker).await?.revoke_lease(&lease_id).await?;
+            if json_output() {
+                say!("{}", serde_json::json!({"revoked": lease_json(&revoked)}));
+            } else {
+                say!(
+                    "revoked {} ({} v{}, {})",
+                    revoked.lease_id,
+                    revoked.path,
+                    revoked.version,
+                    owner_text(&revoked)
+                );
+            }
+        }
         Command::Token {
             command:
                 TokenCommand::Verify {
@@ -995,6 +1045,78 @@ fn terminal_safe(bytes: &[u8]) -> bool {
         (!c.is_control() || c == '\n' || c == '\t')
             && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     })
+}
+
+/// `namespace/serviceaccount[/pod]` of a lease's owner.
+fn owner_text(lease: &coffer::Lease) -> String {
+    let pod = if lease.pod.is_empty() {
+        &lease.pod_uid
+    } else {
+        &lease.pod
+    };
+    if pod.is_empty() {
+        format!("{}/{}", lease.namespace, lease.service_account)
+    } else {
+        format!("{}/{}/{pod}", lease.namespace, lease.service_account)
+    }
+}
+
+fn lease_json(lease: &coffer::Lease) -> serde_json::Value {
+    let (failing_since, failure_kind) = match &lease.renewal {
+        coffer::RenewalState::Failing { since, kind } => (
+            serde_json::Value::from(timestamp(*since)),
+            serde_json::Value::from(kind.as_str()),
+        ),
+        _ => (serde_json::Value::Null, serde_json::Value::Null),
+    };
+    serde_json::json!({
+        "leaseId": lease.lease_id,
+        "path": lease.path,
+        "owner": {
+            "issuer": lease.issuer,
+            "namespace": lease.namespace,
+            "serviceAccount": lease.service_account,
+            "pod": lease.pod,
+            "podUid": lease.pod_uid,
+        },
+        "version": lease.version,
+        "issuedAt": timestamp(lease.issued_at),
+        "expiresAt": timestamp(lease.expires_at),
+        "renewal": lease.renewal.as_str(),
+        "failingSince": failing_since,
+        "failureKind": failure_kind,
+    })
+}
+
+fn print_leases(list: &coffer::Leases) {
+    if list.leases.is_empty() {
+        say!("no live leases");
+        return;
+    }
+    say!(
+        "{:<48} {:<20} {:<32} {:>4}  {:<20}  RENEWAL",
+        "LEASE ID",
+        "PATH",
+        "OWNER",
+        "VER",
+        "EXPIRES"
+    );
+    for lease in &list.leases {
+        let renewal = match &lease.renewal {
+            coffer::RenewalState::Failing { since, kind } => {
+                format!("failing since {} ({kind})", timestamp(*since))
+            }
+            other => other.as_str().to_string(),
+        };
+        say!(
+            "{:<48} {:<20} {:<32} {:>4}  {:<20}  {renewal}",
+            lease.lease_id,
+            lease.path,
+            owner_text(lease),
+            lease.version,
+            timestamp(lease.expires_at)
+        );
+    }
 }
 
 fn timestamp<T>(t: Option<T>) -> String

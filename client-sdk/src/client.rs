@@ -17,8 +17,8 @@ use tonic::{
 use zeroize::Zeroizing;
 
 use crate::{
-    Applied, Error, Put, RetryPolicy, Rotate, RotationStatus, Secret, TokenSource, VersionAction,
-    Versions, WatchStream,
+    Applied, Error, Lease, Leases, Put, RetryPolicy, Rotate, RotationStatus, Secret, TokenSource,
+    VersionAction, Versions, WatchStream,
     env::{self, Env},
 };
 
@@ -623,6 +623,44 @@ impl Client {
             })
             .await?;
         Ok(response.into_inner().into())
+    }
+
+    /// The live leases of dynamic secrets on the replica connected, of
+    /// `path` and the paths under it (`None`: every path); only those the
+    /// caller has `list` on (capability `list`).
+    pub async fn leases(&self, path: Option<&str>) -> Result<Leases, Error> {
+        let response = self
+            .read(|| async {
+                let request = self.request(v1::ListLeasesRequest {
+                    path: path.unwrap_or_default().to_string(),
+                })?;
+                self.operator
+                    .clone()
+                    .list_leases(request)
+                    .await
+                    .map_err(Error::status)
+            })
+            .await?;
+        Ok(response.into_inner().into())
+    }
+
+    /// Revokes `lease_id` now; its holder's watches get a new credential
+    /// (capability `revoke` on the lease's path). Returns the lease as it
+    /// was.
+    pub async fn revoke_lease(&self, lease_id: &str) -> Result<Lease, Error> {
+        let request = self.request(v1::RevokeLeaseRequest {
+            lease_id: lease_id.to_string(),
+        })?;
+        let revoked = self
+            .operator
+            .clone()
+            .revoke_lease(request)
+            .await
+            .map_err(Error::status)?
+            .into_inner()
+            .revoked
+            .unwrap_or_default();
+        Ok(revoked.into())
     }
 
     /// Which workloads acknowledged which version of `path`, merged over

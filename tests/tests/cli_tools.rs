@@ -129,6 +129,23 @@ async fn exit_codes_name_the_category() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dev_store_has_no_leases_to_list_or_revoke() {
+    let broker = BrokerProcess::start(POLICY);
+    let ctl = Ctl::new(&broker);
+    let listed = json(&ctl.ok(&["leases", "--output", "json"], b""));
+    assert_eq!(
+        listed,
+        serde_json::json!({"leases": [], "truncated": false})
+    );
+    assert_eq!(ctl.ok(&["leases"], b"").trim(), "no live leases");
+    let (code, _, err) = ctl.run(&["revoke", "database/creds/shop/x"], b"");
+    assert_eq!(code, 3, "{err}");
+    // A lease id is printable text.
+    let (code, _, err) = ctl.run(&["revoke", "a b"], b"");
+    assert_eq!(code, 2, "{err}");
+}
+
 #[test]
 fn completions_for_each_shell() {
     for (shell, marker) in [
@@ -167,7 +184,8 @@ fn offline_commands_do_not_take_network_flags() {
     let (code, _, err) = run(&["policy", "lint", "x.yaml", "--broker", "http://127.0.0.1:1"]);
     assert_eq!(code, 2, "{err}");
     for command in [
-        "get", "put", "rotate", "versions", "rollback", "status", "list", "delete",
+        "get", "put", "rotate", "versions", "rollback", "status", "list", "delete", "leases",
+        "revoke",
     ] {
         let (_, help, _) = run(&[command, "--help"]);
         assert!(

@@ -6,11 +6,25 @@
 use std::time::Duration;
 
 use coffer_tests::{
-    BrokerProcess, POLICY, SidecarProcess, eventually,
+    BrokerProcess, POLICY, SidecarProcess, default_auth_args, eventually,
     openbao::{OpenBao, ROOT_TOKEN},
-    operator::pod_token,
+    operator::{Ctl, pod_token},
     postgres::Postgres,
 };
+use serde_json::Value;
+
+/// The test policy, plus `list` and `revoke` on `shop/*` for `ops/admin`.
+const LEASE_POLICY: &str = r#"
+rules:
+  - name: web-reads-shop
+    subjects: [{namespace: shop, serviceAccount: web}]
+    paths: ["shop/*"]
+    capabilities: [read, watch]
+  - name: admin-manages-shop-leases
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [read, list, status, revoke]
+"#;
 
 /// The broker path of the leased credentials (inside the test policy's `shop/*`).
 const PATH: &str = "shop/pg";
@@ -45,8 +59,33 @@ impl Setup {
         BrokerProcess::start_with(POLICY, &["--store=vault", "--vault-config", &config])
     }
 
+    /// A broker with [`LEASE_POLICY`], its `/metrics` and `extra` flags.
+    fn lease_broker(&self, extra: &[&str]) -> BrokerProcess {
+        let mut args: Vec<String> = default_auth_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        args.extend(
+            [
+                "--store=vault",
+                "--vault-config",
+                &self.config.display().to_string(),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|a| a.to_string()));
+        BrokerProcess::start_with_args(LEASE_POLICY, args)
+    }
+
     /// How many leases OpenBao holds for the role.
     fn leases(&self) -> usize {
+        self.lease_ids().len()
+    }
+
+    /// The ids of the leases OpenBao holds for the role, as OpenBao lists them.
+    fn lease_ids(&self) -> Vec<String> {
         let (ok, out, _) = self.bao.try_bao(
             &[
                 "list",
@@ -56,10 +95,43 @@ impl Setup {
             "",
         );
         if !ok {
-            return 0;
+            return Vec::new();
         }
-        serde_json::from_str::<Vec<String>>(&out).map_or(0, |v| v.len())
+        serde_json::from_str::<Vec<String>>(&out)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|suffix| format!("database/creds/shop/{suffix}"))
+            .collect()
     }
+}
+
+/// `cofferctl leases --output json [args]` as `who`: the leases.
+fn leases_as(ctl: &Ctl, who: &str, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["leases", "--output", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = ctl.as_(who, &all, b"");
+    assert_eq!(code, 0, "cofferctl leases: {out}{err}");
+    let value: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(value["truncated"], false);
+    value["leases"].as_array().unwrap().clone()
+}
+
+/// The audit trail's records.
+fn audit_records(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The value of the broker's metric sample `name{labels}` (0 if absent).
+fn metric(broker: &BrokerProcess, sample: &str) -> f64 {
+    broker
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn sidecar(broker: &BrokerProcess, pod: &str) -> SidecarProcess {
@@ -221,18 +293,185 @@ async fn the_sdk_sees_the_lease_expiry_and_the_same_pod_gets_the_same_user() {
 #[test]
 fn vault_down_at_renewal_keeps_the_last_credential_until_it_expires() {
     let s = setup("10s", "60s", "2s");
-    let broker = s.broker();
+    let broker = s.lease_broker(&[]);
+    let ctl = Ctl::new(&broker);
     let a = sidecar(&broker, "web-a");
     let (user, pass) = creds(&a);
+    let listed = leases_as(&ctl, "ops/admin", &[]);
+    assert_eq!(listed[0]["renewal"], "ok");
+    assert_eq!(metric(&broker, "coffer_leases{state=\"ok\"}"), 1.0);
     s.bao.seal();
     // The renewal at 2/3 of the lease fails; the credential stays.
     broker.wait_for_log("lease renewal failed", 1);
     assert_eq!(creds(&a), (user.clone(), pass.clone()), "the file is kept");
     assert!(s.pg.can_login(&user, &pass), "still valid until its expiry");
+    // Status and metrics say so, with the kind of failure and no more.
+    let listed = leases_as(&ctl, "ops/admin", &[]);
+    assert_eq!(listed[0]["renewal"], "failing", "{listed:?}");
+    assert_eq!(listed[0]["failureKind"], "unavailable");
+    assert_ne!(listed[0]["failingSince"], "-");
+    assert_eq!(metric(&broker, "coffer_leases{state=\"failing\"}"), 1.0);
+    assert_eq!(metric(&broker, "coffer_leases{state=\"ok\"}"), 0.0);
+    assert!(metric(&broker, "coffer_lease_renewals_total{result=\"error\"}") >= 1.0);
     // Nothing renews it: PostgreSQL refuses it after the lease's end.
     eventually(
         Duration::from_secs(15),
         "the unrenewed user expires",
         || (!s.pg.can_login(&user, &pass)).then_some(()),
+    );
+}
+
+#[test]
+fn the_audit_trail_names_each_lease_and_never_the_password() {
+    let s = setup("30s", "120s", "2s");
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let broker = s.lease_broker(&["--audit-file", audit.to_str().unwrap()]);
+    let mut a = sidecar(&broker, "web-a");
+    let (_, pass) = creds(&a);
+    let ids = s.lease_ids();
+    assert_eq!(ids.len(), 1);
+    let lease = &ids[0];
+    // The broker's own issue (written by a background task), with the owner.
+    let records = eventually(Duration::from_secs(10), "the issue record", || {
+        let records = audit_records(&audit);
+        records
+            .iter()
+            .any(|r| {
+                r["rpc"] == "LeaseIssue"
+                    && r["actor"] == "broker"
+                    && r["lease_id"] == lease.as_str()
+                    && r["reason"] == "first_read"
+                    && r["owner"]["pod"] == "web-a"
+            })
+            .then_some(records)
+    });
+    // The watch that handed the credential out names its lease.
+    assert!(
+        records.iter().any(|r| r["rpc"] == "WatchSecrets"
+            && r["path"] == PATH
+            && r["decision"] == "allow"
+            && r["version"] == 1
+            && r["lease_id"] == lease.as_str()),
+        "no watch record with the lease id: {records:?}"
+    );
+    // The pod leaves: the revocation is recorded with its reason.
+    a.process.kill();
+    eventually(Duration::from_secs(20), "the revocation record", || {
+        audit_records(&audit)
+            .iter()
+            .any(|r| {
+                r["rpc"] == "LeaseRevoke"
+                    && r["actor"] == "broker"
+                    && r["lease_id"] == lease.as_str()
+                    && r["reason"] == "holder_gone"
+            })
+            .then_some(())
+    });
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(coffer_broker::audit::verify([("audit.log", text.as_bytes())]).is_ok());
+    assert_not_logged(
+        &[&pass],
+        &[("audit", text), ("broker", broker.process.output())],
+    );
+}
+
+#[test]
+fn an_operator_lists_two_pods_leases_with_their_owners_and_filters_by_path() {
+    let s = setup("30s", "120s", "2s");
+    let broker = s.lease_broker(&[]);
+    let ctl = Ctl::new(&broker);
+    let _a = sidecar(&broker, "web-a");
+    let _b = sidecar(&broker, "web-b");
+    let listed = leases_as(&ctl, "ops/admin", &[]);
+    let mut ids: Vec<&str> = listed
+        .iter()
+        .map(|l| l["leaseId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut bao_ids = s.lease_ids();
+    bao_ids.sort();
+    assert_eq!(ids, bao_ids, "the same leases OpenBao lists");
+    let mut pods: Vec<&str> = listed
+        .iter()
+        .map(|l| l["owner"]["pod"].as_str().unwrap())
+        .collect();
+    pods.sort_unstable();
+    assert_eq!(pods, ["web-a", "web-b"]);
+    for lease in &listed {
+        assert_eq!(lease["path"], PATH);
+        assert_eq!(lease["owner"]["namespace"], "shop");
+        assert_eq!(lease["owner"]["serviceAccount"], "web");
+        assert_eq!(lease["version"], 1);
+        assert_eq!(lease["renewal"], "ok");
+    }
+    assert_eq!(leases_as(&ctl, "ops/admin", &["--path", "shop"]).len(), 2);
+    assert_eq!(leases_as(&ctl, "ops/admin", &["--path", PATH]).len(), 2);
+    assert!(leases_as(&ctl, "ops/admin", &["--path", "shop/p"]).is_empty());
+    assert!(leases_as(&ctl, "ops/admin", &["--path", "other"]).is_empty());
+    // Without `list` on the path, nothing is shown.
+    assert!(leases_as(&ctl, "shop/web", &[]).is_empty());
+    // The table names the same leases.
+    let (code, table, _) = ctl.run(&["leases"], b"");
+    assert_eq!(code, 0);
+    assert!(
+        bao_ids.iter().all(|id| table.contains(id.as_str())),
+        "{table}"
+    );
+    assert!(table.contains("shop/web/web-a"));
+}
+
+#[test]
+fn revoking_without_the_capability_is_denied_alike_for_known_and_unknown_leases() {
+    let s = setup("30s", "120s", "2s");
+    let broker = s.lease_broker(&[]);
+    let ctl = Ctl::new(&broker);
+    let _a = sidecar(&broker, "web-a");
+    let lease = s.lease_ids().remove(0);
+    let unknown = "database/creds/shop/no-such-lease";
+    // The workload's own token has read and watch, not revoke.
+    assert_eq!(ctl.as_("shop/web", &["revoke", &lease], b"").0, 4);
+    assert_eq!(ctl.as_("shop/web", &["revoke", unknown], b"").0, 4);
+    assert_eq!(s.leases(), 1, "nothing was revoked");
+    // The operator learns that an unknown lease does not exist.
+    assert_eq!(ctl.run(&["revoke", unknown], b"").0, 3);
+}
+
+#[test]
+fn a_revoked_lease_ends_the_user_and_the_sidecar_gets_a_new_working_credential() {
+    let s = setup("30s", "120s", "2s");
+    let broker = s.lease_broker(&[]);
+    let ctl = Ctl::new(&broker);
+    let a = sidecar(&broker, "web-a");
+    let (user, pass) = creds(&a);
+    let lease = s.lease_ids().remove(0);
+    let out = ctl.ok(&["revoke", &lease, "--output", "json"], b"");
+    let revoked: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(revoked["revoked"]["leaseId"], lease.as_str());
+    assert_eq!(revoked["revoked"]["owner"]["pod"], "web-a");
+    eventually(Duration::from_secs(10), "the revoked user refused", || {
+        (!s.pg.can_login(&user, &pass)).then_some(())
+    });
+    let (new_user, new_pass) = eventually(Duration::from_secs(15), "a new credential", || {
+        let (u, p) = creds(&a);
+        (u != user).then_some((u, p))
+    });
+    assert!(
+        s.pg.can_login(&new_user, &new_pass),
+        "the new credential works"
+    );
+    let listed = leases_as(&ctl, "ops/admin", &[]);
+    assert_eq!(listed.len(), 1);
+    assert_ne!(listed[0]["leaseId"], lease.as_str());
+    assert_eq!(listed[0]["version"], 2);
+    assert_eq!(s.lease_ids(), [listed[0]["leaseId"].as_str().unwrap()]);
+    // Revoked once: a second revocation finds nothing.
+    assert_eq!(ctl.run(&["revoke", &lease], b"").0, 3);
+    assert_not_logged(
+        &[&pass, &new_pass],
+        &[
+            ("broker", broker.process.output()),
+            ("sidecar", a.process.output()),
+        ],
     );
 }

@@ -12,8 +12,11 @@
 //! `operator.rs` (`SecretOperator`).
 
 mod acks;
+mod leases;
 mod limits;
 mod operator;
+
+pub use leases::MAX_LEASES_LISTED;
 
 pub use acks::AckLimits;
 mod stream;
@@ -123,6 +126,9 @@ impl Call {
             decision,
             reason,
             rule: None,
+            lease_id: None,
+            actor: None,
+            owner: None,
         }
     }
 }
@@ -179,6 +185,7 @@ impl Broker {
     /// Records every decision (and authentication failure) to `audit`.
     pub fn with_audit(self, audit: AuditLog) -> Self {
         *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
+        self.audit_lease_actions();
         self
     }
 
@@ -278,6 +285,9 @@ impl Broker {
             // No trail: nothing to format.
             return Ok(());
         }
+        // A leased path's record names the lease the credential came from.
+        let lease_id =
+            version.and_then(|v| self.inner.store.lease_of(&holder(who), path.base(), v));
         let path = path.to_string();
         let mut event = call.event(
             Some(who),
@@ -288,7 +298,45 @@ impl Broker {
         );
         event.version = version;
         event.rule = Some(&allowed.rule);
+        event.lease_id = lease_id.as_deref();
         self.audit(&event).await
+    }
+
+    /// Writes the broker's own lease actions (issue, failed renewal,
+    /// revoke) to the audit trail as records whose actor is the broker.
+    fn audit_lease_actions(&self) {
+        let Some(mut events) = self.inner.store.lease_events() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime: the broker's lease actions are not audited");
+            return;
+        };
+        let broker = self.clone();
+        runtime.spawn(async move {
+            while let Some(lease) = events.recv().await {
+                let request_id = new_request_id();
+                let event = AuditEvent {
+                    request_id: &request_id,
+                    peer: None,
+                    identity: None,
+                    rpc: lease.action.as_str(),
+                    path: Some(&lease.path),
+                    capability: None,
+                    version: Some(lease.version),
+                    decision: Outcome::Allow,
+                    reason: lease.reason,
+                    rule: None,
+                    lease_id: Some(&lease.lease_id),
+                    actor: Some("broker"),
+                    owner: Some(&lease.owner),
+                };
+                // Refusing has no caller to refuse: a lost record is logged.
+                if broker.audit(&event).await.is_err() {
+                    tracing::error!(lease_id = %lease.lease_id, "lease action not audited");
+                }
+            }
+        });
     }
 
     /// Replaces the policy. New requests use it at once; open watches are
@@ -417,6 +465,9 @@ pub(super) fn holder(who: &WorkloadIdentity) -> crate::store::Holder {
         pod: who.pod_uid.clone().or_else(|| who.pod_name.clone()),
         namespace: who.namespace.clone(),
         service_account: who.service_account.clone(),
+        issuer: who.issuer.clone(),
+        pod_name: who.pod_name.clone(),
+        pod_uid: who.pod_uid.clone(),
     }
 }
 

@@ -136,6 +136,22 @@ impl SecretOperator for Broker {
         Ok(Response::new(v1::NotifyChangedResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "ListLeases"))]
+    async fn list_leases(
+        &self,
+        request: Request<v1::ListLeasesRequest>,
+    ) -> Result<Response<v1::ListLeasesResponse>, Status> {
+        self.list_leases_rpc(request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RevokeLease"))]
+    async fn revoke_lease(
+        &self,
+        request: Request<v1::RevokeLeaseRequest>,
+    ) -> Result<Response<v1::RevokeLeaseResponse>, Status> {
+        self.revoke_lease_rpc(request).await
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "ListSecrets"))]
     async fn list_secrets(
         &self,

@@ -75,6 +75,92 @@ pub struct Holder {
     pub namespace: String,
     /// The caller's service account (from the verified token).
     pub service_account: String,
+    /// The token's issuer.
+    pub issuer: String,
+    /// The pod's name, for pod-bound tokens.
+    pub pod_name: Option<String>,
+    /// The pod's uid, for pod-bound tokens.
+    pub pod_uid: Option<String>,
+}
+
+/// Who holds a lease, as the verified token named it: never anything from
+/// a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseOwner {
+    pub issuer: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+impl From<&Holder> for LeaseOwner {
+    fn from(holder: &Holder) -> Self {
+        Self {
+            issuer: holder.issuer.clone(),
+            namespace: holder.namespace.clone(),
+            service_account: holder.service_account.clone(),
+            pod_name: holder.pod_name.clone(),
+            pod_uid: holder.pod_uid.clone(),
+        }
+    }
+}
+
+/// A non-secret view of one live lease (docs/dynamic.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The holder key (tenant, and pod unless leased per service account).
+    pub holder: String,
+    /// Who holds it (the first reader, for a lease per service account).
+    pub owner: LeaseOwner,
+    /// The broker path.
+    pub path: String,
+    /// Vault's lease id (`pki:<serial>` for a certificate).
+    pub lease_id: String,
+    /// The credential's version.
+    pub version: u64,
+    /// When the credential was issued.
+    pub issued_at: SystemTime,
+    /// When the lease ends unless renewed.
+    pub expires_at: SystemTime,
+    /// Since when renewals fail, and the kind of failure (`unavailable`,
+    /// `refused`, `error`): never Vault's text.
+    pub failing: Option<(SystemTime, &'static str)>,
+}
+
+/// What the broker itself did with a lease, for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// A credential was issued.
+    Issue,
+    /// A renewal failed (the credential is kept until it expires).
+    RenewFailed,
+    /// A lease was revoked.
+    Revoke,
+}
+
+impl LeaseAction {
+    /// The `rpc` field of the audit record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "LeaseIssue",
+            Self::RenewFailed => "LeaseRenewFailed",
+            Self::Revoke => "LeaseRevoke",
+        }
+    }
+}
+
+/// One lease action of the broker's own, with a fixed-vocabulary reason.
+#[derive(Debug, Clone)]
+pub struct LeaseEvent {
+    pub action: LeaseAction,
+    pub lease_id: String,
+    pub path: String,
+    pub version: u64,
+    pub owner: LeaseOwner,
+    /// `first_read`, `rotated`, `expired`, `unavailable`, `holder_gone`,
+    /// `operator`, ...
+    pub reason: &'static str,
 }
 
 /// Why a store could not do what was asked. Backend detail stays in the
@@ -196,6 +282,40 @@ pub trait SecretStore: Send + Sync + 'static {
     fn shared(&self, path: &str) -> bool {
         let _ = path;
         true
+    }
+
+    /// The lease that gave `holder` version `version` of the leased `path`
+    /// (for the audit trail); `None` for paths without leases.
+    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String> {
+        let _ = (holder, path, version);
+        None
+    }
+
+    /// Every live lease, without credentials.
+    fn leases(&self) -> Vec<LeaseInfo> {
+        Vec::new()
+    }
+
+    /// The broker paths a lease with this id could belong to, whether it
+    /// exists or not (a revocation is authorized on them, so that a caller
+    /// without access cannot learn whether an id exists).
+    fn lease_paths(&self, lease_id: &str) -> Vec<String> {
+        let _ = lease_id;
+        Vec::new()
+    }
+
+    /// Revokes `lease_id` now; its holder's watches get a new credential.
+    /// [`StoreError::NotFound`] when no live lease has this id.
+    async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError> {
+        let _ = lease_id;
+        Err(StoreError::NotFound)
+    }
+
+    /// The broker's own lease actions (issue, failed renewal, revoke), for
+    /// the audit trail: the receiver, once; `None` afterwards or for stores
+    /// without leases.
+    fn lease_events(&self) -> Option<tokio::sync::mpsc::Receiver<LeaseEvent>> {
+        None
     }
 
     /// Whether the backend can serve (`true`) or not, updated as it changes;

@@ -16,7 +16,7 @@
 //! by prefix (`revokeOnStart`).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicBool, Ordering},
@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use vaultrs::{client::VaultClient, error::ClientError};
 use zeroize::Zeroizing;
 
@@ -33,36 +33,47 @@ use super::{
     config::{Engine, LeasePer},
     to_secret_data,
 };
-use crate::store::{Holder, StoreError, StoredSecret};
+use crate::store::{
+    Holder, LeaseAction, LeaseEvent, LeaseInfo, LeaseOwner, StoreError, StoredSecret,
+};
 
 /// The label carrying a leased credential's expiry (Unix seconds).
 pub const LEASE_EXPIRES_LABEL: &str = "coffer.dev/lease-expires";
 
 type Key = (String, String);
 
+/// How many lease actions wait for the audit writer before more are
+/// dropped (and logged).
+const EVENT_QUEUE: usize = 1024;
+
+/// How many (version, lease id) pairs an entry remembers, so the audit
+/// record of a read finds its lease even if a rotation just happened.
+const SERVED_KEPT: usize = 4;
+
 /// The live leases, by holder key and broker path.
-#[derive(Default)]
 pub(super) struct Leases {
     entries: Mutex<HashMap<Key, Arc<Held>>>,
     /// Roles whose leases left by an earlier run were revoked.
     swept: tokio::sync::Mutex<Vec<String>>,
+    /// The broker's own lease actions, for the audit trail.
+    events: mpsc::Sender<LeaseEvent>,
+    events_out: Mutex<Option<mpsc::Receiver<LeaseEvent>>>,
+    /// Whether anyone took the receiver (without an audit trail, nothing
+    /// is queued).
+    events_taken: AtomicBool,
 }
 
-/// A non-secret view of one live lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseInfo {
-    /// The holder key (tenant, and pod unless leased per service account).
-    pub holder: String,
-    /// The broker path.
-    pub path: String,
-    /// Vault's lease id.
-    pub lease_id: String,
-    /// The credential's version.
-    pub version: u64,
-    /// When the lease ends unless renewed.
-    pub expires_at: SystemTime,
-    /// Whether the last renewal failed (Vault unreachable).
-    pub renewal_failing: bool,
+impl Default for Leases {
+    fn default() -> Self {
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        Self {
+            entries: Mutex::default(),
+            swept: tokio::sync::Mutex::default(),
+            events,
+            events_out: Mutex::new(Some(rx)),
+            events_taken: AtomicBool::new(false),
+        }
+    }
 }
 
 struct Held {
@@ -74,6 +85,40 @@ struct Held {
     issued: Notify,
     /// Set under the entries lock when the entry leaves the table.
     retired: AtomicBool,
+    /// The last versions issued and their lease ids, newest last.
+    served: Mutex<VecDeque<(u64, String)>>,
+    /// What `ListLeases` shows of the credential, kept apart from `state`
+    /// so a listing never waits for a renewal in flight.
+    view: Mutex<Option<LeaseInfo>>,
+}
+
+impl Held {
+    /// The version the next credential gets.
+    fn next_version(&self) -> u64 {
+        self.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .back()
+            .map_or(1, |(v, _)| v + 1)
+    }
+
+    fn remember(&self, version: u64, lease_id: &str) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if served.len() == SERVED_KEPT {
+            served.pop_front();
+        }
+        served.push_back((version, lease_id.to_string()));
+    }
+
+    /// Updates what listings show after `state` changed.
+    fn publish(&self, credential: Option<&Credential>) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = credential.map(|c| info(self, c));
+    }
+
+    /// What listings show, if a credential is held.
+    fn view(&self) -> Option<LeaseInfo> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 struct Credential {
@@ -84,8 +129,10 @@ struct Credential {
     renew_at: Instant,
     expires_at: Instant,
     expires_wall: SystemTime,
+    issued_wall: SystemTime,
     renewable: bool,
-    failing: bool,
+    /// Since when renewals fail, and how (a fixed word, never Vault's text).
+    failing: Option<(SystemTime, &'static str)>,
 }
 
 /// What Vault answers when issuing or renewing.
@@ -97,6 +144,44 @@ struct Grant {
 }
 
 impl Leases {
+    /// The receiver of the broker's own lease actions, once.
+    pub(super) fn take_events(&self) -> Option<mpsc::Receiver<LeaseEvent>> {
+        let rx = self
+            .events_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if rx.is_some() {
+            self.events_taken.store(true, Ordering::Release);
+        }
+        rx
+    }
+
+    /// The lease that served `version` on `key`'s entry.
+    fn lease_of(&self, key: &Key, version: u64) -> Option<String> {
+        let held = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()?;
+        let served = held.served.lock().unwrap_or_else(|p| p.into_inner());
+        served
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, id)| id.clone())
+    }
+
+    /// The entry whose current lease is `lease_id`.
+    fn find(&self, lease_id: &str) -> Option<Arc<Held>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|h| h.view().is_some_and(|v| v.lease_id == lease_id))
+            .cloned()
+    }
+
     /// Every live lease, without credentials.
     pub(super) fn list(&self) -> Vec<LeaseInfo> {
         let held: Vec<Arc<Held>> = self
@@ -106,20 +191,36 @@ impl Leases {
             .values()
             .cloned()
             .collect();
-        held.iter()
-            .filter_map(|h| {
-                let state = h.state.try_lock().ok()?;
-                let c = state.as_ref()?;
-                Some(LeaseInfo {
-                    holder: h.key.0.clone(),
-                    path: h.key.1.clone(),
-                    lease_id: c.lease_id.clone(),
-                    version: c.secret.version,
-                    expires_at: c.expires_wall,
-                    renewal_failing: c.failing,
-                })
-            })
-            .collect()
+        held.iter().filter_map(|h| h.view()).collect()
+    }
+}
+
+fn info(held: &Held, c: &Credential) -> LeaseInfo {
+    LeaseInfo {
+        holder: held.key.0.clone(),
+        owner: LeaseOwner::from(&held.holder),
+        path: held.key.1.clone(),
+        lease_id: c.lease_id.clone(),
+        version: c.secret.version,
+        issued_at: c.issued_wall,
+        expires_at: c.expires_wall,
+        failing: c.failing,
+    }
+}
+
+/// The `coffer_leases` state of a credential: `Some(failing)`.
+fn gauge_state(c: Option<&Credential>) -> Option<bool> {
+    c.map(|c| c.failing.is_some())
+}
+
+/// The kind of a failed issue or renewal: a fixed word for status and
+/// metrics, never Vault's text.
+fn failure_kind(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Unavailable(_) => "unavailable",
+        StoreError::Throttled => "throttled",
+        StoreError::NotFound => "refused",
+        _ => "error",
     }
 }
 
@@ -151,6 +252,8 @@ impl Inner {
             state: tokio::sync::Mutex::new(None),
             issued: Notify::new(),
             retired: AtomicBool::new(false),
+            served: Mutex::new(VecDeque::new()),
+            view: Mutex::new(None),
         });
         entries.insert(key, Arc::clone(&held));
         let (weak, task) = (Arc::downgrade(self), Arc::clone(&held));
@@ -184,9 +287,21 @@ impl Inner {
                 continue;
             }
             if state.is_none() {
-                let credential = self.issue(&held.mount, &held.holder, 1).await?;
+                let next = held.next_version();
+                let credential = self.issue(&held.mount, &held.holder, next).await?;
+                held.remember(next, &credential.lease_id);
+                let reason = if next == 1 { "first_read" } else { "reissued" };
+                self.emit(
+                    &held,
+                    LeaseAction::Issue,
+                    &credential.lease_id,
+                    next,
+                    reason,
+                );
                 *state = Some(credential);
-                held.version.send_replace(1);
+                held.publish(state.as_ref());
+                crate::metrics::lease_state(None, Some(false));
+                held.version.send_replace(next);
                 held.issued.notify_one();
             }
             // Just set if it was empty.
@@ -280,8 +395,9 @@ impl Inner {
             renew_at: now + grant.lease * 2 / 3,
             expires_at: now + grant.lease,
             expires_wall,
+            issued_wall: SystemTime::now(),
             renewable: grant.renewable,
-            failing: false,
+            failing: None,
         })
     }
 
@@ -301,7 +417,7 @@ impl Inner {
 
     /// Revokes `lease_id`; failures are logged (the lease then ends at its
     /// expiry, or at the next start's sweep).
-    async fn revoke(&self, lease_id: &str) {
+    async fn revoke(&self, lease_id: &str) -> Result<(), StoreError> {
         let body = serde_json::json!({"lease_id": lease_id});
         let result = self
             .call(|c| {
@@ -314,16 +430,104 @@ impl Inner {
             })
             .await;
         match result {
-            Ok(()) => tracing::info!(lease_id = %lease_id, "revoked a lease"),
+            Ok(()) => {
+                tracing::info!(lease_id = %lease_id, "revoked a lease");
+                Ok(())
+            }
             Err(e) => {
                 let error = StoreError::from(e);
                 tracing::warn!(lease_id = %lease_id, error = %error, "could not revoke a lease");
+                Err(error)
             }
         }
     }
 
+    /// Queues one of the broker's own lease actions for the audit trail;
+    /// dropped (and logged) when the queue is full.
+    fn emit(
+        &self,
+        held: &Held,
+        action: LeaseAction,
+        lease_id: &str,
+        version: u64,
+        reason: &'static str,
+    ) {
+        if !self.leases.events_taken.load(Ordering::Acquire) {
+            return;
+        }
+        let event = LeaseEvent {
+            action,
+            lease_id: lease_id.to_string(),
+            path: held.key.1.clone(),
+            version,
+            owner: LeaseOwner::from(&held.holder),
+            reason,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.leases.events.try_send(event) {
+            tracing::warn!(lease_id = %lease_id, action = action.as_str(), "lease action not audited: the queue is full");
+        }
+    }
+
+    /// The lease `holder` was served `version` of `path` under.
+    pub(super) fn leased_lease_of(
+        &self,
+        holder: &Holder,
+        path: &str,
+        mount: &MountConfig,
+        version: u64,
+    ) -> Option<String> {
+        let key = (holder_key(holder, mount), path.to_string());
+        self.leases.lease_of(&key, version)
+    }
+
+    /// Revokes `lease_id` in Vault now (a certificate, which has no Vault
+    /// lease, is only forgotten) and gives its holder's watches a new
+    /// credential as the next version.
+    pub(super) async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError> {
+        let held = self.leases.find(lease_id).ok_or(StoreError::NotFound)?;
+        let mut state = held.state.lock().await;
+        let Some(current) = state.as_ref().filter(|c| c.lease_id == lease_id) else {
+            // Rotated or revoked meanwhile: that lease is gone already.
+            return Err(StoreError::NotFound);
+        };
+        let revoked = info(&held, current);
+        if held.mount.engine == Engine::Database {
+            self.revoke(lease_id).await?;
+        }
+        let old = state.take();
+        held.publish(None);
+        crate::metrics::lease_state(gauge_state(old.as_ref()), None);
+        self.emit(
+            &held,
+            LeaseAction::Revoke,
+            lease_id,
+            revoked.version,
+            "operator",
+        );
+        if held.version.receiver_count() > 0 {
+            let next = held.next_version();
+            match self.issue(&held.mount, &held.holder, next).await {
+                Ok(fresh) => {
+                    held.remember(next, &fresh.lease_id);
+                    self.emit(&held, LeaseAction::Issue, &fresh.lease_id, next, "revoked");
+                    *state = Some(fresh);
+                    held.publish(state.as_ref());
+                    crate::metrics::lease_state(None, Some(false));
+                    held.issued.notify_one();
+                }
+                Err(error) => {
+                    // The watches ask for the next version, which is
+                    // issued on that read once Vault answers again.
+                    tracing::warn!(path = %held.key.1, error = %error, "could not issue a credential after a revocation");
+                }
+            }
+            held.version.send_replace(next);
+        }
+        Ok(revoked)
+    }
+
     /// Removes `held` from the table if nobody watches it; true if removed.
-    fn retire_if_unused(&self, held: &Held) -> bool {
+    fn retire_if_unused(&self, held: &Arc<Held>) -> bool {
         let mut entries = self
             .leases
             .entries
@@ -333,7 +537,9 @@ impl Inner {
             return false;
         }
         held.retired.store(true, Ordering::Release);
-        entries.remove(&held.key);
+        if entries.get(&held.key).is_some_and(|h| Arc::ptr_eq(h, held)) {
+            entries.remove(&held.key);
+        }
         true
     }
 }
@@ -343,7 +549,7 @@ fn unix_seconds(at: SystemTime) -> u64 {
 }
 
 /// `<mount>/creds/<role>`.
-fn creds_path(mount: &MountConfig) -> String {
+pub(super) fn creds_path(mount: &MountConfig) -> String {
     format!(
         "{}/creds/{}",
         mount.mount.trim_matches('/'),
@@ -374,10 +580,17 @@ async fn manage(weak: Weak<Inner>, held: Arc<Held>) {
             () = tokio::time::sleep_until(idle_until.unwrap_or(far).into()), if idle_until.is_some() => {
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.retire_if_unused(&held) {
-                    if let Some(c) = held.state.lock().await.take()
+                    let taken = held.state.lock().await.take();
+                    held.publish(None);
+                    crate::metrics::lease_state(gauge_state(taken.as_ref()), None);
+                    if let Some(c) = taken
                         && held.mount.engine == Engine::Database
                     {
-                        inner.revoke(&c.lease_id).await;
+                        let reason = match inner.revoke(&c.lease_id).await {
+                            Ok(()) => "holder_gone",
+                            Err(_) => "holder_gone_revoke_failed",
+                        };
+                        inner.emit(&held, LeaseAction::Revoke, &c.lease_id, c.secret.version, reason);
                     }
                     return;
                 }
@@ -398,6 +611,11 @@ async fn renew_or_rotate(inner: &Inner, held: &Held) {
     let Some(current) = state.as_mut() else {
         return;
     };
+    renew_or_rotate_held(inner, held, current).await;
+    held.publish(state.as_ref());
+}
+
+async fn renew_or_rotate_held(inner: &Inner, held: &Held, current: &mut Credential) {
     let path = &held.key.1;
     let renewed = if current.renewable {
         inner.renew(&current.lease_id, current.lease).await
@@ -405,12 +623,18 @@ async fn renew_or_rotate(inner: &Inner, held: &Held) {
         Err(CallError::Other(0, "not renewable".into()))
     };
     let now = Instant::now();
-    match renewed {
+    if current.renewable {
+        // Certificates are never renewed, only reissued: not counted.
+        crate::metrics::lease_renewal(renewed.is_ok());
+    }
+    let before = gauge_state(Some(current));
+    let reason = match renewed {
         Ok(granted) if granted >= current.lease => {
             current.renew_at = now + granted * 2 / 3;
             current.expires_at = now + granted;
             current.expires_wall = SystemTime::now() + granted;
-            current.failing = false;
+            current.failing = None;
+            crate::metrics::lease_state(before, Some(false));
             current.secret.labels.insert(
                 LEASE_EXPIRES_LABEL.to_string(),
                 unix_seconds(current.expires_wall).to_string(),
@@ -422,28 +646,59 @@ async fn renew_or_rotate(inner: &Inner, held: &Held) {
             // Keep the credential until its lease ends; retry sooner.
             let left = current.expires_at.saturating_duration_since(now);
             current.renew_at = now + (left / 3).max(Duration::from_millis(500));
-            current.failing = true;
+            let first_failure = current.failing.is_none();
+            current
+                .failing
+                .get_or_insert((SystemTime::now(), "unavailable"));
+            crate::metrics::lease_state(before, Some(true));
             tracing::warn!(path = %path, lease_id = %current.lease_id, left_s = left.as_secs(), error = %detail, "lease renewal failed; serving the last credential until it expires");
+            if first_failure {
+                inner.emit(
+                    held,
+                    LeaseAction::RenewFailed,
+                    &current.lease_id,
+                    current.secret.version,
+                    "unavailable",
+                );
+            }
             if !left.is_zero() {
                 return;
             }
+            "expired"
         }
-        // Shortened by max_ttl, refused or unknown: rotate.
-        _ => {}
-    }
-    let next = current.secret.version + 1;
+        Ok(_) => "max_ttl",
+        Err(CallError::Other(0, _)) if !current.renewable => "not_renewable",
+        // Refused or unknown: rotate.
+        Err(_) => "renewal_refused",
+    };
+    let next = held.next_version();
+    let before = gauge_state(Some(current));
     match inner.issue(&held.mount, &held.holder, next).await {
         Ok(fresh) => {
             // The old lease ends by itself at max_ttl, so an application
             // still using it has until then to pick up the new file.
             tracing::info!(path = %path, old_lease_id = %current.lease_id, version = next, "rotated a leased credential");
+            held.remember(next, &fresh.lease_id);
+            inner.emit(held, LeaseAction::Issue, &fresh.lease_id, next, reason);
             *current = fresh;
+            crate::metrics::lease_state(before, Some(false));
             held.version.send_replace(next);
         }
         Err(error) => {
             let left = current.expires_at.saturating_duration_since(now);
             current.renew_at = now + (left / 3).max(Duration::from_millis(500));
-            current.failing = true;
+            let kind = failure_kind(&error);
+            if current.failing.is_none() {
+                inner.emit(
+                    held,
+                    LeaseAction::RenewFailed,
+                    &current.lease_id,
+                    current.secret.version,
+                    kind,
+                );
+            }
+            current.failing.get_or_insert((SystemTime::now(), kind));
+            crate::metrics::lease_state(before, Some(true));
             tracing::warn!(path = %path, error = %error, left_s = left.as_secs(), "could not issue the next credential; serving the last one until it expires");
         }
     }
@@ -605,6 +860,9 @@ mod tests {
             pod: Some("uid-1".into()),
             namespace: "shop".into(),
             service_account: "web".into(),
+            issuer: "iss".into(),
+            pod_name: None,
+            pod_uid: None,
         };
         let no_pod = Holder {
             pod: None,
@@ -638,6 +896,9 @@ mod tests {
             pod: None,
             namespace: "shop".into(),
             service_account: "web".into(),
+            issuer: "iss".into(),
+            pod_name: None,
+            pod_uid: None,
         };
         let body = pki_request(&mount, &holder).unwrap();
         assert_eq!(body["uri_sans"], "spiffe://cluster.local/ns/shop/sa/web");

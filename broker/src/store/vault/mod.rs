@@ -61,12 +61,13 @@ use vaultrs::{
     error::ClientError,
 };
 
+pub use crate::store::LeaseInfo;
 pub use config::{AuthConfig, MountConfig, VaultConfig};
-pub use leases::{LEASE_EXPIRES_LABEL, LeaseInfo};
+pub use leases::LEASE_EXPIRES_LABEL;
 use limits::{Backoff, Class, RateLimiter, TenantLimiter, classify, jittered};
 use session::Session;
 
-use super::{Holder, SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
+use super::{Holder, LeaseEvent, SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
 
 /// The key under which opaque bytes are stored in a Vault map.
 pub const BYTES_KEY: &str = "value";
@@ -725,6 +726,39 @@ impl SecretStore for VaultStore {
 
     fn shared(&self, path: &str) -> bool {
         self.inner.leased_mount(path).is_none()
+    }
+
+    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String> {
+        let mount = self.inner.leased_mount(path)?;
+        self.inner.leased_lease_of(holder, path, &mount, version)
+    }
+
+    fn leases(&self) -> Vec<LeaseInfo> {
+        self.inner.leases.list()
+    }
+
+    fn lease_paths(&self, lease_id: &str) -> Vec<String> {
+        self.inner
+            .config
+            .mounts
+            .iter()
+            .filter(|m| match m.engine {
+                config::Engine::Database => {
+                    lease_id.starts_with(&format!("{}/", leases::creds_path(m)))
+                }
+                config::Engine::Pki => lease_id.starts_with("pki:"),
+                config::Engine::Kv => false,
+            })
+            .map(|m| m.prefix.trim_matches('/').to_string())
+            .collect()
+    }
+
+    async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError> {
+        self.inner.revoke_lease(lease_id).await
+    }
+
+    fn lease_events(&self) -> Option<tokio::sync::mpsc::Receiver<LeaseEvent>> {
+        self.inner.leases.take_events()
     }
 
     fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
