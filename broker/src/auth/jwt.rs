@@ -705,8 +705,38 @@ struct RawClaims<'a> {
     nbf: Option<u64>,
     #[serde(default)]
     iat: Option<u64>,
-    #[serde(default, rename = "kubernetes.io")]
-    kubernetes: Option<KubernetesClaims>,
+    #[serde(default, rename = "kubernetes.io", borrow)]
+    kubernetes: Option<RawKubernetes<'a>>,
+}
+
+/// [`KubernetesClaims`] as read for verification: the names borrow from the
+/// payload and are copied only into the identity. Same shape, same checks:
+/// unknown members are ignored, the known ones must be well-formed.
+#[derive(Deserialize)]
+struct RawKubernetes<'a> {
+    #[serde(borrow)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow)]
+    serviceaccount: RawRef<'a>,
+    #[serde(default, borrow)]
+    pod: Option<RawRef<'a>>,
+    // Not used, but a token whose `node`, `secret` or `warnafter` has the
+    // wrong shape is still refused, as before.
+    #[serde(default, borrow, rename = "node")]
+    _node: Option<RawRef<'a>>,
+    #[serde(default, borrow, rename = "secret")]
+    _secret: Option<RawRef<'a>>,
+    #[serde(default, rename = "warnafter")]
+    _warnafter: Option<u64>,
+}
+
+/// [`ObjectRef`], borrowed.
+#[derive(Deserialize)]
+struct RawRef<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
 }
 
 /// The three parts of a compact JWS, size-checked but not decoded.
@@ -901,20 +931,20 @@ fn check_claims(
     // place (neither name can hold a `:`, see `is_name`).
     let sub_matches = sub
         .strip_prefix("system:serviceaccount:")
-        .and_then(|rest| rest.strip_prefix(k8s.namespace.as_str()))
+        .and_then(|rest| rest.strip_prefix(&*k8s.namespace))
         .and_then(|rest| rest.strip_prefix(':'))
         .is_some_and(|name| name == k8s.serviceaccount.name);
     if !sub_matches {
         return Err(AuthError::SubjectMismatch);
     }
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let non_empty = |s: Cow<'_, str>| (!s.is_empty()).then(|| s.into_owned());
     Ok(Verified {
         identity: WorkloadIdentity {
             issuer: iss.into_owned(),
-            namespace: k8s.namespace,
-            service_account: k8s.serviceaccount.name,
+            namespace: k8s.namespace.into_owned(),
+            service_account: k8s.serviceaccount.name.into_owned(),
             service_account_uid: non_empty(k8s.serviceaccount.uid),
-            pod_name: k8s.pod.as_ref().map(|p| p.name.clone()),
+            pod_name: k8s.pod.as_ref().map(|p| p.name.clone().into_owned()),
             pod_uid: k8s.pod.and_then(|p| non_empty(p.uid)),
         },
         expires_at: exp,
@@ -946,19 +976,19 @@ mod tests {
             exp: Some(now + 600),
             nbf: Some(now),
             iat: Some(now),
-            kubernetes: Some(KubernetesClaims {
+            kubernetes: Some(RawKubernetes {
                 namespace: "shop".into(),
-                serviceaccount: ObjectRef {
+                serviceaccount: RawRef {
                     name: "web".into(),
                     uid: "u-1".into(),
                 },
-                pod: Some(ObjectRef {
+                pod: Some(RawRef {
                     name: "web-0".into(),
                     uid: "p-1".into(),
                 }),
-                node: None,
-                secret: None,
-                warnafter: None,
+                _node: None,
+                _secret: None,
+                _warnafter: None,
             }),
         }
     }
@@ -1069,6 +1099,30 @@ mod tests {
         assert_eq!(verified.identity.issuer, ISS);
         assert_eq!(verified.identity.service_account, "web");
         assert_eq!(verified.identity.service_account_uid, None);
+    }
+
+    #[test]
+    fn kubernetes_claims_keep_their_shape_checks() {
+        let claims = |k8s: &str| {
+            format!(
+                r#"{{"iss":"{ISS}","sub":"system:serviceaccount:shop:web","aud":"coffer",
+                "exp":1000600,"iat":1000000,"kubernetes.io":{k8s}}}"#
+            )
+        };
+        let read = |json: &str| serde_json::from_str::<RawClaims<'_>>(json).map(|_| ());
+        let good = r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},
+            "node":{"name":"n","uid":"x"},"warnafter":5,"credential-id":"ignored"}"#;
+        assert!(read(&claims(good)).is_ok());
+        for bad in [
+            r#"{"namespace":"shop","serviceaccount":{"name":"web"}}"#,
+            r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},"node":"n"}"#,
+            r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},"secret":{"name":"s"}}"#,
+            r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},"warnafter":"soon"}"#,
+            r#"{"namespace":7,"serviceaccount":{"name":"web","uid":"u"}}"#,
+        ] {
+            let error = read(&claims(bad)).unwrap_err();
+            assert_eq!(json_error(error), AuthError::InvalidClaims, "{bad}");
+        }
     }
 
     #[test]
