@@ -248,8 +248,7 @@ pub fn auth_cache(hit: bool) {
 /// The `rpc` label of a request path: `Service/Method` when the method is
 /// one this process implements (read from the compiled-in descriptors) and
 /// the answer is not `UNIMPLEMENTED`, else `unknown`. A caller cannot mint
-/// label values, not even with a request refused before routing (load shed,
-/// a bad `grpc-timeout`).
+/// label values, whatever code its request is answered with.
 pub fn rpc_label(path: &str, code: tonic::Code) -> String {
     rpc_name(rpc_index(path), code).to_string()
 }
@@ -667,8 +666,8 @@ mod tests {
             rpc_label("/x.Y/Z123", tonic::Code::Unimplemented),
             "unknown"
         );
-        // Refused before routing (load shed, a bad grpc-timeout): a path
-        // the broker does not serve still names no series of its own.
+        // Whatever the code, a path the broker does not serve names no
+        // series of its own.
         assert_eq!(
             rpc_label("/x.Y/Z123", tonic::Code::ResourceExhausted),
             "unknown"
