@@ -79,13 +79,14 @@ struct Args {
     /// How long each Get measurement runs.
     #[arg(long, default_value = "3s", value_parser = humantime_parse)]
     duration: Duration,
-    /// Get loads as CONNECTIONSxIN_FLIGHT (in flight per connection).
+    /// Get loads as CONNECTIONSxIN_FLIGHT (in flight per connection);
+    /// `none` runs no Get load.
     #[arg(long, value_delimiter = ',', default_value = "1x16,4x64")]
     get: Vec<String>,
-    /// Fresh RS256 tokens for the cold mode (each used once).
+    /// Fresh RS256 tokens for the cold mode (each used once); 0 skips it.
     #[arg(long, default_value_t = 3000)]
     cold_tokens: usize,
-    /// Watch runs as WATCHERSxCONNECTIONS.
+    /// Watch runs as WATCHERSxCONNECTIONS; `none` runs no watch.
     #[arg(
         long,
         value_delimiter = ',',
@@ -412,7 +413,7 @@ async fn run_all(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let token = setup.token()?;
-    for spec in &args.get {
+    for spec in args.get.iter().filter(|s| *s != "none") {
         let (conns, in_flight) = pair(spec)?;
         // Warm both (connections, caches), then measure bare, coffer, bare,
         // coffer and keep the better of each, so drift hits both alike.
@@ -437,14 +438,16 @@ async fn run_all(
     }
 
     // Cold: every request carries a token the broker has never seen.
-    let tokens = mint_cold(setup, args.cold_tokens)?;
-    let ring = ring_rs256_rate(&tokens[0], args.duration.min(Duration::from_secs(2)))?;
-    let bare = cold_load(&servers.bare, &tokens).await?;
-    let coffer = cold_load(&servers.broker, &tokens).await?;
-    rows.push(Row::Cold { coffer, bare, ring });
+    if args.cold_tokens > 0 {
+        let tokens = mint_cold(setup, args.cold_tokens)?;
+        let ring = ring_rs256_rate(&tokens[0], args.duration.min(Duration::from_secs(2)))?;
+        let bare = cold_load(&servers.bare, &tokens).await?;
+        let coffer = cold_load(&servers.broker, &tokens).await?;
+        rows.push(Row::Cold { coffer, bare, ring });
+    }
 
     let limit = fd_limit();
-    for spec in &args.watch {
+    for spec in args.watch.iter().filter(|s| *s != "none") {
         let (watchers, conns) = pair(spec)?;
         // Each connection costs two descriptors here (client and server end).
         if conns * 2 + 256 > limit {

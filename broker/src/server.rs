@@ -180,7 +180,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_string();
+        // The method's index, not its text: no allocation per request.
+        let rpc = crate::metrics::rpc_index(request.uri().path());
         let started = std::time::Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -192,7 +193,7 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-                crate::metrics::request(&path, code, started.elapsed());
+                crate::metrics::request_at(rpc, code, started.elapsed());
             }
             response
         })

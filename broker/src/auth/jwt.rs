@@ -8,6 +8,7 @@
 //! used: keys come only from the configured [`KeySource`].
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -60,13 +61,62 @@ pub struct ProjectedClaims {
 }
 
 /// `aud` is a string or a list of strings.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Audience {
     #[default]
     None,
     One(String),
     Many(Vec<String>),
+}
+
+/// Read by hand rather than `untagged`: an untagged enum buffers the value
+/// and builds an error for each variant it rejects, which cost more than
+/// the rest of the claims together on every cold token. Accepts what the
+/// untagged form accepted: `null`, a string, or a list of strings.
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Audience;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Audience, E> {
+                Ok(Audience::None)
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Audience, E> {
+                Ok(Audience::None)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience::One(v.to_string()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Audience, E> {
+                Ok(Audience::One(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Audience, A::Error> {
+                // A token names a handful of audiences; the claims size
+                // limit bounds the list.
+                let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8));
+                while let Some(one) = seq.next_element::<String>()? {
+                    all.push(one);
+                }
+                Ok(Audience::Many(all))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Audience {
@@ -628,22 +678,25 @@ pub fn verify_with(
 
 /// The JOSE header. Only `alg` and `kid` are used; `crit` is refused because
 /// no extension is understood; `jku`, `jwk`, `x5u` and `x5c` are ignored.
+/// Borrowed from the decoded bytes: no allocation per token.
 #[derive(Deserialize)]
-struct JoseHeader {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
     #[serde(default)]
     crit: Option<serde::de::IgnoredAny>,
 }
 
 /// The claims as found, each optional so a missing one has its own reason.
+/// `iss` and `sub` are only compared, so they borrow from the payload.
 #[derive(Deserialize)]
-struct RawClaims {
-    #[serde(default)]
-    iss: Option<String>,
-    #[serde(default)]
-    sub: Option<String>,
+struct RawClaims<'a> {
+    #[serde(default, borrow)]
+    iss: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    sub: Option<Cow<'a, str>>,
     #[serde(default)]
     aud: Audience,
     #[serde(default)]
@@ -652,8 +705,38 @@ struct RawClaims {
     nbf: Option<u64>,
     #[serde(default)]
     iat: Option<u64>,
-    #[serde(default, rename = "kubernetes.io")]
-    kubernetes: Option<KubernetesClaims>,
+    #[serde(default, rename = "kubernetes.io", borrow)]
+    kubernetes: Option<RawKubernetes<'a>>,
+}
+
+/// [`KubernetesClaims`] as read for verification: the names borrow from the
+/// payload and are copied only into the identity. Same shape, same checks:
+/// unknown members are ignored, the known ones must be well-formed.
+#[derive(Deserialize)]
+struct RawKubernetes<'a> {
+    #[serde(borrow)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow)]
+    serviceaccount: RawRef<'a>,
+    #[serde(default, borrow)]
+    pod: Option<RawRef<'a>>,
+    // Not used, but a token whose `node`, `secret` or `warnafter` has the
+    // wrong shape is still refused, as before.
+    #[serde(default, borrow, rename = "node")]
+    _node: Option<RawRef<'a>>,
+    #[serde(default, borrow, rename = "secret")]
+    _secret: Option<RawRef<'a>>,
+    #[serde(default, rename = "warnafter")]
+    _warnafter: Option<u64>,
+}
+
+/// [`ObjectRef`], borrowed.
+#[derive(Deserialize)]
+struct RawRef<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
 }
 
 /// The three parts of a compact JWS, size-checked but not decoded.
@@ -753,7 +836,8 @@ pub fn verify_token(
     let parts = split(token)?;
 
     let header = decode_part(parts.header)?;
-    let header: JoseHeader = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
+    let header: JoseHeader<'_> =
+        serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
     if header.crit.is_some() {
         return Err(AuthError::Malformed);
     }
@@ -777,7 +861,7 @@ pub fn verify_token(
 
     // Only now, with the signature good, are the claims read.
     let payload = decode_part(parts.payload)?;
-    let claims: RawClaims = serde_json::from_slice(&payload).map_err(json_error)?;
+    let claims: RawClaims<'_> = serde_json::from_slice(&payload).map_err(json_error)?;
     let mut verified = check_claims(config, claims, unix_now())?;
     verified.key = Some(KeyBinding {
         fingerprint: key.fingerprint,
@@ -788,7 +872,7 @@ pub fn verify_token(
 
 fn check_claims(
     config: &VerifierConfig,
-    claims: RawClaims,
+    claims: RawClaims<'_>,
     now: u64,
 ) -> Result<Verified, AuthError> {
     let leeway = config.leeway.as_secs();
@@ -843,21 +927,24 @@ fn check_claims(
     if !is_name(&k8s.namespace) || !is_name(&k8s.serviceaccount.name) {
         return Err(AuthError::InvalidClaims);
     }
-    let expected_sub = format!(
-        "system:serviceaccount:{}:{}",
-        k8s.namespace, k8s.serviceaccount.name
-    );
-    if sub != expected_sub {
+    // `sub` must be exactly `system:serviceaccount:NS:NAME`; compared in
+    // place (neither name can hold a `:`, see `is_name`).
+    let sub_matches = sub
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.strip_prefix(&*k8s.namespace))
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|name| name == k8s.serviceaccount.name);
+    if !sub_matches {
         return Err(AuthError::SubjectMismatch);
     }
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let non_empty = |s: Cow<'_, str>| (!s.is_empty()).then(|| s.into_owned());
     Ok(Verified {
         identity: WorkloadIdentity {
-            issuer: iss,
-            namespace: k8s.namespace,
-            service_account: k8s.serviceaccount.name,
+            issuer: iss.into_owned(),
+            namespace: k8s.namespace.into_owned(),
+            service_account: k8s.serviceaccount.name.into_owned(),
             service_account_uid: non_empty(k8s.serviceaccount.uid),
-            pod_name: k8s.pod.as_ref().map(|p| p.name.clone()),
+            pod_name: k8s.pod.as_ref().map(|p| p.name.clone().into_owned()),
             pod_uid: k8s.pod.and_then(|p| non_empty(p.uid)),
         },
         expires_at: exp,
@@ -881,7 +968,7 @@ mod tests {
 
     const ISS: &str = "https://issuer.test";
 
-    fn claims(now: u64) -> RawClaims {
+    fn claims(now: u64) -> RawClaims<'static> {
         RawClaims {
             iss: Some(ISS.into()),
             sub: Some("system:serviceaccount:shop:web".into()),
@@ -889,24 +976,26 @@ mod tests {
             exp: Some(now + 600),
             nbf: Some(now),
             iat: Some(now),
-            kubernetes: Some(KubernetesClaims {
+            kubernetes: Some(RawKubernetes {
                 namespace: "shop".into(),
-                serviceaccount: ObjectRef {
+                serviceaccount: RawRef {
                     name: "web".into(),
                     uid: "u-1".into(),
                 },
-                pod: Some(ObjectRef {
+                pod: Some(RawRef {
                     name: "web-0".into(),
                     uid: "p-1".into(),
                 }),
-                node: None,
-                secret: None,
-                warnafter: None,
+                _node: None,
+                _secret: None,
+                _warnafter: None,
             }),
         }
     }
 
-    fn check(f: impl FnOnce(&mut RawClaims, &mut VerifierConfig)) -> Result<Verified, AuthError> {
+    fn check(
+        f: impl FnOnce(&mut RawClaims<'static>, &mut VerifierConfig),
+    ) -> Result<Verified, AuthError> {
         let now = 1_000_000;
         let mut c = claims(now);
         let mut config = VerifierConfig::new(ISS, "coffer");
@@ -926,7 +1015,7 @@ mod tests {
     #[test]
     fn each_claim_failure_has_its_own_reason() {
         use AuthError::*;
-        type Mutation = Box<dyn FnOnce(&mut RawClaims, &mut VerifierConfig)>;
+        type Mutation = Box<dyn FnOnce(&mut RawClaims<'static>, &mut VerifierConfig)>;
         let cases: Vec<(AuthError, Mutation)> = vec![
             (
                 UnknownIssuer,
@@ -978,6 +1067,79 @@ mod tests {
         ];
         for (want, mutate) in cases {
             assert_eq!(check(mutate).map(|_| ()), Err(want.clone()), "{want:?}");
+        }
+    }
+
+    #[test]
+    fn audience_reads_every_shape_the_untagged_form_read() {
+        let aud = |json: &str| serde_json::from_str::<Audience>(json);
+        assert_eq!(aud("null").unwrap(), Audience::None);
+        assert_eq!(aud(r#""coffer""#).unwrap(), Audience::One("coffer".into()));
+        assert_eq!(
+            aud(r#"["a","b\u0063"]"#).unwrap(),
+            Audience::Many(vec!["a".into(), "bc".into()])
+        );
+        assert_eq!(aud("[]").unwrap(), Audience::Many(vec![]));
+        // Anything else is claims of the wrong shape, not a parse failure.
+        for bad in ["1", "{}", r#"["a",1]"#, "true"] {
+            let error = aud(bad).unwrap_err();
+            assert_eq!(json_error(error), AuthError::InvalidClaims, "{bad}");
+        }
+    }
+
+    #[test]
+    fn escaped_claims_are_read_like_plain_ones() {
+        // Borrowed fields fall back to owned text when the JSON escapes.
+        let json = br#"{"iss":"https:\/\/issuer.test","sub":"system:serviceaccount:shop:w\u0065b",
+            "aud":"coffer","exp":1000600,"iat":1000000,
+            "kubernetes.io":{"namespace":"shop","serviceaccount":{"name":"web","uid":""}}}"#;
+        let claims: RawClaims<'_> = serde_json::from_slice(json).unwrap();
+        let config = VerifierConfig::new(ISS, "coffer");
+        let verified = check_claims(&config, claims, 1_000_000).unwrap();
+        assert_eq!(verified.identity.issuer, ISS);
+        assert_eq!(verified.identity.service_account, "web");
+        assert_eq!(verified.identity.service_account_uid, None);
+    }
+
+    #[test]
+    fn kubernetes_claims_keep_their_shape_checks() {
+        let claims = |k8s: &str| {
+            format!(
+                r#"{{"iss":"{ISS}","sub":"system:serviceaccount:shop:web","aud":"coffer",
+                "exp":1000600,"iat":1000000,"kubernetes.io":{k8s}}}"#
+            )
+        };
+        let read = |json: &str| serde_json::from_str::<RawClaims<'_>>(json).map(|_| ());
+        let good = r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},
+            "node":{"name":"n","uid":"x"},"warnafter":5,"credential-id":"ignored"}"#;
+        assert!(read(&claims(good)).is_ok());
+        for bad in [
+            r#"{"namespace":"shop","serviceaccount":{"name":"web"}}"#,
+            r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},"node":"n"}"#,
+            r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},"secret":{"name":"s"}}"#,
+            r#"{"namespace":"shop","serviceaccount":{"name":"web","uid":"u"},"warnafter":"soon"}"#,
+            r#"{"namespace":7,"serviceaccount":{"name":"web","uid":"u"}}"#,
+        ] {
+            let error = read(&claims(bad)).unwrap_err();
+            assert_eq!(json_error(error), AuthError::InvalidClaims, "{bad}");
+        }
+    }
+
+    #[test]
+    fn subject_must_match_exactly() {
+        for sub in [
+            "system:serviceaccount:shop:we",
+            "system:serviceaccount:shop:web:",
+            "system:serviceaccount:shopweb",
+            "system:serviceaccount:sho:pweb",
+            "system:serviceaccount::shop:web",
+            "serviceaccount:shop:web",
+        ] {
+            assert_eq!(
+                check(|c, _| c.sub = Some(sub.into())).map(|_| ()),
+                Err(AuthError::SubjectMismatch),
+                "{sub}"
+            );
         }
     }
 
