@@ -112,12 +112,12 @@ where
         builder = builder.tls_config(tls)?;
     }
 
-    let token = broker.shutdown_token();
+    let ending = broker.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: ending watch streams");
         health.set_not_serving::<SecretBrokerServer<Broker>>().await;
-        token.cancel();
+        ending.shut_down();
     };
 
     let mut router = builder

@@ -350,9 +350,17 @@ impl Broker {
         self.inner.store.health()
     }
 
-    /// Cancelled when the broker shuts down; watch streams end with it.
+    /// Cancelled when the broker shuts down (see [`Broker::shut_down`]).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
+    }
+
+    /// Shuts down: cancels [`Broker::shutdown_token`] and ends every watch
+    /// stream with `UNAVAILABLE`. Streams wait on the policy channel, which
+    /// is bumped here after the cancel, so each wakes and sees it.
+    pub fn shut_down(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.policy.send_modify(|_| {});
     }
 
     async fn authenticate<T>(

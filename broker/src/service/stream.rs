@@ -10,9 +10,8 @@ use std::{
 
 use coffer_proto::{v1, wire::WatchReply};
 use futures::{Stream, StreamExt};
-use tokio::{sync::watch, time::Sleep};
+use tokio::time::Sleep;
 use tokio_stream::{StreamMap, wrappers::WatchStream};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status};
 
 use super::{Allowed, Broker, Call, acks::WatchGuard, limits::WatchSlot, parse_paths, read_reason};
@@ -57,6 +56,10 @@ impl Broker {
         // Subscribe before deciding, so a policy change that lands between
         // the decision and the watch loop is still seen by the loop.
         let policy = self.inner.policy.subscribe();
+        // After subscribing: a shutdown from here on bumps `policy`.
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown.into());
+        }
         // Taken before deciding: the grants below are filed under this
         // generation (or an older one, which only costs a new decision).
         let generation = self.policy();
@@ -110,9 +113,10 @@ impl Broker {
             // In the rollout's expected set while the stream lives.
             _watching: self.inner.acks.watching(&who, &paths),
             _slot: slot,
-            // A child of the broker's token: each stream waits on its own,
-            // so thousands of streams do not queue on one lock per update.
-            shutdown: Box::pin(self.inner.shutdown.child_token().cancelled_owned()),
+            // The policy channel also wakes every stream at shutdown (see
+            // [`Broker::shut_down`]): one registration per stream, kept
+            // across updates, for both.
+            control: WatchStream::from_changes(policy),
             // A stolen token must not buy the rotations after its expiry.
             expired: Box::pin(tokio::time::sleep(until_unix(expires_at))),
             granted,
@@ -122,7 +126,6 @@ impl Broker {
             paths,
             sent,
             changes,
-            policy,
             first: Some(first.into()),
             ended: false,
         };
@@ -240,8 +243,8 @@ struct Watch {
     /// Per path: the policy generation `watch` was last granted under.
     granted: Vec<Option<Granted>>,
     changes: StreamMap<usize, WatchStream<u64>>,
-    policy: watch::Receiver<Arc<Policy>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Policy changes, and the broker's shutdown.
+    control: WatchStream<Arc<Policy>>,
     expired: Pin<Box<Sleep>>,
     /// The snapshot, until it is sent.
     first: Option<WatchReply>,
@@ -268,10 +271,17 @@ impl Watch {
     async fn wait(&mut self) -> WatchItem {
         loop {
             tokio::select! {
-                // Shutdown and the token's end win over an update that is
-                // ready at the same moment.
+                // Shutdown, a policy change and the token's end win over an
+                // update that is ready at the same moment.
                 biased;
-                () = &mut self.shutdown => return Err(ApiError::ShuttingDown.into()),
+                Some(current) = self.control.next() => {
+                    if self.broker.inner.shutdown.is_cancelled() {
+                        return Err(ApiError::ShuttingDown.into());
+                    }
+                    self.broker
+                        .recheck_watch(&self.call, &self.who, &current, self.paths.iter())
+                        .await?;
+                }
                 () = &mut self.expired => {
                     tracing::info!(
                         namespace = %self.who.namespace,
@@ -279,12 +289,6 @@ impl Watch {
                         "watch closed: the token expired"
                     );
                     return Err(ApiError::from(AuthError::Expired).into());
-                }
-                Ok(()) = self.policy.changed() => {
-                    let current = Arc::clone(&self.policy.borrow_and_update());
-                    self.broker
-                        .recheck_watch(&self.call, &self.who, &current, self.paths.iter())
-                        .await?;
                 }
                 Some((index, version)) = self.changes.next() => {
                     if version <= self.sent[index] {
@@ -492,6 +496,28 @@ mod tests {
         );
         assert!(records.iter().all(|r| r["request_id"] == "watch-1"));
         assert!(crate::audit::verify([("audit.log", text.as_bytes())]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn shut_down_ends_open_watches_and_refuses_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, token, _store) = broker(&dir.path().join("audit.log")).await;
+        let mut stream = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .unwrap()
+            .into_inner();
+        message(stream.next().await);
+        broker.shut_down();
+        let end = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Unavailable);
+        assert!(stream.next().await.is_none(), "the stream ends");
+        let refused = broker
+            .watch_secrets(watch_request(&token))
+            .await
+            .err()
+            .expect("a watch opened after shutdown is refused");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
     }
 
     #[tokio::test]
