@@ -85,9 +85,8 @@ impl Broker {
                 ),
             );
         }
-        let mut sent = Vec::with_capacity(paths.len());
         let mut snapshot = Vec::with_capacity(paths.len());
-        let mut granted = Vec::with_capacity(paths.len());
+        let mut watched = Vec::with_capacity(paths.len());
         for (path, (read, watch)) in paths.iter().zip(grants) {
             let result = self.read(&who, path, None).await;
             let version = result.as_ref().ok().map(|s| s.version);
@@ -96,12 +95,16 @@ impl Broker {
                 .await?;
             self.audit_served(&call, &who, path, watch.clone(), version, reason)
                 .await?;
-            granted.push(Some(Granted {
+            let granted = Some(Granted {
                 policy: Arc::clone(&generation),
                 watch,
-            }));
+            });
             let secret = result?;
-            sent.push(secret.version);
+            watched.push(Watched {
+                path: path.clone(),
+                sent: secret.version,
+                granted,
+            });
             snapshot.push(secret);
         }
         let first = v1::WatchSecretsResponse {
@@ -119,17 +122,16 @@ impl Broker {
             control: WatchStream::from_changes(policy),
             // A stolen token must not buy the rotations after its expiry.
             expired: Box::pin(tokio::time::sleep(until_unix(expires_at))),
-            granted,
             broker: self.clone(),
             call,
             who,
-            paths,
-            sent,
+            watched,
             changes,
             first: Some(first.into()),
             ended: false,
         };
-        let stream = futures::stream::unfold(watch, |mut watch| async move {
+        // Boxed, so each message moves a pointer, not the state.
+        let stream = futures::stream::unfold(Box::new(watch), |mut watch| async move {
             let item = watch.next().await?;
             Some((item, watch))
         });
@@ -237,11 +239,8 @@ struct Watch {
     broker: Broker,
     call: Call,
     who: WorkloadIdentity,
-    paths: Vec<SecretPath>,
-    /// Per path: the newest version sent.
-    sent: Vec<u64>,
-    /// Per path: the policy generation `watch` was last granted under.
-    granted: Vec<Option<Granted>>,
+    /// Per path, in the order of `changes`' keys.
+    watched: Vec<Watched>,
     changes: StreamMap<usize, WatchStream<u64>>,
     /// Policy changes, and the broker's shutdown.
     control: WatchStream<Arc<Policy>>,
@@ -279,7 +278,12 @@ impl Watch {
                         return Err(ApiError::ShuttingDown.into());
                     }
                     self.broker
-                        .recheck_watch(&self.call, &self.who, &current, self.paths.iter())
+                        .recheck_watch(
+                            &self.call,
+                            &self.who,
+                            &current,
+                            self.watched.iter().map(|w| &w.path),
+                        )
                         .await?;
                 }
                 () = &mut self.expired => {
@@ -291,22 +295,34 @@ impl Watch {
                     return Err(ApiError::from(AuthError::Expired).into());
                 }
                 Some((index, version)) = self.changes.next() => {
-                    if version <= self.sent[index] {
+                    let Some(watched) = self.watched.get_mut(index) else {
+                        continue;
+                    };
+                    if version <= watched.sent {
                         continue;
                     }
-                    let (path, granted) = (&self.paths[index], &mut self.granted[index]);
+                    let (path, granted) = (&watched.path, &mut watched.granted);
                     // Boxed: an idle stream does not carry the space of a
                     // read in flight.
                     let update = Box::pin(self.broker.serve_update(
                         &self.call, &self.who, path, version, granted,
                     ));
                     let (served, reply) = update.await?;
-                    self.sent[index] = served;
+                    watched.sent = served;
                     return Ok(reply);
                 }
             }
         }
     }
+}
+
+/// One path of an open watch.
+struct Watched {
+    path: SecretPath,
+    /// The newest version sent.
+    sent: u64,
+    /// The policy generation `watch` was last granted under.
+    granted: Option<Granted>,
 }
 
 /// A watch grant and the policy it was decided under (its generation: the
