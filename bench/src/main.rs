@@ -385,7 +385,12 @@ enum Row {
     Cold {
         coffer: Figures,
         bare: Figures,
+        /// ring on one thread: verifications per wall second and per CPU
+        /// second.
         ring: (f64, f64),
+        /// ring on `threads` threads at once, likewise (all threads).
+        ring_busy: (f64, f64),
+        threads: usize,
     },
     Watch {
         label: String,
@@ -440,10 +445,20 @@ async fn run_all(
     // Cold: every request carries a token the broker has never seen.
     if args.cold_tokens > 0 {
         let tokens = mint_cold(setup, args.cold_tokens)?;
-        let ring = ring_rs256_rate(&tokens[0], args.duration.min(Duration::from_secs(2)))?;
+        let run_for = args.duration.min(Duration::from_secs(2));
+        let ring = ring_rs256_rate(&tokens[0], run_for, 1)?;
+        // As the server runs under the cold load: every server thread busy
+        // at once (on this machine's two vCPUs, which may share a core).
+        let ring_busy = ring_rs256_rate(&tokens[0], run_for, args.server_threads)?;
         let bare = cold_load(&servers.bare, &tokens).await?;
         let coffer = cold_load(&servers.broker, &tokens).await?;
-        rows.push(Row::Cold { coffer, bare, ring });
+        rows.push(Row::Cold {
+            coffer,
+            bare,
+            ring,
+            ring_busy,
+            threads: args.server_threads,
+        });
     }
 
     let limit = fd_limit();
@@ -602,7 +617,7 @@ fn mint_cold(setup: &Setup, count: usize) -> anyhow::Result<Arc<Vec<String>>> {
 
 /// ring's own RS256 verification rate on pre-decoded bytes: per second of
 /// wall time, and per second of this thread's CPU time (steady under load).
-fn ring_rs256_rate(token: &str, run_for: Duration) -> anyhow::Result<(f64, f64)> {
+fn ring_rs256_rate(token: &str, run_for: Duration, threads: usize) -> anyhow::Result<(f64, f64)> {
     let jwks: serde_json::Value = serde_json::from_slice(RSA_JWKS)?;
     let jwk = jwks["keys"]
         .as_array()
@@ -615,26 +630,42 @@ fn ring_rs256_rate(token: &str, run_for: Duration) -> anyhow::Result<(f64, f64)>
     };
     let (message, sig) = token.rsplit_once('.').context("not a JWT")?;
     let sig = URL_SAFE_NO_PAD.decode(sig)?;
-    let cpu_before = thread_cpu();
     let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < run_for {
-        for _ in 0..16 {
-            key.verify(
-                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                message.as_bytes(),
-                &sig,
-            )
-            .map_err(|_| anyhow::anyhow!("raw RSA verify failed"))?;
-        }
-        n += 16;
-    }
+    let runs = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<(u64, Duration)> {
+                    let cpu_before = thread_cpu();
+                    let mut n = 0u64;
+                    while start.elapsed() < run_for {
+                        for _ in 0..16 {
+                            key.verify(
+                                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                                message.as_bytes(),
+                                &sig,
+                            )
+                            .map_err(|_| anyhow::anyhow!("raw RSA verify failed"))?;
+                        }
+                        n += 16;
+                    }
+                    Ok((n, thread_cpu().saturating_sub(cpu_before)))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a ring thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let n: u64 = runs.iter().map(|(n, _)| n).sum();
+    let cpu: f64 = runs.iter().map(|(_, c)| c.as_secs_f64()).sum();
     let wall = n as f64 / start.elapsed().as_secs_f64();
-    let cpu = thread_cpu().saturating_sub(cpu_before).as_secs_f64();
     Ok((wall, if cpu > 0.0 { n as f64 / cpu } else { 0.0 }))
 }
 
-/// On-CPU time of the calling thread so far.
 fn thread_cpu() -> Duration {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
@@ -890,7 +921,13 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                     )
                 );
             }
-            Row::Cold { coffer, bare, ring } => {
+            Row::Cold {
+                coffer,
+                bare,
+                ring,
+                ring_busy,
+                threads,
+            } => {
                 println!(
                     "| cold token 1 x 16: req/s | {:.0} | {:.0} | {} |",
                     coffer.rate,
@@ -929,6 +966,22 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                 println!(
                     "| cold token: verification alone (CPU/req above bare) per CPU-s | {verify_cpu:.0} | ring {ring_cpu:.0} | {} |",
                     ratio(verify_cpu, ring_cpu)
+                );
+                // The server's threads all run at once under this load; on
+                // vCPUs that share a core each runs slower than one alone.
+                let (busy_wall, busy_cpu) = *ring_busy;
+                println!(
+                    "| ring RS256 verify per CPU-s: {threads} threads at once vs one alone | {busy_cpu:.0} | {ring_cpu:.0} | {} |",
+                    ratio(busy_cpu, ring_cpu)
+                );
+                println!(
+                    "| cold token req/s vs ring RS256 verify/s ({threads} threads, wall) | {:.0} | ring {busy_wall:.0} | {} |",
+                    coffer.rate,
+                    ratio(coffer.rate, busy_wall)
+                );
+                println!(
+                    "| cold token: verification alone per CPU-s vs ring with {threads} threads busy | {verify_cpu:.0} | ring {busy_cpu:.0} | {} |",
+                    ratio(verify_cpu, busy_cpu)
                 );
             }
             Row::Watch {
