@@ -84,7 +84,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1x16,4x64")]
     get: Vec<String>,
     /// Fresh RS256 tokens for the cold mode (each used once); 0 skips it.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 10000)]
     cold_tokens: usize,
     /// Watch runs as WATCHERSxCONNECTIONS; `none` runs no watch.
     #[arg(
