@@ -99,6 +99,11 @@ struct Args {
     /// The broker's log filter (its default is `info`); logs go to a sink.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Internal: open the first `--watch` run's streams on one server only
+    /// (`broker` or `bare`) and print its RSS growth per stream; the bench
+    /// runs itself so for each side, each in a process of its own.
+    #[arg(long, hide = true)]
+    memory_probe: Option<String>,
     /// Worker threads of the server runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -149,6 +154,21 @@ fn main() -> anyhow::Result<()> {
 
     let setup = Setup::new()?;
     let servers = server_rt.block_on(setup.start())?;
+    if let Some(side) = &args.memory_probe {
+        let spec = args.watch.first().context("--memory-probe needs --watch")?;
+        let (watchers, conns) = pair(spec)?;
+        let url = match side.as_str() {
+            "broker" => &servers.broker,
+            "bare" => &servers.bare,
+            other => anyhow::bail!("--memory-probe {other:?}: broker or bare"),
+        };
+        let figures =
+            client_rt.block_on(watch_run(url, &setup.token()?, watchers, conns, 0, |_| {
+                Ok(())
+            }))?;
+        println!("rss_per_stream={}", figures.rss_per_stream);
+        return Ok(());
+    }
     let mut rows = Vec::new();
     client_rt.block_on(run_all(&args, &setup, &servers, &mut rows))?;
     print_table(&rows, servers.reply.encoded_len());
@@ -494,6 +514,11 @@ async fn run_all(
             Ok(())
         })
         .await?;
+        // Memory in a process of its own per side: in one process the
+        // second side reuses the heap the first one grew.
+        let (mut coffer, mut bare) = (coffer, bare);
+        coffer.rss_per_stream = memory_probe("broker", spec, &args.log_level)?;
+        bare.rss_per_stream = memory_probe("bare", spec, &args.log_level)?;
         rows.push(Row::Watch {
             label: format!("{watchers} over {conns}"),
             coffer,
@@ -722,7 +747,6 @@ async fn watch_run(
     mut rotate: impl FnMut(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<WatchFigures> {
     let conns = conns.clamp(1, watchers.max(1));
-    let rounds = rounds.max(1);
     let mut channels = Vec::with_capacity(conns);
     for _ in 0..conns {
         channels.push(connect(url).await?);
@@ -809,7 +833,7 @@ async fn watch_run(
         median: median_of(1),
         p99: median_of(2),
         last: median_of(3),
-        cpu_per_update: cpu / (watchers.max(1) * rounds) as u32,
+        cpu_per_update: cpu / (watchers * rounds).max(1) as u32,
         rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / watchers.max(1) as f64,
     })
 }
@@ -852,6 +876,31 @@ fn rss_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs this bench again with `--memory-probe side` for one watch spec and
+/// returns the RSS growth per stream it printed.
+fn memory_probe(side: &str, spec: &str, log_level: &str) -> anyhow::Result<f64> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--memory-probe",
+            side,
+            "--watch",
+            spec,
+            "--log-level",
+            log_level,
+        ])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the {side} memory probe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("rss_per_stream="))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the memory probe printed no figure")
 }
 
 /// The soft limit on open descriptors.
@@ -1012,7 +1061,7 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                     )
                 );
                 println!(
-                    "| rotation to {label}: RSS per stream (client and server) | {:.1} KiB | {:.1} KiB | {} |",
+                    "| rotation to {label}: RSS per stream (client and server, a process each) | {:.1} KiB | {:.1} KiB | {} |",
                     coffer.rss_per_stream / 1024.0,
                     bare.rss_per_stream / 1024.0,
                     ratio(coffer.rss_per_stream, bare.rss_per_stream)
