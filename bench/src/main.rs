@@ -551,21 +551,38 @@ async fn get_load(
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(4096);
                 while Instant::now() < deadline {
-                    let sent = Instant::now();
-                    let request = authed(
-                        v1::GetSecretRequest {
-                            path: PATH.into(),
-                            version: None,
-                        },
-                        &token,
-                    );
-                    client.get_secret(request).await?;
-                    latencies.push(sent.elapsed());
+                    latencies.push(timed_get(&mut client, &token).await?);
                 }
                 Ok::<_, Status>(latencies)
             }));
         }
     }
+    gather(tasks, start, cpu_before).await
+}
+
+/// One `GetSecret` of the bench's path with `token`, and how long it took.
+async fn timed_get(
+    client: &mut SecretBrokerClient<Channel>,
+    token: &str,
+) -> Result<Duration, Status> {
+    let sent = Instant::now();
+    let request = authed(
+        v1::GetSecretRequest {
+            path: PATH.into(),
+            version: None,
+        },
+        token,
+    );
+    client.get_secret(request).await?;
+    Ok(sent.elapsed())
+}
+
+/// Every load task's latencies, and the figures of the run begun at `start`.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, Status>>>,
+    start: Instant,
+    cpu_before: Duration,
+) -> anyhow::Result<Figures> {
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
@@ -711,27 +728,12 @@ async fn cold_load(url: &str, tokens: &Arc<Vec<String>>) -> anyhow::Result<Figur
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while let Some(token) = tokens.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let sent = Instant::now();
-                let request = authed(
-                    v1::GetSecretRequest {
-                        path: PATH.into(),
-                        version: None,
-                    },
-                    token,
-                );
-                client.get_secret(request).await?;
-                latencies.push(sent.elapsed());
+                latencies.push(timed_get(&mut client, token).await?);
             }
             Ok::<_, Status>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = start.elapsed();
-    let cpu = server_cpu().saturating_sub(cpu_before);
-    Ok(figures(latencies, elapsed, cpu))
+    gather(tasks, start, cpu_before).await
 }
 
 /// Opens `watchers` streams over `conns` connections, waits for every

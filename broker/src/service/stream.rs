@@ -441,6 +441,15 @@ mod tests {
             .unwrap()
     }
 
+    /// Opens a watch of `shop/db` with `token`.
+    async fn open(broker: &Broker, token: &str) -> WatchResponseStream {
+        broker
+            .watch_secrets(watch_request(token))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// A stream's next item as the message a client decodes.
     fn message(item: Option<Result<WatchReply, Status>>) -> v1::WatchSecretsResponse {
         item.unwrap().unwrap().into_message().unwrap()
@@ -464,11 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let audit = dir.path().join("audit.log");
         let (broker, token, store) = broker(&audit).await;
-        let mut stream = broker
-            .watch_secrets(watch_request(&token))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&broker, &token).await;
         let snapshot = message(stream.next().await);
         assert_eq!(snapshot.secrets[0].version, 1);
 
@@ -518,11 +523,7 @@ mod tests {
     async fn shut_down_ends_open_watches_and_refuses_new_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (broker, token, _store) = broker(&dir.path().join("audit.log")).await;
-        let mut stream = broker
-            .watch_secrets(watch_request(&token))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&broker, &token).await;
         message(stream.next().await);
         broker.shut_down();
         let end = stream.next().await.unwrap().unwrap_err();
@@ -540,11 +541,7 @@ mod tests {
     async fn set_policy_keeps_a_watch_that_kept_access() {
         let dir = tempfile::tempdir().unwrap();
         let (broker, token, store) = broker(&dir.path().join("audit.log")).await;
-        let mut stream = broker
-            .watch_secrets(watch_request(&token))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(&broker, &token).await;
         stream.next().await.unwrap().unwrap();
         broker.set_policy(Policy::from_yaml(READS).unwrap());
         put(store.as_ref(), b"v2").await;
@@ -560,11 +557,7 @@ mod tests {
         let (broker, token, store) = broker(&audit).await;
         let mut streams = Vec::new();
         for _ in 0..3 {
-            let mut stream = broker
-                .watch_secrets(watch_request(&token))
-                .await
-                .unwrap()
-                .into_inner();
+            let mut stream = open(&broker, &token).await;
             stream.next().await.unwrap().unwrap();
             streams.push(stream);
         }
@@ -660,11 +653,7 @@ mod tests {
             let token = signer
                 .mint("coffer", "shop", "web", Some(pod), Duration::from_secs(600))
                 .unwrap();
-            let mut stream = broker
-                .watch_secrets(watch_request(&token))
-                .await
-                .unwrap()
-                .into_inner();
+            let mut stream = open(&broker, &token).await;
             stream.next().await.unwrap().unwrap();
             streams.push((pod, stream));
         }
