@@ -456,11 +456,16 @@ impl Broker {
         path: &SecretPath,
         version: Option<u64>,
     ) -> Result<v1::Secret, ApiError> {
-        let stored = self
-            .inner
-            .store
-            .get_held(&holder(who), path.base(), version)
-            .await?;
+        let store = &self.inner.store;
+        // Only a leased path is issued per holder; every other read needs
+        // just the tenant it is charged to (no copies of the identity).
+        let stored = if store.shared(path.base()) {
+            store
+                .get_for(&limits::tenant(who), path.base(), version)
+                .await?
+        } else {
+            store.get_held(&holder(who), path.base(), version).await?
+        };
         to_wire(path, stored)
     }
 }

@@ -277,8 +277,10 @@ pub trait SecretStore: Send + Sync + 'static {
     }
 
     /// Whether every caller reads the same value at a version of `path`, so
-    /// one read may be shared among them (the watch fan-out). `false` for a
-    /// leased path, where each holder has a credential of its own.
+    /// one read may be shared among them (the watch fan-out) and the broker
+    /// reads it with [`get_for`](Self::get_for). `false` for a leased path,
+    /// where each holder has a credential of its own, read with
+    /// [`get_held`](Self::get_held).
     fn shared(&self, path: &str) -> bool {
         let _ = path;
         true
