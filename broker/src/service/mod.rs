@@ -277,7 +277,7 @@ impl Broker {
         call: &Call,
         who: &WorkloadIdentity,
         path: &SecretPath,
-        allowed: Allowed,
+        allowed: &Allowed,
         version: Option<u64>,
         reason: &str,
     ) -> Result<(), ApiError> {

@@ -35,7 +35,7 @@ impl Broker {
         // Write-side calls are audited before they act, so nothing changes
         // that could not be recorded.
         let allowed = self.authorize(&call, &who, &path, capability).await?;
-        self.audit_served(&call, &who, &path, allowed, None, "allowed")
+        self.audit_served(&call, &who, &path, &allowed, None, "allowed")
             .await?;
         Ok(path)
     }

@@ -3,14 +3,16 @@
 //! then one update per new version.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
+    task::{Context, Poll, Waker},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use coffer_proto::{v1, wire::WatchReply};
 use futures::{Stream, StreamExt};
-use tokio::time::Sleep;
+use tokio::{sync::watch, time::Sleep};
 use tokio_stream::{StreamMap, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 
@@ -60,9 +62,8 @@ impl Broker {
         if self.inner.shutdown.is_cancelled() {
             return Err(ApiError::ShuttingDown.into());
         }
-        // Taken before deciding: the grants below are filed under this
-        // generation (or an older one, which only costs a new decision).
-        let generation = self.policy();
+        // Grants are decided after subscribing: a policy change from here on
+        // reaches the stream, which decides again.
         let mut grants = Vec::with_capacity(paths.len());
         for path in &paths {
             let read = self.authorize(&call, &who, path, Capability::Read).await?;
@@ -74,36 +75,36 @@ impl Broker {
 
         // Subscribe before reading the snapshot, so no change can fall
         // between the two.
-        let mut changes = StreamMap::new();
-        for (index, path) in paths.iter().enumerate() {
-            changes.insert(
-                index,
+        let subscriptions: Vec<_> = paths
+            .iter()
+            .map(|path| {
                 WatchStream::from_changes(
                     self.inner
                         .store
                         .subscribe_held(&super::holder(&who), path.base()),
-                ),
-            );
-        }
+                )
+            })
+            .collect();
+        let changes = match <[_; 1]>::try_from(subscriptions) {
+            Ok([one]) => Changes::One(one),
+            Err(many) => Changes::Many(many.into_iter().enumerate().collect()),
+        };
         let mut snapshot = Vec::with_capacity(paths.len());
         let mut watched = Vec::with_capacity(paths.len());
         for (path, (read, watch)) in paths.iter().zip(grants) {
             let result = self.read(&who, path, None).await;
             let version = result.as_ref().ok().map(|s| s.version);
             let reason = read_reason(&result);
-            self.audit_served(&call, &who, path, read, version, reason)
+            self.audit_served(&call, &who, path, &read, version, reason)
                 .await?;
-            self.audit_served(&call, &who, path, watch.clone(), version, reason)
+            self.audit_served(&call, &who, path, &watch, version, reason)
                 .await?;
-            let granted = Some(Granted {
-                policy: Arc::clone(&generation),
-                watch,
-            });
             let secret = result?;
             watched.push(Watched {
                 path: path.clone(),
+                shared: self.inner.store.shared(path.base()),
                 sent: secret.version,
-                granted,
+                granted: Some(watch),
             });
             snapshot.push(secret);
         }
@@ -119,9 +120,12 @@ impl Broker {
             // The policy channel also wakes every stream at shutdown (see
             // [`Broker::shut_down`]): one registration per stream, kept
             // across updates, for both.
+            policy_seen: policy.clone(),
             control: WatchStream::from_changes(policy),
+            control_armed: false,
             // A stolen token must not buy the rotations after its expiry.
             expired: Box::pin(tokio::time::sleep(until_unix(expires_at))),
+            registered: None,
             broker: self.clone(),
             call,
             who,
@@ -177,37 +181,28 @@ impl Broker {
         Ok(())
     }
 
-    /// Reads one watched path's new version, deciding again under the
-    /// current policy and auditing what is sent. The decision is reused while
-    /// the policy is the one it was made under; the version's update is read
-    /// and encoded once and shared by every stream on the path (see
+    /// Reads one watched path's new version and audits what is sent. The
+    /// watch grant is reused until a policy change clears it (the stream
+    /// sees every change before its next update); the version's update is
+    /// read and encoded once and shared by every stream on the path (see
     /// [`FanOut`]). Returns the version served and its message.
     async fn serve_update(
         &self,
         call: &Call,
         who: &WorkloadIdentity,
-        path: &SecretPath,
+        watched: &Watched,
         version: u64,
-        granted: &mut Option<Granted>,
+        granted: &mut Option<Allowed>,
     ) -> Result<(u64, WatchReply), ApiError> {
-        // Taken before deciding: a decision is never filed under a policy
-        // newer than the one it was made with.
-        let policy = self.policy();
+        let path = &watched.path;
         let watch = match granted {
-            Some(g) if Arc::ptr_eq(&g.policy, &policy) => g.watch.clone(),
-            _ => {
-                let watch = self.authorize(call, who, path, Capability::Watch).await?;
-                *granted = Some(Granted {
-                    policy,
-                    watch: watch.clone(),
-                });
-                watch
-            }
+            Some(watch) => watch,
+            None => granted.insert(self.authorize(call, who, path, Capability::Watch).await?),
         };
         // A leased path's versions are each holder's own credential: never
         // shared between streams.
-        let shared = self.inner.store.shared(path.base());
-        let cached = shared
+        let cached = watched
+            .shared
             .then(|| self.inner.fanout.get(path, version))
             .flatten();
         let result = match cached {
@@ -218,7 +213,7 @@ impl Broker {
                     kind: v1::WatchEventKind::Update as i32,
                     secrets: vec![secret],
                 };
-                if shared {
+                if watched.shared {
                     let reply = WatchReply::encoded(&update);
                     self.inner.fanout.put(path, version, &reply);
                     (served, reply)
@@ -241,16 +236,48 @@ struct Watch {
     who: WorkloadIdentity,
     /// Per path, in the order of `changes`' keys.
     watched: Vec<Watched>,
-    changes: StreamMap<usize, WatchStream<u64>>,
+    changes: Changes,
     /// Policy changes, and the broker's shutdown.
     control: WatchStream<Arc<Policy>>,
+    /// `control` is registered and has not fired since.
+    control_armed: bool,
+    /// The policy channel as far as `control` has delivered it: a cheap
+    /// check of whether `control` needs polling.
+    policy_seen: watch::Receiver<Arc<Policy>>,
     expired: Pin<Box<Sleep>>,
+    /// The task waker `control` and `expired` are registered with.
+    registered: Option<Waker>,
     /// The snapshot, until it is sent.
     first: Option<WatchReply>,
     /// An error was sent: the stream ends.
     ended: bool,
     _slot: WatchSlot,
     _watching: WatchGuard,
+}
+
+/// What woke a watch.
+enum Event {
+    Policy(Arc<Policy>),
+    /// The policy channel closed: the broker is gone.
+    Closed,
+    Expired,
+    Changed(usize, u64),
+}
+
+/// The watched paths' version channels.
+enum Changes {
+    /// The common case: one path, no map to search.
+    One(WatchStream<u64>),
+    Many(StreamMap<usize, WatchStream<u64>>),
+}
+
+impl Changes {
+    fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, u64)>> {
+        match self {
+            Self::One(changes) => changes.poll_next_unpin(cx).map(|v| v.map(|v| (0, v))),
+            Self::Many(changes) => changes.poll_next_unpin(cx),
+        }
+    }
 }
 
 impl Watch {
@@ -269,11 +296,8 @@ impl Watch {
 
     async fn wait(&mut self) -> WatchItem {
         loop {
-            tokio::select! {
-                // Shutdown, a policy change and the token's end win over an
-                // update that is ready at the same moment.
-                biased;
-                Some(current) = self.control.next() => {
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Policy(current) => {
                     if self.broker.inner.shutdown.is_cancelled() {
                         return Err(ApiError::ShuttingDown.into());
                     }
@@ -285,8 +309,13 @@ impl Watch {
                             self.watched.iter().map(|w| &w.path),
                         )
                         .await?;
+                    // Every grant was made under an older policy.
+                    for watched in &mut self.watched {
+                        watched.granted = None;
+                    }
                 }
-                () = &mut self.expired => {
+                Event::Closed => return Err(ApiError::ShuttingDown.into()),
+                Event::Expired => {
                     tracing::info!(
                         namespace = %self.who.namespace,
                         service_account = %self.who.service_account,
@@ -294,24 +323,67 @@ impl Watch {
                     );
                     return Err(ApiError::from(AuthError::Expired).into());
                 }
-                Some((index, version)) = self.changes.next() => {
+                Event::Changed(index, version) => {
                     let Some(watched) = self.watched.get_mut(index) else {
                         continue;
                     };
                     if version <= watched.sent {
                         continue;
                     }
-                    let (path, granted) = (&watched.path, &mut watched.granted);
+                    let mut granted = watched.granted.take();
                     // Boxed: an idle stream does not carry the space of a
                     // read in flight.
                     let update = Box::pin(self.broker.serve_update(
-                        &self.call, &self.who, path, version, granted,
-                    ));
-                    let (served, reply) = update.await?;
+                        &self.call,
+                        &self.who,
+                        watched,
+                        version,
+                        &mut granted,
+                    ))
+                    .await;
+                    watched.granted = granted;
+                    let (served, reply) = update?;
                     watched.sent = served;
                     return Ok(reply);
                 }
             }
+        }
+    }
+
+    /// Shutdown, a policy change and the token's end win over an update
+    /// that is ready at the same moment.
+    ///
+    /// `control` and `expired` stay registered with the task's waker until
+    /// they fire, so they are polled again only when the waker changed or
+    /// their own state says they fired: an update then costs no lock on the
+    /// policy channel's waiter list, which every stream shares.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let fresh = !self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if fresh || !self.control_armed || self.policy_seen.has_changed().unwrap_or(true) {
+            match self.control.poll_next_unpin(cx) {
+                Poll::Ready(Some(policy)) => {
+                    self.control_armed = false;
+                    self.policy_seen.mark_unchanged();
+                    return Poll::Ready(Event::Policy(policy));
+                }
+                Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                Poll::Pending => self.control_armed = true,
+            }
+        }
+        if (fresh || self.expired.is_elapsed()) && self.expired.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Expired);
+        }
+        if fresh {
+            self.registered = Some(cx.waker().clone());
+        }
+        match self.changes.poll_change(cx) {
+            Poll::Ready(Some((index, version))) => Poll::Ready(Event::Changed(index, version)),
+            // Every path's channel closed: only the policy, shutdown or the
+            // token's end can end the stream now.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -319,18 +391,12 @@ impl Watch {
 /// One path of an open watch.
 struct Watched {
     path: SecretPath,
+    /// Its versions are the same for every holder, so an update is shared.
+    shared: bool,
     /// The newest version sent.
     sent: u64,
-    /// The policy generation `watch` was last granted under.
-    granted: Option<Granted>,
-}
-
-/// A watch grant and the policy it was decided under (its generation: the
-/// policy's `Arc`, replaced whole on every change).
-#[derive(Clone)]
-pub(super) struct Granted {
-    policy: Arc<Policy>,
-    watch: Allowed,
+    /// The watch grant, until a policy change.
+    granted: Option<Allowed>,
 }
 
 /// How long a version's update is shared after it was first read: long

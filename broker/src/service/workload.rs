@@ -26,7 +26,7 @@ impl SecretBroker for Broker {
         let allowed = self.authorize(&call, &who, &path, Capability::Read).await?;
         let result = self.read(&who, &path, req.version).await;
         let version = result.as_ref().ok().map(|s| s.version);
-        self.audit_served(&call, &who, &path, allowed, version, read_reason(&result))
+        self.audit_served(&call, &who, &path, &allowed, version, read_reason(&result))
             .await?;
         let secret = result?;
         Ok(Response::new(v1::GetSecretResponse {
@@ -56,7 +56,7 @@ impl SecretBroker for Broker {
                     let allowed = self.authorize(call, who, &path, Capability::Read).await?;
                     let result = self.read(who, &path, item.version).await;
                     let version = result.as_ref().ok().map(|s| s.version);
-                    self.audit_served(call, who, &path, allowed, version, read_reason(&result))
+                    self.audit_served(call, who, &path, &allowed, version, read_reason(&result))
                         .await?;
                     result
                 }
@@ -116,7 +116,7 @@ impl SecretBroker for Broker {
                 &call,
                 &who,
                 &path,
-                allowed,
+                &allowed,
                 Some(item.version),
                 "acknowledged",
             )
