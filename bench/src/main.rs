@@ -318,39 +318,41 @@ impl ServerProcess {
         }
     }
 
-    /// One line from the child; its end (EOF) is an error with its stderr.
+    /// One line from the child (the `ready` line, or the answer to a
+    /// command written under the same lock); its end (EOF) is an error with
+    /// its stderr.
     fn read_line(&self) -> anyhow::Result<String> {
-        let mut line = String::new();
-        let read = self
-            .pipes
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the server process's pipes are poisoned"))?
-            .1
-            .read_line(&mut line);
-        match read {
-            Ok(0) => Err(self.failed("the server process ended")),
-            Ok(_) => Ok(line.trim_end().to_string()),
-            Err(e) => Err(self.failed(&format!("reading from the server process: {e}"))),
+        self.exchange(None)
+    }
+
+    /// Sends one command and returns the child's answer, both under one lock
+    /// so answers never cross.
+    fn ask(&self, command: &str) -> anyhow::Result<String> {
+        let answer = self.exchange(Some(command))?;
+        match answer.strip_prefix("error ") {
+            Some(why) => anyhow::bail!("the server process could not {command:?}: {why}"),
+            None => Ok(answer),
         }
     }
 
-    /// Sends one command and returns the child's answer.
-    fn ask(&self, command: &str) -> anyhow::Result<String> {
-        let sent = {
+    fn exchange(&self, command: Option<&str>) -> anyhow::Result<String> {
+        let mut line = String::new();
+        let read = {
             let mut pipes = self
                 .pipes
                 .lock()
                 .map_err(|_| anyhow::anyhow!("the server process's pipes are poisoned"))?;
-            let stdin = &mut pipes.0;
-            writeln!(stdin, "{command}").and_then(|()| stdin.flush())
+            let (stdin, stdout) = &mut *pipes;
+            command
+                .map_or(Ok(()), |c| {
+                    writeln!(stdin, "{c}").and_then(|()| stdin.flush())
+                })
+                .and_then(|()| stdout.read_line(&mut line))
         };
-        if let Err(e) = sent {
-            return Err(self.failed(&format!("writing to the server process: {e}")));
-        }
-        let answer = self.read_line()?;
-        match answer.strip_prefix("error ") {
-            Some(why) => anyhow::bail!("the server process could not {command:?}: {why}"),
-            None => Ok(answer),
+        match read {
+            Ok(0) => Err(self.failed("the server process ended")),
+            Ok(_) => Ok(line.trim_end().to_string()),
+            Err(e) => Err(self.failed(&format!("talking to the server process: {e}"))),
         }
     }
 
