@@ -1,23 +1,33 @@
 //! `coffer-bench`: the broker against a bare tonic server, in the same run.
 //!
-//! Both servers run in this process on one dedicated server runtime (threads
-//! named `bench-server`); the load runs on another (`bench-client`). Server
-//! CPU time is the sum of the `bench-server` threads' on-CPU time read from
-//! `/proc/self/task/*/schedstat` around each measurement, so client work is
+//! Both servers run in a child process of their own (this binary again, with
+//! the hidden `--serve`), on one runtime whose threads are named
+//! `bench-server`; the load runs in this process (`bench-client` threads).
+//! Each side of a connection therefore holds one descriptor in its own
+//! process, so 10,000 connections fit a 20,000-descriptor limit. The parent
+//! drives the child over its stdin/stdout, one line per command: the store
+//! write or bare broadcast that starts a rotation, and the server threads'
+//! on-CPU time (the child sums `/proc/self/task/*/schedstat` of its
+//! `bench-server` threads), read around each measurement so client work is
 //! never charged to the server. The bare server implements the same
 //! `SecretBroker::GetSecret` (and `WatchSecrets` as a plain broadcast) with
 //! the very message the broker serves, and no authentication.
 //!
 //! Modes: cached `GetSecret` at C connections x N in flight per connection;
 //! cold tokens (a fresh valid RS256 token per request, beside ring's raw
-//! RS256 verify rate); N watchers over M connections and one rotation.
-//! `--quick` runs every mode tiny (seconds): CI checks that the table prints.
+//! RS256 verify rate, measured in this process with no load running); N
+//! watchers over M connections and several rotations. Memory per watch
+//! stream is the server process's RSS growth, in a fresh server process per
+//! side. `--quick` runs every mode tiny (seconds): CI checks that the table
+//! prints.
 
 use std::{
+    io::{BufRead, BufReader, Read, Write},
     num::NonZeroUsize,
     pin::Pin,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -99,11 +109,11 @@ struct Args {
     /// The broker's log filter (its default is `info`); logs go to a sink.
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// Internal: open the first `--watch` run's streams on one server only
-    /// (`broker` or `bare`) and print its RSS growth per stream; the bench
-    /// runs itself so for each side, each in a process of its own.
+    /// Internal: run the servers and answer the parent bench's commands on
+    /// stdin (the bench runs itself so, its servers in a process of their
+    /// own).
     #[arg(long, hide = true)]
-    memory_probe: Option<String>,
+    serve: bool,
     /// Worker threads of the server runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -128,6 +138,13 @@ fn pair(s: &str) -> anyhow::Result<(usize, usize)> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    anyhow::ensure!(
+        args.server_threads > 0,
+        "--server-threads must be at least 1"
+    );
+    if args.serve {
+        return serve(&args);
+    }
     if args.quick {
         args.duration = Duration::from_millis(300);
         args.get = vec!["1x4".into()];
@@ -135,51 +152,280 @@ fn main() -> anyhow::Result<()> {
         args.watch = vec!["50x5".into()];
         args.rounds = 2;
     }
-    // The broker logs as it would in production, into a sink.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
-        .with_writer(std::io::sink)
-        .init();
-
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.server_threads)
-        .thread_name(SERVER_THREAD)
-        .enable_all()
-        .build()?;
+    // The server process inherits the raised limit.
+    raise_fd_limit();
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-client")
         .enable_all()
         .build()?;
-
-    let setup = Setup::new()?;
-    let servers = server_rt.block_on(setup.start())?;
-    if let Some(side) = &args.memory_probe {
-        let spec = args.watch.first().context("--memory-probe needs --watch")?;
-        let (watchers, conns) = pair(spec)?;
-        let url = match side.as_str() {
-            "broker" => &servers.broker,
-            "bare" => &servers.bare,
-            other => anyhow::bail!("--memory-probe {other:?}: broker or bare"),
-        };
-        let figures =
-            client_rt.block_on(watch_run(url, &setup.token()?, watchers, conns, 0, |_| {
-                Ok(())
-            }))?;
-        println!("rss_per_stream={}", figures.rss_per_stream);
-        return Ok(());
-    }
+    let server = ServerProcess::spawn(&args)?;
     let mut rows = Vec::new();
-    client_rt.block_on(run_all(&args, &setup, &servers, &mut rows))?;
-    print_table(&rows, servers.reply.encoded_len());
+    client_rt.block_on(run_all(&args, &server, &mut rows))?;
+    print_table(&rows, server.reply_bytes);
     Ok(())
 }
 
-/// Keys, tokens and the store shared by every mode.
+/// The hidden `--serve` mode: the broker and the bare server on a server
+/// runtime of their own, driven by the parent bench over stdin/stdout.
+///
+/// Prints one line, `ready broker=URL bare=URL reply_bytes=N token=JWT`,
+/// then answers each command line with one line: `write N` (the broker
+/// store's rotation to version N, answered once the write and its
+/// notification are done), `bare N` (the bare server's broadcast of version
+/// N), `cpu` (`cpu NANOSECONDS`, the `bench-server` threads' on-CPU time),
+/// `rss` (`rss BYTES`, this process's resident memory). Errors answer
+/// `error WHY`. EOF on stdin (the parent is done or gone) ends the process.
+fn serve(args: &Args) -> anyhow::Result<()> {
+    // The broker logs as it would in production, into a sink.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
+        .with_writer(std::io::sink)
+        .init();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.server_threads)
+        .thread_name(SERVER_THREAD)
+        .enable_all()
+        .build()?;
+    let setup = Setup::new()?;
+    let servers = server_rt.block_on(setup.start())?;
+    let token = setup.token()?;
+    // The rotations' writes run on this thread (not a server thread, as the
+    // writer thread was in one process), its runtime ready before the
+    // parent's clock starts: the store's notification starts the fan-out.
+    let writer_rt = tokio::runtime::Builder::new_current_thread().build()?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ready broker={} bare={} reply_bytes={} token={token}",
+        servers.broker,
+        servers.bare,
+        servers.reply.encoded_len()
+    )?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let answer = match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("write", n) => n
+                .parse()
+                .map_err(anyhow::Error::from)
+                .and_then(|n| writer_rt.block_on(put_value(&setup.store, n)))
+                .map(|()| "ok".to_string()),
+            ("bare", n) => n.parse().map_err(anyhow::Error::from).map(|n| {
+                let mut update = v1::WatchSecretsResponse {
+                    kind: v1::WatchEventKind::Update as i32,
+                    secrets: servers.reply.secret.clone().into_iter().collect(),
+                };
+                for s in &mut update.secrets {
+                    s.version = n;
+                }
+                // No receiver is not an error: nobody watches yet.
+                let _ = servers.updates.send(update);
+                "ok".to_string()
+            }),
+            ("cpu", _) => Ok(format!("cpu {}", server_cpu().as_nanos())),
+            ("rss", _) => Ok(format!("rss {}", rss_bytes())),
+            (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
+        };
+        let answer =
+            answer.unwrap_or_else(|e| format!("error {}", format!("{e:#}").replace('\n', " ")));
+        writeln!(out, "{answer}")?;
+        out.flush()?;
+    }
+    // Open connections need not close in order: the parent is done.
+    server_rt.shutdown_background();
+    Ok(())
+}
+
+/// The server process (this bench with `--serve`) and its pipes. Dropping it
+/// closes its stdin and kills it; if this process dies without dropping it
+/// (`panic = "abort"`), the child reads EOF and exits.
+struct ServerProcess {
+    broker: String,
+    bare: String,
+    /// The bench token, minted by the child's `DevSigner`.
+    token: String,
+    reply_bytes: usize,
+    pipes: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    child: Mutex<Child>,
+    stderr: Mutex<Option<std::thread::JoinHandle<String>>>,
+}
+
+impl ServerProcess {
+    fn spawn(args: &Args) -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "--serve",
+                "--server-threads",
+                &args.server_threads.to_string(),
+                "--log-level",
+                &args.log_level,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the server process")?;
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            anyhow::bail!("the server process has no pipes");
+        };
+        // Read all along, so a chatty child never blocks on a full pipe;
+        // the tail is kept for errors.
+        let stderr = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            let tail = text.len().saturating_sub(8192);
+            String::from_utf8_lossy(&text[tail..]).into_owned()
+        });
+        let mut server = Self {
+            broker: String::new(),
+            bare: String::new(),
+            token: String::new(),
+            reply_bytes: 0,
+            pipes: Mutex::new((stdin, BufReader::new(stdout))),
+            child: Mutex::new(child),
+            stderr: Mutex::new(Some(stderr)),
+        };
+        let ready = server.read_line()?;
+        // The line carries the token: never quote it in an error.
+        let fields = ready
+            .strip_prefix("ready ")
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|f| f.split_once('='))
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .unwrap_or_default();
+        let field = |name: &str| fields.get(name).map(|v| v.to_string());
+        match (
+            field("broker"),
+            field("bare"),
+            field("token"),
+            field("reply_bytes").and_then(|n| n.parse().ok()),
+        ) {
+            (Some(broker), Some(bare), Some(token), Some(reply_bytes)) => {
+                server.broker = broker;
+                server.bare = bare;
+                server.token = token;
+                server.reply_bytes = reply_bytes;
+                Ok(server)
+            }
+            _ => Err(server.failed("the server process's first line is not its `ready` line")),
+        }
+    }
+
+    /// One line from the child (the `ready` line, or the answer to a
+    /// command written under the same lock); its end (EOF) is an error with
+    /// its stderr.
+    fn read_line(&self) -> anyhow::Result<String> {
+        self.exchange(None)
+    }
+
+    /// Sends one command and returns the child's answer, both under one lock
+    /// so answers never cross.
+    fn ask(&self, command: &str) -> anyhow::Result<String> {
+        let answer = self.exchange(Some(command))?;
+        match answer.strip_prefix("error ") {
+            Some(why) => anyhow::bail!("the server process could not {command:?}: {why}"),
+            None => Ok(answer),
+        }
+    }
+
+    fn exchange(&self, command: Option<&str>) -> anyhow::Result<String> {
+        let mut line = String::new();
+        let read = {
+            let mut pipes = self
+                .pipes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the server process's pipes are poisoned"))?;
+            let (stdin, stdout) = &mut *pipes;
+            command
+                .map_or(Ok(()), |c| {
+                    writeln!(stdin, "{c}").and_then(|()| stdin.flush())
+                })
+                .and_then(|()| stdout.read_line(&mut line))
+        };
+        match read {
+            Ok(0) => Err(self.failed("the server process ended")),
+            Ok(_) => Ok(line.trim_end().to_string()),
+            Err(e) => Err(self.failed(&format!("talking to the server process: {e}"))),
+        }
+    }
+
+    fn ask_number(&self, command: &str) -> anyhow::Result<u64> {
+        let answer = self.ask(command)?;
+        answer
+            .strip_prefix(command)
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("the server process answered {command:?} with {answer:?}"))
+    }
+
+    /// The broker store's rotation to version `n`, done with its
+    /// notification when this returns.
+    fn write(&self, n: u64) -> anyhow::Result<()> {
+        self.ask(&format!("write {n}")).map(drop)
+    }
+
+    /// The bare server's broadcast of version `n`.
+    fn broadcast(&self, n: u64) -> anyhow::Result<()> {
+        self.ask(&format!("bare {n}")).map(drop)
+    }
+
+    /// On-CPU time of the server runtime's threads so far.
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        self.ask_number("cpu").map(Duration::from_nanos)
+    }
+
+    /// The server process's resident memory.
+    fn rss(&self) -> anyhow::Result<u64> {
+        self.ask_number("rss")
+    }
+
+    /// Ends the child (if it still runs) and returns `what` with its stderr.
+    fn failed(&self, what: &str) -> anyhow::Error {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let stderr = self
+            .stderr
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .and_then(|s| s.join().ok())
+            .unwrap_or_default();
+        anyhow::anyhow!("{what}; its stderr:\n{}", stderr.trim_end())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("coffer-bench: keeping the descriptor limit at {soft}: {e}");
+    }
+}
+
+/// The server process's keys, token and store.
 struct Setup {
     signer: DevSigner,
     store: Arc<DevStore>,
-    rsa: jsonwebtoken::EncodingKey,
     jwks: Vec<u8>,
 }
 
@@ -196,7 +442,6 @@ impl Setup {
         Ok(Self {
             signer,
             store: Arc::new(DevStore::in_memory()),
-            rsa: jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PEM)?,
             jwks: serde_json::to_vec(&jwks)?,
         })
     }
@@ -267,36 +512,6 @@ impl Setup {
             reply,
             updates,
         })
-    }
-}
-
-/// A thread with its own runtime that writes the bench's path on demand.
-struct Writer {
-    requests: std::sync::mpsc::Sender<(u64, std::sync::mpsc::Sender<anyhow::Result<()>>)>,
-}
-
-impl Writer {
-    fn start(store: Arc<DevStore>) -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread().build()?;
-        let (requests, incoming) =
-            std::sync::mpsc::channel::<(u64, std::sync::mpsc::Sender<anyhow::Result<()>>)>();
-        std::thread::spawn(move || {
-            for (n, done) in incoming {
-                let _ = done.send(rt.block_on(put_value(&store, n)));
-            }
-        });
-        Ok(Self { requests })
-    }
-
-    /// Writes value `n` and returns when the write (and its notification)
-    /// is done.
-    fn write(&self, n: u64) -> anyhow::Result<()> {
-        let (done, wait) = std::sync::mpsc::channel();
-        self.requests
-            .send((n, done))
-            .map_err(|_| anyhow::anyhow!("the writer thread is gone"))?;
-        wait.recv()
-            .map_err(|_| anyhow::anyhow!("the writer thread is gone"))?
     }
 }
 
@@ -431,24 +646,18 @@ struct WatchFigures {
     rss_per_stream: f64,
 }
 
-async fn run_all(
-    args: &Args,
-    setup: &Setup,
-    servers: &Servers,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<()> {
-    let token = setup.token()?;
+async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     for spec in args.get.iter().filter(|s| *s != "none") {
         let (conns, in_flight) = pair(spec)?;
         // Warm both (connections, caches), then measure bare, coffer, bare,
         // coffer and keep the better of each, so drift hits both alike.
         let warm = args.duration / 4;
-        get_load(&servers.bare, &token, conns, in_flight, warm).await?;
-        get_load(&servers.broker, &token, conns, in_flight, warm).await?;
-        let mut bare = get_load(&servers.bare, &token, conns, in_flight, args.duration).await?;
-        let mut coffer = get_load(&servers.broker, &token, conns, in_flight, args.duration).await?;
-        let bare2 = get_load(&servers.bare, &token, conns, in_flight, args.duration).await?;
-        let coffer2 = get_load(&servers.broker, &token, conns, in_flight, args.duration).await?;
+        get_load(server, &server.bare, conns, in_flight, warm).await?;
+        get_load(server, &server.broker, conns, in_flight, warm).await?;
+        let mut bare = get_load(server, &server.bare, conns, in_flight, args.duration).await?;
+        let mut coffer = get_load(server, &server.broker, conns, in_flight, args.duration).await?;
+        let bare2 = get_load(server, &server.bare, conns, in_flight, args.duration).await?;
+        let coffer2 = get_load(server, &server.broker, conns, in_flight, args.duration).await?;
         if bare2.rate > bare.rate {
             bare = bare2;
         }
@@ -464,14 +673,14 @@ async fn run_all(
 
     // Cold: every request carries a token the broker has never seen.
     if args.cold_tokens > 0 {
-        let tokens = mint_cold(setup, args.cold_tokens)?;
+        let tokens = mint_cold(args.cold_tokens)?;
         let run_for = args.duration.min(Duration::from_secs(2));
         let ring = ring_rs256_rate(&tokens[0], run_for, 1)?;
         // As the server runs under the cold load: every server thread busy
         // at once (on this machine's two vCPUs, which may share a core).
         let ring_busy = ring_rs256_rate(&tokens[0], run_for, args.server_threads)?;
-        let bare = cold_load(&servers.bare, &tokens).await?;
-        let coffer = cold_load(&servers.broker, &tokens).await?;
+        let bare = cold_load(server, &server.bare, &tokens).await?;
+        let coffer = cold_load(server, &server.broker, &tokens).await?;
         rows.push(Row::Cold {
             coffer,
             bare,
@@ -484,41 +693,27 @@ async fn run_all(
     let limit = fd_limit();
     for spec in args.watch.iter().filter(|s| *s != "none") {
         let (watchers, conns) = pair(spec)?;
-        // Each connection costs two descriptors here (client and server end).
-        if conns * 2 + 256 > limit {
+        // Each connection costs one descriptor on each side (the client's
+        // end here, the server's in the server process).
+        if conns + 256 > limit {
             rows.push(Row::Skipped(format!(
-                "watch {watchers} over {conns} connections: needs {} descriptors, the limit is {limit}",
-                conns * 2 + 256
+                "watch {watchers} over {conns} connections: needs {} descriptors on each side, the limit is {limit}",
+                conns + 256
             )));
             continue;
         }
-        // The broker first: its streams grow the heap afresh, while the bare
-        // server's may reuse what the broker's freed, so the RSS ratio is
-        // pessimistic for the broker.
-        // The write happens on a thread of its own, ready before the clock
-        // starts: the store's notification is what starts the fan-out.
-        let writer = Writer::start(setup.store.clone())?;
-        let coffer = watch_run(&servers.broker, &token, watchers, conns, args.rounds, |n| {
-            writer.write(n)
+        let mut coffer = watch_run(server, &server.broker, watchers, conns, args.rounds, |n| {
+            server.write(n)
         })
         .await?;
-        let bare = watch_run(&servers.bare, &token, watchers, conns, args.rounds, |n| {
-            let mut update = v1::WatchSecretsResponse {
-                kind: v1::WatchEventKind::Update as i32,
-                secrets: servers.reply.secret.clone().into_iter().collect(),
-            };
-            for s in &mut update.secrets {
-                s.version = n;
-            }
-            let _ = servers.updates.send(update);
-            Ok(())
+        let mut bare = watch_run(server, &server.bare, watchers, conns, args.rounds, |n| {
+            server.broadcast(n)
         })
         .await?;
-        // Memory in a process of its own per side: in one process the
-        // second side reuses the heap the first one grew.
-        let (mut coffer, mut bare) = (coffer, bare);
-        coffer.rss_per_stream = memory_probe("broker", spec, &args.log_level)?;
-        bare.rss_per_stream = memory_probe("bare", spec, &args.log_level)?;
+        // Memory in a fresh server process per side: in one process the
+        // side measured second would reuse the heap the first one grew.
+        coffer.rss_per_stream = memory_probe(args, Side::Broker, watchers, conns).await?;
+        bare.rss_per_stream = memory_probe(args, Side::Bare, watchers, conns).await?;
         rows.push(Row::Watch {
             label: format!("{watchers} over {conns}"),
             coffer,
@@ -530,8 +725,8 @@ async fn run_all(
 
 /// The Get load: `conns` connections, `in_flight` requests on each.
 async fn get_load(
+    server: &ServerProcess,
     url: &str,
-    token: &str,
     conns: usize,
     in_flight: usize,
     run_for: Duration,
@@ -540,14 +735,14 @@ async fn get_load(
     for _ in 0..conns {
         channels.push(connect(url).await?);
     }
-    let cpu_before = server_cpu();
+    let cpu_before = server.cpu()?;
     let start = Instant::now();
     let deadline = start + run_for;
     let mut tasks = Vec::new();
     for channel in &channels {
         for _ in 0..in_flight {
             let mut client = SecretBrokerClient::new(channel.clone());
-            let token = token.to_string();
+            let token = server.token.clone();
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(4096);
                 while Instant::now() < deadline {
@@ -557,7 +752,7 @@ async fn get_load(
             }));
         }
     }
-    gather(tasks, start, cpu_before).await
+    gather(server, tasks, start, cpu_before).await
 }
 
 /// One `GetSecret` of the bench's path with `token`, and how long it took.
@@ -579,6 +774,7 @@ async fn timed_get(
 
 /// Every load task's latencies, and the figures of the run begun at `start`.
 async fn gather(
+    server: &ServerProcess,
     tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, Status>>>,
     start: Instant,
     cpu_before: Duration,
@@ -588,7 +784,7 @@ async fn gather(
         latencies.extend(task.await??);
     }
     let elapsed = start.elapsed();
-    let cpu = server_cpu().saturating_sub(cpu_before);
+    let cpu = server.cpu()?.saturating_sub(cpu_before);
     Ok(figures(latencies, elapsed, cpu))
 }
 
@@ -612,8 +808,10 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// RS256 tokens, each for another pod so no two are alike.
-fn mint_cold(setup: &Setup, count: usize) -> anyhow::Result<Arc<Vec<String>>> {
+/// RS256 tokens, each for another pod so no two are alike, signed with the
+/// RSA fixture key (the server process's key set trusts it).
+fn mint_cold(count: usize) -> anyhow::Result<Arc<Vec<String>>> {
+    let rsa = &jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PEM)?;
     let count = count.max(1);
     let threads = 2;
     let per = count.div_ceil(threads);
@@ -635,7 +833,7 @@ fn mint_cold(setup: &Setup, count: usize) -> anyhow::Result<Arc<Vec<String>>> {
                             .sign(
                                 jsonwebtoken::Algorithm::RS256,
                                 RSA_KID,
-                                &setup.rsa,
+                                rsa,
                             )?)
                         })
                         .collect()
@@ -716,10 +914,14 @@ fn thread_cpu() -> Duration {
 }
 
 /// One connection, 16 in flight, each request with the next unused token.
-async fn cold_load(url: &str, tokens: &Arc<Vec<String>>) -> anyhow::Result<Figures> {
+async fn cold_load(
+    server: &ServerProcess,
+    url: &str,
+    tokens: &Arc<Vec<String>>,
+) -> anyhow::Result<Figures> {
     let channel = connect(url).await?;
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu_before = server_cpu();
+    let cpu_before = server.cpu()?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -733,16 +935,18 @@ async fn cold_load(url: &str, tokens: &Arc<Vec<String>>) -> anyhow::Result<Figur
             Ok::<_, Status>(latencies)
         }));
     }
-    gather(tasks, start, cpu_before).await
+    gather(server, tasks, start, cpu_before).await
 }
 
 /// Opens `watchers` streams over `conns` connections, waits for every
 /// snapshot, then rotates `rounds` times, each once every receiver has the
 /// last, timing each receiver from its rotation. The figures are the median
-/// over the rounds; the server CPU is the whole fan-out's, per update sent.
+/// over the rounds; the server CPU is the whole fan-out's, per update sent;
+/// the memory is the server process's RSS growth from after the connections
+/// opened to after every snapshot arrived, per stream.
 async fn watch_run(
+    server: &ServerProcess,
     url: &str,
-    token: &str,
     watchers: usize,
     conns: usize,
     rounds: usize,
@@ -753,7 +957,9 @@ async fn watch_run(
     for _ in 0..conns {
         channels.push(connect(url).await?);
     }
-    let rss_before = rss_bytes();
+    // Let the server settle its accepted connections before reading memory.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = server.rss()?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
     let (receipts_tx, mut receipts) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut tasks = Vec::with_capacity(watchers);
@@ -763,7 +969,7 @@ async fn watch_run(
             v1::WatchSecretsRequest {
                 paths: vec![PATH.into()],
             },
-            token,
+            &server.token,
         );
         let ready = ready_tx.clone();
         let receipts = receipts_tx.clone();
@@ -795,11 +1001,11 @@ async fn watch_run(
     }
     // Let the server settle its per-stream work before reading memory.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_after = rss_bytes();
+    let rss_after = server.rss()?;
     let mut per_round = Vec::with_capacity(rounds);
     let mut cpu = Duration::ZERO;
     for round in 0..rounds {
-        let cpu_before = server_cpu();
+        let cpu_before = server.cpu()?;
         let start = Instant::now();
         rotate(round as u64 + 2)?;
         let mut times = Vec::with_capacity(watchers);
@@ -810,7 +1016,7 @@ async fn watch_run(
                 .context("a watcher ended before its update")?;
             times.push(at.saturating_duration_since(start));
         }
-        cpu += server_cpu().saturating_sub(cpu_before);
+        cpu += server.cpu()?.saturating_sub(cpu_before);
         times.sort_unstable();
         per_round.push([
             times.first().copied().unwrap_or_default(),
@@ -840,7 +1046,8 @@ async fn watch_run(
     })
 }
 
-/// On-CPU time of the server runtime's threads so far.
+/// On-CPU time of this process's server runtime threads so far (read in the
+/// server process).
 fn server_cpu() -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
@@ -868,7 +1075,7 @@ fn server_cpu() -> Duration {
     Duration::from_nanos(total)
 }
 
-/// The process's resident memory.
+/// This process's resident memory.
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -880,41 +1087,36 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Runs this bench again with `--memory-probe side` for one watch spec and
-/// returns the RSS growth per stream it printed.
-fn memory_probe(side: &str, spec: &str, log_level: &str) -> anyhow::Result<f64> {
-    let output = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "--memory-probe",
-            side,
-            "--watch",
-            spec,
-            "--log-level",
-            log_level,
-        ])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "the {side} memory probe failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("rss_per_stream="))
-        .and_then(|v| v.trim().parse().ok())
-        .context("the memory probe printed no figure")
+#[derive(Clone, Copy)]
+enum Side {
+    Broker,
+    Bare,
 }
 
-/// The soft limit on open descriptors.
+/// Opens `watchers` streams over `conns` connections on one side of a fresh
+/// server process and returns that process's RSS growth per stream.
+async fn memory_probe(
+    args: &Args,
+    side: Side,
+    watchers: usize,
+    conns: usize,
+) -> anyhow::Result<f64> {
+    let server = ServerProcess::spawn(args)?;
+    let url = match side {
+        Side::Broker => &server.broker,
+        Side::Bare => &server.bare,
+    };
+    let figures = watch_run(&server, url, watchers, conns, 0, |_| Ok(())).await?;
+    Ok(figures.rss_per_stream)
+}
+
+/// The soft limit on open descriptors (of each process: the server process
+/// inherits it).
 fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3).and_then(|n| n.parse().ok()))
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| {
+            usize::try_from(soft).unwrap_or(usize::MAX)
         })
-        .unwrap_or(1024)
 }
 
 fn ms(d: Duration) -> String {
@@ -1063,7 +1265,7 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                     )
                 );
                 println!(
-                    "| rotation to {label}: RSS per stream (client and server, a process each) | {:.1} KiB | {:.1} KiB | {} |",
+                    "| rotation to {label}: server RSS per stream (a fresh server process per side) | {:.1} KiB | {:.1} KiB | {} |",
                     coffer.rss_per_stream / 1024.0,
                     bare.rss_per_stream / 1024.0,
                     ratio(coffer.rss_per_stream, bare.rss_per_stream)

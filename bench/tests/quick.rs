@@ -1,5 +1,6 @@
 //! `coffer-bench --quick` runs every mode and prints its table. Timings are
-//! never asserted: only that each mode produced its rows against both servers.
+//! never asserted: only that each mode produced its rows against both servers,
+//! and that the server process (`--serve`) speaks its line protocol.
 
 use std::process::Command;
 
@@ -25,8 +26,76 @@ fn quick_run_prints_the_table_of_every_mode() {
         "| cold token 1 x 16: req/s |",
         "vs ring RS256 verify/s",
         "| rotation to 50 over 5: last receiver |",
-        "RSS per stream",
+        "server RSS per stream",
     ] {
         assert!(stdout.contains(row), "missing {row:?} in\n{stdout}");
+    }
+}
+
+/// The server process (`--serve`) announces its servers, answers the
+/// parent's commands one line each, reports a bad command as an error, and
+/// exits when its stdin closes (as when the parent bench ends, however it
+/// ends).
+#[test]
+fn serve_mode_answers_commands_and_exits_when_its_stdin_closes() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer-bench"))
+        .args(["--serve", "--server-threads", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running coffer-bench --serve: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut read_line = move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("reading a line");
+        line.trim_end().to_string()
+    };
+    let ready = read_line();
+    assert!(
+        ready.starts_with("ready broker=http://127.0.0.1:"),
+        "{ready}"
+    );
+    for field in [" bare=http://127.0.0.1:", " reply_bytes=", " token="] {
+        assert!(ready.contains(field), "missing {field:?} in {ready}");
+    }
+    let mut ask = move |command: &str| {
+        writeln!(stdin, "{command}").expect("writing a command");
+        read_line()
+    };
+    let number = |answer: &str, prefix: &str| {
+        answer
+            .strip_prefix(prefix)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{answer:?} is not {prefix:?} and a number"))
+    };
+    number(&ask("cpu"), "cpu ");
+    assert!(number(&ask("rss"), "rss ") > 0);
+    assert_eq!(ask("write 2"), "ok");
+    assert_eq!(ask("bare 3"), "ok");
+    let bad = ask("nonsense");
+    assert!(bad.starts_with("error "), "{bad}");
+    let bad = ask("write two");
+    assert!(bad.starts_with("error "), "{bad}");
+    // Still answering after the errors.
+    number(&ask("cpu"), "cpu ");
+
+    drop(ask); // and with it the child's stdin
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            assert!(status.success(), "the server process failed: {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server process did not exit at EOF on its stdin");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
