@@ -5,9 +5,9 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Weak},
     task::{Context, Poll, Waker},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use coffer_proto::{v1, wire::WatchReply};
@@ -23,6 +23,7 @@ use crate::{
     error::ApiError,
     path::SecretPath,
     policy::{Capability, Policy},
+    store::StoreError,
 };
 
 /// One message of a watch stream.
@@ -91,6 +92,7 @@ impl Broker {
         };
         let mut snapshot = Vec::with_capacity(paths.len());
         let mut watched = Vec::with_capacity(paths.len());
+        let mut shared = Vec::with_capacity(paths.len());
         for (path, (read, watch)) in paths.iter().zip(grants) {
             let result = self.read(&who, path, None).await;
             let version = result.as_ref().ok().map(|s| s.version);
@@ -100,46 +102,58 @@ impl Broker {
             self.audit_served(&call, &who, path, &watch, version, reason)
                 .await?;
             let secret = result?;
+            // A leased path's versions are each holder's own credential:
+            // never shared between streams.
+            let fanout = self
+                .inner
+                .store
+                .shared(path.base())
+                .then(|| self.inner.fanout.slot(path));
             watched.push(Watched {
-                path: path.clone(),
-                shared: self.inner.store.shared(path.base()),
                 sent: secret.version,
                 granted: Some(watch),
+                fanout: fanout.clone(),
             });
+            shared.push(fanout);
             snapshot.push(secret);
         }
         let first = v1::WatchSecretsResponse {
             kind: v1::WatchEventKind::Snapshot as i32,
             secrets: snapshot,
         };
+        let mut watched = watched.into_iter();
+        let Some(first_path) = watched.next() else {
+            // `parse_paths` refuses an empty list.
+            return Err(ApiError::InvalidArgument("no paths to watch".into()).into());
+        };
 
         let watch = Watch {
-            // In the rollout's expected set while the stream lives.
-            _watching: self.inner.acks.watching(&who, &paths),
-            _slot: slot,
+            phase: Phase::First(first.into()),
+            registered: None,
+            expires_at: Instant::now() + until_unix(expires_at),
             // The policy channel also wakes every stream at shutdown (see
             // [`Broker::shut_down`]): one registration per stream, kept
             // across updates, for both.
             policy_seen: policy.clone(),
-            control: WatchStream::from_changes(policy),
             control_armed: false,
+            audited: self.audit_log().is_some(),
+            first_path,
+            more_paths: watched.collect(),
+            changes,
+            control: WatchStream::from_changes(policy),
             // A stolen token must not buy the rotations after its expiry.
             expired: Box::pin(tokio::time::sleep(until_unix(expires_at))),
-            registered: None,
-            broker: self.clone(),
-            call,
-            who,
-            watched,
-            changes,
-            first: Some(first.into()),
-            ended: false,
+            // In the rollout's expected set while the stream lives.
+            _watching: self.inner.acks.watching(&who, &paths),
+            _slot: slot,
+            call: Arc::new(WatchCall {
+                broker: self.clone(),
+                call,
+                who,
+                paths: paths.into_iter().zip(shared).collect(),
+            }),
         };
-        // Boxed, so each message moves a pointer, not the state.
-        let stream = futures::stream::unfold(Box::new(watch), |mut watch| async move {
-            let item = watch.next().await?;
-            Some((item, watch))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(watch)))
     }
 
     /// After a policy change: is every path of an open watch still readable
@@ -190,21 +204,15 @@ impl Broker {
         &self,
         call: &Call,
         who: &WorkloadIdentity,
-        watched: &Watched,
+        (path, fanout): &(SecretPath, Option<Arc<Slot>>),
         version: u64,
         granted: &mut Option<Allowed>,
     ) -> Result<(u64, WatchReply), ApiError> {
-        let path = &watched.path;
         let watch = match granted {
             Some(watch) => watch,
             None => granted.insert(self.authorize(call, who, path, Capability::Watch).await?),
         };
-        // A leased path's versions are each holder's own credential: never
-        // shared between streams.
-        let cached = watched
-            .shared
-            .then(|| self.inner.fanout.get(path, version))
-            .flatten();
+        let cached = fanout.as_ref().and_then(|slot| slot.get(version));
         let result = match cached {
             Some(reply) => Ok((version, reply)),
             None => self.read(who, path, Some(version)).await.map(|secret| {
@@ -213,12 +221,13 @@ impl Broker {
                     kind: v1::WatchEventKind::Update as i32,
                     secrets: vec![secret],
                 };
-                if watched.shared {
-                    let reply = WatchReply::encoded(&update);
-                    self.inner.fanout.put(path, version, &reply);
-                    (served, reply)
-                } else {
-                    (served, update.into())
+                match fanout {
+                    Some(slot) => {
+                        let reply = WatchReply::encoded(&update);
+                        slot.put(version, &reply);
+                        (served, reply)
+                    }
+                    None => (served, update.into()),
                 }
             }),
         };
@@ -229,30 +238,71 @@ impl Broker {
     }
 }
 
-/// One open watch: what its stream needs between two messages.
+/// One open watch, handed to tonic as the response stream: polled by the
+/// connection's stream task, with no task or channel of its own.
+///
+/// Laid out in declaration order, what every update touches first: with
+/// thousands of streams woken at once, each stream's state is a cache miss,
+/// so an update should touch as few lines of it as it can.
+#[repr(C)]
 struct Watch {
-    broker: Broker,
-    call: Call,
-    who: WorkloadIdentity,
-    /// Per path, in the order of `changes`' keys.
-    watched: Vec<Watched>,
-    changes: Changes,
-    /// Policy changes, and the broker's shutdown.
-    control: WatchStream<Arc<Policy>>,
-    /// `control` is registered and has not fired since.
-    control_armed: bool,
+    phase: Phase,
+    /// The task waker `control` and `expired` are registered with.
+    registered: Option<Waker>,
+    /// When the token expires: the stream ends then.
+    expires_at: Instant,
     /// The policy channel as far as `control` has delivered it: a cheap
     /// check of whether `control` needs polling.
     policy_seen: watch::Receiver<Arc<Policy>>,
+    /// `control` is registered and has not fired since.
+    control_armed: bool,
+    /// The broker keeps an audit trail (set before it serves), so every
+    /// update is recorded.
+    audited: bool,
+    /// The first path; most watches have only this one.
+    first_path: Watched,
+    more_paths: Vec<Watched>,
+    changes: Changes,
+    // Not touched by an update.
+    /// Policy changes, and the broker's shutdown.
+    control: WatchStream<Arc<Policy>>,
+    /// Wakes the stream when the token expires.
     expired: Pin<Box<Sleep>>,
-    /// The task waker `control` and `expired` are registered with.
-    registered: Option<Waker>,
-    /// The snapshot, until it is sent.
-    first: Option<WatchReply>,
-    /// An error was sent: the stream ends.
-    ended: bool,
+    call: Arc<WatchCall>,
     _slot: WatchSlot,
     _watching: WatchGuard,
+}
+
+/// What the futures of a watch that wait on the broker (a read, an audit
+/// record) share with it.
+struct WatchCall {
+    broker: Broker,
+    call: Call,
+    who: WorkloadIdentity,
+    /// Each path and where its updates are shared, in the order of
+    /// `changes`' keys.
+    paths: Vec<(SecretPath, Option<Arc<Slot>>)>,
+}
+
+/// Where a watch is.
+enum Phase {
+    /// The snapshot, until it is sent.
+    First(WatchReply),
+    /// Waiting for a change, a policy change, the token's end or shutdown.
+    Waiting,
+    /// Reading (or auditing) an update.
+    Updating(Pin<Box<dyn Future<Output = Updated> + Send>>),
+    /// Deciding again after a policy change.
+    Rechecking(Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>),
+    /// An error was sent: the stream ends.
+    Ended,
+}
+
+/// A finished update of path `index`, and its grant to keep.
+struct Updated {
+    index: usize,
+    granted: Option<Allowed>,
+    result: Result<(u64, WatchReply), ApiError>,
 }
 
 /// What woke a watch.
@@ -280,83 +330,56 @@ impl Changes {
     }
 }
 
-impl Watch {
-    /// The next message, or `None` once an error ended the stream.
-    async fn next(&mut self) -> Option<WatchItem> {
-        if self.ended {
-            return None;
-        }
-        if let Some(first) = self.first.take() {
-            return Some(Ok(first));
-        }
-        let item = self.wait().await;
-        self.ended = item.is_err();
-        Some(item)
-    }
+impl Stream for Watch {
+    type Item = WatchItem;
 
-    async fn wait(&mut self) -> WatchItem {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchItem>> {
+        let this = self.get_mut();
         loop {
-            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
-                Event::Policy(current) => {
-                    if self.broker.inner.shutdown.is_cancelled() {
-                        return Err(ApiError::ShuttingDown.into());
+            match std::mem::replace(&mut this.phase, Phase::Waiting) {
+                Phase::Ended => {
+                    this.phase = Phase::Ended;
+                    return Poll::Ready(None);
+                }
+                Phase::First(first) => return Poll::Ready(Some(Ok(first))),
+                Phase::Updating(mut update) => match update.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.phase = Phase::Updating(update);
+                        return Poll::Pending;
                     }
-                    self.broker
-                        .recheck_watch(
-                            &self.call,
-                            &self.who,
-                            &current,
-                            self.watched.iter().map(|w| &w.path),
-                        )
-                        .await?;
+                    Poll::Ready(updated) => return Poll::Ready(Some(this.updated(updated))),
+                },
+                Phase::Rechecking(mut recheck) => match recheck.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.phase = Phase::Rechecking(recheck);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(status)) => return Poll::Ready(Some(this.end(status))),
                     // Every grant was made under an older policy.
-                    for watched in &mut self.watched {
-                        watched.granted = None;
-                    }
-                }
-                Event::Closed => return Err(ApiError::ShuttingDown.into()),
-                Event::Expired => {
-                    tracing::info!(
-                        namespace = %self.who.namespace,
-                        service_account = %self.who.service_account,
-                        "watch closed: the token expired"
-                    );
-                    return Err(ApiError::from(AuthError::Expired).into());
-                }
-                Event::Changed(index, version) => {
-                    let Some(watched) = self.watched.get_mut(index) else {
-                        continue;
-                    };
-                    if version <= watched.sent {
-                        continue;
-                    }
-                    let mut granted = watched.granted.take();
-                    // Boxed: an idle stream does not carry the space of a
-                    // read in flight.
-                    let update = Box::pin(self.broker.serve_update(
-                        &self.call,
-                        &self.who,
-                        watched,
-                        version,
-                        &mut granted,
-                    ))
-                    .await;
-                    watched.granted = granted;
-                    let (served, reply) = update?;
-                    watched.sent = served;
-                    return Ok(reply);
-                }
+                    Poll::Ready(Ok(())) => this.each_path(|watched| watched.granted = None),
+                },
+                Phase::Waiting => {}
+            }
+            let event = match this.poll_event(cx) {
+                Poll::Ready(event) => event,
+                Poll::Pending => return Poll::Pending,
+            };
+            if let Some(item) = this.on(event) {
+                return Poll::Ready(Some(item));
             }
         }
     }
+}
 
+impl Watch {
     /// Shutdown, a policy change and the token's end win over an update
     /// that is ready at the same moment.
     ///
     /// `control` and `expired` stay registered with the task's waker until
     /// they fire, so they are polled again only when the waker changed or
-    /// their own state says they fired: an update then costs no lock on the
-    /// policy channel's waiter list, which every stream shares.
+    /// the policy channel or the clock says they fired: an update then
+    /// costs no lock on the policy channel's waiter list, which every
+    /// stream shares, and no look at the timer.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         let fresh = !self
             .registered
@@ -373,10 +396,14 @@ impl Watch {
                 Poll::Pending => self.control_armed = true,
             }
         }
-        if (fresh || self.expired.is_elapsed()) && self.expired.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= self.expires_at {
             return Poll::Ready(Event::Expired);
         }
         if fresh {
+            // Registers the timer with this waker; it cannot be due yet.
+            if self.expired.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Expired);
+            }
             self.registered = Some(cx.waker().clone());
         }
         match self.changes.poll_change(cx) {
@@ -386,17 +413,119 @@ impl Watch {
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
+
+    /// Acts on what woke the watch: the message to send, if there is one
+    /// now.
+    fn on(&mut self, event: Event) -> Option<WatchItem> {
+        match event {
+            Event::Policy(policy) => {
+                if self.call.broker.inner.shutdown.is_cancelled() {
+                    return Some(self.end(ApiError::ShuttingDown.into()));
+                }
+                let call = Arc::clone(&self.call);
+                self.phase = Phase::Rechecking(Box::pin(async move {
+                    let paths = call.paths.iter().map(|(path, _)| path);
+                    call.broker
+                        .recheck_watch(&call.call, &call.who, &policy, paths)
+                        .await
+                }));
+                None
+            }
+            Event::Closed => Some(self.end(ApiError::ShuttingDown.into())),
+            Event::Expired => {
+                tracing::info!(
+                    namespace = %self.call.who.namespace,
+                    service_account = %self.call.who.service_account,
+                    "watch closed: the token expired"
+                );
+                Some(self.end(ApiError::from(AuthError::Expired).into()))
+            }
+            Event::Changed(index, version) => {
+                let audited = self.audited;
+                let watched = self.path_mut(index)?;
+                if version <= watched.sent {
+                    return None;
+                }
+                // Granted, shared, and read by another stream already:
+                // nothing to wait for unless the update is audited.
+                if !audited
+                    && watched.granted.is_some()
+                    && let Some(reply) = watched.fanout.as_ref().and_then(|s| s.get(version))
+                {
+                    watched.sent = version;
+                    return Some(Ok(reply));
+                }
+                let mut granted = watched.granted.take();
+                let call = Arc::clone(&self.call);
+                self.phase = Phase::Updating(Box::pin(async move {
+                    let result = match call.paths.get(index) {
+                        Some(path) => {
+                            call.broker
+                                .serve_update(&call.call, &call.who, path, version, &mut granted)
+                                .await
+                        }
+                        // `changes` is keyed by the index into `paths`.
+                        None => {
+                            Err(StoreError::Internal(format!("no watched path {index}")).into())
+                        }
+                    };
+                    Updated {
+                        index,
+                        granted,
+                        result,
+                    }
+                }));
+                None
+            }
+        }
+    }
+
+    /// Takes a finished update back: its message, or the error that ends
+    /// the stream.
+    fn updated(&mut self, updated: Updated) -> WatchItem {
+        let Updated {
+            index,
+            granted,
+            result,
+        } = updated;
+        match result {
+            Ok((served, reply)) => {
+                if let Some(watched) = self.path_mut(index) {
+                    watched.granted = granted;
+                    watched.sent = served;
+                }
+                Ok(reply)
+            }
+            Err(e) => self.end(e.into()),
+        }
+    }
+
+    fn end(&mut self, status: Status) -> WatchItem {
+        self.phase = Phase::Ended;
+        Err(status)
+    }
+
+    fn path_mut(&mut self, index: usize) -> Option<&mut Watched> {
+        match index {
+            0 => Some(&mut self.first_path),
+            n => self.more_paths.get_mut(n - 1),
+        }
+    }
+
+    fn each_path(&mut self, mut f: impl FnMut(&mut Watched)) {
+        f(&mut self.first_path);
+        self.more_paths.iter_mut().for_each(f);
+    }
 }
 
-/// One path of an open watch.
+/// What an open watch keeps of one path.
 struct Watched {
-    path: SecretPath,
-    /// Its versions are the same for every holder, so an update is shared.
-    shared: bool,
     /// The newest version sent.
     sent: u64,
     /// The watch grant, until a policy change.
     granted: Option<Allowed>,
+    /// Where its updates are shared, unless they are each holder's own.
+    fanout: Option<Arc<Slot>>,
 }
 
 /// How long a version's update is shared after it was first read: long
@@ -404,51 +533,57 @@ struct Watched {
 /// from here for long.
 const FANOUT_TTL: Duration = Duration::from_secs(2);
 
-/// The most paths whose newest version is shared at once.
-const FANOUT_MAX_PATHS: usize = 1024;
+/// Paths in the fan-out's index before it drops those no stream watches.
+const FANOUT_SWEEP_AT: usize = 1024;
 
-/// The newest update of each recently changed path, read and encoded once
-/// and shared by every stream that sends it. Its bytes are wiped when the
-/// last stream drops them.
+/// The newest update of each watched path, read and encoded once and shared
+/// by every stream that sends it. Each stream holds its path's [`Slot`], so
+/// an update costs one read lock on the slot, not a lookup under a lock
+/// every stream shares.
 #[derive(Default)]
 pub(super) struct FanOut {
-    recent: std::sync::Mutex<Recent>,
+    slots: std::sync::Mutex<std::collections::HashMap<SecretPath, Weak<Slot>>>,
 }
 
-/// Per path: the version, when it was read, and its encoded update.
-type Recent = std::collections::HashMap<SecretPath, (u64, std::time::Instant, WatchReply)>;
-
 impl FanOut {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+    /// The slot of `path`, shared by every stream that watches it now.
+    fn slot(&self, path: &SecretPath) -> Arc<Slot> {
         // Entries are inserted whole: a panicking holder leaves no half state.
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(path).and_then(Weak::upgrade) {
+            return slot;
+        }
+        if slots.len() >= FANOUT_SWEEP_AT {
+            // Bounded by the paths open streams watch: a slot lives as long
+            // as a stream holds it.
+            slots.retain(|_, slot| slot.strong_count() > 0);
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(path.clone(), Arc::downgrade(&slot));
+        slot
     }
+}
 
-    /// The update of `path` to `version`, if it was read in the last
-    /// [`FANOUT_TTL`].
-    fn get(&self, path: &SecretPath, version: u64) -> Option<WatchReply> {
-        let recent = self.lock();
-        let (v, at, reply) = recent.get(path)?;
+/// One path's newest update: its version, when it was read, and its encoded
+/// message, whose bytes are wiped when the last stream drops them.
+#[derive(Default)]
+pub(super) struct Slot {
+    newest: std::sync::RwLock<Option<(u64, Instant, WatchReply)>>,
+}
+
+impl Slot {
+    /// The update to `version`, if it was read in the last [`FANOUT_TTL`].
+    fn get(&self, version: u64) -> Option<WatchReply> {
+        let newest = self.newest.read().unwrap_or_else(|p| p.into_inner());
+        let (v, at, reply) = newest.as_ref()?;
         (*v == version && at.elapsed() < FANOUT_TTL).then(|| reply.clone())
     }
 
-    fn put(&self, path: &SecretPath, version: u64, reply: &WatchReply) {
-        let mut recent = self.lock();
-        if recent.len() >= FANOUT_MAX_PATHS {
-            recent.retain(|_, (_, at, _)| at.elapsed() < FANOUT_TTL);
-            if recent.len() >= FANOUT_MAX_PATHS {
-                recent.clear();
-            }
-        }
-        match recent.get(path) {
-            // An older version never replaces a newer one.
-            Some((v, _, _)) if *v > version => {}
-            _ => {
-                recent.insert(
-                    path.clone(),
-                    (version, std::time::Instant::now(), reply.clone()),
-                );
-            }
+    fn put(&self, version: u64, reply: &WatchReply) {
+        let mut newest = self.newest.write().unwrap_or_else(|p| p.into_inner());
+        // An older version never replaces a newer one.
+        if newest.as_ref().is_none_or(|(v, _, _)| *v <= version) {
+            *newest = Some((version, Instant::now(), reply.clone()));
         }
     }
 }
