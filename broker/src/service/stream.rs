@@ -669,6 +669,79 @@ mod tests {
         request
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_updates_without_an_audit_trail_still_see_a_policy_change() {
+        // No audit trail: an update another stream already read is sent
+        // without waiting, and the stream is not re-polled for the policy
+        // between updates; a revocation must still end every stream.
+        let signer = DevSigner::generate(ISS).unwrap();
+        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
+        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
+        let store = Arc::new(DevStore::in_memory());
+        put(store.as_ref(), b"v1").await;
+        let broker = Broker::new(
+            Arc::new(authn),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        );
+        let token = signer
+            .mint("coffer", "shop", "web", None, Duration::from_secs(600))
+            .unwrap();
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let mut stream = open(&broker, &token).await;
+            assert_eq!(message(stream.next().await).secrets[0].version, 1);
+            streams.push(stream);
+        }
+        for version in 2..=4 {
+            put(store.as_ref(), b"again").await;
+            for stream in &mut streams {
+                assert_eq!(message(stream.next().await).secrets[0].version, version);
+            }
+        }
+        broker.set_policy(Policy::deny_all());
+        for stream in &mut streams {
+            let end = stream.next().await.unwrap().unwrap_err();
+            assert_eq!(end.code(), tonic::Code::PermissionDenied);
+            assert!(stream.next().await.is_none(), "the stream ends");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_of_several_paths_sends_each_paths_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, token, store) = broker(&dir.path().join("audit.log")).await;
+        store
+            .put(
+                "shop/api",
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"k1"[..])), ""),
+            )
+            .await
+            .unwrap();
+        let mut request = watch_request(&token);
+        request.get_mut().paths = vec!["shop/db".into(), "shop/api".into()];
+        let mut stream = broker.watch_secrets(request).await.unwrap().into_inner();
+        let snapshot = message(stream.next().await);
+        let mut paths: Vec<_> = snapshot.secrets.iter().map(|s| s.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, ["shop/api", "shop/db"]);
+
+        store
+            .put(
+                "shop/api",
+                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"k2"[..])), ""),
+            )
+            .await
+            .unwrap();
+        let update = message(stream.next().await);
+        assert_eq!(update.secrets[0].path, "shop/api");
+        assert_eq!(update.secrets[0].version, 2);
+        put(store.as_ref(), b"v2").await;
+        let update = message(stream.next().await);
+        assert_eq!(update.secrets[0].path, "shop/db");
+        assert_eq!(update.secrets[0].version, 2);
+    }
+
     #[tokio::test]
     async fn set_policy_closes_a_watch_that_lost_access_and_audits_it() {
         let dir = tempfile::tempdir().unwrap();
