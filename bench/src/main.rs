@@ -38,6 +38,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use clap::Parser;
 use coffer_broker::{
     auth::{
+        Authenticator, BearerToken,
         cache::{CachingAuthenticator, DEFAULT_CACHE_ENTRIES},
         jwt::{JwtVerifier, KeySet, ProjectedClaims, VerifierConfig},
         signer::DevSigner,
@@ -626,6 +627,9 @@ enum Row {
         /// ring on `threads` threads at once, likewise (all threads).
         ring_busy: (f64, f64),
         threads: usize,
+        /// The broker's own verifier and ring's raw verify on the same
+        /// fresh tokens, interleaved on one thread: per CPU second.
+        verifier: (f64, f64),
     },
     Watch {
         label: String,
@@ -679,6 +683,7 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
         // As the server runs under the cold load: every server thread busy
         // at once (on this machine's two vCPUs, which may share a core).
         let ring_busy = ring_rs256_rate(&tokens[0], run_for, args.server_threads)?;
+        let verifier = verifier_vs_ring(&tokens)?;
         let bare = cold_load(server, &server.bare, &tokens).await?;
         let coffer = cold_load(server, &server.broker, &tokens).await?;
         rows.push(Row::Cold {
@@ -687,6 +692,7 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
             ring,
             ring_busy,
             threads: args.server_threads,
+            verifier,
         });
     }
 
@@ -858,16 +864,7 @@ fn mint_cold(count: usize) -> anyhow::Result<Arc<Vec<String>>> {
 /// ring's own RS256 verification rate on pre-decoded bytes: per second of
 /// wall time, and per second of this thread's CPU time (steady under load).
 fn ring_rs256_rate(token: &str, run_for: Duration, threads: usize) -> anyhow::Result<(f64, f64)> {
-    let jwks: serde_json::Value = serde_json::from_slice(RSA_JWKS)?;
-    let jwk = jwks["keys"]
-        .as_array()
-        .and_then(|k| k.iter().find(|k| k["kid"] == RSA_KID))
-        .context("the RSA fixture key is missing")?;
-    let b64 = |s: &serde_json::Value| URL_SAFE_NO_PAD.decode(s.as_str().unwrap_or_default());
-    let key = ring::signature::RsaPublicKeyComponents {
-        n: b64(&jwk["n"])?,
-        e: b64(&jwk["e"])?,
-    };
+    let key = rsa_fixture_key()?;
     let (message, sig) = token.rsplit_once('.').context("not a JWT")?;
     let sig = URL_SAFE_NO_PAD.decode(sig)?;
     let start = Instant::now();
@@ -904,6 +901,86 @@ fn ring_rs256_rate(token: &str, run_for: Duration, threads: usize) -> anyhow::Re
     let cpu: f64 = runs.iter().map(|(_, c)| c.as_secs_f64()).sum();
     let wall = n as f64 / start.elapsed().as_secs_f64();
     Ok((wall, if cpu > 0.0 { n as f64 / cpu } else { 0.0 }))
+}
+
+/// The broker's own authenticator (the verified-token cache over the JWT
+/// verifier, as the broker builds it) against ring's raw RS256 verify, on
+/// the same fresh tokens, one thread, interleaved in chunks so both see the
+/// same machine. The authenticator runs as a cold request runs it: the cache
+/// misses, the token is checked whole (signature, then claims) and the cache
+/// keeps it; ring gets each token's signature already decoded. Returns
+/// (authenticator, ring) verifications per CPU second.
+fn verifier_vs_ring(tokens: &[String]) -> anyhow::Result<(f64, f64)> {
+    let keys = KeySet::from_jwks_json(RSA_JWKS)?;
+    let verifier = JwtVerifier::new(VerifierConfig::new(ISSUER, AUDIENCE), keys);
+    let authn = CachingAuthenticator::new(
+        Arc::new(verifier),
+        NonZeroUsize::new(DEFAULT_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+    );
+    let key = rsa_fixture_key()?;
+    let prepared = tokens
+        .iter()
+        .map(|t| {
+            let (message, sig) = t.rsplit_once('.').context("not a JWT")?;
+            Ok((BearerToken::new(t), message, URL_SAFE_NO_PAD.decode(sig)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A thread of its own: the caller is a runtime's, and its CPU time is
+    // read alone.
+    let (authn_cpu, ring_cpu) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<(f64, f64)> {
+                let rt = tokio::runtime::Builder::new_current_thread().build()?;
+                let (mut authn_cpu, mut ring_cpu) = (Duration::ZERO, Duration::ZERO);
+                for chunk in prepared.chunks(200) {
+                    let before = thread_cpu();
+                    for (_, message, sig) in chunk {
+                        key.verify(
+                            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                            message.as_bytes(),
+                            sig,
+                        )
+                        .map_err(|_| anyhow::anyhow!("raw RSA verify failed"))?;
+                    }
+                    let between = thread_cpu();
+                    rt.block_on(async {
+                        for (token, _, _) in chunk {
+                            authn.authenticate(token).await.map_err(|e| {
+                                anyhow::anyhow!("the verifier refused a fresh token: {e}")
+                            })?;
+                        }
+                        Ok::<_, anyhow::Error>(())
+                    })?;
+                    ring_cpu += between.saturating_sub(before);
+                    authn_cpu += thread_cpu().saturating_sub(between);
+                }
+                Ok((authn_cpu.as_secs_f64(), ring_cpu.as_secs_f64()))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?
+    })?;
+    let rate = |cpu: f64| {
+        if cpu > 0.0 {
+            prepared.len() as f64 / cpu
+        } else {
+            0.0
+        }
+    };
+    Ok((rate(authn_cpu), rate(ring_cpu)))
+}
+
+/// The RSA fixture key the cold tokens are signed with, for ring.
+fn rsa_fixture_key() -> anyhow::Result<ring::signature::RsaPublicKeyComponents<Vec<u8>>> {
+    let jwks: serde_json::Value = serde_json::from_slice(RSA_JWKS)?;
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["kid"] == RSA_KID))
+        .context("the RSA fixture key is missing")?;
+    let b64 = |s: &serde_json::Value| URL_SAFE_NO_PAD.decode(s.as_str().unwrap_or_default());
+    Ok(ring::signature::RsaPublicKeyComponents {
+        n: b64(&jwk["n"])?,
+        e: b64(&jwk["e"])?,
+    })
 }
 
 fn thread_cpu() -> Duration {
@@ -1180,6 +1257,7 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                 ring,
                 ring_busy,
                 threads,
+                verifier,
             } => {
                 println!(
                     "| cold token 1 x 16: req/s | {:.0} | {:.0} | {} |",
@@ -1219,6 +1297,13 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                 println!(
                     "| cold token: verification alone (CPU/req above bare) per CPU-s | {verify_cpu:.0} | ring {ring_cpu:.0} | {} |",
                     ratio(verify_cpu, ring_cpu)
+                );
+                // The broker's authenticator alone, in this process: what a
+                // cold request verifies, without the gRPC work around it.
+                let (authn, ring_same) = *verifier;
+                println!(
+                    "| broker token verifier vs ring RS256 verify, same fresh tokens, interleaved (per CPU-s) | {authn:.0} | ring {ring_same:.0} | {} |",
+                    ratio(authn, ring_same)
                 );
                 // The server's threads all run at once under this load; on
                 // vCPUs that share a core each runs slower than one alone.

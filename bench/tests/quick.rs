@@ -25,6 +25,7 @@ fn quick_run_prints_the_table_of_every_mode() {
         "| GetSecret 1 x 4: server CPU/req |",
         "| cold token 1 x 16: req/s |",
         "vs ring RS256 verify/s",
+        "| broker token verifier vs ring RS256 verify, same fresh tokens, interleaved (per CPU-s) |",
         "| rotation to 50 over 5: last receiver |",
         "server RSS per stream",
     ] {
