@@ -608,6 +608,16 @@ mod tests {
     const READS: &str = "rules:\n  - name: web-reads\n    subjects: [{namespace: shop, serviceAccount: web}]\n    paths: [\"shop/*\"]\n    capabilities: [read, watch]\n";
 
     async fn broker(audit: &std::path::Path) -> (Broker, String, Arc<DevStore>) {
+        let (broker, token, store) = unaudited_broker().await;
+        (
+            broker.with_audit(AuditLog::file(audit, 0).unwrap()),
+            token,
+            store,
+        )
+    }
+
+    /// A broker without an audit trail, a token for `shop/web` and its store.
+    async fn unaudited_broker() -> (Broker, String, Arc<DevStore>) {
         let signer = DevSigner::generate(ISS).unwrap();
         let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
         let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
@@ -617,8 +627,7 @@ mod tests {
             Arc::new(authn),
             Policy::from_yaml(READS).unwrap(),
             store.clone(),
-        )
-        .with_audit(AuditLog::file(audit, 0).unwrap());
+        );
         let token = signer
             .mint(
                 "coffer",
@@ -633,9 +642,14 @@ mod tests {
 
     /// Writes `value` as the next version of `shop/db`.
     async fn put(store: &dyn SecretStore, value: &'static [u8]) -> u64 {
+        put_at(store, "shop/db", value).await
+    }
+
+    /// Writes `value` as the next version of `path`.
+    async fn put_at(store: &dyn SecretStore, path: &str, value: &'static [u8]) -> u64 {
         store
             .put(
-                "shop/db",
+                path,
                 SecretWrite::new(SecretData::Bytes(SecretBytes::from(value)), ""),
             )
             .await
@@ -674,19 +688,7 @@ mod tests {
         // No audit trail: an update another stream already read is sent
         // without waiting, and the stream is not re-polled for the policy
         // between updates; a revocation must still end every stream.
-        let signer = DevSigner::generate(ISS).unwrap();
-        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
-        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
-        let store = Arc::new(DevStore::in_memory());
-        put(store.as_ref(), b"v1").await;
-        let broker = Broker::new(
-            Arc::new(authn),
-            Policy::from_yaml(READS).unwrap(),
-            store.clone(),
-        );
-        let token = signer
-            .mint("coffer", "shop", "web", None, Duration::from_secs(600))
-            .unwrap();
+        let (broker, token, store) = unaudited_broker().await;
         let mut streams = Vec::new();
         for _ in 0..3 {
             let mut stream = open(&broker, &token).await;
@@ -711,13 +713,7 @@ mod tests {
     async fn a_watch_of_several_paths_sends_each_paths_update() {
         let dir = tempfile::tempdir().unwrap();
         let (broker, token, store) = broker(&dir.path().join("audit.log")).await;
-        store
-            .put(
-                "shop/api",
-                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"k1"[..])), ""),
-            )
-            .await
-            .unwrap();
+        put_at(store.as_ref(), "shop/api", b"k1").await;
         let mut request = watch_request(&token);
         request.get_mut().paths = vec!["shop/db".into(), "shop/api".into()];
         let mut stream = broker.watch_secrets(request).await.unwrap().into_inner();
@@ -726,13 +722,7 @@ mod tests {
         paths.sort_unstable();
         assert_eq!(paths, ["shop/api", "shop/db"]);
 
-        store
-            .put(
-                "shop/api",
-                SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"k2"[..])), ""),
-            )
-            .await
-            .unwrap();
+        put_at(store.as_ref(), "shop/api", b"k2").await;
         let update = message(stream.next().await);
         assert_eq!(update.secrets[0].path, "shop/api");
         assert_eq!(update.secrets[0].version, 2);
