@@ -183,6 +183,8 @@ impl Broker {
     }
 
     /// Records every decision (and authentication failure) to `audit`.
+    /// Set it before serving: a watch stream learns at its opening whether
+    /// its updates are audited.
     pub fn with_audit(self, audit: AuditLog) -> Self {
         *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
         self.audit_lease_actions();
