@@ -664,6 +664,18 @@ impl VaultStore {
         }
         let read = {
             let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            // A flight that ended since the cache was looked at above left
+            // its value in the cache before leaving `inflight`: look again,
+            // under the lock, rather than read Vault a second time.
+            if !inflight.contains_key(&key)
+                && let Some(hit) = inner
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .fresh(&key, inner.config.cache.ttl)
+            {
+                return Ok(hit);
+            }
             inflight
                 .entry(key.clone())
                 .or_insert_with(|| {
