@@ -477,7 +477,7 @@ impl Setup {
         tokio::spawn(coffer_broker::server::serve(
             broker,
             None,
-            TcpListenerStream::new(listener),
+            nodelay(listener),
             std::future::pending::<()>(),
         ));
 
@@ -503,9 +503,8 @@ impl Setup {
         let bare_addr = listener.local_addr()?;
         tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(SecretBrokerServer::new(bare))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
+                .serve_with_incoming(nodelay(listener)),
         );
         Ok(Servers {
             broker: format!("http://{broker_addr}"),
@@ -536,6 +535,21 @@ struct Servers {
     bare: String,
     reply: v1::GetSecretResponse,
     updates: broadcast::Sender<v1::WatchSecretsResponse>,
+}
+
+/// The accepted connections of `listener`, with TCP_NODELAY set as the
+/// broker binary sets it: tonic's `tcp_nodelay` applies only to listeners it
+/// binds itself, and without it an answer can wait ~40 ms in Nagle's buffer
+/// for a delayed ACK, on either server.
+fn nodelay(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
 }
 
 /// A bare tonic server: no authentication, no policy, no store.
