@@ -533,7 +533,8 @@ struct Watched {
 /// from here for long.
 const FANOUT_TTL: Duration = Duration::from_secs(2);
 
-/// Paths in the fan-out's index before it drops those no stream watches.
+/// Paths in the fan-out's index before it first drops those no stream
+/// watches.
 const FANOUT_SWEEP_AT: usize = 1024;
 
 /// The newest update of each watched path, read and encoded once and shared
@@ -542,25 +543,46 @@ const FANOUT_SWEEP_AT: usize = 1024;
 /// every stream shares.
 #[derive(Default)]
 pub(super) struct FanOut {
-    slots: std::sync::Mutex<std::collections::HashMap<SecretPath, Weak<Slot>>>,
+    index: std::sync::Mutex<SlotIndex>,
+}
+
+/// Each watched path's slot, held weakly: a slot lives as long as a stream
+/// holds it, so the index is bounded by the paths open streams watch (and
+/// the dead entries since its last sweep).
+#[derive(Default)]
+struct SlotIndex {
+    slots: std::collections::HashMap<SecretPath, Weak<Slot>>,
+    /// The size at which the dead entries are dropped next: twice what the
+    /// last sweep kept, so sweeps cost O(1) per insert however many paths
+    /// are watched.
+    sweep_at: usize,
 }
 
 impl FanOut {
     /// The slot of `path`, shared by every stream that watches it now.
     fn slot(&self, path: &SecretPath) -> Arc<Slot> {
         // Entries are inserted whole: a panicking holder leaves no half state.
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots.get(path).and_then(Weak::upgrade) {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = index.slots.get(path).and_then(Weak::upgrade) {
             return slot;
         }
-        if slots.len() >= FANOUT_SWEEP_AT {
-            // Bounded by the paths open streams watch: a slot lives as long
-            // as a stream holds it.
-            slots.retain(|_, slot| slot.strong_count() > 0);
+        if index.slots.len() >= index.sweep_at.max(FANOUT_SWEEP_AT) {
+            index.slots.retain(|_, slot| slot.strong_count() > 0);
+            index.sweep_at = index.slots.len().saturating_mul(2);
         }
         let slot = Arc::new(Slot::default());
-        slots.insert(path.clone(), Arc::downgrade(&slot));
+        index.slots.insert(path.clone(), Arc::downgrade(&slot));
         slot
+    }
+
+    /// Paths in the index, dead entries included (for tests).
+    #[cfg(test)]
+    fn indexed(&self) -> usize {
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slots
+            .len()
     }
 }
 
@@ -706,6 +728,24 @@ mod tests {
             let end = stream.next().await.unwrap().unwrap_err();
             assert_eq!(end.code(), tonic::Code::PermissionDenied);
             assert!(stream.next().await.is_none(), "the stream ends");
+        }
+    }
+
+    #[test]
+    fn the_fan_out_index_drops_paths_no_stream_watches() {
+        let fanout = FanOut::default();
+        let path = |n: usize| SecretPath::parse(&format!("shop/p{n}")).unwrap();
+        let held: Vec<_> = (0..10).map(|n| fanout.slot(&path(n))).collect();
+        // A path's streams share one slot.
+        assert!(Arc::ptr_eq(&held[3], &fanout.slot(&path(3))));
+        // Thousands of paths watched and left: the index stays bounded.
+        for n in 10..10_000 {
+            drop(fanout.slot(&path(n)));
+        }
+        assert!(fanout.indexed() <= FANOUT_SWEEP_AT, "{}", fanout.indexed());
+        // The held slots survive every sweep.
+        for (n, slot) in held.iter().enumerate() {
+            assert!(Arc::ptr_eq(slot, &fanout.slot(&path(n))));
         }
     }
 
