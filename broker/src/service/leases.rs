@@ -27,13 +27,7 @@ impl Broker {
     ) -> Result<Response<v1::ListLeasesResponse>, Status> {
         let call = Call::of(&request, "ListLeases");
         let who = self.authenticate(&request, &call).await?;
-        let prefix = request.get_ref().path.trim_end_matches('/').to_string();
-        if !prefix.is_empty() {
-            let path = SecretPath::parse(&prefix).map_err(ApiError::from)?;
-            if path.key().is_some() {
-                return Err(ApiError::InvalidArgument("a path prefix has no '#key'".into()).into());
-            }
-        }
+        let prefix = super::parse_folder(&request.get_ref().path, "a path prefix")?;
         let under = |path: &str| {
             prefix.is_empty()
                 || path == prefix

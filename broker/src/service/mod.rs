@@ -667,6 +667,17 @@ fn to_wire(path: &SecretPath, stored: StoredSecret) -> Result<v1::Secret, ApiErr
     })
 }
 
+/// A folder or path prefix as `ListSecrets` and `ListLeases` take it:
+/// trailing slashes dropped, empty for the root, otherwise a valid path
+/// without a `#key` (`what` names it in the error).
+fn parse_folder(raw: &str, what: &str) -> Result<String, ApiError> {
+    let folder = raw.trim_end_matches('/');
+    if !folder.is_empty() && SecretPath::parse(folder)?.key().is_some() {
+        return Err(ApiError::InvalidArgument(format!("{what} has no '#key'")));
+    }
+    Ok(folder.to_string())
+}
+
 fn parse_paths<'a>(
     raw: impl ExactSizeIterator<Item = &'a str>,
 ) -> Result<Vec<SecretPath>, ApiError> {
@@ -687,6 +698,22 @@ fn parse_paths<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_drops_trailing_slashes_and_refuses_a_key_or_a_bad_path() {
+        assert_eq!(parse_folder("", "a folder").unwrap(), "");
+        assert_eq!(parse_folder("/", "a folder").unwrap(), "");
+        assert_eq!(parse_folder("shop/db//", "a folder").unwrap(), "shop/db");
+        let keyed = parse_folder("shop/db#password", "a path prefix").unwrap_err();
+        assert!(
+            matches!(&keyed, ApiError::InvalidArgument(m) if m == "a path prefix has no '#key'"),
+            "{keyed:?}"
+        );
+        assert!(matches!(
+            parse_folder("shop/../db", "a folder"),
+            Err(ApiError::InvalidPath(_))
+        ));
+    }
 
     #[test]
     fn decision_summary_counts_per_rpc_and_resets() {

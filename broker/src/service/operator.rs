@@ -159,13 +159,7 @@ impl SecretOperator for Broker {
     ) -> Result<Response<v1::ListSecretsResponse>, Status> {
         let call = Call::of(&request, "ListSecrets");
         let who = self.authenticate(&request, &call).await?;
-        let folder = request.get_ref().path.trim_end_matches('/').to_string();
-        if !folder.is_empty() {
-            let path = SecretPath::parse(&folder).map_err(ApiError::from)?;
-            if path.key().is_some() {
-                return Err(ApiError::InvalidArgument("a folder has no '#key'".into()).into());
-            }
-        }
+        let folder = super::parse_folder(&request.get_ref().path, "a folder")?;
         let names = self
             .inner
             .store
