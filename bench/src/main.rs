@@ -4,7 +4,9 @@
 //! the hidden `--serve`), on one runtime whose threads are named
 //! `bench-server`; the load runs in this process (`bench-client` threads).
 //! Each side of a connection therefore holds one descriptor in its own
-//! process, so 10,000 connections fit a 20,000-descriptor limit. The parent
+//! process, so 10,000 connections fit a 20,000-descriptor limit (both
+//! sides' 10,000 at once need twice that: the bench raises the limit when
+//! it may, else the sides take turns). The parent
 //! drives the child over its stdin/stdout, one line per command: the store
 //! write or bare broadcast that starts a rotation, and the server threads'
 //! on-CPU time (the child sums `/proc/self/task/*/schedstat` of its
@@ -13,10 +15,13 @@
 //! `SecretBroker::GetSecret` (and `WatchSecrets` as a plain broadcast) with
 //! the very message the broker serves, and no authentication.
 //!
-//! Modes: cached `GetSecret` at C connections x N in flight per connection;
-//! cold tokens (a fresh valid RS256 token per request, beside ring's raw
-//! RS256 verify rate, measured in this process with no load running); N
-//! watchers over M connections and several rotations. Memory per watch
+//! Modes: cached `GetSecret` at C connections x N in flight per connection
+//! (three pairs of runs, alternating which side goes first; each figure the
+//! median); cold tokens (a fresh valid RS256 token per request, beside the
+//! same load with one cached token and ring's raw RS256 verify rate,
+//! measured in this process with no load running); N watchers over M
+//! connections and several rotations, both sides' watchers open at once and
+//! their rotations alternating. Memory per watch
 //! stream is the server process's RSS growth, in a fresh server process per
 //! side. `--quick` runs every mode tiny (seconds): CI checks that the table
 //! prints.
@@ -80,6 +85,10 @@ rules:
     capabilities: [read, watch]
 "#;
 const SERVER_THREAD: &str = "bench-server";
+/// Pairs of runs per Get load (one run of each side per pair).
+const GET_PAIRS: usize = 3;
+/// Descriptors each process keeps beside its connections.
+const SPARE_FDS: usize = 256;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -105,7 +114,7 @@ struct Args {
     )]
     watch: Vec<String>,
     /// Rotations per watch run (the figures are the median over them).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// The broker's log filter (its default is `info`); logs go to a sink.
     #[arg(long, default_value = "info")]
@@ -376,6 +385,14 @@ impl ServerProcess {
         self.ask(&format!("bare {n}")).map(drop)
     }
 
+    /// The address of one side's server.
+    fn url(&self, side: Side) -> &str {
+        match side {
+            Side::Broker => &self.broker,
+            Side::Bare => &self.bare,
+        }
+    }
+
     /// On-CPU time of the server runtime's threads so far.
     fn cpu(&self) -> anyhow::Result<Duration> {
         self.ask_number("cpu").map(Duration::from_nanos)
@@ -412,11 +429,27 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Raises the soft limit on open descriptors to the hard limit.
+/// Descriptors the bench asks for: both sides' 10,000 connections at once,
+/// in each process.
+const WANTED_FDS: u64 = 65_536;
+
+/// Raises the limit on open descriptors to [`WANTED_FDS`] (root may raise
+/// the hard limit, up to the kernel's `nr_open`), else the soft limit to
+/// the hard one.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let wanted = WANTED_FDS.min(nr_open).max(hard);
+    if soft >= wanted || setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return;
+    }
+    if soft < hard
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         eprintln!("coffer-bench: keeping the descriptor limit at {soft}: {e}");
@@ -626,6 +659,27 @@ struct Figures {
     cpu_per_req: Duration,
 }
 
+impl Figures {
+    /// The median of each figure over `runs` (each taken on its own).
+    fn median(runs: &[Figures]) -> Figures {
+        let of = |figure: fn(&Figures) -> Duration| median(runs.iter().map(figure).collect());
+        let mut rates: Vec<f64> = runs.iter().map(|f| f.rate).collect();
+        rates.sort_unstable_by(f64::total_cmp);
+        Figures {
+            rate: rates.get(rates.len() / 2).copied().unwrap_or_default(),
+            p50: of(|f| f.p50),
+            p99: of(|f| f.p99),
+            p999: of(|f| f.p999),
+            cpu_per_req: of(|f| f.cpu_per_req),
+        }
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort_unstable();
+    quantile(&values, 0.5)
+}
+
 enum Row {
     Get {
         label: String,
@@ -635,6 +689,8 @@ enum Row {
     Cold {
         coffer: Figures,
         bare: Figures,
+        /// The broker under the same load with one (cached) token.
+        cached: Figures,
         /// ring on one thread: verifications per wall second and per CPU
         /// second.
         ring: (f64, f64),
@@ -649,6 +705,9 @@ enum Row {
         label: String,
         coffer: WatchFigures,
         bare: WatchFigures,
+        /// Both sides' streams were open at once, their rotations
+        /// alternating.
+        together: bool,
     },
     Skipped(String),
 }
@@ -667,21 +726,30 @@ struct WatchFigures {
 async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     for spec in args.get.iter().filter(|s| *s != "none") {
         let (conns, in_flight) = pair(spec)?;
-        // Warm both (connections, caches), then measure bare, coffer, bare,
-        // coffer and keep the better of each, so drift hits both alike.
+        // Warm both (connections, caches), then measure GET_PAIRS pairs of
+        // runs, each pair in the other order (bare, coffer, coffer, bare,
+        // ...), and keep the median of each figure: drift and noise hit
+        // both sides alike.
         let warm = args.duration / 4;
         get_load(server, &server.bare, conns, in_flight, warm).await?;
         get_load(server, &server.broker, conns, in_flight, warm).await?;
-        let mut bare = get_load(server, &server.bare, conns, in_flight, args.duration).await?;
-        let mut coffer = get_load(server, &server.broker, conns, in_flight, args.duration).await?;
-        let bare2 = get_load(server, &server.bare, conns, in_flight, args.duration).await?;
-        let coffer2 = get_load(server, &server.broker, conns, in_flight, args.duration).await?;
-        if bare2.rate > bare.rate {
-            bare = bare2;
+        let (mut bares, mut coffers) = (Vec::new(), Vec::new());
+        for pair in 0..GET_PAIRS {
+            let order = if pair % 2 == 0 {
+                [Side::Bare, Side::Broker]
+            } else {
+                [Side::Broker, Side::Bare]
+            };
+            for side in order {
+                let figures =
+                    get_load(server, server.url(side), conns, in_flight, args.duration).await?;
+                match side {
+                    Side::Bare => bares.push(figures),
+                    Side::Broker => coffers.push(figures),
+                }
+            }
         }
-        if coffer2.rate > coffer.rate {
-            coffer = coffer2;
-        }
+        let (coffer, bare) = (Figures::median(&coffers), Figures::median(&bares));
         rows.push(Row::Get {
             label: format!("{conns} x {in_flight}"),
             coffer,
@@ -691,7 +759,10 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
 
     // Cold: every request carries a token the broker has never seen.
     if args.cold_tokens > 0 {
-        let tokens = mint_cold(args.cold_tokens)?;
+        let mut minted = mint_cold(args.cold_tokens + 1)?;
+        // One token kept back: every request of the cached run carries it.
+        let cached_token = minted.pop().context("no token minted")?;
+        let tokens = Arc::new(minted);
         let run_for = args.duration.min(Duration::from_secs(2));
         let ring = ring_rs256_rate(&tokens[0], run_for, 1)?;
         // As the server runs under the cold load: every server thread busy
@@ -699,10 +770,19 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
         let ring_busy = ring_rs256_rate(&tokens[0], run_for, args.server_threads)?;
         let verifier = verifier_vs_ring(&tokens)?;
         let bare = cold_load(server, &server.bare, &tokens).await?;
+        // The same load with one token, verified once: what the broker
+        // spends on a request besides verifying its token.
+        let cached = cold_load(
+            server,
+            &server.broker,
+            &Arc::new(vec![cached_token; tokens.len()]),
+        )
+        .await?;
         let coffer = cold_load(server, &server.broker, &tokens).await?;
         rows.push(Row::Cold {
             coffer,
             bare,
+            cached,
             ring,
             ring_busy,
             threads: args.server_threads,
@@ -715,21 +795,19 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
         let (watchers, conns) = pair(spec)?;
         // Each connection costs one descriptor on each side (the client's
         // end here, the server's in the server process).
-        if conns + 256 > limit {
+        let conns = conns.clamp(1, watchers.max(1));
+        if conns + SPARE_FDS > limit {
             rows.push(Row::Skipped(format!(
                 "watch {watchers} over {conns} connections: needs {} descriptors on each side, the limit is {limit}",
-                conns + 256
+                conns + SPARE_FDS
             )));
             continue;
         }
-        let mut coffer = watch_run(server, &server.broker, watchers, conns, args.rounds, |n| {
-            server.write(n)
-        })
-        .await?;
-        let mut bare = watch_run(server, &server.bare, watchers, conns, args.rounds, |n| {
-            server.broadcast(n)
-        })
-        .await?;
+        // Both sides' watchers open at once when the descriptors allow, so
+        // their rotations can alternate.
+        let together = 2 * conns + SPARE_FDS <= limit;
+        let (mut coffer, mut bare) =
+            watch_pair(server, watchers, conns, args.rounds, together).await?;
         // Memory in a fresh server process per side: in one process the
         // side measured second would reuse the heap the first one grew.
         coffer.rss_per_stream = memory_probe(args, Side::Broker, watchers, conns).await?;
@@ -738,6 +816,7 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
             label: format!("{watchers} over {conns}"),
             coffer,
             bare,
+            together,
         });
     }
     Ok(())
@@ -830,7 +909,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 /// RS256 tokens, each for another pod so no two are alike, signed with the
 /// RSA fixture key (the server process's key set trusts it).
-fn mint_cold(count: usize) -> anyhow::Result<Arc<Vec<String>>> {
+fn mint_cold(count: usize) -> anyhow::Result<Vec<String>> {
     let rsa = &jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PEM)?;
     let count = count.max(1);
     let threads = 2;
@@ -872,7 +951,7 @@ fn mint_cold(count: usize) -> anyhow::Result<Arc<Vec<String>>> {
     for part in minted {
         tokens.extend(part?);
     }
-    Ok(Arc::new(tokens))
+    Ok(tokens)
 }
 
 /// ring's own RS256 verification rate on pre-decoded bytes: per second of
@@ -1029,112 +1108,216 @@ async fn cold_load(
     gather(server, tasks, start, cpu_before).await
 }
 
-/// Opens `watchers` streams over `conns` connections, waits for every
-/// snapshot, then rotates `rounds` times, each once every receiver has the
-/// last, timing each receiver from its rotation. The figures are the median
-/// over the rounds; the server CPU is the whole fan-out's, per update sent;
-/// the memory is the server process's RSS growth from after the connections
-/// opened to after every snapshot arrived, per stream.
-async fn watch_run(
+/// The broker's and the bare server's `watchers` streams over `conns`
+/// connections each, and `rounds` rotations of each side. With `together`,
+/// both sides' streams are open at once and each round rotates both, in
+/// turn, first one side then the other, so drift and noise hit both alike;
+/// otherwise (too few descriptors for both at once) the sides take turns,
+/// broker, bare, bare, broker, half the rounds each turn.
+/// Each figure is the median over the rounds; the server CPU is the whole
+/// fan-out's, per update sent.
+async fn watch_pair(
     server: &ServerProcess,
-    url: &str,
     watchers: usize,
     conns: usize,
     rounds: usize,
-    mut rotate: impl FnMut(u64) -> anyhow::Result<()>,
-) -> anyhow::Result<WatchFigures> {
-    let conns = conns.clamp(1, watchers.max(1));
-    let mut channels = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        channels.push(connect(url).await?);
-    }
-    // Let the server settle its accepted connections before reading memory.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_before = server.rss()?;
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
-    let (receipts_tx, mut receipts) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let mut tasks = Vec::with_capacity(watchers);
-    for i in 0..watchers {
-        let mut client = SecretBrokerClient::new(channels[i % conns].clone());
-        let request = authed(
-            v1::WatchSecretsRequest {
-                paths: vec![PATH.into()],
-            },
-            &server.token,
-        );
-        let ready = ready_tx.clone();
-        let receipts = receipts_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut stream = client.watch_secrets(request).await?.into_inner();
-            stream
-                .message()
-                .await?
-                .ok_or_else(|| Status::internal("no snapshot"))?;
-            let _ = ready.send(()).await;
-            for _ in 0..rounds {
-                let update = stream
-                    .message()
-                    .await?
-                    .ok_or_else(|| Status::internal("no update"))?;
-                let _ = receipts.send(Instant::now());
-                drop(update);
+    together: bool,
+) -> anyhow::Result<(WatchFigures, WatchFigures)> {
+    let mut broker = Rotations::default();
+    let mut bare = Rotations::default();
+    if together {
+        let mut broker_side = Watchers::open(server, Side::Broker, watchers, conns, rounds).await?;
+        let mut bare_side = Watchers::open(server, Side::Bare, watchers, conns, rounds).await?;
+        for round in 0..rounds {
+            let version = round as u64 + 2;
+            if round % 2 == 0 {
+                broker.push(broker_side.rotate(server, version).await?);
+                bare.push(bare_side.rotate(server, version).await?);
+            } else {
+                bare.push(bare_side.rotate(server, version).await?);
+                broker.push(broker_side.rotate(server, version).await?);
             }
-            // Keep the stream open until every receiver has its last update,
-            // so closing streams do not compete with the fan-out.
-            Ok::<_, Status>(stream)
-        }));
-    }
-    drop((ready_tx, receipts_tx));
-    for _ in 0..watchers {
-        if ready_rx.recv().await.is_none() {
-            break;
+        }
+        broker_side.close().await?;
+        bare_side.close().await?;
+    } else {
+        // One side at a time, in the order broker, bare, bare, broker, each
+        // run half the rounds.
+        let half = rounds.div_ceil(2);
+        for side in [Side::Broker, Side::Bare, Side::Bare, Side::Broker] {
+            let figures = match side {
+                Side::Broker => &mut broker,
+                Side::Bare => &mut bare,
+            };
+            // Versions go on rising across the side's runs.
+            let first = figures.rounds.len() as u64 + 2;
+            let mut open = Watchers::open(server, side, watchers, conns, half).await?;
+            for round in 0..half {
+                figures.push(open.rotate(server, first + round as u64).await?);
+            }
+            open.close().await?;
         }
     }
-    // Let the server settle its per-stream work before reading memory.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_after = server.rss()?;
-    let mut per_round = Vec::with_capacity(rounds);
-    let mut cpu = Duration::ZERO;
-    for round in 0..rounds {
+    Ok((broker.figures(watchers), bare.figures(watchers)))
+}
+
+/// One side's rounds: each round's first, median, p99 and last receiver,
+/// and the server CPU of all rounds.
+#[derive(Default)]
+struct Rotations {
+    rounds: Vec<[Duration; 4]>,
+    cpu: Duration,
+}
+
+impl Rotations {
+    fn push(&mut self, (receivers, cpu): ([Duration; 4], Duration)) {
+        self.rounds.push(receivers);
+        self.cpu += cpu;
+    }
+
+    fn figures(&self, watchers: usize) -> WatchFigures {
+        let of = |i: usize| median(self.rounds.iter().map(|r| r[i]).collect());
+        let updates = watchers.saturating_mul(self.rounds.len()).max(1);
+        WatchFigures {
+            first: of(0),
+            median: of(1),
+            p99: of(2),
+            last: of(3),
+            cpu_per_update: self.cpu / u32::try_from(updates).unwrap_or(u32::MAX),
+            rss_per_stream: 0.0,
+        }
+    }
+}
+
+/// One side's open watch streams, each waiting for its next update.
+struct Watchers {
+    side: Side,
+    watchers: usize,
+    /// When each receiver got an update.
+    receipts: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    tasks: Vec<tokio::task::JoinHandle<Result<tonic::Streaming<v1::WatchSecretsResponse>, Status>>>,
+    /// The server process's RSS growth from after the connections opened to
+    /// after every snapshot arrived, per stream.
+    rss_per_stream: f64,
+}
+
+impl Watchers {
+    /// Opens `watchers` streams over `conns` connections to `side`, each to
+    /// receive its snapshot then `rounds` updates, and waits for every
+    /// snapshot.
+    async fn open(
+        server: &ServerProcess,
+        side: Side,
+        watchers: usize,
+        conns: usize,
+        rounds: usize,
+    ) -> anyhow::Result<Self> {
+        let conns = conns.clamp(1, watchers.max(1));
+        let mut channels = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            channels.push(connect(server.url(side)).await?);
+        }
+        // Let the server settle its accepted connections before reading memory.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rss_before = server.rss()?;
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
+        let (receipts_tx, receipts) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let mut tasks = Vec::with_capacity(watchers);
+        for i in 0..watchers {
+            let mut client = SecretBrokerClient::new(channels[i % conns].clone());
+            let request = authed(
+                v1::WatchSecretsRequest {
+                    paths: vec![PATH.into()],
+                },
+                &server.token,
+            );
+            let ready = ready_tx.clone();
+            let receipts = receipts_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stream = client.watch_secrets(request).await?.into_inner();
+                stream
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::internal("no snapshot"))?;
+                let _ = ready.send(()).await;
+                for _ in 0..rounds {
+                    let update = stream
+                        .message()
+                        .await?
+                        .ok_or_else(|| Status::internal("no update"))?;
+                    let _ = receipts.send(Instant::now());
+                    drop(update);
+                }
+                // Keep the stream open until every receiver has its last
+                // update, so closing streams do not compete with the fan-out.
+                Ok::<_, Status>(stream)
+            }));
+        }
+        drop((ready_tx, receipts_tx));
+        for _ in 0..watchers {
+            if ready_rx.recv().await.is_none() {
+                break;
+            }
+        }
+        // Let the server settle its per-stream work before reading memory.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rss_after = server.rss()?;
+        Ok(Self {
+            side,
+            watchers,
+            receipts,
+            tasks,
+            rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / watchers.max(1) as f64,
+        })
+    }
+
+    /// Rotates this side to `version` and waits for every receiver: the
+    /// first, median, p99 and last receiver from the rotation, and the
+    /// server CPU it took.
+    async fn rotate(
+        &mut self,
+        server: &ServerProcess,
+        version: u64,
+    ) -> anyhow::Result<([Duration; 4], Duration)> {
         let cpu_before = server.cpu()?;
         let start = Instant::now();
-        rotate(round as u64 + 2)?;
-        let mut times = Vec::with_capacity(watchers);
-        for _ in 0..watchers {
-            let at = receipts
+        match self.side {
+            Side::Broker => server.write(version)?,
+            Side::Bare => server.broadcast(version)?,
+        }
+        let mut times = Vec::with_capacity(self.watchers);
+        for _ in 0..self.watchers {
+            let at = self
+                .receipts
                 .recv()
                 .await
                 .context("a watcher ended before its update")?;
             times.push(at.saturating_duration_since(start));
         }
-        cpu += server.cpu()?.saturating_sub(cpu_before);
+        let cpu = server.cpu()?.saturating_sub(cpu_before);
         times.sort_unstable();
-        per_round.push([
-            times.first().copied().unwrap_or_default(),
-            quantile(&times, 0.5),
-            quantile(&times, 0.99),
-            times.last().copied().unwrap_or_default(),
-        ]);
+        // Let the connections drain before the next rotation.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok((
+            [
+                times.first().copied().unwrap_or_default(),
+                quantile(&times, 0.5),
+                quantile(&times, 0.99),
+                times.last().copied().unwrap_or_default(),
+            ],
+            cpu,
+        ))
     }
-    let mut streams = Vec::with_capacity(watchers);
-    for task in tasks {
-        streams.push(task.await??);
+
+    /// Waits for every stream's last update, then closes them all.
+    async fn close(self) -> anyhow::Result<()> {
+        let mut streams = Vec::with_capacity(self.watchers);
+        for task in self.tasks {
+            streams.push(task.await??);
+        }
+        drop(streams);
+        Ok(())
     }
-    drop(streams);
-    let median_of = |i: usize| {
-        let mut v: Vec<Duration> = per_round.iter().map(|r| r[i]).collect();
-        v.sort_unstable();
-        quantile(&v, 0.5)
-    };
-    Ok(WatchFigures {
-        first: median_of(0),
-        median: median_of(1),
-        p99: median_of(2),
-        last: median_of(3),
-        cpu_per_update: cpu / (watchers * rounds).max(1) as u32,
-        rss_per_stream: rss_after.saturating_sub(rss_before) as f64 / watchers.max(1) as f64,
-    })
 }
 
 /// On-CPU time of this process's server runtime threads so far (read in the
@@ -1193,12 +1376,10 @@ async fn memory_probe(
     conns: usize,
 ) -> anyhow::Result<f64> {
     let server = ServerProcess::spawn(args)?;
-    let url = match side {
-        Side::Broker => &server.broker,
-        Side::Bare => &server.bare,
-    };
-    let figures = watch_run(&server, url, watchers, conns, 0, |_| Ok(())).await?;
-    Ok(figures.rss_per_stream)
+    let open = Watchers::open(&server, side, watchers, conns, 0).await?;
+    let rss_per_stream = open.rss_per_stream;
+    open.close().await?;
+    Ok(rss_per_stream)
 }
 
 /// The soft limit on open descriptors (of each process: the server process
@@ -1268,6 +1449,7 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
             Row::Cold {
                 coffer,
                 bare,
+                cached,
                 ring,
                 ring_busy,
                 threads,
@@ -1312,6 +1494,20 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                     "| cold token: verification alone (CPU/req above bare) per CPU-s | {verify_cpu:.0} | ring {ring_cpu:.0} | {} |",
                     ratio(verify_cpu, ring_cpu)
                 );
+                // A cold request less a cached one on the same broker: the
+                // verification as a request pays it (signature, claims,
+                // cache insertion), without the rest of the request.
+                let in_request = 1.0
+                    / coffer
+                        .cpu_per_req
+                        .saturating_sub(cached.cpu_per_req)
+                        .as_secs_f64()
+                        .max(1e-9);
+                println!(
+                    "| cold token: verification in the request (CPU/req above the broker's cached-token request, {}) per CPU-s | {in_request:.0} | ring {ring_cpu:.0} | {} |",
+                    us(cached.cpu_per_req),
+                    ratio(in_request, ring_cpu)
+                );
                 // The broker's authenticator alone, in this process: what a
                 // cold request verifies, without the gRPC work around it.
                 let (authn, ring_same) = *verifier;
@@ -1340,7 +1536,13 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                 label,
                 coffer,
                 bare,
+                together,
             } => {
+                if !together {
+                    println!(
+                        "| rotation to {label}: too few descriptors for both sides at once: the sides took turns (broker, bare, bare, broker) | | | |"
+                    );
+                }
                 for (name, c, b) in [
                     ("first", coffer.first, bare.first),
                     ("median", coffer.median, bare.median),
