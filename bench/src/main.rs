@@ -691,6 +691,8 @@ enum Row {
         bare: Figures,
         /// The broker under the same load with one (cached) token.
         cached: Figures,
+        /// The bare server likewise.
+        bare_cached: Figures,
         /// ring on one thread: verifications per wall second and per CPU
         /// second.
         ring: (f64, f64),
@@ -769,20 +771,16 @@ async fn run_all(args: &Args, server: &ServerProcess, rows: &mut Vec<Row>) -> an
         // at once (on this machine's two vCPUs, which may share a core).
         let ring_busy = ring_rs256_rate(&tokens[0], run_for, args.server_threads)?;
         let verifier = verifier_vs_ring(&tokens)?;
-        let bare = cold_load(server, &server.bare, &tokens).await?;
-        // The same load with one token, verified once: what the broker
-        // spends on a request besides verifying its token.
-        let cached = cold_load(
-            server,
-            &server.broker,
-            &Arc::new(vec![cached_token; tokens.len()]),
-        )
-        .await?;
-        let coffer = cold_load(server, &server.broker, &tokens).await?;
+        // The same load with one token on each side too: the broker verifies
+        // it once, and the client's HPACK table carries it after the first
+        // request, so neither server decodes it again.
+        let [bare, bare_cached, cached, coffer] =
+            cold_loads(server, &tokens, &cached_token).await?;
         rows.push(Row::Cold {
             coffer,
             bare,
             cached,
+            bare_cached,
             ring,
             ring_busy,
             threads: args.server_threads,
@@ -1084,19 +1082,60 @@ fn thread_cpu() -> Duration {
 }
 
 /// One connection, 16 in flight, each request with the next unused token.
-async fn cold_load(
+/// Tokens per turn of the cold loads.
+const COLD_CHUNK: usize = 500;
+
+/// The cold loads, in turns of [`COLD_CHUNK`] requests so that drift and
+/// noise hit each alike: fresh tokens to the bare server, one token to the
+/// bare server, one token to the broker, fresh tokens to the broker (each
+/// 1 connection x 16 in flight, the order of the four rotating each turn).
+async fn cold_loads(
     server: &ServerProcess,
-    url: &str,
-    tokens: &Arc<Vec<String>>,
-) -> anyhow::Result<Figures> {
-    let channel = connect(url).await?;
+    tokens: &[String],
+    cached_token: &str,
+) -> anyhow::Result<[Figures; 4]> {
+    let loads = [
+        (Side::Bare, false),
+        (Side::Bare, true),
+        (Side::Broker, true),
+        (Side::Broker, false),
+    ];
+    let bare = connect(&server.bare).await?;
+    let broker = connect(&server.broker).await?;
+    let mut totals: [(Vec<Duration>, Duration, Duration); 4] = Default::default();
+    for (turn, chunk) in tokens.chunks(COLD_CHUNK).enumerate() {
+        let same = vec![cached_token.to_string(); chunk.len()];
+        for i in 0..loads.len() {
+            let load = (turn + i) % loads.len();
+            let (side, one_token) = loads[load];
+            let channel = match side {
+                Side::Bare => bare.clone(),
+                Side::Broker => broker.clone(),
+            };
+            let chunk = Arc::new(if one_token {
+                same.clone()
+            } else {
+                chunk.to_vec()
+            });
+            let cpu_before = server.cpu()?;
+            let start = Instant::now();
+            let latencies = cold_load(channel, chunk).await?;
+            let total = &mut totals[load];
+            total.1 += start.elapsed();
+            total.2 += server.cpu()?.saturating_sub(cpu_before);
+            total.0.extend(latencies);
+        }
+    }
+    Ok(totals.map(|(latencies, elapsed, cpu)| figures(latencies, elapsed, cpu)))
+}
+
+/// `tokens` once each, 16 requests in flight on `channel`.
+async fn cold_load(channel: Channel, tokens: Arc<Vec<String>>) -> anyhow::Result<Vec<Duration>> {
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu_before = server.cpu()?;
-    let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let mut client = SecretBrokerClient::new(channel.clone());
-        let (tokens, next) = (Arc::clone(tokens), Arc::clone(&next));
+        let (tokens, next) = (Arc::clone(&tokens), Arc::clone(&next));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while let Some(token) = tokens.get(next.fetch_add(1, Ordering::Relaxed)) {
@@ -1105,7 +1144,11 @@ async fn cold_load(
             Ok::<_, Status>(latencies)
         }));
     }
-    gather(server, tasks, start, cpu_before).await
+    let mut latencies = Vec::with_capacity(tokens.len());
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
 }
 
 /// The broker's and the bare server's `watchers` streams over `conns`
@@ -1450,6 +1493,7 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                 coffer,
                 bare,
                 cached,
+                bare_cached,
                 ring,
                 ring_busy,
                 threads,
@@ -1494,18 +1538,21 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                     "| cold token: verification alone (CPU/req above bare) per CPU-s | {verify_cpu:.0} | ring {ring_cpu:.0} | {} |",
                     ratio(verify_cpu, ring_cpu)
                 );
-                // A cold request less a cached one on the same broker: the
-                // verification as a request pays it (signature, claims,
+                // What a fresh token adds to a request on the broker, less
+                // what it adds on the bare server (a new header to decode):
+                // the verification as a request pays it (signature, claims,
                 // cache insertion), without the rest of the request.
-                let in_request = 1.0
-                    / coffer
-                        .cpu_per_req
-                        .saturating_sub(cached.cpu_per_req)
-                        .as_secs_f64()
-                        .max(1e-9);
+                let added = |cold: &Figures, cached: &Figures| {
+                    cold.cpu_per_req.saturating_sub(cached.cpu_per_req)
+                };
+                let verification = added(coffer, cached).saturating_sub(added(bare, bare_cached));
+                let in_request = 1.0 / verification.as_secs_f64().max(1e-9);
                 println!(
-                    "| cold token: verification in the request (CPU/req above the broker's cached-token request, {}) per CPU-s | {in_request:.0} | ring {ring_cpu:.0} | {} |",
+                    "| cold token: verification in the request (CPU/req a fresh token adds on the broker, {} over {}, less what it adds on bare, {} over {}) per CPU-s | {in_request:.0} | ring {ring_cpu:.0} | {} |",
+                    us(coffer.cpu_per_req),
                     us(cached.cpu_per_req),
+                    us(bare.cpu_per_req),
+                    us(bare_cached.cpu_per_req),
                     ratio(in_request, ring_cpu)
                 );
                 // The broker's authenticator alone, in this process: what a

@@ -26,7 +26,7 @@ fn quick_run_prints_the_table_of_every_mode() {
         "| cold token 1 x 16: req/s |",
         "vs ring RS256 verify/s",
         "| broker token verifier vs ring RS256 verify, same fresh tokens, interleaved (per CPU-s) |",
-        "| cold token: verification in the request (CPU/req above the broker's cached-token request,",
+        "| cold token: verification in the request (CPU/req a fresh token adds on the broker,",
         "| rotation to 50 over 5: last receiver |",
         "server RSS per stream",
     ] {

@@ -42,11 +42,12 @@
 
 pub mod pattern;
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 
 use serde::{Deserialize, Deserializer};
 
 use crate::{auth::WorkloadIdentity, path::SecretPath};
+use smallvec::SmallVec;
 
 pub use pattern::{NamePattern, PathPattern, PatternError};
 
@@ -248,8 +249,9 @@ impl<'de> Deserialize<'de> for PathPattern {
 /// One validated rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    /// Its name, or `rules[INDEX]` when the file gives none.
-    pub name: String,
+    /// Its name, or `rules[INDEX]` when the file gives none (shared with
+    /// every decision it makes, so a decision copies no string).
+    pub name: Arc<str>,
     /// Allow or deny.
     pub effect: Effect,
     /// Who it is about: any one of these.
@@ -283,11 +285,11 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Allowed by the rule with this name, and no deny rule applies.
-    Allow { rule: String },
+    Allow { rule: Arc<str> },
     /// No rule allows it (deny by default).
     Deny,
     /// A deny rule with this name applies; it beats any allow.
-    ExplicitDeny { rule: String },
+    ExplicitDeny { rule: Arc<str> },
 }
 
 impl Decision {
@@ -389,7 +391,7 @@ impl Policy {
                     });
                 }
                 Ok(Rule {
-                    name,
+                    name: name.into(),
                     effect: r.effect,
                     caps: r.capabilities.iter().fold(0, |acc, c| acc | c.bit()),
                     subjects: r.subjects,
@@ -469,7 +471,7 @@ impl Policy {
                     None => continue,
                 };
                 return Err(PolicyError::Issuer {
-                    rule: rule.name.clone(),
+                    rule: rule.name.to_string(),
                     reason,
                 });
             }
@@ -490,8 +492,9 @@ impl Policy {
             .get(&who.namespace)
             .map_or(&[][..], Vec::as_slice);
         let mut allow: Option<usize> = None;
-        // Validated paths have at most MAX_PATH_LEN / 2 segments.
-        let parts: Vec<&str> = path.base().split('/').collect();
+        // Validated paths have at most MAX_PATH_LEN / 2 segments; most have
+        // a few, kept on the stack.
+        let parts: SmallVec<[&str; 8]> = path.base().split('/').collect();
         for index in merge_ascending(exact, &self.any_namespace) {
             let rule = &self.rules[index];
             if !rule.applies(who, &parts, capability) {
@@ -523,11 +526,11 @@ impl Policy {
         for rule in &self.rules {
             let warn = |warnings: &mut Vec<PolicyWarning>, message: String| {
                 warnings.push(PolicyWarning {
-                    rule: rule.name.clone(),
+                    rule: rule.name.to_string(),
                     message,
                 })
             };
-            if !names.insert(rule.name.as_str()) {
+            if !names.insert(&*rule.name) {
                 warn(
                     &mut warnings,
                     "the name is used by another rule: audit records will be ambiguous".into(),

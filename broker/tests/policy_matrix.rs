@@ -163,7 +163,7 @@ fn policy_matrix() {
 }
 
 /// The rule names above are all `'static`; map back to them for comparison.
-fn leak(rule: String) -> &'static str {
+fn leak(rule: std::sync::Arc<str>) -> &'static str {
     [
         "own-folder",
         "shop-db",
@@ -173,7 +173,7 @@ fn leak(rule: String) -> &'static str {
         "no-root-ca",
     ]
     .into_iter()
-    .find(|r| *r == rule)
+    .find(|r| *r == &*rule)
     .unwrap_or("<unknown rule>")
 }
 

@@ -55,7 +55,9 @@ struct Inner {
     store: Arc<dyn SecretStore>,
     acks: acks::AckTable,
     shutdown: CancellationToken,
-    audit: RwLock<Option<Arc<AuditLog>>>,
+    /// Set once, before serving: reading it on every request takes no
+    /// lock.
+    audit: std::sync::OnceLock<AuditLog>,
     limits: RwLock<Limits>,
     watches: limits::WatchCounts,
     peers: std::sync::OnceLock<crate::peers::Peers>,
@@ -172,7 +174,7 @@ impl Broker {
                 store,
                 acks: acks::AckTable::default(),
                 shutdown: CancellationToken::new(),
-                audit: RwLock::new(None),
+                audit: std::sync::OnceLock::new(),
                 limits: RwLock::new(Limits::default()),
                 watches: limits::WatchCounts::default(),
                 peers: std::sync::OnceLock::new(),
@@ -183,10 +185,14 @@ impl Broker {
     }
 
     /// Records every decision (and authentication failure) to `audit`.
-    /// Set it before serving: a watch stream learns at its opening whether
-    /// its updates are audited.
+    /// Set it once, before serving (a second trail is refused with a
+    /// warning): a watch stream learns at its opening whether its updates
+    /// are audited.
     pub fn with_audit(self, audit: AuditLog) -> Self {
-        *self.inner.audit.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(audit));
+        if self.inner.audit.set(audit).is_err() {
+            tracing::warn!("an audit trail was already set; keeping the first");
+            return self;
+        }
         self.audit_lease_actions();
         self
     }
@@ -197,12 +203,8 @@ impl Broker {
         self.inner.authn.issuers()
     }
 
-    fn audit_log(&self) -> Option<Arc<AuditLog>> {
-        self.inner
-            .audit
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn audit_log(&self) -> Option<&AuditLog> {
+        self.inner.audit.get()
     }
 
     /// Writes what the audit trail still holds in memory (aggregated
@@ -431,10 +433,7 @@ impl Broker {
             &decision,
         );
         match decision {
-            Decision::Allow { rule } => Ok(Allowed {
-                capability,
-                rule: rule.into(),
-            }),
+            Decision::Allow { rule } => Ok(Allowed { capability, rule }),
             denied => {
                 let path = path.to_string();
                 let mut event = call.event(
