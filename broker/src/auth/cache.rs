@@ -33,10 +33,13 @@ pub const CACHE_SHARDS: usize = 16;
 /// The SHA-256 of a token: how caches name a token without holding it.
 pub(crate) type TokenDigest = [u8; 32];
 
+/// One shard: answers by token digest, least recently used first out.
+type Shard = LruCache<TokenDigest, Arc<Verified>>;
+
 /// Wraps an authenticator with a bounded cache of positive answers.
 pub struct CachingAuthenticator {
     inner: Arc<dyn Authenticator>,
-    shards: Box<[Mutex<LruCache<TokenDigest, Verified>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl CachingAuthenticator {
@@ -64,15 +67,15 @@ impl CachingAuthenticator {
     }
 
     /// The shard that holds `digest` (a SHA-256: its bytes are uniform).
-    fn lock(&self, digest: &TokenDigest) -> MutexGuard<'_, LruCache<TokenDigest, Verified>> {
+    fn lock(&self, digest: &TokenDigest) -> MutexGuard<'_, Shard> {
         lock(&self.shards[usize::from(digest[0]) % self.shards.len()])
     }
 
-    fn lookup(&self, digest: &TokenDigest, now: u64) -> Option<Verified> {
+    fn lookup(&self, digest: &TokenDigest, now: u64) -> Option<Arc<Verified>> {
         let hit = {
             let mut cache = self.lock(digest);
             match cache.get(digest) {
-                Some(hit) if hit.expires_at > now => hit.clone(),
+                Some(hit) if hit.expires_at > now => Arc::clone(hit),
                 Some(_) => {
                     cache.pop(digest);
                     return None;
@@ -93,9 +96,7 @@ impl CachingAuthenticator {
     }
 }
 
-fn lock(
-    shard: &Mutex<LruCache<TokenDigest, Verified>>,
-) -> MutexGuard<'_, LruCache<TokenDigest, Verified>> {
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // The cache holds no invariant a panicking holder could break: an
     // entry is inserted whole or not at all.
     shard
@@ -114,15 +115,21 @@ pub(crate) fn token_digest(token: &BearerToken) -> TokenDigest {
 #[async_trait]
 impl Authenticator for CachingAuthenticator {
     async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError> {
+        self.authenticate_shared(token)
+            .await
+            .map(|verified| Verified::clone(&verified))
+    }
+
+    async fn authenticate_shared(&self, token: &BearerToken) -> Result<Arc<Verified>, AuthError> {
         let key = token_digest(token);
         if let Some(hit) = self.lookup(&key, unix_now()) {
             crate::metrics::auth_cache(true);
             return Ok(hit);
         }
         crate::metrics::auth_cache(false);
-        let verified = self.inner.authenticate(token).await?;
+        let verified = Arc::new(self.inner.authenticate(token).await?);
         if verified.expires_at > unix_now() {
-            self.lock(&key).put(key, verified.clone());
+            self.lock(&key).put(key, Arc::clone(&verified));
         }
         Ok(verified)
     }
@@ -186,6 +193,19 @@ mod tests {
             let id = cache.authenticate(&BearerToken::new("web")).await.unwrap();
             assert_eq!(id.identity.service_account, "web");
         }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hit_shares_the_cached_answer_instead_of_copying_it() {
+        let (inner, cache) = cached(unix_now() + 600, 8);
+        let token = BearerToken::new("web");
+        let first = cache.authenticate_shared(&token).await.unwrap();
+        let again = cache.authenticate_shared(&token).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // The copying form answers the same.
+        let copied = cache.authenticate(&token).await.unwrap();
+        assert_eq!(copied.identity, first.identity);
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
     }
 

@@ -15,7 +15,7 @@ pub mod router;
 pub mod signer;
 pub mod tokenreview;
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -185,6 +185,12 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Verifies `token` completely, or says precisely why not. The answer
     /// says until when it holds ([`Verified::expires_at`]).
     async fn authenticate(&self, token: &BearerToken) -> Result<Verified, AuthError>;
+
+    /// [`Self::authenticate`], the answer shared: a cache hands out the
+    /// answer it holds instead of a copy of every name in it.
+    async fn authenticate_shared(&self, token: &BearerToken) -> Result<Arc<Verified>, AuthError> {
+        self.authenticate(token).await.map(Arc::new)
+    }
 
     /// The issuers this authenticator accepts tokens from (policy subjects
     /// must name one when there are several).

@@ -367,14 +367,8 @@ impl Broker {
         self.inner.policy.send_modify(|_| {});
     }
 
-    async fn authenticate<T>(
-        &self,
-        request: &Request<T>,
-        call: &Call,
-    ) -> Result<WorkloadIdentity, ApiError> {
-        self.authenticate_until(request, call)
-            .await
-            .map(|verified| verified.identity)
+    async fn authenticate<T>(&self, request: &Request<T>, call: &Call) -> Result<Caller, ApiError> {
+        self.authenticate_until(request, call).await.map(Caller)
     }
 
     /// [`Self::authenticate`], also saying until when the verification
@@ -383,7 +377,7 @@ impl Broker {
         &self,
         request: &Request<T>,
         call: &Call,
-    ) -> Result<Verified, ApiError> {
+    ) -> Result<Arc<Verified>, ApiError> {
         match self.verify_caller(request).await {
             Ok(who) => Ok(who),
             Err(error) => {
@@ -403,7 +397,7 @@ impl Broker {
     async fn verify_caller<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<Verified, crate::auth::AuthError> {
+    ) -> Result<Arc<Verified>, crate::auth::AuthError> {
         let header = request
             .metadata()
             .get("authorization")
@@ -411,7 +405,7 @@ impl Broker {
             .to_str()
             .map_err(|_| crate::auth::AuthError::MalformedHeader)?;
         let token = BearerToken::from_header(header)?;
-        self.inner.authn.authenticate(&token).await
+        self.inner.authn.authenticate_shared(&token).await
     }
 
     /// Decides; a denial is audited here, an allowance by the caller once it
@@ -468,6 +462,18 @@ impl Broker {
             store.get_held(&holder(who), path.base(), version).await?
         };
         to_wire(path, stored)
+    }
+}
+
+/// A verified caller: the authenticator's answer, shared with its cache
+/// rather than copied for each request.
+pub(super) struct Caller(Arc<Verified>);
+
+impl std::ops::Deref for Caller {
+    type Target = WorkloadIdentity;
+
+    fn deref(&self) -> &WorkloadIdentity {
+        &self.0.identity
     }
 }
 

@@ -51,7 +51,7 @@ impl Broker {
     ) -> Result<Response<WatchResponseStream>, Status> {
         let call = Call::of(&request, "WatchSecrets");
         let verified = self.authenticate_until(&request, &call).await?;
-        let (who, expires_at) = (verified.identity, verified.expires_at);
+        let (who, expires_at) = (verified.identity.clone(), verified.expires_at);
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
         // Held by the stream; given back whenever it ends.
