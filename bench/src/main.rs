@@ -663,10 +663,8 @@ impl Figures {
     /// The median of each figure over `runs` (each taken on its own).
     fn median(runs: &[Figures]) -> Figures {
         let of = |figure: fn(&Figures) -> Duration| median(runs.iter().map(figure).collect());
-        let mut rates: Vec<f64> = runs.iter().map(|f| f.rate).collect();
-        rates.sort_unstable_by(f64::total_cmp);
         Figures {
-            rate: rates.get(rates.len() / 2).copied().unwrap_or_default(),
+            rate: median_f64(runs.iter().map(|f| f.rate).collect()),
             p50: of(|f| f.p50),
             p99: of(|f| f.p99),
             p999: of(|f| f.p999),
@@ -1018,11 +1016,11 @@ fn verifier_vs_ring(tokens: &[String]) -> anyhow::Result<(f64, f64)> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // A thread of its own: the caller is a runtime's, and its CPU time is
     // read alone.
-    let (authn_cpu, ring_cpu) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
             .spawn(|| -> anyhow::Result<(f64, f64)> {
                 let rt = tokio::runtime::Builder::new_current_thread().build()?;
-                let (mut authn_cpu, mut ring_cpu) = (Duration::ZERO, Duration::ZERO);
+                let (mut authn_rates, mut ring_rates) = (Vec::new(), Vec::new());
                 for chunk in prepared.chunks(200) {
                     let before = thread_cpu();
                     for (_, message, sig) in chunk {
@@ -1042,22 +1040,22 @@ fn verifier_vs_ring(tokens: &[String]) -> anyhow::Result<(f64, f64)> {
                         }
                         Ok::<_, anyhow::Error>(())
                     })?;
-                    ring_cpu += between.saturating_sub(before);
-                    authn_cpu += thread_cpu().saturating_sub(between);
+                    let rate = |cpu: Duration| chunk.len() as f64 / cpu.as_secs_f64().max(1e-9);
+                    ring_rates.push(rate(between.saturating_sub(before)));
+                    authn_rates.push(rate(thread_cpu().saturating_sub(between)));
                 }
-                Ok((authn_cpu.as_secs_f64(), ring_cpu.as_secs_f64()))
+                // The median chunk of each: a chunk that a neighbour's burst
+                // slowed does not weigh on the figure.
+                Ok((median_f64(authn_rates), median_f64(ring_rates)))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?
-    })?;
-    let rate = |cpu: f64| {
-        if cpu > 0.0 {
-            prepared.len() as f64 / cpu
-        } else {
-            0.0
-        }
-    };
-    Ok((rate(authn_cpu), rate(ring_cpu)))
+    })
+}
+
+fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 /// The RSA fixture key the cold tokens are signed with, for ring.
@@ -1074,11 +1072,18 @@ fn rsa_fixture_key() -> anyhow::Result<ring::signature::RsaPublicKeyComponents<V
     })
 }
 
+/// On-CPU time of the calling thread so far.
 fn thread_cpu() -> Duration {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .map_or(Duration::ZERO, Duration::from_nanos)
+    // The clock, not `/proc/thread-self/schedstat`: a running thread's
+    // schedstat moves only at scheduler ticks (4 ms here), the clock counts
+    // to the nanosecond.
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, |t| {
+        Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_nsec()).unwrap_or(0),
+        )
+    })
 }
 
 /// One connection, 16 in flight, each request with the next unused token.
@@ -1102,7 +1107,8 @@ async fn cold_loads(
     ];
     let bare = connect(&server.bare).await?;
     let broker = connect(&server.broker).await?;
-    let mut totals: [(Vec<Duration>, Duration, Duration); 4] = Default::default();
+    // Each load's latencies, time, and CPU per request of each turn.
+    let mut totals: [(Vec<Duration>, Duration, Vec<Duration>); 4] = Default::default();
     for (turn, chunk) in tokens.chunks(COLD_CHUNK).enumerate() {
         let same = vec![cached_token.to_string(); chunk.len()];
         for i in 0..loads.len() {
@@ -1120,13 +1126,21 @@ async fn cold_loads(
             let cpu_before = server.cpu()?;
             let start = Instant::now();
             let latencies = cold_load(channel, chunk).await?;
+            let cpu = server.cpu()?.saturating_sub(cpu_before);
             let total = &mut totals[load];
             total.1 += start.elapsed();
-            total.2 += server.cpu()?.saturating_sub(cpu_before);
+            total
+                .2
+                .push(cpu / u32::try_from(latencies.len().max(1)).unwrap_or(u32::MAX));
             total.0.extend(latencies);
         }
     }
-    Ok(totals.map(|(latencies, elapsed, cpu)| figures(latencies, elapsed, cpu)))
+    // Server CPU per request: the median turn's, so that a turn a
+    // neighbour's burst slowed does not weigh on the figure.
+    Ok(totals.map(|(latencies, elapsed, cpu_per_req)| Figures {
+        cpu_per_req: median(cpu_per_req),
+        ..figures(latencies, elapsed, Duration::ZERO)
+    }))
 }
 
 /// `tokens` once each, 16 requests in flight on `channel`.
@@ -1547,17 +1561,20 @@ fn print_table(rows: &[Row], reply_bytes: usize) {
                 };
                 let verification = added(coffer, cached).saturating_sub(added(bare, bare_cached));
                 let in_request = 1.0 / verification.as_secs_f64().max(1e-9);
+                // Against ring's rate on the same tokens, interleaved with
+                // the broker's verifier (below): the steadiest ring figure
+                // of the run, and the higher.
+                let (authn, ring_same) = *verifier;
                 println!(
-                    "| cold token: verification in the request (CPU/req a fresh token adds on the broker, {} over {}, less what it adds on bare, {} over {}) per CPU-s | {in_request:.0} | ring {ring_cpu:.0} | {} |",
+                    "| cold token: verification in the request (CPU/req a fresh token adds on the broker, {} over {}, less what it adds on bare, {} over {}) per CPU-s, vs ring on the same tokens | {in_request:.0} | ring {ring_same:.0} | {} |",
                     us(coffer.cpu_per_req),
                     us(cached.cpu_per_req),
                     us(bare.cpu_per_req),
                     us(bare_cached.cpu_per_req),
-                    ratio(in_request, ring_cpu)
+                    ratio(in_request, ring_same)
                 );
                 // The broker's authenticator alone, in this process: what a
                 // cold request verifies, without the gRPC work around it.
-                let (authn, ring_same) = *verifier;
                 println!(
                     "| broker token verifier vs ring RS256 verify, same fresh tokens, interleaved (per CPU-s) | {authn:.0} | ring {ring_same:.0} | {} |",
                     ratio(authn, ring_same)
