@@ -9,8 +9,8 @@
 //! it may, else the sides take turns). The parent
 //! drives the child over its stdin/stdout, one line per command: the store
 //! write or bare broadcast that starts a rotation, and the server threads'
-//! on-CPU time (the child sums `/proc/self/task/*/schedstat` of its
-//! `bench-server` threads), read around each measurement so client work is
+//! on-CPU time (the child sums the CPU clocks of its `bench-server`
+//! threads, found in `/proc/self/task`), read around each measurement so client work is
 //! never charged to the server. The bare server implements the same
 //! `SecretBroker::GetSecret` (and `WatchSecrets` as a plain broadcast) with
 //! the very message the broker serves, and no authentication.
@@ -1072,6 +1072,19 @@ fn rsa_fixture_key() -> anyhow::Result<ring::signature::RsaPublicKeyComponents<V
     })
 }
 
+/// On-CPU time so far of thread `tid` of this process, from its CPU clock:
+/// the id Linux gives it is `(!tid << 3) | 6` (per thread, scheduler time;
+/// glibc's `pthread_getcpuclockid` computes the same).
+fn thread_cpu_of(tid: i32) -> Option<Duration> {
+    use nix::time::{ClockId, clock_gettime};
+    let clock = ClockId::from_raw((!tid << 3) | 6);
+    let t = clock_gettime(clock).ok()?;
+    Some(Duration::new(
+        u64::try_from(t.tv_sec()).ok()?,
+        u32::try_from(t.tv_nsec()).ok()?,
+    ))
+}
+
 /// On-CPU time of the calling thread so far.
 fn thread_cpu() -> Duration {
     // The clock, not `/proc/thread-self/schedstat`: a running thread's
@@ -1389,6 +1402,17 @@ fn server_cpu() -> Duration {
         let named = std::fs::read_to_string(dir.join("comm"))
             .is_ok_and(|comm| comm.trim_end() == SERVER_THREAD);
         if !named {
+            continue;
+        }
+        // The thread's CPU clock: counts to the nanosecond, where a running
+        // thread's schedstat moves only at scheduler ticks (4 ms here).
+        if let Some(cpu) = task
+            .file_name()
+            .to_str()
+            .and_then(|tid| tid.parse::<i32>().ok())
+            .and_then(thread_cpu_of)
+        {
+            total += u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
             continue;
         }
         // schedstat: on-CPU nanoseconds first.
