@@ -114,7 +114,7 @@ struct Args {
     )]
     watch: Vec<String>,
     /// Rotations per watch run (the figures are the median over them).
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
     /// The broker's log filter (its default is `info`); logs go to a sink.
     #[arg(long, default_value = "info")]
