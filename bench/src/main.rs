@@ -4,14 +4,14 @@
 //! the hidden `--serve`), on one runtime whose threads are named
 //! `bench-server`; the load runs in this process (`bench-client` threads).
 //! Each side of a connection therefore holds one descriptor in its own
-//! process, so 10,000 connections fit a 20,000-descriptor limit (both
-//! sides' 10,000 at once need twice that: the bench raises the limit when
-//! it may, else the sides take turns). The parent
-//! drives the child over its stdin/stdout, one line per command: the store
-//! write or bare broadcast that starts a rotation, and the server threads'
-//! on-CPU time (the child sums the CPU clocks of its `bench-server`
-//! threads, found in `/proc/self/task`), read around each measurement so client work is
-//! never charged to the server. The bare server implements the same
+//! process, so 10,000 connections fit a 20,000-descriptor limit (both sides'
+//! 10,000 at once need twice that: the bench raises the limit when it may,
+//! else the sides take turns). The parent drives the child over its
+//! stdin/stdout, one line per command: the store write or bare broadcast
+//! that starts a rotation, and the server threads' on-CPU time (the child
+//! sums the CPU clocks of its `bench-server` threads, found in
+//! `/proc/self/task`), read around each measurement so client work is never
+//! charged to the server. The bare server implements the same
 //! `SecretBroker::GetSecret` (and `WatchSecrets` as a plain broadcast) with
 //! the very message the broker serves, and no authentication.
 //!
@@ -21,10 +21,9 @@
 //! same load with one cached token and ring's raw RS256 verify rate,
 //! measured in this process with no load running); N watchers over M
 //! connections and several rotations, both sides' watchers open at once and
-//! their rotations alternating. Memory per watch
-//! stream is the server process's RSS growth, in a fresh server process per
-//! side. `--quick` runs every mode tiny (seconds): CI checks that the table
-//! prints.
+//! their rotations alternating. Memory per watch stream is the server
+//! process's RSS growth, in a fresh server process per side. `--quick` runs
+//! every mode tiny (seconds): CI checks that the table prints.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
