@@ -12,7 +12,9 @@
 //! | `coffer.dev/action-<name>: "{signal: HUP, processName: app}"` | run when the file changes |
 //!
 //! and for the pod: `coffer.dev/inject: "true"`, `coffer.dev/action` (run once
-//! per update). vault-k8s names are accepted where they mean the same:
+//! per update), `coffer.dev/sidecar-mode: native | container | init-only`
+//! (how the sidecar is added, see [`crate::mode`]; default: the injector's
+//! `--sidecar-mode`). vault-k8s names are accepted where they mean the same:
 //! `vault.hashicorp.com/agent-inject-secret-<name>` (a KV v2 API path such as
 //! `secret/data/shop/db` becomes the broker path `shop/db`),
 //! `agent-inject-file-<name>`, `agent-inject-perms-<name>`, and
@@ -24,8 +26,12 @@ use std::collections::BTreeMap;
 use coffer_sidecar::config::{Config, Env};
 use serde_json::{Map, Value, json};
 
+use crate::mode::SidecarMode;
+
 /// The opt-in label (objectSelector) and annotation.
 pub const INJECT: &str = "coffer.dev/inject";
+/// The annotation choosing the pod's [`SidecarMode`].
+pub const SIDECAR_MODE: &str = "coffer.dev/sidecar-mode";
 const PREFIX: &str = "coffer.dev/";
 const VAULT_PREFIX: &str = "vault.hashicorp.com/";
 
@@ -39,6 +45,9 @@ pub enum AnnotationError {
     /// `coffer.dev/inject` is neither "true" nor "false".
     #[error("{INJECT} must be \"true\" or \"false\", not {0:?}")]
     BadInject(String),
+    /// `coffer.dev/sidecar-mode` names no mode.
+    #[error("{SIDECAR_MODE} must be \"native\", \"container\" or \"init-only\", not {0:?}")]
+    BadSidecarMode(String),
     /// Opted in, but no secret named.
     #[error("no secrets: add coffer.dev/secret-<name>: <path>")]
     NoSecrets,
@@ -93,6 +102,27 @@ pub fn wants_injection(pod: &Value) -> Result<bool, AnnotationError> {
     Ok(wants)
 }
 
+/// The pod's sidecar mode: its `coffer.dev/sidecar-mode` annotation, or
+/// `default` (the injector's `--sidecar-mode`) when it has none.
+pub fn sidecar_mode(
+    annotations: &Map<String, Value>,
+    default: SidecarMode,
+) -> Result<SidecarMode, AnnotationError> {
+    match annotations.get(SIDECAR_MODE) {
+        None => Ok(default),
+        Some(value) => value
+            .as_str()
+            .and_then(|name| name.parse().ok())
+            .ok_or_else(|| AnnotationError::BadSidecarMode(value_text(value))),
+    }
+}
+
+fn value_text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_string)
+}
+
 /// Builds the sidecar's YAML configuration from the pod's annotations and
 /// checks it with the sidecar's own parser.
 pub fn sidecar_config(
@@ -106,7 +136,7 @@ pub fn sidecar_config(
         let text = || value.as_str().unwrap_or_default().to_string();
         if let Some(rest) = key.strip_prefix(PREFIX) {
             match rest {
-                "inject" | "injected" | "sidecar-config" => continue,
+                "inject" | "injected" | "sidecar-config" | "sidecar-mode" => continue,
                 "action" => {
                     pod_action = Some(parse_action(key, &text())?);
                     continue;
@@ -459,6 +489,51 @@ mod tests {
         ])
         .unwrap_err();
         assert!(matches!(e, AnnotationError::BadValue { .. }), "{e}");
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect()
+    }
+
+    #[test]
+    fn sidecar_mode_defaults_to_the_injectors() {
+        let map = annotations(&[("coffer.dev/secret-db", "shop/web/db")]);
+        assert_eq!(
+            sidecar_mode(&map, SidecarMode::Container),
+            Ok(SidecarMode::Container)
+        );
+    }
+
+    #[test]
+    fn sidecar_mode_annotation_overrides_the_default() {
+        for (name, mode) in [
+            ("native", SidecarMode::Native),
+            ("container", SidecarMode::Container),
+            ("init-only", SidecarMode::InitOnly),
+        ] {
+            let map = annotations(&[(SIDECAR_MODE, name)]);
+            assert_eq!(sidecar_mode(&map, SidecarMode::Native), Ok(mode));
+        }
+    }
+
+    #[test]
+    fn refuses_an_unknown_sidecar_mode() {
+        let map = annotations(&[(SIDECAR_MODE, "legacy")]);
+        let e = sidecar_mode(&map, SidecarMode::Native).unwrap_err();
+        assert_eq!(e, AnnotationError::BadSidecarMode("legacy".into()));
+        assert!(e.to_string().contains(SIDECAR_MODE), "{e}");
+    }
+
+    #[test]
+    fn the_sidecar_mode_annotation_is_not_an_unknown_annotation() {
+        let c = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            (SIDECAR_MODE, "container"),
+        ]);
+        assert!(c.is_ok(), "{c:?}");
     }
 
     #[test]

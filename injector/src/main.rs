@@ -5,7 +5,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
-use coffer_injector::{annotations::Layout, patch::Injection, server};
+use coffer_injector::{
+    annotations::Layout,
+    mode::SidecarMode,
+    patch::{DEFAULT_EXCLUDED_NAMESPACES, Injection},
+    server,
+};
 
 /// Exit status for invalid configuration (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -45,6 +50,29 @@ struct Cli {
     /// Where app containers see the secret files.
     #[arg(long, env = "COFFER_SECRETS_DIR", default_value = "/coffer/secrets")]
     secrets_dir: String,
+    /// How the sidecar is added, unless a pod's `coffer.dev/sidecar-mode`
+    /// annotation says otherwise: `native` (an init container with
+    /// restartPolicy Always; Kubernetes 1.29+), `container` (a `--once` init
+    /// container plus an ordinary sidecar container; any version) or
+    /// `init-only` (the `--once` init container alone: no rotation).
+    #[arg(
+        long,
+        env = "COFFER_INJECTOR_SIDECAR_MODE",
+        value_enum,
+        default_value_t = Mode::Native
+    )]
+    sidecar_mode: Mode,
+    /// A namespace whose pods are never mutated (allowed unchanged). Repeat
+    /// it or give a comma-separated list; any value replaces the whole
+    /// default list, and an empty value excludes nothing.
+    #[arg(
+        long,
+        env = "COFFER_INJECTOR_EXCLUDE_NAMESPACES",
+        value_name = "NAMESPACE",
+        value_delimiter = ',',
+        default_values = DEFAULT_EXCLUDED_NAMESPACES
+    )]
+    exclude_namespace: Vec<String>,
     /// Log format.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
     log_format: Format,
@@ -56,6 +84,36 @@ enum Format {
     Json,
 }
 
+/// The flag's spelling of [`SidecarMode`] (the library knows no clap).
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Container,
+    InitOnly,
+}
+
+impl From<Mode> for SidecarMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Native => Self::Native,
+            Mode::Container => Self::Container,
+            Mode::InitOnly => Self::InitOnly,
+        }
+    }
+}
+
+/// A namespace name as Kubernetes allows it (an RFC 1123 label): a typo such
+/// as `Kube-System` would otherwise exclude nothing, silently.
+fn is_namespace_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(match cli.log_format {
@@ -64,6 +122,17 @@ fn main() -> ExitCode {
     });
     if !cli.secrets_dir.starts_with('/') || cli.secrets_dir.contains("..") {
         tracing::error!(dir = %cli.secrets_dir, "--secrets-dir must be an absolute path");
+        return ExitCode::from(EX_USAGE);
+    }
+    let excluded_namespaces = cli
+        .exclude_namespace
+        .iter()
+        .map(|name| name.trim())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>();
+    if let Some(bad) = excluded_namespaces.iter().find(|n| !is_namespace_name(n)) {
+        tracing::error!(namespace = %bad, "--exclude-namespace: not a namespace name");
         return ExitCode::from(EX_USAGE);
     }
     let tls = match server::tls_config(&cli.tls_cert, &cli.tls_key) {
@@ -83,6 +152,8 @@ fn main() -> ExitCode {
             ca_file: "/etc/coffer/ca/ca.crt".into(),
             admin_listen: "0.0.0.0:8099".into(),
         },
+        mode: cli.sidecar_mode.into(),
+        excluded_namespaces,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -96,7 +167,12 @@ fn main() -> ExitCode {
             .await
             .with_context(|| format!("binding {}", cli.listen))?;
         let bound = listener.local_addr()?;
-        tracing::info!(addr = %bound, "injector listening");
+        tracing::info!(
+            addr = %bound,
+            sidecar_mode = %injection.mode,
+            excluded_namespaces = ?injection.excluded_namespaces,
+            "injector listening"
+        );
         if let Some(file) = &cli.addr_file {
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, bound.to_string())?;

@@ -1,16 +1,33 @@
 //! The JSONPatch that adds the sidecar to a pod.
 //!
-//! Added: a native sidecar (an init container with `restartPolicy: Always`,
-//! first, so it starts before everything else) with a startupProbe on
-//! `/ready`; a `medium: Memory` emptyDir for the files, mounted read-only
-//! into every app container; the projected `audience: coffer` token and the
-//! broker's CA, mounted into the sidecar only; and the generated sidecar
-//! configuration, kept in a pod annotation and mounted with the downward API
-//! (no ConfigMap to create or clean up).
+//! Added in every [`SidecarMode`]: a `medium: Memory` emptyDir for the files,
+//! mounted read-only into every app container; the projected
+//! `audience: coffer` token and the broker's CA, mounted into the sidecar
+//! only; and the generated sidecar configuration, kept in a pod annotation
+//! and mounted with the downward API (no ConfigMap to create or clean up).
+//! Then, by mode:
+//!
+//! - `native`: the sidecar as the first init container with
+//!   `restartPolicy: Always` (so it starts before everything else) and a
+//!   startupProbe on `/ready`, so nothing after it starts before the files
+//!   exist.
+//! - `container`: the sidecar with `--once` as the first init container
+//!   (the files exist before any other container starts: an ordinary
+//!   container gives no such guarantee), then the long-running sidecar as the
+//!   first ordinary container, with readiness and liveness probes.
+//! - `init-only`: the `--once` init container alone.
+//!
+//! Every container the injector adds has the same hardening: security
+//! context, resources and mounts.
+
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::annotations::{AnnotationError, Layout, sidecar_config};
+use crate::{
+    annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode},
+    mode::SidecarMode,
+};
 
 /// The annotation holding the generated sidecar configuration.
 pub const CONFIG_ANNOTATION: &str = "coffer.dev/sidecar-config";
@@ -18,14 +35,28 @@ pub const CONFIG_ANNOTATION: &str = "coffer.dev/sidecar-config";
 pub const INJECTED_ANNOTATION: &str = "coffer.dev/injected";
 /// The label the broker's NetworkPolicy admits.
 pub const CLIENT_LABEL: &str = "coffer.dev/client";
+/// The long-running sidecar (an init container in `native` mode, an
+/// ordinary container in `container` mode).
+pub const SIDECAR: &str = "coffer-sidecar";
+/// The init container running the sidecar with `--once` (`container` and
+/// `init-only` modes).
+pub const SIDECAR_INIT: &str = "coffer-sidecar-init";
+/// The namespaces whose pods the injector never mutates, unless configured
+/// otherwise: the system ones and Coffer's own.
+pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] =
+    ["kube-system", "kube-public", "kube-node-lease", "coffer"];
 
-const SIDECAR: &str = "coffer-sidecar";
+const CONTAINERS: [&str; 2] = [SIDECAR, SIDECAR_INIT];
 const VOLUMES: [&str; 4] = [
     "coffer-secrets",
     "coffer-token",
     "coffer-ca",
     "coffer-config",
 ];
+const CONFIG_ARG: &str = "--config=/etc/coffer/config/sidecar.yaml";
+/// How long the `--once` init container keeps retrying: the native
+/// sidecar's startupProbe allows as long (120 probes, one a second).
+const ONCE_TIMEOUT_ARG: &str = "--once-timeout=120";
 
 /// What the injector is configured with.
 #[derive(Debug, Clone)]
@@ -36,6 +67,26 @@ pub struct Injection {
     pub ca_config_map: String,
     /// Where the apps see the files.
     pub layout: Layout,
+    /// The mode for pods without a `coffer.dev/sidecar-mode` annotation.
+    pub mode: SidecarMode,
+    /// Namespaces whose pods are allowed unchanged, whatever they ask for.
+    pub excluded_namespaces: BTreeSet<String>,
+}
+
+impl Injection {
+    /// Whether pods in `namespace` are left alone.
+    pub fn excludes(&self, namespace: &str) -> bool {
+        self.excluded_namespaces.contains(namespace)
+    }
+}
+
+/// The patch for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patch {
+    /// The mode the pod got (its annotation, or the injector's default).
+    pub mode: SidecarMode,
+    /// The JSONPatch operations, all `add`, to apply in order.
+    pub ops: Vec<Value>,
 }
 
 /// Why a pod is refused.
@@ -53,8 +104,8 @@ pub enum PatchError {
     NotAPod(String),
 }
 
-/// The patch operations for `pod`, or `None` when it does not opt in.
-pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, PatchError> {
+/// The patch for `pod`, or `None` when it does not opt in.
+pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchError> {
     if !crate::annotations::wants_injection(pod)? {
         return Ok(None);
     }
@@ -72,8 +123,13 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, P
         .iter()
         .chain(spec["initContainers"].as_array().into_iter().flatten())
     {
-        if container["name"] == SIDECAR {
-            return Err(PatchError::Conflict("container", SIDECAR.into()));
+        // Both names, whatever the mode: which one a pod gets must not
+        // depend on what it happens to contain.
+        if let Some(name) = container["name"]
+            .as_str()
+            .filter(|n| CONTAINERS.contains(n))
+        {
+            return Err(PatchError::Conflict("container", name.into()));
         }
         // A mount naming an injected volume would let that container see it
         // (the token above all) once the volume exists.
@@ -88,6 +144,7 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, P
             return Err(PatchError::Conflict("volume", name.into()));
         }
     }
+    let mode = sidecar_mode(annotations, injection.mode)?;
     let config = sidecar_config(annotations, &injection.layout)?;
 
     let mut ops = Vec::new();
@@ -114,54 +171,6 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, P
         json!("true"),
     );
 
-    // The sidecar runs as the app's uid, so the files are the app's without
-    // CAP_CHOWN; when the pod sets none, the image's nonroot user.
-    let uid = containers[0]["securityContext"]["runAsUser"]
-        .as_u64()
-        .or_else(|| spec["securityContext"]["runAsUser"].as_u64());
-    let mut security = json!({
-        "runAsNonRoot": true,
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    });
-    if let Some(uid) = uid {
-        security["runAsUser"] = json!(uid);
-    }
-    let port = injection
-        .layout
-        .admin_listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(8099);
-    let sidecar = json!({
-        "name": SIDECAR,
-        "image": injection.image,
-        "imagePullPolicy": "Always",
-        "restartPolicy": "Always",
-        "args": ["--config=/etc/coffer/config/sidecar.yaml", "--log-format=json"],
-        "ports": [{"name": "coffer-admin", "containerPort": port}],
-        "startupProbe": {"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 1, "failureThreshold": 120},
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 10},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 20},
-        "securityContext": security,
-        "resources": {"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
-        "volumeMounts": [
-            {"name": "coffer-secrets", "mountPath": injection.layout.output_dir},
-            {"name": "coffer-token", "mountPath": parent(&injection.layout.token_file), "readOnly": true},
-            {"name": "coffer-ca", "mountPath": parent(&injection.layout.ca_file), "readOnly": true},
-            {"name": "coffer-config", "mountPath": "/etc/coffer/config", "readOnly": true},
-        ],
-    });
-    // First: native sidecars start in order, so the app's own init
-    // containers can already read the files.
-    if spec["initContainers"].as_array().is_some() {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
-    } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
-    }
     let token_file = file_name(&injection.layout.token_file);
     let ca_file = file_name(&injection.layout.ca_file);
     let volumes = [
@@ -181,7 +190,8 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, P
     } else {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     }
-    // The files, read-only, in every app container; never the token.
+    // The files, read-only, in every app container; never the token. Before
+    // any container is inserted, so the indices are the pod's own.
     let mount = json!({"name": "coffer-secrets", "mountPath": injection.layout.output_dir, "readOnly": true});
     for (i, container) in containers.iter().enumerate() {
         if container["volumeMounts"].as_array().is_some() {
@@ -190,7 +200,120 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Vec<Value>>, P
             ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts"), "value": [mount]}));
         }
     }
-    Ok(Some(ops))
+
+    // The sidecar runs as the app's uid, so the files are the app's without
+    // CAP_CHOWN; when the pod sets none, the image's nonroot user.
+    let uid = containers[0]["securityContext"]["runAsUser"]
+        .as_u64()
+        .or_else(|| spec["securityContext"]["runAsUser"].as_u64());
+    let sidecars = Sidecars::new(injection, uid);
+    // First in the init containers: they run in order, so the app's own init
+    // containers can already read the files.
+    let init = match mode {
+        SidecarMode::Native => sidecars.native(),
+        SidecarMode::Container | SidecarMode::InitOnly => sidecars.once(),
+    };
+    if spec["initContainers"].as_array().is_some() {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
+    }
+    if mode == SidecarMode::Container {
+        // First in the containers: the kubelet starts them in order (though
+        // it waits for none), so the sidecar is up as early as it can be.
+        ops.push(
+            json!({"op": "add", "path": "/spec/containers/0", "value": sidecars.long_running()}),
+        );
+    }
+    Ok(Some(Patch { mode, ops }))
+}
+
+/// Builds the containers the injector adds, all hardened alike.
+struct Sidecars<'a> {
+    injection: &'a Injection,
+    security: Value,
+    port: u16,
+}
+
+impl<'a> Sidecars<'a> {
+    fn new(injection: &'a Injection, uid: Option<u64>) -> Self {
+        let mut security = json!({
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        });
+        if let Some(uid) = uid {
+            security["runAsUser"] = json!(uid);
+        }
+        let port = injection
+            .layout
+            .admin_listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(8099);
+        Self {
+            injection,
+            security,
+            port,
+        }
+    }
+
+    /// What every added container shares.
+    fn base(&self, name: &str, args: &[&str]) -> Value {
+        let layout = &self.injection.layout;
+        json!({
+            "name": name,
+            "image": self.injection.image,
+            "imagePullPolicy": "Always",
+            "args": args,
+            "securityContext": self.security,
+            "resources": {"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
+            "volumeMounts": [
+                {"name": "coffer-secrets", "mountPath": layout.output_dir},
+                {"name": "coffer-token", "mountPath": parent(&layout.token_file), "readOnly": true},
+                {"name": "coffer-ca", "mountPath": parent(&layout.ca_file), "readOnly": true},
+                {"name": "coffer-config", "mountPath": "/etc/coffer/config", "readOnly": true},
+            ],
+        })
+    }
+
+    /// The long-running sidecar, serving `/ready` and `/healthz` on its
+    /// probe port (HTTP, so no gRPC probe is needed).
+    fn long_running(&self) -> Value {
+        let port = self.port;
+        let mut container = self.base(SIDECAR, &[CONFIG_ARG, "--log-format=json"]);
+        container["ports"] = json!([{"name": "coffer-admin", "containerPort": port}]);
+        container["readinessProbe"] =
+            json!({"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 10});
+        container["livenessProbe"] =
+            json!({"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 20});
+        container
+    }
+
+    /// The long-running sidecar as a native sidecar (Kubernetes 1.29+): the
+    /// startupProbe holds back the containers after it until the files exist.
+    fn native(&self) -> Value {
+        let mut container = self.long_running();
+        container["restartPolicy"] = json!("Always");
+        container["startupProbe"] = json!({
+            "httpGet": {"path": "/ready", "port": self.port},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        });
+        container
+    }
+
+    /// The sidecar writing every file once and exiting: a plain init
+    /// container, with no probe and no port (it serves nothing).
+    fn once(&self) -> Value {
+        self.base(
+            SIDECAR_INIT,
+            &[CONFIG_ARG, "--once", ONCE_TIMEOUT_ARG, "--log-format=json"],
+        )
+    }
 }
 
 /// Adds `key: value` to the map at `path`, creating the map if absent.
@@ -213,22 +336,97 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// The injector as deployed (`native`, default exclusions), for tests.
+#[cfg(test)]
+pub(crate) fn test_injection() -> Injection {
+    Injection {
+        image: "coffer/sidecar:test".into(),
+        ca_config_map: "coffer-ca".into(),
+        layout: Layout {
+            broker: "https://coffer-broker.coffer.svc:8443".into(),
+            output_dir: "/coffer/secrets".into(),
+            token_file: "/var/run/secrets/coffer/token".into(),
+            ca_file: "/etc/coffer/ca/ca.crt".into(),
+            admin_listen: "0.0.0.0:8099".into(),
+        },
+        mode: SidecarMode::Native,
+        excluded_namespaces: DEFAULT_EXCLUDED_NAMESPACES.map(String::from).into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{test_injection as injection, *};
 
-    fn injection() -> Injection {
+    fn in_mode(mode: SidecarMode) -> Injection {
         Injection {
-            image: "coffer/sidecar:test".into(),
-            ca_config_map: "coffer-ca".into(),
-            layout: Layout {
-                broker: "https://coffer-broker.coffer.svc:8443".into(),
-                output_dir: "/coffer/secrets".into(),
-                token_file: "/var/run/secrets/coffer/token".into(),
-                ca_file: "/etc/coffer/ca/ca.crt".into(),
-                admin_listen: "0.0.0.0:8099".into(),
-            },
+            mode,
+            ..injection()
         }
+    }
+
+    /// A hardened app pod with an init container of its own.
+    fn app() -> Value {
+        pod(json!({
+            "securityContext": {"runAsUser": 10001},
+            "initContainers": [{"name": "migrate", "image": "example/migrate:1.0"}],
+            "containers": [
+                {"name": "web", "image": "example/web:1.0"},
+                {"name": "worker", "image": "example/web:1.0", "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        }))
+    }
+
+    /// Applies the `add` operations in order, as the API server does.
+    fn apply(mut doc: Value, ops: &[Value]) -> Value {
+        for op in ops {
+            assert_eq!(op["op"], "add", "{op}");
+            let path = op["path"].as_str().unwrap();
+            let (parent, last) = path.rsplit_once('/').unwrap();
+            let last = last.replace("~1", "/").replace("~0", "~");
+            match doc.pointer_mut(parent).unwrap() {
+                Value::Object(map) => {
+                    map.insert(last, op["value"].clone());
+                }
+                Value::Array(items) if last == "-" => items.push(op["value"].clone()),
+                Value::Array(items) => items.insert(last.parse().unwrap(), op["value"].clone()),
+                other => panic!("cannot add into {other}"),
+            }
+        }
+        doc
+    }
+
+    /// The pod as the API server stores it after the patch in `mode`.
+    fn patched(pod: Value, mode: SidecarMode) -> Value {
+        let patch = patch(&pod, &in_mode(mode)).unwrap().unwrap();
+        assert_eq!(patch.mode, mode);
+        apply(pod, &patch.ops)
+    }
+
+    fn list<'a>(pod: &'a Value, field: &str) -> &'a [Value] {
+        pod["spec"][field].as_array().map_or(&[], Vec::as_slice)
+    }
+
+    fn names(pod: &Value, field: &str) -> Vec<String> {
+        list(pod, field)
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn has_probe(container: &Value) -> bool {
+        ["startupProbe", "readinessProbe", "livenessProbe"]
+            .iter()
+            .any(|probe| container.get(*probe).is_some())
+    }
+
+    fn mounts_secrets(container: &Value) -> bool {
+        container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "coffer-secrets" && m["readOnly"] == true)
     }
 
     fn pod(spec: Value) -> Value {
@@ -255,7 +453,7 @@ mod tests {
             "containers": [{"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
             "volumes": [{"name": "data", "emptyDir": {}}],
         }));
-        let ops = patch(&pod, &injection()).unwrap().unwrap();
+        let ops = patch(&pod, &injection()).unwrap().unwrap().ops;
         let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
         assert!(paths.contains(&"/spec/initContainers/0"));
         assert!(paths.contains(&"/spec/volumes/-"));
@@ -265,7 +463,7 @@ mod tests {
     #[test]
     fn annotation_keys_are_escaped_in_paths() {
         let pod = pod(json!({"containers": [{"name": "app"}]}));
-        let ops = patch(&pod, &injection()).unwrap().unwrap();
+        let ops = patch(&pod, &injection()).unwrap().unwrap().ops;
         assert!(
             ops.iter()
                 .any(|o| o["path"] == "/metadata/annotations/coffer.dev~1sidecar-config")
@@ -277,5 +475,167 @@ mod tests {
         let mut pod = pod(json!({"containers": [{"name": "app"}]}));
         pod["metadata"]["annotations"][INJECTED_ANNOTATION] = json!("true");
         assert!(patch(&pod, &injection()).unwrap().is_none());
+    }
+
+    #[test]
+    fn native_mode_adds_a_native_sidecar_first_in_the_init_containers() {
+        let pod = patched(app(), SidecarMode::Native);
+        assert_eq!(names(&pod, "initContainers"), [SIDECAR, "migrate"]);
+        assert_eq!(names(&pod, "containers"), ["web", "worker"]);
+        let sidecar = &list(&pod, "initContainers")[0];
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    }
+
+    #[test]
+    fn container_mode_puts_the_sidecar_first_in_the_containers() {
+        let pod = patched(app(), SidecarMode::Container);
+        assert_eq!(names(&pod, "containers"), [SIDECAR, "web", "worker"]);
+        let sidecar = &list(&pod, "containers")[0];
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], 8099);
+        assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert!(sidecar.get("restartPolicy").is_none());
+        assert!(
+            !sidecar["args"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("--once"))
+        );
+    }
+
+    #[test]
+    fn container_mode_writes_the_files_first_with_a_once_init_container() {
+        let pod = patched(app(), SidecarMode::Container);
+        assert_eq!(names(&pod, "initContainers"), [SIDECAR_INIT, "migrate"]);
+        let init = &list(&pod, "initContainers")[0];
+        assert!(init["args"].as_array().unwrap().contains(&json!("--once")));
+    }
+
+    #[test]
+    fn container_mode_mounts_the_files_into_the_apps_after_the_shift() {
+        let pod = patched(app(), SidecarMode::Container);
+        let containers = list(&pod, "containers");
+        assert!(containers[1..].iter().all(mounts_secrets));
+        assert_eq!(containers[2]["volumeMounts"][0]["name"], "data");
+        // The sidecar's own mount is writable, and it alone has the token.
+        assert!(!mounts_secrets(&containers[0]));
+        let token = |c: &Value| c["volumeMounts"].to_string().contains("coffer-token");
+        assert!(token(&containers[0]));
+        assert!(!containers[1..].iter().any(token));
+    }
+
+    #[test]
+    fn init_only_mode_adds_the_once_init_container_alone() {
+        let pod = patched(app(), SidecarMode::InitOnly);
+        assert_eq!(names(&pod, "initContainers"), [SIDECAR_INIT, "migrate"]);
+        assert_eq!(names(&pod, "containers"), ["web", "worker"]);
+        let init = &list(&pod, "initContainers")[0];
+        assert!(init["args"].as_array().unwrap().contains(&json!("--once")));
+        assert!(list(&pod, "containers").iter().all(mounts_secrets));
+    }
+
+    #[test]
+    fn outside_native_mode_no_init_container_has_a_restart_policy_or_probes() {
+        for mode in [SidecarMode::Container, SidecarMode::InitOnly] {
+            let pod = patched(app(), mode);
+            for init in list(&pod, "initContainers") {
+                assert!(init.get("restartPolicy").is_none(), "{mode}: {init}");
+                assert!(!has_probe(init), "{mode}: {init}");
+                assert!(init.get("ports").is_none(), "{mode}: {init}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_mode_uses_grpc_probes() {
+        for mode in SidecarMode::ALL {
+            let pod = patched(app(), mode);
+            assert!(!pod["spec"].to_string().contains("\"grpc\""), "{mode}");
+        }
+    }
+
+    #[test]
+    fn the_once_init_container_is_hardened_like_the_native_sidecar() {
+        let native = patched(app(), SidecarMode::Native);
+        let native = &list(&native, "initContainers")[0];
+        for mode in [SidecarMode::Container, SidecarMode::InitOnly] {
+            let pod = patched(app(), mode);
+            let init = &list(&pod, "initContainers")[0];
+            for field in [
+                "image",
+                "imagePullPolicy",
+                "securityContext",
+                "resources",
+                "volumeMounts",
+            ] {
+                assert_eq!(init[field], native[field], "{mode}: {field}");
+            }
+            assert_eq!(init["securityContext"]["runAsUser"], 10001);
+        }
+    }
+
+    #[test]
+    fn the_once_init_container_retries_as_long_as_the_startup_probe_waits() {
+        let pod = patched(app(), SidecarMode::InitOnly);
+        let args = &list(&pod, "initContainers")[0]["args"];
+        assert_eq!(
+            *args,
+            json!([
+                CONFIG_ARG,
+                "--once",
+                "--once-timeout=120",
+                "--log-format=json"
+            ])
+        );
+    }
+
+    #[test]
+    fn the_annotation_overrides_the_injectors_mode() {
+        let mut pod = app();
+        pod["metadata"]["annotations"]["coffer.dev/sidecar-mode"] = json!("init-only");
+        let patch = patch(&pod, &in_mode(SidecarMode::Container))
+            .unwrap()
+            .unwrap();
+        assert_eq!(patch.mode, SidecarMode::InitOnly);
+        let pod = apply(pod, &patch.ops);
+        assert_eq!(names(&pod, "containers"), ["web", "worker"]);
+    }
+
+    #[test]
+    fn an_unknown_mode_in_the_annotation_is_refused() {
+        let mut pod = app();
+        pod["metadata"]["annotations"]["coffer.dev/sidecar-mode"] = json!("sidecar");
+        let error = patch(&pod, &injection()).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                PatchError::Annotations(AnnotationError::BadSidecarMode(m)) if m == "sidecar"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_pod_using_the_init_container_name_is_refused() {
+        let mut pod = app();
+        pod["spec"]["initContainers"][0]["name"] = json!(SIDECAR_INIT);
+        let error = patch(&pod, &in_mode(SidecarMode::Native)).unwrap_err();
+        assert!(
+            matches!(&error, PatchError::Conflict("container", name) if name == SIDECAR_INIT),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_default_exclusions_are_the_system_namespaces_and_coffers() {
+        let injection = injection();
+        for namespace in ["kube-system", "kube-public", "kube-node-lease", "coffer"] {
+            assert!(injection.excludes(namespace), "{namespace}");
+        }
+        assert!(!injection.excludes("shop"));
+        assert!(!injection.excludes(""));
     }
 }

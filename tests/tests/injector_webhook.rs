@@ -1,22 +1,36 @@
 //! The real `coffer-injector` binary, fed real AdmissionReview v1 JSON over
 //! HTTPS: the patched pod validates (kubernetes-validate, strict) and passes
-//! checkov, the generated sidecar configuration is loaded by the real
-//! sidecar, and invalid pods are refused with a clear message. (One test per
+//! checkov in every sidecar mode, and outside `native` also against the
+//! oldest schema the validator ships (no field added since); the generated
+//! sidecar configuration is loaded by the real sidecar, run with the injected
+//! init container's own arguments; pods in excluded namespaces are left
+//! alone; and invalid pods are refused with a clear message. (One test per
 //! annotation and per refusal of the annotation parser: the unit tests in
-//! injector/src/annotations.rs.)
+//! injector/src/annotations.rs; the patch of each mode in detail:
+//! injector/src/patch.rs.)
 
-use std::{process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use base64::Engine;
 use coffer_tests::{
     BrokerProcess, Key, POLICY, Process,
-    deploy::{checkov, https_request, kubernetes_validate},
+    deploy::{checkov, https_request, kubernetes_validate, venv_tool},
     eventually, mint,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::{Value, json};
 
 const CANARY: &str = "canary-injected-7d2a";
+/// The oldest Kubernetes whose schema kubernetes-validate ships. Validated
+/// strictly, it refuses any field added since, `restartPolicy` on an init
+/// container (1.28) among them. (Older clusters themselves: the tests
+/// against a real kube-apiserver.)
+const OLDEST_SCHEMA: &str = "1.25.0";
+const MODES: [&str; 3] = ["native", "container", "init-only"];
 
 struct Injector {
     process: Process,
@@ -27,6 +41,11 @@ struct Injector {
 
 impl Injector {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with `args` after the required ones.
+    fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -51,6 +70,7 @@ impl Injector {
                 dir.path().join("tls.key").display()
             ))
             .arg("--sidecar-image=coffer/sidecar:0.1.0")
+            .args(args)
             .env("COFFER_ADDR_FILE", &addr_file);
         let mut process = Process::spawn(command, dir.path().join("output.log"));
         let addr = eventually(Duration::from_secs(20), "the injector to listen", || {
@@ -67,8 +87,14 @@ impl Injector {
         }
     }
 
-    /// Sends `pod` in an AdmissionReview; returns the review's `response`.
+    /// Sends `pod` in an AdmissionReview from namespace `shop`; returns the
+    /// review's `response`.
     fn review(&self, pod: &Value) -> Value {
+        self.review_in("shop", pod)
+    }
+
+    /// Sends `pod` in an AdmissionReview from `namespace`.
+    fn review_in(&self, namespace: &str, pod: &Value) -> Value {
         let review = json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -78,7 +104,7 @@ impl Injector {
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
                 "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop",
+                "namespace": namespace,
                 "operation": "CREATE",
                 "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
                 "object": pod,
@@ -158,6 +184,60 @@ fn opted_in() -> Value {
     }))
 }
 
+/// [`opted_in`] asking for sidecar `mode` by annotation.
+fn opted_in_as(mode: &str) -> Value {
+    let mut pod = opted_in();
+    pod["metadata"]["annotations"]["coffer.dev/sidecar-mode"] = json!(mode);
+    pod
+}
+
+fn containers<'a>(pod: &'a Value, field: &str) -> &'a [Value] {
+    pod["spec"][field].as_array().map_or(&[], Vec::as_slice)
+}
+
+fn names(pod: &Value, field: &str) -> Vec<String> {
+    containers(pod, field)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn has_arg(container: &Value, arg: &str) -> bool {
+    container["args"].as_array().unwrap().contains(&json!(arg))
+}
+
+fn has_probe(container: &Value) -> bool {
+    ["startupProbe", "readinessProbe", "livenessProbe"]
+        .iter()
+        .any(|probe| container.get(*probe).is_some())
+}
+
+/// Strict validation against Kubernetes `version`: the validator's report
+/// when it refuses the file.
+fn validate_against(file: &Path, version: &str) -> Result<(), String> {
+    let output = Command::new(venv_tool("kubernetes-validate"))
+        .args(["--strict", "--quiet", "-k", version])
+        .arg(file)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Writes `pod` to a file in `dir`.
+fn write_pod(dir: &Path, pod: &Value) -> PathBuf {
+    let file = dir.join("pod.yaml");
+    std::fs::write(&file, format!("{pod}\n")).unwrap();
+    file
+}
+
 /// Applies the JSONPatch `add` operations the injector emits.
 fn apply(mut doc: Value, response: &Value) -> Value {
     assert_eq!(response["patchType"], "JSONPatch");
@@ -186,11 +266,9 @@ fn apply(mut doc: Value, response: &Value) -> Value {
 }
 
 #[test]
-fn the_patched_pod_validates_and_passes_checkov() {
+fn the_patched_pod_validates_and_passes_checkov_in_every_mode() {
     let injector = Injector::start();
-    let patched = apply(opted_in(), &injector.review(&opted_in()));
-    let dir = tempfile::tempdir().unwrap();
-    // The pod, and the NetworkPolicy every pod should have (checkov's CKV2_K8S_6).
+    // The NetworkPolicy every pod should have (checkov's CKV2_K8S_6).
     let network_policy = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -201,16 +279,47 @@ fn the_patched_pod_validates_and_passes_checkov() {
             "ingress": [{"ports": [{"port": 8080, "protocol": "TCP"}]}],
         },
     });
-    let file = dir.path().join("pod.yaml");
-    std::fs::write(&file, format!("{patched}\n---\n{network_policy}\n")).unwrap();
-    kubernetes_validate(&file);
-    let report = checkov(&file);
-    assert_eq!(
-        report["summary"]["failed"], 0,
-        "{:#}",
-        report["results"]["failed_checks"]
-    );
-    assert!(report["summary"]["passed"].as_u64().unwrap() > 20);
+    for mode in MODES {
+        let pod = opted_in_as(mode);
+        let patched = apply(pod.clone(), &injector.review(&pod));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pod.yaml");
+        std::fs::write(&file, format!("{patched}\n---\n{network_policy}\n")).unwrap();
+        kubernetes_validate(&file);
+        let report = checkov(&file);
+        assert_eq!(
+            report["summary"]["failed"], 0,
+            "{mode}: {:#}",
+            report["results"]["failed_checks"]
+        );
+        assert!(report["summary"]["passed"].as_u64().unwrap() > 20, "{mode}");
+    }
+}
+
+#[test]
+fn outside_native_mode_the_patched_pod_validates_on_the_oldest_schema() {
+    let injector = Injector::start();
+    for mode in ["container", "init-only"] {
+        let pod = opted_in_as(mode);
+        let patched = apply(pod.clone(), &injector.review(&pod));
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_pod(dir.path(), &patched);
+        if let Err(report) = validate_against(&file, OLDEST_SCHEMA) {
+            panic!("{mode}: does not validate against Kubernetes {OLDEST_SCHEMA}:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn the_native_pod_does_not_validate_before_native_sidecars() {
+    // What makes the test above worth something: the oldest schema refuses
+    // the native sidecar's restartPolicy.
+    let injector = Injector::start();
+    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pod(dir.path(), &patched);
+    let report = validate_against(&file, OLDEST_SCHEMA).unwrap_err();
+    assert!(report.contains("restartPolicy"), "{report}");
 }
 
 #[test]
@@ -249,10 +358,109 @@ fn the_sidecar_is_a_native_sidecar_and_only_it_sees_the_token() {
     assert_eq!(patched["metadata"]["labels"]["coffer.dev/client"], "true");
 }
 
-#[tokio::test]
-async fn the_generated_config_is_loaded_by_the_real_sidecar() {
-    let injector = Injector::start();
+#[test]
+fn container_mode_runs_the_sidecar_as_the_first_container_after_a_once_init_container() {
+    let injector = Injector::start_with(&["--sidecar-mode=container"]);
     let patched = apply(opted_in(), &injector.review(&opted_in()));
+    assert_eq!(names(&patched, "initContainers"), ["coffer-sidecar-init"]);
+    assert_eq!(names(&patched, "containers"), ["coffer-sidecar", "web"]);
+    let init = &containers(&patched, "initContainers")[0];
+    assert!(has_arg(init, "--once"));
+    assert!(init.get("restartPolicy").is_none(), "{init}");
+    assert!(!has_probe(init), "{init}");
+    let sidecar = &containers(&patched, "containers")[0];
+    assert!(!has_arg(sidecar, "--once"));
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(sidecar.get("restartPolicy").is_none(), "{sidecar}");
+    // Both run as the app, and only they see the token.
+    for container in [init, sidecar] {
+        assert_eq!(container["securityContext"]["runAsUser"], 10001);
+        assert!(
+            container["volumeMounts"]
+                .to_string()
+                .contains("coffer-token")
+        );
+    }
+    let app = &containers(&patched, "containers")[1];
+    assert_eq!(
+        app["volumeMounts"],
+        json!([{"name": "coffer-secrets", "mountPath": "/coffer/secrets", "readOnly": true}])
+    );
+}
+
+#[test]
+fn init_only_mode_adds_the_once_init_container_alone() {
+    // The annotation overrides the injector's default (native).
+    let injector = Injector::start();
+    let pod = opted_in_as("init-only");
+    let patched = apply(pod.clone(), &injector.review(&pod));
+    assert_eq!(names(&patched, "initContainers"), ["coffer-sidecar-init"]);
+    assert_eq!(names(&patched, "containers"), ["web"]);
+    let init = &containers(&patched, "initContainers")[0];
+    assert!(has_arg(init, "--once"));
+    assert!(init.get("restartPolicy").is_none(), "{init}");
+    assert!(!has_probe(init), "{init}");
+}
+
+#[test]
+fn the_annotation_can_ask_for_native_where_the_default_is_container() {
+    let injector = Injector::start_with(&["--sidecar-mode=container"]);
+    let pod = opted_in_as("native");
+    let patched = apply(pod.clone(), &injector.review(&pod));
+    assert_eq!(names(&patched, "initContainers"), ["coffer-sidecar"]);
+    assert_eq!(names(&patched, "containers"), ["web"]);
+    assert_eq!(
+        containers(&patched, "initContainers")[0]["restartPolicy"],
+        "Always"
+    );
+}
+
+#[test]
+fn an_unknown_sidecar_mode_is_refused_with_the_annotations_name() {
+    let injector = Injector::start();
+    let response = injector.review(&opted_in_as("sidecar"));
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.contains("coffer.dev/sidecar-mode"), "{message}");
+    assert!(message.contains("\"sidecar\""), "{message}");
+}
+
+#[test]
+fn a_pod_in_an_excluded_namespace_is_allowed_unchanged() {
+    let injector = Injector::start();
+    for namespace in ["kube-system", "kube-public", "kube-node-lease", "coffer"] {
+        let response = injector.review_in(namespace, &opted_in());
+        assert_eq!(response["allowed"], true, "{namespace}");
+        assert!(response.get("patch").is_none(), "{namespace}: {response}");
+    }
+    let output = injector.process.output();
+    assert!(
+        output.contains("namespace excluded from injection"),
+        "{output}"
+    );
+    assert!(!output.contains("sidecar injected"), "{output}");
+}
+
+#[test]
+fn the_excluded_namespaces_are_set_by_flag() {
+    let injector = Injector::start_with(&[
+        "--exclude-namespace=legacy,batch",
+        "--exclude-namespace=shop",
+    ]);
+    let response = injector.review_in("shop", &opted_in());
+    assert!(response.get("patch").is_none(), "{response}");
+    // The flag replaces the defaults.
+    let response = injector.review_in("kube-system", &opted_in());
+    assert_eq!(response["patchType"], "JSONPatch");
+}
+
+#[tokio::test]
+async fn the_generated_config_is_loaded_by_the_real_sidecar_run_as_the_init_container() {
+    let injector = Injector::start();
+    let pod = opted_in_as("container");
+    let patched = apply(pod.clone(), &injector.review(&pod));
+    let init = &containers(&patched, "initContainers")[0];
     let config = patched["metadata"]["annotations"]["coffer.dev/sidecar-config"]
         .as_str()
         .unwrap();
@@ -281,8 +489,18 @@ async fn the_generated_config_is_loaded_by_the_real_sidecar() {
         .replace("0.0.0.0:8099", "127.0.0.1:0");
     let config_file = dir.path().join("sidecar.yaml");
     std::fs::write(&config_file, config).unwrap();
+    // Exactly the init container's arguments, the configuration's path
+    // remapped.
     let mut command = Command::new(coffer_tests::binary("coffer-sidecar"));
-    command.arg("--config").arg(&config_file).arg("--once");
+    for arg in init["args"].as_array().unwrap() {
+        let arg = arg.as_str().unwrap();
+        if arg.starts_with("--config=") {
+            command.arg(format!("--config={}", config_file.display()));
+        } else {
+            command.arg(arg);
+        }
+    }
+    assert!(has_arg(init, "--once"));
     let mut sidecar = Process::spawn(command, dir.path().join("sidecar.log"));
     let status = sidecar.wait(Duration::from_secs(30));
     assert!(
