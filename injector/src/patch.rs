@@ -14,7 +14,9 @@
 //! - `container`: the sidecar with `--once` as the first init container
 //!   (the files exist before any other container starts: an ordinary
 //!   container gives no such guarantee), then the long-running sidecar as the
-//!   first ordinary container, with readiness and liveness probes.
+//!   first ordinary container, with readiness and liveness probes (and
+//!   `kubectl.kubernetes.io/default-container` naming the app's, so kubectl
+//!   does not pick the sidecar).
 //! - `init-only`: the `--once` init container alone.
 //!
 //! Every container the injector adds has the same hardening: security
@@ -33,6 +35,9 @@ use crate::{
 pub const CONFIG_ANNOTATION: &str = "coffer.dev/sidecar-config";
 /// Set on pods the injector patched.
 pub const INJECTED_ANNOTATION: &str = "coffer.dev/injected";
+/// The container kubectl picks when none is named (set in `container`
+/// mode, where the sidecar comes first, unless the pod names one).
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// The label the broker's NetworkPolicy admits.
 pub const CLIENT_LABEL: &str = "coffer.dev/client";
 /// The long-running sidecar (an init container in `native` mode, an
@@ -224,6 +229,18 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchE
         ops.push(
             json!({"op": "add", "path": "/spec/containers/0", "value": sidecars.long_running()}),
         );
+        // kubectl logs/exec would otherwise pick the sidecar, now first.
+        if let Some(app) = containers[0]["name"].as_str()
+            && !annotations.contains_key(DEFAULT_CONTAINER_ANNOTATION)
+        {
+            add_to_map(
+                &mut ops,
+                pod,
+                "/metadata/annotations",
+                DEFAULT_CONTAINER_ANNOTATION,
+                json!(app),
+            );
+        }
     }
     Ok(Some(Patch { mode, ops }))
 }
@@ -525,6 +542,26 @@ mod tests {
         let token = |c: &Value| c["volumeMounts"].to_string().contains("coffer-token");
         assert!(token(&containers[0]));
         assert!(!containers[1..].iter().any(token));
+    }
+
+    #[test]
+    fn container_mode_keeps_the_app_the_default_container_for_kubectl() {
+        let pod = patched(app(), SidecarMode::Container);
+        assert_eq!(
+            pod["metadata"]["annotations"][DEFAULT_CONTAINER_ANNOTATION],
+            "web"
+        );
+    }
+
+    #[test]
+    fn a_default_container_the_pod_names_is_kept() {
+        let mut pod = app();
+        pod["metadata"]["annotations"][DEFAULT_CONTAINER_ANNOTATION] = json!("worker");
+        let pod = patched(pod, SidecarMode::Container);
+        assert_eq!(
+            pod["metadata"]["annotations"][DEFAULT_CONTAINER_ANNOTATION],
+            "worker"
+        );
     }
 
     #[test]

@@ -382,6 +382,10 @@ fn container_mode_runs_the_sidecar_as_the_first_container_after_a_once_init_cont
                 .contains("coffer-token")
         );
     }
+    assert_eq!(
+        patched["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+        "web"
+    );
     let app = &containers(&patched, "containers")[1];
     assert_eq!(
         app["volumeMounts"],
