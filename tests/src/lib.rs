@@ -19,6 +19,7 @@ use std::{
 
 pub mod deploy;
 pub mod https;
+pub mod kube;
 
 use coffer::{Client, TokenSource};
 use coffer_broker::auth::jwt::ProjectedClaims;

@@ -1,0 +1,154 @@
+//! TokenReview against the real API server, configured as the
+//! `tokenreview` overlay configures it (rendered by `kubectl kustomize`;
+//! addresses changed, and `ttlSeconds` shortened so the test is quick): a
+//! real pod-bound token is accepted while its pod exists, and once the pod
+//! is deleted it is refused and its watch closed within `ttlSeconds` plus
+//! the API server's own 10 s cache of successful authentications.
+
+use std::time::{Duration, Instant};
+
+use coffer::Code;
+use coffer_tests::{BrokerProcess, deploy, kube::ApiServer};
+
+const IN_CLUSTER_SERVER: &str = "server: https://kubernetes.default.svc\n";
+const POD_CREDENTIALS: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const TTL_SECONDS: u64 = 4;
+/// kube-apiserver caches a successful token authentication this long.
+const API_SERVER_CACHE: Duration = Duration::from_secs(10);
+
+const POLICY: &str = r#"
+rules:
+  - name: web-reads-its-folder
+    subjects: [{namespace: shop, serviceAccount: web}]
+    paths: ["shop/web/*"]
+    capabilities: [read, watch]
+  - name: operators
+    subjects: [{namespace: coffer, serviceAccount: coffer-operator}]
+    paths: ["**"]
+    capabilities: [read, write]
+"#;
+
+/// The broker as the tokenreview overlay configures it, against `cluster`.
+fn broker(cluster: &ApiServer) -> BrokerProcess {
+    let objects = deploy::objects("overlays/tokenreview");
+    cluster.create_namespace("coffer");
+    cluster.service_account("coffer", "coffer-broker");
+    cluster.service_account("coffer", "coffer-operator");
+    for binding in objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
+        cluster.apply(&binding.to_string());
+    }
+    let credentials = cluster.dir().join("broker-pod");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::copy(&cluster.ca_file, credentials.join("ca.crt")).unwrap();
+    std::fs::write(
+        credentials.join("token"),
+        cluster.token(
+            "coffer",
+            "coffer-broker",
+            coffer_tests::kube::SA_ISSUER,
+            None,
+            Duration::from_secs(3600),
+        ),
+    )
+    .unwrap();
+    let shipped = deploy::find(&objects, "ConfigMap", "coffer-auth")["data"]["auth.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(shipped.contains("ttlSeconds: 60") && shipped.contains(IN_CLUSTER_SERVER));
+    let auth = shipped
+        .replace(IN_CLUSTER_SERVER, &format!("server: {}\n", cluster.url))
+        .replace(POD_CREDENTIALS, credentials.to_str().unwrap())
+        .replace("ttlSeconds: 60", &format!("ttlSeconds: {TTL_SECONDS}"));
+    BrokerProcess::start_with_auth_config(POLICY, &auth)
+}
+
+#[tokio::test]
+async fn a_deleted_pods_token_is_refused_and_its_watch_closed_within_the_ttl() {
+    let cluster = ApiServer::shared();
+    let broker = broker(cluster);
+    cluster.create_namespace("shop");
+    cluster.service_account("shop", "web");
+    cluster.pod("shop", "web-1", "web");
+    let operator = cluster.token(
+        "coffer",
+        "coffer-operator",
+        "coffer",
+        None,
+        Duration::from_secs(600),
+    );
+    broker
+        .client(operator)
+        .await
+        .put(
+            coffer::Put::new(
+                "shop/web/api-key",
+                coffer::SecretData::Bytes(b"review-canary-81c0"[..].into()),
+            )
+            .content_type("text/plain"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", broker.process.output()));
+
+    let token = cluster.token(
+        "shop",
+        "web",
+        "coffer",
+        Some("web-1"),
+        Duration::from_secs(600),
+    );
+    let client = broker.client(token.clone()).await;
+    let secret = client
+        .get("shop/web/api-key")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", broker.process.output()));
+    assert_eq!(secret.bytes().unwrap(), b"review-canary-81c0");
+    let mut stream = client.watch_once(["shop/web/api-key"]).await.unwrap();
+    stream.next().await.unwrap().unwrap();
+
+    cluster.delete_pod("shop", "web-1");
+    let deleted = Instant::now();
+    let bound = Duration::from_secs(TTL_SECONDS) + API_SERVER_CACHE + Duration::from_secs(5);
+
+    // The stream ends (at the review's TTL at the latest).
+    let closed = tokio::time::timeout(bound, async {
+        while let Some(item) = stream.next().await {
+            if item.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the watch outlived its deleted pod by {bound:?}"
+    );
+
+    // A new call with the same token is refused once the review says no.
+    let refused = loop {
+        match broker
+            .client(token.clone())
+            .await
+            .get("shop/web/api-key")
+            .await
+        {
+            Err(error) => break error,
+            Ok(_) => {
+                assert!(
+                    deleted.elapsed() < bound,
+                    "the deleted pod's token still read after {:?}",
+                    deleted.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Some(Code::Unauthenticated));
+    eprintln!("refused {:?} after the pod was deleted", deleted.elapsed());
+    let reopened = client.watch_once(["shop/web/api-key"]).await;
+    assert_eq!(
+        reopened.err().and_then(|e| e.code()),
+        Some(Code::Unauthenticated)
+    );
+    assert!(!broker.process.output().contains("review-canary-81c0"));
+}
