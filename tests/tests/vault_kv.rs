@@ -240,3 +240,35 @@ async fn tls_uses_the_configured_ca_and_refuses_an_unknown_one() {
     // Without the CA the server is not trusted: no login, no fallback.
     assert!(VaultStore::connect(config(&bao)).await.is_err());
 }
+
+#[test]
+fn plaintext_http_to_another_machine_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "never-sent-3a9c").unwrap();
+    let config = dir.path().join("vault.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth: {{method: token, tokenFile: {}}}\nmounts: [{{prefix: shop, mount: secret}}]\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    // 192.0.2.0/24 is TEST-NET-1: nothing answers there, and nothing is sent.
+    let output = std::process::Command::new(coffer_tests::binary("coffer-broker"))
+        .args(["serve", "--listen=127.0.0.1:0", "--store=vault"])
+        .args(["--vault-addr", "http://192.0.2.10:8200", "--vault-config"])
+        .arg(&config)
+        .arg("--policy")
+        .arg(&policy)
+        .args(coffer_tests::default_auth_args())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64), "EX_USAGE");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("loopback"), "{stderr}");
+    assert!(!stderr.contains("never-sent-3a9c"));
+}

@@ -373,6 +373,14 @@ impl VaultConfig {
         if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
             return invalid("address must start with http:// or https://".into());
         }
+        // Tokens, secret values and leases cross this connection: in clear
+        // only to this machine (an agent or a test server on loopback).
+        if self.address.starts_with("http://") && !is_loopback_url(&self.address) {
+            return invalid(format!(
+                "address {}: http:// is allowed only to a loopback address (127.0.0.0/8, [::1], localhost); use https://",
+                self.address
+            ));
+        }
         if self.mounts.is_empty() {
             return invalid("at least one mount is required".into());
         }
@@ -434,6 +442,17 @@ impl VaultConfig {
     }
 }
 
+/// Whether `address`'s host is this machine: 127.0.0.0/8, `::1` or
+/// `localhost`.
+fn is_loopback_url(address: &str) -> bool {
+    match url::Url::parse(address).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,8 +503,39 @@ cache: {ttl: 5s, maxStaleness: 1m}
     }
 
     #[test]
+    fn plaintext_http_is_refused_off_this_machine() {
+        let with = |address: &str| {
+            VaultConfig::from_yaml(&format!(
+                "address: {address}\nauth: {{method: token, tokenFile: /t}}\nmounts: [{{prefix: a, mount: s}}]"
+            ))
+            .unwrap()
+            .validate()
+        };
+        for local in [
+            "http://127.0.0.1:8200",
+            "http://127.3.4.5:8200",
+            "http://[::1]:8200",
+            "http://localhost:8200",
+            "https://vault.example:8200",
+            "https://10.0.0.7:8200",
+        ] {
+            with(local).unwrap_or_else(|e| panic!("{local}: {e}"));
+        }
+        for remote in [
+            "http://vault.example:8200",
+            "http://10.0.0.7:8200",
+            "http://[fd00::1]:8200",
+            "http://localhost.example:8200",
+            "http://127.0.0.1.nip.io:8200",
+        ] {
+            let error = with(remote).unwrap_err().to_string();
+            assert!(error.contains("loopback"), "{remote}: {error}");
+        }
+    }
+
+    #[test]
     fn a_database_mount_needs_a_role_and_a_prefix() {
-        let base = "address: http://x\nauth: {method: token, tokenFile: /t}\nmounts: ";
+        let base = "address: http://127.0.0.1:8200\nauth: {method: token, tokenFile: /t}\nmounts: ";
         let ok = VaultConfig::from_yaml(&format!(
             "{base}[{{prefix: db/shop, mount: database, type: database, role: shop, grace: 5s, leasePer: serviceAccount}}]"
         ))
