@@ -445,7 +445,10 @@ impl VaultConfig {
 /// Whether `address`'s host is this machine: 127.0.0.0/8, `::1` or
 /// `localhost`.
 fn is_loopback_url(address: &str) -> bool {
-    match url::Url::parse(address).ok().and_then(|u| u.host().map(|h| h.to_owned())) {
+    match url::Url::parse(address)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
