@@ -21,14 +21,14 @@ const JWKS_PATH: &str = "/openid/v1/jwks";
 #[tokio::test]
 async fn a_jwks_uri_on_another_origin_gets_no_credential() {
     let jwks = std::fs::read_to_string(fixture("jwks-a.json")).unwrap();
-    let keys = HttpsServer::start(Arc::new(move |seen| match seen.path.as_str() {
+    let keys = HttpsServer::kube_api_server(Arc::new(move |seen| match seen.path.as_str() {
         JWKS_PATH => (200, jwks.clone()),
         _ => (404, "{}".into()),
     }));
     let elsewhere = Arc::new(Mutex::new(String::new()));
     let discovery = {
         let elsewhere = elsewhere.clone();
-        HttpsServer::start(Arc::new(move |seen| {
+        HttpsServer::kube_api_server(Arc::new(move |seen| {
             match seen.path.as_str() {
             DISCOVERY_PATH => (
                 200,

@@ -75,7 +75,7 @@ async fn rotation_is_picked_up_and_forged_kids_cannot_amplify_fetches() {
     let base = Arc::new(Mutex::new(String::new()));
     let server = {
         let (keys, failing, base) = (keys.clone(), failing.clone(), base.clone());
-        HttpsServer::start(Arc::new(move |seen| {
+        HttpsServer::kube_api_server(Arc::new(move |seen| {
             match seen.path.as_str() {
             DISCOVERY_PATH => (
                 200,

@@ -26,6 +26,12 @@ use serde::de::DeserializeOwned;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest response body read.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// The `Accept` of discovery documents and TokenReviews.
+pub const ACCEPT_JSON: &str = "application/json";
+/// The `Accept` of a JWKS fetch. The Kubernetes API server serves
+/// `/openid/v1/jwks` only as `application/jwk-set+json` and answers any other
+/// `Accept` with 406 Not Acceptable; other issuers serve `application/json`.
+pub const ACCEPT_JWKS: &str = "application/jwk-set+json, application/json";
 
 /// Why a request failed. Messages name URLs and statuses, never tokens.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +120,17 @@ impl HttpClient {
 
     /// GETs `url` and parses the JSON answer (2xx only).
     pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, HttpError> {
-        let (status, body) = self.send(Method::GET, url, None).await?;
+        self.get_json_accepting(url, ACCEPT_JSON).await
+    }
+
+    /// GETs `url` with `accept` as its `Accept` header (e.g. [`ACCEPT_JWKS`])
+    /// and parses the JSON answer (2xx only).
+    pub async fn get_json_accepting<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        accept: &'static str,
+    ) -> Result<T, HttpError> {
+        let (status, body) = self.send(Method::GET, url, accept, None).await?;
         if !status.is_success() {
             return Err(HttpError::Status {
                 url: url.to_string(),
@@ -131,7 +147,9 @@ impl HttpClient {
         url: &str,
         body: Vec<u8>,
     ) -> Result<T, HttpError> {
-        let (status, answer) = self.send(Method::POST, url, Some(body)).await?;
+        let (status, answer) = self
+            .send(Method::POST, url, ACCEPT_JSON, Some(body))
+            .await?;
         if !status.is_success() {
             return Err(HttpError::Status {
                 url: url.to_string(),
@@ -145,18 +163,10 @@ impl HttpClient {
         &self,
         method: Method,
         url: &str,
+        accept: &'static str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), HttpError> {
-        if !url.starts_with("https://") {
-            return Err(HttpError::Url(url.to_string()));
-        }
-        let mut request = Request::builder()
-            .method(method)
-            .uri(url)
-            .header(header::ACCEPT, "application/json");
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-        }
+        let mut request = request(method, url, accept, body.is_some())?;
         // Another origin (a `jwks_uri` on another host or port) gets no
         // credential: only the configured server is trusted with it.
         let same_origin = origin(url).is_ok_and(|o| o == self.credential_origin);
@@ -197,6 +207,28 @@ impl HttpClient {
             .await
             .map_err(|_| HttpError::Timeout(url.to_string()))?
     }
+}
+
+/// A request to `url` without its credential: method, `Accept`, and the
+/// content type of a JSON body.
+fn request(
+    method: Method,
+    url: &str,
+    accept: &'static str,
+    has_body: bool,
+) -> Result<hyper::http::request::Builder, HttpError> {
+    if !url.starts_with("https://") {
+        return Err(HttpError::Url(url.to_string()));
+    }
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header(header::ACCEPT, accept);
+    Ok(if has_body {
+        request.header(header::CONTENT_TYPE, "application/json")
+    } else {
+        request
+    })
 }
 
 fn parse<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, HttpError> {
@@ -242,4 +274,71 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, HttpError> {
         return Err(bad("no certificate found".into()));
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept_of(builder: &hyper::http::request::Builder) -> Option<&str> {
+        builder
+            .headers_ref()
+            .and_then(|h| h.get(header::ACCEPT))
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn a_jwks_fetch_accepts_the_jwk_set_media_type_and_json() {
+        let jwks = request(
+            Method::GET,
+            "https://k8s.test/openid/v1/jwks",
+            ACCEPT_JWKS,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            accept_of(&jwks),
+            Some("application/jwk-set+json, application/json")
+        );
+    }
+
+    #[test]
+    fn discovery_and_reviews_accept_json() {
+        let discovery = request(
+            Method::GET,
+            "https://k8s.test/.well-known/openid-configuration",
+            ACCEPT_JSON,
+            false,
+        )
+        .unwrap();
+        assert_eq!(accept_of(&discovery), Some("application/json"));
+        let review = request(
+            Method::POST,
+            "https://k8s.test/apis/authentication.k8s.io/v1/tokenreviews",
+            ACCEPT_JSON,
+            true,
+        )
+        .unwrap();
+        assert_eq!(accept_of(&review), Some("application/json"));
+        assert_eq!(
+            review
+                .headers_ref()
+                .and_then(|h| h.get(header::CONTENT_TYPE))
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+    }
+
+    #[test]
+    fn only_https_urls_are_requested() {
+        assert!(matches!(
+            request(
+                Method::GET,
+                "http://k8s.test/openid/v1/jwks",
+                ACCEPT_JWKS,
+                false
+            ),
+            Err(HttpError::Url(_))
+        ));
+    }
 }

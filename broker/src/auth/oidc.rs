@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{
-    http::{HttpClient, HttpConfig, HttpError},
+    http::{ACCEPT_JWKS, HttpClient, HttpConfig, HttpError},
     jwt::{KeySet, KeySetError, KeySource},
 };
 
@@ -136,7 +136,12 @@ impl OidcKeys {
         if !discovery.jwks_uri.starts_with("https://") {
             return Err(OidcError::InsecureJwksUri(discovery.jwks_uri));
         }
-        let jwks: serde_json::Value = self.http.get_json(&discovery.jwks_uri).await?;
+        // The API server answers 406 to a JWKS request that does not accept
+        // `application/jwk-set+json`.
+        let jwks: serde_json::Value = self
+            .http
+            .get_json_accepting(&discovery.jwks_uri, ACCEPT_JWKS)
+            .await?;
         Ok(KeySet::from_jwks_json(jwks.to_string().as_bytes())?)
     }
 
