@@ -96,6 +96,7 @@ struct Metrics {
     requests: Family<RpcLabel, Counter>,
     request_seconds: HistogramFamily<RpcLabel>,
     open_watches: Gauge,
+    watch_reauthentications: Counter,
     read_cache: Family<CacheLabel, Counter>,
     backend_reads: Counter,
     backend_errors: Family<KindLabel, Counter>,
@@ -128,6 +129,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         requests: Family::default(),
         request_seconds: Family::new_with_constructor(latency_histogram),
         open_watches: Gauge::default(),
+        watch_reauthentications: Counter::default(),
         read_cache: Family::default(),
         backend_reads: Counter::default(),
         backend_errors: Family::default(),
@@ -186,6 +188,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "watch_streams_open",
         "Watch streams open now",
         metrics.open_watches.clone(),
+    );
+    registry.register(
+        "watch_reauthentications",
+        "Watch streams ended cleanly when their TokenReview answer ran out before the token, for the client to reconnect and be reviewed again (not a failure)",
+        metrics.watch_reauthentications.clone(),
     );
     registry.register(
         "store_cache_lookups",
@@ -410,6 +417,16 @@ impl Drop for WatchOpen {
     fn drop(&mut self) {
         METRICS.open_watches.dec();
     }
+}
+
+/// Counts one watch stream ended for its client to be reviewed again.
+pub fn watch_reauthentication() {
+    METRICS.watch_reauthentications.inc();
+}
+
+/// How many watch streams were ended for their client to be reviewed again.
+pub fn watch_reauthentications() -> u64 {
+    METRICS.watch_reauthentications.get()
 }
 
 /// Counts one lease renewal asked of the backend.

@@ -18,10 +18,7 @@ use clap::{Parser, Subcommand};
 use coffer::{Client, SecretBytes, SecretData, TokenSource};
 use coffer_broker::{
     audit,
-    auth::{
-        WorkloadIdentity,
-        jwt::{KeySet, VerifierConfig, verify_with},
-    },
+    auth::WorkloadIdentity,
     path::SecretPath,
     policy::{Capability, Policy},
 };
@@ -37,6 +34,7 @@ macro_rules! say {
 }
 
 mod console;
+mod token;
 /// The exit codes, shown at the end of `--help`.
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -917,70 +915,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     leeway,
                 },
         } => {
-            let keys = match std::fs::read(&jwks)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(KeySet::from_jwks_json(&b)?))
-            {
-                Ok(keys) => keys,
-                Err(e) => {
-                    eprintln!("cofferctl: {}: {e:#}", jwks.display());
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let mut token = Zeroizing::new(String::new());
-            if let Err(e) = std::io::stdin().read_to_string(&mut token) {
-                eprintln!("cofferctl: cannot read the token from stdin: {e}");
-                return Ok(ExitCode::from(2));
-            }
-            if token.trim().is_empty() {
-                eprintln!("cofferctl: no token on stdin");
-                return Ok(ExitCode::from(2));
-            }
-            let mut config = VerifierConfig::new(issuer, audience);
-            config.leeway = Duration::from_secs(leeway);
-            return Ok(match verify_with(&config, &keys, token.trim()) {
-                Ok(id) if json_output() => {
-                    say!(
-                        "{}",
-                        serde_json::json!({
-                            "valid": true,
-                            "subject": id.subject(),
-                            "namespace": id.namespace,
-                            "serviceAccount": id.service_account,
-                            "serviceAccountUid": id.service_account_uid,
-                            "pod": id.pod_name,
-                            "podUid": id.pod_uid,
-                        })
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(reason) if json_output() => {
-                    say!(
-                        "{}",
-                        serde_json::json!({"valid": false, "reason": reason.reason(), "message": reason.to_string()})
-                    );
-                    ExitCode::from(1)
-                }
-                Ok(id) => {
-                    say!("valid: {}", id.subject());
-                    say!("  namespace:       {}", id.namespace);
-                    say!(
-                        "  service account: {} (uid {})",
-                        id.service_account,
-                        id.service_account_uid.as_deref().unwrap_or("-")
-                    );
-                    say!(
-                        "  pod:             {} (uid {})",
-                        id.pod_name.as_deref().unwrap_or("-"),
-                        id.pod_uid.as_deref().unwrap_or("-")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(reason) => {
-                    say!("rejected: {reason} ({})", reason.reason());
-                    ExitCode::from(1)
-                }
-            });
+            return Ok(token::verify(&jwks, issuer, audience, leeway));
         }
     }
     Ok(ExitCode::SUCCESS)

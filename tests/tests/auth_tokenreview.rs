@@ -92,7 +92,7 @@ async fn token_review_decides_and_positive_answers_are_cached() {
     .map(|case| (token(&format!("{case}-pod")), *case))
     .collect();
     let table = cases.clone();
-    let server = HttpsServer::start(Arc::new(move |seen| {
+    let server = HttpsServer::kube_api_server(Arc::new(move |seen| {
         if seen.method != "POST" || seen.path != REVIEW_PATH {
             return (404, "{}".into());
         }
@@ -202,7 +202,7 @@ async fn the_identity_comes_from_user_info_and_extra() {
     };
     let web = token("web-pod");
     let table = vec![(web.clone(), "web")];
-    let server = HttpsServer::start(Arc::new(move |seen| {
+    let server = HttpsServer::kube_api_server(Arc::new(move |seen| {
         review(
             &serde_json::from_str(&seen.body).unwrap_or_default(),
             &table,
@@ -268,7 +268,7 @@ fn review_broker(server: &HttpsServer, extra: &str) -> BrokerProcess {
 
 #[tokio::test]
 async fn a_repeated_bad_token_costs_the_api_server_one_review() {
-    let server = HttpsServer::start(Arc::new(|seen| {
+    let server = HttpsServer::kube_api_server(Arc::new(|seen| {
         review(&serde_json::from_str(&seen.body).unwrap_or_default(), &[])
     }));
     let broker = review_broker(&server, "");
@@ -287,7 +287,7 @@ async fn a_repeated_bad_token_costs_the_api_server_one_review() {
 
 #[tokio::test]
 async fn a_flood_of_distinct_tokens_is_throttled_not_forwarded() {
-    let server = HttpsServer::start(Arc::new(|seen| {
+    let server = HttpsServer::kube_api_server(Arc::new(|seen| {
         review(&serde_json::from_str(&seen.body).unwrap_or_default(), &[])
     }));
     let broker = review_broker(&server, "      ratePerSecond: 5\n      maxConcurrent: 2\n");
@@ -312,36 +312,4 @@ async fn a_flood_of_distinct_tokens_is_throttled_not_forwarded() {
             .any(|r| r == "review_throttled"),
         "the excess is refused as review_throttled"
     );
-}
-
-#[tokio::test]
-async fn a_watch_ends_when_its_review_expires() {
-    let web = token("web-pod");
-    let admin = token("admin-pod");
-    let table = vec![(web.clone(), "web"), (admin.clone(), "admin")];
-    let server = HttpsServer::start(Arc::new(move |seen| {
-        review(
-            &serde_json::from_str(&seen.body).unwrap_or_default(),
-            &table,
-        )
-    }));
-    let broker = review_broker(&server, "      ttlSeconds: 2\n");
-    broker
-        .client(admin)
-        .await
-        .put(
-            coffer::Put::new("shop/db", coffer::SecretData::Bytes(b"v1"[..].into()))
-                .content_type("text/plain"),
-        )
-        .await
-        .unwrap();
-    let client = broker.client(web).await;
-    let mut stream = client.watch_once(["shop/db"]).await.unwrap();
-    stream.next().await.unwrap().unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(15), stream.next())
-        .await
-        .expect("the stream ends within the review's TTL")
-        .expect("with a status")
-        .unwrap_err();
-    assert_eq!(end.code(), Some(Code::Unauthenticated));
 }

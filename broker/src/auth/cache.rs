@@ -173,6 +173,7 @@ mod tests {
                 },
                 expires_at: self.expires_at,
                 key: None,
+                token_exp: Some(self.expires_at),
             })
         }
     }

@@ -740,9 +740,9 @@ struct RawRef<'a> {
 }
 
 /// The three parts of a compact JWS, size-checked but not decoded.
-struct Parts<'a> {
-    header: &'a str,
-    payload: &'a str,
+pub(super) struct Parts<'a> {
+    pub(super) header: &'a str,
+    pub(super) payload: &'a str,
     signature: &'a str,
 }
 
@@ -751,7 +751,7 @@ const fn encoded_len(bytes: usize) -> usize {
     (bytes * 4).div_ceil(3)
 }
 
-fn split(token: &str) -> Result<Parts<'_>, AuthError> {
+pub(super) fn split(token: &str) -> Result<Parts<'_>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }
@@ -779,7 +779,7 @@ fn split(token: &str) -> Result<Parts<'_>, AuthError> {
     })
 }
 
-fn decode_part(part: &str) -> Result<Vec<u8>, AuthError> {
+pub(super) fn decode_part(part: &str) -> Result<Vec<u8>, AuthError> {
     URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::Malformed)
@@ -949,6 +949,7 @@ fn check_claims(
         },
         expires_at: exp,
         key: None,
+        token_exp: Some(exp),
     })
 }
 

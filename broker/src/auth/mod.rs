@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod inspect;
 pub mod jwt;
 pub mod oidc;
 pub mod router;
@@ -96,6 +97,20 @@ pub struct Verified {
     /// The key that verified the signature, when a local key did: a cached
     /// answer is dropped once that key leaves its issuer's key set.
     pub key: Option<jwt::KeyBinding>,
+    /// The token's own `exp`, when it has one. An `expires_at` before it
+    /// is the end of the authenticator's answer, not of the token (see
+    /// [`Self::ends_before_the_token`]).
+    pub token_exp: Option<u64>,
+}
+
+impl Verified {
+    /// Whether the answer runs out before the token does (a TokenReview's
+    /// TTL, or a token without `exp`): at `expires_at` the token is not
+    /// expired, it only has to be verified again. A watch stream then ends
+    /// without a failure, and the client reconnects to be reviewed again.
+    pub fn ends_before_the_token(&self) -> bool {
+        self.token_exp.is_none_or(|exp| self.expires_at < exp)
+    }
 }
 
 /// Why a token was refused. Each variant is one reason, so tests and metrics
@@ -219,5 +234,31 @@ mod tests {
             format!("{:?}", BearerToken::new("eyJcanary")),
             "BearerToken([REDACTED])"
         );
+    }
+
+    fn verified(expires_at: u64, token_exp: Option<u64>) -> Verified {
+        Verified {
+            identity: WorkloadIdentity {
+                issuer: "i".into(),
+                namespace: "shop".into(),
+                service_account: "web".into(),
+                service_account_uid: None,
+                pod_name: None,
+                pod_uid: None,
+            },
+            expires_at,
+            key: None,
+            token_exp,
+        }
+    }
+
+    #[test]
+    fn an_answer_ends_before_the_token_only_when_it_runs_out_first() {
+        // A verified JWT: the answer is the token's own lifetime.
+        assert!(!verified(1_000, Some(1_000)).ends_before_the_token());
+        // A review's TTL, shorter than the token.
+        assert!(verified(1_000, Some(1_600)).ends_before_the_token());
+        // A token without `exp`: only the TTL bounds it.
+        assert!(verified(1_000, None).ends_before_the_token());
     }
 }

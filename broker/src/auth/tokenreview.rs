@@ -8,7 +8,9 @@
 //! audiences. Positive answers are cached (by `auth::cache`) for the
 //! shorter of the token's `exp` and a short TTL, so revocation takes effect
 //! within that TTL; a watch stream opened with such an answer ends at the
-//! same time, and the client reconnects with a fresh review.
+//! same time, cleanly and not as a failure (the token is still good:
+//! [`Verified::ends_before_the_token`]), and the client reconnects with a
+//! fresh review.
 //!
 //! Each review costs the API server a request, so anyone able to reach the
 //! broker could make it call the API server at will. Three guards bound
@@ -316,6 +318,7 @@ impl TokenReviewAuthenticator {
             // Without an `exp` (a legacy token), the TTL alone bounds it.
             expires_at: exp.map_or(until, |exp| exp.min(until)),
             key: None,
+            token_exp: exp,
         })
     }
 }

@@ -44,7 +44,9 @@ impl Broker {
     /// that sends it and one update per new version until the client leaves
     /// (tonic drops the stream), the policy revokes access, the token expires
     /// (`UNAUTHENTICATED`: the client reconnects with its refreshed token),
-    /// or the broker shuts down.
+    /// the authenticator's answer runs out before the token (a TokenReview's
+    /// TTL: the stream ends without an error, and the client reconnects to
+    /// be reviewed again), or the broker shuts down.
     pub(super) async fn open_watch(
         &self,
         request: Request<v1::WatchSecretsRequest>,
@@ -52,6 +54,7 @@ impl Broker {
         let call = Call::of(&request, "WatchSecrets");
         let verified = self.authenticate_until(&request, &call).await?;
         let (who, expires_at) = (verified.identity.clone(), verified.expires_at);
+        let answer_ends_first = verified.ends_before_the_token();
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
         // Held by the stream; given back whenever it ends.
@@ -151,6 +154,7 @@ impl Broker {
                 call,
                 who,
                 paths: paths.into_iter().zip(shared).collect(),
+                answer_ends_first,
             }),
         };
         Ok(Response::new(Box::pin(watch)))
@@ -287,6 +291,11 @@ struct WatchCall {
     /// Each path and where its updates are shared, in the order of
     /// `changes`' keys.
     paths: Vec<(SecretPath, Option<Arc<Slot>>)>,
+    /// The stream's end is the authentication answer's (a TokenReview's
+    /// TTL), not the token's: see [`Verified::ends_before_the_token`].
+    ///
+    /// [`Verified::ends_before_the_token`]: crate::auth::Verified::ends_before_the_token
+    answer_ends_first: bool,
 }
 
 /// Where a watch is.
@@ -301,7 +310,7 @@ enum Phase {
     Updating(Pin<Box<dyn Future<Output = Updated> + Send>>),
     /// Deciding again after a policy change.
     Rechecking(Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>),
-    /// An error was sent: the stream ends.
+    /// The stream ends: an error was sent, or it ends cleanly.
     Ended,
 }
 
@@ -442,6 +451,22 @@ impl Watch {
                 None
             }
             Event::Closed => Some(self.end(ApiError::ShuttingDown.into())),
+            Event::Expired if self.call.answer_ends_first => {
+                // The token is still good; only the review that vouched for
+                // it ran out. Not a failure: the stream ends cleanly (status
+                // OK, as the API server ends a watch at its timeout), so the
+                // sidecar and the SDK reconnect after their first, shortest
+                // backoff step without logging an error, and are reviewed
+                // again. Nothing is sent after the answer ran out.
+                tracing::debug!(
+                    namespace = %self.call.who.namespace,
+                    service_account = %self.call.who.service_account,
+                    "watch closed for re-authentication: the review's answer ran out"
+                );
+                crate::metrics::watch_reauthentication();
+                self.phase = Phase::Ended;
+                None
+            }
             Event::Expired => {
                 tracing::info!(
                     namespace = %self.call.who.namespace,
@@ -741,6 +766,108 @@ mod tests {
             assert_eq!(end.code(), tonic::Code::PermissionDenied);
             assert!(stream.next().await.is_none(), "the stream ends");
         }
+    }
+
+    /// Vouches for every token as `shop/web`: the answer runs out in
+    /// `answer_secs`, the token in `token_secs` (none: no `exp`).
+    struct Answers {
+        answer_secs: u64,
+        token_secs: Option<u64>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::auth::Authenticator for Answers {
+        async fn authenticate(
+            &self,
+            _token: &crate::auth::BearerToken,
+        ) -> Result<crate::auth::Verified, AuthError> {
+            let now = crate::auth::jwt::unix_now();
+            Ok(crate::auth::Verified {
+                identity: WorkloadIdentity {
+                    issuer: ISS.into(),
+                    namespace: "shop".into(),
+                    service_account: "web".into(),
+                    service_account_uid: None,
+                    pod_name: Some("web-0".into()),
+                    pod_uid: None,
+                },
+                expires_at: now + self.answer_secs,
+                key: None,
+                token_exp: self.token_secs.map(|secs| now + secs),
+            })
+        }
+
+        fn issuers(&self) -> Vec<String> {
+            vec![ISS.into()]
+        }
+    }
+
+    /// A broker whose authenticator is `answers`, and its store.
+    async fn answered_broker(answers: Answers) -> (Broker, Arc<DevStore>) {
+        let store = Arc::new(DevStore::in_memory());
+        put(store.as_ref(), b"v1").await;
+        let broker = Broker::new(
+            Arc::new(answers),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        );
+        (broker, store)
+    }
+
+    #[tokio::test]
+    async fn a_watch_whose_review_runs_out_before_the_token_ends_cleanly() {
+        let (broker, store) = answered_broker(Answers {
+            answer_secs: 1,
+            token_secs: Some(600),
+        })
+        .await;
+        let before = crate::metrics::watch_reauthentications();
+        let mut stream = open(&broker, "opaque").await;
+        assert_eq!(message(stream.next().await).secrets[0].version, 1);
+        // Within the answer's second at most: the end, no error, and no
+        // update once the answer ran out.
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            put(store.as_ref(), b"after the answer").await;
+            stream.next().await
+        })
+        .await
+        .expect("the stream ends when the answer runs out");
+        assert!(end.is_none(), "a clean end, not {end:?}");
+        assert!(crate::metrics::watch_reauthentications() > before);
+    }
+
+    #[tokio::test]
+    async fn a_watch_of_a_token_without_exp_ends_cleanly_at_the_answers_end() {
+        let (broker, _store) = answered_broker(Answers {
+            answer_secs: 1,
+            token_secs: None,
+        })
+        .await;
+        let mut stream = open(&broker, "opaque").await;
+        message(stream.next().await);
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream ends when the answer runs out");
+        assert!(end.is_none(), "a clean end, not {end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_watch_whose_token_expires_ends_unauthenticated() {
+        let (broker, _store) = answered_broker(Answers {
+            answer_secs: 1,
+            token_secs: Some(1),
+        })
+        .await;
+        let mut stream = open(&broker, "opaque").await;
+        message(stream.next().await);
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream ends when the token expires")
+            .expect("with a status")
+            .unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Unauthenticated);
+        assert!(stream.next().await.is_none(), "the stream ends");
     }
 
     #[test]
