@@ -466,6 +466,9 @@ impl Writer {
             .min()
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        // The head at opening anchors the trail: `cofferctl audit verify
+        // --anchor NEXT_SEQ:LAST_HASH` then reports records cut off its start.
+        self.log_head();
         loop {
             match rx.recv_timeout(tick) {
                 Ok(Message::Record { entry, reply }) => {
@@ -506,6 +509,7 @@ impl Writer {
             target: "coffer::audit",
             next_seq = self.seq,
             last_hash = %self.prev,
+            anchor = %format_args!("{}:{}", self.seq, self.prev),
             "audit chain head"
         );
     }
@@ -845,6 +849,58 @@ pub struct ChainSummary {
     /// The hash of the last record: compare with a copy kept elsewhere to
     /// detect truncation at the end.
     pub last_hash: String,
+    /// Whether an [`Anchor`] was given and the chain passed through it.
+    pub anchored: bool,
+}
+
+impl ChainSummary {
+    /// The anchor for the next check of the same trail: the seq the next
+    /// record will have and the hash it will name.
+    pub fn next_anchor(&self) -> Anchor {
+        Anchor {
+            next_seq: self.first_seq.map_or(0, |first| first + self.records),
+            last_hash: self.last_hash.clone(),
+        }
+    }
+}
+
+/// A point of the chain known from outside the files, so that records cut
+/// off the start (or the end) of a trail are found: the `audit chain head`
+/// the broker logs when it opens the trail, every `head_interval` and at
+/// shutdown (`next_seq`, `last_hash`), or the anchor a previous
+/// `cofferctl audit verify` printed. Written `NEXT_SEQ:LAST_HASH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The seq of the record written after the anchor point.
+    pub next_seq: u64,
+    /// The hash that record names as `prev`.
+    pub last_hash: String,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (seq, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} is not NEXT_SEQ:LAST_HASH"))?;
+        let next_seq = seq
+            .parse()
+            .map_err(|_| format!("{seq:?} is not a record number"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{hash:?} is not a 64-digit hex hash"));
+        }
+        Ok(Self {
+            next_seq,
+            last_hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.next_seq, self.last_hash)
+    }
 }
 
 /// Checks a SHA-256 chain given as `(file name, contents)` in order (oldest
@@ -853,6 +909,86 @@ pub fn verify<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<ChainSummary, BrokenChain> {
     verify_keyed(files, None)
+}
+
+/// [`verify_keyed`], then the chain must pass through `anchor`: no record
+/// from the anchor on may be missing, at the start or at the end. Without
+/// an anchor, a trail with its first records cut verifies from its first
+/// remaining record (it cannot be told from one whose oldest files were
+/// pruned).
+pub fn verify_anchored<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    hmac_key: Option<&[u8]>,
+    anchor: &Anchor,
+) -> Result<ChainSummary, BrokenChain> {
+    let files: Vec<(&str, &[u8])> = files.into_iter().collect();
+    let mut summary = verify_keyed(files.iter().copied(), hmac_key)?;
+    let first_name = files.first().map_or("", |(name, _)| *name);
+    let last_name = files.last().map_or("", |(name, _)| *name);
+    let cut = |file: &str, problem: String| BrokenChain {
+        file: file.to_string(),
+        line: 1,
+        problem,
+    };
+    let Some(first) = summary.first_seq else {
+        return Err(cut(
+            first_name,
+            format!(
+                "no records, but the anchor names seq {}: the trail was emptied",
+                anchor.next_seq
+            ),
+        ));
+    };
+    let next = first + summary.records;
+    if first > anchor.next_seq {
+        return Err(cut(
+            first_name,
+            format!(
+                "the trail starts at seq {first}, after the anchor's seq {}: records {}..{} were cut",
+                anchor.next_seq,
+                anchor.next_seq,
+                first - 1
+            ),
+        ));
+    }
+    if next < anchor.next_seq {
+        return Err(cut(
+            last_name,
+            format!(
+                "the trail ends at seq {}, before the anchor's seq {}: records were cut off its end",
+                next - 1,
+                anchor.next_seq
+            ),
+        ));
+    }
+    // The record at the anchor must name the anchor's hash (or, when the
+    // anchor is the end, the last record must hash to it).
+    let at_anchor = if next == anchor.next_seq {
+        summary.last_hash.clone()
+    } else {
+        prev_of(&files, anchor.next_seq).unwrap_or_default()
+    };
+    if at_anchor != anchor.last_hash {
+        return Err(cut(
+            first_name,
+            format!(
+                "the chain does not pass through the anchor {anchor}: these records are not the ones it was taken from"
+            ),
+        ));
+    }
+    summary.anchored = true;
+    Ok(summary)
+}
+
+/// The `prev` of the record with `seq` in `files` (already verified).
+fn prev_of(files: &[(&str, &[u8])], seq: u64) -> Option<String> {
+    files
+        .iter()
+        .flat_map(|(_, contents)| contents.split(|&b| b == b'\n'))
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .find(|value| value.get("seq").and_then(serde_json::Value::as_u64) == Some(seq))
+        .and_then(|value| value.get("prev")?.as_str().map(str::to_string))
 }
 
 /// Checks a chain given as `(file name, contents)` in order (oldest first),
@@ -870,6 +1006,7 @@ pub fn verify_keyed<'a>(
         records: 0,
         first_seq: None,
         last_hash: GENESIS.to_string(),
+        anchored: false,
     };
     for (name, contents) in files {
         let broken = |line: usize, problem: String| BrokenChain {
@@ -1041,6 +1178,74 @@ mod tests {
         let err = verify([("a", deleted.as_bytes())]).unwrap_err();
         assert_eq!(err.line, 2, "{err}");
         assert!(err.problem.contains("deleted"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_anchor_reports_records_cut_off_the_start_or_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::file(&path, 0).unwrap();
+        // The head the broker logs at opening: next seq 0, the genesis.
+        let (seq, hash) = log.head().await.unwrap();
+        let opening = Anchor {
+            next_seq: seq,
+            last_hash: hash,
+        };
+        for i in 0..3 {
+            log.record(&event(&format!("r{i}"))).await.unwrap();
+        }
+        let (seq, hash) = log.head().await.unwrap();
+        let middle = Anchor {
+            next_seq: seq,
+            last_hash: hash,
+        };
+        for i in 3..6 {
+            log.record(&event(&format!("r{i}"))).await.unwrap();
+        }
+        let text = String::from_utf8(read(&path)).unwrap();
+        let whole = verify_anchored([("a", text.as_bytes())], None, &opening).unwrap();
+        assert!(whole.anchored);
+        assert_eq!(whole.next_anchor().next_seq, 6);
+        verify_anchored([("a", text.as_bytes())], None, &middle).unwrap();
+        verify_anchored([("a", text.as_bytes())], None, &whole.next_anchor()).unwrap();
+
+        // The first two records cut: alone, the rest still verifies ...
+        let lines: Vec<&str> = text.lines().collect();
+        let cut = format!("{}\n", lines[2..].join("\n"));
+        let alone = verify([("a", cut.as_bytes())]).unwrap();
+        assert_eq!(alone.first_seq, Some(2));
+        assert!(!alone.anchored);
+        // ... against the opening anchor the cut is reported, by seq.
+        let err = verify_anchored([("a", cut.as_bytes())], None, &opening).unwrap_err();
+        assert!(err.problem.contains("records 0..1 were cut"), "{err}");
+        // A later anchor inside what is left still holds.
+        verify_anchored([("a", cut.as_bytes())], None, &middle).unwrap();
+
+        // The last record cut: the anchor of a previous check reports it.
+        let short = format!("{}\n", lines[..5].join("\n"));
+        let err =
+            verify_anchored([("a", short.as_bytes())], None, &whole.next_anchor()).unwrap_err();
+        assert!(err.problem.contains("cut off its end"), "{err}");
+
+        // Another trail's anchor (same seq, other hash) is refused.
+        let foreign = Anchor {
+            next_seq: 3,
+            last_hash: "ab".repeat(32),
+        };
+        let err = verify_anchored([("a", text.as_bytes())], None, &foreign).unwrap_err();
+        assert!(err.problem.contains("does not pass through"), "{err}");
+        let err = verify_anchored([("a", b"".as_slice())], None, &opening).unwrap_err();
+        assert!(err.problem.contains("emptied"), "{err}");
+    }
+
+    #[test]
+    fn an_anchor_is_written_and_read_as_seq_colon_hash() {
+        let anchor: Anchor = format!("12:{}", "AB".repeat(32)).parse().unwrap();
+        assert_eq!(anchor.next_seq, 12);
+        assert_eq!(anchor.to_string(), format!("12:{}", "ab".repeat(32)));
+        for bad in ["12", "x:ab", "12:abc", &format!("12:{}", "zz".repeat(32))] {
+            assert!(bad.parse::<Anchor>().is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

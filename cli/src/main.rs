@@ -72,9 +72,16 @@ struct Cli {
     /// Output format: text for people, json (one object per result) for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Connection flags before the subcommand (`cofferctl --broker X put
+    /// ...`, as kubectl and vault take them); the subcommand's own win.
+    #[command(flatten)]
+    broker: BrokerArgs,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The connection flags given before the subcommand, set once in `main`.
+static LEADING_BROKER_ARGS: std::sync::OnceLock<BrokerArgs> = std::sync::OnceLock::new();
 
 /// `--output`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -395,6 +402,14 @@ enum AuditCommand {
         /// The broker's --audit-hmac-key-file: check an HMAC-linked chain.
         #[arg(long)]
         hmac_key_file: Option<PathBuf>,
+        /// NEXT_SEQ:LAST_HASH known from outside the files: the `anchor` of
+        /// the broker's `audit chain head` log line (logged when it opens
+        /// the trail, periodically and at shutdown) or the anchor a previous
+        /// verify printed. Records cut off the trail's start or end are then
+        /// reported; without it a trail whose first records were cut
+        /// verifies from its first remaining record.
+        #[arg(long)]
+        anchor: Option<audit::Anchor>,
     },
 }
 
@@ -509,6 +524,7 @@ fn audit_command(command: AuditCommand) -> ExitCode {
     let AuditCommand::Verify {
         files,
         hmac_key_file,
+        anchor,
     } = command;
     let key = match &hmac_key_file {
         None => None,
@@ -530,10 +546,13 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             }
         }
     }
-    match audit::verify_keyed(
-        contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-        key.as_deref().map(Vec::as_slice),
-    ) {
+    let files = contents.iter().map(|(n, b)| (n.as_str(), b.as_slice()));
+    let key = key.as_deref().map(Vec::as_slice);
+    let verified = match &anchor {
+        Some(anchor) => audit::verify_anchored(files, key, anchor),
+        None => audit::verify_keyed(files, key),
+    };
+    match verified {
         Ok(summary) if json_output() => {
             say!(
                 "{}",
@@ -542,6 +561,8 @@ fn audit_command(command: AuditCommand) -> ExitCode {
                     "records": summary.records,
                     "firstSeq": summary.first_seq,
                     "lastHash": summary.last_hash.to_string(),
+                    "anchored": summary.anchored,
+                    "nextAnchor": summary.next_anchor().to_string(),
                 })
             );
             ExitCode::SUCCESS
@@ -561,6 +582,19 @@ fn audit_command(command: AuditCommand) -> ExitCode {
                     .first_seq
                     .map_or_else(|| "-".to_string(), |s| s.to_string()),
                 summary.last_hash
+            );
+            if summary.anchored {
+                say!("anchored: the chain passes through the given anchor");
+            } else if summary.first_seq.is_some_and(|first| first > 0) {
+                say!(
+                    "NOT ANCHORED: the trail starts at seq {}; records before it were pruned or cut. \
+                     Give --anchor NEXT_SEQ:LAST_HASH (the broker's `audit chain head` log line) to tell which.",
+                    summary.first_seq.unwrap_or_default()
+                );
+            }
+            say!(
+                "next anchor: {} (keep it elsewhere; the next verify takes it as --anchor)",
+                summary.next_anchor()
             );
             ExitCode::SUCCESS
         }
@@ -595,6 +629,7 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = OUTPUT.set(cli.output);
+    let _ = LEADING_BROKER_ARGS.set(cli.broker);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -615,6 +650,21 @@ fn main() -> ExitCode {
 }
 
 async fn client(args: &BrokerArgs) -> anyhow::Result<Client> {
+    let leading = LEADING_BROKER_ARGS.get();
+    let args = BrokerArgs {
+        broker: args
+            .broker
+            .clone()
+            .or_else(|| leading.and_then(|l| l.broker.clone())),
+        token_file: args
+            .token_file
+            .clone()
+            .or_else(|| leading.and_then(|l| l.token_file.clone())),
+        ca_file: args
+            .ca_file
+            .clone()
+            .or_else(|| leading.and_then(|l| l.ca_file.clone())),
+    };
     let (Some(endpoint), Some(token_file)) = (&args.broker, &args.token_file) else {
         return Err(UsageError(
             "--broker and --token-file (or COFFER_BROKER and COFFER_TOKEN_FILE) are required"
@@ -853,7 +903,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             to_version,
             broker,
         } => {
-            let version = client(&broker).await?.rollback(&path, to_version).await?;
+            let client = client(&broker).await?;
+            let version = match client.rollback(&path, to_version).await {
+                Ok(version) => version,
+                Err(error) if error.code() == Some(coffer::Code::NotFound) => {
+                    return Err(missing_version(&client, &path, to_version, error).await);
+                }
+                Err(error) => return Err(error.into()),
+            };
             if json_output() {
                 say!(
                     "{}",
@@ -1282,6 +1339,41 @@ async fn wait_for_rollout(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A rollback to a version the store no longer keeps: say which versions
+/// exist and why older ones are gone (the error's exit code is kept).
+async fn missing_version(
+    client: &Client,
+    path: &str,
+    wanted: u64,
+    error: coffer::Error,
+) -> anyhow::Error {
+    let Ok(list) = client.versions(path).await else {
+        return error.into();
+    };
+    let kept: Vec<u64> = list
+        .versions
+        .iter()
+        .filter(|v| v.state == coffer::VersionState::Live)
+        .map(|v| v.version)
+        .collect();
+    let range = match (kept.first(), kept.last()) {
+        (Some(first), Some(last)) if first == last => format!("version {first}"),
+        (Some(first), Some(last)) => format!("versions {first} to {last}"),
+        _ => "no readable version".to_string(),
+    };
+    let why = match list.versions.first() {
+        Some(oldest) if wanted < oldest.version => {
+            "; older versions were dropped: Vault's KV v2 keeps `max_versions` per secret (10 by default)"
+                .to_string()
+        }
+        _ => String::new(),
+    };
+    anyhow::Error::new(error).context(format!(
+        "{path} has no version {wanted} to roll back to: it keeps {range} (current {}){why}",
+        list.current
+    ))
 }
 
 async fn change_versions(

@@ -221,3 +221,60 @@ async fn fail_open_serves_requests_when_the_sink_is_unwritable() {
     assert_eq!(web.get("shop/db").await.unwrap().bytes(), Some(&b"v"[..]));
     assert!(broker.process.output().contains("audit record lost"));
 }
+
+/// The `anchor=NEXT_SEQ:HASH` of the broker's first `audit chain head` line.
+fn opening_anchor(broker: &BrokerProcess) -> String {
+    broker.wait_for_log("audit chain head", 1);
+    let output = broker.process.output();
+    let line = output
+        .lines()
+        .find(|l| l.contains("audit chain head"))
+        .unwrap();
+    line.split("anchor=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_trail_with_its_first_records_cut_is_reported_against_the_opening_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let (broker, _) = audited_traffic(&audit).await;
+    let anchor = opening_anchor(&broker);
+    assert!(anchor.starts_with("0:"), "a new trail opens at seq 0: {anchor}");
+    let whole = std::fs::read_to_string(&audit).unwrap();
+    let (code, out) = cofferctl(&[
+        OsStr::new("audit"),
+        OsStr::new("verify"),
+        OsStr::new("--anchor"),
+        OsStr::new(&anchor),
+        audit.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("anchored"), "{out}");
+
+    // The first two records cut: the chain that is left is intact, and
+    // without the anchor the tool says it cannot tell a cut from pruning.
+    let cut = dir.path().join("cut.log");
+    let rest: Vec<&str> = whole.lines().skip(2).collect();
+    std::fs::write(&cut, format!("{}\n", rest.join("\n"))).unwrap();
+    let (code, out) = verify(&[&cut]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("NOT ANCHORED"), "{out}");
+    // With the anchor the broker logged when it opened the trail, the cut
+    // is reported with the missing records.
+    let (code, out) = cofferctl(&[
+        OsStr::new("audit"),
+        OsStr::new("verify"),
+        OsStr::new("--anchor"),
+        OsStr::new(&anchor),
+        cut.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("records 0..1 were cut"), "{out}");
+}

@@ -218,3 +218,49 @@ fn version_names_the_commit() {
     );
     assert!(commit.len() >= 7 || commit == "unknown", "{out}");
 }
+
+#[test]
+fn connection_flags_may_come_before_the_subcommand() {
+    let broker = BrokerProcess::start(POLICY);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, coffer_tests::mint(coffer_tests::Key::Rsa, "ops", "admin")).unwrap();
+    let token = token.display().to_string();
+    // As kubectl and vault users write it: flags first.
+    let (code, _, err) = run(&[
+        "--broker",
+        &broker.endpoint,
+        "--token-file",
+        &token,
+        "put",
+        "shop/db",
+        "user=app",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Mixed: the broker first, the token after the subcommand.
+    let (code, out, err) = run(&[
+        "--broker",
+        &broker.endpoint,
+        "versions",
+        "shop/db",
+        "--token-file",
+        &token,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains('1'), "{out}");
+    // The subcommand's own flag wins over a leading one.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, err) = run(&[
+        "--broker",
+        &dead,
+        "versions",
+        "shop/db",
+        "--broker",
+        &broker.endpoint,
+        "--token-file",
+        &token,
+    ]);
+    assert_eq!(code, 0, "{err}");
+}

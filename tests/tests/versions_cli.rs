@@ -105,3 +105,27 @@ async fn list_shows_only_listable_names_on_openbao() {
     let bao = OpenBao::start();
     list_shows_only_listable_names(&vault_broker(&bao, POLICY)).await;
 }
+
+const ROLLBACK_POLICY: &str = r#"
+rules:
+  - name: admin-manages-shop
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [read, write, list, rollback]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_past_kv_v2s_max_versions_says_which_versions_exist() {
+    let bao = OpenBao::start();
+    let broker = vault_broker(&bao, ROLLBACK_POLICY);
+    let ctl = Ctl::new(&broker);
+    for i in 0..12 {
+        ok(&ctl, &["put", "shop/kept", &format!("v=value-{i}")]);
+    }
+    let (code, _, err) = ctl.run(&["rollback", "shop/kept", "1"], b"");
+    assert_eq!(code, 3, "still NOT_FOUND: {err}");
+    assert!(err.contains("keeps versions 3 to 12"), "{err}");
+    assert!(err.contains("max_versions"), "{err}");
+    // A version that is kept rolls back.
+    ok(&ctl, &["rollback", "shop/kept", "3"]);
+}
