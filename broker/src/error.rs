@@ -13,6 +13,10 @@ use crate::{auth::AuthError, path::PathError, store::StoreError};
 pub enum ApiError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The request is sound but the secret is not in the state it needs
+    /// (e.g. rotating a key the secret does not have).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     #[error("invalid path: {0}")]
     InvalidPath(#[from] PathError),
     #[error("unauthenticated: {0}")]
@@ -38,6 +42,7 @@ impl From<ApiError> for Status {
         match error {
             // Our own validation messages name no secret and no internals.
             ApiError::InvalidArgument(msg) => Status::invalid_argument(msg),
+            ApiError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             ApiError::InvalidPath(e) => Status::invalid_argument(e.to_string()),
             ApiError::Unauthenticated(reason) => {
                 tracing::warn!(reason = reason.reason(), "authentication failed");

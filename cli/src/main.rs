@@ -765,11 +765,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rotate = rotate.key(key);
             }
             let client = client(&broker).await?;
-            let version = client.rotate(rotate).await?;
+            let coffer::Rotated { version, key, .. } = client.rotate_detailed(rotate).await?;
             if json_output() {
-                say!("{}", serde_json::json!({"path": path, "version": version}));
+                say!(
+                    "{}",
+                    serde_json::json!({"path": path, "version": version, "key": key})
+                );
             } else {
-                say!("{path}: rotated to version {version}");
+                // Which key changed, so an operator sees at once whether the
+                // value they meant to replace was replaced.
+                match &key {
+                    Some(key) => say!("{path}: rotated to version {version} (key {key})"),
+                    None => say!("{path}: rotated to version {version} (the whole value)"),
+                }
             }
             if wait.wait {
                 return wait_for_rollout(&client, &path, version, wait.timeout).await;

@@ -17,8 +17,8 @@ use tonic::{
 use zeroize::Zeroizing;
 
 use crate::{
-    Applied, Error, Lease, Leases, Put, RetryPolicy, Rotate, RotationStatus, Secret, TokenSource,
-    VersionAction, Versions, WatchStream,
+    Applied, Error, Lease, Leases, Put, RetryPolicy, Rotate, Rotated, RotationStatus, Secret,
+    TokenSource, VersionAction, Versions, WatchStream,
     env::{self, Env},
 };
 
@@ -510,15 +510,24 @@ impl Client {
     /// Has the broker generate a new value (capability `rotate`). Returns
     /// the version.
     pub async fn rotate(&self, rotate: Rotate) -> Result<u64, Error> {
+        self.rotate_detailed(rotate).await.map(|r| r.version)
+    }
+
+    /// Like [`Self::rotate`], also saying which key of a map got the new
+    /// value.
+    pub async fn rotate_detailed(&self, rotate: Rotate) -> Result<Rotated, Error> {
         let request = self.request(rotate.into_wire())?;
-        Ok(self
+        let answer = self
             .operator
             .clone()
             .rotate_secret(request)
             .await
             .map_err(Error::status)?
-            .into_inner()
-            .version)
+            .into_inner();
+        Ok(Rotated {
+            version: answer.version,
+            key: answer.key.filter(|k| !k.is_empty()),
+        })
     }
 
     /// Soft-deletes (`delete`), restores (`undelete`) or destroys

@@ -75,8 +75,8 @@ pub use coffer_proto::{SecretBytes, SecretData};
 pub use error::{Code, Error};
 pub use files::{FileSecret, FileWatch};
 pub use ops::{
-    Applied, ApplyState, Encoding, Lease, Leases, Put, RenewalState, Rotate, RotationStatus,
-    VersionAction, VersionInfo, VersionState, Versions, WorkloadStatus,
+    Applied, ApplyState, Encoding, Lease, Leases, Put, RenewalState, Rotate, Rotated,
+    RotationStatus, VersionAction, VersionInfo, VersionState, Versions, WorkloadStatus,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use secret::Secret;

@@ -81,6 +81,17 @@ pub struct Rotate {
     pub(crate) key: Option<String>,
 }
 
+/// What [`crate::Client::rotate_detailed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rotated {
+    /// The new version.
+    pub version: u64,
+    /// The map key that got the new value; `None` when the whole value was
+    /// replaced.
+    pub key: Option<String>,
+}
+
 /// The form of a generated value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

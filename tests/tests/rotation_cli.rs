@@ -106,7 +106,7 @@ async fn rotate_one_key(broker: &BrokerProcess) {
             "--key",
             "password",
             "--length",
-            "40",
+            "90",
             "--alphabet",
             "xyz",
         ],
@@ -116,7 +116,8 @@ async fn rotate_one_key(broker: &BrokerProcess) {
     let secret = admin_get(broker, "shop/db").await;
     assert_eq!(secret.version(), 2);
     let password = text(secret.data(), "password");
-    assert_eq!(password.len(), 40);
+    // 90 of 3 characters: 142 bits, above the 128-bit floor.
+    assert_eq!(password.len(), 90);
     assert!(password.chars().all(|c| "xyz".contains(c)), "{password}");
     assert_eq!(text(secret.data(), "user"), "app", "other keys are kept");
 
@@ -125,7 +126,7 @@ async fn rotate_one_key(broker: &BrokerProcess) {
     let again = admin_get(broker, "shop/db").await;
     assert_eq!(again.version(), 3);
     let next = text(again.data(), "password");
-    assert_eq!(next.len(), 40);
+    assert_eq!(next.len(), 90);
     assert!(next.chars().all(|c| "xyz".contains(c)));
     assert_ne!(next, password);
     assert_eq!(text(again.data(), "user"), "app");
@@ -164,7 +165,7 @@ async fn rotate_on_openbao_honours_the_spec_and_keeps_other_keys() {
     // The spec is the secret's custom_metadata in OpenBao, for every replica.
     let meta = bao.bao(&["kv", "metadata", "get", "-format=json", "secret/shop/db"]);
     assert!(meta.contains("coffer.rotate/length"), "{meta}");
-    assert!(meta.contains("\"40\""), "{meta}");
+    assert!(meta.contains("\"90\""), "{meta}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

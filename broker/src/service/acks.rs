@@ -21,7 +21,39 @@ use std::{
 
 use coffer_proto::v1;
 
-use crate::{auth::WorkloadIdentity, path::SecretPath};
+use crate::{auth::WorkloadIdentity, error::ApiError, path::SecretPath};
+
+/// The most acknowledgements one `AckSecrets` call may carry.
+pub(super) const MAX_ACKS_PER_CALL: usize = super::MAX_PATHS_PER_CALL;
+
+/// One call's acknowledgements, one per base path (`app/db#key` counts for
+/// `app/db`; of several for one path the last named wins, in the place of
+/// the first), after refusing a call that names more than
+/// [`MAX_ACKS_PER_CALL`] or a bad path. Each one left is authorized and
+/// audited, so a call naming one path 256 times costs one decision and one
+/// record, not 256.
+pub(super) fn distinct(
+    applied: Vec<v1::AppliedVersion>,
+) -> Result<Vec<(SecretPath, v1::AppliedVersion)>, ApiError> {
+    if applied.len() > MAX_ACKS_PER_CALL {
+        return Err(ApiError::InvalidArgument(format!(
+            "at most {MAX_ACKS_PER_CALL} acknowledgements per call"
+        )));
+    }
+    let mut out: Vec<(SecretPath, v1::AppliedVersion)> = Vec::with_capacity(applied.len());
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(applied.len());
+    for item in applied {
+        let path = SecretPath::parse(&item.path)?;
+        match index.get(path.base()) {
+            Some(&at) => out[at] = (path, item),
+            None => {
+                index.insert(path.base().to_string(), out.len());
+                out.push((path, item));
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// How large the table may grow and how long an acknowledgement counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +507,42 @@ mod tests {
                 reason: "no space\n\x1b[31mleft".into(),
             },
         )
+    }
+
+    #[test]
+    fn one_call_acknowledges_each_path_once_and_is_bounded() {
+        let item = |path: &str, version| v1::AppliedVersion {
+            path: path.into(),
+            version,
+            state: v1::ApplyState::Applied as i32,
+            reason: String::new(),
+        };
+        let mut many: Vec<_> = (0..MAX_ACKS_PER_CALL as u64)
+            .map(|v| item("shop/db", v))
+            .collect();
+        many[1] = item("shop/api", 9);
+        many.push(item("shop/db#password", 300));
+        assert!(matches!(
+            distinct(many.clone()),
+            Err(ApiError::InvalidArgument(_))
+        ));
+        many.pop();
+        let kept = distinct(many).unwrap();
+        let kept: Vec<(String, u64)> = kept
+            .iter()
+            .map(|(p, a)| (p.to_string(), a.version))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("shop/db".to_string(), MAX_ACKS_PER_CALL as u64 - 1),
+                ("shop/api".to_string(), 9)
+            ]
+        );
+        let keyed = distinct(vec![item("shop/db", 1), item("shop/db#password", 2)]).unwrap();
+        assert_eq!(keyed.len(), 1);
+        assert_eq!(keyed[0].1.version, 2);
+        assert!(distinct(vec![item("../x", 1)]).is_err());
     }
 
     #[test]

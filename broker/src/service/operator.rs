@@ -1,19 +1,21 @@
 //! `SecretOperator`: the write side, for operators' own tokens. Every call
 //! is authorized and audited before it acts.
 
+use std::collections::BTreeMap;
+
 use coffer_proto::{
     SecretData,
     v1::{self, secret_operator_server::SecretOperator},
 };
 use tonic::{Request, Response, Status};
 
-use super::{Broker, Call};
+use super::{Broker, Call, Caller};
 use crate::{
     error::ApiError,
     path::SecretPath,
     policy::Capability,
     rotation::{RotationError, RotationSpec},
-    store::SecretWrite,
+    store::{SecretWrite, StoreError},
 };
 
 impl Broker {
@@ -24,6 +26,20 @@ impl Broker {
         capability: Capability,
         rpc: &'static str,
     ) -> Result<SecretPath, ApiError> {
+        self.operator_call(request, raw_path, capability, rpc)
+            .await
+            .map(|(_, _, path)| path)
+    }
+
+    /// [`Self::operator_path`], keeping the call and the caller for a
+    /// second decision.
+    async fn operator_call<T>(
+        &self,
+        request: &Request<T>,
+        raw_path: &str,
+        capability: Capability,
+        rpc: &'static str,
+    ) -> Result<(Call, Caller, SecretPath), ApiError> {
         let call = Call::of(request, rpc);
         let who = self.authenticate(request, &call).await?;
         let path = SecretPath::parse(raw_path)?;
@@ -37,7 +53,39 @@ impl Broker {
         let allowed = self.authorize(&call, &who, &path, capability).await?;
         self.audit_served(&call, &who, &path, &allowed, None, "allowed")
             .await?;
-        Ok(path)
+        Ok((call, who, path))
+    }
+
+    /// The rotation spec rides on a write's labels (`coffer.rotate/*`), and
+    /// it decides what the next `rotate` does: so a write that sets or
+    /// changes it needs `rotate` too, and the new spec must be one `rotate`
+    /// would accept. A write with labels but no spec labels keeps the
+    /// stored spec (a writer cannot drop it either).
+    async fn guard_rotation_labels(
+        &self,
+        call: &Call,
+        who: &Caller,
+        path: &SecretPath,
+        labels: &mut BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let stored = match self.inner.store.get(path.base(), None).await {
+            Ok(current) => RotationSpec::stored(&current.labels),
+            Err(StoreError::NotFound) => BTreeMap::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let asked = RotationSpec::stored(labels);
+        if asked.is_empty() {
+            labels.extend(stored);
+            return Ok(());
+        }
+        if asked == stored {
+            return Ok(());
+        }
+        let allowed = self.authorize(call, who, path, Capability::Rotate).await?;
+        RotationSpec::resolve(None, labels)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        self.audit_served(call, who, path, &allowed, None, "rotation_spec")
+            .await
     }
 }
 impl Broker {
@@ -206,8 +254,8 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::PutSecretRequest>,
     ) -> Result<Response<v1::PutSecretResponse>, Status> {
-        let path = self
-            .operator_path(
+        let (call, who, path) = self
+            .operator_call(
                 &request,
                 &request.get_ref().path,
                 Capability::Write,
@@ -223,10 +271,16 @@ impl SecretOperator for Broker {
                 SecretData::try_from(v)
                     .map_err(|_| ApiError::InvalidArgument("value is empty".into()))
             })?;
+        let mut labels: BTreeMap<String, String> =
+            std::mem::take(&mut req.labels).into_iter().collect();
+        if !labels.is_empty() {
+            self.guard_rotation_labels(&call, &who, &path, &mut labels)
+                .await?;
+        }
         let write = SecretWrite {
             data,
             content_type: std::mem::take(&mut req.content_type),
-            labels: std::mem::take(&mut req.labels).into_iter().collect(),
+            labels,
             cas: req.cas,
         };
         let version = self
@@ -264,14 +318,19 @@ impl SecretOperator for Broker {
             .unwrap_or_default();
         let spec = RotationSpec::resolve(request.get_ref().spec.as_ref(), &labels)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let data = spec
-            .next_value(current.as_ref().map(|c| &c.data))
-            .map_err(|e| match e {
-                RotationError::Random => ApiError::Store(crate::store::StoreError::Internal(
-                    "the system random number generator failed".into(),
-                )),
-                e => ApiError::InvalidArgument(e.to_string()),
-            })?;
+        let (data, key) =
+            spec.next_value(current.as_ref().map(|c| &c.data))
+                .map_err(|e| match e {
+                    RotationError::Random => ApiError::Store(crate::store::StoreError::Internal(
+                        "the system random number generator failed".into(),
+                    )),
+                    // The secret, not the request, is in the way: nothing is
+                    // written.
+                    e @ (RotationError::NoSuchKey | RotationError::NotAMap) => {
+                        ApiError::FailedPrecondition(e.to_string())
+                    }
+                    e => ApiError::InvalidArgument(e.to_string()),
+                })?;
         labels.extend(spec.labels());
         let write = SecretWrite {
             data,
@@ -289,10 +348,10 @@ impl SecretOperator for Broker {
             .put(path.base(), write)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(path = %path, version, key = spec.key.as_deref().unwrap_or(""), "secret rotated");
+        tracing::info!(path = %path, version, key = key.as_deref().unwrap_or(""), "secret rotated");
         self.inner.acks.published(path.base(), version);
         self.notify_peers(&path);
-        Ok(Response::new(v1::RotateSecretResponse { version }))
+        Ok(Response::new(v1::RotateSecretResponse { version, key }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "RollbackSecret"))]

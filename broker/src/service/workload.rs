@@ -90,14 +90,13 @@ impl SecretBroker for Broker {
         let call = Call::of(&request, "AckSecrets");
         let who = self.authenticate(&request, &call).await?;
         let req = request.into_inner();
-        if req.applied.len() > MAX_PATHS_PER_CALL {
-            return Err(ApiError::InvalidArgument("too many acknowledgements".into()).into());
-        }
+        // Bounded, and one per path: a repeated path is decided and
+        // audited once.
+        let acks = super::acks::distinct(req.applied)?;
         // Every path must be readable or watchable by the caller before
         // anything is recorded: a refusal is audited and records nothing.
-        let mut checked = Vec::with_capacity(req.applied.len());
-        for item in req.applied {
-            let path = SecretPath::parse(&item.path).map_err(ApiError::from)?;
+        let mut checked = Vec::with_capacity(acks.len());
+        for (path, item) in acks {
             let capability = if self
                 .policy()
                 .decide(&who, &path, Capability::Read)
