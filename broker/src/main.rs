@@ -298,7 +298,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let store: Arc<dyn SecretStore> = match &args.dev_store_file {
         _ if args.store == StoreKind::Vault => {
-            let store = vault_store(&args).await?;
+            let store = vault_store(&args, &auth_config).await?;
             tracing::info!(store = "vault", "serving secrets from Vault/OpenBao");
             store
         }
@@ -420,7 +420,7 @@ fn open_audit(args: &ServeArgs, path: &std::path::Path) -> anyhow::Result<AuditL
     AuditLog::open(options).map_err(|e| usage(e.to_string()))
 }
 
-async fn vault_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn SecretStore>> {
+async fn vault_store(args: &ServeArgs, auth: &AuthConfig) -> anyhow::Result<Arc<dyn SecretStore>> {
     use coffer_broker::store::vault::{VaultConfig, VaultStore};
     let file = args
         .vault_config
@@ -460,6 +460,10 @@ async fn run_listener(
             // Accepted sockets do not inherit TCP_NODELAY: without it a watch
             // update can sit ~40 ms in Nagle's buffer waiting for a delayed ACK.
             let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+    // Certificates name the caller's trust domain, which follows its issuer.
+    config
+        .resolve_trust_domains(&auth.trust_domains())
+        .map_err(|e| usage(e.to_string()))?;
                 if let Ok(stream) = &s {
                     let _ = stream.set_nodelay(true);
                 }

@@ -22,6 +22,7 @@
 //!       refreshIntervalSeconds: 300
 //!   - issuer: https://air-gapped.example
 //!     audiences: [coffer]
+//!     trustDomain: air-gapped.example  # SPIFFE IDs of pki certificates
 //!     jwksFile: {path: /etc/coffer/jwks.json, checkIntervalSeconds: 10}
 //!   - issuer: https://legacy.example
 //!     audiences: [coffer]
@@ -102,6 +103,13 @@ pub struct AuthenticatorConfig {
     pub pem_file: Option<FileSection>,
     #[serde(default)]
     pub token_review: Option<TokenReviewSection>,
+    /// The SPIFFE trust domain of this issuer's workloads, named in the
+    /// certificates a `pki` mount issues them
+    /// (`spiffe://<trustDomain>/ns/<namespace>/sa/<serviceaccount>`).
+    /// Required for every issuer when several are trusted and a `pki`
+    /// mount is served (docs/dynamic.md).
+    #[serde(default)]
+    pub trust_domain: Option<String>,
 }
 
 /// `oidc:` settings.
@@ -356,8 +364,17 @@ impl AuthConfig {
                 }),
                 pem_file: None,
                 token_review: None,
+                trust_domain: None,
             }],
         }
+    }
+
+    /// Each authenticator's issuer and its `trustDomain`, in order.
+    pub fn trust_domains(&self) -> Vec<(String, Option<String>)> {
+        self.authenticators
+            .iter()
+            .map(|a| (a.issuer.clone(), a.trust_domain.clone()))
+            .collect()
     }
 
     /// Builds the authenticator: every file is loaded and every OIDC issuer

@@ -757,11 +757,16 @@ fn pki_request(mount: &MountConfig, holder: &Holder) -> Result<serde_json::Value
             "the caller's namespace or service account is not a DNS name".into(),
         ));
     }
+    // The trust domain is the caller's issuer's: two clusters' `shop/web`
+    // are two identities. An issuer without one gets nothing (fail closed).
+    let Some(trust_domain) = mount.trust_domains.get(&holder.issuer) else {
+        return Err(StoreError::Internal(
+            "no trust domain is configured for the caller's issuer".into(),
+        ));
+    };
     let spiffe = format!(
-        "spiffe://{}/ns/{}/sa/{}",
-        mount.trust_domain.as_deref().unwrap_or(""),
-        holder.namespace,
-        holder.service_account
+        "spiffe://{trust_domain}/ns/{}/sa/{}",
+        holder.namespace, holder.service_account
     );
     let mut body = serde_json::json!({
         "uri_sans": spiffe,
@@ -852,6 +857,7 @@ mod tests {
             grace: Duration::from_secs(1),
             revoke_on_start: true,
             trust_domain: None,
+            trust_domains: BTreeMap::new(),
             dns_names: Vec::new(),
             ttl: None,
         };
@@ -887,7 +893,11 @@ mod tests {
             lease_per: LeasePer::Pod,
             grace: Duration::from_secs(1),
             revoke_on_start: true,
-            trust_domain: Some("cluster.local".into()),
+            trust_domain: None,
+            trust_domains: BTreeMap::from([
+                ("iss".to_string(), "cluster.local".to_string()),
+                ("other".to_string(), "other.example".to_string()),
+            ]),
             dns_names: vec!["web.shop.svc".into(), "web".into()],
             ttl: Some(Duration::from_secs(60)),
         };
@@ -913,6 +923,20 @@ mod tests {
                 .get("common_name")
                 .is_none()
         );
+        let other = Holder {
+            issuer: "other".into(),
+            ..holder.clone()
+        };
+        assert_eq!(
+            pki_request(&mount, &other).unwrap()["uri_sans"],
+            "spiffe://other.example/ns/shop/sa/web",
+            "the trust domain follows the issuer"
+        );
+        let unknown = Holder {
+            issuer: "unknown".into(),
+            ..holder.clone()
+        };
+        assert!(pki_request(&mount, &unknown).is_err());
         let odd = Holder {
             service_account: "web/../x".into(),
             ..holder
