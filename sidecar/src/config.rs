@@ -323,6 +323,9 @@ impl Config {
 mod mode {
     use serde::{Deserialize, Deserializer, de::Error};
 
+    /// Execute for anyone, write for group or others.
+    const FORBIDDEN_BITS: u32 = 0o133;
+
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -337,6 +340,17 @@ mod mode {
                     .map_err(|_| D::Error::custom(format!("mode {text:?} is not octal")))?;
                 if mode > 0o777 {
                     return Err(D::Error::custom(format!("mode {text:?} is above 0777")));
+                }
+                // A secret file is data, read by its owner and maybe its
+                // group or everyone in the pod; never executable, and never
+                // writable but by its owner (another uid in the pod could
+                // otherwise replace what the app reads).
+                if mode & FORBIDDEN_BITS != 0 {
+                    return Err(D::Error::custom(format!(
+                        "mode {text:?}: secret files may be readable by owner, group and others \
+                         and writable by their owner only (0400, 0440, 0444, 0600, 0640, 0644); \
+                         no execute bits, no group or other write"
+                    )));
                 }
                 Ok(Some(mode))
             }
@@ -377,6 +391,19 @@ mod tests {
         assert_eq!(c.secrets[0].mode(), 0o440);
         assert!(Config::parse(&format!("{BASE}    mode: 440\n"), &env).is_err());
         assert!(Config::parse(&format!("{BASE}    mode: \"0999\"\n"), &env).is_err());
+        for allowed in ["0400", "0440", "0444", "0600", "0640", "0644", "0200"] {
+            Config::parse(&format!("{BASE}    mode: \"{allowed}\"\n"), &env)
+                .unwrap_or_else(|e| panic!("{allowed}: {e}"));
+        }
+        for refused in ["0700", "0755", "0460", "0402", "0666", "0401", "0410"] {
+            let error = Config::parse(&format!("{BASE}    mode: \"{refused}\"\n"), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("writable by their owner only"),
+                "{refused}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -49,3 +49,21 @@ fn an_invalid_config_exits_64() {
     );
     assert_eq!(code, Some(64), "{log}");
 }
+
+#[test]
+fn a_group_writable_or_executable_secret_file_is_refused() {
+    for mode in ["0666", "0620", "0755"] {
+        let (code, log) = check(&format!(
+            "broker: http://127.0.0.1:9\noutputDir: OUT\nsecrets:\n  - {{path: shop/db#password, file: password, mode: \"{mode}\"}}\n"
+        ));
+        assert_eq!(code, Some(64), "{mode}: {log}");
+        assert!(
+            log.contains("writable by their owner only"),
+            "{mode}: {log}"
+        );
+    }
+    let (code, log) = check(
+        "broker: http://127.0.0.1:9\noutputDir: OUT\nsecrets:\n  - {path: shop/db#password, file: password, mode: \"0644\"}\n",
+    );
+    assert_eq!(code, Some(0), "{log}");
+}
