@@ -6,9 +6,10 @@
 //!   native sidecar's `startupProbe` points here, so the app container starts
 //!   only when its files exist.
 //! - `GET /healthz`: 200 while the process serves.
-//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]): files written,
-//!   write failures, the applied version of each secret, when the last update
-//!   was applied, reconnects. No value, token or file content.
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]): counts only
+//!   (files written, write failures, updates, reconnects, connections shed)
+//!   and when the last update was applied. No value, token, file content,
+//!   secret path or version: the port is reachable from the pod network.
 //!
 //! The quit endpoint (`quitListen`), bound to a loopback address only, so
 //! that only the pod's own containers reach it:
@@ -16,16 +17,45 @@
 //!
 //! Both are HTTP/1 and serve no secret. `/quitquitquit` on the probe port is
 //! 404: whoever can reach the probe port must not be able to stop the sidecar.
+//!
+//! The probe port listens on the pod's address, so anything on the pod
+//! network can open connections to it, and the sidecar runs in 32Mi. Only
+//! the kubelet and Prometheus have business there, a request at a time, so
+//! the server is small on purpose: at most [`MAX_CONNECTIONS`] connections
+//! at once, one request per connection (no keep-alive: an idle connection
+//! would hold a slot between scrapes), [`HEADER_TIMEOUT`] to send the
+//! request's headers (a connection that sends nothing is idle, and closed
+//! then) and [`CONNECTION_DEADLINE`] for the whole exchange. A connection
+//! beyond the limit is not queued: the oldest open one is closed to make
+//! room, so sockets left idle on the port cannot lock the kubelet out (a
+//! probe, which sends its request at once, is closed unanswered only if
+//! [`MAX_CONNECTIONS`] more connections arrive before it is served).
 
-use std::{convert::Infallible, future::Future, sync::Arc};
+use std::{collections::VecDeque, convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::{Notify, watch},
+    task::AbortHandle,
 };
+
+/// Connections served at once; the oldest is closed for a new one beyond it.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time to send a request's headers. A connection that sends nothing is
+/// closed after it; keep-alive is off, so none idles between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lives, reading the answer included.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest request head read (hyper's least allowed): a probe's is a
+/// few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 8192;
+/// The pause after a failed accept (e.g. out of file descriptors), so the
+/// loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the endpoint reports and triggers.
 #[derive(Debug, Clone)]
@@ -40,30 +70,52 @@ pub struct AdminState {
 /// Serves `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    // Oldest first. Only this loop touches it, so it needs no lock.
+    let mut open: VecDeque<AbortHandle> = VecDeque::with_capacity(MAX_CONNECTIONS);
     loop {
         let stream = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "admin endpoint: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        open.retain(|task| !task.is_finished());
+        if open.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = open.pop_front()
+        {
+            // Dropping the connection closes its socket.
+            oldest.abort();
+            crate::metrics::admin_connection_shed();
+        }
+        let task = tokio::spawn(serve_connection(stream, state.clone()));
+        open.push_back(task.abort_handle());
+    }
+    for task in open {
+        task.abort();
+    }
+}
+
+/// One request on `stream`, within the header timeout and the deadline.
+async fn serve_connection(stream: TcpStream, state: AdminState) {
+    let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &state)) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "admin endpoint: connection ended");
-            }
-        });
+        async move { Ok::<_, Infallible>(handle(&req, &state)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "admin endpoint: connection ended"),
+        Err(_) => tracing::debug!("admin endpoint: connection closed at its deadline"),
     }
 }
 

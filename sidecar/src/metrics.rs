@@ -1,32 +1,35 @@
 //! The sidecar's Prometheus metrics, served at `GET /metrics` on the probe
 //! endpoint (`adminListen`).
 //!
-//! The only label is a secret's `path`, taken from the sidecar's own
-//! configuration (a fixed, short list), never from the broker or a value.
+//! The probe endpoint listens on the pod's address, where any pod on the
+//! network may scrape it, so no metric names a secret: there are no labels
+//! at all, only counts and a timestamp. Which version of which secret a pod
+//! holds is the broker's to tell, to operators allowed to ask
+//! (`cofferctl status PATH`).
 
 use std::{
+    collections::HashSet,
     sync::{LazyLock, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
 };
-
-/// The `path` label: a secret path from the configuration.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PathLabel {
-    path: String,
-}
 
 struct Metrics {
     files_written: Counter,
     write_failures: Counter,
-    applied_version: Family<PathLabel, Gauge>,
+    updates_applied: Counter,
+    secrets: Gauge,
+    /// The secrets that have a version in the files, to count them; never
+    /// rendered. Bounded by the configuration (its own paths only).
+    applied_paths: Mutex<HashSet<String>>,
     last_update: Gauge<f64, std::sync::atomic::AtomicU64>,
     reconnects: Counter,
+    admin_connections_shed: Counter,
     registry: Mutex<Registry>,
 }
 
@@ -34,9 +37,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let metrics = Metrics {
         files_written: Counter::default(),
         write_failures: Counter::default(),
-        applied_version: Family::default(),
+        updates_applied: Counter::default(),
+        secrets: Gauge::default(),
+        applied_paths: Mutex::new(HashSet::new()),
         last_update: Gauge::default(),
         reconnects: Counter::default(),
+        admin_connections_shed: Counter::default(),
         registry: Mutex::new(Registry::default()),
     };
     let mut registry = Registry::with_prefix("coffer_sidecar");
@@ -51,9 +57,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         metrics.write_failures.clone(),
     );
     registry.register(
-        "applied_version",
-        "The version of each secret in the files now",
-        metrics.applied_version.clone(),
+        "updates_applied",
+        "New versions of secrets written to the files (one per secret and version)",
+        metrics.updates_applied.clone(),
+    );
+    registry.register(
+        "secrets_applied",
+        "Secrets that have a version in the files now",
+        metrics.secrets.clone(),
     );
     registry.register(
         "last_update_timestamp_seconds",
@@ -65,6 +76,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Watch streams opened again after one ended or failed",
         metrics.reconnects.clone(),
     );
+    registry.register(
+        "admin_connections_shed",
+        "Connections to the probe or quit endpoint closed to make room for a new one",
+        metrics.admin_connections_shed.clone(),
+    );
     *metrics
         .registry
         .lock()
@@ -72,17 +88,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     metrics
 });
 
-/// Notes an applied update: `files` files written and the versions now in them.
+/// Notes an applied update: `files` files written and the versions now in
+/// them, by secret path (counted, never shown).
 pub fn applied<'a>(files: usize, versions: impl IntoIterator<Item = (&'a str, u64)>) {
     METRICS.files_written.inc_by(files as u64);
-    for (path, version) in versions {
-        METRICS
-            .applied_version
-            .get_or_create(&PathLabel {
-                path: path.to_string(),
-            })
-            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    let mut paths = METRICS
+        .applied_paths
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (path, _version) in versions {
+        METRICS.updates_applied.inc();
+        if !paths.contains(path) {
+            paths.insert(path.to_string());
+        }
     }
+    METRICS
+        .secrets
+        .set(i64::try_from(paths.len()).unwrap_or(i64::MAX));
+    drop(paths);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -97,6 +120,11 @@ pub fn write_failure() {
 /// Counts a reconnect of the watch stream.
 pub fn reconnect() {
     METRICS.reconnects.inc();
+}
+
+/// Counts a connection to an admin endpoint closed to make room.
+pub fn admin_connection_shed() {
+    METRICS.admin_connections_shed.inc();
 }
 
 /// The metrics in the Prometheus text format.
@@ -116,21 +144,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_applied_update_sets_the_version_and_counts_files() {
-        applied(2, [("shop/db", 7)]);
+    fn an_applied_update_is_counted_without_naming_the_secret() {
+        applied(2, [("shop/db", 7), ("shop/api", 3)]);
+        applied(1, [("shop/db", 8)]);
         write_failure();
         let page = render();
         assert!(
-            page.contains("coffer_sidecar_applied_version{path=\"shop/db\"} 7"),
+            page.contains("coffer_sidecar_secrets_applied 2\n"),
             "{page}"
         );
         assert!(
-            page.contains("coffer_sidecar_files_written_total"),
+            page.contains("coffer_sidecar_updates_applied_total 3\n"),
             "{page}"
         );
         assert!(
-            page.contains("coffer_sidecar_write_failures_total"),
+            page.contains("coffer_sidecar_files_written_total 3\n"),
             "{page}"
         );
+        assert!(
+            page.contains("coffer_sidecar_write_failures_total 1\n"),
+            "{page}"
+        );
+        assert!(!page.contains("shop"), "{page}");
     }
 }

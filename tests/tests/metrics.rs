@@ -208,12 +208,28 @@ async fn both_endpoints_count_a_scripted_run() {
         "a secret value in the sidecar's metrics"
     );
     let sidecar_samples = parse(&page);
-    let applied: Vec<f64> = sidecar_samples
-        .iter()
-        .filter(|(n, _, _)| n == "coffer_sidecar_applied_version")
-        .map(|(_, _, v)| *v)
-        .collect();
-    assert_eq!(applied, vec![2.0], "{page}");
+    // Counts only: the probe port is reachable from the pod network, so no
+    // sample names the secret or its version.
+    assert!(
+        sidecar_samples
+            .iter()
+            .all(|(_, labels, _)| labels.is_empty()),
+        "{page}"
+    );
+    assert_eq!(
+        value(&sidecar_samples, "coffer_sidecar_secrets_applied", &[]),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        value(
+            &sidecar_samples,
+            "coffer_sidecar_updates_applied_total",
+            &[]
+        ),
+        2.0,
+        "{page}"
+    );
     assert_eq!(
         value(&sidecar_samples, "coffer_sidecar_files_written_total", &[]),
         2.0,
