@@ -323,15 +323,24 @@ impl ApiServer {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// `kubectl apply -f -` of `yaml`, which must succeed.
+    /// `kubectl apply -f -` of `yaml`, which must succeed. Two tests
+    /// applying the same new object at once race to create it: the loser
+    /// applies again, as an update.
     pub fn apply(&self, yaml: &str) -> String {
-        let output = self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml));
-        assert!(
-            output.status.success(),
-            "kubectl apply failed:\n{}\n--- input ---\n{yaml}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        let mut attempts = 0;
+        loop {
+            let output = self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml));
+            if output.status.success() {
+                return String::from_utf8(output.stdout).unwrap();
+            }
+            let error = String::from_utf8_lossy(&output.stderr).into_owned();
+            let raced = error.contains("AlreadyExists") || error.contains("has been modified");
+            attempts += 1;
+            assert!(
+                raced && attempts < 5,
+                "kubectl apply failed:\n{error}\n--- input ---\n{yaml}"
+            );
+        }
     }
 
     /// `kubectl get KIND NAME -n NS -o json`.

@@ -60,7 +60,106 @@ fn broker(cluster: &ApiServer) -> BrokerProcess {
         .replace(IN_CLUSTER_SERVER, &format!("server: {}\n", cluster.url))
         .replace(POD_CREDENTIALS, credentials.to_str().unwrap())
         .replace("ttlSeconds: 60", &format!("ttlSeconds: {TTL_SECONDS}"));
-    BrokerProcess::start_with_auth_config(POLICY, &auth)
+    let file = cluster
+        .dir()
+        .join(format!("auth-{}.yaml", std::process::id() ^ rand_suffix()));
+    std::fs::write(&file, auth).unwrap();
+    BrokerProcess::start_with_args(
+        POLICY,
+        [
+            "--auth-config".as_ref(),
+            file.as_os_str(),
+            "--metrics-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+    )
+}
+
+/// A number that differs between two calls in one process.
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) << 20
+}
+
+/// The value of the unlabelled counter `name` on a metrics page.
+fn counter(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure() {
+    let cluster = ApiServer::shared();
+    let broker = broker(cluster);
+    cluster.create_namespace("shop");
+    cluster.service_account("shop", "web");
+    cluster.pod("shop", "web-2", "web");
+    let operator = broker
+        .client(cluster.token(
+            "coffer",
+            "coffer-operator",
+            "coffer",
+            None,
+            Duration::from_secs(600),
+        ))
+        .await;
+    let put = |value: &'static [u8]| {
+        coffer::Put::new("shop/web/session", coffer::SecretData::Bytes(value.into()))
+            .content_type("text/plain")
+    };
+    operator.put(put(b"refresh-canary-1")).await.unwrap();
+
+    let token = cluster.token(
+        "shop",
+        "web",
+        "coffer",
+        Some("web-2"),
+        Duration::from_secs(600),
+    );
+    let client = broker.client(token.clone()).await;
+    let mut watch = client.watch(["shop/web/session"]).await.unwrap();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.secrets.len(), 1);
+    // Past two of the review's lifetimes: the stream is re-reviewed twice.
+    tokio::time::sleep(Duration::from_secs(2 * TTL_SECONDS + 1)).await;
+    operator.put(put(b"refresh-canary-2")).await.unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = watch.next().await.unwrap().unwrap();
+            if event
+                .secrets
+                .iter()
+                .any(|s| s.bytes() == Some(&b"refresh-canary-2"[..]))
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(update.is_ok(), "the rotation after the refreshes arrived");
+
+    let page = broker.metrics();
+    assert!(
+        counter(&page, "coffer_watch_reauthentications_total") >= 1,
+        "{page}"
+    );
+    assert_eq!(broker.auth_failure_reasons(), Vec::<String>::new());
+    let output = broker.process.output();
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                && !l.contains("policy warning")
+                && !l.contains("NOT FOR PRODUCTION")
+        })
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "a refresh is not a warning: {warnings:#?}"
+    );
+    assert!(!output.contains(&token) && !output.contains("refresh-canary"));
 }
 
 #[tokio::test]
