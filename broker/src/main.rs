@@ -181,6 +181,12 @@ struct ServeArgs {
     /// Overrides the config's CA bundle for Vault's TLS certificate.
     #[arg(long, env = "COFFER_VAULT_CA_FILE")]
     vault_ca_file: Option<PathBuf>,
+    /// This replica's name in the Vault lease registry (revokeOnStart
+    /// revokes only its own leftovers and those of replicas gone stale).
+    /// Unique among running replicas. Default: the host name, i.e. the
+    /// pod's name (docs/dynamic.md).
+    #[arg(long, env = "COFFER_REPLICA_ID")]
+    replica_id: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -433,7 +439,14 @@ async fn vault_store(args: &ServeArgs, auth: &AuthConfig) -> anyhow::Result<Arc<
     if let Some(ca) = &args.vault_ca_file {
         config.ca_file = Some(ca.clone());
     }
+    if let Some(id) = &args.replica_id {
+        config.replica_id.clone_from(id);
+    }
     config.validate().map_err(|e| usage(e.to_string()))?;
+    // Certificates name the caller's trust domain, which follows its issuer.
+    config
+        .resolve_trust_domains(&auth.trust_domains())
+        .map_err(|e| usage(e.to_string()))?;
     // Vault may start after the broker (any order in a cluster): the first
     // login is retried in the background while health says NOT_SERVING.
     let store = VaultStore::start(config)
@@ -460,10 +473,6 @@ async fn run_listener(
             // Accepted sockets do not inherit TCP_NODELAY: without it a watch
             // update can sit ~40 ms in Nagle's buffer waiting for a delayed ACK.
             let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
-    // Certificates name the caller's trust domain, which follows its issuer.
-    config
-        .resolve_trust_domains(&auth.trust_domains())
-        .map_err(|e| usage(e.to_string()))?;
                 if let Ok(stream) = &s {
                     let _ = stream.set_nodelay(true);
                 }

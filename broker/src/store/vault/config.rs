@@ -28,6 +28,85 @@ pub struct VaultConfig {
     pub poll: PollConfig,
     #[serde(default)]
     pub limits: LimitConfig,
+    /// Where each replica records the database leases it holds, so that
+    /// `revokeOnStart` revokes only leftovers (see [`LeaseRegistryConfig`]).
+    #[serde(default)]
+    pub lease_registry: LeaseRegistryConfig,
+    /// This broker replica's name in the lease registry (`--replica-id`,
+    /// by default the host name: the pod's name in Kubernetes). Unique
+    /// among the replicas running at one time.
+    #[serde(skip, default = "default_replica_id")]
+    pub replica_id: String,
+}
+
+/// The lease registry: a KV v2 secret per replica,
+/// `<mount>/<path>/<replica id>`, listing the database leases the replica
+/// holds. Rewritten every `heartbeat` (its version's time is the replica's
+/// heartbeat, on Vault's clock) and whenever a lease is issued.
+///
+/// At start a replica revokes the leases in its own record (what it left
+/// when it stopped or crashed), then, every heartbeat, those of replicas
+/// whose record is older than `expireAfter` (stopped, crashed, or a
+/// Deployment's old pod, whose name is never used again), and deletes
+/// their records. Leases of live replicas are never touched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseRegistryConfig {
+    /// A KV v2 mount; by default the first KV v2 mount of `mounts`.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// The folder in the mount; no broker path may map to it.
+    #[serde(default = "default_registry_path")]
+    pub path: String,
+    /// How often each replica rewrites its record.
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// A record this much older than the newest heartbeat is a replica
+    /// that is gone: its leases are revoked. At least twice `heartbeat`.
+    #[serde(default = "default_expire_after", deserialize_with = "duration")]
+    pub expire_after: Duration,
+}
+
+fn default_registry_path() -> String {
+    "coffer-leases".into()
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_expire_after() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Default for LeaseRegistryConfig {
+    fn default() -> Self {
+        Self {
+            mount: None,
+            path: default_registry_path(),
+            heartbeat: default_heartbeat(),
+            expire_after: default_expire_after(),
+        }
+    }
+}
+
+/// The host name (a pod's name in Kubernetes), else `coffer-broker`.
+pub fn default_replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_replica_id(h))
+        .unwrap_or_else(|| "coffer-broker".into())
+}
+
+/// Whether `id` may name a replica (and so a registry record): letters,
+/// digits, `.`, `-` and `_`, at most 253.
+pub fn valid_replica_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 253
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !id.starts_with('.')
 }
 
 /// The broker's own identity towards Vault.
@@ -423,11 +502,89 @@ impl VaultConfig {
                 }
             }
         }
+        if self.revokes_on_start() {
+            self.validate_registry()?;
+        }
         if !(0.0..=1.0).contains(&self.poll.jitter) {
             return invalid("poll.jitter must be between 0 and 1".into());
         }
         if self.poll.interval.is_zero() {
             return invalid("poll.interval must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a database mount revokes leftover leases at start (and so
+    /// the lease registry is used).
+    pub fn revokes_on_start(&self) -> bool {
+        self.mounts
+            .iter()
+            .any(|m| m.engine == Engine::Database && m.revoke_on_start)
+    }
+
+    /// The registry's KV v2 mount and folder (validated).
+    pub fn registry_location(&self) -> Option<(String, String)> {
+        let mount = match &self.lease_registry.mount {
+            Some(mount) => mount.clone(),
+            None => self
+                .mounts
+                .iter()
+                .find(|m| m.engine == Engine::Kv && m.kv == 2)?
+                .mount
+                .clone(),
+        };
+        Some((
+            mount.trim_matches('/').to_string(),
+            self.lease_registry.path.trim_matches('/').to_string(),
+        ))
+    }
+
+    fn validate_registry(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let registry = &self.lease_registry;
+        let Some((mount, path)) = self.registry_location() else {
+            return invalid(
+                "revokeOnStart needs a lease registry: give leaseRegistry.mount (a KV v2 mount), \
+                 or set revokeOnStart: false"
+                    .into(),
+            );
+        };
+        if mount.is_empty() || path.is_empty() || path.split('/').any(|s| s.is_empty() || s == "..")
+        {
+            return invalid(format!(
+                "leaseRegistry: {mount:?}/{path:?} is not a KV path"
+            ));
+        }
+        if registry.heartbeat.is_zero() || registry.expire_after < registry.heartbeat * 2 {
+            return invalid(
+                "leaseRegistry: heartbeat must be positive and expireAfter at least twice it"
+                    .into(),
+            );
+        }
+        if !valid_replica_id(&self.replica_id) {
+            return invalid(format!(
+                "replica id {:?}: letters, digits, '.', '-', '_' only",
+                self.replica_id
+            ));
+        }
+        // A caller who could write the registry through a broker path
+        // could make replicas revoke leases: no route may reach it.
+        for m in self.mounts.iter().filter(|m| !m.is_leased()) {
+            if m.mount.trim_matches('/') != mount {
+                continue;
+            }
+            let base = m.path.as_deref().unwrap_or(&m.prefix).trim_matches('/');
+            if base.is_empty()
+                || path == base
+                || path.starts_with(&format!("{base}/"))
+                || base.starts_with(&format!("{path}/"))
+            {
+                return invalid(format!(
+                    "leaseRegistry: {mount}/{path} is reachable through the broker prefix {:?}: \
+                     choose a path no broker path maps to",
+                    m.prefix
+                ));
+            }
         }
         Ok(())
     }
@@ -705,10 +862,48 @@ cache: {ttl: 5s, maxStaleness: 1m}
     }
 
     #[test]
+    fn the_lease_registry_is_a_kv_v2_path_no_broker_path_reaches() {
+        let base = "address: http://127.0.0.1:8200\nauth: {method: token, tokenFile: /t}\n";
+        let with = |mounts: &str, registry: &str| {
+            let c = VaultConfig::from_yaml(&format!("{base}mounts: {mounts}\n{registry}")).unwrap();
+            c.validate().map(|()| c.registry_location())
+        };
+        let db = "{prefix: shop/pg, mount: database, type: database, role: shop}";
+        let (mount, path) = with(&format!("[{{prefix: shop, mount: secret}}, {db}]"), "")
+            .unwrap()
+            .unwrap();
+        assert_eq!((mount.as_str(), path.as_str()), ("secret", "coffer-leases"));
+        // Every path of the mount is a broker path: refused.
+        assert!(with(&format!("[{{prefix: \"\", mount: secret}}, {db}]"), "").is_err());
+        assert!(
+            with(
+                &format!("[{{prefix: shop, mount: secret}}, {db}]"),
+                "leaseRegistry: {path: shop/leases}"
+            )
+            .is_err()
+        );
+        // No KV v2 mount to default to: refused, unless revokeOnStart is off.
+        assert!(with(&format!("[{db}]"), "").is_err());
+        with(
+            "[{prefix: shop/pg, mount: database, type: database, role: shop, revokeOnStart: false}]",
+            "",
+        )
+        .unwrap();
+        with(&format!("[{db}]"), "leaseRegistry: {mount: coffer}").unwrap();
+        assert!(
+            with(
+                &format!("[{db}]"),
+                "leaseRegistry: {mount: coffer, heartbeat: 10s, expireAfter: 15s}"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn a_database_mount_needs_a_role_and_a_prefix() {
         let base = "address: http://127.0.0.1:8200\nauth: {method: token, tokenFile: /t}\nmounts: ";
         let ok = VaultConfig::from_yaml(&format!(
-            "{base}[{{prefix: db/shop, mount: database, type: database, role: shop, grace: 5s, leasePer: serviceAccount}}]"
+            "{base}[{{prefix: db/shop, mount: database, type: database, role: shop, grace: 5s, leasePer: serviceAccount}}]\nleaseRegistry: {{mount: kv}}"
         ))
         .unwrap();
         ok.validate().unwrap();

@@ -11,9 +11,14 @@
 //! mount's `grace`, the lease is revoked and the entry removed. While Vault
 //! cannot be reached the last credential is served until its lease ends.
 //!
-//! A broker restart loses the in-memory lease ids, so before the first
-//! credential of a role is issued the store revokes every lease of the role
-//! by prefix (`revokeOnStart`).
+//! A broker restart loses the in-memory lease ids, so each replica records
+//! the database leases it holds in the lease registry (a KV v2 secret per
+//! replica, see [`super::config::LeaseRegistryConfig`]) before it serves
+//! them. At start (`revokeOnStart`) a replica revokes the leases of its own
+//! record, left by its previous run, before it issues any; every heartbeat
+//! it revokes those of replicas whose record went stale (stopped, crashed,
+//! or an old pod of a Deployment). Never a live replica's: a prefix
+//! revocation of the role would end every replica's credentials.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -25,6 +30,7 @@ use std::{
 };
 
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use vaultrs::{client::VaultClient, error::ClientError};
 use zeroize::Zeroizing;
 
@@ -50,11 +56,16 @@ const EVENT_QUEUE: usize = 1024;
 /// record of a read finds its lease even if a rotation just happened.
 const SERVED_KEPT: usize = 4;
 
+/// How long an issue waits for the start sweep before it fails
+/// (`UNAVAILABLE`): no credential is issued before this replica's
+/// leftovers are revoked.
+const START_SWEEP_WAIT: Duration = Duration::from_secs(10);
+
 /// The live leases, by holder key and broker path.
 pub(super) struct Leases {
     entries: Mutex<HashMap<Key, Arc<Held>>>,
-    /// Roles whose leases left by an earlier run were revoked.
-    swept: tokio::sync::Mutex<Vec<String>>,
+    /// This replica's record in the lease registry.
+    registry: Registry,
     /// The broker's own lease actions, for the audit trail.
     events: mpsc::Sender<LeaseEvent>,
     events_out: Mutex<Option<mpsc::Receiver<LeaseEvent>>>,
@@ -68,7 +79,7 @@ impl Default for Leases {
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         Self {
             entries: Mutex::default(),
-            swept: tokio::sync::Mutex::default(),
+            registry: Registry::default(),
             events,
             events_out: Mutex::new(Some(rx)),
             events_taken: AtomicBool::new(false),
@@ -133,6 +144,51 @@ struct Credential {
     renewable: bool,
     /// Since when renewals fail, and how (a fixed word, never Vault's text).
     failing: Option<(SystemTime, &'static str)>,
+}
+
+/// What this replica has told the lease registry, and what it holds.
+struct Registry {
+    /// The database leases this replica holds (or left to end at their
+    /// expiry after a rotation), with their expiry.
+    owned: Mutex<BTreeMap<String, SystemTime>>,
+    /// One record write at a time, each with the newest set.
+    writing: tokio::sync::Mutex<()>,
+    /// Set once this replica's leftovers are revoked.
+    started: watch::Sender<bool>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            owned: Mutex::default(),
+            writing: tokio::sync::Mutex::new(()),
+            started: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Registry {
+    fn own(&self, lease_id: &str, expires: SystemTime) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lease_id.to_string(), expires);
+    }
+
+    fn disown(&self, lease_id: &str) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(lease_id);
+    }
+
+    /// The leases held now; those past their expiry are forgotten.
+    fn snapshot(&self) -> Vec<String> {
+        let now = SystemTime::now();
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.retain(|_, expires| *expires > now);
+        owned.keys().cloned().collect()
+    }
 }
 
 /// What Vault answers when issuing or renewing.
@@ -322,26 +378,197 @@ impl Inner {
         }
     }
 
-    /// Revokes what an earlier run of the broker left of `mount`'s role,
-    /// once per role and process.
-    async fn sweep_once(&self, mount: &MountConfig) -> Result<(), StoreError> {
-        // Certificates carry no Vault lease: nothing to sweep.
-        if !mount.revoke_on_start || mount.engine != Engine::Database {
-            return Ok(());
+    /// Waits until this replica's leftovers are revoked (the start
+    /// sweep), so no credential it issues now is mistaken for one.
+    async fn wait_for_start_sweep(&self) -> Result<(), StoreError> {
+        let mut started = self.leases.registry.started.subscribe();
+        match tokio::time::timeout(START_SWEEP_WAIT, started.wait_for(|done| *done)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "the leases an earlier run left are not revoked yet".into(),
+            )),
         }
-        let prefix = creds_path(mount);
-        let mut swept = self.leases.swept.lock().await;
-        if swept.contains(&prefix) {
-            return Ok(());
-        }
-        let path = format!("sys/leases/revoke-prefix/{prefix}");
-        self.call(|c| {
-            let path = path.clone();
-            async move { raw(&c, http::Method::PUT, &path, None).await.map(drop) }
+    }
+
+    /// Whether `lease_id` is one this broker may revoke as a leftover: a
+    /// credential of a database mount with `revokeOnStart`. A record naming
+    /// anything else (it should not) is not acted on.
+    fn revocable(&self, lease_id: &str) -> bool {
+        self.config.mounts.iter().any(|m| {
+            m.engine == Engine::Database
+                && m.revoke_on_start
+                && lease_id
+                    .strip_prefix(&creds_path(m))
+                    .is_some_and(|rest| rest.starts_with('/') && !rest.contains(".."))
         })
-        .await?;
-        tracing::info!(prefix = %prefix, "revoked the leases an earlier run left");
-        swept.push(prefix);
+    }
+
+    /// `<mount>/data/<path>/<replica>` or `<mount>/metadata/...`.
+    fn registry_path(&self, kind: &str, replica: &str) -> Option<String> {
+        let (mount, path) = self.config.registry_location()?;
+        Some(format!("{mount}/{kind}/{path}/{replica}"))
+    }
+
+    /// Writes this replica's record (the heartbeat); Vault's time of the
+    /// write.
+    async fn write_registry(&self) -> Result<SystemTime, StoreError> {
+        let Some(path) = self.registry_path("data", &self.config.replica_id) else {
+            return Err(StoreError::Internal("no lease registry".into()));
+        };
+        let _one = self.leases.registry.writing.lock().await;
+        let body = serde_json::json!({"data": {
+            "replica": self.config.replica_id,
+            "leases": self.leases.registry.snapshot(),
+        }});
+        let answer = self
+            .call(|c| {
+                let (path, body) = (path.clone(), body.clone());
+                async move { raw(&c, http::Method::PUT, &path, Some(body)).await }
+            })
+            .await?;
+        let value: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|_| StoreError::Internal("Vault's registry answer is not JSON".into()))?;
+        value["data"]["created_time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .ok_or_else(|| StoreError::Internal("Vault's registry answer has no time".into()))
+    }
+
+    /// Records the leases held now; a failure is logged (the next
+    /// heartbeat tries again).
+    async fn record_leases(&self) {
+        if !self.config.revokes_on_start() {
+            return;
+        }
+        if let Err(error) = self.write_registry().await {
+            tracing::warn!(%error, "could not record this replica's leases in the lease registry");
+        }
+    }
+
+    /// A replica's record: its leases and the time of its last heartbeat.
+    async fn read_registry(
+        &self,
+        replica: &str,
+    ) -> Result<Option<(Vec<String>, SystemTime)>, StoreError> {
+        let Some(path) = self.registry_path("data", replica) else {
+            return Ok(None);
+        };
+        let answer = match self
+            .call(|c| {
+                let path = path.clone();
+                async move { raw(&c, http::Method::GET, &path, None).await }
+            })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(CallError::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|_| StoreError::Internal("Vault's registry answer is not JSON".into()))?;
+        let data = &value["data"];
+        let leases = data["data"]["leases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect();
+        let at = data["metadata"]["created_time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .unwrap_or(UNIX_EPOCH);
+        Ok(Some((leases, at)))
+    }
+
+    /// The replicas with a record.
+    async fn registry_replicas(&self) -> Result<Vec<String>, StoreError> {
+        let Some(path) = self.registry_path("metadata", "") else {
+            return Ok(Vec::new());
+        };
+        let path = format!("{}?list=true", path.trim_end_matches('/'));
+        let answer = match self
+            .call(|c| {
+                let path = path.clone();
+                async move { raw(&c, http::Method::GET, &path, None).await }
+            })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(CallError::NotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|_| StoreError::Internal("Vault's registry listing is not JSON".into()))?;
+        Ok(value["data"]["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str())
+            .filter(|k| super::config::valid_replica_id(k))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Revokes the leases `replica` left and removes its record.
+    async fn revoke_leftovers(&self, replica: &str, leases: &[String]) -> Result<(), StoreError> {
+        let mut revoked = 0;
+        for lease_id in leases.iter().filter(|l| self.revocable(l)) {
+            // One that cannot be revoked ends at its TTL; the rest go on.
+            if self.revoke(lease_id).await.is_ok() {
+                revoked += 1;
+            }
+        }
+        tracing::info!(
+            replica,
+            revoked,
+            "revoked the leases a stopped broker replica left"
+        );
+        if let Some(path) = self.registry_path("metadata", replica) {
+            let result = self
+                .call(|c| {
+                    let path = path.clone();
+                    async move { raw(&c, http::Method::DELETE, &path, None).await.map(drop) }
+                })
+                .await;
+            match result {
+                Ok(()) | Err(CallError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// At start: revokes this replica's own leftovers, then writes its
+    /// first heartbeat.
+    async fn start_sweep(&self) -> Result<(), StoreError> {
+        let own = self.config.replica_id.clone();
+        let left = self.read_registry(&own).await?;
+        if let Some((leases, _)) = left {
+            self.revoke_leftovers(&own, &leases).await?;
+        }
+        self.write_registry().await?;
+        Ok(())
+    }
+
+    /// Revokes the leases of replicas whose heartbeat is older than
+    /// `expireAfter` at `now` (Vault's time of this replica's heartbeat).
+    async fn sweep_stale(&self, now: SystemTime) -> Result<(), StoreError> {
+        let expire_after = self.config.lease_registry.expire_after;
+        for replica in self.registry_replicas().await? {
+            if replica == self.config.replica_id {
+                continue;
+            }
+            let Some((leases, at)) = self.read_registry(&replica).await? else {
+                continue;
+            };
+            if now.duration_since(at).unwrap_or_default() > expire_after {
+                tracing::info!(
+                    replica,
+                    "a broker replica stopped heartbeating; revoking its leases"
+                );
+                self.revoke_leftovers(&replica, &leases).await?;
+            }
+        }
         Ok(())
     }
 
@@ -363,7 +590,9 @@ impl Inner {
                 .await?;
             (path, parse_certificate(&answer)?)
         } else {
-            self.sweep_once(mount).await?;
+            if mount.revoke_on_start {
+                self.wait_for_start_sweep().await?;
+            }
             let path = creds_path(mount);
             let answer = self
                 .call(|c| {
@@ -373,9 +602,15 @@ impl Inner {
                 .await?;
             (path, parse_grant(&answer)?)
         };
+        let expires_wall = SystemTime::now() + grant.lease;
+        if mount.engine == Engine::Database && mount.revoke_on_start {
+            // Recorded before it is served: a crash from here on leaves a
+            // lease the next start finds.
+            self.leases.registry.own(&grant.lease_id, expires_wall);
+            self.record_leases().await;
+        }
         let data = to_secret_data(grant.data.unwrap_or(serde_json::Value::Null))?;
         let now = Instant::now();
-        let expires_wall = SystemTime::now() + grant.lease;
         let expires_unix = unix_seconds(expires_wall);
         tracing::info!(path = %path, lease_id = %grant.lease_id, version, ttl_s = grant.lease.as_secs(), "issued a leased credential");
         Ok(Credential {
@@ -432,6 +667,7 @@ impl Inner {
         match result {
             Ok(()) => {
                 tracing::info!(lease_id = %lease_id, "revoked a lease");
+                self.leases.registry.disown(lease_id);
                 Ok(())
             }
             Err(e) => {
@@ -555,6 +791,58 @@ pub(super) fn creds_path(mount: &MountConfig) -> String {
         mount.mount.trim_matches('/'),
         mount.role.as_deref().unwrap_or("")
     )
+}
+
+/// The lease registry's life: the start sweep, retried until it succeeds
+/// (issues wait for it), then a heartbeat every `heartbeat`. Replicas whose
+/// heartbeat went stale are swept only once this replica has itself reached
+/// Vault for `expireAfter` without a miss: after an outage every live
+/// replica gets the time to heartbeat again before anyone judges it gone.
+pub(super) async fn registry_loop(weak: Weak<Inner>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        match inner.start_sweep().await {
+            Ok(()) => {
+                inner.leases.registry.started.send_replace(true);
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not revoke the leases this replica left; retrying")
+            }
+        }
+        drop(inner);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    let mut healthy_since: Option<SystemTime> = None;
+    loop {
+        let Some(registry) = weak.upgrade().map(|i| i.config.lease_registry.clone()) else {
+            return;
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(registry.heartbeat) => {}
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        match inner.write_registry().await {
+            Ok(now) => {
+                let since = *healthy_since.get_or_insert(now);
+                if now.duration_since(since).unwrap_or_default() >= registry.expire_after
+                    && let Err(error) = inner.sweep_stale(now).await
+                {
+                    tracing::warn!(%error, "could not sweep the leases of stopped replicas");
+                }
+            }
+            Err(error) => {
+                healthy_since = None;
+                tracing::warn!(%error, "lease registry heartbeat failed");
+            }
+        }
+    }
 }
 
 /// One entry's life: renew, rotate, and revoke when unwatched.

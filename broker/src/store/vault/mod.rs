@@ -221,6 +221,11 @@ impl VaultStore {
         let weak = Arc::downgrade(&inner);
         let token = inner.shutdown.clone();
         tokio::spawn(async move { probe_loop(weak, token).await });
+        if inner.config.revokes_on_start() {
+            // At start, for every revokeOnStart mount: not at a role's first read.
+            let (weak, token) = (Arc::downgrade(&inner), inner.shutdown.clone());
+            tokio::spawn(leases::registry_loop(weak, token));
+        }
         Self { inner }
     }
 
