@@ -36,7 +36,7 @@ use std::{
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
-use crate::{Process, fixture};
+use crate::{Process, fixture, free_port};
 
 /// The issuer of the server's service-account tokens: the in-cluster name
 /// deploy/ configures.
@@ -79,14 +79,6 @@ fn etcd_binary() -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.is_file());
     found.expect("etcd is missing: run scripts/install-test-deps (Debian's etcd-server)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `program args` under a shell watchdog that ends it when the test
@@ -390,6 +382,53 @@ impl ApiServer {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// What the broker's pod has at /var/run/secrets/kubernetes.io/
+    /// serviceaccount as deploy/ runs it: a directory holding `ca.crt` and
+    /// the `token` of coffer/coffer-broker for the API server's audience.
+    /// Creates the namespace `coffer` and its service accounts
+    /// `coffer-broker` and `coffer-operator` on the way.
+    pub fn broker_pod_credentials(&self) -> PathBuf {
+        self.create_namespace("coffer");
+        self.service_account("coffer", "coffer-broker");
+        self.service_account("coffer", "coffer-operator");
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = self.dir().join(format!(
+            "broker-pod-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&self.ca_file, dir.join("ca.crt")).unwrap();
+        let token = self.token(
+            "coffer",
+            "coffer-broker",
+            SA_ISSUER,
+            None,
+            Duration::from_secs(3600),
+        );
+        std::fs::write(dir.join("token"), token).unwrap();
+        dir
+    }
+
+    /// A token of the operator account deploy/ ships (coffer/coffer-operator,
+    /// audience `coffer`), as `kubectl -n coffer create token` makes it.
+    pub fn operator_token(&self) -> String {
+        self.token(
+            "coffer",
+            "coffer-operator",
+            "coffer",
+            None,
+            Duration::from_secs(600),
+        )
+    }
+
+    /// The example app's pod `name` in namespace `shop`, running as
+    /// `shop/web` (creating the namespace and account if need be); its uid.
+    pub fn shop_pod(&self, name: &str) -> String {
+        self.create_namespace("shop");
+        self.service_account("shop", "web");
+        self.pod("shop", name, "web")
     }
 
     /// Deletes a pod at once (no kubelet is there to confirm a graceful end).

@@ -419,6 +419,16 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     }
 }
 
+/// A loopback port free now (bound, then released) for a server that must
+/// be told its port before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `cofferctl` with `args`; returns its exit code and stdout.
 pub fn cofferctl(args: &[&std::ffi::OsStr]) -> (i32, String) {
     let output = Command::new(binary("cofferctl"))
@@ -569,11 +579,17 @@ impl BrokerProcess {
 
     /// Writes `data` at `path` as the test operator (`ops/admin`); returns the version.
     pub async fn put_data(&self, path: &str, data: coffer::SecretData) -> u64 {
-        let admin = self.client(mint(Key::Rsa, "ops", "admin")).await;
-        admin
+        self.put_as(mint(Key::Rsa, "ops", "admin"), path, data)
+            .await
+    }
+
+    /// Writes `data` at `path` as `token`'s holder; returns the version.
+    pub async fn put_as(&self, token: String, path: &str, data: coffer::SecretData) -> u64 {
+        self.client(token)
+            .await
             .put(coffer::Put::new(path, data).content_type("text/plain"))
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("put {path}: {e}\n{}", self.process.output()))
     }
 
     /// Writes `value` at `path` as the test operator; returns the version.

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Process, openbao::OpenBao};
+use crate::{Process, free_port, openbao::OpenBao};
 
 /// The superuser's password (the cluster lives only as long as the test).
 pub const ROOT_PASSWORD: &str = "coffer-test-pg-root";
@@ -242,12 +242,4 @@ fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
     if let Some((uid, gid)) = owner {
         command.uid(uid).gid(gid);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -28,25 +28,8 @@ async fn a_pod_bound_token_reaches_a_secret_through_the_vault_overlays_authentic
     let cluster = ApiServer::shared();
     let objects = deploy::objects("overlays/vault");
 
-    // The broker's own credential, as its pod has it: a token of
-    // coffer/coffer-broker for the API server's audience.
-    cluster.create_namespace("coffer");
-    cluster.service_account("coffer", "coffer-broker");
-    cluster.service_account("coffer", "coffer-operator");
-    let credentials = cluster.dir().join("broker-pod");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::copy(&cluster.ca_file, credentials.join("ca.crt")).unwrap();
-    std::fs::write(
-        credentials.join("token"),
-        cluster.token(
-            "coffer",
-            "coffer-broker",
-            coffer_tests::kube::SA_ISSUER,
-            None,
-            Duration::from_secs(3600),
-        ),
-    )
-    .unwrap();
+    // The broker's own credential, as its pod has it.
+    let credentials = cluster.broker_pod_credentials();
     // The overlay's RBAC, applied for real: without it the broker's token
     // may not read the discovery endpoints.
     let binding = objects
@@ -68,28 +51,14 @@ async fn a_pod_bound_token_reaches_a_secret_through_the_vault_overlays_authentic
     broker.wait_for_log("JWKS fetched", 1);
 
     // The operator writes the secret; the example app's pod reads it.
-    cluster.create_namespace("shop");
-    cluster.service_account("shop", "web");
-    cluster.pod("shop", "web-7d9f-abcde", "web");
-    let operator = cluster.token(
-        "coffer",
-        "coffer-operator",
-        "coffer",
-        None,
-        Duration::from_secs(600),
-    );
+    cluster.shop_pod("web-7d9f-abcde");
     broker
-        .client(operator)
-        .await
-        .put(
-            coffer::Put::new(
-                "shop/web/db-password",
-                coffer::SecretData::Bytes(b"pod-bound-canary-5e1f"[..].into()),
-            )
-            .content_type("text/plain"),
+        .put_as(
+            cluster.operator_token(),
+            "shop/web/db-password",
+            coffer::SecretData::Bytes(b"pod-bound-canary-5e1f"[..].into()),
         )
-        .await
-        .unwrap();
+        .await;
     let pod_token = cluster.token(
         "shop",
         "web",

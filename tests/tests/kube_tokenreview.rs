@@ -31,26 +31,10 @@ rules:
 /// The broker as the tokenreview overlay configures it, against `cluster`.
 fn broker(cluster: &ApiServer) -> BrokerProcess {
     let objects = deploy::objects("overlays/tokenreview");
-    cluster.create_namespace("coffer");
-    cluster.service_account("coffer", "coffer-broker");
-    cluster.service_account("coffer", "coffer-operator");
+    let credentials = cluster.broker_pod_credentials();
     for binding in objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
         cluster.apply(&binding.to_string());
     }
-    let credentials = cluster.dir().join("broker-pod");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::copy(&cluster.ca_file, credentials.join("ca.crt")).unwrap();
-    std::fs::write(
-        credentials.join("token"),
-        cluster.token(
-            "coffer",
-            "coffer-broker",
-            coffer_tests::kube::SA_ISSUER,
-            None,
-            Duration::from_secs(3600),
-        ),
-    )
-    .unwrap();
     let shipped = deploy::find(&objects, "ConfigMap", "coffer-auth")["data"]["auth.yaml"]
         .as_str()
         .unwrap()
@@ -93,18 +77,8 @@ fn counter(page: &str, name: &str) -> u64 {
 async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure() {
     let cluster = ApiServer::shared();
     let broker = broker(cluster);
-    cluster.create_namespace("shop");
-    cluster.service_account("shop", "web");
-    cluster.pod("shop", "web-2", "web");
-    let operator = broker
-        .client(cluster.token(
-            "coffer",
-            "coffer-operator",
-            "coffer",
-            None,
-            Duration::from_secs(600),
-        ))
-        .await;
+    cluster.shop_pod("web-2");
+    let operator = broker.client(cluster.operator_token()).await;
     let put = |value: &'static [u8]| {
         coffer::Put::new("shop/web/session", coffer::SecretData::Bytes(value.into()))
             .content_type("text/plain")
@@ -166,28 +140,14 @@ async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure(
 async fn a_deleted_pods_token_is_refused_and_its_watch_closed_within_the_ttl() {
     let cluster = ApiServer::shared();
     let broker = broker(cluster);
-    cluster.create_namespace("shop");
-    cluster.service_account("shop", "web");
-    cluster.pod("shop", "web-1", "web");
-    let operator = cluster.token(
-        "coffer",
-        "coffer-operator",
-        "coffer",
-        None,
-        Duration::from_secs(600),
-    );
+    cluster.shop_pod("web-1");
     broker
-        .client(operator)
-        .await
-        .put(
-            coffer::Put::new(
-                "shop/web/api-key",
-                coffer::SecretData::Bytes(b"review-canary-81c0"[..].into()),
-            )
-            .content_type("text/plain"),
+        .put_as(
+            cluster.operator_token(),
+            "shop/web/api-key",
+            coffer::SecretData::Bytes(b"review-canary-81c0"[..].into()),
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", broker.process.output()));
+        .await;
 
     let token = cluster.token(
         "shop",
