@@ -203,6 +203,11 @@ pub struct Versions {
     pub current: u64,
     /// Every version the backend keeps, oldest first.
     pub versions: Vec<VersionInfo>,
+    /// The rotation spec stored with the secret: its `coffer.rotate/*`
+    /// labels (e.g. `coffer.rotate/length` = `40`), read by the broker from
+    /// the secret's metadata, never from its value. Empty when none is
+    /// stored.
+    pub rotation_labels: BTreeMap<String, String>,
 }
 
 /// One version's non-secret facts.
@@ -233,6 +238,7 @@ impl From<v1::ListVersionsResponse> for Versions {
     fn from(wire: v1::ListVersionsResponse) -> Self {
         Self {
             current: wire.current_version,
+            rotation_labels: wire.rotation_labels.into_iter().collect(),
             versions: wire
                 .versions
                 .into_iter()

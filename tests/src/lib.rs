@@ -7,6 +7,7 @@
 //! README's test command does it).
 
 pub mod browser;
+pub mod console;
 pub mod openbao;
 pub mod operator;
 pub mod postgres;

@@ -8,8 +8,9 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use coffer_tests::{
-    BrokerProcess, Key, Process, SidecarProcess, binary,
+    BrokerProcess, Key, SidecarProcess, binary,
     browser::{Browser, http_exchange},
+    console::Console,
     eventually, mint,
     operator::{TinyTmpfs, password_of, password_sidecar},
 };
@@ -31,104 +32,6 @@ rules:
 "#;
 
 const CANARY: &str = "canary-console-7f3a9c";
-
-/// A running `cofferctl console` and the URL it printed.
-struct Console {
-    process: Process,
-    /// `127.0.0.1:PORT`.
-    addr: String,
-    /// The printed URL, with the access token.
-    url: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Console {
-    fn start(broker: &BrokerProcess, who: (&str, &str)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, mint(Key::Rsa, who.0, who.1)).unwrap();
-        let mut command = Command::new(binary("cofferctl"));
-        command
-            .arg("console")
-            .arg("--broker")
-            .arg(&broker.endpoint)
-            .arg("--token-file")
-            .arg(&token_file)
-            .args(["--listen", "127.0.0.1:0"]);
-        let process = Process::spawn(command, dir.path().join("console.log"));
-        let until = std::time::Instant::now() + Duration::from_secs(20);
-        let url = loop {
-            let output = process.output();
-            if let Some(url) = output
-                .lines()
-                .find_map(|l| l.strip_prefix("Coffer console: "))
-            {
-                break url.to_string();
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "no URL from the console: {output}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let rest = url.strip_prefix("http://").unwrap();
-        let (addr, query) = rest.split_once('/').unwrap();
-        assert!(addr.starts_with("127.0.0.1:"), "loopback by default: {url}");
-        let token = query.strip_prefix("?token=").unwrap().to_string();
-        assert_eq!(token.len(), 64, "{url}");
-        Self {
-            process,
-            addr: addr.to_string(),
-            url,
-            token,
-            _dir: dir,
-        }
-    }
-
-    fn cookie(&self) -> String {
-        let port = self.addr.rsplit(':').next().unwrap();
-        format!("coffer_console_{port}={}", self.token)
-    }
-
-    /// GET with the access cookie; returns the status and body.
-    fn get(&self, path: &str) -> (u16, String) {
-        let (code, _, body) =
-            http_exchange(&self.addr, "GET", path, &[("Cookie", &self.cookie())], b"").unwrap();
-        (code, String::from_utf8(body).unwrap())
-    }
-
-    /// The CSRF token the secret page carries.
-    fn csrf(&self, path: &str) -> String {
-        let (code, html) = self.get(&format!("/secret/{path}"));
-        assert_eq!(code, 200, "{html}");
-        let tail = html
-            .split("name=\"coffer-csrf\" content=\"")
-            .nth(1)
-            .unwrap();
-        tail.split('"').next().unwrap().to_string()
-    }
-
-    /// A POST as the page's script sends it, with these header overrides.
-    fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let origin = format!("http://{}", self.addr);
-        let cookie = self.cookie();
-        let mut all: Vec<(&str, &str)> = vec![
-            ("Cookie", &cookie),
-            ("Origin", &origin),
-            ("Content-Type", "application/json"),
-        ];
-        for (k, v) in headers {
-            all.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
-            if !v.is_empty() {
-                all.push((k, v));
-            }
-        }
-        let (code, _, body) =
-            http_exchange(&self.addr, "POST", path, &all, body.as_bytes()).unwrap();
-        (code, String::from_utf8(body).unwrap())
-    }
-}
 
 /// A broker with shop/db = {password: first} watched by `pods` sidecars.
 async fn broker_with_pods(pods: &[&str]) -> (BrokerProcess, Vec<SidecarProcess>) {
@@ -286,19 +189,13 @@ async fn requests_without_the_access_token_are_refused() {
             !String::from_utf8_lossy(&body).contains("shop/db"),
             "{path}"
         );
-        let flipped = if console.token.starts_with('0') {
-            '1'
-        } else {
-            '0'
-        };
-        let wrong = format!(
-            "{}={flipped}{}",
-            console.cookie().split('=').next().unwrap(),
-            &console.token[1..]
-        );
+        let session = console.cookie();
+        let value = session.split_once('=').unwrap().1;
+        let flipped = if value.starts_with('0') { '1' } else { '0' };
+        let wrong = format!("{}={flipped}{}", console.cookie_name(), &value[1..]);
         let (code, _, _) =
             http_exchange(&console.addr, "GET", path, &[("Cookie", &wrong)], b"").unwrap();
-        assert_eq!(code, 401, "a wrong token: {path}");
+        assert_eq!(code, 401, "a wrong session: {path}");
     }
     let (code, _, _) = http_exchange(&console.addr, "GET", "/?token=00", &[], b"").unwrap();
     assert_eq!(code, 401);

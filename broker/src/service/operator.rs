@@ -393,15 +393,18 @@ impl SecretOperator for Broker {
                 "ListVersions",
             )
             .await?;
-        let (current_version, versions) = self
+        // From the metadata alone: showing a spec must not read the value
+        // (on a leased path that would issue a credential to the caller).
+        let list = self
             .inner
             .store
-            .versions(path.base())
+            .versions_with_labels(path.base())
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(v1::ListVersionsResponse {
-            current_version,
-            versions: versions
+            current_version: list.current,
+            versions: list
+                .versions
                 .into_iter()
                 .map(|v| v1::VersionInfo {
                     version: v.version,
@@ -410,6 +413,7 @@ impl SecretOperator for Broker {
                     destroyed: v.destroyed,
                 })
                 .collect(),
+            rotation_labels: RotationSpec::stored(&list.labels).into_iter().collect(),
         }))
     }
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
+use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo, VersionList};
 
 const MAGIC: &[u8] = b"COFFERDEV1";
 
@@ -282,6 +282,11 @@ impl SecretStore for DevStore {
     }
 
     async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError> {
+        let list = self.versions_with_labels(path).await?;
+        Ok((list.current, list.versions))
+    }
+
+    async fn versions_with_labels(&self, path: &str) -> Result<VersionList, StoreError> {
         let secrets = self.lock_secrets();
         let versions = secrets.get(path).ok_or(StoreError::NotFound)?;
         let infos = versions
@@ -294,7 +299,15 @@ impl SecretStore for DevStore {
                 destroyed: v.destroyed,
             })
             .collect();
-        Ok((versions.len() as u64, infos))
+        Ok(VersionList {
+            current: versions.len() as u64,
+            versions: infos,
+            // Labels belong to the secret (see `put`): the last version's.
+            labels: versions
+                .last()
+                .map(|v| v.labels.clone())
+                .unwrap_or_default(),
+        })
     }
 
     async fn delete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
@@ -556,6 +569,28 @@ mod tests {
         ));
         assert!(matches!(
             store.get("nope", None).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn versions_come_with_the_secrets_labels() {
+        let store = DevStore::in_memory();
+        let mut labelled = write(b"one");
+        labelled
+            .labels
+            .insert("coffer.rotate/length".into(), "40".into());
+        store.put("a/b", labelled).await.unwrap();
+        // A write without labels keeps them.
+        store.put("a/b", write(b"two")).await.unwrap();
+        let list = store.versions_with_labels("a/b").await.unwrap();
+        assert_eq!((list.current, list.versions.len()), (2, 2));
+        assert_eq!(
+            list.labels.get("coffer.rotate/length").map(String::as_str),
+            Some("40")
+        );
+        assert!(matches!(
+            store.versions_with_labels("nope").await,
             Err(StoreError::NotFound)
         ));
     }

@@ -63,6 +63,18 @@ pub struct VersionInfo {
     pub destroyed: bool,
 }
 
+/// A secret's versions and its labels, from its metadata alone
+/// ([`SecretStore::versions_with_labels`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionList {
+    /// The version reads return.
+    pub current: u64,
+    /// Every version's facts, oldest first.
+    pub versions: Vec<VersionInfo>,
+    /// The secret's non-secret labels (e.g. the rotation spec).
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Who reads a secret, for stores that issue a credential per workload
 /// (leased secrets, docs/dynamic.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +235,18 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// The current version and every version's facts.
     async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError>;
+
+    /// Like [`versions`](Self::versions), with the secret's labels, taken
+    /// from the same metadata: no value is read (on a leased path a read
+    /// would issue a credential). A store that keeps no labels answers none.
+    async fn versions_with_labels(&self, path: &str) -> Result<VersionList, StoreError> {
+        let (current, versions) = self.versions(path).await?;
+        Ok(VersionList {
+            current,
+            versions,
+            labels: BTreeMap::new(),
+        })
+    }
 
     /// Makes `to_version`'s value current again, as a new version.
     async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, StoreError> {

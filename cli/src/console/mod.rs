@@ -5,8 +5,10 @@
 //! surface. There is no reveal: no page and no JSON answer carries a value.
 //!
 //! Safe by construction: loopback only unless `--listen` names another
-//! address; a per-run random access token in the printed URL (exchanged for
-//! an `HttpOnly`, `SameSite=Strict` cookie); every action needs the per-run
+//! address; a per-run random access token in the printed URL, traded for a
+//! session of its own (a random value in an `HttpOnly`, `SameSite=Strict`
+//! cookie, kept server-side, bounded, expiring), so the cookie never
+//! carries the token; every action needs the per-run
 //! CSRF token in a header and a same-origin `Origin`; the `Host` must be the
 //! console's own address (no DNS rebinding); a `Content-Security-Policy`
 //! without inline scripts; `Cache-Control: no-store`; bounded connections
@@ -15,11 +17,12 @@
 mod views;
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::ExitCode,
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -33,7 +36,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::{
+    hmac,
+    rand::{SecureRandom, SystemRandom},
+};
 use zeroize::Zeroizing;
 
 /// `cofferctl console` flags.
@@ -52,8 +58,12 @@ pub(crate) struct ConsoleArgs {
 const MAX_CONNECTIONS: usize = 64;
 /// The largest request body (actions carry a few numbers).
 const MAX_BODY: usize = 4096;
-/// The per-run tokens: 32 random bytes, hex.
+/// The per-run tokens and the session values: 32 random bytes, hex.
 const TOKEN_BYTES: usize = 32;
+/// Sessions open at once; a new one beyond them replaces the oldest.
+const MAX_SESSIONS: usize = 16;
+/// How long a session lasts; then the printed URL opens a new one.
+const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 
 const SCRIPT: &str = include_str!("assets/console.js");
 const STYLE: &str = include_str!("assets/console.css");
@@ -64,15 +74,59 @@ const CSRF_HEADER: &str = "x-coffer-csrf";
 /// What every request handler shares.
 struct Console {
     client: Client,
-    /// SHA-256 of the access token: compared as digests, so the comparison
-    /// reveals nothing about the token, and the token itself is not kept.
-    access_digest: ring::digest::Digest,
+    /// Keys the tags below: a per-run random HMAC key, so every comparison
+    /// with what a request presents is `hmac::verify`, in constant time.
+    key: hmac::Key,
+    /// The access token's tag; the token itself is not kept.
+    access_tag: hmac::Tag,
     csrf: Zeroizing<String>,
-    csrf_digest: ring::digest::Digest,
+    csrf_tag: hmac::Tag,
+    /// The sessions the access token was traded for.
+    sessions: Sessions,
+    rng: SystemRandom,
     /// The `Host` values this console answers to.
     hosts: Vec<String>,
     cookie: String,
     views: views::Views,
+}
+
+/// The open sessions: only each value's tag and when it expires, oldest
+/// first, at most [`MAX_SESSIONS`].
+#[derive(Default)]
+struct Sessions {
+    open: Mutex<VecDeque<Session>>,
+}
+
+struct Session {
+    tag: hmac::Tag,
+    expires: Instant,
+}
+
+impl Sessions {
+    /// Opens a session for the value whose tag is `tag`, dropping expired
+    /// ones and, beyond the bound, the oldest.
+    fn open(&self, tag: hmac::Tag, now: Instant) {
+        // Every critical section leaves the queue whole.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|s| s.expires > now);
+        while open.len() >= MAX_SESSIONS {
+            open.pop_front();
+        }
+        open.push_back(Session {
+            tag,
+            expires: now + SESSION_LIFETIME,
+        });
+    }
+
+    /// Whether `value` is an open session's: checked against every one,
+    /// each in constant time, with no early exit.
+    fn check(&self, key: &hmac::Key, value: &[u8], now: Instant) -> bool {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.iter().fold(false, |found, s| {
+            let matches = hmac::verify(key, value, s.tag.as_ref()).is_ok();
+            found | (matches & (s.expires > now))
+        })
+    }
 }
 
 /// Runs the console until Ctrl-C or SIGTERM.
@@ -101,15 +155,20 @@ pub(crate) async fn run(client: Client, args: ConsoleArgs) -> anyhow::Result<Exi
     let rng = SystemRandom::new();
     let access = random_token(&rng)?;
     let csrf = random_token(&rng)?;
+    let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+        .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
     let mut hosts = vec![bound.to_string()];
     if bound.ip().is_loopback() {
         hosts.push(format!("localhost:{}", bound.port()));
     }
     let console = Arc::new(Console {
         client,
-        access_digest: digest(access.as_bytes()),
-        csrf_digest: digest(csrf.as_bytes()),
+        access_tag: hmac::sign(&key, access.as_bytes()),
+        csrf_tag: hmac::sign(&key, csrf.as_bytes()),
+        key,
         csrf,
+        sessions: Sessions::default(),
+        rng,
         hosts,
         cookie: format!("coffer_console_{}", bound.port()),
         views: views::Views::new()?,
@@ -171,12 +230,9 @@ fn random_token(rng: &SystemRandom) -> anyhow::Result<Zeroizing<String>> {
     Ok(text)
 }
 
-fn digest(bytes: &[u8]) -> ring::digest::Digest {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-}
-
-fn same_digest(a: &ring::digest::Digest, b: &ring::digest::Digest) -> bool {
-    a.as_ref() == b.as_ref()
+/// Whether `presented` is the value whose tag is `tag`, in constant time.
+fn matches(key: &hmac::Key, presented: &[u8], tag: &hmac::Tag) -> bool {
+    hmac::verify(key, presented, tag.as_ref()).is_ok()
 }
 
 /// `--open`: a private redirect file, so the token is not on a command
@@ -240,11 +296,12 @@ impl Console {
             return Err((StatusCode::MISDIRECTED_REQUEST, "unknown Host\n"));
         }
         let path = req.uri().path().to_string();
-        // The access token in the URL is traded for a cookie once, and the
-        // URL without it replaces the one in the address bar and history.
+        // The access token in the URL is traded for a session of its own,
+        // and the URL without it replaces the one in the address bar and
+        // history. The cookie carries the session, never the token.
         if let Some(token) = query_param(req.uri().query(), "token") {
             if req.method() != Method::GET
-                || !same_digest(&digest(token.as_bytes()), &self.access_digest)
+                || !matches(&self.key, token.as_bytes(), &self.access_tag)
             {
                 return Err((StatusCode::UNAUTHORIZED, "invalid access token\n"));
             }
@@ -261,12 +318,18 @@ impl Console {
                 HeaderValue::from_str(target)
                     .map_err(|_| (StatusCode::BAD_REQUEST, "bad path\n"))?,
             );
+            let session = random_token(&self.rng)
+                .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "cannot open a session\n"))?;
+            self.sessions
+                .open(hmac::sign(&self.key, session.as_bytes()), Instant::now());
             let cookie = Zeroizing::new(format!(
-                "{}={token}; HttpOnly; SameSite=Strict; Path=/",
-                self.cookie
+                "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                self.cookie,
+                session.as_str(),
+                SESSION_LIFETIME.as_secs()
             ));
             let mut value = HeaderValue::from_str(&cookie)
-                .map_err(|_| (StatusCode::BAD_REQUEST, "bad token\n"))?;
+                .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "bad session\n"))?;
             value.set_sensitive(true);
             headers.insert(header::SET_COOKIE, value);
             return Ok(response);
@@ -318,15 +381,18 @@ impl Console {
         }
     }
 
+    /// Whether the request carries an open session's cookie.
     fn has_access<B>(&self, req: &Request<B>) -> bool {
+        let now = Instant::now();
         req.headers()
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
-            .any(|(name, value)| {
-                name == self.cookie && same_digest(&digest(value.as_bytes()), &self.access_digest)
+            .filter(|(name, _)| *name == self.cookie)
+            .fold(false, |found, (_, value)| {
+                found | self.sessions.check(&self.key, value.as_bytes(), now)
             })
     }
 
@@ -341,8 +407,8 @@ impl Console {
         if !self.hosts.iter().any(|h| origin == format!("http://{h}")) {
             return Err((StatusCode::FORBIDDEN, "cross-origin request refused\n"));
         }
-        let csrf = req.headers().get(CSRF_HEADER).map(|v| digest(v.as_bytes()));
-        if !csrf.is_some_and(|d| same_digest(&d, &self.csrf_digest)) {
+        let csrf = req.headers().get(CSRF_HEADER);
+        if !csrf.is_some_and(|v| matches(&self.key, v.as_bytes(), &self.csrf_tag)) {
             return Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token\n"));
         }
         Ok(())
@@ -447,6 +513,42 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a.as_str(), b.as_str());
+    }
+
+    fn session_key() -> hmac::Key {
+        hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).unwrap()
+    }
+
+    #[test]
+    fn a_session_opens_only_for_its_own_value() {
+        let (key, sessions, now) = (session_key(), Sessions::default(), Instant::now());
+        sessions.open(hmac::sign(&key, b"first"), now);
+        assert!(sessions.check(&key, b"first", now));
+        assert!(!sessions.check(&key, b"firsu", now));
+        assert!(!sessions.check(&key, b"", now));
+        let other = session_key();
+        assert!(!sessions.check(&other, b"first", now), "another run's key");
+    }
+
+    #[test]
+    fn a_session_expires() {
+        let (key, sessions, now) = (session_key(), Sessions::default(), Instant::now());
+        sessions.open(hmac::sign(&key, b"s"), now);
+        assert!(sessions.check(&key, b"s", now + SESSION_LIFETIME - Duration::from_secs(1)));
+        assert!(!sessions.check(&key, b"s", now + SESSION_LIFETIME));
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_the_oldest_goes_first() {
+        let (key, sessions, now) = (session_key(), Sessions::default(), Instant::now());
+        for n in 0..=MAX_SESSIONS {
+            sessions.open(hmac::sign(&key, n.to_string().as_bytes()), now);
+        }
+        let open = sessions.open.lock().unwrap().len();
+        assert_eq!(open, MAX_SESSIONS);
+        assert!(!sessions.check(&key, b"0", now), "the oldest was closed");
+        assert!(sessions.check(&key, b"1", now));
+        assert!(sessions.check(&key, MAX_SESSIONS.to_string().as_bytes(), now));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the console shows, read from the broker with the operator's token:
-//! names, versions, rotation specs and rollouts. Nothing here keeps or
-//! renders a secret's value.
+//! names, versions, rotation specs and rollouts. Nothing here reads, keeps
+//! or renders a secret's value: the rotation spec comes with the versions
+//! (`ListVersions`), from the secret's metadata.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,8 @@ const MAX_DEPTH: usize = 16;
 const MAX_NAMES: usize = 500;
 /// Labels that hold the rotation spec (see docs/rotation.md).
 const SPEC_PREFIX: &str = "coffer.rotate/";
+/// The spec of a secret whose versions could not be listed.
+const UNKNOWN_SPEC: &str = "unknown";
 
 /// The HTML templates, escaped by minijinja's HTML auto-escaping.
 pub(super) struct Views {
@@ -109,11 +112,10 @@ impl Views {
         path: &str,
         csrf: &str,
     ) -> (StatusCode, String) {
-        let (versions, error) = match client.versions(path).await {
-            Ok(list) => (version_rows(&list), None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+        let (versions, spec, error) = match client.versions(path).await {
+            Ok(list) => (version_rows(&list), spec_of(&list), None),
+            Err(e) => (Vec::new(), UNKNOWN_SPEC.to_string(), Some(e.to_string())),
         };
-        let spec = spec_of(client, path).await;
         self.render(
             "secret.html",
             minijinja::context! {
@@ -185,7 +187,7 @@ async fn secret_rows(client: &Client) -> (Vec<SecretRow>, Option<String>) {
             current_version: None,
             created_at: None,
             age: None,
-            spec: String::new(),
+            spec: UNKNOWN_SPEC.to_string(),
             error: None,
         };
         match client.versions(&path).await {
@@ -198,10 +200,10 @@ async fn secret_rows(client: &Client) -> (Vec<SecretRow>, Option<String>) {
                     .and_then(|v| v.created_at);
                 row.created_at = created.map(rfc3339);
                 row.age = created.map(age);
+                row.spec = spec_of(&list);
             }
             Err(e) => row.error = Some(e.to_string()),
         }
-        row.spec = spec_of(client, &path).await;
         rows.push(row);
     }
     (rows, error)
@@ -226,25 +228,20 @@ fn version_rows(list: &coffer::Versions) -> Vec<VersionRow> {
     rows
 }
 
-/// The rotation spec stored with the secret. The labels travel with the
-/// value, so this is a read (capability `read`, audited): the value is
-/// dropped here, zeroized, unshown. Without `read` the spec is unknown.
-async fn spec_of(client: &Client, path: &str) -> String {
-    match client.get(path).await {
-        Ok(secret) => {
-            let spec: Vec<String> = secret
-                .labels()
-                .iter()
-                .filter_map(|(k, v)| k.strip_prefix(SPEC_PREFIX).map(|k| format!("{k}={v}")))
-                .collect();
-            if spec.is_empty() {
-                "default".to_string()
-            } else {
-                spec.join(" ")
-            }
-        }
-        Err(e) if e.code() == Some(Code::PermissionDenied) => "unknown (no read)".to_string(),
-        Err(_) => "unknown".to_string(),
+/// The rotation spec stored with the secret, as `name=value` pairs: the
+/// `coffer.rotate/*` labels `ListVersions` answers from the secret's
+/// metadata. Showing it reads no value, so on a leased path (a database
+/// login, a certificate) looking issues nothing.
+fn spec_of(list: &coffer::Versions) -> String {
+    let spec: Vec<String> = list
+        .rotation_labels
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(SPEC_PREFIX).map(|k| format!("{k}={v}")))
+        .collect();
+    if spec.is_empty() {
+        "default".to_string()
+    } else {
+        spec.join(" ")
     }
 }
 

@@ -67,7 +67,10 @@ pub use leases::LEASE_EXPIRES_LABEL;
 use limits::{Backoff, Class, RateLimiter, TenantLimiter, classify, jittered};
 use session::Session;
 
-use super::{Holder, LeaseEvent, SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo};
+use super::{
+    Holder, LeaseEvent, SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo,
+    VersionList,
+};
 
 /// The key under which opaque bytes are stored in a Vault map.
 pub const BYTES_KEY: &str = "value";
@@ -877,18 +880,25 @@ impl SecretStore for VaultStore {
     }
 
     async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError> {
+        let list = self.versions_with_labels(path).await?;
+        Ok((list.current, list.versions))
+    }
+
+    async fn versions_with_labels(&self, path: &str) -> Result<VersionList, StoreError> {
         let (mount, _) = self.inner.route(path)?;
         if mount.kv == 1 {
+            // KV v1 keeps neither versions nor labels.
             self.get(path, None).await?;
-            return Ok((
-                1,
-                vec![VersionInfo {
+            return Ok(VersionList {
+                current: 1,
+                versions: vec![VersionInfo {
                     version: 1,
                     created_at: UNIX_EPOCH,
                     deleted: false,
                     destroyed: false,
                 }],
-            ));
+                labels: BTreeMap::new(),
+            });
         }
         let meta = self
             .inner
@@ -909,7 +919,15 @@ impl SecretStore for VaultStore {
             .collect();
         infos.sort_by_key(|v| v.version);
         self.inner.note_current(path, meta.current_version);
-        Ok((meta.current_version, infos))
+        Ok(VersionList {
+            current: meta.current_version,
+            versions: infos,
+            // KV v2 keeps labels per secret, as custom_metadata.
+            labels: meta
+                .custom_metadata
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default(),
+        })
     }
 
     fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
