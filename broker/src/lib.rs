@@ -32,3 +32,4 @@ pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;

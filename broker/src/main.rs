@@ -7,6 +7,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coffer::cli::{LogFormat, init_tracing_with_level, shutdown_signal};
+use coffer_broker::tls::{CertFiles, ReloadingCert, serve_tls};
 use coffer_broker::{
     audit::AuditLog,
     auth::config::AuthConfig,
@@ -16,7 +17,6 @@ use coffer_broker::{
     store::{SecretStore, dev::DevStore},
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::{Identity, ServerTlsConfig};
 
 /// Exit status for invalid configuration (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -69,6 +69,11 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How often the TLS certificate and key files are checked for a
+    /// renewal (0s: never). A new pair is used for new connections; open
+    /// ones keep theirs; a pair that does not load keeps the last good one.
+    #[arg(long, env = "COFFER_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    tls_reload_interval: Duration,
     /// Allow plaintext on a non-loopback address. Never do this in a cluster.
     #[arg(long)]
     insecure: bool,
@@ -245,12 +250,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Err(usage("--max-watches-per-identity must be at least 1"));
     }
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-        }
+        (Some(cert), Some(key)) => Some(
+            ReloadingCert::load(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("loading the TLS certificate")?,
+        ),
         _ => None,
     };
     if tls.is_none() && !args.listen.is_local() && !args.insecure {
@@ -381,6 +387,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             coffer_broker::reload::fingerprint(&policy_text),
         );
     }
+    if let Some(tls) = &tls
+        && !args.tls_reload_interval.is_zero()
+    {
+        tls.spawn_reloader(args.tls_reload_interval, broker.shutdown_token());
+    }
     let at_shutdown = broker.clone();
     let served = run_listener(
         broker,
@@ -458,7 +469,7 @@ async fn vault_store(args: &ServeArgs, auth: &AuthConfig) -> anyhow::Result<Arc<
 /// Binds `listen`, reports the bound address, and serves until `shutdown`.
 async fn run_listener(
     broker: Broker,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ReloadingCert>>,
     listen: &ListenAddr,
     addr_file: Option<&std::path::Path>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -478,7 +489,13 @@ async fn run_listener(
                 }
                 s
             });
-            server::serve(broker, tls, incoming, shutdown).await?;
+            match tls {
+                Some(tls) => {
+                    let incoming = serve_tls(incoming, tls.server_config()?);
+                    server::serve(broker, None, incoming, shutdown).await?;
+                }
+                None => server::serve(broker, None, incoming, shutdown).await?,
+            }
         }
         ListenAddr::Unix(path) => {
             if std::fs::symlink_metadata(path).is_ok_and(|m| {
@@ -490,7 +507,14 @@ async fn run_listener(
             let listener = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("binding {}", path.display()))?;
             announce(&format!("unix:{}", path.display()), addr_file)?;
-            server::serve(broker, tls, UnixListenerStream::new(listener), shutdown).await?;
+            let incoming = UnixListenerStream::new(listener);
+            match tls {
+                Some(tls) => {
+                    let incoming = serve_tls(incoming, tls.server_config()?);
+                    server::serve(broker, None, incoming, shutdown).await?;
+                }
+                None => server::serve(broker, None, incoming, shutdown).await?,
+            }
             let _ = std::fs::remove_file(path);
         }
     }

@@ -1,6 +1,7 @@
 use std::{
     path::PathBuf,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -8,6 +9,7 @@ use std::{
 use coffer_proto::v1;
 use futures::Stream;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{
     Request,
@@ -20,6 +22,7 @@ use crate::{
     Applied, Error, Lease, Leases, Put, RetryPolicy, Rotate, Rotated, RotationStatus, Secret,
     TokenSource, VersionAction, Versions, WatchStream,
     env::{self, Env},
+    tls::ReloadingRoots,
 };
 
 type BrokerClient = v1::secret_broker_client::SecretBrokerClient<Channel>;
@@ -77,7 +80,12 @@ impl ClientBuilder {
         self
     }
 
-    /// Trusts the CA bundle (PEM) in this file, read when connecting.
+    /// Trusts the CA bundle (PEM) in this file. It is read when the client
+    /// is built and again for each new connection: when its content changed
+    /// (a CA rotation), new connections trust the new bundle while open
+    /// ones go on; a file that is gone or holds no certificate keeps the
+    /// last good roots. (With [`system_roots`](Self::system_roots)`(true)`
+    /// too, it is read once.)
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(path.into());
         self
@@ -196,6 +204,8 @@ impl ClientBuilder {
                     .await
                     .map_err(|e| Error::transport(&e))?
             }
+        } else if let Some(file) = self.reloading_ca_file()? {
+            self.reloading_channel(file, lazy).await?
         } else {
             let tls = self.check_transport()?;
             let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
@@ -226,6 +236,67 @@ impl ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// The CA file to follow, when TLS is verified against a
+    /// [`ca_file`](Self::ca_file) alone (with the system roots too, the
+    /// file is read once).
+    fn reloading_ca_file(&self) -> Result<Option<PathBuf>, Error> {
+        match &self.ca_file {
+            Some(file) if self.check_transport()? && !self.system_roots.unwrap_or(false) => {
+                Ok(Some(file.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A channel whose every new connection trusts the CA file as it is
+    /// then ([`ReloadingRoots`]): TLS is made by our connector, so tonic
+    /// sees `http://` for the socket while requests carry `https://`.
+    async fn reloading_channel(&self, file: PathBuf, lazy: bool) -> Result<Channel, Error> {
+        let uri: Uri = self
+            .endpoint
+            .parse()
+            .map_err(|_| Error::Endpoint(self.endpoint.clone()))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::Endpoint(self.endpoint.clone()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let name = self.server_name.clone().unwrap_or_else(|| host.clone());
+        let name = ServerName::try_from(name.clone())
+            .map_err(|_| Error::Tls(format!("{name:?} is not a TLS server name")))?;
+        let roots = Arc::new(ReloadingRoots::load(file, self.ca_pem.clone())?);
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let origin: Uri = format!("https://{authority}")
+            .parse()
+            .map_err(|_| Error::Endpoint(self.endpoint.clone()))?;
+        let mut endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|_| Error::Endpoint(self.endpoint.clone()))?
+            .origin(origin)
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if let Some(timeout) = self.timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
+        let connector = tower::service_fn(move |_: Uri| {
+            let (roots, host, name) = (Arc::clone(&roots), host.clone(), name.clone());
+            async move { roots.connect(&host, port, name).await }
+        });
+        if lazy {
+            Ok(endpoint.connect_with_connector_lazy(connector))
+        } else {
+            endpoint
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| Error::transport(&e))
+        }
+    }
+
     /// Whether the endpoint needs TLS (`https://`), after refusing plaintext
     /// `http://` to anything but a loopback address unless
     /// [`danger_insecure_plaintext`](Self::danger_insecure_plaintext) says so.

@@ -64,6 +64,7 @@ pub mod files;
 mod ops;
 mod retry;
 mod secret;
+mod tls;
 mod token;
 mod watch;
 

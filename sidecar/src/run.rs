@@ -89,11 +89,17 @@ impl Sidecar {
         let mut builder =
             Client::builder(config.broker.clone()).token(TokenSource::file(&config.token_file));
         if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|source| SidecarError::Ca {
-                path: ca.display().to_string(),
-                source,
-            })?;
-            builder = builder.ca_pem(pem);
+            // Read here to fail at start with a clear error; the SDK reads
+            // it again for each new connection, so a rotated CA bundle is
+            // trusted from the next reconnect on while the open stream
+            // goes on.
+            std::fs::File::open(ca)
+                .map(drop)
+                .map_err(|source| SidecarError::Ca {
+                    path: ca.display().to_string(),
+                    source,
+                })?;
+            builder = builder.ca_file(ca);
         }
         let client = builder
             .timeout(Duration::from_secs(30))
