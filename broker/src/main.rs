@@ -249,6 +249,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.max_watches_per_identity == 0 {
         return Err(usage("--max-watches-per-identity must be at least 1"));
     }
+    // The certificate is read now and again whenever its files change
+    // (cert-manager renews it in place): new connections get the new one.
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             ReloadingCert::load(CertFiles {
