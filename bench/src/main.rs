@@ -501,7 +501,9 @@ impl Setup {
         let store: Arc<dyn SecretStore> = self.store.clone();
         let broker =
             Broker::new(Arc::new(authn), Policy::from_yaml(POLICY)?, store).with_limits(Limits {
-                watches_per_identity: usize::MAX,
+                watches_per_pod: usize::MAX,
+                watches_per_account: usize::MAX,
+                max_watches: usize::MAX,
                 ..Limits::default()
             });
         let listener = TcpListener::bind("127.0.0.1:0").await?;

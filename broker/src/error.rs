@@ -33,6 +33,9 @@ pub enum ApiError {
     AuditUnavailable,
     #[error("too many open watches for this identity")]
     TooManyWatches,
+    /// The broker holds as many watch streams as its memory allows.
+    #[error("the broker holds as many watches as it may")]
+    WatchCapacity,
     #[error("lease not found")]
     LeaseNotFound,
 }
@@ -60,6 +63,9 @@ impl From<ApiError> for Status {
             ApiError::TooManyWatches => {
                 Status::resource_exhausted("too many open watches for this identity")
             }
+            ApiError::WatchCapacity => Status::resource_exhausted(
+                "the broker holds as many watches as it may; retry later",
+            ),
             ApiError::LeaseNotFound => Status::not_found("lease not found"),
         }
     }

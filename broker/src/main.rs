@@ -143,10 +143,24 @@ struct ServeArgs {
     /// they are refused (UNAVAILABLE).
     #[arg(long, env = "COFFER_AUDIT_FAIL_OPEN")]
     audit_fail_open: bool,
-    /// Open WatchSecrets streams one identity (issuer, namespace, service
-    /// account) may hold; the next is refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "COFFER_MAX_WATCHES_PER_IDENTITY", default_value_t = Limits::default().watches_per_identity)]
-    max_watches_per_identity: usize,
+    /// Open WatchSecrets streams one pod (its token's pod uid) may hold; the
+    /// next is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COFFER_MAX_WATCHES_PER_POD", default_value_t = Limits::default().watches_per_pod)]
+    max_watches_per_pod: usize,
+    /// Open WatchSecrets streams that the tokens bound to no pod of one
+    /// service account (issuer, namespace, name) may hold together.
+    #[arg(
+        long,
+        alias = "max-watches-per-identity",
+        env = "COFFER_MAX_WATCHES_PER_ACCOUNT",
+        default_value_t = Limits::default().watches_per_account
+    )]
+    max_watches_per_account: usize,
+    /// Open WatchSecrets streams in the whole broker. Default: half the
+    /// cgroup memory limit (memory.max) at 64 KiB a stream, or 50000
+    /// without a limit (docs/metrics.md).
+    #[arg(long, env = "COFFER_MAX_WATCHES")]
+    max_watches: Option<usize>,
     /// Requests one connection may have in flight (0: unbounded); the excess
     /// is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "COFFER_MAX_REQUESTS_PER_CONNECTION", default_value_t = Limits::default().requests_per_connection)]
@@ -165,8 +179,10 @@ struct ServeArgs {
     /// CA bundle (PEM) for peers' certificates.
     #[arg(long, env = "COFFER_PEER_CA_FILE")]
     peer_ca_file: Option<PathBuf>,
-    /// NAMESPACE/SERVICEACCOUNT allowed to tell this broker of a peer's write
-    /// (repeatable; usually the brokers' own service account).
+    /// ISSUER=NAMESPACE/SERVICEACCOUNT allowed to tell this broker of a
+    /// peer's write (repeatable; usually the brokers' own service account
+    /// of their own cluster's issuer). NAMESPACE/SERVICEACCOUNT alone only
+    /// when exactly one issuer is trusted.
     #[arg(
         long = "peer-identity",
         env = "COFFER_PEER_IDENTITIES",
@@ -246,8 +262,13 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.max_watches_per_identity == 0 {
-        return Err(usage("--max-watches-per-identity must be at least 1"));
+    if args.max_watches_per_pod == 0
+        || args.max_watches_per_account == 0
+        || args.max_watches == Some(0)
+    {
+        return Err(usage(
+            "--max-watches-per-pod, --max-watches-per-account and --max-watches must be at least 1",
+        ));
     }
     // The certificate is read now and again whenever its files change
     // (cert-manager renews it in place): new connections get the new one.
@@ -356,7 +377,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut broker = Broker::new(authn, policy, store)
         .with_limits(Limits {
-            watches_per_identity: args.max_watches_per_identity,
+            watches_per_pod: args.max_watches_per_pod,
+            watches_per_account: args.max_watches_per_account,
+            max_watches: max_watches(args.max_watches),
             requests_per_connection: args.max_requests_per_connection,
         })
         .with_ack_limits(AckLimits {
@@ -377,6 +400,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token_file: args.peer_token_file.clone(),
         ca_pem: peer_ca,
         identities: args.peer_identities.clone(),
+        issuers: broker.issuers(),
     })
     .await
     .map_err(|e| usage(e.to_string()))?;
@@ -405,6 +429,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await;
     at_shutdown.flush_audit().await;
     served
+}
+
+/// The process-wide bound on watch streams: `--max-watches`, else sized
+/// from the cgroup memory limit, else the documented default; logged with
+/// where it came from.
+fn max_watches(flag: Option<usize>) -> usize {
+    use coffer_broker::service::{cgroup_memory_limit, max_watches_for_memory};
+    let (max, from, memory_limit) = match (flag, cgroup_memory_limit()) {
+        (Some(max), limit) => (max, "--max-watches", limit),
+        (None, Some(limit)) => (
+            max_watches_for_memory(Some(limit)),
+            "cgroup memory limit",
+            Some(limit),
+        ),
+        (None, None) => (
+            max_watches_for_memory(None),
+            "default (no memory limit)",
+            None,
+        ),
+    };
+    tracing::info!(max_watches = max, from, memory_limit, "watch bound");
+    max
 }
 
 /// Opens the audit trail at `path` (`-`: stdout) as the flags say.

@@ -33,10 +33,10 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-/// The `reason` label of an authentication failure.
+/// The `reason` label of an authentication failure or a refused watch.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// An `AuthError::reason()`.
+    /// An `AuthError::reason()`, or the bound that refused a watch.
     pub reason: &'static str,
 }
 
@@ -96,6 +96,8 @@ struct Metrics {
     requests: Family<RpcLabel, Counter>,
     request_seconds: HistogramFamily<RpcLabel>,
     open_watches: Gauge,
+    max_watches: Gauge,
+    watch_refused: Family<ReasonLabel, Counter>,
     watch_reauthentications: Counter,
     read_cache: Family<CacheLabel, Counter>,
     backend_reads: Counter,
@@ -129,6 +131,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         requests: Family::default(),
         request_seconds: Family::new_with_constructor(latency_histogram),
         open_watches: Gauge::default(),
+        max_watches: Gauge::default(),
+        watch_refused: Family::default(),
         watch_reauthentications: Counter::default(),
         read_cache: Family::default(),
         backend_reads: Counter::default(),
@@ -160,6 +164,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for result in ["hit", "miss", "coalesced"] {
         let _ = metrics.read_cache.get_or_create(&CacheLabel { result });
     }
+    for reason in ["per_pod", "per_account", "process"] {
+        let _ = metrics.watch_refused.get_or_create(&ReasonLabel { reason });
+    }
     let mut root = Registry::default();
     root.register_collector(Box::new(ProcessCollector));
     let registry = root.sub_registry_with_prefix("coffer");
@@ -188,6 +195,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "watch_streams_open",
         "Watch streams open now",
         metrics.open_watches.clone(),
+    );
+    registry.register(
+        "watch_streams_max",
+        "The most watch streams the process holds at once (--max-watches)",
+        metrics.max_watches.clone(),
+    );
+    registry.register(
+        "watch_refused",
+        "Watch streams refused with RESOURCE_EXHAUSTED, by the bound that refused them: per_pod, per_account (tokens bound to no pod) or process",
+        metrics.watch_refused.clone(),
     );
     registry.register(
         "watch_reauthentications",
@@ -417,6 +434,30 @@ impl Drop for WatchOpen {
     fn drop(&mut self) {
         METRICS.open_watches.dec();
     }
+}
+
+/// Counts one refused watch stream, by the bound that refused it
+/// (`per_pod`, `per_account` or `process`).
+pub fn watch_refused(reason: &'static str) {
+    METRICS
+        .watch_refused
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+}
+
+/// How many watch streams were refused by `reason`'s bound.
+pub fn watches_refused(reason: &'static str) -> u64 {
+    METRICS
+        .watch_refused
+        .get_or_create(&ReasonLabel { reason })
+        .get()
+}
+
+/// Sets `coffer_watch_streams_max`, the process-wide bound in force.
+pub fn set_max_watches(max: usize) {
+    METRICS
+        .max_watches
+        .set(i64::try_from(max).unwrap_or(i64::MAX));
 }
 
 /// Counts one watch stream ended for its client to be reviewed again.

@@ -519,6 +519,36 @@ impl Policy {
         }
     }
 
+    /// May `who` ask for the names under `folder` (`""`: the root)? Allowed
+    /// when an allow rule for `who` grants `capability` (`list`) on a path
+    /// pattern that could match something below the folder. Only a first
+    /// gate, decided before the store is asked anything: every name listed
+    /// is still decided on its own with [`Policy::decide`], deny rules
+    /// included.
+    pub fn decide_below(
+        &self,
+        who: &WorkloadIdentity,
+        folder: &str,
+        capability: Capability,
+    ) -> Decision {
+        let exact = self
+            .by_namespace
+            .get(&who.namespace)
+            .map_or(&[][..], Vec::as_slice);
+        let parts: SmallVec<[&str; 8]> = folder.split('/').filter(|p| !p.is_empty()).collect();
+        merge_ascending(exact, &self.any_namespace)
+            .map(|index| &self.rules[index])
+            .find(|rule| {
+                rule.effect == Effect::Allow
+                    && rule.caps & capability.bit() != 0
+                    && rule.subjects.iter().any(|s| s.matches(who))
+                    && rule.paths.iter().any(|p| p.may_match_below(&parts, who))
+            })
+            .map_or(Decision::Deny, |rule| Decision::Allow {
+                rule: rule.name.clone(),
+            })
+    }
+
     /// Valid but risky grants, for `cofferctl policy lint` and the reload log.
     pub fn warnings(&self) -> Vec<PolicyWarning> {
         let mut warnings = Vec::new();
@@ -639,6 +669,47 @@ rules:
     paths: ["shop/web/*", "shared/tls"]
     capabilities: [read, watch]
 "#;
+
+    #[test]
+    fn a_folder_may_be_listed_only_by_whom_a_list_rule_reaches_below_it() {
+        let policy = Policy::from_yaml(
+            r#"
+rules:
+  - name: admin-lists-shop
+    subjects: [{namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [list]
+  - name: web-reads-shop
+    subjects: [{namespace: shop, serviceAccount: web}]
+    paths: ["shop/*"]
+    capabilities: [read, watch]
+"#,
+        )
+        .unwrap();
+        let admin = who("ops", "admin");
+        for folder in ["", "shop", "shop/db"] {
+            assert_eq!(
+                policy.decide_below(&admin, folder, Capability::List),
+                Decision::Allow {
+                    rule: "admin-lists-shop".into()
+                },
+                "{folder:?}"
+            );
+        }
+        assert_eq!(
+            policy.decide_below(&admin, "other", Capability::List),
+            Decision::Deny
+        );
+        // A rule without `list`, or no rule at all, opens nothing.
+        for caller in [who("shop", "web"), who("evil", "nobody")] {
+            for folder in ["", "shop"] {
+                assert_eq!(
+                    policy.decide_below(&caller, folder, Capability::List),
+                    Decision::Deny
+                );
+            }
+        }
+    }
 
     #[test]
     fn allows_only_what_a_rule_grants() {

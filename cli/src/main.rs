@@ -1235,6 +1235,17 @@ fn print_status(path: &str, status: &coffer::RotationStatus) {
             status.replicas
         );
     }
+    let refused = &status.watches_refused;
+    if refused.total() > 0 {
+        say!(
+            "  {} watches of this path refused since start ({} per pod, {} per account, {} process-wide); {} of every path",
+            refused.total(),
+            refused.per_pod,
+            refused.per_account,
+            refused.process,
+            status.watches_refused_all_paths.total()
+        );
+    }
     for w in &status.workloads {
         let mut line = format!(
             "  {}/{} pod={} version={} {}",
@@ -1289,7 +1300,18 @@ fn status_json(path: &str, status: &coffer::RotationStatus) -> serde_json::Value
         "pending": status.pending,
         "replicas": status.replicas,
         "replicasAnswered": status.replicas_answered,
+        "watchesRefused": refusals_json(&status.watches_refused),
+        "watchesRefusedAllPaths": refusals_json(&status.watches_refused_all_paths),
         "workloads": workloads,
+    })
+}
+
+/// Watch refusals by bound, as `status --output json` prints them.
+fn refusals_json(refused: &coffer::WatchRefusals) -> serde_json::Value {
+    serde_json::json!({
+        "perPod": refused.per_pod,
+        "perAccount": refused.per_account,
+        "process": refused.process,
     })
 }
 

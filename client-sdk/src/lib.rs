@@ -77,7 +77,8 @@ pub use error::{Code, Error};
 pub use files::{FileSecret, FileWatch};
 pub use ops::{
     Applied, ApplyState, Encoding, Lease, Leases, Put, RenewalState, Rotate, Rotated,
-    RotationStatus, VersionAction, VersionInfo, VersionState, Versions, WorkloadStatus,
+    RotationStatus, VersionAction, VersionInfo, VersionState, Versions, WatchRefusals,
+    WorkloadStatus,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use secret::Secret;

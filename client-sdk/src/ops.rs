@@ -347,6 +347,54 @@ pub struct RotationStatus {
     pub replicas_answered: u32,
     /// One entry per workload.
     pub workloads: Vec<WorkloadStatus>,
+    /// Watches of this path the replicas that answered refused since they
+    /// started (`RESOURCE_EXHAUSTED`): those pods watch nothing, so they
+    /// are not in `expected`.
+    pub watches_refused: WatchRefusals,
+    /// Watches of every path they refused since they started.
+    pub watches_refused_all_paths: WatchRefusals,
+}
+
+/// Watch streams a broker refused, by the bound that refused them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct WatchRefusals {
+    /// The pod (its token's pod uid) held its bound.
+    pub per_pod: u64,
+    /// Tokens bound to no pod: their service account held its bound.
+    pub per_account: u64,
+    /// The broker held as many streams as it may.
+    pub process: u64,
+}
+
+impl WatchRefusals {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.per_pod
+            .saturating_add(self.per_account)
+            .saturating_add(self.process)
+    }
+}
+
+impl From<Option<v1::WatchRefusals>> for WatchRefusals {
+    fn from(wire: Option<v1::WatchRefusals>) -> Self {
+        let wire = wire.unwrap_or_default();
+        Self {
+            per_pod: wire.per_pod,
+            per_account: wire.per_account,
+            process: wire.process,
+        }
+    }
+}
+
+impl From<WatchRefusals> for Option<v1::WatchRefusals> {
+    fn from(refused: WatchRefusals) -> Self {
+        (refused != WatchRefusals::default()).then_some(v1::WatchRefusals {
+            per_pod: refused.per_pod,
+            per_account: refused.per_account,
+            process: refused.process,
+        })
+    }
 }
 
 /// What one workload last acknowledged.
@@ -387,6 +435,8 @@ impl From<v1::RotationStatusResponse> for RotationStatus {
             pending: wire.pending,
             replicas: wire.replicas,
             replicas_answered: wire.replicas_answered,
+            watches_refused: wire.watches_refused.into(),
+            watches_refused_all_paths: wire.watches_refused_all_paths.into(),
             workloads: wire
                 .workloads
                 .into_iter()
@@ -419,6 +469,8 @@ impl From<RotationStatus> for v1::RotationStatusResponse {
             pending: status.pending,
             replicas: status.replicas,
             replicas_answered: status.replicas_answered,
+            watches_refused: status.watches_refused.into(),
+            watches_refused_all_paths: status.watches_refused_all_paths.into(),
             workloads: status
                 .workloads
                 .into_iter()

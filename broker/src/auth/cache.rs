@@ -137,6 +137,11 @@ impl Authenticator for CachingAuthenticator {
     fn issuers(&self) -> Vec<String> {
         self.inner.issuers()
     }
+
+    fn forget(&self, digest: &TokenDigest) {
+        self.lock(digest).pop(digest);
+        self.inner.forget(digest);
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +213,18 @@ mod tests {
         let copied = cache.authenticate(&token).await.unwrap();
         assert_eq!(copied.identity, first.identity);
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_token_is_verified_again_and_others_stay_cached() {
+        let (inner, cache) = cached(unix_now() + 600, 8);
+        let (web, api) = (BearerToken::new("web"), BearerToken::new("api"));
+        cache.authenticate_shared(&web).await.unwrap();
+        cache.authenticate_shared(&api).await.unwrap();
+        cache.forget(&token_digest(&web));
+        cache.authenticate_shared(&web).await.unwrap();
+        cache.authenticate_shared(&api).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3, "web twice, api once");
     }
 
     #[tokio::test]

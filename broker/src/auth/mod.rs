@@ -210,6 +210,15 @@ pub trait Authenticator: Send + Sync + 'static {
     /// The issuers this authenticator accepts tokens from (policy subjects
     /// must name one when there are several).
     fn issuers(&self) -> Vec<String>;
+
+    /// Forgets what is remembered of the token whose SHA-256 is `digest`
+    /// (a cached answer), so that its next call is verified afresh: a
+    /// watch ended for re-authentication is reviewed when it reconnects,
+    /// not when the cached answer runs out. Authenticators that remember
+    /// nothing ignore it.
+    fn forget(&self, digest: &[u8; 32]) {
+        let _ = digest;
+    }
 }
 
 #[cfg(test)]

@@ -249,6 +249,38 @@ impl PathPattern {
     pub fn matches_segments(&self, parts: &[&str], who: &WorkloadIdentity) -> bool {
         match_segments(&self.segments, parts, self.prefix, who)
     }
+
+    /// Could the pattern match, for `who`, some path strictly below the
+    /// folder `folder` (split at `/`; empty for the root)? Errs on the
+    /// side of yes where the rest of the pattern is not examined (after a
+    /// `**`, or once the folder is used up): it decides whether a listing
+    /// may be asked of the store, and each name listed is still decided on
+    /// its own.
+    pub fn may_match_below(&self, folder: &[&str], who: &WorkloadIdentity) -> bool {
+        may_match_below(&self.segments, folder, self.prefix, who)
+    }
+}
+
+fn may_match_below(
+    segments: &[Segment],
+    folder: &[&str],
+    prefix: bool,
+    who: &WorkloadIdentity,
+) -> bool {
+    let Some((first, tail)) = folder.split_first() else {
+        // The folder is used up: something below it matches if the pattern
+        // goes on (or is a prefix, matching everything below).
+        return prefix || !segments.is_empty();
+    };
+    match segments.split_first() {
+        // The pattern ended with the folder, or above it.
+        None => prefix,
+        // `**` can take the rest of the folder and one name more.
+        Some((Segment::DoubleStar, _)) => true,
+        Some((Segment::Glob(tokens), rest)) => {
+            match_glob(tokens, first, Some(who)) && may_match_below(rest, tail, prefix, who)
+        }
+    }
 }
 
 fn match_segments(
@@ -407,6 +439,36 @@ mod tests {
         PathPattern::parse(pattern)
             .unwrap()
             .matches(path, &who("shop", "web", Some("web-0")))
+    }
+
+    fn below(pattern: &str, folder: &str) -> bool {
+        let parts: Vec<&str> = folder.split('/').filter(|p| !p.is_empty()).collect();
+        PathPattern::parse(pattern)
+            .unwrap()
+            .may_match_below(&parts, &who("shop", "web", Some("web-0")))
+    }
+
+    #[test]
+    fn a_pattern_may_match_below_a_folder_only_if_it_reaches_under_it() {
+        assert!(below("shop/*", "shop"));
+        assert!(below("shop/*", "shop/db"), "a prefix matches at any depth");
+        assert!(below("shop/*", ""), "the root holds shop");
+        assert!(below("shop/db", "shop"));
+        assert!(below("shop/db", ""));
+        assert!(!below("shop/db", "shop/db"), "nothing below an exact path");
+        assert!(!below("shop/*", "other"));
+        assert!(!below("shop/db", "shop/api"));
+        assert!(!below("shop", "shop"));
+        assert!(below("*", ""));
+        assert!(below("*", "anything/at/all"));
+        assert!(below("**/private-key", "shared/ca"));
+        assert!(below("shop/**", "shop"));
+        assert!(below("{namespace}/{serviceaccount}/*", "shop"));
+        assert!(below("{namespace}/{serviceaccount}/*", "shop/web"));
+        assert!(!below("{namespace}/{serviceaccount}/*", "ops"));
+        assert!(!below("{namespace}/{serviceaccount}/*", "shop/api"));
+        assert!(below("shop/d?", "shop"));
+        assert!(!below("shop/d?/x", "shop/api"));
     }
 
     #[test]

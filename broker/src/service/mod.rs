@@ -14,6 +14,7 @@
 mod acks;
 mod leases;
 mod limits;
+mod list;
 mod operator;
 
 pub use leases::MAX_LEASES_LISTED;
@@ -29,7 +30,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
-pub use limits::Limits;
+pub use limits::{
+    BYTES_PER_WATCH, DEFAULT_MAX_WATCHES, Limits, cgroup_memory_limit, default_max_watches,
+    max_watches_for_memory,
+};
 
 use crate::{
     audit::{AuditEvent, AuditLog, Outcome},

@@ -205,48 +205,7 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::ListSecretsRequest>,
     ) -> Result<Response<v1::ListSecretsResponse>, Status> {
-        let call = Call::of(&request, "ListSecrets");
-        let who = self.authenticate(&request, &call).await?;
-        let folder = super::parse_folder(&request.get_ref().path, "a folder")?;
-        let names = self
-            .inner
-            .store
-            .list(&folder)
-            .await
-            .map_err(ApiError::from)?;
-        // Each name is shown only to a caller with `list` on it: the folder
-        // itself grants nothing, so a listing reveals no more than the
-        // policy already lets the caller see.
-        let policy = self.policy();
-        let visible: Vec<String> = names
-            .into_iter()
-            .filter(|name| {
-                let child = if folder.is_empty() {
-                    name.trim_end_matches('/').to_string()
-                } else {
-                    format!("{folder}/{}", name.trim_end_matches('/'))
-                };
-                SecretPath::parse(&child)
-                    .is_ok_and(|p| policy.decide(&who, &p, Capability::List).is_allowed())
-            })
-            .collect();
-        let (outcome, reason) = if visible.is_empty() {
-            (crate::audit::Outcome::Deny, "nothing_listable")
-        } else {
-            (crate::audit::Outcome::Allow, "listed")
-        };
-        self.audit(&call.event(
-            Some(&who),
-            Some(&folder),
-            Some(Capability::List),
-            outcome,
-            reason,
-        ))
-        .await?;
-        if visible.is_empty() {
-            return Err(ApiError::PermissionDenied.into());
-        }
-        Ok(Response::new(v1::ListSecretsResponse { names: visible }))
+        self.list_secrets_rpc(request).await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "PutSecret"))]
@@ -454,6 +413,7 @@ impl SecretOperator for Broker {
             pending: rollout.pending,
             replicas: 1,
             replicas_answered: 1,
+            ..self.watch_refusals_wire(path.base())
         };
         let peers = self.inner.peers.get().filter(|p| !p.is_empty());
         let (Some(peers), false) = (peers, request.get_ref().local_only) else {

@@ -32,6 +32,44 @@ type WatchItem = Result<WatchReply, Status>;
 /// The stream handed to tonic.
 pub(super) type WatchResponseStream = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
 
+/// The share of an authentication answer's remaining life over which the
+/// ends of the streams opened with it are spread.
+const REAUTH_SPREAD: f64 = 0.2;
+
+/// When a stream whose authentication answer runs out in `remaining` ends
+/// for re-authentication: `fraction` (in [0, 1), at random) of the way
+/// back from the answer's end into its last [`REAUTH_SPREAD`]; never after
+/// the answer's end.
+fn reauth_after(remaining: Duration, fraction: f64) -> Duration {
+    // A NaN or out-of-range fraction ends the stream at the answer's end.
+    let fraction = if fraction.is_finite() {
+        fraction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    remaining.mul_f64(1.0 - REAUTH_SPREAD * fraction)
+}
+
+/// A uniformly random fraction in [0, 1).
+fn random_fraction() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The system RNG does not fail on supported platforms; if it ever did,
+    // the stream would end at the answer's end, as without the spread.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The SHA-256 of the request's bearer token, as the verification cache
+/// names it (the stream never holds the token itself).
+fn token_digest<T>(request: &Request<T>) -> Option<[u8; 32]> {
+    let header = request.metadata().get("authorization")?.to_str().ok()?;
+    let token = crate::auth::BearerToken::from_header(header).ok()?;
+    Some(crate::auth::cache::token_digest(&token))
+}
+
 /// How long from now until the Unix time `at` (zero if it has passed).
 fn until_unix(at: u64) -> Duration {
     let at = UNIX_EPOCH + Duration::from_secs(at);
@@ -55,10 +93,21 @@ impl Broker {
         let verified = self.authenticate_until(&request, &call).await?;
         let (who, expires_at) = (verified.identity.clone(), verified.expires_at);
         let answer_ends_first = verified.ends_before_the_token();
+        // Streams opened together with one review's answer would all end
+        // together, and their reconnects all ask for a review at once: each
+        // ends at its own random point in the last fifth of the answer's
+        // life instead, and its token is then reviewed again.
+        let lifetime = until_unix(expires_at);
+        let (ends_in, reviewed) = if answer_ends_first {
+            (
+                reauth_after(lifetime, random_fraction()),
+                token_digest(&request),
+            )
+        } else {
+            (lifetime, None)
+        };
         let req = request.into_inner();
         let paths = parse_paths(req.paths.iter().map(String::as_str))?;
-        // Held by the stream; given back whenever it ends.
-        let slot = self.acquire_watch_slot(&call, &who).await?;
         // Subscribe before deciding, so a policy change that lands between
         // the decision and the watch loop is still seen by the loop.
         let policy = self.inner.policy.subscribe();
@@ -76,6 +125,10 @@ impl Broker {
                 self.authorize(&call, &who, path, Capability::Watch).await?,
             ));
         }
+        // Held by the stream; given back whenever it ends. Taken once the
+        // paths are authorized, so only paths the caller may watch are
+        // counted when it is refused.
+        let slot = self.acquire_watch_slot(&call, &who, &paths).await?;
 
         // Subscribe before reading the snapshot, so no change can fall
         // between the two.
@@ -133,7 +186,7 @@ impl Broker {
         let watch = Watch {
             phase: Phase::First(Box::new(first.into())),
             registered: None,
-            expires_at: Instant::now() + until_unix(expires_at),
+            expires_at: Instant::now() + ends_in,
             // The policy channel also wakes every stream at shutdown (see
             // [`Broker::shut_down`]): one registration per stream, kept
             // across updates, for both.
@@ -145,7 +198,7 @@ impl Broker {
             changes,
             control: WatchStream::from_changes(policy),
             // A stolen token must not buy the rotations after its expiry.
-            expired: Box::pin(tokio::time::sleep(until_unix(expires_at))),
+            expired: Box::pin(tokio::time::sleep(ends_in)),
             // In the rollout's expected set while the stream lives.
             _watching: self.inner.acks.watching(&who, &paths),
             _slot: slot,
@@ -155,6 +208,7 @@ impl Broker {
                 who,
                 paths: paths.into_iter().zip(shared).collect(),
                 answer_ends_first,
+                reviewed,
             }),
         };
         Ok(Response::new(Box::pin(watch)))
@@ -266,7 +320,9 @@ struct Watch {
     /// The broker keeps an audit trail (set before it serves), so every
     /// update is recorded.
     audited: bool,
-    /// When the token expires: the stream ends then.
+    /// When the stream ends: the token's expiry, or, when the
+    /// authentication answer runs out first, a random point in the last
+    /// fifth of the answer's life (see [`reauth_after`]).
     expires_at: Instant,
     changes: Changes,
     /// The first path; most watches have only this one.
@@ -275,7 +331,7 @@ struct Watch {
     more_paths: Vec<Watched>,
     /// Policy changes, and the broker's shutdown.
     control: WatchStream<Arc<Policy>>,
-    /// Wakes the stream when the token expires.
+    /// Wakes the stream at `expires_at`.
     expired: Pin<Box<Sleep>>,
     call: Arc<WatchCall>,
     _slot: WatchSlot,
@@ -296,6 +352,11 @@ struct WatchCall {
     ///
     /// [`Verified::ends_before_the_token`]: crate::auth::Verified::ends_before_the_token
     answer_ends_first: bool,
+    /// The SHA-256 of the token (never the token) when the stream ends for
+    /// re-authentication: its cached answer is forgotten then, so the
+    /// reconnect is reviewed at its own time rather than at the cached
+    /// answer's end, together with every other stream's.
+    reviewed: Option<[u8; 32]>,
 }
 
 /// Where a watch is.
@@ -464,6 +525,9 @@ impl Watch {
                     "watch closed for re-authentication: the review's answer ran out"
                 );
                 crate::metrics::watch_reauthentication();
+                if let Some(digest) = &self.call.reviewed {
+                    self.call.broker.inner.authn.forget(digest);
+                }
                 self.phase = Phase::Ended;
                 None
             }
@@ -773,6 +837,18 @@ mod tests {
     struct Answers {
         answer_secs: u64,
         token_secs: Option<u64>,
+        /// Answers given.
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Answers {
+        fn new(answer_secs: u64, token_secs: Option<u64>) -> Self {
+            Self {
+                answer_secs,
+                token_secs,
+                calls: Default::default(),
+            }
+        }
     }
 
     #[async_trait::async_trait]
@@ -781,6 +857,7 @@ mod tests {
             &self,
             _token: &crate::auth::BearerToken,
         ) -> Result<crate::auth::Verified, AuthError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let now = crate::auth::jwt::unix_now();
             Ok(crate::auth::Verified {
                 identity: WorkloadIdentity {
@@ -804,23 +881,102 @@ mod tests {
 
     /// A broker whose authenticator is `answers`, and its store.
     async fn answered_broker(answers: Answers) -> (Broker, Arc<DevStore>) {
+        answered_by(Arc::new(answers)).await
+    }
+
+    /// A broker whose authenticator is `authn`, and its store.
+    async fn answered_by(authn: Arc<dyn crate::auth::Authenticator>) -> (Broker, Arc<DevStore>) {
         let store = Arc::new(DevStore::in_memory());
         put(store.as_ref(), b"v1").await;
-        let broker = Broker::new(
-            Arc::new(answers),
-            Policy::from_yaml(READS).unwrap(),
-            store.clone(),
-        );
+        let broker = Broker::new(authn, Policy::from_yaml(READS).unwrap(), store.clone());
         (broker, store)
+    }
+
+    #[test]
+    fn a_reauthentication_end_falls_in_the_last_fifth_of_the_answer_and_never_after_it() {
+        let remaining = Duration::from_secs(60);
+        assert_eq!(reauth_after(remaining, 0.0), remaining);
+        assert_eq!(reauth_after(remaining, 0.5), Duration::from_secs(54));
+        // Out of range or not a number: never past the answer's end, never
+        // before its last fifth.
+        assert_eq!(reauth_after(remaining, f64::NAN), remaining);
+        assert_eq!(reauth_after(remaining, -3.0), remaining);
+        assert_eq!(reauth_after(remaining, 7.0), Duration::from_secs(48));
+        let ends: Vec<Duration> = (0..10_000)
+            .map(|_| reauth_after(remaining, random_fraction()))
+            .collect();
+        assert!(ends.iter().all(|end| *end <= remaining));
+        assert!(ends.iter().all(|end| *end >= Duration::from_secs(48)));
+        // Spread over the whole window: each tenth of it is hit.
+        let mut tenths = [0usize; 10];
+        for end in &ends {
+            let into = (remaining - *end).as_secs_f64() / 12.0;
+            tenths[((into * 10.0) as usize).min(9)] += 1;
+        }
+        assert!(tenths.iter().all(|n| *n > 700), "{tenths:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watches_opened_together_with_one_answer_end_spread_out_and_never_after_it() {
+        let (broker, _store) = answered_broker(Answers::new(2, Some(600))).await;
+        let answer_end = UNIX_EPOCH + Duration::from_secs(crate::auth::jwt::unix_now() + 2);
+        let mut streams = Vec::new();
+        for _ in 0..40 {
+            let mut stream = open(&broker, "opaque").await;
+            message(stream.next().await);
+            streams.push(stream);
+        }
+        let ends = futures::future::join_all(streams.into_iter().map(|mut stream| async move {
+            let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("the stream ends by the answer's end");
+            assert!(end.is_none(), "a clean end, not {end:?}");
+            SystemTime::now()
+        }))
+        .await;
+        let (first, last) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+        // The answer had between one and two seconds left: its last fifth
+        // is at least 200 ms, and 40 ends spread over it.
+        assert!(
+            last.duration_since(*first).unwrap() >= Duration::from_millis(100),
+            "ends spread over {:?}",
+            last.duration_since(*first).unwrap()
+        );
+        for end in &ends {
+            assert!(
+                *end <= answer_end + Duration::from_millis(50),
+                "a stream outlived its answer by {:?}",
+                end.duration_since(answer_end).unwrap_or_default()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_ended_for_reauthentication_is_reviewed_again_when_it_reconnects() {
+        let answers = Arc::new(Answers::new(2, Some(600)));
+        let cached = crate::auth::cache::CachingAuthenticator::new(
+            answers.clone(),
+            std::num::NonZeroUsize::new(8).unwrap(),
+        );
+        let (broker, _store) = answered_by(Arc::new(cached)).await;
+        let calls = || answers.calls.load(std::sync::atomic::Ordering::SeqCst);
+        let mut stream = open(&broker, "opaque").await;
+        message(stream.next().await);
+        drop(open(&broker, "opaque").await);
+        assert_eq!(calls(), 1, "the answer is cached while it holds");
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream ends by the answer's end");
+        assert!(end.is_none());
+        // Reconnecting at once, before the cached answer's own end: the
+        // token is reviewed again now, not with every other stream later.
+        drop(open(&broker, "opaque").await);
+        assert_eq!(calls(), 2);
     }
 
     #[tokio::test]
     async fn a_watch_whose_review_runs_out_before_the_token_ends_cleanly() {
-        let (broker, store) = answered_broker(Answers {
-            answer_secs: 1,
-            token_secs: Some(600),
-        })
-        .await;
+        let (broker, store) = answered_broker(Answers::new(1, Some(600))).await;
         let before = crate::metrics::watch_reauthentications();
         let mut stream = open(&broker, "opaque").await;
         assert_eq!(message(stream.next().await).secrets[0].version, 1);
@@ -839,11 +995,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_of_a_token_without_exp_ends_cleanly_at_the_answers_end() {
-        let (broker, _store) = answered_broker(Answers {
-            answer_secs: 1,
-            token_secs: None,
-        })
-        .await;
+        let (broker, _store) = answered_broker(Answers::new(1, None)).await;
         let mut stream = open(&broker, "opaque").await;
         message(stream.next().await);
         let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -854,11 +1006,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_whose_token_expires_ends_unauthenticated() {
-        let (broker, _store) = answered_broker(Answers {
-            answer_secs: 1,
-            token_secs: Some(1),
-        })
-        .await;
+        let (broker, _store) = answered_broker(Answers::new(1, Some(1))).await;
         let mut stream = open(&broker, "opaque").await;
         message(stream.next().await);
         let end = tokio::time::timeout(Duration::from_secs(5), stream.next())

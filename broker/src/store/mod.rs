@@ -283,6 +283,14 @@ pub trait SecretStore: Send + Sync + 'static {
         Err(StoreError::Unsupported("listing"))
     }
 
+    /// Like [`list`](Self::list), on behalf of `tenant` (see
+    /// [`get_for`](Self::get_for)): a store with a shared backend budget
+    /// charges the listing to the caller's share.
+    async fn list_for(&self, tenant: &str, folder: &str) -> Result<Vec<String>, StoreError> {
+        let _ = tenant;
+        self.list(folder).await
+    }
+
     /// Re-reads what the store knows of `path` now (a peer replica changed
     /// it), telling subscribers at once rather than at the next poll.
     async fn refresh(&self, _path: &str) -> Result<(), StoreError> {

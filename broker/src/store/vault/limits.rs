@@ -110,19 +110,26 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for this request's slot.
-    pub(super) async fn acquire(&self) {
+    /// Waits for this request's slot (`max_wait` `None`: however far away
+    /// it is), or refuses at once, booking nothing, when that slot is more
+    /// than `max_wait` away: a caller's request then cannot queue without
+    /// bound behind everyone else's.
+    pub(super) async fn acquire_within(&self, max_wait: Option<Duration>) -> Result<(), OverShare> {
         let Some(interval) = self.interval else {
-            return;
+            return Ok(());
         };
         let slot = {
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             let slot = (*next).max(now);
+            if max_wait.is_some_and(|max| slot.duration_since(now) > max) {
+                return Err(OverShare);
+            }
             *next = slot + interval;
             slot
         };
         tokio::time::sleep_until(slot).await;
+        Ok(())
     }
 }
 
@@ -225,10 +232,26 @@ mod tests {
         let limiter = RateLimiter::new(10);
         let start = Instant::now();
         for _ in 0..5 {
-            limiter.acquire().await;
+            limiter.acquire_within(None).await.unwrap();
         }
         // Five requests at 10/s: the fifth waits for its slot at 400 ms.
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_wait_for_the_rate_limiter_is_refused_beyond_its_bound() {
+        let limiter = RateLimiter::new(10);
+        let start = Instant::now();
+        let bound = Some(Duration::from_millis(250));
+        let results =
+            futures::future::join_all((0..10).map(|_| limiter.acquire_within(bound))).await;
+        // Slots at 0, 100, 200 ms are within the bound; the rest is refused
+        // and books nothing.
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+        let next = Instant::now();
+        limiter.acquire_within(None).await.unwrap();
+        assert_eq!(next.elapsed(), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

@@ -121,6 +121,9 @@ enum CallError {
     Forbidden,
     Unavailable(String),
     Other(u16, String),
+    /// A caller's request would have waited longer than it may for its
+    /// turn at the request ceiling.
+    Throttled,
 }
 
 impl From<CallError> for StoreError {
@@ -132,6 +135,7 @@ impl From<CallError> for StoreError {
             CallError::Other(code, detail) => {
                 StoreError::Internal(format!("Vault answered {code}: {detail}"))
             }
+            CallError::Throttled => StoreError::Throttled,
         }
     }
 }
@@ -254,18 +258,33 @@ impl VaultStore {
 
     /// The names under `path` (a folder), as Vault lists them.
     pub async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
+        self.list_as(None, path).await
+    }
+
+    /// [`Self::list`] on behalf of `tenant`, who is charged its share of
+    /// Vault requests and waits for a turn at the request ceiling no longer
+    /// than `perIdentityMaxWait` (else [`StoreError::Throttled`]). A listing
+    /// is never cached: each one is a Vault request.
+    async fn list_as(&self, tenant: Option<&str>, path: &str) -> Result<Vec<String>, StoreError> {
         let (mount, inner_path) = self.inner.route(path)?;
+        let max_wait = match tenant {
+            Some(tenant) => {
+                self.inner.charge(tenant, path).await?;
+                Some(self.inner.config.limits.per_identity_max_wait)
+            }
+            None => None,
+        };
         let name = mount.mount.clone();
         let result = if mount.kv == 2 {
             self.inner
-                .call(|c| {
+                .call_within(max_wait, |c| {
                     let (name, p) = (name.clone(), inner_path.clone());
                     async move { vaultrs::kv2::list(&*c, &name, &p).await }
                 })
                 .await
         } else {
             self.inner
-                .call(|c| {
+                .call_within(max_wait, |c| {
                     let (name, p) = (name.clone(), inner_path.clone());
                     async move {
                         vaultrs::kv1::list(&*c, &name, &p)
@@ -275,6 +294,10 @@ impl VaultStore {
                 })
                 .await
         };
+        if matches!(result, Err(CallError::Throttled)) {
+            tracing::debug!(path, "a listing waited too long for the request ceiling");
+            crate::metrics::backend_throttled();
+        }
         match result {
             Ok(keys) => Ok(keys),
             Err(CallError::NotFound) => Ok(Vec::new()),
@@ -328,9 +351,29 @@ impl Inner {
         }
     }
 
+    /// Charges `tenant` one request of its share, or refuses
+    /// ([`StoreError::Throttled`]) when it is over it.
+    async fn charge(&self, tenant: &str, path: &str) -> Result<(), StoreError> {
+        self.tenants.acquire(tenant).await.map_err(|_| {
+            tracing::debug!(path, "a caller is over its share of Vault requests");
+            crate::metrics::backend_throttled();
+            StoreError::Throttled
+        })
+    }
+
     /// One Vault call with rate limiting, retries with backoff on transient
     /// failures, and one fresh login if the token turned out to be invalid.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, CallError>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        self.call_within(None, f).await
+    }
+
+    /// [`Self::call`], waiting for each turn at the request ceiling at most
+    /// `max_wait` (`None`: as long as it takes), else [`CallError::Throttled`].
+    async fn call_within<T, F, Fut>(&self, max_wait: Option<Duration>, f: F) -> Result<T, CallError>
     where
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -343,7 +386,10 @@ impl Inner {
             if !self.session.logged_in() {
                 return Err(CallError::Unavailable("not logged in to Vault yet".into()));
             }
-            self.limiter.acquire().await;
+            self.limiter
+                .acquire_within(max_wait)
+                .await
+                .map_err(|_| CallError::Throttled)?;
             let (client, generation) = self.session.client();
             crate::metrics::backend_read();
             let error = match f(client).await {
@@ -664,11 +710,7 @@ impl VaultStore {
             .contains_key(&key);
         crate::metrics::store_cache(if joining { "coalesced" } else { "miss" });
         if let Some(tenant) = tenant.filter(|_| !joining) {
-            inner.tenants.acquire(tenant).await.map_err(|_| {
-                tracing::debug!(path, "a caller is over its share of Vault reads");
-                crate::metrics::backend_throttled();
-                StoreError::Throttled
-            })?;
+            inner.charge(tenant, path).await?;
         }
         let read = {
             let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -984,6 +1026,10 @@ impl SecretStore for VaultStore {
 
     async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
         VaultStore::list(self, folder).await
+    }
+
+    async fn list_for(&self, tenant: &str, folder: &str) -> Result<Vec<String>, StoreError> {
+        self.list_as(Some(tenant), folder).await
     }
 
     async fn refresh(&self, path: &str) -> Result<(), StoreError> {

@@ -1,0 +1,135 @@
+//! `--peer-identity` names the issuer too: with two trusted issuers, only
+//! the named issuer's `coffer/coffer-broker` may call `NotifyChanged` (each
+//! call costs a store re-read and a cache flush). The old form without an
+//! issuer is accepted only when exactly one issuer is configured; with
+//! several it is refused at start (exit 64), as is an issuer not configured.
+
+use std::{process::Command, time::Duration};
+
+use coffer::Code;
+use coffer_broker::auth::signer::DevSigner;
+use coffer_tests::{AUDIENCE, BrokerProcess, Process, binary};
+
+const DEV: &str = "https://dev.example";
+const PROD: &str = "https://prod.example";
+
+const POLICY: &str = r#"
+rules:
+  - name: prod-admin-writes
+    subjects: [{issuer: "https://prod.example", namespace: ops, serviceAccount: admin}]
+    paths: ["shop/*"]
+    capabilities: [write]
+"#;
+
+/// Two issuers, each with its own key, in one auth config.
+struct Issuers {
+    dev: DevSigner,
+    prod: DevSigner,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn issuers() -> Issuers {
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, prod) = (
+        DevSigner::generate(DEV).unwrap(),
+        DevSigner::generate(PROD).unwrap(),
+    );
+    let mut yaml = String::from("authenticators:\n");
+    for (name, signer) in [("dev", &dev), ("prod", &prod)] {
+        let jwks = dir.path().join(format!("{name}.json"));
+        std::fs::write(&jwks, signer.jwks_json()).unwrap();
+        yaml.push_str(&format!(
+            "  - issuer: {}\n    audiences: [{AUDIENCE}]\n    jwksFile: {{path: {}}}\n",
+            signer.issuer(),
+            jwks.display()
+        ));
+    }
+    let config = dir.path().join("auth.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    Issuers {
+        dev,
+        prod,
+        config,
+        _dir: dir,
+    }
+}
+
+fn broker_token(signer: &DevSigner) -> String {
+    signer
+        .mint(
+            AUDIENCE,
+            "coffer",
+            "coffer-broker",
+            Some("coffer-0"),
+            Duration::from_secs(600),
+        )
+        .unwrap()
+}
+
+/// Starts `coffer-broker serve` with `args` and waits (up to 20 s) for it
+/// to exit: the exit code (`None`: still running) and everything it
+/// printed.
+fn refused_at_start(issuers: &Issuers, args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut command = Command::new(binary("coffer-broker"));
+    command
+        .args(["serve", "--listen=127.0.0.1:0", "--auth-config"])
+        .arg(&issuers.config)
+        .arg("--policy")
+        .arg(&policy)
+        .args(args);
+    let mut process = Process::spawn(command, dir.path().join("broker.log"));
+    let code = process
+        .wait(Duration::from_secs(20))
+        .map(|status| status.code().unwrap_or(-1));
+    (code, process.output())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_named_issuers_broker_may_notify_a_change() {
+    let issuers = issuers();
+    let broker = BrokerProcess::start_with_args(
+        POLICY,
+        [
+            "--auth-config".as_ref(),
+            issuers.config.as_os_str(),
+            "--peer-identity".as_ref(),
+            format!("{PROD}=coffer/coffer-broker").as_ref(),
+        ],
+    );
+    // Same namespace and service account, signed by the other trusted issuer.
+    let impostor = broker.client(broker_token(&issuers.dev)).await;
+    let error = impostor.notify_changed("shop/db").await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
+    let peer = broker.client(broker_token(&issuers.prod)).await;
+    peer.notify_changed("shop/db").await.unwrap();
+}
+
+#[test]
+fn a_peer_identity_without_an_issuer_is_refused_when_several_are_configured() {
+    let issuers = issuers();
+    let (code, text) = refused_at_start(&issuers, &["--peer-identity", "coffer/coffer-broker"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("--peer-identity"), "{text}");
+    assert!(
+        text.contains("ISSUER="),
+        "says how to name the issuer: {text}"
+    );
+}
+
+#[test]
+fn a_peer_identity_naming_an_unconfigured_issuer_is_refused() {
+    let issuers = issuers();
+    let (code, text) = refused_at_start(
+        &issuers,
+        &[
+            "--peer-identity",
+            "https://other.example=coffer/coffer-broker",
+        ],
+    );
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("not configured"), "{text}");
+}
