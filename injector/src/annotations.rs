@@ -8,7 +8,7 @@
 //! | `coffer.dev/file-<name>: db-password` | the file name (default `<name>`) |
 //! | `coffer.dev/format-<name>: dotenv` | raw, json, dotenv, properties, yaml, template |
 //! | `coffer.dev/mode-<name>: "0440"` | octal file mode (default `0400`) |
-//! | `coffer.dev/template-<name>: "{{ source.password }}"` | inline template (implies `format: template`) |
+//! | `coffer.dev/template-<name>: "{{ password }}"` | inline template (implies `format: template`): each key of the secret is a variable (`path#key`: that key alone), all of them the map `secret` |
 //! | `coffer.dev/action-<name>: "{signal: HUP, processName: app}"` | run when the file changes |
 //!
 //! and for the pod: `coffer.dev/inject: "true"`, `coffer.dev/action` (run once
@@ -20,13 +20,20 @@
 //! `agent-inject-file-<name>`, `agent-inject-perms-<name>`, and
 //! `agent-inject-template-<name>` when it is not a Go template (those are
 //! refused with a message: rewrite them as minijinja).
+//!
+//! A template is rendered once at admission, as the sidecar will render it
+//! (see [`crate::template`]): one that cannot render is refused with the
+//! reason, rather than admitted to a pod whose sidecar never turns ready.
 
 use std::collections::BTreeMap;
 
 use coffer_sidecar::config::{Config, Env};
 use serde_json::{Map, Value, json};
 
-use crate::mode::SidecarMode;
+use crate::{
+    mode::SidecarMode,
+    pod::{Annotations, Pod},
+};
 
 /// The opt-in label (objectSelector) and annotation.
 pub const INJECT: &str = "coffer.dev/inject";
@@ -56,7 +63,7 @@ pub enum AnnotationError {
     Orphan(String),
     /// A Go template from vault-k8s.
     #[error(
-        "{0:?} is a Go (consul-template) template: rewrite it as coffer.dev/template-<name> in minijinja syntax ({{{{ source.KEY }}}})"
+        "{0:?} is a Go (consul-template) template: rewrite it as coffer.dev/template-<name> in minijinja syntax: each key of the secret is a variable ({{{{ password }}}}), all of them the map secret ({{{{ secret[\"db-password\"] }}}})"
     )]
     GoTemplate(String),
     /// An annotation value that does not parse.
@@ -70,6 +77,22 @@ pub enum AnnotationError {
     /// The sidecar refuses the resulting configuration.
     #[error("the sidecar configuration is invalid: {0}")]
     Invalid(String),
+    /// A template the sidecar would fail to render, whatever the secret's
+    /// values.
+    #[error(
+        "{annotation:?}: the template of file {file:?} cannot render: {reason}. Each key of the \
+         secret is a variable of its own ({{{{ password }}}}; with path#key only that key), and \
+         all of them are the map secret ({{{{ secret[\"db-password\"] }}}}); values are strings \
+         (docs/sidecar.md, \"Templates\")"
+    )]
+    Template {
+        /// The annotation holding the template.
+        annotation: String,
+        /// The file it renders.
+        file: String,
+        /// Why it cannot render (the error's kind and line; never a value).
+        reason: String,
+    },
 }
 
 /// Where the injected sidecar finds things (fixed by the injected volumes).
@@ -88,11 +111,11 @@ pub struct Layout {
 }
 
 /// Whether the pod asks for injection (label or annotation).
-pub fn wants_injection(pod: &Value) -> Result<bool, AnnotationError> {
-    let meta = &pod["metadata"];
+pub fn wants_injection(pod: &Pod<'_>) -> Result<bool, AnnotationError> {
     let mut wants = false;
-    for value in [&meta["labels"][INJECT], &meta["annotations"][INJECT]] {
-        match value.as_str() {
+    let label = pod.coffer_labels().get(INJECT).map(|v| &**v);
+    for value in [label, pod.annotations().get(INJECT)] {
+        match value {
             None => {}
             Some("true") => wants = true,
             Some("false") => {}
@@ -105,35 +128,33 @@ pub fn wants_injection(pod: &Value) -> Result<bool, AnnotationError> {
 /// The pod's sidecar mode: its `coffer.dev/sidecar-mode` annotation, or
 /// `default` (the injector's `--sidecar-mode`) when it has none.
 pub fn sidecar_mode(
-    annotations: &Map<String, Value>,
+    annotations: &Annotations<'_>,
     default: SidecarMode,
 ) -> Result<SidecarMode, AnnotationError> {
     match annotations.get(SIDECAR_MODE) {
         None => Ok(default),
-        Some(value) => value
-            .as_str()
-            .and_then(|name| name.parse().ok())
-            .ok_or_else(|| AnnotationError::BadSidecarMode(value_text(value))),
+        Some(name) => name
+            .parse()
+            .map_err(|_| AnnotationError::BadSidecarMode(name.to_string())),
     }
 }
 
-fn value_text(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), str::to_string)
-}
-
-/// Builds the sidecar's YAML configuration from the pod's annotations and
-/// checks it with the sidecar's own parser.
+/// Builds the sidecar's YAML configuration from the pod's annotations,
+/// checks it with the sidecar's own parser, and renders each template as
+/// the sidecar will.
 pub fn sidecar_config(
-    annotations: &Map<String, Value>,
+    annotations: &Annotations<'_>,
     layout: &Layout,
 ) -> Result<String, AnnotationError> {
     let mut secrets: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut per_secret: Vec<(String, &'static str, String, String)> = Vec::new();
+    // The annotation each secret's template came from, by secret name.
+    let mut templates: BTreeMap<String, String> = BTreeMap::new();
     let mut pod_action = None;
-    for (key, value) in annotations {
-        let text = || value.as_str().unwrap_or_default().to_string();
+    for (key, value) in annotations.iter() {
+        let key = key.to_string();
+        let key = &key;
+        let text = || value.to_string();
         if let Some(rest) = key.strip_prefix(PREFIX) {
             match rest {
                 "inject" | "injected" | "sidecar-config" | "sidecar-mode" => continue,
@@ -205,6 +226,7 @@ pub fn sidecar_config(
             "template" => {
                 spec.insert("format".into(), json!("template"));
                 spec.insert("template".into(), json!(value));
+                templates.insert(name, annotation);
             }
             "action" => {
                 spec.insert("action".into(), parse_action(&annotation, &value)?);
@@ -215,6 +237,7 @@ pub fn sidecar_config(
     if secrets.is_empty() {
         return Err(AnnotationError::NoSecrets);
     }
+    let names: Vec<String> = secrets.keys().cloned().collect();
     let secrets: Vec<Value> = secrets
         .into_iter()
         .map(|(name, mut spec)| {
@@ -235,7 +258,18 @@ pub fn sidecar_config(
     }
     let yaml =
         serde_norway::to_string(&config).map_err(|e| AnnotationError::Invalid(e.to_string()))?;
-    Config::parse(&yaml, &NoEnv).map_err(|e| AnnotationError::Invalid(e.to_string()))?;
+    let parsed =
+        Config::parse(&yaml, &NoEnv).map_err(|e| AnnotationError::Invalid(e.to_string()))?;
+    // The configuration lists the secrets in the order of their names.
+    for (name, spec) in names.iter().zip(&parsed.secrets) {
+        if let Err(reason) = crate::template::check(spec) {
+            return Err(AnnotationError::Template {
+                annotation: templates.get(name).cloned().unwrap_or_default(),
+                file: spec.file.as_str().to_string(),
+                reason,
+            });
+        }
+    }
     Ok(yaml)
 }
 
@@ -289,11 +323,7 @@ mod tests {
     }
 
     fn config(pairs: &[(&str, &str)]) -> Result<Value, AnnotationError> {
-        let map: Map<String, Value> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect();
-        sidecar_config(&map, &layout()).map(|y| serde_norway::from_str(&y).unwrap())
+        sidecar_config(&annotations(pairs), &layout()).map(|y| serde_norway::from_str(&y).unwrap())
     }
 
     fn secret(pairs: &[(&str, &str)]) -> Value {
@@ -339,11 +369,11 @@ mod tests {
             ("coffer.dev/secret-db", "shop/web/db"),
             (
                 "coffer.dev/template-db",
-                "url=postgres://app:{{ source.password }}@db",
+                "url=postgres://app:{{ password }}@db",
             ),
         ]);
         assert_eq!(s["format"], "template");
-        assert_eq!(s["template"], "url=postgres://app:{{ source.password }}@db");
+        assert_eq!(s["template"], "url=postgres://app:{{ password }}@db");
     }
 
     #[test]
@@ -391,7 +421,7 @@ mod tests {
             ),
             (
                 "vault.hashicorp.com/agent-inject-template-db",
-                "{{ source.password }}",
+                "{{ password }}",
             ),
         ]);
         assert_eq!(s["format"], "template");
@@ -475,10 +505,44 @@ mod tests {
     fn refuses_a_template_that_does_not_parse() {
         let e = config(&[
             ("coffer.dev/secret-db", "shop/web/db"),
-            ("coffer.dev/template-db", "{{ source.password "),
+            ("coffer.dev/template-db", "{{ password "),
         ])
         .unwrap_err();
         assert!(matches!(e, AnnotationError::Invalid(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_template_that_cannot_render_naming_its_annotation() {
+        let e = config(&[
+            ("coffer.dev/secret-db", "shop/web/db#password"),
+            ("coffer.dev/file-db", "db.conf"),
+            ("coffer.dev/template-db", "{{ source.password }}"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e,
+            AnnotationError::Template {
+                annotation: "coffer.dev/template-db".into(),
+                file: "db.conf".into(),
+                reason: "UndefinedError at line 1".into(),
+            }
+        );
+        let e = config(&[
+            (
+                "vault.hashicorp.com/agent-inject-secret-db",
+                "secret/data/shop/web/db",
+            ),
+            (
+                "vault.hashicorp.com/agent-inject-template-db",
+                "{{ source.password }}",
+            ),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(&e, AnnotationError::Template { annotation, .. }
+                if annotation == "vault.hashicorp.com/agent-inject-template-db"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -491,11 +555,8 @@ mod tests {
         assert!(matches!(e, AnnotationError::BadValue { .. }), "{e}");
     }
 
-    fn annotations(pairs: &[(&str, &str)]) -> Map<String, Value> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect()
+    fn annotations<'a>(pairs: &[(&'a str, &'a str)]) -> Annotations<'a> {
+        Annotations::from_pairs(pairs.iter().copied())
     }
 
     #[test]
@@ -538,9 +599,9 @@ mod tests {
 
     #[test]
     fn refuses_an_inject_value_that_is_not_a_boolean() {
-        let pod = json!({"metadata": {"labels": {"coffer.dev/inject": "yes"}}});
+        let text = json!({"metadata": {"labels": {"coffer.dev/inject": "yes"}}}).to_string();
         assert_eq!(
-            wants_injection(&pod).unwrap_err(),
+            wants_injection(&Pod::parse(&text).unwrap()).unwrap_err(),
             AnnotationError::BadInject("yes".into())
         );
     }

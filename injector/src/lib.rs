@@ -10,9 +10,21 @@
 //! `coffer.dev/sidecar-mode`. Pods in an excluded namespace
 //! (`--exclude-namespace`; the system namespaces and `coffer` by default)
 //! are never mutated, whatever the webhook's namespaceSelector lets through.
+//!
+//! After injection the webhook also answers UPDATEs of pods and of their
+//! `ephemeralcontainers` subresource, refusing those that change what it
+//! added ([`guard`]). Templates are rendered at admission as the sidecar
+//! renders them ([`template`]). Reviews are read into bounded, borrowed
+//! structs ([`pod`]), and the server bounds bodies, handshakes, connections
+//! and time per request ([`server`]), so no caller can take the webhook
+//! down and with it every opted-in pod (`failurePolicy: Fail`).
 
+pub mod access;
 pub mod annotations;
+pub mod guard;
 pub mod mode;
 pub mod patch;
+pub mod pod;
 pub mod review;
 pub mod server;
+pub mod template;

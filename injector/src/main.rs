@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
 use coffer_injector::{
+    access::{AllowList, Cidr},
     annotations::Layout,
     mode::SidecarMode,
     patch::{DEFAULT_EXCLUDED_NAMESPACES, Injection},
@@ -73,6 +74,18 @@ struct Cli {
         default_values = DEFAULT_EXCLUDED_NAMESPACES
     )]
     exclude_namespace: Vec<String>,
+    /// An address range that may connect (e.g. the control plane's and the
+    /// nodes': the API server calls /mutate, the kubelet probes /healthz).
+    /// Repeat it or give a comma-separated list; other addresses are
+    /// turned away before the TLS handshake. None (the default, or an empty
+    /// value) admits every address.
+    #[arg(
+        long,
+        env = "COFFER_INJECTOR_ALLOW_CIDRS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    allow_cidr: Vec<String>,
     /// Log format.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
     log_format: Format,
@@ -135,6 +148,21 @@ fn main() -> ExitCode {
         tracing::error!(namespace = %bad, "--exclude-namespace: not a namespace name");
         return ExitCode::from(EX_USAGE);
     }
+    let mut allowed = AllowList::default();
+    for text in cli
+        .allow_cidr
+        .iter()
+        .map(|c| c.trim())
+        .filter(|c| !c.is_empty())
+    {
+        match text.parse::<Cidr>() {
+            Ok(cidr) => allowed.0.push(cidr),
+            Err(error) => {
+                tracing::error!(%error, "--allow-cidr: not an address range");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
     let tls = match server::tls_config(&cli.tls_cert, &cli.tls_key) {
         Ok(tls) => tls,
         Err(error) => {
@@ -171,6 +199,11 @@ fn main() -> ExitCode {
             addr = %bound,
             sidecar_mode = %injection.mode,
             excluded_namespaces = ?injection.excluded_namespaces,
+            allowed = %if allowed.0.is_empty() {
+                "any address".to_string()
+            } else {
+                allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            },
             "injector listening"
         );
         if let Some(file) = &cli.addr_file {
@@ -178,7 +211,7 @@ fn main() -> ExitCode {
             std::fs::write(&tmp, bound.to_string())?;
             std::fs::rename(&tmp, file)?;
         }
-        server::serve(listener, tls, injection, shutdown_signal()).await;
+        server::serve(listener, tls, injection, allowed, shutdown_signal()).await;
         anyhow::Ok(())
     });
     match result {

@@ -20,15 +20,21 @@
 //! - `init-only`: the `--once` init container alone.
 //!
 //! Every container the injector adds has the same hardening: security
-//! context, resources and mounts.
+//! context, resources and mounts. They run as the app's uid when it is not
+//! root (so the files are the app's without `CAP_CHOWN`), else as
+//! [`SIDECAR_UID`]; their probe port is the layout's unless a container of
+//! the pod declares it, then the next free one. A pod whose annotations,
+//! with the configuration added, would pass Kubernetes' 256 KiB budget is
+//! refused, naming the sizes.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
 use crate::{
-    annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode},
+    annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode, wants_injection},
     mode::SidecarMode,
+    pod::{ANNOTATIONS_BUDGET, Pod},
 };
 
 /// The annotation holding the generated sidecar configuration.
@@ -50,9 +56,16 @@ pub const SIDECAR_INIT: &str = "coffer-sidecar-init";
 /// otherwise: the system ones and Coffer's own.
 pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] =
     ["kube-system", "kube-public", "kube-node-lease", "coffer"];
+/// The uid the sidecar runs as when the app's is root or unknown: the
+/// sidecar image's own user (distroless `nonroot`). A non-root app's uid is
+/// used instead, so that the files are the app's without `CAP_CHOWN`.
+pub const SIDECAR_UID: i64 = 65532;
 
-const CONTAINERS: [&str; 2] = [SIDECAR, SIDECAR_INIT];
-const VOLUMES: [&str; 4] = [
+/// The containers the injector adds.
+pub const CONTAINERS: [&str; 2] = [SIDECAR, SIDECAR_INIT];
+/// The volumes the injector adds: no other container may mount them (the
+/// token above all).
+pub const VOLUMES: [&str; 4] = [
     "coffer-secrets",
     "coffer-token",
     "coffer-ca",
@@ -90,6 +103,9 @@ impl Injection {
 pub struct Patch {
     /// The mode the pod got (its annotation, or the injector's default).
     pub mode: SidecarMode,
+    /// The sidecar's probe port: the layout's, or the next one free in the
+    /// pod.
+    pub port: u16,
     /// The JSONPatch operations, all `add`, to apply in order.
     pub ops: Vec<Value>,
 }
@@ -107,74 +123,142 @@ pub enum PatchError {
     /// The object is not a pod.
     #[error("not a pod: {0}")]
     NotAPod(String),
+    /// The pod's annotations with the injector's would pass Kubernetes'
+    /// limit, and the API server would refuse the pod with "Too long".
+    #[error(
+        "the pod's annotations would take {total} bytes with the sidecar's configuration \
+         ({config} bytes in {CONFIG_ANNOTATION}), over Kubernetes' limit of {ANNOTATIONS_BUDGET} \
+         bytes (256 KiB) for all of a pod's annotations: shorten the templates (each is stored \
+         twice, in its own annotation and in the configuration)"
+    )]
+    AnnotationsTooLarge {
+        /// The size the annotations would have, keys and values.
+        total: usize,
+        /// The size of the generated configuration.
+        config: usize,
+    },
+    /// The pod's own annotations are over Kubernetes' limit already.
+    #[error(
+        "the pod's annotations take {0} bytes, over Kubernetes' limit of {ANNOTATIONS_BUDGET} \
+         bytes (256 KiB) for all of a pod's annotations"
+    )]
+    PodAnnotationsTooLarge(usize),
 }
 
 /// The patch for `pod`, or `None` when it does not opt in.
-pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchError> {
-    if !crate::annotations::wants_injection(pod)? {
+pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, PatchError> {
+    if !wants_injection(pod)? {
         return Ok(None);
     }
-    let spec = &pod["spec"];
-    let Some(containers) = spec["containers"].as_array() else {
-        return Err(PatchError::NotAPod("no spec.containers".into()));
-    };
-    let empty = serde_json::Map::new();
-    let annotations = pod["metadata"]["annotations"].as_object().unwrap_or(&empty);
+    let annotations = pod.annotations();
     if annotations.contains_key(INJECTED_ANNOTATION) {
         // Already injected (e.g. a reinvocation): nothing to add.
         return Ok(None);
     }
-    for container in containers
-        .iter()
-        .chain(spec["initContainers"].as_array().into_iter().flatten())
-    {
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| PatchError::NotAPod("no spec".into()))?;
+    let Some(containers) = spec.containers.as_deref().filter(|c| !c.is_empty()) else {
+        return Err(PatchError::NotAPod("no spec.containers".into()));
+    };
+    if annotations.over_budget() {
+        return Err(PatchError::PodAnnotationsTooLarge(annotations.total));
+    }
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    for container in containers.iter().chain(init_containers) {
         // Both names, whatever the mode: which one a pod gets must not
         // depend on what it happens to contain.
-        if let Some(name) = container["name"]
-            .as_str()
-            .filter(|n| CONTAINERS.contains(n))
-        {
-            return Err(PatchError::Conflict("container", name.into()));
+        if CONTAINERS.contains(&container.name()) {
+            return Err(PatchError::Conflict(
+                "container",
+                container.name().to_string(),
+            ));
         }
         // A mount naming an injected volume would let that container see it
         // (the token above all) once the volume exists.
-        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-            if let Some(name) = mount["name"].as_str().filter(|n| VOLUMES.contains(n)) {
-                return Err(PatchError::Conflict("volume mount", name.into()));
-            }
+        if let Some(volume) = container
+            .volume_mounts
+            .as_ref()
+            .and_then(|m| m.injected.first())
+        {
+            return Err(PatchError::Conflict("volume mount", volume.to_string()));
         }
     }
-    for volume in spec["volumes"].as_array().into_iter().flatten() {
-        if let Some(name) = volume["name"].as_str().filter(|n| VOLUMES.contains(n)) {
+    for volume in spec.volumes.as_deref().unwrap_or_default() {
+        if let Some(name) = volume.name.as_deref().filter(|n| VOLUMES.contains(n)) {
             return Err(PatchError::Conflict("volume", name.into()));
         }
     }
     let mode = sidecar_mode(annotations, injection.mode)?;
-    let config = sidecar_config(annotations, &injection.layout)?;
+    // All containers of a pod share one network namespace: the probe port
+    // must be one no other container declares.
+    let port = free_port(pod, layout_port(&injection.layout));
+    let layout = Layout {
+        admin_listen: with_port(&injection.layout.admin_listen, port),
+        ..injection.layout.clone()
+    };
+    let config = sidecar_config(annotations, &layout)?;
+
+    // kubectl logs/exec would pick the sidecar, first in `container` mode.
+    let app = containers[0].name();
+    let default_container = (mode == SidecarMode::Container
+        && !app.is_empty()
+        && !annotations.contains_key(DEFAULT_CONTAINER_ANNOTATION))
+    .then_some(app);
+    let added = [
+        (CONFIG_ANNOTATION, config.as_str()),
+        (INJECTED_ANNOTATION, "true"),
+    ]
+    .into_iter()
+    .chain(default_container.map(|app| (DEFAULT_CONTAINER_ANNOTATION, app)));
+    let mut total = annotations.total;
+    for (key, value) in added {
+        // `add` replaces an entry of that key.
+        total -= annotations.get(key).map_or(0, |old| key.len() + old.len());
+        total += key.len() + value.len();
+    }
+    if total > ANNOTATIONS_BUDGET {
+        return Err(PatchError::AnnotationsTooLarge {
+            total,
+            config: config.len(),
+        });
+    }
 
     let mut ops = Vec::new();
+    let has_annotations = pod.metadata.annotations.is_some();
+    let has_labels = pod.metadata.labels.is_some();
     // Metadata: the config, the marker, the NetworkPolicy label.
     add_to_map(
         &mut ops,
-        pod,
+        has_annotations,
         "/metadata/annotations",
         CONFIG_ANNOTATION,
         json!(config),
     );
     add_to_map(
         &mut ops,
-        pod,
+        has_annotations,
         "/metadata/annotations",
         INJECTED_ANNOTATION,
         json!("true"),
     );
     add_to_map(
         &mut ops,
-        pod,
+        has_labels,
         "/metadata/labels",
         CLIENT_LABEL,
         json!("true"),
     );
+    if let Some(app) = default_container {
+        add_to_map(
+            &mut ops,
+            has_annotations,
+            "/metadata/annotations",
+            DEFAULT_CONTAINER_ANNOTATION,
+            json!(app),
+        );
+    }
 
     let token_file = file_name(&injection.layout.token_file);
     let ca_file = file_name(&injection.layout.ca_file);
@@ -188,7 +272,7 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchE
             {"path": "sidecar.yaml", "fieldRef": {"fieldPath": format!("metadata.annotations['{CONFIG_ANNOTATION}']")}}
         ]}}),
     ];
-    if spec["volumes"].as_array().is_some() {
+    if spec.volumes.is_some() {
         for volume in volumes {
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
         }
@@ -199,7 +283,7 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchE
     // any container is inserted, so the indices are the pod's own.
     let mount = json!({"name": "coffer-secrets", "mountPath": injection.layout.output_dir, "readOnly": true});
     for (i, container) in containers.iter().enumerate() {
-        if container["volumeMounts"].as_array().is_some() {
+        if container.volume_mounts.is_some() {
             ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts/-"), "value": mount}));
         } else {
             ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts"), "value": [mount]}));
@@ -207,18 +291,22 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchE
     }
 
     // The sidecar runs as the app's uid, so the files are the app's without
-    // CAP_CHOWN; when the pod sets none, the image's nonroot user.
-    let uid = containers[0]["securityContext"]["runAsUser"]
-        .as_u64()
-        .or_else(|| spec["securityContext"]["runAsUser"].as_u64());
-    let sidecars = Sidecars::new(injection, uid);
+    // CAP_CHOWN; when the app runs as root or names no uid, as a non-root
+    // uid of its own (a container with runAsNonRoot and uid 0 never
+    // starts).
+    let app_uid = containers[0]
+        .security_context
+        .and_then(|s| s.run_as_user)
+        .or_else(|| spec.security_context.and_then(|s| s.run_as_user));
+    let uid = app_uid.filter(|uid| *uid > 0).unwrap_or(SIDECAR_UID);
+    let sidecars = Sidecars::new(injection, uid, port);
     // First in the init containers: they run in order, so the app's own init
     // containers can already read the files.
     let init = match mode {
         SidecarMode::Native => sidecars.native(),
         SidecarMode::Container | SidecarMode::InitOnly => sidecars.once(),
     };
-    if spec["initContainers"].as_array().is_some() {
+    if spec.init_containers.is_some() {
         ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
     } else {
         ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
@@ -229,20 +317,37 @@ pub fn patch(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchE
         ops.push(
             json!({"op": "add", "path": "/spec/containers/0", "value": sidecars.long_running()}),
         );
-        // kubectl logs/exec would otherwise pick the sidecar, now first.
-        if let Some(app) = containers[0]["name"].as_str()
-            && !annotations.contains_key(DEFAULT_CONTAINER_ANNOTATION)
-        {
-            add_to_map(
-                &mut ops,
-                pod,
-                "/metadata/annotations",
-                DEFAULT_CONTAINER_ANNOTATION,
-                json!(app),
-            );
-        }
     }
-    Ok(Some(Patch { mode, ops }))
+    Ok(Some(Patch { mode, port, ops }))
+}
+
+/// The port of `host:port` (the layout's admin address), 8099 if none.
+fn layout_port(admin_listen: &Layout) -> u16 {
+    admin_listen
+        .admin_listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(8099)
+}
+
+/// `host:port` with another port.
+fn with_port(address: &str, port: u16) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    format!("{host}:{port}")
+}
+
+/// `wanted`, or the next port no container of `pod` declares (wrapping to
+/// the unprivileged ports below it).
+fn free_port(pod: &Pod<'_>, wanted: u16) -> u16 {
+    let used: BTreeSet<u16> = pod
+        .all_containers()
+        .filter_map(|c| c.ports.as_ref())
+        .flat_map(|ports| ports.0.iter().copied())
+        .collect();
+    (wanted..=u16::MAX)
+        .chain(1024..wanted)
+        .find(|port| !used.contains(port))
+        .unwrap_or(wanted)
 }
 
 /// Builds the containers the injector adds, all hardened alike.
@@ -253,24 +358,15 @@ struct Sidecars<'a> {
 }
 
 impl<'a> Sidecars<'a> {
-    fn new(injection: &'a Injection, uid: Option<u64>) -> Self {
-        let mut security = json!({
+    fn new(injection: &'a Injection, uid: i64, port: u16) -> Self {
+        let security = json!({
             "runAsNonRoot": true,
+            "runAsUser": uid,
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         });
-        if let Some(uid) = uid {
-            security["runAsUser"] = json!(uid);
-        }
-        let port = injection
-            .layout
-            .admin_listen
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or(8099);
         Self {
             injection,
             security,
@@ -334,9 +430,8 @@ impl<'a> Sidecars<'a> {
 }
 
 /// Adds `key: value` to the map at `path`, creating the map if absent.
-fn add_to_map(ops: &mut Vec<Value>, pod: &Value, path: &str, key: &str, value: Value) {
-    let exists =
-        pod.pointer(path).is_some_and(Value::is_object) || ops.iter().any(|op| op["path"] == path);
+fn add_to_map(ops: &mut Vec<Value>, exists: bool, path: &str, key: &str, value: Value) {
+    let exists = exists || ops.iter().any(|op| op["path"] == path);
     if exists {
         let escaped = key.replace('~', "~0").replace('/', "~1");
         ops.push(json!({"op": "add", "path": format!("{path}/{escaped}"), "value": value}));
@@ -374,6 +469,12 @@ pub(crate) fn test_injection() -> Injection {
 #[cfg(test)]
 mod tests {
     use super::{test_injection as injection, *};
+
+    /// The patch of `pod`, parsed as the injector parses a review's object.
+    fn patch_of(pod: &Value, injection: &Injection) -> Result<Option<Patch>, PatchError> {
+        let text = pod.to_string();
+        patch(&Pod::parse(&text).unwrap(), injection)
+    }
 
     fn in_mode(mode: SidecarMode) -> Injection {
         Injection {
@@ -416,7 +517,7 @@ mod tests {
 
     /// The pod as the API server stores it after the patch in `mode`.
     fn patched(pod: Value, mode: SidecarMode) -> Value {
-        let patch = patch(&pod, &in_mode(mode)).unwrap().unwrap();
+        let patch = patch_of(&pod, &in_mode(mode)).unwrap().unwrap();
         assert_eq!(patch.mode, mode);
         apply(pod, &patch.ops)
     }
@@ -460,7 +561,7 @@ mod tests {
     fn a_pod_without_the_opt_in_gets_no_patch() {
         let mut pod = pod(json!({"containers": [{"name": "app"}]}));
         pod["metadata"]["labels"] = json!({});
-        assert!(patch(&pod, &injection()).unwrap().is_none());
+        assert!(patch_of(&pod, &injection()).unwrap().is_none());
     }
 
     #[test]
@@ -470,7 +571,7 @@ mod tests {
             "containers": [{"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
             "volumes": [{"name": "data", "emptyDir": {}}],
         }));
-        let ops = patch(&pod, &injection()).unwrap().unwrap().ops;
+        let ops = patch_of(&pod, &injection()).unwrap().unwrap().ops;
         let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
         assert!(paths.contains(&"/spec/initContainers/0"));
         assert!(paths.contains(&"/spec/volumes/-"));
@@ -480,7 +581,7 @@ mod tests {
     #[test]
     fn annotation_keys_are_escaped_in_paths() {
         let pod = pod(json!({"containers": [{"name": "app"}]}));
-        let ops = patch(&pod, &injection()).unwrap().unwrap().ops;
+        let ops = patch_of(&pod, &injection()).unwrap().unwrap().ops;
         assert!(
             ops.iter()
                 .any(|o| o["path"] == "/metadata/annotations/coffer.dev~1sidecar-config")
@@ -491,7 +592,7 @@ mod tests {
     fn an_already_injected_pod_is_left_alone() {
         let mut pod = pod(json!({"containers": [{"name": "app"}]}));
         pod["metadata"]["annotations"][INJECTED_ANNOTATION] = json!("true");
-        assert!(patch(&pod, &injection()).unwrap().is_none());
+        assert!(patch_of(&pod, &injection()).unwrap().is_none());
     }
 
     #[test]
@@ -633,7 +734,7 @@ mod tests {
     fn the_annotation_overrides_the_injectors_mode() {
         let mut pod = app();
         pod["metadata"]["annotations"]["coffer.dev/sidecar-mode"] = json!("init-only");
-        let patch = patch(&pod, &in_mode(SidecarMode::Container))
+        let patch = patch_of(&pod, &in_mode(SidecarMode::Container))
             .unwrap()
             .unwrap();
         assert_eq!(patch.mode, SidecarMode::InitOnly);
@@ -645,7 +746,7 @@ mod tests {
     fn an_unknown_mode_in_the_annotation_is_refused() {
         let mut pod = app();
         pod["metadata"]["annotations"]["coffer.dev/sidecar-mode"] = json!("sidecar");
-        let error = patch(&pod, &injection()).unwrap_err();
+        let error = patch_of(&pod, &injection()).unwrap_err();
         assert!(
             matches!(
                 &error,
@@ -659,7 +760,7 @@ mod tests {
     fn a_pod_using_the_init_container_name_is_refused() {
         let mut pod = app();
         pod["spec"]["initContainers"][0]["name"] = json!(SIDECAR_INIT);
-        let error = patch(&pod, &in_mode(SidecarMode::Native)).unwrap_err();
+        let error = patch_of(&pod, &in_mode(SidecarMode::Native)).unwrap_err();
         assert!(
             matches!(&error, PatchError::Conflict("container", name) if name == SIDECAR_INIT),
             "{error}"

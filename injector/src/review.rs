@@ -1,36 +1,138 @@
 //! AdmissionReview v1: request in, response out.
+//!
+//! The review is read into typed structs that borrow from the body: the
+//! object and the old object stay raw JSON until the pod's parts the
+//! injector reads are parsed from them (see [`crate::pod`]), so a review
+//! costs about its own size in memory, never a document tree of it.
+//!
+//! - CREATE of a pod: the sidecar is injected ([`crate::patch`]) or the pod
+//!   refused with the reason.
+//! - UPDATE of a pod, and of its `ephemeralcontainers` subresource: allowed
+//!   unchanged unless it changes what the injector added
+//!   ([`crate::guard`]).
+//! - Anything else, and every pod in an excluded namespace: allowed
+//!   unchanged.
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
 
-use crate::patch::{Injection, patch};
+use crate::{
+    guard::check_update,
+    patch::{Injection, patch},
+    pod::{Pod, Text},
+};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<'a> {
+    #[serde(borrow, default)]
+    api_version: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    kind: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    #[serde(borrow, default)]
+    uid: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    kind: Option<Kind<'a>>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    namespace: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    operation: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Text<'a>>,
+}
+
+/// What the injector answers.
+enum Answer {
+    /// Allowed unchanged.
+    Allow,
+    /// Allowed with this JSONPatch.
+    Patch(Vec<Value>),
+    /// Refused, with the reason.
+    Refuse(String),
+}
 
 /// Answers an AdmissionReview request body. A body that is not an
 /// AdmissionReview gets `Err` (HTTP 400); a pod in an excluded namespace is
 /// allowed unchanged before anything else is looked at; a pod that cannot be
-/// injected gets `allowed: false` with the reason.
+/// injected, or an update the injector guards against, gets
+/// `allowed: false` with the reason.
 pub fn review(body: &[u8], injection: &Injection) -> Result<Value, String> {
-    let review: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
+    let review: Review<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    if review.api_version.as_deref() != Some("admission.k8s.io/v1")
+        || review.kind.as_deref() != Some("AdmissionReview")
+    {
         return Err("expected an admission.k8s.io/v1 AdmissionReview".into());
     }
-    let request = &review["request"];
-    let uid = request["uid"]
-        .as_str()
-        .ok_or("request.uid is missing")?
-        .to_string();
-    let object = &request["object"];
-    let namespace = request["namespace"]
-        .as_str()
-        .or(object["metadata"]["namespace"].as_str())
+    let request = review.request.ok_or("request is missing")?;
+    let uid = request.uid.as_deref().ok_or("request.uid is missing")?;
+    let response = match answer(&request, injection) {
+        Answer::Allow => json!({"uid": uid, "allowed": true}),
+        Answer::Patch(ops) => {
+            let patch = base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&ops).map_err(|e| e.to_string())?);
+            json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch})
+        }
+        Answer::Refuse(message) => json!({"uid": uid, "allowed": false, "status": {
+            "code": 422,
+            "reason": "Invalid",
+            "message": format!("coffer-injector: {message}"),
+        }}),
+    };
+    Ok(json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+fn answer(request: &Request<'_>, injection: &Injection) -> Answer {
+    let kind = request.kind.as_ref().and_then(|k| k.kind.as_deref());
+    // Before Kubernetes 1.22, the ephemeralcontainers subresource carried
+    // an EphemeralContainers object rather than the pod.
+    if !matches!(kind, Some("Pod" | "EphemeralContainers")) {
+        return Answer::Allow;
+    }
+    let Some(object) = request.object else {
+        return Answer::Allow;
+    };
+    let pod = match Pod::parse(object.get()) {
+        Ok(pod) => pod,
+        Err(error) => {
+            tracing::info!(%error, "pod refused: unreadable");
+            return Answer::Refuse(format!("the pod cannot be read: {error}"));
+        }
+    };
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
         .unwrap_or_default();
-    let name = object["metadata"]["name"]
-        .as_str()
-        .or(object["metadata"]["generateName"].as_str())
+    let name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
         .unwrap_or_default();
-    let response = if request["kind"]["kind"] != "Pod" || object.is_null() {
-        json!({"uid": uid, "allowed": true})
-    } else if injection.excludes(namespace) {
+    if injection.excludes(namespace) {
         // The webhook's namespaceSelector keeps these pods away only where
         // the API server labels namespaces with kubernetes.io/metadata.name
         // (1.21+); this check is what holds on older clusters.
@@ -39,31 +141,43 @@ pub fn review(body: &[u8], injection: &Injection) -> Result<Value, String> {
             pod = name,
             "namespace excluded from injection; pod allowed unchanged"
         );
-        json!({"uid": uid, "allowed": true})
-    } else {
-        match patch(object, injection) {
-            Ok(None) => json!({"uid": uid, "allowed": true}),
+        return Answer::Allow;
+    }
+    // The API server always names the operation; a review without one is
+    // read as the CREATE it most likely is.
+    match request.operation.as_deref().unwrap_or("CREATE") {
+        "CREATE" if request.sub_resource.is_none() => match patch(&pod, injection) {
+            Ok(None) => Answer::Allow,
             Ok(Some(patch)) => {
-                tracing::info!(namespace, pod = name, mode = %patch.mode, "sidecar injected");
-                let patch = base64::engine::general_purpose::STANDARD
-                    .encode(serde_json::to_vec(&patch.ops).map_err(|e| e.to_string())?);
-                json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch})
+                tracing::info!(namespace, pod = name, mode = %patch.mode, port = patch.port, "sidecar injected");
+                Answer::Patch(patch.ops)
             }
             Err(error) => {
                 tracing::info!(namespace, pod = name, %error, "pod refused");
-                json!({"uid": uid, "allowed": false, "status": {
-                    "code": 422,
-                    "reason": "Invalid",
-                    "message": format!("coffer-injector: {error}"),
-                }})
+                Answer::Refuse(error.to_string())
+            }
+        },
+        "UPDATE" => {
+            let Some(old) = request.old_object else {
+                return Answer::Refuse("an UPDATE without the old object".into());
+            };
+            let old = match Pod::parse(old.get()) {
+                Ok(old) => old,
+                Err(error) => {
+                    return Answer::Refuse(format!("the old pod cannot be read: {error}"));
+                }
+            };
+            match check_update(&old, &pod) {
+                Ok(()) => Answer::Allow,
+                Err(error) => {
+                    let sub_resource = request.sub_resource.as_deref().unwrap_or_default();
+                    tracing::info!(namespace, pod = name, sub_resource, %error, "update refused");
+                    Answer::Refuse(error.to_string())
+                }
             }
         }
-    };
-    Ok(json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": response,
-    }))
+        _ => Answer::Allow,
+    }
 }
 
 #[cfg(test)]

@@ -9,19 +9,20 @@
 //! injector/src/annotations.rs; the patch of each mode in detail:
 //! injector/src/patch.rs.)
 
+mod injector_common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
-use base64::Engine;
 use coffer_tests::{
     BrokerProcess, Key, POLICY, Process,
     deploy::{checkov, https_request, kubernetes_validate, venv_tool},
-    eventually, mint,
+    mint,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use injector_common::{Injector, apply, review};
 use serde_json::{Value, json};
 
 const CANARY: &str = "canary-injected-7d2a";
@@ -32,105 +33,9 @@ const CANARY: &str = "canary-injected-7d2a";
 const OLDEST_SCHEMA: &str = "1.25.0";
 const MODES: [&str; 3] = ["native", "container", "init-only"];
 
-struct Injector {
-    process: Process,
-    addr: String,
-    ca: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Injector {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    /// Started with `args` after the required ones.
-    fn start_with(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-        let addr_file = dir.path().join("addr");
-        let mut command = Command::new(coffer_tests::binary("coffer-injector"));
-        command
-            .arg("--listen=127.0.0.1:0")
-            .arg(format!(
-                "--tls-cert={}",
-                dir.path().join("tls.crt").display()
-            ))
-            .arg(format!(
-                "--tls-key={}",
-                dir.path().join("tls.key").display()
-            ))
-            .arg("--sidecar-image=coffer/sidecar:0.1.0")
-            .args(args)
-            .env("COFFER_ADDR_FILE", &addr_file);
-        let mut process = Process::spawn(command, dir.path().join("output.log"));
-        let addr = eventually(Duration::from_secs(20), "the injector to listen", || {
-            if let Some(status) = process.wait(Duration::ZERO) {
-                panic!("the injector exited ({status}):\n{}", process.output());
-            }
-            std::fs::read_to_string(&addr_file).ok()
-        });
-        Self {
-            process,
-            addr,
-            ca: ca.pem(),
-            _dir: dir,
-        }
-    }
-
-    /// Sends `pod` in an AdmissionReview from namespace `shop`; returns the
-    /// review's `response`.
-    fn review(&self, pod: &Value) -> Value {
-        self.review_in("shop", pod)
-    }
-
-    /// Sends `pod` in an AdmissionReview from `namespace`.
-    fn review_in(&self, namespace: &str, pod: &Value) -> Value {
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": namespace,
-                "operation": "CREATE",
-                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "object": pod,
-                "oldObject": null,
-                "dryRun": false,
-                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-            },
-        });
-        let (status, body) = https_request(
-            &self.addr,
-            &self.ca,
-            "POST",
-            "/mutate",
-            review.to_string().as_bytes(),
-        )
-        .expect("the injector answers");
-        assert_eq!(status, 200, "{body}");
-        let answer: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
-        assert_eq!(answer["kind"], "AdmissionReview");
-        assert_eq!(
-            answer["response"]["uid"],
-            "705ab4f5-6393-11e8-b7cc-42010a800002"
-        );
-        answer["response"].clone()
-    }
+/// Sends `pod` in a CREATE review from `namespace`; the review's response.
+fn review_in(injector: &Injector, namespace: &str, pod: &Value) -> Value {
+    injector.send(&review("CREATE", namespace, Some(pod), None, None))
 }
 
 /// A hardened pod as a ReplicaSet would create it, opted in.
@@ -238,33 +143,6 @@ fn write_pod(dir: &Path, pod: &Value) -> PathBuf {
     file
 }
 
-/// Applies the JSONPatch `add` operations the injector emits.
-fn apply(mut doc: Value, response: &Value) -> Value {
-    assert_eq!(response["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(response["patch"].as_str().unwrap())
-        .unwrap();
-    let ops: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
-    for op in ops {
-        assert_eq!(op["op"], "add", "{op}");
-        let path = op["path"].as_str().unwrap();
-        let (parent, last) = path.rsplit_once('/').unwrap();
-        let last = last.replace("~1", "/").replace("~0", "~");
-        let target = doc
-            .pointer_mut(parent)
-            .unwrap_or_else(|| panic!("no {parent}"));
-        match target {
-            Value::Object(map) => {
-                map.insert(last, op["value"].clone());
-            }
-            Value::Array(items) if last == "-" => items.push(op["value"].clone()),
-            Value::Array(items) => items.insert(last.parse().unwrap(), op["value"].clone()),
-            other => panic!("cannot add into {other}"),
-        }
-    }
-    doc
-}
-
 #[test]
 fn the_patched_pod_validates_and_passes_checkov_in_every_mode() {
     let injector = Injector::start();
@@ -281,7 +159,7 @@ fn the_patched_pod_validates_and_passes_checkov_in_every_mode() {
     });
     for mode in MODES {
         let pod = opted_in_as(mode);
-        let patched = apply(pod.clone(), &injector.review(&pod));
+        let patched = apply(pod.clone(), &injector.create(&pod));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pod.yaml");
         std::fs::write(&file, format!("{patched}\n---\n{network_policy}\n")).unwrap();
@@ -301,7 +179,7 @@ fn outside_native_mode_the_patched_pod_validates_on_the_oldest_schema() {
     let injector = Injector::start();
     for mode in ["container", "init-only"] {
         let pod = opted_in_as(mode);
-        let patched = apply(pod.clone(), &injector.review(&pod));
+        let patched = apply(pod.clone(), &injector.create(&pod));
         let dir = tempfile::tempdir().unwrap();
         let file = write_pod(dir.path(), &patched);
         if let Err(report) = validate_against(&file, OLDEST_SCHEMA) {
@@ -315,7 +193,7 @@ fn the_native_pod_does_not_validate_before_native_sidecars() {
     // What makes the test above worth something: the oldest schema refuses
     // the native sidecar's restartPolicy.
     let injector = Injector::start();
-    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let patched = apply(opted_in(), &injector.create(&opted_in()));
     let dir = tempfile::tempdir().unwrap();
     let file = write_pod(dir.path(), &patched);
     let report = validate_against(&file, OLDEST_SCHEMA).unwrap_err();
@@ -325,7 +203,7 @@ fn the_native_pod_does_not_validate_before_native_sidecars() {
 #[test]
 fn the_sidecar_is_a_native_sidecar_and_only_it_sees_the_token() {
     let injector = Injector::start();
-    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let patched = apply(opted_in(), &injector.create(&opted_in()));
     let spec = &patched["spec"];
     let sidecar = &spec["initContainers"][0];
     assert_eq!(sidecar["restartPolicy"], "Always");
@@ -361,7 +239,7 @@ fn the_sidecar_is_a_native_sidecar_and_only_it_sees_the_token() {
 #[test]
 fn container_mode_runs_the_sidecar_as_the_first_container_after_a_once_init_container() {
     let injector = Injector::start_with(&["--sidecar-mode=container"]);
-    let patched = apply(opted_in(), &injector.review(&opted_in()));
+    let patched = apply(opted_in(), &injector.create(&opted_in()));
     assert_eq!(names(&patched, "initContainers"), ["coffer-sidecar-init"]);
     assert_eq!(names(&patched, "containers"), ["coffer-sidecar", "web"]);
     let init = &containers(&patched, "initContainers")[0];
@@ -398,7 +276,7 @@ fn init_only_mode_adds_the_once_init_container_alone() {
     // The annotation overrides the injector's default (native).
     let injector = Injector::start();
     let pod = opted_in_as("init-only");
-    let patched = apply(pod.clone(), &injector.review(&pod));
+    let patched = apply(pod.clone(), &injector.create(&pod));
     assert_eq!(names(&patched, "initContainers"), ["coffer-sidecar-init"]);
     assert_eq!(names(&patched, "containers"), ["web"]);
     let init = &containers(&patched, "initContainers")[0];
@@ -411,7 +289,7 @@ fn init_only_mode_adds_the_once_init_container_alone() {
 fn the_annotation_can_ask_for_native_where_the_default_is_container() {
     let injector = Injector::start_with(&["--sidecar-mode=container"]);
     let pod = opted_in_as("native");
-    let patched = apply(pod.clone(), &injector.review(&pod));
+    let patched = apply(pod.clone(), &injector.create(&pod));
     assert_eq!(names(&patched, "initContainers"), ["coffer-sidecar"]);
     assert_eq!(names(&patched, "containers"), ["web"]);
     assert_eq!(
@@ -423,7 +301,7 @@ fn the_annotation_can_ask_for_native_where_the_default_is_container() {
 #[test]
 fn an_unknown_sidecar_mode_is_refused_with_the_annotations_name() {
     let injector = Injector::start();
-    let response = injector.review(&opted_in_as("sidecar"));
+    let response = injector.create(&opted_in_as("sidecar"));
     assert_eq!(response["allowed"], false);
     let message = response["status"]["message"].as_str().unwrap();
     assert!(message.contains("coffer.dev/sidecar-mode"), "{message}");
@@ -434,11 +312,11 @@ fn an_unknown_sidecar_mode_is_refused_with_the_annotations_name() {
 fn a_pod_in_an_excluded_namespace_is_allowed_unchanged() {
     let injector = Injector::start();
     for namespace in ["kube-system", "kube-public", "kube-node-lease", "coffer"] {
-        let response = injector.review_in(namespace, &opted_in());
+        let response = review_in(&injector, namespace, &opted_in());
         assert_eq!(response["allowed"], true, "{namespace}");
         assert!(response.get("patch").is_none(), "{namespace}: {response}");
     }
-    let output = injector.process.output();
+    let output = injector.output();
     assert!(
         output.contains("namespace excluded from injection"),
         "{output}"
@@ -452,10 +330,10 @@ fn the_excluded_namespaces_are_set_by_flag() {
         "--exclude-namespace=legacy,batch",
         "--exclude-namespace=shop",
     ]);
-    let response = injector.review_in("shop", &opted_in());
+    let response = review_in(&injector, "shop", &opted_in());
     assert!(response.get("patch").is_none(), "{response}");
     // The flag replaces the defaults.
-    let response = injector.review_in("kube-system", &opted_in());
+    let response = review_in(&injector, "kube-system", &opted_in());
     assert_eq!(response["patchType"], "JSONPatch");
 }
 
@@ -463,7 +341,7 @@ fn the_excluded_namespaces_are_set_by_flag() {
 async fn the_generated_config_is_loaded_by_the_real_sidecar_run_as_the_init_container() {
     let injector = Injector::start();
     let pod = opted_in_as("container");
-    let patched = apply(pod.clone(), &injector.review(&pod));
+    let patched = apply(pod.clone(), &injector.create(&pod));
     let init = &containers(&patched, "initContainers")[0];
     let config = patched["metadata"]["annotations"]["coffer.dev/sidecar-config"]
         .as_str()
@@ -517,7 +395,7 @@ async fn the_generated_config_is_loaded_by_the_real_sidecar_run_as_the_init_cont
         CANARY
     );
     assert!(!sidecar.output().contains(CANARY));
-    assert!(!injector.process.output().contains(CANARY));
+    assert!(!injector.output().contains(CANARY));
 }
 
 #[test]
@@ -525,7 +403,7 @@ fn a_pod_that_does_not_opt_in_is_allowed_unchanged() {
     let injector = Injector::start();
     let mut pod = opted_in();
     pod["metadata"]["labels"]["coffer.dev/inject"] = json!("false");
-    let response = injector.review(&pod);
+    let response = injector.create(&pod);
     assert_eq!(response["allowed"], true);
     assert!(response.get("patch").is_none());
 }
@@ -535,7 +413,7 @@ fn invalid_annotations_are_refused_with_their_name() {
     let injector = Injector::start();
     let mut pod = opted_in();
     pod["metadata"]["annotations"]["coffer.dev/fromat-db"] = json!("json");
-    let response = injector.review(&pod);
+    let response = injector.create(&pod);
     assert_eq!(response["allowed"], false);
     let message = response["status"]["message"].as_str().unwrap();
     assert!(message.contains("coffer.dev/fromat-db"), "{message}");
@@ -547,7 +425,7 @@ fn an_app_container_mounting_the_token_volume_is_refused() {
     let mut pod = opted_in();
     pod["spec"]["containers"][0]["volumeMounts"] =
         json!([{"name": "coffer-token", "mountPath": "/stolen"}]);
-    let response = injector.review(&pod);
+    let response = injector.create(&pod);
     assert_eq!(response["allowed"], false);
     let message = response["status"]["message"].as_str().unwrap();
     assert!(message.contains("coffer-token"), "{message}");
@@ -558,7 +436,7 @@ fn a_pod_with_a_conflicting_volume_is_refused() {
     let injector = Injector::start();
     let mut pod = opted_in();
     pod["spec"]["volumes"] = json!([{"name": "coffer-secrets", "emptyDir": {}}]);
-    let response = injector.review(&pod);
+    let response = injector.create(&pod);
     assert_eq!(response["allowed"], false);
 }
 

@@ -7,8 +7,10 @@
 //! the sidecar is there and admissible, unlabelled pods and excluded
 //! namespaces are untouched (the namespace label the webhook's selector
 //! relies on does not exist before 1.21), a hostile annotation is refused
-//! with the injector's message, and with the injector down an opted-in pod
-//! is refused (failurePolicy Fail) while the rest of the cluster is not.
+//! with the injector's message, so are an update of what the injector added
+//! and annotations over Kubernetes' budget, other updates pass, and with the
+//! injector down an opted-in pod is refused (failurePolicy Fail) while the
+//! rest of the cluster is not.
 
 use std::{process::Command, time::Duration};
 
@@ -206,6 +208,51 @@ fn the_api_server_stores_injected_pods_and_refuses_what_the_injector_refuses() {
     native["coffer.dev/sidecar-mode"] = json!("native");
     let error = create(cluster, &pod(&namespace, "native-0", true, native)).unwrap_err();
     assert!(error.contains("initContainers"), "{error}");
+
+    // After injection, the API server sends updates too (issue #22): what
+    // the injector added cannot change, anything else can.
+    let kubectl = |args: &[&str]| {
+        let output = cluster.kubectl(args);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, error) = kubectl(&[
+        "-n",
+        &namespace,
+        "annotate",
+        "--overwrite",
+        "pod",
+        "web-0",
+        "coffer.dev/sidecar-config=broker: https://evil.example:443",
+    ]);
+    assert!(!ok, "the sidecar's configuration was changed");
+    assert!(error.contains("coffer-injector:"), "{error}");
+    assert!(error.contains("coffer.dev/sidecar-config"), "{error}");
+    let (ok, error) = kubectl(&[
+        "-n",
+        &namespace,
+        "label",
+        "pod",
+        "web-0",
+        "coffer.dev/inject-",
+    ]);
+    assert!(!ok, "the inject label was removed");
+    assert!(error.contains("coffer.dev/inject"), "{error}");
+    let (ok, error) = kubectl(&["-n", &namespace, "label", "pod", "web-0", "team=shop"]);
+    assert!(ok, "{error}\n{}", injector.process.output());
+    let stored = cluster.get(&namespace, "pod", "web-0");
+    assert_eq!(stored["metadata"]["labels"]["team"], "shop");
+
+    // Annotations past Kubernetes' budget are refused by the injector,
+    // naming it, rather than by the API server's opaque "Too long".
+    let mut large = secret_annotations();
+    large["coffer.dev/template-db"] =
+        json!(format!("{{{{ password }}}}{}", "#".repeat(150 * 1024)));
+    let error = create(cluster, &pod(&namespace, "large-0", true, large)).unwrap_err();
+    assert!(error.contains("coffer-injector:"), "{error}");
+    assert!(error.contains("262144"), "{error}");
 
     // The injector down: an opted-in pod is refused (never started without
     // its secrets); the rest of the cluster is not blocked.
