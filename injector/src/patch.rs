@@ -300,8 +300,9 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         .or_else(|| spec.security_context.and_then(|s| s.run_as_user));
     let uid = app_uid.filter(|uid| *uid > 0).unwrap_or(SIDECAR_UID);
     let sidecars = Sidecars::new(injection, uid, port);
-    // First in the init containers: they run in order, so the app's own init
-    // containers can already read the files.
+    // First in the init containers: they run in order, so the files exist
+    // (or the native sidecar is ready) before any of the app's containers
+    // starts. The app's init containers do not mount them (docs/sidecar.md).
     let init = match mode {
         SidecarMode::Native => sidecars.native(),
         SidecarMode::Container | SidecarMode::InitOnly => sidecars.once(),
