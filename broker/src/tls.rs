@@ -227,6 +227,10 @@ where
     tokio::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
         while let Some(connection) = incoming.next().await {
+            // The server stopped taking connections (shutdown): stop too.
+            if done.is_closed() {
+                return;
+            }
             let io = match connection {
                 Ok(io) => io,
                 Err(error) => {
