@@ -191,9 +191,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cli.listen)
-            .await
-            .with_context(|| format!("binding {}", cli.listen))?;
+        let listener =
+            server::bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?;
         let bound = listener.local_addr()?;
         tracing::info!(
             addr = %bound,

@@ -11,6 +11,8 @@
 //!   reserved by their declared length: more wait their turn, within their
 //!   request's time. A review costs little more than its body (see
 //!   [`crate::pod`]), so bodies stay within the Deployment's 64Mi limit.
+//!   Reviews are parsed one at a time on a blocking thread, leaving the
+//!   runtime's threads to handshakes and probes.
 //! - **Handshakes.** A connection must finish its TLS handshake within
 //!   [`HANDSHAKE_TIMEOUT`]. Handshakes in progress are counted apart from
 //!   served connections, up to [`MAX_HANDSHAKES`]; past that the oldest is
@@ -24,6 +26,8 @@
 //!   closes the oldest idle connection (or, if none is idle, the oldest).
 //! - **Addresses.** With `--allow-cidr`, other addresses are turned away
 //!   before the handshake (see [`crate::access`]).
+//! - **The accept queue** is as deep as the kernel allows (4096), so a
+//!   burst of sockets does not make the kernel drop a probe's SYN.
 
 use std::{
     collections::BTreeMap,
@@ -98,6 +102,23 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`): a burst of sockets must not fill the queue, or a
+/// probe's SYN is dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `address` with a deep accept queue.
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -110,6 +131,7 @@ pub async fn serve(
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         injection,
         bodies: tokio::sync::Semaphore::new(BODY_BUDGET),
+        reviews: tokio::sync::Semaphore::new(1),
         table: Table::default(),
     });
     tokio::pin!(shutdown);
@@ -142,6 +164,8 @@ struct Shared {
     injection: Injection,
     /// [`BODY_BUDGET`], in bytes.
     bodies: tokio::sync::Semaphore,
+    /// One review parsed at a time.
+    reviews: tokio::sync::Semaphore,
     table: Table,
 }
 
@@ -275,8 +299,15 @@ async fn handle(request: Request<Incoming>, shared: &Arc<Shared>) -> Response<Fu
                 return too_large();
             };
             // Reading a large review takes milliseconds of CPU: on a thread
-            // of its own, so that the runtime's threads keep answering
-            // handshakes and probes meanwhile.
+            // of its own, one review at a time, so that the runtime's
+            // threads keep a core for handshakes and probes meanwhile.
+            let Ok(_turn) = shared.reviews.acquire().await else {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "shutting down\n".into(),
+                );
+            };
             let reviewed = {
                 let shared = shared.clone();
                 tokio::task::spawn_blocking(move || review(&body, &shared.injection)).await
