@@ -76,6 +76,10 @@ async fn list_shows_only_listable_names(broker: &BrokerProcess) {
     let names = ok(&ctl, &["list", "shop"]);
     let names: Vec<&str> = names.lines().collect();
     assert!(names.contains(&"db") && names.contains(&"api"), "{names:?}");
+    // The top shows the folder the operator may walk into (on Vault: from
+    // the mounts' prefixes, with no Vault request).
+    let top = ok(&ctl, &["list", ""]);
+    assert!(top.lines().any(|l| l == "shop/"), "{top}");
     // A workload without `list` sees nothing, not even that names exist.
     let (code, out, err) = ctl.as_("shop/web", &["list", "shop"], b"");
     // Exit 4: permission denied.

@@ -70,9 +70,11 @@ impl Broker {
                 return Err(ApiError::from(error).into());
             }
         };
-        // Each name is shown only to a caller with `list` on it: the folder
-        // itself grants nothing, so a listing reveals no more than the
-        // policy already lets the caller see.
+        // Each name is shown only to a caller with `list` on it, and a
+        // folder (`name/`) only to one with `list` somewhere below it: the
+        // folder itself grants nothing, so a listing reveals no more than
+        // the policy already lets the caller see, and the caller can walk
+        // down to everything it may list.
         let visible: Vec<String> = names
             .into_iter()
             .filter(|name| {
@@ -81,6 +83,12 @@ impl Broker {
                 } else {
                     format!("{folder}/{}", name.trim_end_matches('/'))
                 };
+                if name.ends_with('/') {
+                    return SecretPath::parse(&child).is_ok()
+                        && policy
+                            .decide_below(&who, &child, Capability::List)
+                            .is_allowed();
+                }
                 SecretPath::parse(&child)
                     .is_ok_and(|p| policy.decide(&who, &p, Capability::List).is_allowed())
             })

@@ -673,6 +673,37 @@ impl VaultConfig {
         Ok(())
     }
 
+    /// The names in `folder` that mounts' prefixes make, with no Vault
+    /// request: the root of a store whose mounts sit at `shop` and
+    /// `legacy` holds `shop/` and `legacy/`. A KV mount's prefix is a
+    /// folder; a leased mount's, exactly one path, is a name.
+    pub fn names_above_mounts(&self, folder: &str) -> Vec<String> {
+        let folder = folder.trim_matches('/');
+        let mut names: Vec<String> = self
+            .mounts
+            .iter()
+            .filter_map(|m| {
+                let prefix = m.prefix.trim_matches('/');
+                let rest = if folder.is_empty() {
+                    prefix
+                } else {
+                    prefix.strip_prefix(folder)?.strip_prefix('/')?
+                };
+                if rest.is_empty() {
+                    return None;
+                }
+                Some(match rest.split_once('/') {
+                    Some((segment, _)) => format!("{segment}/"),
+                    None if m.is_leased() => rest.to_string(),
+                    None => format!("{rest}/"),
+                })
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The mount serving broker path `path`, and the path inside it.
     pub fn route(&self, path: &str) -> Option<(&MountConfig, String)> {
         self.mounts
@@ -766,6 +797,19 @@ cache: {ttl: 5s, maxStaleness: 1m}
         )
         .unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn folders_above_the_mounts_list_the_mounts_prefixes() {
+        let c = VaultConfig::from_yaml(
+            "address: https://v:8200\nauth: {method: token, tokenFile: /t}\nmounts:\n  - {prefix: shop, mount: secret}\n  - {prefix: legacy/old, mount: kv1, kv: 1}\n  - {prefix: shop/pg, mount: database, type: database, role: shop}\n",
+        )
+        .unwrap();
+        assert_eq!(c.names_above_mounts(""), ["legacy/", "shop/"]);
+        assert_eq!(c.names_above_mounts("legacy"), ["old/"]);
+        assert_eq!(c.names_above_mounts("shop"), ["pg"]);
+        assert!(c.names_above_mounts("shop/pg").is_empty());
+        assert!(c.names_above_mounts("other").is_empty());
     }
 
     #[test]

@@ -266,7 +266,14 @@ impl VaultStore {
     /// than `perIdentityMaxWait` (else [`StoreError::Throttled`]). A listing
     /// is never cached: each one is a Vault request.
     async fn list_as(&self, tenant: Option<&str>, path: &str) -> Result<Vec<String>, StoreError> {
-        let (mount, inner_path) = self.inner.route(path)?;
+        // Folders above the mounts (the root, most often) are known from the
+        // configuration: listed without a Vault request.
+        let above = self.inner.config.names_above_mounts(path);
+        let (mount, inner_path) = match self.inner.route(path) {
+            Ok(route) => route,
+            Err(_) if !above.is_empty() => return Ok(above),
+            Err(error) => return Err(error),
+        };
         let max_wait = match tenant {
             Some(tenant) => {
                 self.inner.charge(tenant, path).await?;
@@ -298,11 +305,15 @@ impl VaultStore {
             tracing::debug!(path, "a listing waited too long for the request ceiling");
             crate::metrics::backend_throttled();
         }
-        match result {
-            Ok(keys) => Ok(keys),
-            Err(CallError::NotFound) => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
+        let mut keys = match result {
+            Ok(keys) => keys,
+            Err(CallError::NotFound) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        keys.extend(above);
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 }
 
