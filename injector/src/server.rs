@@ -130,8 +130,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         injection,
-        bodies: tokio::sync::Semaphore::new(BODY_BUDGET),
-        reviews: tokio::sync::Semaphore::new(1),
+        bodies: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
+        reviews: Arc::new(tokio::sync::Semaphore::new(1)),
         table: Table::default(),
     });
     tokio::pin!(shutdown);
@@ -163,9 +163,9 @@ struct Shared {
     acceptor: tokio_rustls::TlsAcceptor,
     injection: Injection,
     /// [`BODY_BUDGET`], in bytes.
-    bodies: tokio::sync::Semaphore,
+    bodies: Arc<tokio::sync::Semaphore>,
     /// One review parsed at a time.
-    reviews: tokio::sync::Semaphore,
+    reviews: Arc<tokio::sync::Semaphore>,
     table: Table,
 }
 
@@ -284,9 +284,10 @@ async fn handle(request: Request<Incoming>, shared: &Arc<Shared>) -> Response<Fu
             }
             let reserve = declared.unwrap_or(MAX_BODY).max(1);
             // `reserve` is at most MAX_BODY, well within u32.
-            let Ok(_permit) = shared
+            let Ok(permit) = shared
                 .bodies
-                .acquire_many(u32::try_from(reserve).unwrap_or(u32::MAX))
+                .clone()
+                .acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
                 .await
             else {
                 return reply(
@@ -301,16 +302,23 @@ async fn handle(request: Request<Incoming>, shared: &Arc<Shared>) -> Response<Fu
             // Reading a large review takes milliseconds of CPU: on a thread
             // of its own, one review at a time, so that the runtime's
             // threads keep a core for handshakes and probes meanwhile.
-            let Ok(_turn) = shared.reviews.acquire().await else {
+            let Ok(turn) = shared.reviews.clone().acquire_owned().await else {
                 return reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "shutting down\n".into(),
                 );
             };
+            // The permits go with the body: a request that times out leaves
+            // its review running, and the body counted, until it ends.
             let reviewed = {
                 let shared = shared.clone();
-                tokio::task::spawn_blocking(move || review(&body, &shared.injection)).await
+                tokio::task::spawn_blocking(move || {
+                    let answer = review(&body, &shared.injection);
+                    drop((body, turn, permit));
+                    answer
+                })
+                .await
             };
             match reviewed {
                 Ok(Ok(answer)) => reply(StatusCode::OK, "application/json", answer.to_string()),
