@@ -539,7 +539,7 @@ async fn run_listener(
             });
             match tls {
                 Some(tls) => {
-                    let incoming = serve_tls(incoming, tls.server_config()?);
+                    let incoming = serve_tls(incoming, tls.server_config(&[b"h2"])?);
                     server::serve(broker, None, incoming, shutdown).await?;
                 }
                 None => server::serve(broker, None, incoming, shutdown).await?,
@@ -558,7 +558,7 @@ async fn run_listener(
             let incoming = UnixListenerStream::new(listener);
             match tls {
                 Some(tls) => {
-                    let incoming = serve_tls(incoming, tls.server_config()?);
+                    let incoming = serve_tls(incoming, tls.server_config(&[b"h2"])?);
                     server::serve(broker, None, incoming, shutdown).await?;
                 }
                 None => server::serve(broker, None, incoming, shutdown).await?,

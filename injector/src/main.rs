@@ -35,6 +35,12 @@ struct Cli {
     /// TLS private key (PEM).
     #[arg(long, env = "COFFER_TLS_KEY")]
     tls_key: PathBuf,
+    /// How often the certificate and key files are checked for a renewal
+    /// (cert-manager replaces them; 0s: never). New connections get the new
+    /// pair, open ones keep theirs; a pair that does not load keeps the last
+    /// good one (logged).
+    #[arg(long, env = "COFFER_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    tls_reload_interval: std::time::Duration,
     /// The sidecar image to inject.
     #[arg(long, env = "COFFER_SIDECAR_IMAGE")]
     sidecar_image: String,
@@ -163,7 +169,17 @@ fn main() -> ExitCode {
             }
         }
     }
-    let tls = match server::tls_config(&cli.tls_cert, &cli.tls_key) {
+    let certificate = match coffer_tls::ReloadingCert::load(coffer_tls::CertFiles {
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+    }) {
+        Ok(certificate) => certificate,
+        Err(error) => {
+            tracing::error!(%error, "invalid TLS configuration");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let tls = match certificate.server_config(&[b"http/1.1"]) {
         Ok(tls) => tls,
         Err(error) => {
             tracing::error!(%error, "invalid TLS configuration");
@@ -210,7 +226,12 @@ fn main() -> ExitCode {
             std::fs::write(&tmp, bound.to_string())?;
             std::fs::rename(&tmp, file)?;
         }
+        let stop_reloading = tokio_util::sync::CancellationToken::new();
+        if !cli.tls_reload_interval.is_zero() {
+            certificate.spawn_reloader(cli.tls_reload_interval, stop_reloading.clone());
+        }
         server::serve(listener, tls, injection, allowed, shutdown_signal()).await;
+        stop_reloading.cancel();
         anyhow::Ok(())
     });
     match result {

@@ -31,7 +31,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -48,7 +47,6 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{access::AllowList, patch::Injection, review::review};
@@ -74,33 +72,6 @@ pub const MAX_HANDSHAKES: usize = 1024;
 pub const MAX_CONNECTIONS: usize = 256;
 /// hyper's read buffer per connection (a request head must fit).
 const MAX_BUFFER: usize = 64 * 1024;
-
-/// Why the server cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The certificate or key cannot be read or used.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-/// A rustls server config from PEM files.
-pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// Connections the kernel queues for `accept` (capped by
 /// `net.core.somaxconn`): a burst of sockets must not fill the queue, or a

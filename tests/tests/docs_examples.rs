@@ -29,13 +29,15 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use base64::Engine;
-use coffer_tests::{BrokerProcess, Key, Process, binary, deploy, eventually, mint};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use coffer_tests::{BrokerProcess, Key, binary, deploy, mint};
 use serde_json::{Value, json};
+
+mod injector_common;
+
+use injector_common::Injector;
 
 /// One fenced block of a Markdown file.
 #[derive(Debug, Clone)]
@@ -525,83 +527,7 @@ async fn sidecar_examples_pass_check_config_and_a_real_run() {
     }
 }
 
-// ---- the injector, for real ----
-
-struct Injector {
-    _process: Process,
-    addr: String,
-    ca: String,
-    _dir: tempfile::TempDir,
-}
-
-fn start_injector() -> Injector {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-    let addr_file = dir.path().join("addr");
-    let mut command = Command::new(binary("coffer-injector"));
-    command
-        .arg("--listen=127.0.0.1:0")
-        .arg(format!(
-            "--tls-cert={}",
-            dir.path().join("tls.crt").display()
-        ))
-        .arg(format!(
-            "--tls-key={}",
-            dir.path().join("tls.key").display()
-        ))
-        .arg("--sidecar-image=coffer/sidecar:0.1.0")
-        .env("COFFER_ADDR_FILE", &addr_file);
-    let mut process = Process::spawn(command, dir.path().join("injector.log"));
-    let addr = eventually(Duration::from_secs(20), "the injector to listen", || {
-        if let Some(status) = process.wait(Duration::ZERO) {
-            panic!("the injector exited ({status}):\n{}", process.output());
-        }
-        std::fs::read_to_string(&addr_file).ok()
-    });
-    Injector {
-        _process: process,
-        addr,
-        ca: ca.pem(),
-        _dir: dir,
-    }
-}
-
-/// The injector's answer to a CREATE of `pod` in namespace `shop`.
-fn admit(injector: &Injector, pod: &Value) -> Value {
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0b9c3a52-docs-example",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-            "dryRun": false,
-        },
-    });
-    let (status, body) = deploy::https_request(
-        &injector.addr,
-        &injector.ca,
-        "POST",
-        "/mutate",
-        review.to_string().as_bytes(),
-    )
-    .expect("the injector answers");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str::<Value>(&body).unwrap()["response"].clone()
-}
+// ---- the injector, for real (tests/tests/injector_common) ----
 
 /// The sidecar configuration a JSONPatch puts in the pod's annotations.
 fn injected_config(response: &Value) -> Option<String> {
@@ -623,7 +549,7 @@ fn injected_config(response: &Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn annotation_examples_are_admitted_and_their_sidecar_writes_every_file() {
-    let injector = start_injector();
+    let injector = Injector::start();
     let world = World::start();
     for block in yaml_blocks(&["pod-annotations"]) {
         let example: Value = serde_norway::from_str(&block.body).unwrap();
@@ -649,7 +575,7 @@ async fn annotation_examples_are_admitted_and_their_sidecar_writes_every_file() 
                 }
             }
         }
-        let response = admit(&injector, &pod);
+        let response = injector.create(&pod);
         assert_eq!(
             response["allowed"],
             true,

@@ -32,7 +32,8 @@ pub struct Injector {
     pub addr: String,
     /// The CA (PEM) that signed its `localhost` certificate.
     pub ca: String,
-    _dir: tempfile::TempDir,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
 }
 
 impl Injector {
@@ -91,8 +92,31 @@ impl Injector {
             log,
             addr,
             ca: ca.pem(),
-            _dir: dir,
+            issuer: ca,
+            dir,
         }
+    }
+
+    /// Overwrites its certificate file with `text` (a broken renewal).
+    pub fn write_certificate_file(&self, text: &str) {
+        std::fs::write(self.dir.path().join("tls.crt"), text).unwrap();
+    }
+
+    /// Replaces its certificate and key files with a new pair from the
+    /// same CA, as cert-manager renews them; the new certificate (DER).
+    pub fn renew_certificate(&self) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        // Written beside, then renamed: a reader never sees half a file.
+        for (name, text) in [("tls.key", key.serialize_pem()), ("tls.crt", cert.pem())] {
+            let tmp = self.dir.path().join(format!("{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+        }
+        cert.der().to_vec()
     }
 
     /// Everything it logged so far.
@@ -344,6 +368,11 @@ impl Connection {
             stream.conn.complete_io(&mut stream.sock).unwrap();
         }
         Self { stream }
+    }
+
+    /// The certificate the server presented (DER).
+    pub fn peer_certificate(&self) -> Vec<u8> {
+        self.stream.conn.peer_certificates().unwrap()[0].to_vec()
     }
 
     /// One request on this connection: the status and the body, or the
