@@ -246,7 +246,10 @@ async fn a_trail_with_its_first_records_cut_is_reported_against_the_opening_anch
     let audit = dir.path().join("audit.log");
     let (broker, _) = audited_traffic(&audit).await;
     let anchor = opening_anchor(&broker);
-    assert!(anchor.starts_with("0:"), "a new trail opens at seq 0: {anchor}");
+    assert!(
+        anchor.starts_with("0:"),
+        "a new trail opens at seq 0: {anchor}"
+    );
     let whole = std::fs::read_to_string(&audit).unwrap();
     let (code, out) = cofferctl(&[
         OsStr::new("audit"),

@@ -224,7 +224,11 @@ fn connection_flags_may_come_before_the_subcommand() {
     let broker = BrokerProcess::start(POLICY);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, coffer_tests::mint(coffer_tests::Key::Rsa, "ops", "admin")).unwrap();
+    std::fs::write(
+        &token,
+        coffer_tests::mint(coffer_tests::Key::Rsa, "ops", "admin"),
+    )
+    .unwrap();
     let token = token.display().to_string();
     // As kubectl and vault users write it: flags first.
     let (code, _, err) = run(&[
