@@ -67,7 +67,8 @@ async fn the_chain_head_is_logged_and_matches_the_last_record() {
         Some(&dir.path().join("audit.key")),
     );
     assert_eq!(code, 0, "{out}");
-    let hash = out.trim().rsplit(' ').next().unwrap().to_string();
+    let first = out.lines().next().unwrap();
+    let hash = first.trim().rsplit(' ').next().unwrap().to_string();
     assert_eq!(hash.len(), 64, "{out}");
     eventually(Duration::from_secs(20), "the logged chain head", || {
         let log = broker.process.output();
