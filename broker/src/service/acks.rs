@@ -15,11 +15,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use coffer_proto::v1;
+use parking_lot::Mutex;
 
 use crate::{auth::WorkloadIdentity, error::ApiError, path::SecretPath};
 
@@ -212,12 +213,7 @@ impl AckTable {
 
     /// Changes the bounds; entries over them go as new ones arrive.
     pub(super) fn set_limits(&self, limits: AckLimits) {
-        self.lock().limits = limits;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // Every critical section leaves the table whole.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        self.table.lock().limits = limits;
     }
 
     /// Records what an authorized workload reports having applied. Paths are
@@ -229,7 +225,7 @@ impl AckTable {
     ) {
         let key = PodKey::of(who);
         let now = SystemTime::now();
-        let mut table = self.lock();
+        let mut table = self.table.lock();
         for (path, item) in applied {
             let state = match item.state() {
                 v1::ApplyState::Failed => v1::ApplyState::Failed,
@@ -279,7 +275,7 @@ impl AckTable {
     /// acknowledgement of it observes `coffer_rollout_propagation_seconds`.
     /// Bounded like the table: beyond `total` bases, new ones are not noted.
     pub(super) fn published(&self, base: &str, version: u64) {
-        let mut table = self.lock();
+        let mut table = self.table.lock();
         let total = table.limits.total;
         if table.published.len() < total || table.published.contains_key(base) {
             table
@@ -295,7 +291,7 @@ impl AckTable {
         let mut bases: Vec<String> = paths.iter().map(|p| p.base().to_string()).collect();
         bases.sort();
         bases.dedup();
-        let mut table = self.lock();
+        let mut table = self.table.lock();
         for base in &bases {
             table.entry_for(base, &key, who, now).watching += 1;
         }
@@ -312,7 +308,7 @@ impl AckTable {
     /// acknowledgement has not expired; sorted by namespace and pod.
     pub(super) fn status(&self, base: &str, current: u64, created: Option<SystemTime>) -> Rollout {
         let now = SystemTime::now();
-        let mut table = self.lock();
+        let mut table = self.table.lock();
         table.prune(base, now);
         let mut rollout = Rollout {
             workloads: Vec::new(),
@@ -464,7 +460,7 @@ pub(super) struct WatchGuard {
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.lock();
         for base in &self.bases {
             let Some(entry) = table
                 .by_path
@@ -617,7 +613,7 @@ mod tests {
                 &[ack(&format!("shop/s{i}"), 1, v1::ApplyState::Applied)],
             );
         }
-        assert_eq!(table.lock().entries, 3);
+        assert_eq!(table.table.lock().entries, 3);
         let kept: usize = (0..10)
             .map(|i| table.status(&format!("shop/s{i}"), 1, None).workloads.len())
             .sum();
@@ -647,7 +643,7 @@ mod tests {
         drop(guard);
         std::thread::sleep(Duration::from_millis(5));
         assert!(table.status("shop/db", 1, None).workloads.is_empty());
-        assert_eq!(table.lock().entries, 0);
+        assert_eq!(table.table.lock().entries, 0);
     }
 
     #[test]

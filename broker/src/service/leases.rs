@@ -200,3 +200,42 @@ fn to_wire(lease: &LeaseInfo) -> v1::LeaseInfo {
         failure_kind,
     }
 }
+
+impl Broker {
+    /// Writes the broker's own lease actions (issue, failed renewal,
+    /// revoke) to the audit trail as records whose actor is the broker.
+    pub(super) fn audit_lease_actions(&self) {
+        let Some(mut events) = self.inner.store.lease_events() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime: the broker's lease actions are not audited");
+            return;
+        };
+        let broker = self.clone();
+        runtime.spawn(async move {
+            while let Some(lease) = events.recv().await {
+                let request_id = super::call::new_request_id();
+                let event = crate::audit::AuditEvent {
+                    request_id: &request_id,
+                    peer: None,
+                    identity: None,
+                    rpc: lease.action.as_str(),
+                    path: Some(&lease.path),
+                    capability: None,
+                    version: Some(lease.version),
+                    decision: Outcome::Allow,
+                    reason: lease.reason,
+                    rule: None,
+                    lease_id: Some(&lease.lease_id),
+                    actor: Some("broker"),
+                    owner: Some(&lease.owner),
+                };
+                // Refusing has no caller to refuse: a lost record is logged.
+                if broker.audit(&event).await.is_err() {
+                    tracing::error!(lease_id = %lease.lease_id, "lease action not audited");
+                }
+            }
+        });
+    }
+}

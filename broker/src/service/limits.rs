@@ -11,13 +11,14 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
 
 use coffer_proto::v1;
+use parking_lot::Mutex;
 
 use super::{Broker, Call};
 use crate::{audit::Outcome, auth::WorkloadIdentity, error::ApiError, path::SecretPath};
@@ -192,9 +193,7 @@ impl WatchCounts {
         kind: Refusal,
         total: usize,
     ) -> Result<WatchSlot, Refusal> {
-        // Counts are updated whole under the lock: a panicking holder
-        // leaves none half-changed.
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         if open.by_key.get(&key).copied().unwrap_or(0) >= per_key {
             return Err(kind);
         }
@@ -211,7 +210,7 @@ impl WatchCounts {
 
     /// Counts a refused watch of `paths`.
     fn refused(&self, why: Refusal, paths: &[SecretPath]) {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = self.refused.lock();
         refused.total[why.index()] += 1;
         for path in paths {
             let full = refused.by_path.len() >= MAX_REFUSED_PATHS;
@@ -229,7 +228,7 @@ impl WatchCounts {
 
     /// Watches of `path` refused since the start, and of every path.
     pub(super) fn refusals(&self, path: &str) -> (RefusalCounts, RefusalCounts) {
-        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = self.refused.lock();
         (
             refused.by_path.get(path).copied().unwrap_or_default(),
             refused.total,
@@ -253,13 +252,13 @@ impl WatchCounts {
     /// Streams open now (for tests).
     #[cfg(test)]
     fn total(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
+        self.open.lock().total
     }
 }
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         open.total = open.total.saturating_sub(1);
         if let Some(count) = open.by_key.get_mut(&self.key) {
             *count = count.saturating_sub(1);
@@ -285,14 +284,14 @@ pub(super) fn tenant(who: &WorkloadIdentity) -> String {
 impl Broker {
     /// Bounds what callers can hold open (see [`Limits`]).
     pub fn with_limits(self, limits: Limits) -> Self {
-        *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        *self.inner.limits.write() = limits;
         crate::metrics::set_max_watches(limits.max_watches);
         self
     }
 
     /// The bounds in force.
     pub fn limits(&self) -> Limits {
-        *self.inner.limits.read().unwrap_or_else(|p| p.into_inner())
+        *self.inner.limits.read()
     }
 
     /// A watch slot for `who`'s watch of `paths`, or `RESOURCE_EXHAUSTED`
@@ -424,7 +423,7 @@ mod tests {
         assert_eq!(counts.total(), 0);
         assert!(take("a").is_ok());
         assert!(
-            counts.open.lock().unwrap().by_key.len() <= 1,
+            counts.open.lock().by_key.len() <= 1,
             "empty keys are removed"
         );
     }
@@ -440,7 +439,7 @@ mod tests {
         for n in 0..2 * MAX_REFUSED_PATHS {
             counts.refused(Refusal::PerAccount, &[path(&format!("p/{n}"))]);
         }
-        let refused = counts.refused.lock().unwrap();
+        let refused = counts.refused.lock();
         assert_eq!(refused.by_path.len(), MAX_REFUSED_PATHS);
         assert_eq!(refused.total[1], 2 * MAX_REFUSED_PATHS as u64);
     }

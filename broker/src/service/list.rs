@@ -148,7 +148,7 @@ mod tests {
     struct Counting {
         store: DevStore,
         lists: AtomicUsize,
-        tenants: std::sync::Mutex<Vec<String>>,
+        tenants: parking_lot::Mutex<Vec<String>>,
     }
 
     #[async_trait::async_trait]
@@ -170,7 +170,7 @@ mod tests {
             self.store.list(folder).await
         }
         async fn list_for(&self, tenant: &str, folder: &str) -> Result<Vec<String>, StoreError> {
-            self.tenants.lock().unwrap().push(tenant.to_string());
+            self.tenants.lock().push(tenant.to_string());
             self.list(folder).await
         }
     }
@@ -244,7 +244,7 @@ mod tests {
             .into_inner()
             .names;
         assert_eq!(names, ["db"]);
-        assert_eq!(*store.tenants.lock().unwrap(), [format!("{ISS} ops/admin")]);
+        assert_eq!(*store.tenants.lock(), [format!("{ISS} ops/admin")]);
         // Nothing under it: a denial, not NOT_FOUND.
         let empty = broker
             .list_secrets(request(&signer, "ops", "admin", "shop/db"))

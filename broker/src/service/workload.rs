@@ -3,7 +3,7 @@
 use coffer_proto::v1::{self, secret_broker_server::SecretBroker};
 use tonic::{Request, Response, Status};
 
-use super::{Broker, Call, MAX_PATHS_PER_CALL, read_reason, stream::WatchResponseStream};
+use super::{Broker, Call, MAX_PATHS_PER_CALL, read_reason, watch::WatchResponseStream};
 use crate::{
     error::{ApiError, item_error},
     path::SecretPath,
