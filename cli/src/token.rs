@@ -14,7 +14,7 @@ use std::{
 
 use coffer_broker::auth::{
     inspect::{NamedObject, Unverified, read_unverified},
-    jwt::{KeySet, VerifierConfig, verify_with},
+    jwt::{JwtVerifier, KeySet, VerifierConfig},
 };
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -51,7 +51,9 @@ pub(crate) fn verify(jwks: &Path, issuer: String, audience: String, leeway: u64)
     }
     let mut config = VerifierConfig::new(issuer, audience);
     config.leeway = Duration::from_secs(leeway);
-    let verdict = verify_with(&config, &keys, token);
+    let verdict = JwtVerifier::new(config, keys)
+        .verify(token)
+        .map(|verified| verified.identity);
     // Read after the verdict and only for display: the verdict alone says
     // whether any of it can be trusted.
     let read = read_unverified(token).ok();

@@ -7,16 +7,15 @@
 
 use std::sync::LazyLock;
 
-use coffer_broker::auth::jwt::{KeySet, VerifierConfig, peek, verify_token};
+use coffer_broker::auth::jwt::{JwtVerifier, KeySet, VerifierConfig, peek};
 use libfuzzer_sys::fuzz_target;
 
-static KEYS: LazyLock<KeySet> = LazyLock::new(|| {
-    KeySet::from_jwks_json(include_bytes!("../../tests/fixtures/jwks-a.json"))
-        .unwrap_or_default()
-});
-
-static CONFIG: LazyLock<VerifierConfig> = LazyLock::new(|| {
-    VerifierConfig::new("https://kubernetes.default.svc.cluster.local", "coffer")
+static VERIFIER: LazyLock<JwtVerifier> = LazyLock::new(|| {
+    JwtVerifier::new(
+        VerifierConfig::new("https://kubernetes.default.svc.cluster.local", "coffer"),
+        KeySet::from_jwks_json(include_bytes!("../../tests/fixtures/jwks-a.json"))
+            .unwrap_or_default(),
+    )
 });
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = peek(token);
     assert!(
-        verify_token(&CONFIG, &KEYS, token).is_err(),
+        VERIFIER.verify(token).is_err(),
         "a token verified without the signing key"
     );
 });

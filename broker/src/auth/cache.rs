@@ -14,13 +14,11 @@
 //! first byte, so lookups from several cores do not queue on one lock; the
 //! bound is split between them (the total never exceeds the capacity).
 
-use std::{
-    num::NonZeroUsize,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::{num::NonZeroUsize, sync::Arc};
 
 use async_trait::async_trait;
 use lru::LruCache;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{AuthError, Authenticator, BearerToken, Verified, jwt::unix_now};
 
@@ -58,7 +56,7 @@ impl CachingAuthenticator {
 
     /// How many answers are cached now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).len()).sum()
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 
     /// Whether the cache is empty.
@@ -68,7 +66,7 @@ impl CachingAuthenticator {
 
     /// The shard that holds `digest` (a SHA-256: its bytes are uniform).
     fn lock(&self, digest: &TokenDigest) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[usize::from(digest[0]) % self.shards.len()])
+        self.shards[usize::from(digest[0]) % self.shards.len()].lock()
     }
 
     fn lookup(&self, digest: &TokenDigest, now: u64) -> Option<Arc<Verified>> {
@@ -94,14 +92,6 @@ impl CachingAuthenticator {
         }
         Some(hit)
     }
-}
-
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // The cache holds no invariant a panicking holder could break: an
-    // entry is inserted whole or not at all.
-    shard
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The SHA-256 of `token`'s bytes.
@@ -297,7 +287,7 @@ mod tests {
         // Split over two shards of one entry each: never more than two.
         assert!((1..=2).contains(&cache.len()), "{}", cache.len());
         for shard in cache.shards.iter() {
-            for (key, _) in lock(shard).iter() {
+            for (key, _) in shard.lock().iter() {
                 assert_eq!(key.len(), 32);
                 assert!(!key.windows(6).any(|w| w == b"canary"));
             }

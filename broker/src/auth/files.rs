@@ -12,13 +12,14 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::jwt::{KeySet, KeySetError, KeySource};
 
@@ -95,18 +96,11 @@ impl FileKeys {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // State is replaced whole; a panic mid-update cannot leave it torn.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The keys now. When a check is due, the file is read in the
     /// background (on a runtime) and this call does not wait for it: the
     /// verifying request never blocks on the disk.
     fn current(self: &Arc<Self>) -> Arc<KeySet> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.checked.elapsed() >= self.interval
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
             && !self.reloading.swap(true, Ordering::AcqRel)
@@ -124,7 +118,7 @@ impl Shared {
     /// Reads the file again unless it was read less than `at_least` ago.
     async fn check(&self, at_least: Duration) -> Arc<KeySet> {
         {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             if state.checked.elapsed() < at_least {
                 return state.keys.clone();
             }
@@ -138,15 +132,15 @@ impl Shared {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "key file unreadable; keeping the last good keys");
-                return self.lock().keys.clone();
+                return self.state.lock().keys.clone();
             }
         };
         let digest = sha256(&bytes);
-        if digest == self.lock().digest {
-            return self.lock().keys.clone();
+        if digest == self.state.lock().digest {
+            return self.state.lock().keys.clone();
         }
         let parsed = parse(&bytes, self.format);
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         match parsed {
             Ok(keys) => {
                 tracing::info!(path = %self.path.display(), keys = keys.len(), "key file reloaded");

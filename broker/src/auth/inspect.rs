@@ -1,7 +1,7 @@
 //! What a token says, read WITHOUT verifying it: its header (`alg`, `kid`)
 //! and claims (`iss`, `aud`, `sub`, the times, the `kubernetes.io` names),
 //! for showing an operator (`cofferctl token verify`). Never for deciding
-//! who a caller is: that is [`super::jwt::verify_token`]'s job alone.
+//! who a caller is: that is [`super::jwt::JwtVerifier::verify`]'s job alone.
 //!
 //! The same size limits apply as for verification. Nothing here holds the
 //! token or its signature, so the result may be printed.

@@ -8,11 +8,12 @@
 //! keeps the last good keys.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use serde::Deserialize;
 
 use super::{
@@ -156,10 +157,7 @@ impl OidcKeys {
             Ok(keys) => {
                 tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "JWKS fetched");
                 let keys = Arc::new(keys);
-                *self
-                    .keys
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(keys.clone());
+                *self.keys.write() = Some(keys.clone());
                 Some(keys)
             }
             Err(error) => {
@@ -173,11 +171,7 @@ impl OidcKeys {
 #[async_trait]
 impl KeySource for OidcKeys {
     fn current(&self) -> Option<Arc<KeySet>> {
-        // The slot is replaced whole; a poisoned lock still holds a whole set.
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.keys.read().clone()
     }
 
     async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeySet>> {

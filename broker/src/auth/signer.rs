@@ -106,7 +106,7 @@ mod tests {
                 Duration::from_secs(600),
             )
             .unwrap();
-        let id = verifier(&signer).verify(&token).unwrap();
+        let id = verifier(&signer).verify(&token).unwrap().identity;
         assert_eq!(
             (id.namespace.as_str(), id.service_account.as_str()),
             ("shop", "web")
@@ -122,7 +122,7 @@ mod tests {
             .mint("vault", "shop", "web", None, Duration::from_secs(600))
             .unwrap();
         assert_eq!(
-            verifier(&signer).verify(&token),
+            verifier(&signer).verify(&token).map(|v| v.identity),
             Err(AuthError::WrongAudience)
         );
     }
@@ -134,6 +134,9 @@ mod tests {
         let token = other
             .mint("coffer", "shop", "web", None, Duration::from_secs(600))
             .unwrap();
-        assert_eq!(verifier(&signer).verify(&token), Err(AuthError::UnknownKey));
+        assert_eq!(
+            verifier(&signer).verify(&token).map(|v| v.identity),
+            Err(AuthError::UnknownKey)
+        );
     }
 }

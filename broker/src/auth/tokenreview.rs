@@ -22,14 +22,11 @@
 //! (`UNAUTHENTICATED`, like every authentication failure: a client retries
 //! with backoff, and a flood never queues without bound).
 
-use std::{
-    num::NonZeroUsize,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{num::NonZeroUsize, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use lru::LruCache;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::HashMap;
 use tokio::{sync::Semaphore, time::Instant};
@@ -141,16 +138,9 @@ impl TokenReviewAuthenticator {
         })
     }
 
-    fn refused(&self) -> std::sync::MutexGuard<'_, LruCache<TokenDigest, (AuthError, Instant)>> {
-        // Entries are inserted whole; a panicking holder cannot tear one.
-        self.refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A refusal remembered for this token, if still fresh.
     fn remembered(&self, digest: &TokenDigest) -> Option<AuthError> {
-        let mut refused = self.refused();
+        let mut refused = self.refused.lock();
         match refused.get(digest) {
             Some((error, until)) if *until > Instant::now() => Some(error.clone()),
             Some(_) => {
@@ -166,10 +156,7 @@ impl TokenReviewAuthenticator {
     fn reserve(&self) -> Option<Duration> {
         let rate = f64::from(self.config.rate_per_second.max(1));
         // The bucket is two numbers updated together under the lock.
-        let mut bucket = self
-            .bucket
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bucket = self.bucket.lock();
         let now = Instant::now();
         let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
@@ -246,7 +233,7 @@ impl Authenticator for TokenReviewAuthenticator {
             | AuthError::NotServiceAccount),
         ) = &result
         {
-            self.refused().put(
+            self.refused.lock().put(
                 digest,
                 (error.clone(), Instant::now() + self.config.negative_ttl),
             );
