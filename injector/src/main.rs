@@ -4,7 +4,6 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
 use coffer_injector::{
     access::{AllowList, Cidr},
     annotations::Layout,
@@ -12,9 +11,7 @@ use coffer_injector::{
     patch::{DEFAULT_EXCLUDED_NAMESPACES, Injection},
     server,
 };
-
-/// Exit status for invalid configuration (sysexits EX_USAGE).
-const EX_USAGE: u8 = 64;
+use coffer_runtime::{EX_USAGE, LogFormat, Main, run_main, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -94,13 +91,7 @@ struct Cli {
     allow_cidr: Vec<String>,
     /// Log format.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
-    log_format: Format,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Plain,
-    Json,
+    log_format: LogFormat,
 }
 
 /// The flag's spelling of [`SidecarMode`] (the library knows no clap).
@@ -135,13 +126,14 @@ fn is_namespace_name(name: &str) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(match cli.log_format {
-        Format::Plain => LogFormat::Plain,
-        Format::Json => LogFormat::Json,
-    });
+    let main = Main::new("coffer-injector").logging(cli.log_format, None);
+    run_main(main, || run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if !cli.secrets_dir.starts_with('/') || cli.secrets_dir.contains("..") {
         tracing::error!(dir = %cli.secrets_dir, "--secrets-dir must be an absolute path");
-        return ExitCode::from(EX_USAGE);
+        return Ok(ExitCode::from(EX_USAGE));
     }
     let excluded_namespaces = cli
         .exclude_namespace
@@ -152,7 +144,7 @@ fn main() -> ExitCode {
         .collect::<std::collections::BTreeSet<_>>();
     if let Some(bad) = excluded_namespaces.iter().find(|n| !is_namespace_name(n)) {
         tracing::error!(namespace = %bad, "--exclude-namespace: not a namespace name");
-        return ExitCode::from(EX_USAGE);
+        return Ok(ExitCode::from(EX_USAGE));
     }
     let mut allowed = AllowList::default();
     for text in cli
@@ -165,7 +157,7 @@ fn main() -> ExitCode {
             Ok(cidr) => allowed.0.push(cidr),
             Err(error) => {
                 tracing::error!(%error, "--allow-cidr: not an address range");
-                return ExitCode::from(EX_USAGE);
+                return Ok(ExitCode::from(EX_USAGE));
             }
         }
     }
@@ -176,14 +168,14 @@ fn main() -> ExitCode {
         Ok(certificate) => certificate,
         Err(error) => {
             tracing::error!(%error, "invalid TLS configuration");
-            return ExitCode::from(EX_USAGE);
+            return Ok(ExitCode::from(EX_USAGE));
         }
     };
     let tls = match certificate.server_config(&[b"http/1.1"]) {
         Ok(tls) => tls,
         Err(error) => {
             tracing::error!(%error, "invalid TLS configuration");
-            return ExitCode::from(EX_USAGE);
+            return Ok(ExitCode::from(EX_USAGE));
         }
     };
     let injection = Injection {
@@ -199,46 +191,29 @@ fn main() -> ExitCode {
         mode: cli.sidecar_mode.into(),
         excluded_namespaces,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let listener =
-            server::bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?;
-        let bound = listener.local_addr()?;
-        tracing::info!(
-            addr = %bound,
-            sidecar_mode = %injection.mode,
-            excluded_namespaces = ?injection.excluded_namespaces,
-            allowed = %if allowed.0.is_empty() {
-                "any address".to_string()
-            } else {
-                allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-            },
-            "injector listening"
-        );
-        if let Some(file) = &cli.addr_file {
-            let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, bound.to_string())?;
-            std::fs::rename(&tmp, file)?;
-        }
-        let stop_reloading = tokio_util::sync::CancellationToken::new();
-        if !cli.tls_reload_interval.is_zero() {
-            certificate.spawn_reloader(cli.tls_reload_interval, stop_reloading.clone());
-        }
-        server::serve(listener, tls, injection, allowed, shutdown_signal()).await;
-        stop_reloading.cancel();
-        anyhow::Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "coffer-injector failed");
-            ExitCode::FAILURE
-        }
+    let listener = server::bind(cli.listen).with_context(|| format!("binding {}", cli.listen))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(
+        addr = %bound,
+        sidecar_mode = %injection.mode,
+        excluded_namespaces = ?injection.excluded_namespaces,
+        allowed = %if allowed.0.is_empty() {
+            "any address".to_string()
+        } else {
+            allowed.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        },
+        "injector listening"
+    );
+    if let Some(file) = &cli.addr_file {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, bound.to_string())?;
+        std::fs::rename(&tmp, file)?;
     }
+    let stop_reloading = tokio_util::sync::CancellationToken::new();
+    if !cli.tls_reload_interval.is_zero() {
+        certificate.spawn_reloader(cli.tls_reload_interval, stop_reloading.clone());
+    }
+    server::serve(listener, tls, injection, allowed, shutdown_signal()).await;
+    stop_reloading.cancel();
+    Ok(ExitCode::SUCCESS)
 }

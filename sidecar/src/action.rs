@@ -8,19 +8,15 @@
 //! folded into that run: the app reads the latest files either way, and it
 //! is told once per change it has not yet been told about.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    str::FromStr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
+use coffer_runtime::Backoff;
 use nix::sys::signal::Signal;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
-use crate::{run::Backoff, writer::FileName};
+use crate::writer::FileName;
 
 /// How often a failing action is tried for one change before giving up
 /// until the next change.
@@ -347,9 +343,7 @@ impl Actions {
             if relevant.is_empty() {
                 continue;
             }
-            // A poisoned lock only means a task panicked mid-insert; the set
-            // of names is still usable.
-            let mut pending = worker.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = worker.pending.lock();
             pending.extend(relevant.into_iter().cloned());
             drop(pending);
             worker.wake.notify_one();
@@ -358,7 +352,7 @@ impl Actions {
 }
 
 fn take(pending: &Mutex<BTreeSet<FileName>>) -> BTreeSet<FileName> {
-    std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()))
+    std::mem::take(&mut *pending.lock())
 }
 
 async fn work(

@@ -31,16 +31,16 @@
 //! probe, which sends its request at once, is closed unanswered only if
 //! [`MAX_CONNECTIONS`] more connections arrive before it is served).
 
-use std::{collections::VecDeque, convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::Full;
+use coffer_runtime::{
+    http::{self, Body, Limits},
+    metrics,
+};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Notify, watch},
-    task::AbortHandle,
 };
 
 /// Connections served at once; the oldest is closed for a new one beyond it.
@@ -50,12 +50,17 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a connection lives, reading the answer included.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
-/// The largest request head read (hyper's least allowed): a probe's is a
-/// few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8192;
-/// The pause after a failed accept (e.g. out of file descriptors), so the
-/// loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The probe and quit endpoints' bounds (see the module's documentation).
+const LIMITS: Limits = Limits {
+    max_connections: Some(MAX_CONNECTIONS),
+    on_shed: Some(crate::metrics::admin_connection_shed),
+    header_timeout: Some(HEADER_TIMEOUT),
+    connection_deadline: Some(CONNECTION_DEADLINE),
+    one_request_per_connection: true,
+    // hyper's least allowed: a probe's head is a few hundred bytes.
+    max_request_head: Some(http::MIN_REQUEST_HEAD),
+};
 
 /// What the endpoint reports and triggers.
 #[derive(Debug, Clone)]
@@ -68,58 +73,16 @@ pub struct AdminState {
 }
 
 /// Serves `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    // Oldest first. Only this loop touches it, so it needs no lock.
-    let mut open: VecDeque<AbortHandle> = VecDeque::with_capacity(MAX_CONNECTIONS);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "admin endpoint: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        open.retain(|task| !task.is_finished());
-        if open.len() >= MAX_CONNECTIONS
-            && let Some(oldest) = open.pop_front()
-        {
-            // Dropping the connection closes its socket.
-            oldest.abort();
-            crate::metrics::admin_connection_shed();
-        }
-        let task = tokio::spawn(serve_connection(stream, state.clone()));
-        open.push_back(task.abort_handle());
-    }
-    for task in open {
-        task.abort();
-    }
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let handler = move |request: &Request<Incoming>| handle(request, &state);
+    http::serve("admin endpoint", listener, LIMITS, handler, shutdown).await;
 }
 
-/// One request on `stream`, within the header timeout and the deadline.
-async fn serve_connection(stream: TcpStream, state: AdminState) {
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&req, &state)) }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(false)
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .serve_connection(TokioIo::new(stream), service);
-    match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "admin endpoint: connection ended"),
-        Err(_) => tracing::debug!("admin endpoint: connection closed at its deadline"),
-    }
-}
-
-fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Body> {
     let (status, body) = match (req.method(), req.uri().path(), &state.quit) {
         (&Method::GET, "/ready" | "/readyz", _) => {
             if *state.ready.borrow() {
@@ -130,16 +93,7 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
         }
         (&Method::GET, "/healthz", _) => (StatusCode::OK, "ok\n"),
         // The probe endpoint only: the quit endpoint is for quitting.
-        (&Method::GET, "/metrics", None) => {
-            let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render())));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            return response;
-        }
+        (&Method::GET, "/metrics", None) => return metrics::response(crate::metrics::render()),
         (&Method::POST, "/quitquitquit", Some(quit)) => {
             tracing::info!("quit requested over the loopback quit endpoint");
             quit.notify_one();
@@ -151,7 +105,5 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
         }
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
+    http::text(status, body)
 }

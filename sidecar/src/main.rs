@@ -2,8 +2,8 @@
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use clap::{Parser, ValueEnum};
-use coffer::cli::{LogFormat, init_tracing, shutdown_signal};
+use clap::Parser;
+use coffer_runtime::{EX_USAGE, LogFormat, Main, run_main, shutdown_signal};
 use coffer_sidecar::{
     Sidecar,
     admin::{self, AdminState},
@@ -11,9 +11,6 @@ use coffer_sidecar::{
     run::{file_exists, harden_process},
 };
 use tokio::sync::Notify;
-
-/// Exit status for invalid configuration (sysexits EX_USAGE).
-const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -44,28 +41,24 @@ struct Cli {
     check_config: bool,
     /// Log format.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "plain")]
-    log_format: Format,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Plain,
-    Json,
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    init_tracing(match cli.log_format {
-        Format::Plain => LogFormat::Plain,
-        Format::Json => LogFormat::Json,
-    });
-    harden_process();
+    let cli = Cli::parse();
+    let main = Main::new("coffer-sidecar")
+        .current_thread()
+        .logging(cli.log_format, None);
+    run_main(main, || run(cli))
+}
 
+async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    harden_process();
     let mut config = match Config::load(&cli.config, &ProcessEnv) {
         Ok(config) => config,
         Err(error) => {
             tracing::error!(%error, "invalid configuration");
-            return ExitCode::from(EX_USAGE);
+            return Ok(ExitCode::from(EX_USAGE));
         }
     };
     config.allow_non_tmpfs |= cli.allow_non_tmpfs;
@@ -78,72 +71,54 @@ fn main() -> ExitCode {
             secrets = config.secrets.len(),
             "configuration valid"
         );
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
+    let admin_listen = config.admin_listen.clone();
+    let quit_listen = config.quit_listen.clone();
+    let exit_file = config.exit_when_file_exists.clone();
+    let mut sidecar = Sidecar::new(config).await?;
+    if cli.once {
+        sidecar
+            .run_once(Duration::from_secs(cli.once_timeout))
+            .await?;
+        tracing::info!("sidecar finished");
+        return Ok(ExitCode::SUCCESS);
+    }
+    sidecar.start_actions(Duration::from_secs(1));
+    let quit = Arc::new(Notify::new());
+    // The probe port never quits; the quit port is loopback-only (the
+    // configuration admits nothing else there).
+    let endpoints = [
+        (admin_listen, "admin", None),
+        (quit_listen, "quit", Some(quit.clone())),
+    ];
+    for (addr, name, quit) in endpoints {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind the {name} endpoint {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "{name} endpoint listening");
+        let state = AdminState {
+            ready: sidecar.ready(),
+            quit,
+        };
+        tokio::spawn(admin::serve(listener, state, std::future::pending()));
+    }
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = quit.notified() => {}
+            _ = async {
+                match exit_file {
+                    Some(path) => file_exists(path).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     };
-    let result = runtime.block_on(async {
-        let admin_listen = config.admin_listen.clone();
-        let quit_listen = config.quit_listen.clone();
-        let exit_file = config.exit_when_file_exists.clone();
-        let mut sidecar = Sidecar::new(config).await?;
-        if cli.once {
-            return Ok(sidecar
-                .run_once(Duration::from_secs(cli.once_timeout))
-                .await?);
-        }
-        sidecar.start_actions(Duration::from_secs(1));
-        let quit = Arc::new(Notify::new());
-        // The probe port never quits; the quit port is loopback-only (the
-        // configuration admits nothing else there).
-        let endpoints = [
-            (admin_listen, "admin", None),
-            (quit_listen, "quit", Some(quit.clone())),
-        ];
-        for (addr, name, quit) in endpoints {
-            let Some(addr) = addr else { continue };
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot bind the {name} endpoint {addr}: {e}"))?;
-            let bound = listener.local_addr()?;
-            tracing::info!(addr = %bound, "{name} endpoint listening");
-            let state = AdminState {
-                ready: sidecar.ready(),
-                quit,
-            };
-            tokio::spawn(admin::serve(listener, state, std::future::pending()));
-        }
-        let stop = async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = quit.notified() => {}
-                _ = async {
-                    match exit_file {
-                        Some(path) => file_exists(path).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-            }
-        };
-        Ok::<_, anyhow::Error>(sidecar.run(stop).await?)
-    });
-    match result {
-        Ok(()) => {
-            tracing::info!("sidecar finished");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            tracing::error!(%error, "sidecar failed");
-            ExitCode::FAILURE
-        }
-    }
+    sidecar.run(stop).await?;
+    tracing::info!("sidecar finished");
+    Ok(ExitCode::SUCCESS)
 }

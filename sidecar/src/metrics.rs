@@ -9,12 +9,12 @@
 
 use std::{
     collections::HashSet,
-    sync::{LazyLock, Mutex},
+    sync::LazyLock,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use parking_lot::Mutex;
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
 };
@@ -81,10 +81,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Connections to the probe or quit endpoint closed to make room for a new one",
         metrics.admin_connections_shed.clone(),
     );
-    *metrics
-        .registry
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
+    *metrics.registry.lock() = registry;
     metrics
 });
 
@@ -92,10 +89,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// them, by secret path (counted, never shown).
 pub fn applied<'a>(files: usize, versions: impl IntoIterator<Item = (&'a str, u64)>) {
     METRICS.files_written.inc_by(files as u64);
-    let mut paths = METRICS
-        .applied_paths
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut paths = METRICS.applied_paths.lock();
     for (path, _version) in versions {
         METRICS.updates_applied.inc();
         if !paths.contains(path) {
@@ -129,14 +123,7 @@ pub fn admin_connection_shed() {
 
 /// The metrics in the Prometheus text format.
 pub fn render() -> String {
-    let mut out = String::new();
-    let registry = METRICS
-        .registry
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &registry);
-    out
+    coffer_runtime::metrics::render(&METRICS.registry.lock())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::{
 };
 
 use coffer::{Applied, ApplyState, Client, Code, Secret, SecretBytes, SecretData, TokenSource};
+use coffer_runtime::Backoff;
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -67,9 +68,6 @@ impl SidecarError {
         )
     }
 }
-
-/// The SDK's backoff: one for every reconnecting loop.
-pub use coffer::Backoff;
 
 /// A running sidecar.
 #[derive(Debug)]
@@ -414,20 +412,5 @@ pub fn harden_process() {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
     {
         tracing::warn!(%error, "cannot disable core files");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(100) && delays[0] >= Duration::from_millis(50));
-        assert!(delays[4] <= Duration::from_millis(400) && delays[4] >= Duration::from_millis(200));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }
