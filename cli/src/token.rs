@@ -19,6 +19,8 @@ use coffer_broker::auth::{
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::output::{Printer, say};
+
 /// Exit status of a rejected token.
 const EXIT_REJECTED: u8 = 1;
 /// Exit status of a usage error (unreadable JWKS, no token).
@@ -28,7 +30,13 @@ const RFC3339_END: u64 = 253_402_300_800;
 
 /// Reads the token from stdin, verifies it against `jwks` and prints the
 /// result: 0 valid, 1 rejected, 2 usage error.
-pub(crate) fn verify(jwks: &Path, issuer: String, audience: String, leeway: u64) -> ExitCode {
+pub(crate) fn verify(
+    out: Printer,
+    jwks: &Path,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+) -> ExitCode {
     let keys = match std::fs::read(jwks)
         .map_err(anyhow::Error::from)
         .and_then(|b| Ok(KeySet::from_jwks_json(&b)?))
@@ -59,52 +67,46 @@ pub(crate) fn verify(jwks: &Path, issuer: String, audience: String, leeway: u64)
     let read = read_unverified(token).ok();
     let now = unix_now();
     match verdict {
-        Ok(id) if crate::json_output() => {
-            say!(
-                "{}",
-                json!({
-                    "valid": true,
-                    "subject": id.subject(),
-                    "namespace": id.namespace,
-                    "serviceAccount": id.service_account,
-                    "serviceAccountUid": id.service_account_uid,
-                    "pod": id.pod_name,
-                    "podUid": id.pod_uid,
-                    "token": read.as_ref().map(claims_json),
-                })
-            );
+        Ok(id) if out.json() => {
+            out.value(&json!({
+                "valid": true,
+                "subject": id.subject(),
+                "namespace": id.namespace,
+                "serviceAccount": id.service_account,
+                "serviceAccountUid": id.service_account_uid,
+                "pod": id.pod_name,
+                "podUid": id.pod_uid,
+                "token": read.as_ref().map(claims_json),
+            }));
             ExitCode::SUCCESS
         }
-        Err(reason) if crate::json_output() => {
-            say!(
-                "{}",
-                json!({
-                    "valid": false,
-                    "reason": reason.reason(),
-                    "message": reason.to_string(),
-                    "token": read.as_ref().map(claims_json),
-                })
-            );
+        Err(reason) if out.json() => {
+            out.value(&json!({
+                "valid": false,
+                "reason": reason.reason(),
+                "message": reason.to_string(),
+                "token": read.as_ref().map(claims_json),
+            }));
             ExitCode::from(EXIT_REJECTED)
         }
         Ok(id) => {
-            say!("valid: {}", id.subject());
+            say!(out, "valid: {}", id.subject());
             if let Some(read) = &read {
                 for line in describe(read, now) {
-                    say!("  {line}");
+                    say!(out, "  {line}");
                 }
             }
             ExitCode::SUCCESS
         }
         Err(reason) => {
-            say!("rejected: {reason} ({})", reason.reason());
+            say!(out, "rejected: {reason} ({})", reason.reason());
             if let Some(read) = read
                 .as_ref()
                 .filter(|r| r.claims_readable || r.alg.is_some())
             {
-                say!("  as written in the token, NOT verified:");
+                say!(out, "  as written in the token, NOT verified:");
                 for line in describe(read, now) {
-                    say!("  {line}");
+                    say!(out, "  {line}");
                 }
             }
             ExitCode::from(EXIT_REJECTED)

@@ -21,7 +21,7 @@ use std::{
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::ExitCode,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -36,11 +36,14 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use ring::{
     hmac,
     rand::{SecureRandom, SystemRandom},
 };
 use zeroize::Zeroizing;
+
+use crate::output::{Printer, say};
 
 /// `cofferctl console` flags.
 #[derive(clap::Args)]
@@ -106,8 +109,7 @@ impl Sessions {
     /// Opens a session for the value whose tag is `tag`, dropping expired
     /// ones and, beyond the bound, the oldest.
     fn open(&self, tag: hmac::Tag, now: Instant) {
-        // Every critical section leaves the queue whole.
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         open.retain(|s| s.expires > now);
         while open.len() >= MAX_SESSIONS {
             open.pop_front();
@@ -121,7 +123,7 @@ impl Sessions {
     /// Whether `value` is an open session's: checked against every one,
     /// each in constant time, with no early exit.
     fn check(&self, key: &hmac::Key, value: &[u8], now: Instant) -> bool {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.open.lock();
         open.iter().fold(false, |found, s| {
             let matches = hmac::verify(key, value, s.tag.as_ref()).is_ok();
             found | (matches & (s.expires > now))
@@ -130,7 +132,11 @@ impl Sessions {
 }
 
 /// Runs the console until Ctrl-C or SIGTERM.
-pub(crate) async fn run(client: Client, args: ConsoleArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    out: Printer,
+    client: Client,
+    args: ConsoleArgs,
+) -> anyhow::Result<ExitCode> {
     let addr = args
         .listen
         .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
@@ -175,8 +181,11 @@ pub(crate) async fn run(client: Client, args: ConsoleArgs) -> anyhow::Result<Exi
     });
     let url = Zeroizing::new(format!("http://{bound}/?token={}", access.as_str()));
     drop(access);
-    say!("Coffer console: {}", url.as_str());
-    say!("(the token in the URL is your access for this run; Ctrl-C stops the console)");
+    say!(out, "Coffer console: {}", url.as_str());
+    say!(
+        out,
+        "(the token in the URL is your access for this run; Ctrl-C stops the console)"
+    );
     if args.open {
         open_browser(&url);
     }
@@ -544,7 +553,7 @@ mod tests {
         for n in 0..=MAX_SESSIONS {
             sessions.open(hmac::sign(&key, n.to_string().as_bytes()), now);
         }
-        let open = sessions.open.lock().unwrap().len();
+        let open = sessions.open.lock().len();
         assert_eq!(open, MAX_SESSIONS);
         assert!(!sessions.check(&key, b"0", now), "the oldest was closed");
         assert!(sessions.check(&key, b"1", now));

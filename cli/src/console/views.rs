@@ -136,7 +136,7 @@ impl Views {
             Err(e) => return error_parts(&e),
         };
         let rollout = match client.status(path).await {
-            Ok(status) => crate::status_json(path, &status),
+            Ok(status) => crate::status::status_json(path, &status),
             Err(e) => serde_json::json!({ "error": e.to_string() }),
         };
         (
@@ -215,7 +215,7 @@ fn version_rows(list: &coffer::Versions) -> Vec<VersionRow> {
         .iter()
         .map(|v| VersionRow {
             version: v.version,
-            created_at: crate::timestamp(v.created_at),
+            created_at: crate::output::timestamp(v.created_at),
             state: match v.state {
                 coffer::VersionState::Destroyed => "destroyed",
                 coffer::VersionState::Deleted => "deleted",
