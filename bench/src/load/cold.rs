@@ -1,0 +1,307 @@
+//! Cold tokens: every request carries a fresh valid RS256 token the broker
+//! has never seen, beside the same load with one cached token, and ring's
+//! raw RS256 verify rate measured in this process with no load running.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use coffer_broker::auth::{
+    Authenticator, BearerToken,
+    cache::{CachingAuthenticator, DEFAULT_CACHE_ENTRIES},
+    jwt::{JwtVerifier, KeySet, ProjectedClaims, VerifierConfig},
+};
+use coffer_proto::v1::secret_broker_client::SecretBrokerClient;
+use tonic::{Status, transport::Channel};
+
+use crate::{
+    child::{ServerProcess, Side},
+    fixture::{AUDIENCE, ISSUER, RSA_JWKS, RSA_KID, RSA_PEM},
+    grpc::{connect, timed_get},
+    procfs::thread_cpu,
+    stats::{Figures, figures, median, median_f64},
+    table::Row,
+};
+
+/// Both sides under `count` fresh tokens, with the ring figures beside them;
+/// `threads` is the server runtime's worker count.
+pub(crate) async fn compare(
+    server: &ServerProcess,
+    count: usize,
+    run_for: Duration,
+    threads: usize,
+) -> anyhow::Result<Row> {
+    let mut minted = mint_cold(count + 1)?;
+    // One token kept back: every request of the cached run carries it.
+    let cached_token = minted.pop().context("no token minted")?;
+    let tokens = Arc::new(minted);
+    let run_for = run_for.min(Duration::from_secs(2));
+    let ring = ring_rs256_rate(&tokens[0], run_for, 1)?;
+    // As the server runs under the cold load: every server thread busy
+    // at once (on this machine's two vCPUs, which may share a core).
+    let ring_busy = ring_rs256_rate(&tokens[0], run_for, threads)?;
+    let verifier = verifier_vs_ring(&tokens)?;
+    // The same load with one token on each side too: the broker verifies
+    // it once, and the client's HPACK table carries it after the first
+    // request, so neither server decodes it again.
+    let [bare, bare_cached, cached, coffer] = cold_loads(server, &tokens, &cached_token).await?;
+    Ok(Row::Cold {
+        coffer,
+        bare,
+        cached,
+        bare_cached,
+        ring,
+        ring_busy,
+        threads,
+        verifier,
+    })
+}
+
+/// RS256 tokens, each for another pod so no two are alike, signed with the
+/// RSA fixture key (the server process's key set trusts it).
+fn mint_cold(count: usize) -> anyhow::Result<Vec<String>> {
+    let rsa = &jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PEM)?;
+    let count = count.max(1);
+    let threads = 2;
+    let per = count.div_ceil(threads);
+    let minted: Vec<anyhow::Result<Vec<String>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t * per..((t + 1) * per).min(count))
+                        .map(|i| {
+                            let pod = format!("cold-{i}");
+                            Ok(ProjectedClaims::projected(
+                                ISSUER,
+                                AUDIENCE,
+                                "bench",
+                                "app",
+                                Some(&pod),
+                                Duration::from_secs(3600),
+                            )
+                            .sign(
+                                jsonwebtoken::Algorithm::RS256,
+                                RSA_KID,
+                                rsa,
+                            )?)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("minting panicked")))
+            })
+            .collect()
+    });
+    let mut tokens = Vec::with_capacity(count);
+    for part in minted {
+        tokens.extend(part?);
+    }
+    Ok(tokens)
+}
+
+/// ring's own RS256 verification rate on pre-decoded bytes: per second of
+/// wall time, and per second of this thread's CPU time (steady under load).
+fn ring_rs256_rate(token: &str, run_for: Duration, threads: usize) -> anyhow::Result<(f64, f64)> {
+    let key = rsa_fixture_key()?;
+    let (message, sig) = token.rsplit_once('.').context("not a JWT")?;
+    let sig = URL_SAFE_NO_PAD.decode(sig)?;
+    let start = Instant::now();
+    let runs = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<(u64, Duration)> {
+                    let cpu_before = thread_cpu();
+                    let mut n = 0u64;
+                    while start.elapsed() < run_for {
+                        for _ in 0..16 {
+                            key.verify(
+                                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                                message.as_bytes(),
+                                &sig,
+                            )
+                            .map_err(|_| anyhow::anyhow!("raw RSA verify failed"))?;
+                        }
+                        n += 16;
+                    }
+                    Ok((n, thread_cpu().saturating_sub(cpu_before)))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a ring thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let n: u64 = runs.iter().map(|(n, _)| n).sum();
+    let cpu: f64 = runs.iter().map(|(_, c)| c.as_secs_f64()).sum();
+    let wall = n as f64 / start.elapsed().as_secs_f64();
+    Ok((wall, if cpu > 0.0 { n as f64 / cpu } else { 0.0 }))
+}
+
+/// The broker's own authenticator (the verified-token cache over the JWT
+/// verifier, as the broker builds it) against ring's raw RS256 verify, on
+/// the same fresh tokens, one thread, interleaved in chunks so both see the
+/// same machine. The authenticator runs as a cold request runs it: the cache
+/// misses, the token is checked whole (signature, then claims) and the cache
+/// keeps it; ring gets each token's signature already decoded. Returns
+/// (authenticator, ring) verifications per CPU second.
+fn verifier_vs_ring(tokens: &[String]) -> anyhow::Result<(f64, f64)> {
+    let keys = KeySet::from_jwks_json(RSA_JWKS)?;
+    let verifier = JwtVerifier::new(VerifierConfig::new(ISSUER, AUDIENCE), keys);
+    let authn = CachingAuthenticator::new(
+        Arc::new(verifier),
+        NonZeroUsize::new(DEFAULT_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+    );
+    let key = rsa_fixture_key()?;
+    let prepared = tokens
+        .iter()
+        .map(|t| {
+            let (message, sig) = t.rsplit_once('.').context("not a JWT")?;
+            Ok((BearerToken::new(t), message, URL_SAFE_NO_PAD.decode(sig)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A thread of its own: the caller is a runtime's, and its CPU time is
+    // read alone.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<(f64, f64)> {
+                let rt = tokio::runtime::Builder::new_current_thread().build()?;
+                let (mut authn_rates, mut ring_rates) = (Vec::new(), Vec::new());
+                for chunk in prepared.chunks(200) {
+                    let before = thread_cpu();
+                    for (_, message, sig) in chunk {
+                        key.verify(
+                            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                            message.as_bytes(),
+                            sig,
+                        )
+                        .map_err(|_| anyhow::anyhow!("raw RSA verify failed"))?;
+                    }
+                    let between = thread_cpu();
+                    rt.block_on(async {
+                        for (token, _, _) in chunk {
+                            authn.authenticate(token).await.map_err(|e| {
+                                anyhow::anyhow!("the verifier refused a fresh token: {e}")
+                            })?;
+                        }
+                        Ok::<_, anyhow::Error>(())
+                    })?;
+                    let rate = |cpu: Duration| chunk.len() as f64 / cpu.as_secs_f64().max(1e-9);
+                    ring_rates.push(rate(between.saturating_sub(before)));
+                    authn_rates.push(rate(thread_cpu().saturating_sub(between)));
+                }
+                // The median chunk of each: a chunk that a neighbour's burst
+                // slowed does not weigh on the figure.
+                Ok((median_f64(authn_rates), median_f64(ring_rates)))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?
+    })
+}
+
+/// The RSA fixture key the cold tokens are signed with, for ring.
+fn rsa_fixture_key() -> anyhow::Result<ring::signature::RsaPublicKeyComponents<Vec<u8>>> {
+    let jwks: serde_json::Value = serde_json::from_slice(RSA_JWKS)?;
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["kid"] == RSA_KID))
+        .context("the RSA fixture key is missing")?;
+    let b64 = |s: &serde_json::Value| URL_SAFE_NO_PAD.decode(s.as_str().unwrap_or_default());
+    Ok(ring::signature::RsaPublicKeyComponents {
+        n: b64(&jwk["n"])?,
+        e: b64(&jwk["e"])?,
+    })
+}
+
+/// Tokens per turn of the cold loads.
+const COLD_CHUNK: usize = 500;
+
+/// The cold loads, in turns of [`COLD_CHUNK`] requests so that drift and
+/// noise hit each alike: fresh tokens to the bare server, one token to the
+/// bare server, one token to the broker, fresh tokens to the broker (each
+/// 1 connection x 16 in flight, the order of the four rotating each turn).
+async fn cold_loads(
+    server: &ServerProcess,
+    tokens: &[String],
+    cached_token: &str,
+) -> anyhow::Result<[Figures; 4]> {
+    let loads = [
+        (Side::Bare, false),
+        (Side::Bare, true),
+        (Side::Broker, true),
+        (Side::Broker, false),
+    ];
+    let bare = connect(server.url(Side::Bare)).await?;
+    let broker = connect(server.url(Side::Broker)).await?;
+    // Each load's latencies, time, and CPU per request of each turn.
+    let mut totals: [(Vec<Duration>, Duration, Vec<Duration>); 4] = Default::default();
+    for (turn, chunk) in tokens.chunks(COLD_CHUNK).enumerate() {
+        let same = vec![cached_token.to_string(); chunk.len()];
+        for i in 0..loads.len() {
+            let load = (turn + i) % loads.len();
+            let (side, one_token) = loads[load];
+            let channel = match side {
+                Side::Bare => bare.clone(),
+                Side::Broker => broker.clone(),
+            };
+            let chunk = Arc::new(if one_token {
+                same.clone()
+            } else {
+                chunk.to_vec()
+            });
+            let cpu_before = server.cpu()?;
+            let start = Instant::now();
+            let latencies = cold_load(channel, chunk).await?;
+            let cpu = server.cpu()?.saturating_sub(cpu_before);
+            let total = &mut totals[load];
+            total.1 += start.elapsed();
+            total
+                .2
+                .push(cpu / u32::try_from(latencies.len().max(1)).unwrap_or(u32::MAX));
+            total.0.extend(latencies);
+        }
+    }
+    // Server CPU per request: the median turn's, so that a turn a
+    // neighbour's burst slowed does not weigh on the figure.
+    Ok(totals.map(|(latencies, elapsed, cpu_per_req)| Figures {
+        cpu_per_req: median(cpu_per_req),
+        ..figures(latencies, elapsed, Duration::ZERO)
+    }))
+}
+
+/// `tokens` once each, 16 requests in flight on `channel`.
+async fn cold_load(channel: Channel, tokens: Arc<Vec<String>>) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut client = SecretBrokerClient::new(channel.clone());
+        let (tokens, next) = (Arc::clone(&tokens), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some(token) = tokens.get(next.fetch_add(1, Ordering::Relaxed)) {
+                latencies.push(timed_get(&mut client, token).await?);
+            }
+            Ok::<_, Status>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tokens.len());
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
+}
