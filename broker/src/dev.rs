@@ -14,13 +14,13 @@ use std::{
 use anyhow::{Context, bail};
 use coffer::cli::shutdown_signal;
 use coffer_broker::{
+    app::{App, AppConfig, AuthSource, PolicySource, StoreSource},
     auth::{
         jwt::{JwtVerifier, KeySet, VerifierConfig},
         signer::DevSigner,
     },
     policy::Policy,
     server::ListenAddr,
-    service::Broker,
     store::{SecretStore, SecretWrite, dev::DevStore},
 };
 use coffer_proto::{SecretBytes, SecretData};
@@ -79,7 +79,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             ),
         )
         .await?;
-    let broker = Broker::new(Arc::new(authn), Policy::from_yaml(POLICY)?, store);
+    let mut config = AppConfig::new(
+        AuthSource::Ready(Arc::new(authn)),
+        PolicySource::Fixed(Policy::from_yaml(POLICY)?),
+        StoreSource::Ready(store),
+    );
+    config.listen = args.listen;
+    config.addr_file = Some(dir.join("broker.addr"));
+    // The demo has always served plaintext wherever it was asked to listen.
+    config.insecure = true;
+    let app = App::build(config).await.map_err(super::failed)?;
 
     let ttl = Duration::from_secs(24 * 3600);
     let app_token = dir.join("app.token");
@@ -97,24 +106,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             .as_bytes(),
     )?;
 
-    let addr_file = dir.join("broker.addr");
+    let listeners = app.bind().await.map_err(super::failed)?;
+    let addr = listeners.grpc.address()?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = {
-        let stop = stop.clone();
-        let listen = args.listen.clone();
-        let addr_file = addr_file.clone();
-        tokio::spawn(async move {
-            super::run_listener(
-                broker,
-                None,
-                &listen,
-                Some(&addr_file),
-                stop.cancelled_owned(),
-            )
-            .await
-        })
-    };
-    let addr = wait_for_file(&addr_file).await?;
+    let server = tokio::spawn(app.run(listeners, stop.clone().cancelled_owned()));
     let endpoint = if addr.starts_with("unix:") {
         addr.clone()
     } else {
@@ -212,16 +207,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)?;
     Ok(())
-}
-
-async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
-    for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            return Ok(text);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("the broker did not start listening")
 }
 
 struct RemoveOnDrop(PathBuf);
