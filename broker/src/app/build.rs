@@ -7,8 +7,8 @@ use std::{path::Path, sync::Arc};
 use zeroize::Zeroizing;
 
 use super::{
-    App, AppConfig, AppError, AuditSettings, AuthSource, DevKey, PeerSettings, PolicySource,
-    StoreSource, VaultSettings,
+    App, AppConfig, AppError, AuditSettings, AuthSource, DevKey, PeerSettings, PolicyReload,
+    PolicySource, StoreSource, VaultSettings,
 };
 use crate::{
     audit::{AuditLog, AuditOptions, AuditSink},
@@ -109,13 +109,7 @@ async fn authenticator(
 fn policy(
     source: PolicySource,
     authn: &dyn Authenticator,
-) -> Result<
-    (
-        Policy,
-        Option<(std::path::PathBuf, std::time::Duration, String)>,
-    ),
-    AppError,
-> {
+) -> Result<(Policy, Option<PolicyReload>), AppError> {
     let (path, reload_interval) = match source {
         PolicySource::Fixed(policy) => return Ok((policy, None)),
         PolicySource::File {
@@ -137,12 +131,10 @@ fn policy(
     for warning in policy.warnings() {
         tracing::warn!(%warning, "policy warning");
     }
-    let reload = (!reload_interval.is_zero()).then(|| {
-        (
-            path.clone(),
-            reload_interval,
-            crate::reload::fingerprint(&text),
-        )
+    let reload = (!reload_interval.is_zero()).then(|| PolicyReload {
+        loaded: crate::reload::fingerprint(&text),
+        path: path.clone(),
+        interval: reload_interval,
     });
     Ok((policy, reload))
 }

@@ -38,9 +38,15 @@ pub struct App {
     addr_file: Option<PathBuf>,
     metrics_listen: Option<std::net::SocketAddr>,
     tls: Option<(Arc<ReloadingCert>, Duration)>,
-    /// The policy file, how often it is checked, and the fingerprint of
-    /// the policy in force.
-    policy_reload: Option<(PathBuf, Duration, String)>,
+    policy_reload: Option<PolicyReload>,
+}
+
+/// What the policy file's reloader needs: the file, how often it is
+/// checked, and the fingerprint of the policy in force.
+struct PolicyReload {
+    path: PathBuf,
+    interval: Duration,
+    loaded: String,
 }
 
 /// Why a broker could not be built or stopped serving.

@@ -126,8 +126,8 @@ impl App {
                 stop.clone().cancelled_owned(),
             ));
         }
-        if let Some((path, interval, fingerprint)) = policy_reload {
-            crate::reload::spawn(broker.clone(), path, interval, fingerprint);
+        if let Some(reload) = policy_reload {
+            crate::reload::spawn(broker.clone(), reload.path, reload.interval, reload.loaded);
         }
         if let Some((cert, interval)) = &tls
             && !interval.is_zero()
