@@ -4,7 +4,12 @@
 
 use std::{process::Command, time::Duration};
 
-use crate::{BrokerProcess, Key, Process, binary, browser::http_exchange, mint};
+use crate::{
+    broker::BrokerProcess,
+    browser::http_exchange,
+    process::{Process, binary},
+    tokens::{Key, mint},
+};
 
 /// A running `cofferctl console`.
 pub struct Console {

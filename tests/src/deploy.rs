@@ -118,7 +118,7 @@ pub fn https_request(
     let mut response = Vec::new();
     // A peer that closes without close_notify still gave us the response.
     let _ = stream.read_to_end(&mut response);
-    crate::parse_response(&String::from_utf8_lossy(&response))
+    crate::http::parse_response(&String::from_utf8_lossy(&response))
 }
 
 /// Validates a manifest file strictly against [`KUBERNETES_VERSION`];

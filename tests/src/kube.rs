@@ -36,7 +36,10 @@ use std::{
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
-use crate::{Process, fixture, free_port};
+use crate::{
+    http::free_port,
+    process::{Process, fixture},
+};
 
 /// The issuer of the server's service-account tokens: the in-cluster name
 /// deploy/ configures.

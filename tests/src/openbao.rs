@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Process;
+use crate::{broker::BrokerProcess, process::Process};
 
 /// The dev server's root token.
 pub const ROOT_TOKEN: &str = "coffer-test-root";
@@ -273,4 +273,32 @@ pub fn serve_json(body: String) -> String {
         }
     });
     url
+}
+
+/// The flags of a broker on `bao`'s KV v2 mount `secret` for prefix `shop`,
+/// with `extra_yaml` appended to its Vault configuration.
+pub fn vault_args(bao: &OpenBao, extra_yaml: &str) -> Vec<String> {
+    let token = bao.file("root-token", ROOT_TOKEN);
+    let config = bao.file(
+        "vault.yaml",
+        &format!(
+            "auth: {{method: token, tokenFile: {}}}\nmounts: [{{prefix: shop, mount: secret}}]\n{extra_yaml}",
+            token.display()
+        ),
+    );
+    vec![
+        "--store=vault".into(),
+        "--vault-addr".into(),
+        bao.addr.clone(),
+        "--vault-config".into(),
+        config.display().to_string(),
+    ]
+}
+
+/// A broker with `policy` on `bao` (see [`vault_args`]).
+pub fn vault_broker(bao: &OpenBao, policy: &str) -> BrokerProcess {
+    BrokerProcess::builder()
+        .policy(policy)
+        .args(vault_args(bao, ""))
+        .start()
 }

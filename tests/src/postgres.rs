@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Process, free_port, openbao::OpenBao};
+use crate::{http::free_port, openbao::OpenBao, process::Process};
 
 /// The superuser's password (the cluster lives only as long as the test).
 pub const ROOT_PASSWORD: &str = "coffer-test-pg-root";

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarProcess, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarProcess, mint};
 
 async fn seed(broker: &BrokerProcess) {
     broker.put_bytes("shop/db", b"s3cret").await;
@@ -11,7 +11,7 @@ async fn seed(broker: &BrokerProcess) {
 
 #[tokio::test]
 async fn service_account_outside_the_policy_is_denied_and_no_file_is_written() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
 
     let stranger = broker.client(mint(Key::Rsa, "shop", "intruder")).await;
@@ -39,7 +39,7 @@ async fn service_account_outside_the_policy_is_denied_and_no_file_is_written() {
 
 #[tokio::test]
 async fn tokens_signed_by_another_key_are_unauthenticated() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
     for key in [Key::ForeignRsa, Key::ForeignEc] {
         let forger = broker.client(mint(key, "shop", "web")).await;
@@ -59,7 +59,7 @@ async fn tokens_signed_by_another_key_are_unauthenticated() {
 
 #[tokio::test]
 async fn sidecar_once_writes_and_exits_zero() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
     let mut sidecar = SidecarProcess::start(
         &broker,

@@ -5,7 +5,7 @@
 use std::{ffi::OsStr, path::Path};
 
 use coffer::{Code, SecretBytes, SecretData};
-use coffer_tests::{BrokerProcess, Key, POLICY, cofferctl, mint};
+use coffer_tests::{BrokerProcess, Key, audit_verify, mint};
 use serde_json::Value;
 
 const CANARY: &str = "canary-audit-5b1e0c7a-never-record-me";
@@ -25,16 +25,12 @@ fn find<'a>(records: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> 
         .unwrap_or_else(|| panic!("no {what} record in {records:#?}"))
 }
 
-fn verify(files: &[&Path]) -> (i32, String) {
-    let mut args = vec![OsStr::new("audit"), OsStr::new("verify")];
-    args.extend(files.iter().map(|f| f.as_os_str()));
-    cofferctl(&args)
-}
-
 /// A broker auditing to a file, with one allowed read, one denied read and
 /// one authentication failure behind it. Returns the tokens used.
 async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
-    let broker = BrokerProcess::start_with(POLICY, &["--audit-file", audit.to_str().unwrap()]);
+    let broker = BrokerProcess::builder()
+        .args(["--audit-file", audit.to_str().unwrap()])
+        .start();
     let admin_token = mint(Key::Rsa, "ops", "admin");
     let web_token = mint(Key::Ec, "shop", "web");
     let intruder_token = mint(Key::Rsa, "shop", "intruder");
@@ -111,7 +107,7 @@ async fn allow_deny_and_authentication_failure_are_recorded() {
     for (i, r) in all.iter().enumerate() {
         assert_eq!(r["seq"], i as u64);
     }
-    let (code, out) = verify(&[&audit]);
+    let (code, out) = audit_verify([&audit]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(&format!("intact: {} records", all.len())),
@@ -157,7 +153,7 @@ async fn audit_verify_finds_a_modified_and_a_deleted_record() {
     edited[target] = &hidden;
     let modified = dir.path().join("modified.log");
     std::fs::write(&modified, format!("{}\n", edited.join("\n"))).unwrap();
-    let (code, out) = verify(&[&modified]);
+    let (code, out) = audit_verify([&modified]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("modified.log:{}:", target + 1)) && out.contains("modified"),
@@ -168,7 +164,7 @@ async fn audit_verify_finds_a_modified_and_a_deleted_record() {
     fewer.remove(1);
     let deleted = dir.path().join("deleted.log");
     std::fs::write(&deleted, format!("{}\n", fewer.join("\n"))).unwrap();
-    let (code, out) = verify(&[&deleted]);
+    let (code, out) = audit_verify([&deleted]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("deleted.log:2:") && out.contains("deleted"),
@@ -176,12 +172,14 @@ async fn audit_verify_finds_a_modified_and_a_deleted_record() {
     );
 
     // The untouched file still verifies.
-    assert_eq!(verify(&[&audit]).0, 0);
+    assert_eq!(audit_verify([&audit]).0, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_audit_sink_refuses_requests() {
-    let broker = BrokerProcess::start_with(POLICY, &["--audit-file", "/dev/full"]);
+    let broker = BrokerProcess::builder()
+        .args(["--audit-file", "/dev/full"])
+        .start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let error = admin
         .put(coffer::Put::new(
@@ -207,8 +205,9 @@ async fn an_unwritable_audit_sink_refuses_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fail_open_serves_requests_when_the_sink_is_unwritable() {
-    let broker =
-        BrokerProcess::start_with(POLICY, &["--audit-file", "/dev/full", "--audit-fail-open"]);
+    let broker = BrokerProcess::builder()
+        .args(["--audit-file", "/dev/full", "--audit-fail-open"])
+        .start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
         .put(coffer::Put::new(
@@ -251,9 +250,7 @@ async fn a_trail_with_its_first_records_cut_is_reported_against_the_opening_anch
         "a new trail opens at seq 0: {anchor}"
     );
     let whole = std::fs::read_to_string(&audit).unwrap();
-    let (code, out) = cofferctl(&[
-        OsStr::new("audit"),
-        OsStr::new("verify"),
+    let (code, out) = audit_verify([
         OsStr::new("--anchor"),
         OsStr::new(&anchor),
         audit.as_os_str(),
@@ -266,18 +263,12 @@ async fn a_trail_with_its_first_records_cut_is_reported_against_the_opening_anch
     let cut = dir.path().join("cut.log");
     let rest: Vec<&str> = whole.lines().skip(2).collect();
     std::fs::write(&cut, format!("{}\n", rest.join("\n"))).unwrap();
-    let (code, out) = verify(&[&cut]);
+    let (code, out) = audit_verify([&cut]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("NOT ANCHORED"), "{out}");
     // With the anchor the broker logged when it opened the trail, the cut
     // is reported with the missing records.
-    let (code, out) = cofferctl(&[
-        OsStr::new("audit"),
-        OsStr::new("verify"),
-        OsStr::new("--anchor"),
-        OsStr::new(&anchor),
-        cut.as_os_str(),
-    ]);
+    let (code, out) = audit_verify([OsStr::new("--anchor"), OsStr::new(&anchor), cut.as_os_str()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("records 0..1 were cut"), "{out}");
 }

@@ -3,14 +3,13 @@
 //! Needs root to mount a small tmpfs; skipped (with a message) otherwise.
 
 use std::{
-    ffi::OsStr,
     io::Write,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, POLICY, cofferctl, mint};
+use coffer_tests::{BrokerProcess, Key, audit_verify, mint};
 
 /// A 64 KiB tmpfs, unmounted on drop.
 struct SmallTmpfs(PathBuf);
@@ -48,15 +47,14 @@ async fn a_record_cut_short_by_a_full_disk_does_not_break_the_chain() {
         return;
     };
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .args([
             "--audit-file",
             audit.to_str().unwrap(),
             "--audit-aggregate-interval",
             "0s",
-        ],
-    );
+        ])
+        .start();
     broker.put_bytes("shop/db", b"v").await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     web.get("shop/db").await.unwrap();
@@ -85,7 +83,7 @@ async fn a_record_cut_short_by_a_full_disk_does_not_break_the_chain() {
 
     std::fs::remove_file(&filler).unwrap();
     web.get("shop/db").await.unwrap();
-    let (code, out) = cofferctl(&[OsStr::new("audit"), OsStr::new("verify"), audit.as_os_str()]);
+    let (code, out) = audit_verify([&audit]);
     assert_eq!(code, 0, "{out}");
     drop(broker);
 }

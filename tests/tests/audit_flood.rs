@@ -2,10 +2,10 @@
 //! records, and rotation keeps a bounded number of files whose remaining
 //! trail still verifies.
 
-use std::{ffi::OsStr, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, POLICY, cofferctl, eventually, mint};
+use coffer_tests::{BrokerProcess, Key, audit_verify, eventually, mint};
 use serde_json::Value;
 
 fn records(file: &Path) -> Vec<Value> {
@@ -14,12 +14,6 @@ fn records(file: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn verify(files: &[std::path::PathBuf]) -> (i32, String) {
-    let mut args = vec![OsStr::new("audit"), OsStr::new("verify")];
-    args.extend(files.iter().map(|f| f.as_os_str()));
-    cofferctl(&args)
 }
 
 /// The rotated files oldest first, then the live file.
@@ -42,15 +36,14 @@ fn trail(audit: &Path) -> Vec<std::path::PathBuf> {
 async fn five_hundred_bad_tokens_make_a_handful_of_counted_records() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .args([
             "--audit-file",
             audit.to_str().unwrap(),
             "--audit-aggregate-interval",
             "1s",
-        ],
-    );
+        ])
+        .start();
     let forger = broker.client(mint(Key::ForeignRsa, "shop", "web")).await;
     for _ in 0..500 {
         assert_eq!(
@@ -77,7 +70,7 @@ async fn five_hundred_bad_tokens_make_a_handful_of_counted_records() {
         assert_eq!(r["rpc"], "GetSecret");
         assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1"), "{r}");
     }
-    let (code, out) = verify(&[audit]);
+    let (code, out) = audit_verify([audit]);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -85,15 +78,14 @@ async fn five_hundred_bad_tokens_make_a_handful_of_counted_records() {
 async fn counts_still_pending_are_written_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let mut broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let mut broker = BrokerProcess::builder()
+        .args([
             "--audit-file",
             audit.to_str().unwrap(),
             "--audit-aggregate-interval",
             "1h",
-        ],
-    );
+        ])
+        .start();
     let forger = broker.client(mint(Key::ForeignRsa, "shop", "web")).await;
     for _ in 0..20 {
         assert_eq!(
@@ -116,9 +108,8 @@ async fn counts_still_pending_are_written_at_shutdown() {
 async fn rotation_keeps_at_most_n_files_and_the_pruned_trail_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .args([
             "--audit-file",
             audit.to_str().unwrap(),
             "--audit-max-bytes",
@@ -127,8 +118,8 @@ async fn rotation_keeps_at_most_n_files_and_the_pruned_trail_verifies() {
             "3",
             "--audit-aggregate-interval",
             "0s",
-        ],
-    );
+        ])
+        .start();
     let forger = broker.client(mint(Key::ForeignRsa, "shop", "web")).await;
     for _ in 0..40 {
         assert_eq!(
@@ -148,7 +139,7 @@ async fn rotation_keeps_at_most_n_files_and_the_pruned_trail_verifies() {
     );
     let first = &records(&files[0])[0];
     assert!(first["seq"].as_u64().unwrap() > 0);
-    let (code, out) = verify(&files);
+    let (code, out) = audit_verify(&files);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("from seq {}", first["seq"])), "{out}");
 }

@@ -4,32 +4,31 @@
 use std::{ffi::OsStr, path::Path, time::Duration};
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, POLICY, cofferctl, eventually, mint};
+use coffer_tests::{BrokerProcess, Key, audit_verify, eventually, mint};
 
 fn verify(file: &Path, key: Option<&Path>) -> (i32, String) {
-    let mut args = vec![OsStr::new("audit"), OsStr::new("verify")];
+    let mut args = Vec::new();
     if let Some(key) = key {
         args.extend([OsStr::new("--hmac-key-file"), key.as_os_str()]);
     }
     args.push(file.as_os_str());
-    cofferctl(&args)
+    audit_verify(args)
 }
 
 async fn keyed_broker(dir: &Path) -> BrokerProcess {
     let audit = dir.join("audit.log");
     let key = dir.join("audit.key");
     std::fs::write(&key, b"only the auditors read this").unwrap();
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .args([
             "--audit-file",
             audit.to_str().unwrap(),
             "--audit-hmac-key-file",
             key.to_str().unwrap(),
             "--audit-head-interval",
             "1s",
-        ],
-    );
+        ])
+        .start();
     broker.put_bytes("shop/db", b"v").await;
     let intruder = broker.client(mint(Key::Rsa, "shop", "intruder")).await;
     assert_eq!(

@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 
 use coffer::Code;
 use coffer_broker::auth::signer::DevSigner;
-use coffer_tests::{AUDIENCE, BrokerProcess, binary};
+use coffer_tests::{AUDIENCE, BrokerProcess, Issuers, binary};
 
 const DEV: &str = "https://dev.example";
 const PROD: &str = "https://prod.example";
@@ -26,37 +26,8 @@ rules:
 "#;
 
 /// Two issuers, each with its own key, in one auth config.
-struct Issuers {
-    dev: DevSigner,
-    prod: DevSigner,
-    config: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 fn issuers() -> Issuers {
-    let dir = tempfile::tempdir().unwrap();
-    let (dev, prod) = (
-        DevSigner::generate(DEV).unwrap(),
-        DevSigner::generate(PROD).unwrap(),
-    );
-    let mut yaml = String::from("authenticators:\n");
-    for (name, signer) in [("dev", &dev), ("prod", &prod)] {
-        let jwks = dir.path().join(format!("{name}.json"));
-        std::fs::write(&jwks, signer.jwks_json()).unwrap();
-        yaml.push_str(&format!(
-            "  - issuer: {}\n    audiences: [{AUDIENCE}]\n    jwksFile: {{path: {}}}\n",
-            signer.issuer(),
-            jwks.display()
-        ));
-    }
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    Issuers {
-        dev,
-        prod,
-        config,
-        _dir: dir,
-    }
+    Issuers::generate(&[(DEV, None), (PROD, None)])
 }
 
 fn token(signer: &DevSigner, namespace: &str, service_account: &str) -> String {
@@ -81,11 +52,13 @@ async fn read_code(broker: &BrokerProcess, token: String) -> Option<Code> {
 #[tokio::test]
 async fn a_dev_issuer_token_cannot_read_what_prod_shop_web_may() {
     let issuers = issuers();
-    let broker = BrokerProcess::start_with_args(
-        POLICY,
-        ["--auth-config".as_ref(), issuers.config.as_os_str()],
-    );
-    let admin = broker.client(token(&issuers.prod, "ops", "admin")).await;
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args(["--auth-config".as_ref(), issuers.config.as_os_str()])
+        .start();
+    let admin = broker
+        .client(token(issuers.signer(PROD), "ops", "admin"))
+        .await;
     admin
         .put(
             coffer::Put::new(
@@ -97,12 +70,12 @@ async fn a_dev_issuer_token_cannot_read_what_prod_shop_web_may() {
         .await
         .unwrap();
     assert_eq!(
-        read_code(&broker, token(&issuers.prod, "shop", "web")).await,
+        read_code(&broker, token(issuers.signer(PROD), "shop", "web")).await,
         None
     );
     // Same namespace and service account, signed by the other trusted issuer.
     assert_eq!(
-        read_code(&broker, token(&issuers.dev, "shop", "web")).await,
+        read_code(&broker, token(issuers.signer(DEV), "shop", "web")).await,
         Some(Code::PermissionDenied)
     );
 }
@@ -129,18 +102,18 @@ async fn a_policy_without_issuers_is_refused_when_several_are_configured() {
     assert!(text.contains("must name an issuer"), "{text}");
 
     // At reload: refused, and the policy in force stays.
-    let broker = BrokerProcess::start_with_args(
-        POLICY,
-        ["--auth-config".as_ref(), issuers.config.as_os_str()],
-    );
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args(["--auth-config".as_ref(), issuers.config.as_os_str()])
+        .start();
     broker.write_policy(&unnamed);
     broker.wait_for_log("policy reload refused", 1);
     assert_eq!(
-        read_code(&broker, token(&issuers.dev, "shop", "web")).await,
+        read_code(&broker, token(issuers.signer(DEV), "shop", "web")).await,
         Some(Code::PermissionDenied)
     );
     assert_eq!(
-        read_code(&broker, token(&issuers.prod, "shop", "web")).await,
+        read_code(&broker, token(issuers.signer(PROD), "shop", "web")).await,
         Some(Code::NotFound)
     );
 }

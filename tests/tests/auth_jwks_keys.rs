@@ -3,7 +3,7 @@
 //! working: an issuer's key rotation is not an outage.
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, POLICY, fixture, jwks_file_auth, mint};
+use coffer_tests::{BrokerProcess, Key, fixture, jwks_file_auth, mint};
 use serde_json::{Value, json};
 
 const OCT_SECRET: &str = "c2VjcmV0LWhtYWMta2V5LW1hdGVyaWFsLWNhbmFyeQ";
@@ -24,7 +24,9 @@ async fn a_jwks_file_with_an_oct_key_still_verifies_with_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jwks.json");
     std::fs::write(&file, jwks.to_string()).unwrap();
-    let broker = BrokerProcess::start_with_auth_config(POLICY, &jwks_file_auth(&file, 10));
+    let broker = BrokerProcess::builder()
+        .auth_config(&jwks_file_auth(&file, 10))
+        .start();
     for key in [Key::Rsa, Key::Ec] {
         let error = broker
             .client(mint(key, "shop", "web"))

@@ -10,7 +10,7 @@ use std::{
 
 use coffer::Code;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, eventually, fixture, https::HttpsServer, mint,
+    AUDIENCE, BrokerProcess, ISSUER, Key, eventually, fixture, https::HttpsServer, mint,
 };
 use serde_json::json;
 
@@ -52,15 +52,12 @@ async fn a_jwks_uri_on_another_origin_gets_no_credential() {
     .unwrap();
     let own_token = dir.path().join("token");
     std::fs::write(&own_token, BROKER_TOKEN).unwrap();
-    let broker = BrokerProcess::start_with_auth_config(
-        POLICY,
-        &format!(
+    let broker = BrokerProcess::builder().auth_config(&format!(
             "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    oidc:\n      discoveryUrl: {}{DISCOVERY_PATH}\n      caFile: {}\n      tokenFile: {}\n",
             discovery.url,
             bundle.display(),
             own_token.display()
-        ),
-    );
+        )).start();
     eventually(Duration::from_secs(10), "the JWKS fetch", || {
         (keys.count(JWKS_PATH) >= 1).then_some(())
     });

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use coffer::Code;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, eventually, fixture,
+    AUDIENCE, BrokerProcess, ISSUER, Key, eventually, fixture,
     https::{HttpsServer, KUBE_JWKS_PATH, accept_admits},
     mint,
 };
@@ -37,14 +37,11 @@ async fn the_broker_gets_its_keys_from_a_strict_api_server_and_a_token_passes() 
         }))
     };
     *base.lock().unwrap() = server.url.clone();
-    let broker = BrokerProcess::start_with_auth_config(
-        POLICY,
-        &format!(
+    let broker = BrokerProcess::builder().auth_config(&format!(
             "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    oidc:\n      discoveryUrl: {}{DISCOVERY_PATH}\n      caFile: {}\n",
             server.url,
             server.ca_file.display(),
-        ),
-    );
+        )).start();
     eventually(Duration::from_secs(10), "the JWKS request", || {
         (server.count(KUBE_JWKS_PATH) >= 1).then_some(())
     });

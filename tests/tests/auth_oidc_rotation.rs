@@ -13,7 +13,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer::Code;
 use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, eventually, fixture, https::HttpsServer, mint,
+    AUDIENCE, BrokerProcess, ISSUER, Key, eventually, fixture, https::HttpsServer, mint,
     mint_claims,
 };
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -102,8 +102,9 @@ async fn rotation_is_picked_up_and_forged_kids_cannot_amplify_fetches() {
         ),
     )
     .unwrap();
-    let broker =
-        BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()]);
+    let broker = BrokerProcess::builder()
+        .auth_args(["--auth-config".as_ref(), config.as_os_str()])
+        .start();
     eventually(Duration::from_secs(10), "the first JWKS fetch", || {
         (server.count(JWKS_PATH) >= 1).then_some(())
     });

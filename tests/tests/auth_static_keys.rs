@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer::Code;
 use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, POLICY, fixture};
+use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, fixture};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rustls_pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
 
@@ -59,8 +59,9 @@ async fn pem_keys_verify_and_a_changed_file_is_picked_up_without_restart() {
         ),
     )
     .unwrap();
-    let broker =
-        BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()]);
+    let broker = BrokerProcess::builder()
+        .auth_args(["--auth-config".as_ref(), config.as_os_str()])
+        .start();
     let code = |token: String| {
         let broker = &broker;
         async move {

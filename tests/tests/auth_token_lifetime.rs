@@ -9,8 +9,7 @@ use std::time::Duration;
 use coffer::Code;
 use coffer_broker::auth::{jwt::ProjectedClaims, signer::DevSigner};
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, SidecarProcess, eventually, jwks_file_auth,
-    mint_claims,
+    AUDIENCE, BrokerProcess, ISSUER, Key, SidecarProcess, eventually, jwks_file_auth, mint_claims,
 };
 
 /// A `shop/web` token that expires `ttl` from now.
@@ -30,7 +29,7 @@ fn replace(path: &std::path::Path, content: &str) {
 
 #[tokio::test]
 async fn a_watch_ends_unauthenticated_when_its_token_expires() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_bytes("shop/db", b"v1").await;
     let client = broker.client(short_token(Duration::from_secs(3))).await;
     let mut stream = client.watch(["shop/db"]).await.unwrap();
@@ -53,7 +52,7 @@ async fn a_watch_ends_unauthenticated_when_its_token_expires() {
 #[tokio::test]
 async fn a_sidecar_with_a_refreshed_token_keeps_receiving_rotations() {
     // No leeway: the first token is worthless the moment it expires.
-    let broker = BrokerProcess::start_with(POLICY, &["--leeway", "0"]);
+    let broker = BrokerProcess::builder().args(["--leeway", "0"]).start();
     broker.put_bytes("shop/db", b"first").await;
     let sidecar = SidecarProcess::start(
         &broker,
@@ -98,7 +97,9 @@ async fn a_key_removed_from_the_jwks_file_revokes_its_cached_verifications() {
     };
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, &both).unwrap();
-    let broker = BrokerProcess::start_with_auth_config(POLICY, &jwks_file_auth(&jwks, 0));
+    let broker = BrokerProcess::builder()
+        .auth_config(&jwks_file_auth(&jwks, 0))
+        .start();
     let mint = |signer: &DevSigner| {
         signer
             .mint(AUDIENCE, "shop", "web", None, Duration::from_secs(600))

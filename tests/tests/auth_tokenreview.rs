@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use coffer::Code;
 use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, https::HttpsServer, mint_claims};
+use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, https::HttpsServer, mint_claims};
 use serde_json::{Value, json};
 
 const REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -119,8 +119,9 @@ async fn token_review_decides_and_positive_answers_are_cached() {
         ),
     )
     .unwrap();
-    let broker =
-        BrokerProcess::start_with_args(POLICY, ["--auth-config".as_ref(), config.as_os_str()]);
+    let broker = BrokerProcess::builder()
+        .auth_args(["--auth-config".as_ref(), config.as_os_str()])
+        .start();
     let token_of = |case: &str| cases.iter().find(|c| c.1 == case).unwrap().0.clone();
     let code = |case: &'static str| {
         let broker = &broker;
@@ -256,14 +257,11 @@ async fn the_identity_comes_from_user_info_and_extra() {
 /// A broker reviewing tokens at the stand-in API server `server` with
 /// `extra` lines in its tokenReview section.
 fn review_broker(server: &HttpsServer, extra: &str) -> BrokerProcess {
-    BrokerProcess::start_with_auth_config(
-        POLICY,
-        &format!(
+    BrokerProcess::builder().auth_config(&format!(
             "authenticators:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    tokenReview:\n      server: {}\n      caFile: {}\n{extra}",
             server.url,
             server.ca_file.display(),
-        ),
-    )
+        )).start()
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, POLICY, SidecarProcess, eventually, https::HttpsServer,
-    mint, strip_ansi,
+    AUDIENCE, BrokerProcess, ISSUER, Key, SidecarProcess, eventually, https::HttpsServer, mint,
+    strip_ansi,
 };
 use serde_json::{Value, json};
 
@@ -73,15 +73,14 @@ fn broker_with_short_reviews() -> (HttpsServer, BrokerProcess, tempfile::TempDir
         ),
     )
     .unwrap();
-    let broker = BrokerProcess::start_with_args(
-        POLICY,
-        [
+    let broker = BrokerProcess::builder()
+        .auth_args([
             "--auth-config".as_ref(),
             config.as_os_str(),
             "--metrics-listen".as_ref(),
             "127.0.0.1:0".as_ref(),
-        ],
-    );
+        ])
+        .start();
     (server, broker, dir)
 }
 

@@ -7,13 +7,15 @@ use coffer_tests::{BrokerProcess, POLICY, binary, fixture};
 
 #[test]
 fn warn_level_hides_the_info_lines() {
-    let quiet = BrokerProcess::start_with(POLICY, &["--log-level", "warn"]);
+    let quiet = BrokerProcess::builder()
+        .args(["--log-level", "warn"])
+        .start();
     // Up (its address file is written) and warning about the dev store...
     quiet.wait_for_log("NOT FOR PRODUCTION", 1);
     // ...but not logging its INFO line "broker listening", which the default shows.
     let output = quiet.process.output();
     assert!(!output.contains("broker listening"), "{output}");
-    let default = BrokerProcess::start(POLICY);
+    let default = BrokerProcess::builder().start();
     default.wait_for_log("broker listening", 1);
 }
 

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use coffer_tests::{BrokerProcess, Key, POLICY, binary, mint};
+use coffer_tests::{BrokerProcess, Key, binary, mint};
 
 /// Runs `cofferctl args...` on a pty; returns its exit code and what the
 /// terminal showed.
@@ -26,7 +26,7 @@ fn on_a_tty(args: &[String]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_refuses_escape_sequences_on_a_terminal_unless_raw() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let hostile = b"before\x1b]0;owned\x07\x1b[2Jafter";
     broker.put_bytes("shop/escape", hostile).await;
     broker.put_bytes("shop/plain", b"just text\n").await;

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use coffer_tests::{BrokerProcess, POLICY, binary, operator::Ctl};
+use coffer_tests::{BrokerProcess, Ctl, POLICY, binary};
 use serde_json::Value;
 
 /// Runs `cofferctl` with no broker settings from the environment; returns
@@ -30,7 +30,7 @@ fn json(text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn network_commands_print_json() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let ctl = Ctl::new(&broker);
     let put = json(&ctl.ok(&["put", "shop/db", "user=app", "--output", "json"], b""));
     assert_eq!(put, serde_json::json!({"path": "shop/db", "version": 1}));
@@ -82,7 +82,7 @@ fn offline_commands_print_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_codes_name_the_category() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app"], b"");
     // Not found: 3.
@@ -131,7 +131,7 @@ async fn exit_codes_name_the_category() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dev_store_has_no_leases_to_list_or_revoke() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let ctl = Ctl::new(&broker);
     let listed = json(&ctl.ok(&["leases", "--output", "json"], b""));
     assert_eq!(
@@ -221,7 +221,7 @@ fn version_names_the_commit() {
 
 #[test]
 fn connection_flags_may_come_before_the_subcommand() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(

@@ -8,11 +8,10 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use coffer_tests::{
-    BrokerProcess, Key, SidecarProcess, binary,
+    BrokerProcess, Key, SidecarProcess, TinyTmpfs, binary,
     browser::{Browser, http_exchange},
     console::Console,
-    eventually, mint,
-    operator::{TinyTmpfs, password_of, password_sidecar},
+    eventually, mint, password_of, password_sidecar,
 };
 
 const POLICY: &str = r#"
@@ -35,7 +34,7 @@ const CANARY: &str = "canary-console-7f3a9c";
 
 /// A broker with shop/db = {password: first} watched by `pods` sidecars.
 async fn broker_with_pods(pods: &[&str]) -> (BrokerProcess, Vec<SidecarProcess>) {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let pods: Vec<SidecarProcess> = pods
         .iter()
@@ -173,7 +172,7 @@ async fn a_denied_rotate_shows_the_brokers_denial() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_the_access_token_are_refused() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     for path in [
@@ -240,7 +239,7 @@ async fn requests_without_the_access_token_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_without_the_csrf_token_or_from_another_origin_are_refused() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     let csrf = console.csrf("shop/db");
@@ -270,7 +269,7 @@ async fn actions_without_the_csrf_token_or_from_another_origin_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_response_forbids_caching_and_inline_scripts() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     for path in [
@@ -303,7 +302,7 @@ async fn every_response_forbids_caching_and_inline_scripts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_page_or_json_answer_carries_a_secret_value() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", CANARY)]).await;
     broker.put_bytes("shop/raw", CANARY.as_bytes()).await;
     let console = Console::start(&broker, ("ops", "admin"));
@@ -352,7 +351,7 @@ async fn no_page_or_json_answer_carries_a_secret_value() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wildcard_listen_address_is_refused() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, mint(Key::Rsa, "ops", "admin")).unwrap();
@@ -372,7 +371,7 @@ async fn a_wildcard_listen_address_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_overview_lists_version_age_and_rotation_spec() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let rotate = coffer::Rotate::new("shop/db").length(40);

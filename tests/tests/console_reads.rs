@@ -42,7 +42,10 @@ fn broker_with_metrics(extra: &[String]) -> BrokerProcess {
     let mut args = default_auth_args();
     args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     args.extend(extra.iter().map(Into::into));
-    BrokerProcess::start_with_args(POLICY, args)
+    BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args(args)
+        .start()
 }
 
 /// Loads every page of `path`; returns them, concatenated.

@@ -21,7 +21,7 @@ fn windows(text: &str, len: usize) -> impl Iterator<Item = &str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_session_cookie_carries_no_part_of_the_access_token() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
 
@@ -67,7 +67,7 @@ async fn the_session_cookie_carries_no_part_of_the_access_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cookie_the_console_did_not_hand_out_is_refused() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     let name = console.cookie_name().to_string();

@@ -3,7 +3,7 @@
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarProcess, eventually, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarProcess, eventually, mint};
 
 const CANARY: &str = "canary-7f3c9e1d-never-log-me";
 
@@ -13,7 +13,7 @@ async fn put(broker: &BrokerProcess, path: &str, value: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secret_reaches_tmpfs_follows_changes_and_never_leaks() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     put(&broker, "shop/db", &format!("{CANARY}-v1")).await;
 
     // EC-signed workload token; RSA-signed operator token above.

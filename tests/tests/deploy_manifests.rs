@@ -145,7 +145,7 @@ fn shipped_policy_allows(who: (&str, &str), path: &str, capability: &str) -> boo
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.yaml");
     std::fs::write(&file, policy).unwrap();
-    let (code, _) = coffer_tests::cofferctl(&[
+    let (code, _) = coffer_tests::cofferctl([
         "policy".as_ref(),
         "check".as_ref(),
         "--policy".as_ref(),

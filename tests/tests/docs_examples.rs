@@ -365,7 +365,7 @@ rules:
 impl World {
     fn start() -> Self {
         Self {
-            broker: BrokerProcess::start(WORLD_POLICY),
+            broker: BrokerProcess::builder().policy(WORLD_POLICY).start(),
             token: mint(Key::Rsa, "shop", "web"),
             operator: mint(Key::Rsa, "ops", "admin"),
         }

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use coffer_tests::{
-    BrokerProcess, POLICY, SidecarProcess, default_auth_args, eventually,
+    BrokerProcess, Ctl, SidecarProcess, default_auth_args, eventually,
     openbao::{OpenBao, ROOT_TOKEN},
-    operator::{Ctl, pod_token},
+    pod_token,
     postgres::Postgres,
 };
 use serde_json::Value;
@@ -56,7 +56,9 @@ fn setup(default_ttl: &str, max_ttl: &str, grace: &str) -> Setup {
 impl Setup {
     fn broker(&self) -> BrokerProcess {
         let config = self.config.display().to_string();
-        BrokerProcess::start_with(POLICY, &["--store=vault", "--vault-config", &config])
+        BrokerProcess::builder()
+            .args(["--store=vault", "--vault-config", &config])
+            .start()
     }
 
     /// A broker with [`LEASE_POLICY`], its `/metrics` and `extra` flags.
@@ -76,7 +78,10 @@ impl Setup {
             .map(String::from),
         );
         args.extend(extra.iter().map(|a| a.to_string()));
-        BrokerProcess::start_with_args(LEASE_POLICY, args)
+        BrokerProcess::builder()
+            .policy(LEASE_POLICY)
+            .auth_args(args)
+            .start()
     }
 
     /// How many leases OpenBao holds for the role.

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use coffer_tests::{
-    BrokerProcess, POLICY, SidecarProcess, eventually,
+    BrokerProcess, SidecarProcess, eventually,
     openbao::{OpenBao, ROOT_TOKEN},
-    operator::pod_token,
+    pod_token,
     postgres::Postgres,
 };
 
@@ -44,16 +44,15 @@ impl Setup {
     /// A broker replica named `id`.
     fn replica(&self, id: &str) -> BrokerProcess {
         let config = self.config.display().to_string();
-        BrokerProcess::start_with(
-            POLICY,
-            &[
+        BrokerProcess::builder()
+            .args([
                 "--store=vault",
                 "--vault-config",
                 &config,
                 "--replica-id",
                 id,
-            ],
-        )
+            ])
+            .start()
     }
 }
 

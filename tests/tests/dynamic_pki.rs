@@ -6,9 +6,9 @@
 use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
 
 use coffer_tests::{
-    BrokerProcess, POLICY, SidecarProcess, eventually,
+    BrokerProcess, SidecarProcess, eventually,
     openbao::{OpenBao, ROOT_TOKEN},
-    operator::pod_token,
+    pod_token,
 };
 
 fn pki_broker(bao: &OpenBao, ttl: &str) -> BrokerProcess {
@@ -38,7 +38,9 @@ fn pki_broker(bao: &OpenBao, ttl: &str) -> BrokerProcess {
         ),
     );
     let config = config.display().to_string();
-    BrokerProcess::start_with(POLICY, &["--store=vault", "--vault-config", &config])
+    BrokerProcess::builder()
+        .args(["--store=vault", "--vault-config", &config])
+        .start()
 }
 
 fn tls_sidecar(broker: &BrokerProcess) -> SidecarProcess {

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 
 use coffer_broker::auth::signer::DevSigner;
 use coffer_tests::{
-    AUDIENCE, BrokerProcess, Process, binary,
+    AUDIENCE, BrokerProcess, Issuers, Process, binary,
     openbao::{OpenBao, ROOT_TOKEN},
 };
 
@@ -27,40 +27,8 @@ rules:
 "#;
 
 /// Two issuers in one auth config, each with `trust_domain` when given.
-struct Issuers {
-    east: DevSigner,
-    west: DevSigner,
-    config: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 fn issuers(east_domain: Option<&str>, west_domain: Option<&str>) -> Issuers {
-    let dir = tempfile::tempdir().unwrap();
-    let (east, west) = (
-        DevSigner::generate(EAST).unwrap(),
-        DevSigner::generate(WEST).unwrap(),
-    );
-    let mut yaml = String::from("authenticators:\n");
-    for (name, signer, domain) in [("east", &east, east_domain), ("west", &west, west_domain)] {
-        let jwks = dir.path().join(format!("{name}.json"));
-        std::fs::write(&jwks, signer.jwks_json()).unwrap();
-        yaml.push_str(&format!(
-            "  - issuer: {}\n    audiences: [{AUDIENCE}]\n    jwksFile: {{path: {}}}\n",
-            signer.issuer(),
-            jwks.display()
-        ));
-        if let Some(domain) = domain {
-            yaml.push_str(&format!("    trustDomain: {domain}\n"));
-        }
-    }
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    Issuers {
-        east,
-        west,
-        config,
-        _dir: dir,
-    }
+    Issuers::generate(&[(EAST, east_domain), (WEST, west_domain)])
 }
 
 /// OpenBao's PKI engine with a role for both trust domains, and the
@@ -130,18 +98,18 @@ async fn two_clusters_shop_web_get_the_trust_domain_of_their_own_issuer() {
     let bao = OpenBao::start();
     let vault = pki_vault_config(&bao);
     let issuers = issuers(Some("east.example"), Some("west.example"));
-    let broker = BrokerProcess::start_with_args(
-        POLICY,
-        [
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args([
             "--auth-config".as_ref(),
             issuers.config.as_os_str(),
             "--store=vault".as_ref(),
             "--vault-config".as_ref(),
             vault.as_os_str(),
-        ],
-    );
-    let east = certificate_of(&broker, &issuers.east).await;
-    let west = certificate_of(&broker, &issuers.west).await;
+        ])
+        .start();
+    let east = certificate_of(&broker, issuers.signer(EAST)).await;
+    let west = certificate_of(&broker, issuers.signer(WEST)).await;
     assert_eq!(uri_sans(&east), ["spiffe://east.example/ns/shop/sa/web"]);
     assert_eq!(uri_sans(&west), ["spiffe://west.example/ns/shop/sa/web"]);
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use coffer_tests::{
-    BrokerProcess, Key, POLICY, Process,
+    BrokerProcess, Key, Process,
     deploy::{checkov, https_request, kubernetes_validate, venv_tool},
     mint,
 };
@@ -347,7 +347,7 @@ async fn the_generated_config_is_loaded_by_the_real_sidecar_run_as_the_init_cont
         .as_str()
         .unwrap();
 
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", CANARY)]).await;
     // Where the kubelet would mount the volumes, here.
     let dir = tempfile::tempdir().unwrap();

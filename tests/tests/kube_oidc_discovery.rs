@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use coffer::Code;
 use coffer_tests::{
-    BrokerProcess, POLICY,
+    BrokerProcess,
     kube::{ApiServer, SA_ISSUER},
 };
 use serde_json::Value;
@@ -42,14 +42,11 @@ fn the_api_server_serves_its_jwks_only_as_a_jwk_set() {
 async fn a_broker_discovers_the_keys_anonymously_and_accepts_a_real_token() {
     let cluster = ApiServer::shared();
     cluster.allow_anonymous_discovery();
-    let broker = BrokerProcess::start_with_auth_config(
-        POLICY,
-        &format!(
+    let broker = BrokerProcess::builder().auth_config(&format!(
             "authenticators:\n  - issuer: {SA_ISSUER}\n    audiences: [coffer]\n    oidc:\n      discoveryUrl: {}{DISCOVERY}\n      caFile: {}\n",
             cluster.url,
             cluster.ca_file.display()
-        ),
-    );
+        )).start();
     broker.wait_for_log("JWKS fetched", 1);
 
     let namespace = cluster.namespace("oidc");

@@ -47,7 +47,10 @@ async fn a_pod_bound_token_reaches_a_secret_through_the_vault_overlays_authentic
         .replace(IN_CLUSTER_SERVER, &format!("{}/", cluster.url))
         .replace(POD_CREDENTIALS, credentials.to_str().unwrap());
     let policy = config_map(&objects, "coffer-policy", "policy.yaml");
-    let broker = BrokerProcess::start_with_auth_config(&policy, &auth);
+    let broker = BrokerProcess::builder()
+        .policy(&policy)
+        .auth_config(&auth)
+        .start();
     broker.wait_for_log("JWKS fetched", 1);
 
     // The operator writes the secret; the example app's pod reads it.

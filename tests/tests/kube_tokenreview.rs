@@ -48,15 +48,15 @@ fn broker(cluster: &ApiServer) -> BrokerProcess {
         .dir()
         .join(format!("auth-{}.yaml", std::process::id() ^ rand_suffix()));
     std::fs::write(&file, auth).unwrap();
-    BrokerProcess::start_with_args(
-        POLICY,
-        [
+    BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args([
             "--auth-config".as_ref(),
             file.as_os_str(),
             "--metrics-listen".as_ref(),
             "127.0.0.1:0".as_ref(),
-        ],
-    )
+        ])
+        .start()
 }
 
 /// A number that differs between two calls in one process.

@@ -25,7 +25,7 @@ rules:
 
 #[tokio::test]
 async fn the_65th_watch_of_one_identity_is_refused_and_a_closed_one_frees_its_slot() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_bytes("shop/db", b"v1").await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
 
@@ -70,7 +70,10 @@ async fn the_65th_watch_of_one_identity_is_refused_and_a_closed_one_frees_its_sl
 
 #[tokio::test]
 async fn requests_over_the_per_connection_limit_are_refused_and_the_broker_keeps_serving() {
-    let broker = BrokerProcess::start_with(POLICY, &["--max-requests-per-connection", "2"]);
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args(["--max-requests-per-connection", "2"])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let token = mint(Key::Rsa, "shop", "web");
 

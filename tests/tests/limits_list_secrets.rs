@@ -8,11 +8,7 @@
 use std::time::{Duration, Instant};
 
 use coffer::Code;
-use coffer_tests::{
-    BrokerProcess, Key, mint,
-    openbao::OpenBao,
-    operator::{Ctl, vault_args},
-};
+use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_args};
 
 const POLICY: &str = r#"
 rules:
@@ -33,7 +29,7 @@ rules:
 fn broker(bao: &OpenBao, extra: &str) -> BrokerProcess {
     let args = vault_args(bao, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    BrokerProcess::start_with(POLICY, &args)
+    BrokerProcess::builder().policy(POLICY).args(&args).start()
 }
 
 /// Vault `list` requests seen on the KV v2 metadata of `folder`.

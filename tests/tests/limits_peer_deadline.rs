@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use coffer_tests::{BrokerProcess, Key, mint, operator::Ctl};
+use coffer_tests::{BrokerProcess, Ctl, Key, mint};
 
 const POLICY: &str = r#"
 rules:
@@ -42,17 +42,17 @@ async fn status_and_rotate_wait_with_a_silent_peer_take_one_peer_deadline() {
     let broker_token = dir.path().join("broker-token");
     std::fs::write(&broker_token, mint(Key::Rsa, "coffer", "broker")).unwrap();
     let peer = silent_peer();
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args([
             "--peer",
             &peer,
             "--peer-token-file",
             broker_token.to_str().unwrap(),
             "--peer-identity",
             "coffer/broker",
-        ],
-    );
+        ])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let ctl = Ctl::new(&broker);
 

@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 
 use coffer::Code;
 use coffer_broker::auth::signer::DevSigner;
-use coffer_tests::{AUDIENCE, BrokerProcess, Process, binary};
+use coffer_tests::{AUDIENCE, BrokerProcess, Issuers, Process, binary};
 
 const DEV: &str = "https://dev.example";
 const PROD: &str = "https://prod.example";
@@ -22,37 +22,8 @@ rules:
 "#;
 
 /// Two issuers, each with its own key, in one auth config.
-struct Issuers {
-    dev: DevSigner,
-    prod: DevSigner,
-    config: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 fn issuers() -> Issuers {
-    let dir = tempfile::tempdir().unwrap();
-    let (dev, prod) = (
-        DevSigner::generate(DEV).unwrap(),
-        DevSigner::generate(PROD).unwrap(),
-    );
-    let mut yaml = String::from("authenticators:\n");
-    for (name, signer) in [("dev", &dev), ("prod", &prod)] {
-        let jwks = dir.path().join(format!("{name}.json"));
-        std::fs::write(&jwks, signer.jwks_json()).unwrap();
-        yaml.push_str(&format!(
-            "  - issuer: {}\n    audiences: [{AUDIENCE}]\n    jwksFile: {{path: {}}}\n",
-            signer.issuer(),
-            jwks.display()
-        ));
-    }
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    Issuers {
-        dev,
-        prod,
-        config,
-        _dir: dir,
-    }
+    Issuers::generate(&[(DEV, None), (PROD, None)])
 }
 
 fn broker_token(signer: &DevSigner) -> String {
@@ -91,20 +62,20 @@ fn refused_at_start(issuers: &Issuers, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_named_issuers_broker_may_notify_a_change() {
     let issuers = issuers();
-    let broker = BrokerProcess::start_with_args(
-        POLICY,
-        [
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args([
             "--auth-config".as_ref(),
             issuers.config.as_os_str(),
             "--peer-identity".as_ref(),
             format!("{PROD}=coffer/coffer-broker").as_ref(),
-        ],
-    );
+        ])
+        .start();
     // Same namespace and service account, signed by the other trusted issuer.
-    let impostor = broker.client(broker_token(&issuers.dev)).await;
+    let impostor = broker.client(broker_token(issuers.signer(DEV))).await;
     let error = impostor.notify_changed("shop/db").await.unwrap_err();
     assert_eq!(error.code(), Some(Code::PermissionDenied));
-    let peer = broker.client(broker_token(&issuers.prod)).await;
+    let peer = broker.client(broker_token(issuers.signer(PROD))).await;
     peer.notify_changed("shop/db").await.unwrap();
 }
 

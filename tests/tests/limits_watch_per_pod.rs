@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use coffer::Code;
 use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, mint_claims, operator::Ctl};
+use coffer_tests::{AUDIENCE, BrokerProcess, Ctl, ISSUER, Key, mint_claims};
 
 const POLICY: &str = r#"
 rules:
@@ -63,15 +63,15 @@ fn refused(page: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_pod_cannot_open_more_than_its_bound_and_its_siblings_still_can() {
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args([
             "--max-watches-per-pod",
             "3",
             "--metrics-listen",
             "127.0.0.1:0",
-        ],
-    );
+        ])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -94,15 +94,15 @@ async fn one_pod_cannot_open_more_than_its_bound_and_its_siblings_still_can() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_bound_to_no_pod_share_one_bound_per_service_account() {
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args([
             "--max-watches-per-account",
             "2",
             "--metrics-listen",
             "127.0.0.1:0",
-        ],
-    );
+        ])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let mut open = Vec::new();
     for _ in 0..2 {
@@ -119,10 +119,10 @@ async fn tokens_bound_to_no_pod_share_one_bound_per_service_account() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_process_wide_bound_refuses_counts_and_shows_in_status() {
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &["--max-watches", "3", "--metrics-listen", "127.0.0.1:0"],
-    );
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args(["--max-watches", "3", "--metrics-listen", "127.0.0.1:0"])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let mut open = Vec::new();
     for pod in ["web-0", "web-1", "web-2"] {

@@ -5,8 +5,7 @@
 use std::{process::Command, time::Duration};
 
 use coffer_tests::{
-    BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, default_auth_args, eventually,
-    http, mint,
+    BrokerProcess, Key, SidecarOptions, SidecarProcess, default_auth_args, eventually, http, mint,
 };
 use serde_json::Value;
 
@@ -88,7 +87,7 @@ fn sidecar_metrics(sidecar: &SidecarProcess) -> String {
 async fn broker_and_sidecar(password: &str) -> (BrokerProcess, SidecarProcess) {
     let mut args = default_auth_args();
     args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let broker = BrokerProcess::start_with_args(POLICY, args);
+    let broker = BrokerProcess::builder().auth_args(args).start();
     broker.put_map("shop/db", &[("password", password)]).await;
     let sidecar = SidecarProcess::start_with(
         &broker.endpoint,

@@ -7,7 +7,7 @@ fn lint(policy: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.yaml");
     std::fs::write(&file, policy).unwrap();
-    cofferctl(&["policy".as_ref(), "lint".as_ref(), file.as_os_str()])
+    cofferctl(["policy".as_ref(), "lint".as_ref(), file.as_os_str()])
 }
 
 #[test]

@@ -22,7 +22,7 @@ async fn seed(broker: &BrokerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_access_closes_an_open_watch_with_permission_denied() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     let mut watch = web.watch(["shop/db"]).await.unwrap();
@@ -44,7 +44,7 @@ async fn revoking_access_closes_an_open_watch_with_permission_denied() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_that_keeps_access_survives_a_reload() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     let mut watch = web.watch(["shop/db"]).await.unwrap();
@@ -64,7 +64,7 @@ async fn a_watch_that_keeps_access_survives_a_reload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_grant_applies_to_new_requests() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
     let intruder = broker.client(mint(Key::Rsa, "shop", "intruder")).await;
     assert_eq!(
@@ -83,7 +83,7 @@ async fn a_new_grant_applies_to_new_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_policy_file_is_refused_and_the_old_policy_stays() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     seed(&broker).await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     let mut watch = web.watch(["shop/db"]).await.unwrap();

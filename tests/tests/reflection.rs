@@ -1,7 +1,7 @@
 //! gRPC reflection: clients that speak only `grpc.reflection.v1alpha`
 //! (older grpcurl, Postman, Evans) list the broker's services, as do v1 clients.
 
-use coffer_tests::{BrokerProcess, POLICY};
+use coffer_tests::BrokerProcess;
 use tonic_reflection::pb::{v1, v1alpha};
 
 async fn channel(broker: &BrokerProcess) -> tonic::transport::Channel {
@@ -14,7 +14,7 @@ async fn channel(broker: &BrokerProcess) -> tonic::transport::Channel {
 
 #[tokio::test]
 async fn a_v1alpha_only_client_lists_the_services() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let mut client =
         v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&broker).await);
     let request = v1alpha::ServerReflectionRequest {
@@ -49,7 +49,7 @@ async fn a_v1alpha_only_client_lists_the_services() {
 
 #[tokio::test]
 async fn a_v1_client_lists_the_services() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let mut client =
         v1::server_reflection_client::ServerReflectionClient::new(channel(&broker).await);
     let request = v1::ServerReflectionRequest {

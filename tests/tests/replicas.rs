@@ -5,30 +5,9 @@
 use std::time::{Duration, Instant};
 
 use coffer_tests::{
-    BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint,
-    openbao::OpenBao,
-    operator::{Ctl, pod_token, vault_args},
+    BrokerProcess, Ctl, Key, SidecarOptions, SidecarProcess, eventually, free_port, mint,
+    openbao::OpenBao, pod_token, vault_args,
 };
-
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, rotate, rollback, list, status]
-"#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Replicas {
     a: BrokerProcess,
@@ -55,7 +34,10 @@ fn start(bao: &OpenBao) -> Replicas {
             "coffer/broker".into(),
         ]);
         let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-        BrokerProcess::launch(POLICY, &format!("127.0.0.1:{me}"), &args)
+        BrokerProcess::builder()
+            .listen(&format!("127.0.0.1:{me}"))
+            .args(&args)
+            .start()
     };
     let a = launch(pa, pb);
     let b = launch(pb, pa);

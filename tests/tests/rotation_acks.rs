@@ -29,7 +29,10 @@ fn applied(path: &str, version: u64) -> Vec<Applied> {
 async fn an_ack_without_access_is_denied_and_not_shown_in_status() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::start_with(POLICY, &["--audit-file", audit.to_str().unwrap()]);
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args(["--audit-file", audit.to_str().unwrap()])
+        .start();
     broker
         .put_bytes("shop/payments/stripe-key", b"sk_live")
         .await;
@@ -57,7 +60,7 @@ async fn an_ack_without_access_is_denied_and_not_shown_in_status() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ack_of_a_readable_path_is_shown_with_its_issuer() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_bytes("shop/payments/stripe-key", b"sk").await;
     let payments = broker.client(mint(Key::Rsa, "shop", "payments")).await;
     payments
@@ -76,7 +79,7 @@ async fn an_ack_of_a_readable_path_is_shown_with_its_issuer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_denied_path_records_none_of_the_batch() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_bytes("shop/payments/stripe-key", b"sk").await;
     broker.put_bytes("shop/other", b"x").await;
     let payments = broker.client(mint(Key::Rsa, "shop", "payments")).await;

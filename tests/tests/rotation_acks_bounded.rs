@@ -39,7 +39,10 @@ fn ack_records(audit: &std::path::Path) -> Vec<String> {
 async fn one_path_named_256_times_is_acknowledged_and_audited_once() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::start_with(POLICY, &["--audit-file", audit.to_str().unwrap()]);
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args(["--audit-file", audit.to_str().unwrap()])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     broker.put_bytes("shop/api", b"v1").await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
@@ -69,7 +72,10 @@ async fn one_path_named_256_times_is_acknowledged_and_audited_once() {
 async fn more_than_256_acknowledgements_in_one_call_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::start_with(POLICY, &["--audit-file", audit.to_str().unwrap()]);
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args(["--audit-file", audit.to_str().unwrap()])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let batch: Vec<Applied> = (0..257).map(|_| applied("shop/db", 1)).collect();

@@ -6,22 +6,9 @@ use std::time::Duration;
 
 use coffer::SecretData;
 use coffer_tests::{
-    BrokerProcess, Key, SidecarProcess, eventually, mint,
-    openbao::OpenBao,
-    operator::{Ctl, TinyTmpfs, password_of, password_sidecar, vault_broker},
+    BrokerProcess, Ctl, Key, POLICY, SidecarProcess, TinyTmpfs, eventually, mint, openbao::OpenBao,
+    password_of, password_sidecar, vault_broker,
 };
-
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, rotate, rollback, list, status]
-"#;
 
 fn text(data: &SecretData, key: &str) -> String {
     String::from_utf8(data.key(key).unwrap().expose().to_vec()).unwrap()
@@ -34,7 +21,7 @@ async fn admin_get(broker: &BrokerProcess, path: &str) -> coffer::Secret {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn put_writes_maps_from_pairs_files_and_json() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let ctl = Ctl::new(&broker);
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
@@ -81,7 +68,7 @@ async fn put_writes_maps_from_pairs_files_and_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn put_keeps_stdin_bytes_exactly_unless_told_to_strip() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let ctl = Ctl::new(&broker);
     // stdin is a pipe here, not a terminal: bytes are kept as they are.
     ctl.ok(&["put", "shop/raw"], b"line\n");
@@ -153,7 +140,7 @@ async fn rotate_one_key(broker: &BrokerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotate_on_the_dev_store_honours_the_spec_and_keeps_other_keys() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     rotate_one_key(&broker).await;
 }
 
@@ -170,7 +157,7 @@ async fn rotate_on_openbao_honours_the_spec_and_keeps_other_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotate_wait_ends_when_every_watcher_applied_and_status_lists_them() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let pods: Vec<SidecarProcess> = ["web-a", "web-b", "web-c"]
         .iter()
@@ -247,7 +234,7 @@ async fn rotate_wait_ends_when_every_watcher_applied_and_status_lists_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sidecar_on_a_full_tmpfs_shows_failed_and_the_wait_fails() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let tmpfs = TinyTmpfs::mount("64k");
     let good = password_sidecar(&broker, "web-ok", None);

@@ -5,11 +5,7 @@
 //! nothing, and `cofferctl rotate` says which key it changed.
 
 use coffer::{Code, Put, SecretData};
-use coffer_tests::{
-    BrokerProcess, Key, mint,
-    openbao::OpenBao,
-    operator::{Ctl, vault_broker},
-};
+use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_broker};
 
 /// `ops/writer` may write but not rotate; `ops/admin` may both.
 const POLICY: &str = r#"
@@ -39,7 +35,7 @@ fn text(data: &SecretData, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_writer_without_rotate_cannot_set_or_change_the_rotation_spec() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     let writer = broker.client(mint(Key::Rsa, "ops", "writer")).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let items = [("user", "app"), ("password", "leaked")];
@@ -98,7 +94,7 @@ async fn a_writer_without_rotate_cannot_set_or_change_the_rotation_spec() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_below_128_bits_is_refused_naming_the_floor() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app", "password=old"], b"");
     for weak in [
@@ -120,7 +116,7 @@ async fn a_spec_below_128_bits_is_refused_naming_the_floor() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_a_key_the_secret_lacks_is_refused_and_writes_nothing() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app", "password=leaked"], b"");
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
@@ -185,7 +181,7 @@ async fn a_weak_or_misdirected_spec_stored_in_openbao_is_refused_at_rotate_time(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cofferctl_rotate_prints_the_key_it_changed() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().policy(POLICY).start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app", "password=old"], b"");
     let out = ctl.ok(&["rotate", "shop/db", "--key", "password"], b"");

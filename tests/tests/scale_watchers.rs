@@ -57,7 +57,10 @@ fn metric(page: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_pods_of_one_service_account_all_watch_and_all_receive_a_rotation() {
-    let broker = BrokerProcess::start_with(POLICY, &["--metrics-listen", "127.0.0.1:0"]);
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .start();
     broker.put_bytes("shop/db", b"v1").await;
     let tokens: Vec<String> = (0..PODS).map(pod_token).collect();
 
@@ -190,7 +193,7 @@ async fn measure(tls: bool) {
         ca = Some(issued.cert.pem().into_bytes());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let broker = BrokerProcess::start_with(POLICY, &args);
+    let broker = BrokerProcess::builder().policy(POLICY).args(&args).start();
     let endpoint = if tls {
         broker.endpoint.replace("http://", "https://")
     } else {

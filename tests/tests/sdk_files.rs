@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use coffer::FileSecret;
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarProcess, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarProcess, mint};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn file_watch_yields_each_sidecar_rotation() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_bytes("shop/db", b"pw-1").await;
     let sidecar = SidecarProcess::start(
         &broker,

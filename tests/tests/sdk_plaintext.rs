@@ -5,12 +5,15 @@
 use std::time::Duration;
 
 use coffer::{Client, TokenSource};
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, binary, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, binary, mint};
 
 /// A broker on every interface, addressed as `http://0.0.0.0:PORT`: the
 /// connection works, but the address is not loopback.
 fn broker_off_loopback() -> BrokerProcess {
-    let broker = BrokerProcess::launch(POLICY, "0.0.0.0:0", &["--insecure".as_ref()]);
+    let broker = BrokerProcess::builder()
+        .listen("0.0.0.0:0")
+        .args(["--insecure"])
+        .start();
     assert!(
         broker.endpoint.starts_with("http://0.0.0.0:"),
         "{}",

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use coffer::{Client, Error, Put, RetryPolicy, SecretData, TokenSource};
-use coffer_tests::{BrokerProcess, Key, POLICY, mint};
+use coffer_tests::{BrokerProcess, Key, mint};
 
 const CANARY: &str = "canary-sdk-7c1e";
 
 async fn seeded() -> BrokerProcess {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker
         .put_map("shop/db", &[("user", "app"), ("password", CANARY)])
         .await;

@@ -6,18 +6,6 @@ use std::time::Duration;
 use coffer::{Client, Error, RetryPolicy, Rotate, TokenSource, WatchEventKind, WatchStream};
 use coffer_tests::{BrokerProcess, Key, mint};
 
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, rotate, rollback, list, status]
-"#;
-
 /// The next (path, version) pairs, failing after a generous bound.
 async fn next(stream: &mut WatchStream) -> (WatchEventKind, Vec<(String, u64)>) {
     let event = tokio::time::timeout(Duration::from_secs(60), stream.next())
@@ -45,7 +33,7 @@ async fn quiet(stream: &mut WatchStream, wait: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_yields_each_rotation_once_in_order() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_bytes("shop/db", b"v1").await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
@@ -73,7 +61,7 @@ async fn a_watch_yields_each_rotation_once_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_survives_a_broker_restart_without_duplicates_or_losses() {
     let store = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start_persistent(POLICY, "127.0.0.1:0", store.path());
+    let mut broker = BrokerProcess::builder().store_dir(store.path()).start();
     let addr = broker.endpoint.trim_start_matches("http://").to_string();
     broker.put_bytes("shop/db", b"v1").await;
     broker.put_bytes("shop/api", b"a1").await;
@@ -102,11 +90,14 @@ async fn a_watch_survives_a_broker_restart_without_duplicates_or_losses() {
     // through another broker on the same store; shop/api does not change.
     broker.process.kill();
     {
-        let elsewhere = BrokerProcess::start_persistent(POLICY, "127.0.0.1:0", store.path());
+        let elsewhere = BrokerProcess::builder().store_dir(store.path()).start();
         elsewhere.put_bytes("shop/db", b"v3").await;
         elsewhere.put_bytes("shop/db", b"v4-final").await;
     }
-    broker = BrokerProcess::start_persistent(POLICY, &addr, store.path());
+    broker = BrokerProcess::builder()
+        .listen(&addr)
+        .store_dir(store.path())
+        .start();
 
     // After the reconnect: the final version, once; shop/api (unchanged,
     // already yielded) does not come again.
@@ -122,7 +113,7 @@ async fn a_watch_survives_a_broker_restart_without_duplicates_or_losses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_on_a_path_without_watch_rights_is_permission_denied() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_bytes("shop/db", b"v1").await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     // The admin may read but not watch.
@@ -136,7 +127,7 @@ async fn a_watch_on_a_path_without_watch_rights_is_permission_denied() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_reconnects_with_a_refreshed_token_file() {
     // No leeway: the first token is worthless the moment it expires.
-    let broker = BrokerProcess::start_with(POLICY, &["--leeway", "0"]);
+    let broker = BrokerProcess::builder().args(["--leeway", "0"]).start();
     broker.put_bytes("shop/db", b"v1").await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");

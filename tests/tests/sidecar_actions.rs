@@ -10,7 +10,7 @@ use std::{
 };
 
 use coffer_tests::{
-    BrokerProcess, HupCounter, Key, POLICY, SidecarOptions, SidecarProcess, eventually, mint,
+    BrokerProcess, HupCounter, Key, SidecarOptions, SidecarProcess, eventually, mint,
 };
 
 fn token() -> String {
@@ -23,7 +23,7 @@ fn read(sidecar: &SidecarProcess, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_fires_exactly_once_per_real_change_and_never_for_unchanged_content() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let app = HupCounter::start();
     broker.put_map("shop/db", &[("password", "v0")]).await;
     let sidecar = SidecarProcess::start_with(
@@ -80,7 +80,7 @@ async fn sighup_fires_exactly_once_per_real_change_and_never_for_unchanged_conte
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_global_command_runs_once_per_update_with_the_changed_files() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker
         .put_map("shop/db", &[("user", "u0"), ("password", "p0")])
         .await;
@@ -123,7 +123,7 @@ async fn a_global_command_runs_once_per_update_with_the_changed_files() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_action_is_retried_and_blocks_nothing_else() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/a", &[("v", "a0")]).await;
     broker.put_map("shop/b", &[("v", "b0")]).await;
     let healthy = HupCounter::start();
@@ -163,7 +163,7 @@ async fn a_failing_action_is_retried_and_blocks_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_post_action_reaches_the_app_once_per_change() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "p0")]).await;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

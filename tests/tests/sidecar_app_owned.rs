@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use coffer_tests::{
-    BrokerProcess, HupCounter, Key, POLICY, SidecarOptions, SidecarProcess, eventually, mint,
-    strip_ansi,
+    BrokerProcess, HupCounter, Key, SidecarOptions, SidecarProcess, eventually, mint, strip_ansi,
 };
 
 /// Runs the sidecar as root with CAP_CHOWN but without the capabilities that
@@ -32,7 +31,7 @@ fn acked(broker: &BrokerProcess, path: &str, version: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_another_secret_neither_rewrites_nor_signals_for_an_unreadable_file() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let app = HupCounter::start();
     broker.put_map("shop/db", &[("password", "pw0")]).await;
     broker.put_map("shop/other", &[("v", "o0")]).await;

@@ -3,7 +3,7 @@
 
 use std::{os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, eventually, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint};
 
 fn token() -> String {
     mint(Key::Ec, "shop", "web")
@@ -11,7 +11,7 @@ fn token() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mode_uid_and_gid_are_as_asked() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker
         .put_map("shop/db", &[("user", "u"), ("password", "p")])
         .await;
@@ -48,7 +48,7 @@ async fn mode_uid_and_gid_are_as_asked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_directory_on_disk_is_refused() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "p")]).await;
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut sidecar = SidecarProcess::start_with(
@@ -94,7 +94,7 @@ impl Drop for TinyTmpfs {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_tmpfs_keeps_the_old_files_and_logs_the_error() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker
         .put_map("shop/db", &[("a", "small-a"), ("b", "small-b")])
         .await;

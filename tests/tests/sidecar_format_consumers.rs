@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, mint};
 
 fn python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
@@ -112,7 +112,7 @@ async fn dotenv_and_yaml_round_trip_through_bash_python_dotenv_pyyaml_and_ruamel
         .collect();
     let yaml = yaml_values();
 
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let dotenv_pairs: Vec<(&str, &str)> = dotenv.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let yaml_pairs: Vec<(&str, &str)> = yaml.iter().map(|(k, v)| (*k, v.as_str())).collect();
     broker.put_map("shop/env", &dotenv_pairs).await;

@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, mint};
 
 /// Values chosen to break naive escaping in every format.
 const SECRET: &[(&str, &str)] = &[
@@ -26,7 +26,7 @@ fn golden_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_format_matches_its_golden_file() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/config", SECRET).await;
     let template = golden_dir().join("app.conf.j2");
     let secrets = format!(

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, http, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, http, mint};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_probe_ports_metrics_name_no_secret_path() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker
         .put_map("shop/payments-db", &[("password", "pw")])
         .await;

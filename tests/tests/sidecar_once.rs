@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, mint};
 
 fn once(broker: &BrokerProcess, token: &str, secrets: &str, extra: &[&str]) -> SidecarProcess {
     let mut args = vec!["--once"];
@@ -22,7 +22,7 @@ fn once(broker: &BrokerProcess, token: &str, secrets: &str, extra: &[&str]) -> S
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_writes_everything_and_exits_zero() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     broker.put_map("shop/api", &[("key", "k")]).await;
     let mut sidecar = once(
@@ -45,7 +45,7 @@ async fn once_writes_everything_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_fails_fast_when_access_is_denied() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     // A workload the policy does not know: retrying will not help.
     let mut sidecar = once(
@@ -67,7 +67,7 @@ async fn once_fails_fast_when_access_is_denied() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_gives_up_after_the_retry_time_when_a_secret_is_missing() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let mut sidecar = once(
         &broker,
         &mint(Key::Ec, "shop", "web"),
@@ -86,7 +86,7 @@ async fn once_gives_up_after_the_retry_time_when_a_secret_is_missing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_exits_64_on_a_bad_configuration() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let mut sidecar = once(
         &broker,
         &mint(Key::Ec, "shop", "web"),
@@ -133,7 +133,7 @@ async fn once_timeout_bounds_an_attempt_against_a_broker_that_never_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_fails_at_once_when_chown_is_not_permitted() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     let started = std::time::Instant::now();
     // Root without CAP_CHOWN: giving the file to uid 4321 is EPERM.

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, http, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, http, mint};
 
 /// The sidecar container's memory limit in the shipped manifests.
 const MEMORY_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
@@ -19,7 +19,7 @@ const IDLE_SOCKETS: usize = 6_000;
 
 /// A sidecar with a probe port on loopback that has written its one file.
 async fn probed_sidecar() -> (BrokerProcess, SidecarProcess, String) {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     let sidecar = SidecarProcess::start_with(
         &broker.endpoint,

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, http, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, http, mint};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_only_once_every_secret_is_written_then_quit_on_request() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     let probe_dir = tempfile::tempdir().unwrap();
     let ready_file = probe_dir.path().join("ready");
@@ -54,7 +54,7 @@ async fn ready_only_once_every_secret_is_written_then_quit_on_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exits_zero_when_the_exit_file_appears() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     let job = tempfile::tempdir().unwrap();
     let done = job.path().join("done");
@@ -81,7 +81,7 @@ async fn exits_zero_when_the_exit_file_appears() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quitquitquit_is_refused_on_the_probe_port_and_served_on_loopback() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     broker.put_map("shop/db", &[("password", "pw")]).await;
     let mut sidecar = SidecarProcess::start_with(
         &broker.endpoint,
@@ -115,7 +115,7 @@ async fn quitquitquit_is_refused_on_the_probe_port_and_served_on_loopback() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quit_endpoint_off_loopback_is_a_configuration_error() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let mut sidecar = SidecarProcess::start_with(
         &broker.endpoint,
         &mint(Key::Ec, "shop", "web"),

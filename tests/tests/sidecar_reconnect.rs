@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, eventually, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_survive_a_broker_outage_and_changes_made_meanwhile_arrive() {
     let store = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start_persistent(POLICY, "127.0.0.1:0", store.path());
+    let mut broker = BrokerProcess::builder().store_dir(store.path()).start();
     let addr = broker.endpoint.trim_start_matches("http://").to_string();
     broker.put_map("shop/db", &[("password", "before")]).await;
     broker.put_map("shop/api", &[("key", "k-before")]).await;
@@ -31,7 +31,7 @@ async fn files_survive_a_broker_outage_and_changes_made_meanwhile_arrive() {
     // sidecar cannot reach it (a different port), then the first address
     // comes back.
     {
-        let elsewhere = BrokerProcess::start_persistent(POLICY, "127.0.0.1:0", store.path());
+        let elsewhere = BrokerProcess::builder().store_dir(store.path()).start();
         elsewhere
             .put_map("shop/db", &[("password", "during")])
             .await;
@@ -42,7 +42,10 @@ async fn files_survive_a_broker_outage_and_changes_made_meanwhile_arrive() {
         "still the last good file"
     );
 
-    broker = BrokerProcess::start_persistent(POLICY, &addr, store.path());
+    broker = BrokerProcess::builder()
+        .listen(&addr)
+        .store_dir(store.path())
+        .start();
     eventually(
         Duration::from_secs(60),
         "the change made during the outage",

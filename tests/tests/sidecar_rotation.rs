@@ -13,7 +13,7 @@ use std::{
 };
 
 use coffer::{SecretBytes, SecretData};
-use coffer_tests::{BrokerProcess, Key, POLICY, SidecarOptions, SidecarProcess, mint};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, mint};
 
 const ROTATIONS: u64 = 1000;
 const FILES: [&str; 3] = ["a", "b", "c"];
@@ -134,7 +134,7 @@ fn serde_json_lite(text: &str) -> Option<std::collections::BTreeMap<String, Stri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_never_sees_a_partial_or_mixed_update_over_1000_rotations() {
-    let broker = BrokerProcess::start(POLICY);
+    let broker = BrokerProcess::builder().start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
         .put(coffer::Put::new("shop/rot", data(0)).content_type("text/plain"))

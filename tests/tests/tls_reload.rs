@@ -163,7 +163,10 @@ async fn a_renewed_certificate_reaches_new_connections_while_open_streams_go_on(
     let files = CertFiles::new(&a);
     let mut args = default_auth_args();
     args.extend(files.args());
-    let broker = BrokerProcess::start_with_args(POLICY, args);
+    let broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .auth_args(args)
+        .start();
     let port = port(&broker);
     assert_eq!(presented(port, &ca.pem()).await, a.der);
 
@@ -232,7 +235,7 @@ async fn the_sidecar_trusts_a_rotated_ca_bundle_from_its_next_connection_on() {
     };
     let args = store_args(&files);
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let mut broker = BrokerProcess::launch(POLICY, "127.0.0.1:0", &args);
+    let mut broker = BrokerProcess::builder().policy(POLICY).args(&args).start();
     let port = port(&broker);
     let admin = tls_client(port, &old_ca.pem(), mint(Key::Rsa, "ops", "admin")).await;
     put(&admin, "one").await;
@@ -274,7 +277,11 @@ async fn the_sidecar_trusts_a_rotated_ca_bundle_from_its_next_connection_on() {
     broker.process.kill();
     let args = store_args(&files);
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let _broker = BrokerProcess::launch(POLICY, &format!("127.0.0.1:{port}"), &args);
+    let _broker = BrokerProcess::builder()
+        .policy(POLICY)
+        .listen(&format!("127.0.0.1:{port}"))
+        .args(&args)
+        .start();
     let admin = tls_client(port, &new_ca.pem(), mint(Key::Rsa, "ops", "admin")).await;
     put(&admin, "three").await;
     eventually(

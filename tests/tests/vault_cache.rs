@@ -8,16 +8,15 @@ use coffer_broker::store::{
     SecretStore,
     vault::{VaultConfig, VaultStore},
 };
-use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
+use coffer_tests::{BrokerProcess, Key, mint, openbao::OpenBao};
 
 const SETTINGS: &str = "cache: {ttl: 60s}\npoll: {interval: 200ms, jitter: 0.1}\n";
 
 fn broker(bao: &OpenBao) -> BrokerProcess {
     let config = bao.file("vault.yaml", &bao.config_yaml(SETTINGS));
-    BrokerProcess::start_with(
-        POLICY,
-        &["--store=vault", "--vault-config", config.to_str().unwrap()],
-    )
+    BrokerProcess::builder()
+        .args(["--store=vault", "--vault-config", config.to_str().unwrap()])
+        .start()
 }
 
 fn value(data: &SecretData) -> &[u8] {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use coffer::{Client, Code};
-use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
+use coffer_tests::{BrokerProcess, Key, mint, openbao::OpenBao};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 fn broker(bao: &OpenBao) -> BrokerProcess {
@@ -18,10 +18,9 @@ fn broker(bao: &OpenBao) -> BrokerProcess {
              limits: {maxRetries: 1, initialBackoff: 50ms, requestTimeout: 1s}\n",
         ),
     );
-    BrokerProcess::start_with(
-        POLICY,
-        &["--store=vault", "--vault-config", config.to_str().unwrap()],
-    )
+    BrokerProcess::builder()
+        .args(["--store=vault", "--vault-config", config.to_str().unwrap()])
+        .start()
 }
 
 async fn eventually_unavailable(web: &Client) {

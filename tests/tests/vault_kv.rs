@@ -202,16 +202,15 @@ async fn the_broker_serves_a_whole_vault_map_or_one_key() {
             token.display()
         ),
     );
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &[
+    let broker = BrokerProcess::builder()
+        .args([
             "--store=vault",
             "--vault-addr",
             &bao.addr,
             "--vault-config",
             config.to_str().unwrap(),
-        ],
-    );
+        ])
+        .start();
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let whole = web.get("shop/db").await.unwrap();
     assert_eq!(whole.version(), 1);

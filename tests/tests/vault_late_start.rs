@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use coffer::Code;
 use coffer_tests::{
-    BrokerProcess, Key, POLICY, mint,
+    BrokerProcess, Key, mint,
     openbao::{self, OpenBao, ROOT_TOKEN},
 };
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -30,10 +30,9 @@ async fn a_broker_started_before_vault_is_not_serving_until_its_first_login() {
     .unwrap();
 
     // Nothing listens on the port yet: the broker starts anyway.
-    let broker = BrokerProcess::start_with(
-        POLICY,
-        &["--store=vault", "--vault-config", config.to_str().unwrap()],
-    );
+    let broker = BrokerProcess::builder()
+        .args(["--store=vault", "--vault-config", config.to_str().unwrap()])
+        .start();
     assert_eq!(broker.health().await, ServingStatus::NotServing);
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let refused = web.get("shop/db").await.unwrap_err();

@@ -9,14 +9,13 @@ use coffer_broker::store::{
     SecretStore, SecretWrite, StoreError,
     vault::{VaultConfig, VaultStore},
 };
-use coffer_tests::{BrokerProcess, Key, POLICY, mint, openbao::OpenBao};
+use coffer_tests::{BrokerProcess, Key, mint, openbao::OpenBao};
 
 fn broker(bao: &OpenBao, extra: &str) -> BrokerProcess {
     let config = bao.file("vault.yaml", &bao.config_yaml(extra));
-    BrokerProcess::start_with(
-        POLICY,
-        &["--store=vault", "--vault-config", config.to_str().unwrap()],
-    )
+    BrokerProcess::builder()
+        .args(["--store=vault", "--vault-config", config.to_str().unwrap()])
+        .start()
 }
 
 #[tokio::test]

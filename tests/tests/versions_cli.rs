@@ -2,11 +2,7 @@
 //! on the dev store and on OpenBao, each behind its own capability.
 
 use coffer::Code;
-use coffer_tests::{
-    BrokerProcess, Key, mint,
-    openbao::OpenBao,
-    operator::{Ctl, vault_broker},
-};
+use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_broker};
 
 const POLICY: &str = r#"
 rules:
@@ -90,7 +86,7 @@ async fn list_shows_only_listable_names(broker: &BrokerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_undelete_and_destroy_versions_on_the_dev_store() {
-    delete_undelete_destroy(&BrokerProcess::start(POLICY)).await;
+    delete_undelete_destroy(&BrokerProcess::builder().policy(POLICY).start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,7 +97,7 @@ async fn delete_undelete_and_destroy_versions_on_openbao() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_shows_only_listable_names_on_the_dev_store() {
-    list_shows_only_listable_names(&BrokerProcess::start(POLICY)).await;
+    list_shows_only_listable_names(&BrokerProcess::builder().policy(POLICY).start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
