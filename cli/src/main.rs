@@ -1,6 +1,8 @@
 //! `cofferctl`: the operator's tool. This file starts it: parse the
-//! command line, run the command on a small runtime, turn a failure into its
-//! exit code ([`exit::EXIT_CODES`], also in `--help` and docs/cli.md).
+//! command line, then run the command on a one-thread runtime started the
+//! way every Coffer binary starts (`coffer_runtime::run_main`), a failure
+//! printed and turned into its exit code by category ([`exit::code`]; the
+//! table is in `--help` and docs/cli.md).
 
 mod args;
 mod cmd;
@@ -14,27 +16,16 @@ mod token;
 use std::process::ExitCode;
 
 use clap::Parser;
+use coffer_runtime::{Main, run_main};
 
 use crate::{args::Cli, output::Printer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Printer::new(cli.output);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cofferctl: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cmd::run(cli.command, out, &cli.broker)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("cofferctl: {e:#}");
-            ExitCode::from(exit::code(&e))
-        }
-    }
+    // No logging: cofferctl prints its results and its errors itself.
+    let main = Main::new("cofferctl")
+        .current_thread()
+        .exit_code(exit::code);
+    run_main(main, || cmd::run(cli.command, out, &cli.broker))
 }

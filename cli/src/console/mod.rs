@@ -192,7 +192,7 @@ pub(crate) async fn run(
     drop(url);
 
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let shutdown = coffer::cli::shutdown_signal();
+    let shutdown = coffer_runtime::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
