@@ -15,6 +15,7 @@ use coffer_broker::{
     service::Limits,
     tls::CertFiles,
 };
+use coffer_runtime::LogFormat;
 
 use crate::dev;
 
@@ -28,7 +29,7 @@ pub(crate) struct Cli {
         env = "COFFER_LOG_FORMAT",
         default_value = "plain"
     )]
-    pub(crate) log_format: Format,
+    pub(crate) log_format: LogFormat,
     /// Log filter: a level (error, warn, info, debug, trace) or RUST_LOG-style
     /// directives such as `info,coffer_broker::auth=debug`. Replaces RUST_LOG
     /// when given; without either, `info`.
@@ -36,12 +37,6 @@ pub(crate) struct Cli {
     pub(crate) log_level: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum Format {
-    Plain,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -227,7 +222,11 @@ impl ServeArgs {
                 self.audience,
                 Duration::from_secs(self.leeway),
             )),
-            _ => return Err(crate::usage("give --auth-config, or --jwks with --issuer")),
+            _ => {
+                return Err(coffer_runtime::usage(
+                    "give --auth-config, or --jwks with --issuer",
+                ));
+            }
         };
         let store = match self.dev_store_file {
             _ if self.store == StoreKind::Vault => StoreSource::Vault(VaultSettings {

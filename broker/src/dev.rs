@@ -12,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use coffer::cli::shutdown_signal;
 use coffer_broker::{
     app::{App, AppConfig, AuthSource, PolicySource, StoreSource},
     auth::{
@@ -24,6 +23,7 @@ use coffer_broker::{
     store::{SecretStore, SecretWrite, dev::DevStore},
 };
 use coffer_proto::{SecretBytes, SecretData};
+use coffer_runtime::shutdown_signal;
 use std::io::Write;
 
 const ISSUER: &str = "https://coffer-dev.local";
