@@ -12,11 +12,11 @@ use std::{path::PathBuf, time::Duration};
 use ring::digest::{SHA256, digest};
 use tokio::task::JoinHandle;
 
-use crate::{audit::hex, policy::Policy, service::Broker};
+use crate::{policy::Policy, service::Broker};
 
 /// The hex SHA-256 of a policy file's bytes, as the reload log names it.
 pub fn fingerprint(bytes: &[u8]) -> String {
-    hex(digest(&SHA256, bytes).as_ref())
+    data_encoding::HEXLOWER.encode(digest(&SHA256, bytes).as_ref())
 }
 
 /// Watches `path`; `loaded` is the fingerprint of the policy already in

@@ -89,7 +89,7 @@ pub(super) fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     // A failing system RNG leaves zeros: the id is for correlation only.
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    crate::audit::hex(&bytes)
+    data_encoding::HEXLOWER.encode(&bytes)
 }
 
 /// The audit reason for an allowed read that served nothing.
