@@ -24,8 +24,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    patch::{CONTAINERS, INJECTED_ANNOTATION, VOLUMES},
-    pod::Pod,
+    patch::{CONTAINERS, INJECTED_ANNOTATION},
+    pod::{Pod, VOLUMES},
 };
 
 /// Why an update of an injected pod is refused.

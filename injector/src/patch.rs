@@ -34,16 +34,13 @@ use serde_json::{Value, json};
 use crate::{
     annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode, wants_injection},
     mode::SidecarMode,
-    pod::{ANNOTATIONS_BUDGET, Pod},
+    pod::{ANNOTATIONS_BUDGET, DEFAULT_CONTAINER_ANNOTATION, Pod, VOLUMES},
 };
 
 /// The annotation holding the generated sidecar configuration.
 pub const CONFIG_ANNOTATION: &str = "coffer.dev/sidecar-config";
 /// Set on pods the injector patched.
 pub const INJECTED_ANNOTATION: &str = "coffer.dev/injected";
-/// The container kubectl picks when none is named (set in `container`
-/// mode, where the sidecar comes first, unless the pod names one).
-pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// The label the broker's NetworkPolicy admits.
 pub const CLIENT_LABEL: &str = "coffer.dev/client";
 /// The long-running sidecar (an init container in `native` mode, an
@@ -63,14 +60,6 @@ pub const SIDECAR_UID: i64 = 65532;
 
 /// The containers the injector adds.
 pub const CONTAINERS: [&str; 2] = [SIDECAR, SIDECAR_INIT];
-/// The volumes the injector adds: no other container may mount them (the
-/// token above all).
-pub const VOLUMES: [&str; 4] = [
-    "coffer-secrets",
-    "coffer-token",
-    "coffer-ca",
-    "coffer-config",
-];
 const CONFIG_ARG: &str = "--config=/etc/coffer/config/sidecar.yaml";
 /// How long the `--once` init container keeps retrying: the native
 /// sidecar's startupProbe allows as long (120 probes, one a second).

@@ -36,8 +36,19 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
-use crate::patch::{DEFAULT_CONTAINER_ANNOTATION, VOLUMES};
-
+/// The container kubectl picks when none is named: read here, and set by
+/// the patch in `container` mode (where the sidecar comes first) unless the
+/// pod names one.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+/// The volumes the injector adds: no other container may mount them (the
+/// token above all). A container's mounts of them are what is kept of its
+/// mounts; the patch adds them.
+pub const VOLUMES: [&str; 4] = [
+    "coffer-secrets",
+    "coffer-token",
+    "coffer-ca",
+    "coffer-config",
+];
 /// Kubernetes' limit on the size of all of an object's annotations, keys
 /// and values together (`TotalAnnotationSizeLimitB`, 256 KiB). The API
 /// server refuses a pod over it with an opaque "Too long".

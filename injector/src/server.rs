@@ -32,7 +32,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -47,6 +47,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{access::AllowList, patch::Injection, review::review};
@@ -377,14 +378,9 @@ struct Slot {
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
-        // The table holds no invariant a panic could break half-way.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Registers a handshake, dropping the oldest when there are too many.
     fn start_handshake(&self) -> (u64, Arc<Notify>) {
-        let mut table = self.lock();
+        let mut table = self.inner.lock();
         if table.handshaking.len() >= MAX_HANDSHAKES
             && let Some((_, oldest)) = table.handshaking.pop_first()
         {
@@ -400,7 +396,7 @@ impl Table {
     /// Registers a served connection, closing the oldest idle one (or the
     /// oldest) when there are too many.
     fn start_serving(&self, id: u64) -> Arc<Slot> {
-        let mut table = self.lock();
+        let mut table = self.inner.lock();
         if table.serving.len() >= MAX_CONNECTIONS {
             let idle = table
                 .serving
@@ -432,7 +428,7 @@ struct HandshakeEntry<'a> {
 
 impl Drop for HandshakeEntry<'_> {
     fn drop(&mut self) {
-        self.shared.table.lock().handshaking.remove(&self.id);
+        self.shared.table.inner.lock().handshaking.remove(&self.id);
     }
 }
 
@@ -444,7 +440,7 @@ struct ServingEntry<'a> {
 
 impl Drop for ServingEntry<'_> {
     fn drop(&mut self) {
-        self.shared.table.lock().serving.remove(&self.id);
+        self.shared.table.inner.lock().serving.remove(&self.id);
     }
 }
 
@@ -475,9 +471,9 @@ mod tests {
         for _ in 1..MAX_HANDSHAKES {
             table.start_handshake();
         }
-        assert!(table.lock().handshaking.contains_key(&first));
+        assert!(table.inner.lock().handshaking.contains_key(&first));
         table.start_handshake();
-        assert!(!table.lock().handshaking.contains_key(&first));
+        assert!(!table.inner.lock().handshaking.contains_key(&first));
         // The evicted task is woken even if it was not waiting yet.
         let notified = stop.notified();
         tokio::pin!(notified);
@@ -492,7 +488,7 @@ mod tests {
             .collect();
         slots[0].busy.store(1, Ordering::Relaxed);
         table.start_serving(1000);
-        let serving = &table.lock().serving;
+        let serving = &table.inner.lock().serving;
         assert!(serving.contains_key(&0), "busy, kept");
         assert!(!serving.contains_key(&1), "the oldest idle, closed");
         assert!(!slots[1].force.load(Ordering::Relaxed));
@@ -508,7 +504,7 @@ mod tests {
             slot.busy.store(1, Ordering::Relaxed);
         }
         table.start_serving(1000);
-        assert!(!table.lock().serving.contains_key(&0));
+        assert!(!table.inner.lock().serving.contains_key(&0));
         assert!(slots[0].force.load(Ordering::Relaxed));
     }
 }
