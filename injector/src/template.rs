@@ -113,9 +113,18 @@ fn subscripts(source: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// The one secret of a sidecar configuration whose entry is `entry`.
+    fn parsed(entry: &str) -> SecretSpec {
+        let yaml = format!("broker: x\noutputDir: /o\nsecrets:\n  - {entry}\n");
+        let env = std::collections::HashMap::<String, String>::new();
+        let config = coffer_sidecar::config::Config::parse(&yaml, &env).unwrap();
+        config.secrets[0].clone()
+    }
+
     fn spec(path: &str, template: &str) -> SecretSpec {
-        let yaml = format!("path: {path:?}\nfile: out\nformat: template\ntemplate: {template:?}\n");
-        serde_norway::from_str(&yaml).unwrap()
+        parsed(&format!(
+            "{{path: {path:?}, file: out, format: template, template: {template:?}}}"
+        ))
     }
 
     fn verdict(path: &str, template: &str) -> Result<(), String> {
@@ -178,7 +187,7 @@ mod tests {
 
     #[test]
     fn specs_without_a_template_pass() {
-        let spec: SecretSpec = serde_norway::from_str("path: shop/db\nfile: out\n").unwrap();
+        let spec = parsed("{path: shop/db, file: out}");
         assert_eq!(check(&spec), Ok(()));
     }
 }

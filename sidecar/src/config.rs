@@ -17,125 +17,79 @@
 //!     action: {signal: HUP, pidFile: /run/app/app.pid}
 //! ```
 //!
-//! The full reference is docs/sidecar.md.
+//! The full reference is docs/sidecar.md. The file's shape is in [`file`];
+//! [`Config`] is what it becomes once checked: template files read, actions
+//! validated into [`Action`]s, so nothing downstream checks them again.
+
+mod file;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::{
-    action::ActionSpec,
+    action::Action,
     render::{Format, RenderSpec, check_template},
     writer::FileName,
 };
+use file::{ConfigFile, SecretFile};
 
-/// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// The broker: `https://host:port`, `http://127.0.0.1:port`, or `unix:/path`.
     pub broker: String,
     /// CA bundle (PEM) that signs the broker's certificate.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// The pod's projected token.
-    #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
     /// The audience the token was issued for. The kubelet sets it in the
     /// projected volume (`serviceAccountToken.audience`); the sidecar only
     /// reports it, since the broker is what checks it.
-    #[serde(default)]
     pub audience: Option<String>,
     /// Where files are written; must be tmpfs unless explicitly allowed.
     pub output_dir: PathBuf,
     /// Address of the probe endpoint (`/ready`, `/healthz`), e.g. `0.0.0.0:8099`.
-    #[serde(default)]
     pub admin_listen: Option<String>,
     /// Address of the `/quitquitquit` endpoint: a loopback address only
     /// (e.g. `127.0.0.1:8098`), reachable from the pod's own containers.
-    #[serde(default)]
     pub quit_listen: Option<String>,
     /// A file created once every secret has been written (for exec probes).
-    #[serde(default)]
     pub ready_file: Option<PathBuf>,
     /// Exit cleanly once this path exists (a Job's main container creates it).
-    #[serde(default)]
     pub exit_when_file_exists: Option<PathBuf>,
     /// An action run once per update that changed any file.
-    #[serde(default)]
-    pub action: Option<ActionSpec>,
+    pub action: Option<Action>,
     /// Write to a directory that is not tmpfs. Secrets then touch a disk.
-    #[serde(default)]
     pub allow_non_tmpfs: bool,
     /// The secrets to write.
     pub secrets: Vec<SecretSpec>,
 }
 
 /// One secret → one file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SecretSpec {
     /// Broker path, optionally `path#key`.
     pub path: String,
     /// File name inside the output directory.
     pub file: FileName,
-    /// Octal mode as a string, e.g. "0400" (the default).
-    #[serde(default, deserialize_with = "mode::deserialize")]
+    /// Octal mode, e.g. 0o400 (the default).
     pub mode: Option<u32>,
     /// Owner uid (default: the sidecar's own).
-    #[serde(default)]
     pub uid: Option<u32>,
     /// Owner gid (default: the sidecar's own).
-    #[serde(default)]
     pub gid: Option<u32>,
     /// How the value is rendered (default: raw bytes).
-    #[serde(default)]
     pub format: Format,
-    /// Inline template source, for `format: template`.
-    #[serde(default)]
+    /// The template source, for `format: template` (a `templateFile` is
+    /// read into it by [`Config::load`]).
     pub template: Option<String>,
-    /// Template file, for `format: template`; read once at start.
-    #[serde(default)]
-    pub template_file: Option<PathBuf>,
     /// An action run once each time this file changes.
-    #[serde(default)]
-    pub action: Option<ActionSpec>,
+    pub action: Option<Action>,
 }
 
 /// The default mode of every file.
 pub const DEFAULT_MODE: u32 = 0o400;
-
-impl SecretSpec {
-    /// The mode to write with.
-    pub fn mode(&self) -> u32 {
-        self.mode.unwrap_or(DEFAULT_MODE)
-    }
-
-    /// The broker path without any `#key`: what is fetched and watched.
-    pub fn base_path(&self) -> &str {
-        self.path
-            .split_once('#')
-            .map_or(&self.path, |(base, _)| base)
-    }
-
-    /// The key after `#`, if any.
-    pub fn key(&self) -> Option<&str> {
-        self.path.split_once('#').map(|(_, key)| key)
-    }
-
-    /// How to render this secret (templates resolved by [`Config::load`]).
-    pub fn render_spec(&self) -> RenderSpec {
-        RenderSpec {
-            format: self.format,
-            single_key: self.key().unwrap_or("value").to_string(),
-            template: self.template.clone(),
-        }
-    }
-}
-
-fn default_token_file() -> PathBuf {
-    PathBuf::from(coffer::TokenSource::PROJECTED_PATH)
-}
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +119,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config = Self::parse_unchecked(&text, env)?;
+        let mut config = ConfigFile::parse(&text, env)?;
         // Relative template files are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
         for spec in &mut config.secrets {
@@ -185,16 +139,13 @@ impl Config {
                 spec.template = Some(source);
             }
         }
-        config.validate()?;
-        Ok(config)
+        Self::validate(config)
     }
 
     /// Parses YAML text and applies overrides from `env`. Template files are
     /// not read: use [`Config::load`] for those.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
-        let config = Self::parse_unchecked(text, env)?;
-        config.validate()?;
-        Ok(config)
+        Self::validate(ConfigFile::parse(text, env)?)
     }
 
     /// Environment variables that override the file, by field.
@@ -210,88 +161,37 @@ impl Config {
         "COFFER_EXIT_WHEN_FILE_EXISTS",
     ];
 
-    fn parse_unchecked(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
-        let mut config: Self = serde_norway::from_str(text)?;
-        if let Some(v) = env.get(coffer::env::BROKER) {
-            config.broker = v;
-        }
-        if let Some(v) = env.get(coffer::env::CA_FILE) {
-            config.ca_file = Some(v.into());
-        }
-        if let Some(v) = env.get(coffer::env::TOKEN_FILE) {
-            config.token_file = v.into();
-        }
-        if let Some(v) = env.get("COFFER_OUTPUT_DIR") {
-            config.output_dir = v.into();
-        }
-        if let Some(v) = env.get("COFFER_AUDIENCE") {
-            config.audience = Some(v);
-        }
-        if let Some(v) = env.get("COFFER_ADMIN_LISTEN") {
-            config.admin_listen = Some(v);
-        }
-        if let Some(v) = env.get("COFFER_QUIT_LISTEN") {
-            config.quit_listen = Some(v);
-        }
-        if let Some(v) = env.get("COFFER_READY_FILE") {
-            config.ready_file = Some(v.into());
-        }
-        if let Some(v) = env.get("COFFER_EXIT_WHEN_FILE_EXISTS") {
-            config.exit_when_file_exists = Some(v.into());
-        }
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.secrets.is_empty() {
+    /// Checks the file as a whole and turns it into the types the sidecar
+    /// runs on.
+    fn validate(file: ConfigFile) -> Result<Self, ConfigError> {
+        if file.secrets.is_empty() {
             return Err(ConfigError::Invalid("no secrets configured".into()));
         }
         let mut names = std::collections::HashSet::new();
-        for spec in &self.secrets {
+        for spec in &file.secrets {
             if !names.insert(spec.file.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "file {:?} is listed twice",
                     spec.file.as_str()
                 )));
             }
-            let file = spec.file.as_str();
-            if spec.path.is_empty() || spec.path.starts_with('#') || spec.path.ends_with('#') {
-                return Err(ConfigError::Invalid(format!(
-                    "file {file:?}: the path must be `path` or `path#key`"
-                )));
-            }
-            match (spec.format, &spec.template, &spec.template_file) {
-                (Format::Template, Some(source), _) => check_template(source)
-                    .map_err(|e| ConfigError::Invalid(format!("file {file:?}: {e}")))?,
-                (Format::Template, None, _) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "file {file:?}: format template needs `template` or `templateFile`"
-                    )));
-                }
-                (_, None, None) => {}
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "file {file:?}: `template` needs `format: template`"
-                    )));
-                }
-            }
-            if let Some(action) = &spec.action {
-                action
-                    .validate()
-                    .map_err(|e| ConfigError::Invalid(format!("file {file:?}: action: {e}")))?;
-            }
         }
-        if let Some(action) = &self.action {
-            action
-                .validate()
-                .map_err(|e| ConfigError::Invalid(format!("action: {e}")))?;
-        }
-        if let Some(addr) = &self.admin_listen {
+        let secrets = file
+            .secrets
+            .into_iter()
+            .map(SecretSpec::validate)
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = file
+            .action
+            .map(|action| action.validate())
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("action: {e}")))?;
+        if let Some(addr) = &file.admin_listen {
             addr.parse::<std::net::SocketAddr>().map_err(|_| {
                 ConfigError::Invalid(format!("adminListen {addr:?} is not host:port"))
             })?;
         }
-        if let Some(addr) = &self.quit_listen {
+        if let Some(addr) = &file.quit_listen {
             let parsed = addr
                 .parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::Invalid(format!("quitListen {addr:?} is not ip:port")))?;
@@ -302,7 +202,20 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        Ok(Self {
+            broker: file.broker,
+            ca_file: file.ca_file,
+            token_file: file.token_file,
+            audience: file.audience,
+            output_dir: file.output_dir,
+            admin_listen: file.admin_listen,
+            quit_listen: file.quit_listen,
+            ready_file: file.ready_file,
+            exit_when_file_exists: file.exit_when_file_exists,
+            action,
+            allow_non_tmpfs: file.allow_non_tmpfs,
+            secrets,
+        })
     }
 
     /// The distinct broker paths, for one batched call or watch.
@@ -318,47 +231,83 @@ impl Config {
         paths.dedup();
         paths
     }
+
+    /// The configured actions, each with its file (`None`: the global one).
+    pub fn actions(&self) -> Vec<(Option<FileName>, Action)> {
+        let per_file = self.secrets.iter().filter_map(|spec| {
+            let action = spec.action.clone()?;
+            Some((Some(spec.file.clone()), action))
+        });
+        per_file
+            .chain(self.action.clone().map(|action| (None, action)))
+            .collect()
+    }
 }
 
-mod mode {
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    /// Execute for anyone, write for group or others.
-    const FORBIDDEN_BITS: u32 = 0o133;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Number(u64),
+impl SecretSpec {
+    /// Checks one entry of `secrets`: its path, its template, its action.
+    fn validate(spec: SecretFile) -> Result<Self, ConfigError> {
+        let file = spec.file.as_str();
+        if spec.path.is_empty() || spec.path.starts_with('#') || spec.path.ends_with('#') {
+            return Err(ConfigError::Invalid(format!(
+                "file {file:?}: the path must be `path` or `path#key`"
+            )));
         }
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Text(text)) => {
-                let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
-                    .map_err(|_| D::Error::custom(format!("mode {text:?} is not octal")))?;
-                if mode > 0o777 {
-                    return Err(D::Error::custom(format!("mode {text:?} is above 0777")));
-                }
-                // A secret file is data, read by its owner and maybe its
-                // group or everyone in the pod; never executable, and never
-                // writable but by its owner (another uid in the pod could
-                // otherwise replace what the app reads).
-                if mode & FORBIDDEN_BITS != 0 {
-                    return Err(D::Error::custom(format!(
-                        "mode {text:?}: secret files may be readable by owner, group and others \
-                         and writable by their owner only (0400, 0440, 0444, 0600, 0640, 0644); \
-                         no execute bits, no group or other write"
-                    )));
-                }
-                Ok(Some(mode))
+        match (spec.format, &spec.template, &spec.template_file) {
+            (Format::Template, Some(source), _) => check_template(source)
+                .map_err(|e| ConfigError::Invalid(format!("file {file:?}: {e}")))?,
+            (Format::Template, None, _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "file {file:?}: format template needs `template` or `templateFile`"
+                )));
             }
-            // YAML readers disagree on whether 0400 is octal; a quoted string
-            // is unambiguous, so ask for one.
-            Some(Raw::Number(n)) => Err(D::Error::custom(format!(
-                "mode {n} must be a quoted octal string such as \"0400\""
-            ))),
+            (_, None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "file {file:?}: `template` needs `format: template`"
+                )));
+            }
+        }
+        let action = spec
+            .action
+            .map(|action| action.validate())
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("file {file:?}: action: {e}")))?;
+        Ok(Self {
+            path: spec.path,
+            file: spec.file,
+            mode: spec.mode,
+            uid: spec.uid,
+            gid: spec.gid,
+            format: spec.format,
+            template: spec.template,
+            action,
+        })
+    }
+
+    /// The mode to write with.
+    pub fn mode(&self) -> u32 {
+        self.mode.unwrap_or(DEFAULT_MODE)
+    }
+
+    /// The broker path without any `#key`: what is fetched and watched.
+    pub fn base_path(&self) -> &str {
+        self.path
+            .split_once('#')
+            .map_or(&self.path, |(base, _)| base)
+    }
+
+    /// The key after `#`, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.path.split_once('#').map(|(_, key)| key)
+    }
+
+    /// How to render this secret (templates resolved by [`Config::load`]).
+    pub fn render_spec(&self) -> RenderSpec {
+        RenderSpec {
+            format: self.format,
+            single_key: self.key().unwrap_or("value").to_string(),
+            template: self.template.clone(),
         }
     }
 }
@@ -485,6 +434,37 @@ mod tests {
         assert_eq!(c.paths(), vec!["a/b".to_string(), "a/c".to_string()]);
         assert_eq!(c.secrets[0].key(), Some("u"));
         assert_eq!(c.secrets[2].key(), None);
+    }
+
+    #[test]
+    fn the_validated_actions_are_kept_with_their_files() {
+        let env = HashMap::<String, String>::new();
+        let text = format!(
+            "action: {{command: [\"/bin/true\"]}}\n{BASE}    action: {{signal: HUP, pidFile: /run/app.pid}}\n"
+        );
+        let actions = Config::parse(&text, &env).unwrap().actions();
+        assert_eq!(actions.len(), 2);
+        assert_eq!(actions[0].0.as_ref().map(FileName::as_str), Some("b"));
+        assert!(matches!(actions[0].1, Action::Signal { .. }));
+        assert_eq!(actions[1].0, None);
+        assert!(matches!(actions[1].1, Action::Command { .. }));
+    }
+
+    #[test]
+    fn a_bad_action_is_refused_naming_its_file() {
+        let env = HashMap::<String, String>::new();
+        let text = format!("{BASE}    action: {{signal: HUP}}\n");
+        let error = Config::parse(&text, &env).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid config: file \"b\": action: a signal needs exactly one of pidFile or processName"
+        );
+        let global = format!("action: {{}}\n{BASE}");
+        let error = Config::parse(&global, &env).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid config: action: give exactly one of signal, command or post"
+        );
     }
 
     #[test]

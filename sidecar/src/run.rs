@@ -125,16 +125,7 @@ impl Sidecar {
     /// Starts the configured actions on the current runtime. Without this
     /// (as in `--once`), changes are written but nobody is told.
     pub fn start_actions(&mut self, retry_base: Duration) {
-        let mut actions = Vec::new();
-        for spec in &self.config.secrets {
-            if let Some(action) = spec.action.as_ref().and_then(|a| a.validate().ok()) {
-                actions.push((Some(spec.file.clone()), action));
-            }
-        }
-        if let Some(action) = self.config.action.as_ref().and_then(|a| a.validate().ok()) {
-            actions.push((None, action));
-        }
-        self.actions = Some(Actions::spawn(actions, retry_base));
+        self.actions = Some(Actions::spawn(self.config.actions(), retry_base));
     }
 
     /// Fetches every secret, writes them, and returns. Retries what may
