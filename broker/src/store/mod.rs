@@ -175,9 +175,20 @@ pub struct LeaseEvent {
     pub reason: &'static str,
 }
 
+/// What an operator does to some versions of a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionChange {
+    /// Soft-delete: the version reads as deleted until undeleted.
+    Delete,
+    /// Restore soft-deleted versions.
+    Undelete,
+    /// Destroy the versions' values for good.
+    Destroy,
+}
+
 /// Why a store could not do what was asked. Backend detail stays in the
 /// variant for the server log; clients see only the category.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("secret not found")]

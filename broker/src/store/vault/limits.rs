@@ -2,8 +2,9 @@
 //! it, exponential backoff with full jitter, and the classification of
 //! failures that decides what is retried.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
+use parking_lot::Mutex;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::time::Instant;
 use vaultrs::error::ClientError;
@@ -119,7 +120,7 @@ impl RateLimiter {
             return Ok(());
         };
         let slot = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next.lock();
             let now = Instant::now();
             let slot = (*next).max(now);
             if max_wait.is_some_and(|max| slot.duration_since(now) > max) {
@@ -173,7 +174,7 @@ impl TenantLimiter {
             return Ok(());
         };
         let start = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next.lock();
             let now = Instant::now();
             if next.len() >= MAX_TENANTS && !next.contains_key(tenant) {
                 next.retain(|_, at| *at > now);

@@ -7,10 +7,11 @@
 //! logs in afresh instead of renewing.
 
 use std::{
-    sync::{Arc, Mutex, RwLock, Weak},
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
+use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
@@ -97,7 +98,7 @@ impl Session {
 
     /// The client holding the current token, and the login generation.
     pub(super) fn client(&self) -> (Arc<VaultClient>, u64) {
-        let guard = self.client.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self.client.read();
         (Arc::clone(&guard.0), guard.1)
     }
 
@@ -107,7 +108,7 @@ impl Session {
     }
 
     fn lease(&self) -> Lease {
-        *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+        *self.lease.lock()
     }
 
     /// Logs in again unless someone already did since `generation`.
@@ -119,8 +120,8 @@ impl Session {
         let anonymous = self.anonymous()?;
         let (token, lease) = login(&self.config, &anonymous).await?;
         let client = build_client(&self.config, &self.address, &token)?;
-        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
-        let mut guard = self.client.write().unwrap_or_else(|p| p.into_inner());
+        *self.lease.lock() = lease;
+        let mut guard = self.client.write();
         *guard = (Arc::new(client), generation + 1);
         tracing::info!(
             method = method_name(&self.config.auth),
@@ -198,7 +199,7 @@ async fn renew_loop(weak: Weak<Session>, shutdown: CancellationToken) {
                     // Shorter than before: the max TTL caps it, and renewing
                     // again will not help. Log in afresh next time.
                     let capped = ttl < lease.ttl;
-                    *session.lease.lock().unwrap_or_else(|p| p.into_inner()) = Lease {
+                    *session.lease.lock() = Lease {
                         ttl,
                         renewable: auth.renewable && !capped,
                         obtained: Instant::now(),
@@ -224,7 +225,7 @@ async fn renew_loop(weak: Weak<Session>, shutdown: CancellationToken) {
                 tracing::warn!(%error, "keeping the Vault login alive failed; will retry");
                 let pause = failures.next_delay();
                 // Retry soon rather than at 2/3 of a lease we no longer hold.
-                *session.lease.lock().unwrap_or_else(|p| p.into_inner()) = Lease {
+                *session.lease.lock() = Lease {
                     ttl: pause * 3 / 2,
                     renewable: false,
                     obtained: Instant::now(),
