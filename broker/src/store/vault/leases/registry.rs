@@ -150,20 +150,9 @@ impl Registry {
         let Some(path) = self.path("data", replica) else {
             return Ok(None);
         };
-        let answer = match self
-            .vault
-            .call(|c| {
-                let path = path.clone();
-                async move { raw(&c, http::Method::GET, &path, None).await }
-            })
-            .await
-        {
-            Ok(answer) => answer,
-            Err(CallError::NotFound) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(value) = self.get(&path).await? else {
+            return Ok(None);
         };
-        let value: serde_json::Value = serde_json::from_slice(&answer)
-            .map_err(|_| StoreError::Internal("Vault's registry answer is not JSON".into()))?;
         let data = &value["data"];
         let leases = data["data"]["leases"]
             .as_array()
@@ -178,26 +167,31 @@ impl Registry {
         Ok(Some((leases, at)))
     }
 
+    /// A registry answer as JSON; `None` when Vault has nothing there.
+    async fn get(&self, path: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let answer = match self
+            .vault
+            .call(|c| async move { raw(&c, http::Method::GET, path, None).await })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(CallError::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&answer)
+            .map(Some)
+            .map_err(|_| StoreError::Internal("Vault's registry answer is not JSON".into()))
+    }
+
     /// The replicas with a record.
     async fn replicas(&self) -> Result<Vec<String>, StoreError> {
         let Some(path) = self.path("metadata", "") else {
             return Ok(Vec::new());
         };
         let path = format!("{}?list=true", path.trim_end_matches('/'));
-        let answer = match self
-            .vault
-            .call(|c| {
-                let path = path.clone();
-                async move { raw(&c, http::Method::GET, &path, None).await }
-            })
-            .await
-        {
-            Ok(answer) => answer,
-            Err(CallError::NotFound) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(value) = self.get(&path).await? else {
+            return Ok(Vec::new());
         };
-        let value: serde_json::Value = serde_json::from_slice(&answer)
-            .map_err(|_| StoreError::Internal("Vault's registry listing is not JSON".into()))?;
         Ok(value["data"]["keys"]
             .as_array()
             .into_iter()
