@@ -6,7 +6,10 @@
 //! cargo run -p coffer --example operator -- shop/db
 //! ```
 
-use coffer::{Client, Encoding, Put, Rotate, SecretData, VersionState};
+use coffer::{
+    Client, SecretData,
+    operator::{Encoding, Put, Rotate, VersionState},
+};
 
 #[tokio::main]
 async fn main() -> Result<(), coffer::Error> {

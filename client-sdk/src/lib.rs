@@ -30,7 +30,16 @@
 //! ```
 //!
 //! Values are held in zeroizing buffers; `Debug` prints `[REDACTED]` and there
-//! is no `Display`. Errors never quote a value.
+//! is no `Display`. Errors never quote a value. Every accessor that hands
+//! out the bytes themselves says so: [`Secret::expose_bytes`],
+//! [`Secret::expose_key`], [`Secret::expose_str`], [`SecretBytes::expose`].
+//!
+//! # Watching
+//!
+//! [`Client::watch`] gives a [`WatchStream`] that reconnects by itself and
+//! never yields a version twice. [`Client::watch_connection`] gives one
+//! [`WatchConnection`], which ends with its connection, for callers that run
+//! their own reconnect loop.
 //!
 //! # Configuration
 //!
@@ -56,34 +65,51 @@
 //! A service whose pod runs the Coffer sidecar reads files instead:
 //! [`FileSecret`] reads one and watches it, yielding after each update the
 //! sidecar publishes.
+//!
+//! # Operators
+//!
+//! Writing, rotating, versions, rollout status and leases are methods of
+//! the same [`Client`]; their requests and results ([`operator::Put`],
+//! [`operator::Rotate`], [`operator::RotationStatus`], ...) live in
+//! [`operator`].
+//!
+//! # Features
+//!
+//! - `cli`: logging and signal helpers of the Coffer binaries, kept until
+//!   they all take them from their own shared crate; not for services.
+//! - `replica`: `coffer::replica`, the calls broker replicas make to each
+//!   other. The broker's, not a service's.
 
+mod ack;
 mod client;
 pub mod env;
 mod error;
 pub mod files;
-mod ops;
+pub mod operator;
 mod retry;
 mod secret;
-mod tls;
 mod token;
 mod watch;
+
+#[cfg(feature = "replica")]
+pub mod replica;
 
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use client::{Client, ClientBuilder, SecretStream, WatchEvent, WatchEventKind};
+pub use ack::{Applied, ApplyState};
+pub use client::{Client, ClientBuilder};
 pub use coffer_proto::{SecretBytes, SecretData};
 pub use error::{Code, Error};
 pub use files::{FileSecret, FileWatch};
-pub use ops::{
-    Applied, ApplyState, Encoding, Lease, Leases, Put, RenewalState, Rotate, Rotated,
-    RotationStatus, VersionAction, VersionInfo, VersionState, Versions, WatchRefusals,
-    WorkloadStatus,
-};
-pub use retry::{Backoff, RetryPolicy};
+// The sidecar's reconnect loop still takes this one until it moves to
+// `coffer-runtime`'s; not part of the SDK's surface.
+#[doc(hidden)]
+pub use retry::Backoff;
+pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use token::TokenSource;
-pub use watch::WatchStream;
+pub use watch::{WatchConnection, WatchEvent, WatchEventKind, WatchStream};
 
 /// The crate README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]

@@ -41,7 +41,7 @@ impl RetryPolicy {
     }
 
     /// A fresh backoff following this policy.
-    pub fn backoff(&self) -> Backoff {
+    pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(self.initial_backoff, self.max_backoff)
     }
 }

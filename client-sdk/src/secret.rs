@@ -34,21 +34,25 @@ impl Secret {
         &self.content_type
     }
 
-    /// The value.
+    /// The value, still wrapped: its `Debug` prints `[REDACTED]`, and its
+    /// bytes come out through [`SecretBytes::expose`].
     pub fn data(&self) -> &SecretData {
         &self.data
     }
 
-    /// The value's bytes, if it is a single value (also the case for `path#key`).
-    pub fn bytes(&self) -> Option<&[u8]> {
+    /// The value's bytes, if it is a single value (also the case for
+    /// `path#key`). Borrowed from the zeroizing buffer; copy them only into
+    /// a zeroizing type.
+    pub fn expose_bytes(&self) -> Option<&[u8]> {
         match &self.data {
             SecretData::Bytes(b) => Some(b.expose()),
             SecretData::Map(_) => None,
         }
     }
 
-    /// One key of a map value.
-    pub fn key(&self, name: &str) -> Option<&[u8]> {
+    /// The bytes of one key of a map value, borrowed from the zeroizing
+    /// buffer.
+    pub fn expose_key(&self, name: &str) -> Option<&[u8]> {
         self.data.key(name).map(SecretBytes::expose)
     }
 
@@ -57,7 +61,7 @@ impl Secret {
     /// type (`secrecy::SecretString`).
     pub fn expose_str(&self) -> Result<&str, Error> {
         let bytes = self
-            .bytes()
+            .expose_bytes()
             .ok_or_else(|| self.decode_error("a single value", 0, 0))?;
         std::str::from_utf8(bytes).map_err(|_| self.decode_error("UTF-8 text", 0, 0))
     }

@@ -1,4 +1,5 @@
-//! A watch that outlives its connections.
+//! A watch that outlives its connections: reconnects with backoff and
+//! yields each version once.
 
 use std::{
     collections::HashMap,
@@ -8,9 +9,11 @@ use std::{
 
 use futures::{Stream, StreamExt, stream::BoxStream};
 
-use crate::{Client, Error, SecretStream, WatchEvent, WatchEventKind, retry::Backoff};
+use super::{WatchConnection, WatchEvent, WatchEventKind};
+use crate::{Client, Error, retry::Backoff};
 
-/// The stream returned by [`Client::watch`].
+/// The stream returned by [`Client::watch`]: one watch across as many
+/// connections as it takes.
 ///
 /// It reconnects by itself, with backoff, when the broker goes away or ends
 /// the stream for a passing reason (a restart, a dropped connection, a
@@ -40,7 +43,7 @@ impl std::fmt::Debug for WatchStream {
 struct State {
     client: Client,
     paths: Vec<String>,
-    stream: Option<SecretStream>,
+    stream: Option<WatchConnection>,
     /// The newest version yielded per path.
     yielded: HashMap<String, u64>,
     backoff: Backoff,
@@ -65,7 +68,7 @@ impl WatchStream {
         let mut backoff = policy.backoff();
         let mut attempt = 1;
         let first = loop {
-            match client.watch_once(paths.iter().cloned()).await {
+            match client.watch_connection(paths.iter().cloned()).await {
                 Ok(stream) => break stream,
                 Err(error) if error.is_transient() && attempt < policy.max_attempts => {
                     attempt += 1;
@@ -112,7 +115,11 @@ impl State {
                 return None;
             }
             let Some(stream) = self.stream.as_mut() else {
-                match self.client.watch_once(self.paths.iter().cloned()).await {
+                match self
+                    .client
+                    .watch_connection(self.paths.iter().cloned())
+                    .await
+                {
                     Ok(stream) => self.stream = Some(stream),
                     Err(error) => {
                         if let Some(end) = self.after(error).await {
