@@ -1,3 +1,5 @@
+//! The one error type of the SDK, a variant per kind, and the gRPC codes.
+
 use std::path::PathBuf;
 
 /// Why a Coffer call failed.

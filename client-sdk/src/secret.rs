@@ -1,3 +1,6 @@
+//! One version of one secret as the broker served it, and the ways to
+//! read its value: each accessor that hands out the bytes says `expose`.
+
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
 use coffer_proto::{SecretBytes, SecretData, v1};

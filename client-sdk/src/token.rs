@@ -1,10 +1,14 @@
+//! The token a client presents: a fixed one, or a file re-read as the
+//! kubelet refreshes it.
+
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::Error;
@@ -54,9 +58,7 @@ impl TokenSource {
         match &*self.0 {
             Source::Static(token) => Ok(token.clone()),
             Source::File { path, cache } => {
-                // A poisoned lock only means another reader panicked; the
-                // cached token is still a whole value.
-                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                let mut cache = cache.lock();
                 if let Some((token, read_at)) = cache.as_ref()
                     && read_at.elapsed() < Self::REREAD
                 {
@@ -93,7 +95,7 @@ impl TokenSource {
         let Source::File { cache, .. } = &*self.0 else {
             return false;
         };
-        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = cache.lock();
         if let Some((_, read_at)) = cache.as_mut()
             && let Some(stale) = Instant::now().checked_sub(Self::REREAD)
         {
@@ -138,7 +140,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         // Force a re-read by ageing the cache.
         if let Source::File { cache, .. } = &*source.0 {
-            let mut c = cache.lock().unwrap();
+            let mut c = cache.lock();
             c.as_mut().unwrap().1 = Instant::now() - TokenSource::REREAD * 2;
         }
         assert_eq!(source.token().unwrap().expose_secret(), "tok-1");

@@ -9,10 +9,11 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
@@ -55,7 +56,7 @@ impl ReloadingRoots {
                 return self.current().1;
             }
         };
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock();
         if current.0 != pem {
             match client_config(&pem, self.fixed.as_deref()) {
                 Ok(config) => {
@@ -71,7 +72,7 @@ impl ReloadingRoots {
     }
 
     fn current(&self) -> (Vec<u8>, Arc<ClientConfig>) {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.lock();
         (current.0.clone(), Arc::clone(&current.1))
     }
 
