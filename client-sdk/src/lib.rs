@@ -102,10 +102,6 @@ pub use client::{Client, ClientBuilder};
 pub use coffer_proto::{SecretBytes, SecretData};
 pub use error::{Code, Error};
 pub use files::{FileSecret, FileWatch};
-// The sidecar's reconnect loop still takes this one until it moves to
-// `coffer-runtime`'s; not part of the SDK's surface.
-#[doc(hidden)]
-pub use retry::Backoff;
 pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use token::TokenSource;

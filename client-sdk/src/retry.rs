@@ -1,6 +1,9 @@
-//! How calls are retried: one backoff for every reconnecting loop.
+//! How calls are retried. The pauses come from the one `Backoff` the
+//! Coffer crates share (`coffer-runtime`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub(crate) use coffer_runtime::Backoff;
 
 /// When and how often a call that failed for a passing reason (the broker
 /// or its backend unavailable) is tried again.
@@ -43,58 +46,5 @@ impl RetryPolicy {
     /// A fresh backoff following this policy.
     pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(self.initial_backoff, self.max_backoff)
-    }
-}
-
-/// Exponential backoff with jitter, as every reconnecting client should have.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubles up to `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            next: base,
-            base,
-            max,
-        }
-    }
-
-    /// The next delay: between half and all of the current step.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter only spreads reconnects out; it need not be unpredictable.
-        let seed = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            Instant::now(),
-        );
-        let fraction = 0.5 + (seed % 1000) as f64 / 2000.0;
-        step.mul_f64(fraction)
-    }
-
-    /// Back to the first step after a success.
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_double_up_to_the_cap_and_reset() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(100));
-        assert!(delays[2] >= Duration::from_millis(200));
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }
