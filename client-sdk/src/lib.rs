@@ -75,8 +75,6 @@
 //!
 //! # Features
 //!
-//! - `cli`: logging and signal helpers of the Coffer binaries, kept until
-//!   they all take them from their own shared crate; not for services.
 //! - `replica`: `coffer::replica`, the calls broker replicas make to each
 //!   other. The broker's, not a service's.
 
@@ -93,9 +91,6 @@ mod watch;
 
 #[cfg(feature = "replica")]
 pub mod replica;
-
-#[cfg(feature = "cli")]
-pub mod cli;
 
 pub use ack::{Applied, ApplyState};
 pub use client::{Client, ClientBuilder};
