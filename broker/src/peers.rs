@@ -202,7 +202,7 @@ impl Peers {
         for (url, client) in &self.clients {
             let (url, client, path) = (url.clone(), client.clone(), path.to_string());
             tokio::spawn(async move {
-                match client.notify_changed(&path).await {
+                match coffer::replica::notify_changed(&client, &path).await {
                     Ok(()) => tracing::debug!(peer = %url, path, "peer told of the change"),
                     Err(error) => {
                         tracing::warn!(peer = %url, path, %error, "peer not told of the change: it sees it at its next poll")
@@ -230,8 +230,8 @@ impl Peers {
         let asks = self.clients.iter().map(|(url, client)| {
             let client = client.with_token(TokenSource::from_static(token.to_string()));
             async move {
-                match tokio::time::timeout_at(deadline, client.status_local(path)).await {
-                    Ok(Ok(status)) => Some(v1::RotationStatusResponse::from(status)),
+                match tokio::time::timeout_at(deadline, coffer::replica::status_local(&client, path)).await {
+                    Ok(Ok(status)) => Some(status),
                     Ok(Err(error)) => {
                         tracing::warn!(peer = %url, path, %error, "peer did not answer RotationStatus");
                         None

@@ -4,7 +4,7 @@
 use crate::output::{Printer, say, timestamp};
 
 /// `status`: the summary line, then one line per workload.
-pub(crate) fn print_status(out: Printer, path: &str, status: &coffer::RotationStatus) {
+pub(crate) fn print_status(out: Printer, path: &str, status: &coffer::operator::RotationStatus) {
     say!(
         out,
         "{path}: version {}: {}/{} applied ({} failed, {} pending)",
@@ -60,7 +60,10 @@ pub(crate) fn print_status(out: Printer, path: &str, status: &coffer::RotationSt
 }
 
 /// `status --output json`, and the console's rollout.
-pub(crate) fn status_json(path: &str, status: &coffer::RotationStatus) -> serde_json::Value {
+pub(crate) fn status_json(
+    path: &str,
+    status: &coffer::operator::RotationStatus,
+) -> serde_json::Value {
     let workloads: Vec<serde_json::Value> = status
         .workloads
         .iter()
@@ -96,7 +99,7 @@ pub(crate) fn status_json(path: &str, status: &coffer::RotationStatus) -> serde_
 }
 
 /// Watch refusals by bound, as `status --output json` prints them.
-fn refusals_json(refused: &coffer::WatchRefusals) -> serde_json::Value {
+fn refusals_json(refused: &coffer::operator::WatchRefusals) -> serde_json::Value {
     serde_json::json!({
         "perPod": refused.per_pod,
         "perAccount": refused.per_account,

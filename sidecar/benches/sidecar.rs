@@ -229,7 +229,7 @@ async fn end_to_end(broker_bin: &Path, sidecar_bin: &Path) {
         )
     };
     admin
-        .put(coffer::Put::new("shop/db", put(0)).content_type("text/plain"))
+        .put(coffer::operator::Put::new("shop/db", put(0)).content_type("text/plain"))
         .await
         .expect("put");
 
@@ -275,7 +275,7 @@ async fn end_to_end(broker_bin: &Path, sidecar_bin: &Path) {
     for n in 1..=ROTATIONS {
         let start = Instant::now();
         admin
-            .put(coffer::Put::new("shop/db", put(n)).content_type("text/plain"))
+            .put(coffer::operator::Put::new("shop/db", put(n)).content_type("text/plain"))
             .await
             .expect("put");
         let want = format!("pw-{n}");

@@ -198,7 +198,7 @@ impl Sidecar {
     }
 
     async fn watch_once(&mut self, backoff: &mut Backoff) -> Result<(), SidecarError> {
-        let mut stream = self.client.watch_once(self.config.paths()).await?;
+        let mut stream = self.client.watch_connection(self.config.paths()).await?;
         tracing::info!(paths = self.config.secrets.len(), "watching");
         while let Some(event) = stream.next().await {
             let event = event?;
@@ -324,7 +324,7 @@ impl Sidecar {
                 None => secret.data(),
                 Some(key) => {
                     let value = secret
-                        .key(key)
+                        .expose_key(key)
                         .ok_or_else(|| render_error(RenderError::MissingKey(key.to_string())))?;
                     selected = SecretData::Bytes(SecretBytes::from(value));
                     &selected

@@ -240,7 +240,7 @@ impl BrokerProcess {
     pub async fn put_as(&self, token: String, path: &str, data: coffer::SecretData) -> u64 {
         self.client(token)
             .await
-            .put(coffer::Put::new(path, data).content_type("text/plain"))
+            .put(coffer::operator::Put::new(path, data).content_type("text/plain"))
             .await
             .unwrap_or_else(|e| panic!("put {path}: {e}\n{}", self.process.output()))
     }

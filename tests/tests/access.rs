@@ -50,7 +50,7 @@ async fn tokens_signed_by_another_key_are_unauthenticated() {
     for key in [Key::Rsa, Key::Ec] {
         let web = broker.client(mint(key, "shop", "web")).await;
         assert_eq!(
-            web.get("shop/db").await.unwrap().bytes(),
+            web.get("shop/db").await.unwrap().expose_bytes(),
             Some(&b"s3cret"[..]),
             "{key:?}"
         );

@@ -37,7 +37,7 @@ async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
     let forged_token = mint(Key::ForeignRsa, "shop", "web");
     let admin = broker.client(admin_token.clone()).await;
     admin
-        .put(coffer::Put::new(
+        .put(coffer::operator::Put::new(
             "shop/db",
             SecretData::Bytes(SecretBytes::from(CANARY.as_bytes())),
         ))
@@ -45,7 +45,7 @@ async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
         .unwrap();
     let web = broker.client(web_token.clone()).await;
     assert_eq!(
-        web.get("shop/db").await.unwrap().bytes(),
+        web.get("shop/db").await.unwrap().expose_bytes(),
         Some(CANARY.as_bytes())
     );
     let intruder = broker.client(intruder_token.clone()).await;
@@ -182,7 +182,7 @@ async fn an_unwritable_audit_sink_refuses_requests() {
         .start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let error = admin
-        .put(coffer::Put::new(
+        .put(coffer::operator::Put::new(
             "shop/db",
             SecretData::Bytes(SecretBytes::from(&b"v"[..])),
         ))
@@ -210,14 +210,17 @@ async fn fail_open_serves_requests_when_the_sink_is_unwritable() {
         .start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
-        .put(coffer::Put::new(
+        .put(coffer::operator::Put::new(
             "shop/db",
             SecretData::Bytes(SecretBytes::from(&b"v"[..])),
         ))
         .await
         .unwrap();
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
-    assert_eq!(web.get("shop/db").await.unwrap().bytes(), Some(&b"v"[..]));
+    assert_eq!(
+        web.get("shop/db").await.unwrap().expose_bytes(),
+        Some(&b"v"[..])
+    );
     assert!(broker.process.output().contains("audit record lost"));
 }
 

@@ -61,7 +61,7 @@ async fn a_dev_issuer_token_cannot_read_what_prod_shop_web_may() {
         .await;
     admin
         .put(
-            coffer::Put::new(
+            coffer::operator::Put::new(
                 "shop/db",
                 coffer::SecretData::Bytes(b"prod-only"[..].into()),
             )

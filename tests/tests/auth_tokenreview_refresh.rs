@@ -106,7 +106,7 @@ async fn a_watch_whose_review_runs_out_ends_cleanly_and_is_not_a_failure() {
     broker.put_bytes("shop/db", b"v1").await;
     let web = mint(Key::Rsa, "shop", "web");
     let client = broker.client(web.clone()).await;
-    let mut stream = client.watch_once(["shop/db"]).await.unwrap();
+    let mut stream = client.watch_connection(["shop/db"]).await.unwrap();
     stream.next().await.unwrap().unwrap();
     let end = tokio::time::timeout(Duration::from_secs(15), stream.next())
         .await
@@ -114,7 +114,7 @@ async fn a_watch_whose_review_runs_out_ends_cleanly_and_is_not_a_failure() {
     assert!(end.is_none(), "a clean end, not {end:?}");
 
     // Reconnecting reviews the token again, and it is still good.
-    let mut again = client.watch_once(["shop/db"]).await.unwrap();
+    let mut again = client.watch_connection(["shop/db"]).await.unwrap();
     again.next().await.unwrap().unwrap();
     assert!(
         reviews_of(&server, &web) >= 2,

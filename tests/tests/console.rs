@@ -337,7 +337,7 @@ async fn no_page_or_json_answer_carries_a_secret_value() {
     assert_eq!(code, 200, "{body}");
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let rotated = admin.get("shop/raw").await.unwrap();
-    let rotated = String::from_utf8(rotated.bytes().unwrap().to_vec()).unwrap();
+    let rotated = String::from_utf8(rotated.expose_bytes().unwrap().to_vec()).unwrap();
     assert!(!body.contains(&rotated));
     for path in ["/api/secrets", "/api/secret/shop/raw", "/secret/shop/raw"] {
         assert!(!console.get(path).1.contains(&rotated), "{path}");
@@ -374,7 +374,7 @@ async fn the_overview_lists_version_age_and_rotation_spec() {
     let broker = BrokerProcess::builder().policy(POLICY).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let rotate = coffer::Rotate::new("shop/db").length(40);
+    let rotate = coffer::operator::Rotate::new("shop/db").length(40);
     assert_eq!(admin.rotate(rotate).await.unwrap(), 2);
     let console = Console::start(&broker, ("ops", "admin"));
     let (code, list) = console.get("/api/secrets");

@@ -63,7 +63,7 @@ async fn a_page_load_shows_the_rotation_spec_without_reading_the_secret() {
     let broker = broker_with_metrics(&[]);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let rotate = coffer::Rotate::new("shop/db").length(40);
+    let rotate = coffer::operator::Rotate::new("shop/db").length(40);
     assert_eq!(admin.rotate(rotate).await.unwrap(), 2);
     let console = Console::start(&broker, ("ops", "admin"));
 
@@ -151,7 +151,7 @@ async fn on_vault_the_spec_comes_from_the_secrets_metadata() {
     ]);
     broker.put_map("shop/db", &[("password", "first")]).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
-    let rotate = coffer::Rotate::new("shop/db").length(40);
+    let rotate = coffer::operator::Rotate::new("shop/db").length(40);
     assert_eq!(admin.rotate(rotate).await.unwrap(), 2);
     let versions = admin.versions("shop/db").await.unwrap();
     assert_eq!(

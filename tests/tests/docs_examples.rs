@@ -393,7 +393,10 @@ impl World {
                 })
                 .collect();
             client
-                .put(coffer::Put::new(base, coffer::SecretData::Map(data)))
+                .put(coffer::operator::Put::new(
+                    base,
+                    coffer::SecretData::Map(data),
+                ))
                 .await
                 .unwrap();
         }

@@ -284,7 +284,7 @@ async fn the_sdk_sees_the_lease_expiry_and_the_same_pod_gets_the_same_user() {
     assert!(expires > 0);
     // The same pod reading again gets its own credential, not a new one.
     let again = client.get(PATH).await.unwrap();
-    assert_eq!(again.key("username"), secret.key("username"));
+    assert_eq!(again.expose_key("username"), secret.expose_key("username"));
     // Another pod of the same service account gets another.
     let other = broker
         .client(pod_token("web-b"))
@@ -292,7 +292,7 @@ async fn the_sdk_sees_the_lease_expiry_and_the_same_pod_gets_the_same_user() {
         .get(PATH)
         .await
         .unwrap();
-    assert_ne!(other.key("username"), secret.key("username"));
+    assert_ne!(other.expose_key("username"), secret.expose_key("username"));
 }
 
 #[test]

@@ -75,7 +75,7 @@ async fn a_pod_bound_token_reaches_a_secret_through_the_vault_overlays_authentic
         .get("shop/web/db-password")
         .await
         .unwrap();
-    assert_eq!(secret.bytes().unwrap(), b"pod-bound-canary-5e1f");
+    assert_eq!(secret.expose_bytes().unwrap(), b"pod-bound-canary-5e1f");
 
     // Outside its folder the same pod is refused.
     let refused = broker

@@ -80,7 +80,7 @@ async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure(
     cluster.shop_pod("web-2");
     let operator = broker.client(cluster.operator_token()).await;
     let put = |value: &'static [u8]| {
-        coffer::Put::new("shop/web/session", coffer::SecretData::Bytes(value.into()))
+        coffer::operator::Put::new("shop/web/session", coffer::SecretData::Bytes(value.into()))
             .content_type("text/plain")
     };
     operator.put(put(b"refresh-canary-1")).await.unwrap();
@@ -105,7 +105,7 @@ async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure(
             if event
                 .secrets
                 .iter()
-                .any(|s| s.bytes() == Some(&b"refresh-canary-2"[..]))
+                .any(|s| s.expose_bytes() == Some(&b"refresh-canary-2"[..]))
             {
                 return;
             }
@@ -161,8 +161,8 @@ async fn a_deleted_pods_token_is_refused_and_its_watch_closed_within_the_ttl() {
         .get("shop/web/api-key")
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", broker.process.output()));
-    assert_eq!(secret.bytes().unwrap(), b"review-canary-81c0");
-    let mut stream = client.watch_once(["shop/web/api-key"]).await.unwrap();
+    assert_eq!(secret.expose_bytes().unwrap(), b"review-canary-81c0");
+    let mut stream = client.watch_connection(["shop/web/api-key"]).await.unwrap();
     stream.next().await.unwrap().unwrap();
 
     cluster.delete_pod("shop", "web-1");
@@ -204,7 +204,7 @@ async fn a_deleted_pods_token_is_refused_and_its_watch_closed_within_the_ttl() {
     };
     assert_eq!(refused.code(), Some(Code::Unauthenticated));
     eprintln!("refused {:?} after the pod was deleted", deleted.elapsed());
-    let reopened = client.watch_once(["shop/web/api-key"]).await;
+    let reopened = client.watch_connection(["shop/web/api-key"]).await;
     assert_eq!(
         reopened.err().and_then(|e| e.code()),
         Some(Code::Unauthenticated)

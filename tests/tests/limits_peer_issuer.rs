@@ -73,10 +73,14 @@ async fn only_the_named_issuers_broker_may_notify_a_change() {
         .start();
     // Same namespace and service account, signed by the other trusted issuer.
     let impostor = broker.client(broker_token(issuers.signer(DEV))).await;
-    let error = impostor.notify_changed("shop/db").await.unwrap_err();
+    let error = coffer::replica::notify_changed(&impostor, "shop/db")
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(Code::PermissionDenied));
     let peer = broker.client(broker_token(issuers.signer(PROD))).await;
-    peer.notify_changed("shop/db").await.unwrap();
+    coffer::replica::notify_changed(&peer, "shop/db")
+        .await
+        .unwrap();
 }
 
 #[test]

@@ -40,10 +40,10 @@ fn token(pod: Option<&str>) -> String {
 
 /// Opens a watch of `shop/db` with `token` and reads its snapshot; the
 /// stream, or the code it was refused with.
-async fn watch(broker: &BrokerProcess, token: String) -> Result<coffer::SecretStream, Code> {
+async fn watch(broker: &BrokerProcess, token: String) -> Result<coffer::WatchConnection, Code> {
     let client = broker.client(token).await;
     let mut stream = client
-        .watch_once(["shop/db"])
+        .watch_connection(["shop/db"])
         .await
         .map_err(|e| e.code().unwrap())?;
     match stream.next().await {

@@ -27,7 +27,7 @@ async fn revoking_access_closes_an_open_watch_with_permission_denied() {
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;
     let mut watch = web.watch(["shop/db"]).await.unwrap();
     let snapshot = watch.next().await.unwrap().unwrap();
-    assert_eq!(snapshot.secrets[0].bytes(), Some(&b"s3cret"[..]));
+    assert_eq!(snapshot.secrets[0].expose_bytes(), Some(&b"s3cret"[..]));
 
     broker.write_policy(REVOKED);
     let end = tokio::time::timeout(Duration::from_secs(20), watch.next())
@@ -59,7 +59,7 @@ async fn a_watch_that_keeps_access_survives_a_reload() {
         .expect("an update arrives")
         .unwrap()
         .unwrap();
-    assert_eq!(update.secrets[0].bytes(), Some(&b"v2"[..]));
+    assert_eq!(update.secrets[0].expose_bytes(), Some(&b"v2"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,7 +76,7 @@ async fn a_new_grant_applies_to_new_requests() {
     ));
     broker.wait_for_log("policy reloaded", 1);
     assert_eq!(
-        intruder.get("shop/db").await.unwrap().bytes(),
+        intruder.get("shop/db").await.unwrap().expose_bytes(),
         Some(&b"s3cret"[..])
     );
 }
@@ -98,7 +98,7 @@ async fn an_invalid_policy_file_is_refused_and_the_old_policy_stays() {
 
     // The old policy is still in force, for new requests and the open watch.
     assert_eq!(
-        web.get("shop/db").await.unwrap().bytes(),
+        web.get("shop/db").await.unwrap().expose_bytes(),
         Some(&b"s3cret"[..])
     );
     broker.put_bytes("shop/db", b"v2").await;
@@ -107,5 +107,5 @@ async fn an_invalid_policy_file_is_refused_and_the_old_policy_stays() {
         .expect("the watch is still open")
         .unwrap()
         .unwrap();
-    assert_eq!(update.secrets[0].bytes(), Some(&b"v2"[..]));
+    assert_eq!(update.secrets[0].expose_bytes(), Some(&b"v2"[..]));
 }

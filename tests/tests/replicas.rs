@@ -125,15 +125,21 @@ async fn notify_changed_is_refused_to_a_workload_that_is_not_a_peer() {
     bao.bao(&["kv", "put", "secret/shop/db", "password=first"]);
     let replicas = start(&bao);
     let web = replicas.a.client(mint(Key::Rsa, "shop", "web")).await;
-    let error = web.notify_changed("shop/db").await.unwrap_err();
+    let error = coffer::replica::notify_changed(&web, "shop/db")
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(coffer::Code::PermissionDenied));
     let peer = replicas.a.client(mint(Key::Rsa, "coffer", "broker")).await;
-    peer.notify_changed("shop/db").await.unwrap();
+    coffer::replica::notify_changed(&peer, "shop/db")
+        .await
+        .unwrap();
     let nobody = coffer::Client::builder(replicas.a.endpoint.clone())
         .token(coffer::TokenSource::from_static("not-a-token"))
         .connect()
         .await
         .unwrap();
-    let error = nobody.notify_changed("shop/db").await.unwrap_err();
+    let error = coffer::replica::notify_changed(&nobody, "shop/db")
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(coffer::Code::Unauthenticated));
 }

@@ -73,12 +73,12 @@ async fn put_keeps_stdin_bytes_exactly_unless_told_to_strip() {
     // stdin is a pipe here, not a terminal: bytes are kept as they are.
     ctl.ok(&["put", "shop/raw"], b"line\n");
     assert_eq!(
-        admin_get(&broker, "shop/raw").await.bytes(),
+        admin_get(&broker, "shop/raw").await.expose_bytes(),
         Some(&b"line\n"[..])
     );
     ctl.ok(&["put", "shop/raw", "--strip-newline"], b"line\r\n");
     assert_eq!(
-        admin_get(&broker, "shop/raw").await.bytes(),
+        admin_get(&broker, "shop/raw").await.expose_bytes(),
         Some(&b"line"[..])
     );
 }

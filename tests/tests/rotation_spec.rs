@@ -4,7 +4,7 @@
 //! wherever it comes from, a spec naming a key the secret lacks writes
 //! nothing, and `cofferctl rotate` says which key it changed.
 
-use coffer::{Code, Put, SecretData};
+use coffer::{Code, SecretData, operator::Put};
 use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_broker};
 
 /// `ops/writer` may write but not rotate; `ops/admin` may both.
@@ -41,7 +41,7 @@ async fn a_writer_without_rotate_cannot_set_or_change_the_rotation_spec() {
     let items = [("user", "app"), ("password", "leaked")];
     admin.put(Put::new("shop/db", map(&items))).await.unwrap();
     admin
-        .rotate(coffer::Rotate::new("shop/db").key("password"))
+        .rotate(coffer::operator::Rotate::new("shop/db").key("password"))
         .await
         .unwrap();
 
@@ -67,7 +67,7 @@ async fn a_writer_without_rotate_cannot_set_or_change_the_rotation_spec() {
         .unwrap();
     assert_eq!(version, 3);
     let rotated = admin
-        .rotate_detailed(coffer::Rotate::new("shop/db"))
+        .rotate_detailed(coffer::operator::Rotate::new("shop/db"))
         .await
         .unwrap();
     assert_eq!(rotated.key.as_deref(), Some("password"));
@@ -121,7 +121,7 @@ async fn rotating_a_key_the_secret_lacks_is_refused_and_writes_nothing() {
     ctl.ok(&["put", "shop/db", "user=app", "password=leaked"], b"");
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let error = admin
-        .rotate(coffer::Rotate::new("shop/db").key("unused"))
+        .rotate(coffer::operator::Rotate::new("shop/db").key("unused"))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(Code::FailedPrecondition), "{error}");
@@ -161,12 +161,12 @@ async fn a_weak_or_misdirected_spec_stored_in_openbao_is_refused_at_rotate_time(
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
 
     let error = admin
-        .rotate(coffer::Rotate::new("shop/db"))
+        .rotate(coffer::operator::Rotate::new("shop/db"))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(Code::FailedPrecondition), "{error}");
     let error = admin
-        .rotate(coffer::Rotate::new("shop/api"))
+        .rotate(coffer::operator::Rotate::new("shop/api"))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(Code::InvalidArgument), "{error}");

@@ -81,7 +81,7 @@ async fn a_thousand_pods_of_one_service_account_all_watch_and_all_receive_a_rota
     let opens = tokens.iter().enumerate().map(|(n, token)| {
         let pod = connections[n % CONNECTIONS].with_token(TokenSource::from_static(token.clone()));
         async move {
-            let mut stream = pod.watch_once(["shop/db"]).await?;
+            let mut stream = pod.watch_connection(["shop/db"]).await?;
             let snapshot = stream.next().await.expect("a snapshot")?;
             assert_eq!(snapshot.secrets[0].version(), 1);
             Ok::<_, coffer::Error>(stream)
@@ -221,7 +221,7 @@ async fn measure(tls: bool) {
         ),
     ))
     .await
-    .put(coffer::Put::new(
+    .put(coffer::operator::Put::new(
         "shop/db",
         coffer::SecretData::Bytes(b"v1".as_slice().into()),
     ))
@@ -230,7 +230,7 @@ async fn measure(tls: bool) {
     let tokens: Vec<String> = (0..MEASURED).map(pod_token).collect();
     // Warm up: the first streams allocate what every later one reuses.
     let warm = connect(pod_token(MEASURED)).await;
-    let mut warm_stream = warm.watch_once(["shop/db"]).await.unwrap();
+    let mut warm_stream = warm.watch_connection(["shop/db"]).await.unwrap();
     warm_stream.next().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = metric(&broker.metrics(), "process_resident_memory_bytes").unwrap();
@@ -238,7 +238,7 @@ async fn measure(tls: bool) {
         let client = connect(token.clone());
         async move {
             let client = client.await;
-            let mut stream = client.watch_once(["shop/db"]).await.unwrap();
+            let mut stream = client.watch_connection(["shop/db"]).await.unwrap();
             stream.next().await.unwrap().unwrap();
             (client, stream)
         }

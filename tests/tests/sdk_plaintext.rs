@@ -33,7 +33,7 @@ async fn the_sdk_refuses_plaintext_off_loopback_unless_the_danger_door_is_open()
         .unwrap();
     admin
         .put(
-            coffer::Put::new("shop/db", coffer::SecretData::Bytes((&b"pw"[..]).into()))
+            coffer::operator::Put::new("shop/db", coffer::SecretData::Bytes((&b"pw"[..]).into()))
                 .content_type("text/plain"),
         )
         .await
@@ -55,7 +55,7 @@ async fn the_sdk_refuses_plaintext_off_loopback_unless_the_danger_door_is_open()
         .await
         .unwrap();
     let secret = opened.get("shop/db").await.unwrap();
-    assert_eq!(secret.bytes(), Some(&b"pw"[..]));
+    assert_eq!(secret.expose_bytes(), Some(&b"pw"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coffer::{Client, Error, Put, RetryPolicy, SecretData, TokenSource};
+use coffer::{Client, Error, RetryPolicy, SecretData, TokenSource, operator::Put};
 use coffer_tests::{BrokerProcess, Key, mint};
 
 const CANARY: &str = "canary-sdk-7c1e";

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use coffer::{Client, Error, RetryPolicy, Rotate, TokenSource, WatchEventKind, WatchStream};
+use coffer::{
+    Client, Error, RetryPolicy, TokenSource, WatchEventKind, WatchStream, operator::Rotate,
+};
 use coffer_tests::{BrokerProcess, Key, mint};
 
 /// The next (path, version) pairs, failing after a generous bound.

@@ -137,7 +137,7 @@ async fn a_reader_never_sees_a_partial_or_mixed_update_over_1000_rotations() {
     let broker = BrokerProcess::builder().start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin
-        .put(coffer::Put::new("shop/rot", data(0)).content_type("text/plain"))
+        .put(coffer::operator::Put::new("shop/rot", data(0)).content_type("text/plain"))
         .await
         .unwrap();
     let sidecar = SidecarProcess::start_with(
@@ -162,7 +162,7 @@ async fn a_reader_never_sees_a_partial_or_mixed_update_over_1000_rotations() {
     let mut swaps = std::collections::BTreeSet::new();
     for n in 1..=ROTATIONS {
         admin
-            .put(coffer::Put::new("shop/rot", data(n)).content_type("text/plain"))
+            .put(coffer::operator::Put::new("shop/rot", data(n)).content_type("text/plain"))
             .await
             .unwrap();
         // Wait for this rotation to land, so that each one is a real swap.

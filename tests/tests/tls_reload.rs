@@ -149,7 +149,7 @@ async fn tls_client(port: u16, ca_pem: &str, token: String) -> Client {
 async fn put(client: &Client, value: &str) -> u64 {
     client
         .put(
-            coffer::Put::new("shop/db", SecretData::Bytes(value.as_bytes().into()))
+            coffer::operator::Put::new("shop/db", SecretData::Bytes(value.as_bytes().into()))
                 .content_type("text/plain"),
         )
         .await
@@ -174,7 +174,7 @@ async fn a_renewed_certificate_reaches_new_connections_while_open_streams_go_on(
     put(&admin, "one").await;
     let web = tls_client(port, &ca.pem(), mint(Key::Rsa, "shop", "web")).await;
     // One stream, no reconnect: if its connection dropped, it would end.
-    let mut watch = web.watch_once(["shop/db"]).await.unwrap();
+    let mut watch = web.watch_connection(["shop/db"]).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(20), watch.next())
         .await
         .unwrap()

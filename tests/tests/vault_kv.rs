@@ -219,7 +219,7 @@ async fn the_broker_serves_a_whole_vault_map_or_one_key() {
         &map(&[("password", "canary-vault-pw"), ("user", "app")])
     );
     let one = web.get("shop/db#password").await.unwrap();
-    assert_eq!(one.bytes(), Some(&b"canary-vault-pw"[..]));
+    assert_eq!(one.expose_bytes(), Some(&b"canary-vault-pw"[..]));
     let missing = web.get("shop/db#nope").await.unwrap_err();
     assert_eq!(missing.code(), Some(Code::NotFound));
     assert!(!broker.process.output().contains("canary-vault-pw"));

@@ -51,7 +51,7 @@ pub(crate) async fn revoke(
 }
 
 /// `namespace/serviceaccount[/pod]` of a lease's owner.
-fn owner_text(lease: &coffer::Lease) -> String {
+fn owner_text(lease: &coffer::operator::Lease) -> String {
     let pod = if lease.pod.is_empty() {
         &lease.pod_uid
     } else {
@@ -64,9 +64,9 @@ fn owner_text(lease: &coffer::Lease) -> String {
     }
 }
 
-fn lease_json(lease: &coffer::Lease) -> serde_json::Value {
+fn lease_json(lease: &coffer::operator::Lease) -> serde_json::Value {
     let (failing_since, failure_kind) = match &lease.renewal {
-        coffer::RenewalState::Failing { since, kind } => (
+        coffer::operator::RenewalState::Failing { since, kind } => (
             serde_json::Value::from(timestamp(*since)),
             serde_json::Value::from(kind.as_str()),
         ),
@@ -91,7 +91,7 @@ fn lease_json(lease: &coffer::Lease) -> serde_json::Value {
     })
 }
 
-fn print_leases(out: Printer, list: &coffer::Leases) {
+fn print_leases(out: Printer, list: &coffer::operator::Leases) {
     if list.leases.is_empty() {
         say!(out, "no live leases");
         return;
@@ -107,7 +107,7 @@ fn print_leases(out: Printer, list: &coffer::Leases) {
     );
     for lease in &list.leases {
         let renewal = match &lease.renewal {
-            coffer::RenewalState::Failing { since, kind } => {
+            coffer::operator::RenewalState::Failing { since, kind } => {
                 format!("failing since {} ({kind})", timestamp(*since))
             }
             other => other.as_str().to_string(),

@@ -49,7 +49,7 @@ pub(crate) async fn run(
             versions,
             broker,
         } => {
-            let action = coffer::VersionAction::Delete;
+            let action = coffer::operator::VersionAction::Delete;
             versions::change(out, &merged(broker), action, &path, versions, "deleted").await
         }
         Command::Undelete {
@@ -57,7 +57,7 @@ pub(crate) async fn run(
             versions,
             broker,
         } => {
-            let action = coffer::VersionAction::Undelete;
+            let action = coffer::operator::VersionAction::Undelete;
             versions::change(out, &merged(broker), action, &path, versions, "undeleted").await
         }
         Command::Destroy {
@@ -65,7 +65,7 @@ pub(crate) async fn run(
             versions,
             broker,
         } => {
-            let action = coffer::VersionAction::Destroy;
+            let action = coffer::operator::VersionAction::Destroy;
             versions::change(out, &merged(broker), action, &path, versions, "destroyed").await
         }
         Command::Rollback {

@@ -43,7 +43,7 @@ pub(crate) async fn run(out: Printer, args: PutArgs) -> anyhow::Result<ExitCode>
         stdin_bytes(strip_newline || (!keep_newline && std::io::stdin().is_terminal()))?
     };
     let client = connect(&broker).await?;
-    let put = coffer::Put::new(&path, data)
+    let put = coffer::operator::Put::new(&path, data)
         .content_type(content_type)
         .cas(cas);
     let version = client.put(put).await?;

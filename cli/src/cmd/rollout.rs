@@ -28,7 +28,7 @@ pub(crate) async fn rotate(out: Printer, args: RotateArgs) -> anyhow::Result<Exi
         wait,
         broker,
     } = args;
-    let mut rotate = coffer::Rotate::new(&path);
+    let mut rotate = coffer::operator::Rotate::new(&path);
     if let Some(length) = length {
         rotate = rotate.length(length);
     }
@@ -42,7 +42,7 @@ pub(crate) async fn rotate(out: Printer, args: RotateArgs) -> anyhow::Result<Exi
         rotate = rotate.key(key);
     }
     let client = connect(&broker).await?;
-    let coffer::Rotated { version, key, .. } = client.rotate_detailed(rotate).await?;
+    let coffer::operator::Rotated { version, key, .. } = client.rotate_detailed(rotate).await?;
     if out.json() {
         out.value(&serde_json::json!({"path": path, "version": version, "key": key}));
     } else {

@@ -25,8 +25,8 @@ pub(crate) async fn list(
             .map(|v| {
                 serde_json::json!({
                     "version": v.version,
-                    "deleted": v.state == coffer::VersionState::Deleted,
-                    "destroyed": v.state == coffer::VersionState::Destroyed,
+                    "deleted": v.state == coffer::operator::VersionState::Deleted,
+                    "destroyed": v.state == coffer::operator::VersionState::Destroyed,
                     "createdAt": timestamp(v.created_at),
                 })
             })
@@ -41,8 +41,8 @@ pub(crate) async fn list(
     say!(out, "current version: {}", list.current);
     for v in list.versions {
         let state = match v.state {
-            coffer::VersionState::Destroyed => "destroyed",
-            coffer::VersionState::Deleted => "deleted",
+            coffer::operator::VersionState::Destroyed => "destroyed",
+            coffer::operator::VersionState::Deleted => "deleted",
             _ => "live",
         };
         say!(
@@ -105,7 +105,7 @@ pub(crate) async fn secrets(
 pub(crate) async fn change(
     out: Printer,
     broker: &BrokerArgs,
-    action: coffer::VersionAction,
+    action: coffer::operator::VersionAction,
     path: &str,
     versions: Vec<u64>,
     done: &str,
@@ -142,7 +142,7 @@ async fn missing_version(
     let kept: Vec<u64> = list
         .versions
         .iter()
-        .filter(|v| v.state == coffer::VersionState::Live)
+        .filter(|v| v.state == coffer::operator::VersionState::Live)
         .map(|v| v.version)
         .collect();
     let range = match (kept.first(), kept.last()) {

@@ -375,7 +375,10 @@ impl Console {
             (Method::POST, p) if p.starts_with("/api/rotate/") => {
                 let secret = secret_path(&p["/api/rotate/".len()..])?;
                 self.check_action(&req)?;
-                let result = self.client.rotate(coffer::Rotate::new(&secret)).await;
+                let result = self
+                    .client
+                    .rotate(coffer::operator::Rotate::new(&secret))
+                    .await;
                 Ok(action_result(result, "rotated"))
             }
             (Method::POST, p) if p.starts_with("/api/rollback/") => {

@@ -209,7 +209,7 @@ async fn secret_rows(client: &Client) -> (Vec<SecretRow>, Option<String>) {
     (rows, error)
 }
 
-fn version_rows(list: &coffer::Versions) -> Vec<VersionRow> {
+fn version_rows(list: &coffer::operator::Versions) -> Vec<VersionRow> {
     let mut rows: Vec<VersionRow> = list
         .versions
         .iter()
@@ -217,8 +217,8 @@ fn version_rows(list: &coffer::Versions) -> Vec<VersionRow> {
             version: v.version,
             created_at: crate::output::timestamp(v.created_at),
             state: match v.state {
-                coffer::VersionState::Destroyed => "destroyed",
-                coffer::VersionState::Deleted => "deleted",
+                coffer::operator::VersionState::Destroyed => "destroyed",
+                coffer::operator::VersionState::Deleted => "deleted",
                 _ => "live",
             },
             current: v.version == list.current,
@@ -232,7 +232,7 @@ fn version_rows(list: &coffer::Versions) -> Vec<VersionRow> {
 /// `coffer.rotate/*` labels `ListVersions` answers from the secret's
 /// metadata. Showing it reads no value, so on a leased path (a database
 /// login, a certificate) looking issues nothing.
-fn spec_of(list: &coffer::Versions) -> String {
+fn spec_of(list: &coffer::operator::Versions) -> String {
     let spec: Vec<String> = list
         .rotation_labels
         .iter()
