@@ -163,6 +163,15 @@ mod tests {
         }
     }
 
+    /// A server of [`hello`] within `limits` on a loopback port, forever.
+    async fn start(limits: Limits) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let forever = std::future::pending();
+        tokio::spawn(serve("test", listener, limits, hello, forever));
+        addr
+    }
+
     #[tokio::test]
     async fn the_handler_answers_until_shutdown() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,8 +192,6 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_bound_the_oldest_connection_is_shed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let limits = Limits {
             max_connections: Some(2),
             on_shed: Some(|| {
@@ -192,13 +199,7 @@ mod tests {
             }),
             ..Limits::default()
         };
-        tokio::spawn(serve(
-            "test",
-            listener,
-            limits,
-            hello,
-            std::future::pending(),
-        ));
+        let addr = start(limits).await;
         // Two idle connections fill the bound; the third request is served
         // and the first idle one closed.
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -213,21 +214,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let limits = Limits {
             header_timeout: Some(Duration::from_millis(100)),
             connection_deadline: Some(Duration::from_secs(5)),
             one_request_per_connection: true,
             ..Limits::default()
         };
-        tokio::spawn(serve(
-            "test",
-            listener,
-            limits,
-            hello,
-            std::future::pending(),
-        ));
+        let addr = start(limits).await;
         let mut idle = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut buf)).await;
