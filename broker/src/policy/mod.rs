@@ -40,236 +40,22 @@
 //! subjects fit the configured issuers is checked by
 //! [`Policy::check_issuers`].
 
+mod capability;
+mod lint;
+mod load;
 pub mod pattern;
+mod rule;
 
 use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 
-use serde::{Deserialize, Deserializer};
-
-use crate::{auth::WorkloadIdentity, path::SecretPath};
 use smallvec::SmallVec;
 
+use crate::{auth::WorkloadIdentity, path::SecretPath};
+pub use capability::{Capability, Effect};
+pub use lint::PolicyWarning;
+pub use load::PolicyError;
 pub use pattern::{NamePattern, PathPattern, PatternError};
-
-/// What a caller wants to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Capability {
-    Read,
-    Watch,
-    Write,
-    Rotate,
-    Rollback,
-    List,
-    Status,
-    Delete,
-    Destroy,
-    /// Revoke a dynamic secret's lease (`RevokeLease`).
-    Revoke,
-}
-
-impl Capability {
-    /// Every capability, in policy-file order.
-    pub const ALL: [Capability; 10] = [
-        Self::Read,
-        Self::Watch,
-        Self::Write,
-        Self::Rotate,
-        Self::Rollback,
-        Self::List,
-        Self::Status,
-        Self::Delete,
-        Self::Destroy,
-        Self::Revoke,
-    ];
-
-    /// The name used in policy files and audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Watch => "watch",
-            Self::Write => "write",
-            Self::Rotate => "rotate",
-            Self::Rollback => "rollback",
-            Self::List => "list",
-            Self::Status => "status",
-            Self::Delete => "delete",
-            Self::Destroy => "destroy",
-            Self::Revoke => "revoke",
-        }
-    }
-
-    /// The capability named `name` in a policy file.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
-    /// Whether this capability changes secrets.
-    pub fn is_write_side(self) -> bool {
-        matches!(
-            self,
-            Self::Write
-                | Self::Rotate
-                | Self::Rollback
-                | Self::Delete
-                | Self::Destroy
-                | Self::Revoke
-        )
-    }
-
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
-}
-
-/// Whether a rule grants or forbids.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effect {
-    #[default]
-    Allow,
-    Deny,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    rules: Vec<RuleFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RuleFile {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    effect: Effect,
-    #[serde(deserialize_with = "non_empty_subjects")]
-    subjects: Vec<Subject>,
-    #[serde(deserialize_with = "non_empty_paths")]
-    paths: Vec<PathPattern>,
-    #[serde(deserialize_with = "non_empty_capabilities")]
-    capabilities: Vec<Capability>,
-}
-
-/// Who a rule is about.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Subject {
-    /// The token issuer, exactly (no glob). Required when the broker trusts
-    /// several issuers, so that a workload named `shop/web` by one issuer is
-    /// never taken for `shop/web` of another.
-    #[serde(default, deserialize_with = "issuer")]
-    pub issuer: Option<String>,
-    /// The namespace: a name or a glob (`*`, `team-*`).
-    #[serde(deserialize_with = "name_pattern")]
-    pub namespace: NamePattern,
-    /// The service account: a name or a glob.
-    #[serde(deserialize_with = "name_pattern")]
-    pub service_account: NamePattern,
-    /// When set, only pod-bound tokens whose pod name starts with this.
-    #[serde(default, deserialize_with = "pod_prefix")]
-    pub pod_name_prefix: Option<String>,
-}
-
-impl Subject {
-    fn matches(&self, who: &WorkloadIdentity) -> bool {
-        self.issuer
-            .as_ref()
-            .is_none_or(|issuer| *issuer == who.issuer)
-            && self.namespace.matches(&who.namespace)
-            && self.service_account.matches(&who.service_account)
-            && match &self.pod_name_prefix {
-                None => true,
-                Some(prefix) => who
-                    .pod_name
-                    .as_deref()
-                    .is_some_and(|pod| pod.starts_with(prefix.as_str())),
-            }
-    }
-}
-
-fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-    field: &str,
-) -> Result<Vec<T>, D::Error> {
-    let items = Vec::<T>::deserialize(d)?;
-    if items.is_empty() {
-        return Err(serde::de::Error::custom(format!(
-            "{field} must list at least one entry"
-        )));
-    }
-    Ok(items)
-}
-
-fn non_empty_subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Subject>, D::Error> {
-    non_empty(d, "subjects")
-}
-
-fn non_empty_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathPattern>, D::Error> {
-    non_empty(d, "paths")
-}
-
-fn non_empty_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Capability>, D::Error> {
-    non_empty(d, "capabilities")
-}
-
-fn name_pattern<'de, D: Deserializer<'de>>(d: D) -> Result<NamePattern, D::Error> {
-    let raw = String::deserialize(d)?;
-    NamePattern::parse(&raw).map_err(serde::de::Error::custom)
-}
-
-fn issuer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let raw = String::deserialize(d)?;
-    if raw.is_empty() || raw.len() > 1024 || raw.chars().any(char::is_control) {
-        return Err(serde::de::Error::custom(
-            "issuer must be the exact, non-empty `iss` of the tokens",
-        ));
-    }
-    Ok(Some(raw))
-}
-
-fn pod_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let raw = String::deserialize(d)?;
-    if raw.is_empty() || !raw.bytes().all(pattern::is_name_byte) {
-        return Err(serde::de::Error::custom(
-            "podNamePrefix must be a non-empty name prefix of [A-Za-z0-9._-]",
-        ));
-    }
-    Ok(Some(raw))
-}
-
-impl<'de> Deserialize<'de> for PathPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        PathPattern::parse(&raw).map_err(serde::de::Error::custom)
-    }
-}
-
-/// One validated rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    /// Its name, or `rules[INDEX]` when the file gives none (shared with
-    /// every decision it makes, so a decision copies no string).
-    pub name: Arc<str>,
-    /// Allow or deny.
-    pub effect: Effect,
-    /// Who it is about: any one of these.
-    pub subjects: Vec<Subject>,
-    /// What it is about: any one of these.
-    pub paths: Vec<PathPattern>,
-    /// What it grants or forbids.
-    pub capabilities: Vec<Capability>,
-    caps: u16,
-}
-
-impl Rule {
-    fn applies(&self, who: &WorkloadIdentity, parts: &[&str], capability: Capability) -> bool {
-        self.caps & capability.bit() != 0
-            && self.subjects.iter().any(|s| s.matches(who))
-            && self.paths.iter().any(|p| p.matches_segments(parts, who))
-    }
-}
+pub use rule::{Rule, Subject};
 
 /// A loaded, validated policy, indexed by namespace.
 #[derive(Debug, Clone)]
@@ -326,49 +112,6 @@ impl fmt::Display for Decision {
     }
 }
 
-/// Why a policy could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid policy: {0}")]
-    Parse(#[from] serde_norway::Error),
-    #[error("invalid policy: rule {rule}: {reason}")]
-    Invalid { rule: usize, reason: String },
-    #[error("invalid policy: rule {rule}: {reason}")]
-    Issuer { rule: String, reason: String },
-}
-
-impl PolicyError {
-    /// The line of the policy file at fault, when known (1-based).
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            Self::Parse(e) => e.location().map(|l| l.line()),
-            _ => None,
-        }
-    }
-}
-
-/// A policy that is valid but risky: reported, not refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyWarning {
-    /// The rule's name.
-    pub rule: String,
-    /// What is risky about it.
-    pub message: String,
-}
-
-impl fmt::Display for PolicyWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rule {}: {}", self.rule, self.message)
-    }
-}
-
 impl Policy {
     /// A policy that denies everything.
     pub fn deny_all() -> Self {
@@ -377,30 +120,7 @@ impl Policy {
 
     /// Parses and validates a policy document.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
-        let file: PolicyFile = serde_norway::from_str(text)?;
-        let rules = file
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(index, r)| {
-                let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
-                if name.is_empty() || name.chars().any(char::is_control) {
-                    return Err(PolicyError::Invalid {
-                        rule: index,
-                        reason: "a rule name must be non-empty printable text".into(),
-                    });
-                }
-                Ok(Rule {
-                    name: name.into(),
-                    effect: r.effect,
-                    caps: r.capabilities.iter().fold(0, |acc, c| acc | c.bit()),
-                    subjects: r.subjects,
-                    paths: r.paths,
-                    capabilities: r.capabilities,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::from_rules(rules))
+        load::rules_from_yaml(text).map(Self::from_rules)
     }
 
     fn from_rules(rules: Vec<Rule>) -> Self {
@@ -450,33 +170,7 @@ impl Policy {
     /// different workloads). An empty list skips the check (offline tools
     /// that do not know the configuration).
     pub fn check_issuers(&self, configured: &[String]) -> Result<(), PolicyError> {
-        if configured.is_empty() {
-            return Ok(());
-        }
-        for rule in &self.rules {
-            for (index, subject) in rule.subjects.iter().enumerate() {
-                let reason = match &subject.issuer {
-                    Some(issuer) if !configured.contains(issuer) => format!(
-                        "subjects[{index}] names issuer {issuer:?}, which is not configured \
-                         (configured: {})",
-                        configured.join(", ")
-                    ),
-                    Some(_) => continue,
-                    None if configured.len() > 1 => format!(
-                        "subjects[{index}] must name an issuer: several issuers are \
-                         configured ({}), and a namespace/service account alone is \
-                         ambiguous across them",
-                        configured.join(", ")
-                    ),
-                    None => continue,
-                };
-                return Err(PolicyError::Issuer {
-                    rule: rule.name.to_string(),
-                    reason,
-                });
-            }
-        }
-        Ok(())
+        lint::check_issuers(&self.rules, configured)
     }
 
     /// May `who` do `capability` on `path`? An applicable deny rule wins;
@@ -540,7 +234,7 @@ impl Policy {
             .map(|index| &self.rules[index])
             .find(|rule| {
                 rule.effect == Effect::Allow
-                    && rule.caps & capability.bit() != 0
+                    && rule.covers(capability)
                     && rule.subjects.iter().any(|s| s.matches(who))
                     && rule.paths.iter().any(|p| p.may_match_below(&parts, who))
             })
@@ -551,71 +245,7 @@ impl Policy {
 
     /// Valid but risky grants, for `cofferctl policy lint` and the reload log.
     pub fn warnings(&self) -> Vec<PolicyWarning> {
-        let mut warnings = Vec::new();
-        let mut names = std::collections::HashSet::new();
-        for rule in &self.rules {
-            let warn = |warnings: &mut Vec<PolicyWarning>, message: String| {
-                warnings.push(PolicyWarning {
-                    rule: rule.name.to_string(),
-                    message,
-                })
-            };
-            if !names.insert(&*rule.name) {
-                warn(
-                    &mut warnings,
-                    "the name is used by another rule: audit records will be ambiguous".into(),
-                );
-            }
-            if rule.effect == Effect::Deny {
-                continue;
-            }
-            let every_namespace = rule
-                .subjects
-                .iter()
-                .any(|s| s.namespace.matches_everything());
-            let every_workload = rule.subjects.iter().any(|s| {
-                s.namespace.matches_everything()
-                    && s.service_account.matches_everything()
-                    && s.pod_name_prefix.is_none()
-            });
-            let every_path = rule.paths.iter().any(PathPattern::matches_everything);
-            let untemplated_everywhere = rule
-                .paths
-                .iter()
-                .any(|p| !p.is_templated() && p.as_str().starts_with('*'));
-            let write_side: Vec<&str> = rule
-                .capabilities
-                .iter()
-                .filter(|c| c.is_write_side())
-                .map(|c| c.as_str())
-                .collect();
-            if !write_side.is_empty() && every_path {
-                warn(
-                    &mut warnings,
-                    format!("grants {} on every path", write_side.join(", ")),
-                );
-            }
-            if !write_side.is_empty() && every_namespace {
-                warn(
-                    &mut warnings,
-                    format!("grants {} to every namespace", write_side.join(", ")),
-                );
-            }
-            if every_path && every_workload {
-                warn(
-                    &mut warnings,
-                    "grants every workload access to every path".into(),
-                );
-            } else if every_path {
-                warn(&mut warnings, "grants access to every path".into());
-            } else if every_workload && untemplated_everywhere {
-                warn(
-                    &mut warnings,
-                    "grants every workload a path pattern that starts with a wildcard".into(),
-                );
-            }
-        }
-        warnings
+        lint::warnings(&self.rules)
     }
 }
 
