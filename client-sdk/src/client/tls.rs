@@ -7,10 +7,7 @@
 //! watch stream goes on). A file that is gone or holds no certificate is
 //! logged and the last good roots stay.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{path::PathBuf, sync::Arc};
 
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
