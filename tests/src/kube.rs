@@ -24,6 +24,7 @@
 
 use std::{
     io::Write,
+    ops::Deref,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::{
@@ -39,6 +40,7 @@ use serde_json::Value;
 use crate::{
     http::free_port,
     process::{Process, fixture},
+    serial::{Lane, Turn},
 };
 
 /// The issuer of the server's service-account tokens: the in-cluster name
@@ -104,11 +106,34 @@ kill $child 2>/dev/null; wait $child"#;
     command
 }
 
+/// The process's one API server, held by one test at a time (see
+/// [`ApiServer::shared`]).
+pub struct SharedApiServer {
+    server: &'static ApiServer,
+    _turn: Turn,
+}
+
+impl Deref for SharedApiServer {
+    type Target = ApiServer;
+
+    fn deref(&self) -> &ApiServer {
+        self.server
+    }
+}
+
 impl ApiServer {
-    /// The server of this test binary, started on first use.
-    pub fn shared() -> &'static ApiServer {
+    /// The server of this test process, started on first use, and the
+    /// caller's turn on it: a test holds the cluster alone until it drops
+    /// the turn, since one may delete what another applied (the overlays'
+    /// ClusterRoleBindings).
+    pub fn shared() -> SharedApiServer {
         static SERVER: OnceLock<ApiServer> = OnceLock::new();
-        SERVER.get_or_init(ApiServer::start)
+        static TURN: Lane = Lane::new();
+        let turn = TURN.take();
+        SharedApiServer {
+            server: SERVER.get_or_init(ApiServer::start),
+            _turn: turn,
+        }
     }
 
     /// Starts etcd and the API server and waits until `/readyz` answers.

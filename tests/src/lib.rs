@@ -25,6 +25,7 @@ pub mod openbao;
 pub mod policy;
 pub mod postgres;
 pub mod process;
+pub mod serial;
 pub mod sidecar;
 pub mod tmpfs;
 pub mod tokens;

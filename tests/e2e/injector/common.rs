@@ -1,10 +1,7 @@
-//! What the `injector_*` tests share: the real `coffer-injector` binary
+//! What the injector tests (and the docs examples) share: the real `coffer-injector` binary
 //! started on a loopback port with a certificate of its own, AdmissionReview
 //! v1 requests as the API server sends them, HTTPS connections that stay
 //! open, and the process's memory from `/proc`.
-
-// Each test binary uses a part of this toolkit.
-#![allow(dead_code)]
 
 use std::{
     io::{Read, Write},

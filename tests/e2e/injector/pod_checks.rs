@@ -7,7 +7,7 @@
 //! that cannot render is refused with the reason. The annotations
 //! docs/deploy.md shows are admitted.
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use injector_common::{Injector, container, opted_in, pod, refusal};
 use serde_json::{Value, json};

@@ -76,7 +76,7 @@ fn counter(page: &str, name: &str) -> u64 {
 #[tokio::test]
 async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure() {
     let cluster = ApiServer::shared();
-    let broker = broker(cluster);
+    let broker = broker(&cluster);
     cluster.shop_pod("web-2");
     let operator = broker.client(cluster.operator_token()).await;
     let put = |value: &'static [u8]| {
@@ -139,7 +139,7 @@ async fn a_live_pods_watch_carries_on_across_review_refreshes_without_a_failure(
 #[tokio::test]
 async fn a_deleted_pods_token_is_refused_and_its_watch_closed_within_the_ttl() {
     let cluster = ApiServer::shared();
-    let broker = broker(cluster);
+    let broker = broker(&cluster);
     cluster.shop_pod("web-1");
     broker
         .put_as(

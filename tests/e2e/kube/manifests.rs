@@ -92,7 +92,7 @@ fn every_overlay_and_example_passes_a_server_dry_run_but_for_features_after_1_20
             let expected = REFUSED_BY_1_20
                 .iter()
                 .find(|(k, kd, n, _)| k == kustomization && *kd == kind && *n == name);
-            match (dry_run(cluster, &object), expected) {
+            match (dry_run(&cluster, &object), expected) {
                 (None, None) => {}
                 (Some(error), Some((_, _, _, because))) => {
                     assert!(
@@ -169,16 +169,16 @@ fn each_overlay_grants_its_service_accounts_what_they_need_and_nothing_more() {
 
         // The broker reads the issuer's discovery documents with its token.
         assert!(can_i(
-            cluster,
+            &cluster,
             "coffer-broker",
             "get",
             "/.well-known/openid-configuration"
         ));
-        assert!(can_i(cluster, "coffer-broker", "get", "/openid/v1/jwks"));
+        assert!(can_i(&cluster, "coffer-broker", "get", "/openid/v1/jwks"));
         // TokenReview only where the overlay authenticates by it.
         assert_eq!(
             can_i(
-                cluster,
+                &cluster,
                 "coffer-broker",
                 "create",
                 "tokenreviews.authentication.k8s.io"
@@ -197,7 +197,7 @@ fn each_overlay_grants_its_service_accounts_what_they_need_and_nothing_more() {
                 ("update", "mutatingwebhookconfigurations"),
             ] {
                 assert!(
-                    !can_i(cluster, sa, verb, resource),
+                    !can_i(&cluster, sa, verb, resource),
                     "{kustomization}: {sa} may {verb} {resource}"
                 );
             }

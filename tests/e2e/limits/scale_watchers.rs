@@ -57,6 +57,7 @@ fn metric(page: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_pods_of_one_service_account_all_watch_and_all_receive_a_rotation() {
+    let _turn = coffer_tests::serial::heavy();
     let broker = BrokerProcess::builder()
         .policy(POLICY)
         .args(["--metrics-listen", "127.0.0.1:0"])
@@ -163,6 +164,7 @@ const MEASURED: usize = 5_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_the_memory_of_a_watch_on_its_own_connection() {
+    let _turn = coffer_tests::serial::heavy();
     for tls in [false, true] {
         measure(tls).await;
     }

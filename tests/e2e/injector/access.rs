@@ -6,7 +6,7 @@
 //! caller is turned away before the TLS handshake, also where the network
 //! plugin does not enforce NetworkPolicy.
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use std::process::Command;
 

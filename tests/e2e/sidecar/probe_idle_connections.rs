@@ -62,6 +62,7 @@ fn mib(bytes: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_probe_answers_within_the_memory_limit_while_thousands_of_idle_sockets_sit_on_it() {
+    let _turn = coffer_tests::serial::heavy();
     let (_broker, sidecar, admin) = probed_sidecar().await;
     let pid = sidecar.process.pid();
     let addr: SocketAddr = admin.parse().unwrap();

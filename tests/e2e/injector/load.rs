@@ -9,7 +9,7 @@
 //! answering and the peak resident memory stays under the Deployment's
 //! limit (64Mi).
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use std::{
     io::{Read, Write},
@@ -155,6 +155,7 @@ fn a_declared_length_over_the_limit_is_refused_before_the_body_is_sent() {
 
 #[test]
 fn a_4_mib_body_is_refused_and_costs_no_memory() {
+    let _turn = coffer_tests::serial::heavy();
     let injector = Injector::start();
     let before = injector.memory_kib("VmHWM");
     let status = post_blindly(&injector, &review_of_size(4 * MIB));
@@ -175,6 +176,7 @@ fn a_4_mib_body_is_refused_and_costs_no_memory() {
 
 #[test]
 fn a_review_just_under_the_limit_is_answered_for_little_more_than_its_size() {
+    let _turn = coffer_tests::serial::heavy();
     let injector = Injector::start();
     let before = injector.memory_kib("VmHWM");
     let body = review_of_size(3 * MIB - 64 * 1024);
@@ -221,6 +223,7 @@ fn a_review_listing_too_many_ports_is_refused_without_holding_them() {
 
 #[test]
 fn idle_sockets_do_not_lock_out_health_or_reviews() {
+    let _turn = coffer_tests::serial::heavy();
     let injector = Injector::start();
     let _sockets = idle_sockets(&injector, 500);
     let latency = health(&injector).expect("/healthz answers within 5 s beside 500 idle sockets");
@@ -294,6 +297,7 @@ fn a_request_whose_body_stalls_is_timed_out_on_its_own() {
 /// bodies just under the limit, in rounds; `/healthz` polled throughout.
 #[test]
 fn health_answers_and_memory_stays_under_the_limit_under_idle_sockets_and_large_bodies() {
+    let _turn = coffer_tests::serial::heavy();
     let injector = Arc::new(Injector::start());
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = injector.memory_kib("VmRSS");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coffer_tests::eventually;
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use injector_common::{Connection, Injector};
 

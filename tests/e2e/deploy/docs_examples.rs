@@ -35,7 +35,7 @@ use base64::Engine;
 use coffer_tests::{BrokerProcess, Key, binary, deploy, mint};
 use serde_json::{Value, json};
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use injector_common::Injector;
 

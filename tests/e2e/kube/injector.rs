@@ -137,14 +137,14 @@ fn names(containers: &Value) -> Vec<String> {
 #[test]
 fn the_api_server_stores_injected_pods_and_refuses_what_the_injector_refuses() {
     let cluster = ApiServer::shared();
-    let mut injector = start_injector(cluster);
-    register_webhook(cluster, &injector.url);
+    let mut injector = start_injector(&cluster);
+    register_webhook(&cluster, &injector.url);
     let namespace = cluster.namespace("shop");
     cluster.service_account(&namespace, "web");
 
     // An opted-in pod is stored with the sidecar, in a shape 1.20 keeps.
     let stored = create(
-        cluster,
+        &cluster,
         &pod(&namespace, "web-0", true, secret_annotations()),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", injector.process.output()));
@@ -177,14 +177,14 @@ fn the_api_server_stores_injected_pods_and_refuses_what_the_injector_refuses() {
     );
 
     // An unlabelled pod is never sent to the injector.
-    let plain = create(cluster, &pod(&namespace, "plain-0", false, json!({}))).unwrap();
+    let plain = create(&cluster, &pod(&namespace, "plain-0", false, json!({}))).unwrap();
     assert_eq!(names(&plain["spec"]["containers"]), ["app"]);
 
     // kube-public has no kubernetes.io/metadata.name label on 1.20, so the
     // webhook's namespaceSelector does not exclude it: the injector does.
     cluster.service_account("kube-public", "web");
     let excluded = create(
-        cluster,
+        &cluster,
         &pod("kube-public", "web-0", true, secret_annotations()),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", injector.process.output()));
@@ -194,19 +194,19 @@ fn the_api_server_stores_injected_pods_and_refuses_what_the_injector_refuses() {
     // A hostile annotation is refused with the injector's reason.
     let mut hostile = secret_annotations();
     hostile["coffer.dev/mode-db"] = json!("4777");
-    let error = create(cluster, &pod(&namespace, "hostile-0", true, hostile)).unwrap_err();
+    let error = create(&cluster, &pod(&namespace, "hostile-0", true, hostile)).unwrap_err();
     assert!(error.contains("coffer-injector:"), "{error}");
     assert!(error.contains("mode"), "{error}");
     let mut typo = secret_annotations();
     typo["coffer.dev/fromat-db"] = json!("json");
-    let error = create(cluster, &pod(&namespace, "typo-0", true, typo)).unwrap_err();
+    let error = create(&cluster, &pod(&namespace, "typo-0", true, typo)).unwrap_err();
     assert!(error.contains("coffer.dev/fromat-db"), "{error}");
 
     // A native sidecar asked for on 1.20: the server refuses the pod (this
     // is why `container` mode exists), and says why.
     let mut native = secret_annotations();
     native["coffer.dev/sidecar-mode"] = json!("native");
-    let error = create(cluster, &pod(&namespace, "native-0", true, native)).unwrap_err();
+    let error = create(&cluster, &pod(&namespace, "native-0", true, native)).unwrap_err();
     assert!(error.contains("initContainers"), "{error}");
 
     // After injection, the API server sends updates too (issue #22): what
@@ -250,7 +250,7 @@ fn the_api_server_stores_injected_pods_and_refuses_what_the_injector_refuses() {
     let mut large = secret_annotations();
     large["coffer.dev/template-db"] =
         json!(format!("{{{{ password }}}}{}", "#".repeat(150 * 1024)));
-    let error = create(cluster, &pod(&namespace, "large-0", true, large)).unwrap_err();
+    let error = create(&cluster, &pod(&namespace, "large-0", true, large)).unwrap_err();
     assert!(error.contains("coffer-injector:"), "{error}");
     assert!(error.contains("262144"), "{error}");
 
@@ -258,11 +258,11 @@ fn the_api_server_stores_injected_pods_and_refuses_what_the_injector_refuses() {
     // its secrets); the rest of the cluster is not blocked.
     injector.process.kill();
     let error = create(
-        cluster,
+        &cluster,
         &pod(&namespace, "web-1", true, secret_annotations()),
     )
     .unwrap_err();
     assert!(error.contains("failed calling webhook"), "{error}");
-    let plain = create(cluster, &pod(&namespace, "plain-1", false, json!({}))).unwrap();
+    let plain = create(&cluster, &pod(&namespace, "plain-1", false, json!({}))).unwrap();
     assert_eq!(names(&plain["spec"]["containers"]), ["app"]);
 }

@@ -9,7 +9,7 @@
 //! injector/src/annotations.rs; the patch of each mode in detail:
 //! injector/src/patch.rs.)
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use std::{
     path::{Path, PathBuf},

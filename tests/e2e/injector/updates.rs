@@ -8,7 +8,7 @@
 //! injector added (the token above all) nor join the sidecar's processes.
 //! The shipped webhook sends both kinds of request.
 
-mod injector_common;
+use crate::injector::common as injector_common;
 
 use coffer_tests::deploy;
 use injector_common::{Injector, opted_in, refusal, review};

@@ -1,0 +1,5 @@
+//! `cofferctl` as a tool: `get` on a terminal, completions and manual pages, versions.
+
+mod get_tty;
+mod tools;
+mod versions;

@@ -1,0 +1,9 @@
+//! The admission webhook that adds the sidecar to pods.
+
+mod access;
+pub(crate) mod common;
+mod load;
+mod pod_checks;
+mod tls_reload;
+mod updates;
+mod webhook;

@@ -1,0 +1,7 @@
+//! Against a real kube-apiserver: RBAC of the overlays, OIDC discovery, TokenReview, the webhook.
+
+mod injector;
+mod manifests;
+mod oidc_discovery;
+mod oidc_overlay;
+mod tokenreview;

@@ -1,0 +1,4 @@
+//! The policy file: lint and live reload.
+
+mod lint;
+mod reload;

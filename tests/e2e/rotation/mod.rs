@@ -1,0 +1,6 @@
+//! Rotation: acknowledgements, the rotation spec, `cofferctl rotate`.
+
+mod acks;
+mod acks_bounded;
+mod cli;
+mod spec;
