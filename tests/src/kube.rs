@@ -3,8 +3,9 @@
 //! `scripts/install-test-deps` runs) on 127.0.0.1, with a CA, serving
 //! certificate, admin token and service-account signing key made per run.
 //!
-//! One server per test binary ([`ApiServer::shared`]): it takes about 4 s
-//! and 300 MB to start, so the tests of one file share it and each works in
+//! One server per test process ([`ApiServer::shared`]): it takes about 4 s
+//! and 300 MB to start, so every test on it shares it, one at a time (one
+//! may delete the cluster-wide objects another applied), each in
 //! a namespace of its own ([`ApiServer::namespace`]; a 1.20 server with no
 //! controller-manager never finishes deleting one). The server processes
 //! are tied to the test process: a watchdog ends them when it exits.
@@ -88,7 +89,7 @@ fn etcd_binary() -> PathBuf {
 
 /// Runs `program args` under a shell watchdog that ends it when the test
 /// process (`owner`) is gone, so a server shared through a `static` (never
-/// dropped) does not outlive the test binary.
+/// dropped) does not outlive the test process.
 fn tied(program: &Path, args: &[String]) -> Command {
     const WATCHDOG: &str = r#"owner=$1; shift
 "$@" & child=$!

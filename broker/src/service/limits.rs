@@ -56,7 +56,7 @@ impl Default for Limits {
 /// its own TLS connection (the sidecar's case; 34 KB over plaintext, 13 KB
 /// per stream when 50 streams share a connection), with a small secret.
 /// Rounded up to 64 KiB for larger values and the allocator's slack.
-/// `tests/tests/scale_watchers.rs` measures it
+/// `tests/e2e/limits/scale_watchers.rs` measures it
 /// (`measure_the_memory_of_a_watch_on_its_own_connection`, run by hand).
 pub const BYTES_PER_WATCH: u64 = 64 * 1024;
 

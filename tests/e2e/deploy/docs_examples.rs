@@ -158,7 +158,7 @@ fn every_yaml_example_says_what_it_is() {
         .collect();
     assert!(
         unmarked.is_empty(),
-        "yaml examples without a known marker (see tests/tests/docs_examples.rs):\n{}",
+        "yaml examples without a known marker (see tests/e2e/deploy/docs_examples.rs):\n{}",
         unmarked.join("\n")
     );
     // Each kind is used, so a checker below is never dead code.
@@ -530,7 +530,7 @@ async fn sidecar_examples_pass_check_config_and_a_real_run() {
     }
 }
 
-// ---- the injector, for real (tests/tests/injector_common) ----
+// ---- the injector, for real (tests/e2e/injector/common.rs) ----
 
 /// The sidecar configuration a JSONPatch puts in the pod's annotations.
 fn injected_config(response: &Value) -> Option<String> {

@@ -160,7 +160,7 @@ const MEASURED: usize = 5_000;
 /// the broker's resident memory with 5,000 watchers each on its own
 /// connection, as sidecars connect, over plaintext and over TLS. Run by
 /// hand (it needs 5,000 file descriptors on each side):
-/// `cargo test -p coffer-tests --test scale_watchers -- --ignored --nocapture`.
+/// `cargo test -p coffer-tests --test e2e limits::scale_watchers -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_the_memory_of_a_watch_on_its_own_connection() {
