@@ -71,6 +71,11 @@ impl BrokerBuilder {
         self
     }
 
+    /// An audit trail written to `file` (`--audit-file`).
+    pub fn audit_file(self, file: &Path) -> Self {
+        self.args([OsStr::new("--audit-file"), file.as_os_str()])
+    }
+
     /// An `--auth-config` file holding `yaml` in place of the test issuer's
     /// JWKS (see [`jwks_file_auth`] for the common one).
     pub fn auth_config(mut self, yaml: &str) -> Self {
@@ -202,6 +207,12 @@ impl BrokerProcess {
             .unwrap()
     }
 
+    /// The status a read of `path` as `token`'s holder fails with, or
+    /// `None` when it succeeds.
+    pub async fn read_code(&self, token: String, path: &str) -> Option<coffer::Code> {
+        self.client(token).await.get(path).await.err()?.code()
+    }
+
     /// The address the broker's `--metrics-listen` endpoint bound, from its log.
     pub fn metrics_addr(&self) -> String {
         self.process
@@ -266,6 +277,16 @@ impl BrokerProcess {
         let status = admin.status(path).await.unwrap();
         status.workloads.iter().map(|w| w.version).collect()
     }
+}
+
+/// The records of the audit trail in `file`, one JSON value per line
+/// (none while the file does not exist).
+pub fn audit_records(file: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// An `--auth-config` trusting the test issuer's keys from the JWKS file

@@ -30,12 +30,12 @@ pub mod sidecar;
 pub mod tmpfs;
 pub mod tokens;
 
-pub use broker::{BrokerBuilder, BrokerProcess, default_auth_args, jwks_file_auth};
+pub use broker::{BrokerBuilder, BrokerProcess, audit_records, default_auth_args, jwks_file_auth};
 pub use cofferctl::{Ctl, audit_verify, cofferctl};
 pub use http::{free_port, get_page, http, parse_response};
 pub use openbao::{vault_args, vault_broker};
-pub use policy::POLICY;
+pub use policy::{POLICY, policy_of, policy_with, rule};
 pub use process::{Process, binary, eventually, fixture, strip_ansi};
 pub use sidecar::{HupCounter, SidecarOptions, SidecarProcess, password_of, password_sidecar};
 pub use tmpfs::TinyTmpfs;
-pub use tokens::{AUDIENCE, ISSUER, Issuers, Key, mint, mint_claims, pod_token};
+pub use tokens::{AUDIENCE, ISSUER, Issuers, Key, claims, mint, mint_claims, pod_token, web_token};

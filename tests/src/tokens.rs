@@ -29,14 +29,13 @@ pub enum Key {
 
 /// Mints a projected-shape token for `namespace/service_account`.
 pub fn mint(key: Key, namespace: &str, service_account: &str) -> String {
+    let pod = format!("{service_account}-0");
     mint_claims(
         key,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
+        &claims(
             namespace,
             service_account,
-            Some(&format!("{service_account}-0")),
+            Some(&pod),
             Duration::from_secs(3600),
         ),
     )
@@ -58,19 +57,26 @@ pub fn mint_claims(key: Key, claims: &ProjectedClaims) -> String {
     claims.sign(alg, kid, &encoding).unwrap()
 }
 
+/// The claims of a test token for `namespace/service_account`, bound to
+/// `pod` (name and uid) when given, valid for `ttl`.
+pub fn claims(
+    namespace: &str,
+    service_account: &str,
+    pod: Option<&str>,
+    ttl: Duration,
+) -> ProjectedClaims {
+    ProjectedClaims::projected(ISSUER, AUDIENCE, namespace, service_account, pod, ttl)
+}
+
+/// A token of `shop/web` signed with `key`, bound to `pod` when given,
+/// valid for `ttl`.
+pub fn web_token(key: Key, pod: Option<&str>, ttl: Duration) -> String {
+    mint_claims(key, &claims("shop", "web", pod, ttl))
+}
+
 /// A token of pod `pod` of `shop/web`, bound to the pod (name and uid).
 pub fn pod_token(pod: &str) -> String {
-    mint_claims(
-        Key::Rsa,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
-            "shop",
-            "web",
-            Some(pod),
-            Duration::from_secs(3600),
-        ),
-    )
+    web_token(Key::Rsa, Some(pod), Duration::from_secs(3600))
 }
 
 /// Issuers of the test's own, each with a fresh key, trusted together

@@ -48,12 +48,8 @@ async fn a_record_cut_short_by_a_full_disk_does_not_break_the_chain() {
     };
     let audit = dir.path().join("audit.log");
     let broker = BrokerProcess::builder()
-        .args([
-            "--audit-file",
-            audit.to_str().unwrap(),
-            "--audit-aggregate-interval",
-            "0s",
-        ])
+        .audit_file(&audit)
+        .args(["--audit-aggregate-interval", "0s"])
         .start();
     broker.put_bytes("shop/db", b"v").await;
     let web = broker.client(mint(Key::Ec, "shop", "web")).await;

@@ -5,16 +5,8 @@
 use std::{path::Path, time::Duration};
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, audit_verify, eventually, mint};
+use coffer_tests::{BrokerProcess, Key, audit_records, audit_verify, eventually, mint};
 use serde_json::Value;
-
-fn records(file: &Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// The rotated files oldest first, then the live file.
 fn trail(audit: &Path) -> Vec<std::path::PathBuf> {
@@ -37,12 +29,8 @@ async fn five_hundred_bad_tokens_make_a_handful_of_counted_records() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
     let broker = BrokerProcess::builder()
-        .args([
-            "--audit-file",
-            audit.to_str().unwrap(),
-            "--audit-aggregate-interval",
-            "1s",
-        ])
+        .audit_file(&audit)
+        .args(["--audit-aggregate-interval", "1s"])
         .start();
     let forger = broker.client(mint(Key::ForeignRsa, "shop", "web")).await;
     for _ in 0..500 {
@@ -53,7 +41,7 @@ async fn five_hundred_bad_tokens_make_a_handful_of_counted_records() {
     }
     // The counts of the last interval are written when it ends.
     let failures = eventually(Duration::from_secs(20), "counts adding up to 500", || {
-        let failures: Vec<Value> = records(&audit)
+        let failures: Vec<Value> = audit_records(&audit)
             .into_iter()
             .filter(|r| r["decision"] == "deny" && r["identity"].is_null())
             .collect();
@@ -79,12 +67,8 @@ async fn counts_still_pending_are_written_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
     let mut broker = BrokerProcess::builder()
-        .args([
-            "--audit-file",
-            audit.to_str().unwrap(),
-            "--audit-aggregate-interval",
-            "1h",
-        ])
+        .audit_file(&audit)
+        .args(["--audit-aggregate-interval", "1h"])
         .start();
     let forger = broker.client(mint(Key::ForeignRsa, "shop", "web")).await;
     for _ in 0..20 {
@@ -96,7 +80,7 @@ async fn counts_still_pending_are_written_at_shutdown() {
     drop(forger);
     broker.process.terminate();
     assert!(broker.process.wait(Duration::from_secs(20)).is_some());
-    let counts: Vec<u64> = records(&audit)
+    let counts: Vec<u64> = audit_records(&audit)
         .iter()
         .map(|r| r["count"].as_u64().unwrap())
         .collect();
@@ -109,9 +93,8 @@ async fn rotation_keeps_at_most_n_files_and_the_pruned_trail_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
     let broker = BrokerProcess::builder()
+        .audit_file(&audit)
         .args([
-            "--audit-file",
-            audit.to_str().unwrap(),
             "--audit-max-bytes",
             "700",
             "--audit-keep",
@@ -137,7 +120,7 @@ async fn rotation_keeps_at_most_n_files_and_the_pruned_trail_verifies() {
         !files[0].to_str().unwrap().ends_with(".000001"),
         "the oldest files were pruned: {files:?}"
     );
-    let first = &records(&files[0])[0];
+    let first = &audit_records(&files[0])[0];
     assert!(first["seq"].as_u64().unwrap() > 0);
     let (code, out) = audit_verify(&files);
     assert_eq!(code, 0, "{out}");

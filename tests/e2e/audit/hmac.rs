@@ -20,9 +20,8 @@ async fn keyed_broker(dir: &Path) -> BrokerProcess {
     let key = dir.join("audit.key");
     std::fs::write(&key, b"only the auditors read this").unwrap();
     let broker = BrokerProcess::builder()
+        .audit_file(&audit)
         .args([
-            "--audit-file",
-            audit.to_str().unwrap(),
             "--audit-hmac-key-file",
             key.to_str().unwrap(),
             "--audit-head-interval",

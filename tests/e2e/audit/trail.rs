@@ -5,18 +5,10 @@
 use std::{ffi::OsStr, path::Path};
 
 use coffer::{Code, SecretBytes, SecretData};
-use coffer_tests::{BrokerProcess, Key, audit_verify, mint};
+use coffer_tests::{BrokerProcess, Key, audit_records, audit_verify, mint};
 use serde_json::Value;
 
 const CANARY: &str = "canary-audit-5b1e0c7a-never-record-me";
-
-fn records(file: &Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn find<'a>(records: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
     records
@@ -28,9 +20,7 @@ fn find<'a>(records: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> 
 /// A broker auditing to a file, with one allowed read, one denied read and
 /// one authentication failure behind it. Returns the tokens used.
 async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
-    let broker = BrokerProcess::builder()
-        .args(["--audit-file", audit.to_str().unwrap()])
-        .start();
+    let broker = BrokerProcess::builder().audit_file(&audit).start();
     let admin_token = mint(Key::Rsa, "ops", "admin");
     let web_token = mint(Key::Ec, "shop", "web");
     let intruder_token = mint(Key::Rsa, "shop", "intruder");
@@ -69,7 +59,7 @@ async fn allow_deny_and_authentication_failure_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
     let (_broker, _) = audited_traffic(&audit).await;
-    let all = records(&audit);
+    let all = audit_records(&audit);
 
     let allow = find(&all, "allowed read", |r| {
         r["rpc"] == "GetSecret" && r["decision"] == "allow"
@@ -178,7 +168,7 @@ async fn audit_verify_finds_a_modified_and_a_deleted_record() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_audit_sink_refuses_requests() {
     let broker = BrokerProcess::builder()
-        .args(["--audit-file", "/dev/full"])
+        .audit_file("/dev/full".as_ref())
         .start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let error = admin
@@ -206,7 +196,8 @@ async fn an_unwritable_audit_sink_refuses_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fail_open_serves_requests_when_the_sink_is_unwritable() {
     let broker = BrokerProcess::builder()
-        .args(["--audit-file", "/dev/full", "--audit-fail-open"])
+        .audit_file("/dev/full".as_ref())
+        .args(["--audit-fail-open"])
         .start();
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     admin

@@ -7,9 +7,7 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer::Code;
 use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{
-    AUDIENCE, BrokerProcess, ISSUER, Key, default_auth_args, eventually, fixture, mint,
-};
+use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, eventually, fixture, mint};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
@@ -314,9 +312,9 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
 
 #[tokio::test]
 async fn every_bad_token_is_unauthenticated_with_its_precise_reason() {
-    let mut args = default_auth_args();
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let broker = BrokerProcess::builder().auth_args(args).start();
+    let broker = BrokerProcess::builder()
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .start();
     let cases = cases();
     assert!(cases.len() >= 25, "the issue asks for at least 25 cases");
 

@@ -62,18 +62,7 @@ async fn pem_keys_verify_and_a_changed_file_is_picked_up_without_restart() {
     let broker = BrokerProcess::builder()
         .auth_args(["--auth-config".as_ref(), config.as_os_str()])
         .start();
-    let code = |token: String| {
-        let broker = &broker;
-        async move {
-            broker
-                .client(token)
-                .await
-                .get("shop/db")
-                .await
-                .unwrap_err()
-                .code()
-        }
-    };
+    let code = |token: String| broker.read_code(token, "shop/db");
 
     // The RSA key is there (NotFound: authenticated, the secret is absent).
     assert_eq!(code(rsa_token()).await, Some(Code::NotFound));

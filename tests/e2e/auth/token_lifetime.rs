@@ -106,18 +106,7 @@ async fn a_key_removed_from_the_jwks_file_revokes_its_cached_verifications() {
             .unwrap()
     };
     let (old_token, new_token) = (mint(&old), mint(&new));
-    let code = |token: String| {
-        let broker = &broker;
-        async move {
-            broker
-                .client(token)
-                .await
-                .get("shop/db")
-                .await
-                .unwrap_err()
-                .code()
-        }
-    };
+    let code = |token: String| broker.read_code(token, "shop/db");
     // Verified (and cached): shop/db is absent, so NotFound.
     assert_eq!(code(old_token.clone()).await, Some(Code::NotFound));
     assert_eq!(code(old_token.clone()).await, Some(Code::NotFound));

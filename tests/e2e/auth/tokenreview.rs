@@ -7,8 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use coffer::Code;
-use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, https::HttpsServer, mint_claims};
+use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, https::HttpsServer, web_token};
 use serde_json::{Value, json};
 
 const REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -16,17 +15,7 @@ const BROKER_TOKEN: &str = "broker-own-credential";
 
 /// A JWT-shaped token for `pod` (the issuer routes it; the review decides).
 fn token(pod: &str) -> String {
-    mint_claims(
-        Key::Rsa,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
-            "shop",
-            "web",
-            Some(pod),
-            Duration::from_secs(600),
-        ),
-    )
+    web_token(Key::Rsa, Some(pod), Duration::from_secs(600))
 }
 
 /// The API server's answer, chosen by the pod named in the token.
@@ -123,19 +112,7 @@ async fn token_review_decides_and_positive_answers_are_cached() {
         .auth_args(["--auth-config".as_ref(), config.as_os_str()])
         .start();
     let token_of = |case: &str| cases.iter().find(|c| c.1 == case).unwrap().0.clone();
-    let code = |case: &'static str| {
-        let broker = &broker;
-        let token = token_of(case);
-        async move {
-            broker
-                .client(token)
-                .await
-                .get("shop/db")
-                .await
-                .unwrap_err()
-                .code()
-        }
-    };
+    let code = |case: &'static str| broker.read_code(token_of(case), "shop/db");
 
     // shop/web may read shop/db (absent: NotFound); shop/intruder may not.
     assert_eq!(code("web").await, Some(Code::NotFound));

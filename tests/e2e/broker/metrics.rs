@@ -4,9 +4,7 @@
 
 use std::{process::Command, time::Duration};
 
-use coffer_tests::{
-    BrokerProcess, Key, SidecarOptions, SidecarProcess, default_auth_args, eventually, http, mint,
-};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, http, mint};
 use serde_json::Value;
 
 const CANARY: &str = "canary-metrics-7f3a9c";
@@ -85,9 +83,9 @@ fn sidecar_metrics(sidecar: &SidecarProcess) -> String {
 /// A broker with `--metrics-listen`, `shop/db` holding `password`, and a
 /// sidecar with an admin endpoint that has written it.
 async fn broker_and_sidecar(password: &str) -> (BrokerProcess, SidecarProcess) {
-    let mut args = default_auth_args();
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let broker = BrokerProcess::builder().auth_args(args).start();
+    let broker = BrokerProcess::builder()
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .start();
     broker.put_map("shop/db", &[("password", password)]).await;
     let sidecar = SidecarProcess::start_with(
         &broker.endpoint,

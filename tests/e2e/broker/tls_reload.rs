@@ -7,23 +7,9 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use coffer::{Client, SecretData, TokenSource, WatchEventKind};
-use coffer_tests::{
-    BrokerProcess, Key, SidecarOptions, SidecarProcess, default_auth_args, eventually, mint,
-};
+use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
-
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write]
-"#;
 
 /// A test CA.
 struct Ca {
@@ -161,12 +147,7 @@ async fn a_renewed_certificate_reaches_new_connections_while_open_streams_go_on(
     let ca = Ca::new("coffer test CA");
     let (a, b) = (ca.leaf(), ca.leaf());
     let files = CertFiles::new(&a);
-    let mut args = default_auth_args();
-    args.extend(files.args());
-    let broker = BrokerProcess::builder()
-        .policy(POLICY)
-        .auth_args(args)
-        .start();
+    let broker = BrokerProcess::builder().args(files.args()).start();
     let port = port(&broker);
     assert_eq!(presented(port, &ca.pem()).await, a.der);
 
@@ -235,7 +216,7 @@ async fn the_sidecar_trusts_a_rotated_ca_bundle_from_its_next_connection_on() {
     };
     let args = store_args(&files);
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let mut broker = BrokerProcess::builder().policy(POLICY).args(&args).start();
+    let mut broker = BrokerProcess::builder().args(&args).start();
     let port = port(&broker);
     let admin = tls_client(port, &old_ca.pem(), mint(Key::Rsa, "ops", "admin")).await;
     put(&admin, "one").await;
@@ -278,7 +259,6 @@ async fn the_sidecar_trusts_a_rotated_ca_bundle_from_its_next_connection_on() {
     let args = store_args(&files);
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let _broker = BrokerProcess::builder()
-        .policy(POLICY)
         .listen(&format!("127.0.0.1:{port}"))
         .args(&args)
         .start();

@@ -2,23 +2,27 @@
 //! on the dev store and on OpenBao, each behind its own capability.
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_broker};
+use coffer_tests::{
+    BrokerProcess, Ctl, Key, mint, openbao::OpenBao, policy_with, rule, vault_broker,
+};
 
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, list, delete, destroy]
-  - name: writer-cannot-delete
-    subjects: [{namespace: ops, serviceAccount: writer}]
-    paths: ["shop/*"]
-    capabilities: [read, write, list]
-"#;
+/// The shared policy, and what these tests add to it.
+fn policy() -> String {
+    policy_with(&[
+        rule(
+            "admin-deletes-shop",
+            "ops/admin",
+            &["shop/*"],
+            &["delete", "destroy"],
+        ),
+        rule(
+            "writer-cannot-delete",
+            "ops/writer",
+            &["shop/*"],
+            &["read", "write", "list"],
+        ),
+    ])
+}
 
 fn ok(ctl: &Ctl, args: &[&str]) -> String {
     ctl.ok(args, b"")
@@ -86,24 +90,24 @@ async fn list_shows_only_listable_names(broker: &BrokerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_undelete_and_destroy_versions_on_the_dev_store() {
-    delete_undelete_destroy(&BrokerProcess::builder().policy(POLICY).start()).await;
+    delete_undelete_destroy(&BrokerProcess::builder().policy(&policy()).start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_undelete_and_destroy_versions_on_openbao() {
     let bao = OpenBao::start();
-    delete_undelete_destroy(&vault_broker(&bao, POLICY)).await;
+    delete_undelete_destroy(&vault_broker(&bao, &policy())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_shows_only_listable_names_on_the_dev_store() {
-    list_shows_only_listable_names(&BrokerProcess::builder().policy(POLICY).start()).await;
+    list_shows_only_listable_names(&BrokerProcess::builder().policy(&policy()).start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_shows_only_listable_names_on_openbao() {
     let bao = OpenBao::start();
-    list_shows_only_listable_names(&vault_broker(&bao, POLICY)).await;
+    list_shows_only_listable_names(&vault_broker(&bao, &policy())).await;
 }
 
 const ROLLBACK_POLICY: &str = r#"

@@ -12,29 +12,28 @@ use coffer_tests::{
     browser::{Browser, http_exchange},
     console::Console,
     eventually, mint, password_of, password_sidecar,
+    policy::ADMIN,
+    policy_with, rule,
 };
 
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop", "shop/*"]
-    capabilities: [read, write, rotate, rollback, list, status]
-  - name: viewer-looks
-    subjects: [{namespace: ops, serviceAccount: viewer}]
-    paths: ["shop", "shop/*"]
-    capabilities: [read, list, status]
-"#;
+/// The shared policy, and what these tests add to it.
+fn policy() -> String {
+    policy_with(&[
+        rule("admin-lists-shop", "ops/admin", &["shop"], ADMIN),
+        rule(
+            "viewer-looks",
+            "ops/viewer",
+            &["shop", "shop/*"],
+            &["read", "list", "status"],
+        ),
+    ])
+}
 
 const CANARY: &str = "canary-console-7f3a9c";
 
 /// A broker with shop/db = {password: first} watched by `pods` sidecars.
 async fn broker_with_pods(pods: &[&str]) -> (BrokerProcess, Vec<SidecarProcess>) {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let pods: Vec<SidecarProcess> = pods
         .iter()
@@ -172,7 +171,7 @@ async fn a_denied_rotate_shows_the_brokers_denial() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_the_access_token_are_refused() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     for path in [
@@ -239,7 +238,7 @@ async fn requests_without_the_access_token_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_without_the_csrf_token_or_from_another_origin_are_refused() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     let csrf = console.csrf("shop/db");
@@ -269,7 +268,7 @@ async fn actions_without_the_csrf_token_or_from_another_origin_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_response_forbids_caching_and_inline_scripts() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     for path in [
@@ -302,7 +301,7 @@ async fn every_response_forbids_caching_and_inline_scripts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_page_or_json_answer_carries_a_secret_value() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_map("shop/db", &[("password", CANARY)]).await;
     broker.put_bytes("shop/raw", CANARY.as_bytes()).await;
     let console = Console::start(&broker, ("ops", "admin"));
@@ -351,7 +350,7 @@ async fn no_page_or_json_answer_carries_a_secret_value() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wildcard_listen_address_is_refused() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, mint(Key::Rsa, "ops", "admin")).unwrap();
@@ -371,7 +370,7 @@ async fn a_wildcard_listen_address_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_overview_lists_version_age_and_rotation_spec() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let rotate = coffer::operator::Rotate::new("shop/db").length(40);

@@ -8,18 +8,23 @@ use std::time::Duration;
 use coffer_tests::{
     BrokerProcess, Key,
     console::Console,
-    default_auth_args, eventually, mint,
+    eventually, mint,
     openbao::{OpenBao, ROOT_TOKEN},
+    policy::ADMIN,
+    policy_of,
     postgres::Postgres,
+    rule,
 };
 
-const POLICY: &str = r#"
-rules:
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop", "shop/*"]
-    capabilities: [read, write, rotate, rollback, list, status]
-"#;
+/// `ops/admin` manages the folder `shop` and what is in it.
+fn policy() -> String {
+    policy_of(&[rule(
+        "admin-manages-shop",
+        "ops/admin",
+        &["shop", "shop/*"],
+        ADMIN,
+    )])
+}
 
 const GET_SECRET: &str = "coffer.v1.SecretBroker/GetSecret";
 
@@ -39,12 +44,10 @@ fn requests(broker: &BrokerProcess, rpc: &str) -> f64 {
 
 /// A broker with `--metrics-listen` and `extra` flags.
 fn broker_with_metrics(extra: &[String]) -> BrokerProcess {
-    let mut args = default_auth_args();
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    args.extend(extra.iter().map(Into::into));
     BrokerProcess::builder()
-        .policy(POLICY)
-        .auth_args(args)
+        .policy(&policy())
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(extra)
         .start()
 }
 

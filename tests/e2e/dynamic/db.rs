@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use coffer_tests::{
-    BrokerProcess, Ctl, SidecarProcess, default_auth_args, eventually,
+    BrokerProcess, Ctl, SidecarProcess, eventually,
     openbao::{OpenBao, ROOT_TOKEN},
     pod_token,
     postgres::Postgres,
@@ -63,24 +63,15 @@ impl Setup {
 
     /// A broker with [`LEASE_POLICY`], its `/metrics` and `extra` flags.
     fn lease_broker(&self, extra: &[&str]) -> BrokerProcess {
-        let mut args: Vec<String> = default_auth_args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
-        args.extend(
-            [
-                "--store=vault",
-                "--vault-config",
-                &self.config.display().to_string(),
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ]
-            .map(String::from),
-        );
-        args.extend(extra.iter().map(|a| a.to_string()));
         BrokerProcess::builder()
             .policy(LEASE_POLICY)
-            .auth_args(args)
+            .args([
+                "--store=vault".as_ref(),
+                "--vault-config".as_ref(),
+                self.config.as_os_str(),
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
             .start()
     }
 

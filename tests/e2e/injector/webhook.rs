@@ -38,46 +38,19 @@ fn review_in(injector: &Injector, namespace: &str, pod: &Value) -> Value {
     injector.send(&review("CREATE", namespace, Some(pod), None, None))
 }
 
-/// A hardened pod as a ReplicaSet would create it, opted in.
+/// A hardened pod as a ReplicaSet would create it, opted in: the shared
+/// one named by `generateName`, with probes on its port instead of a name.
 fn pod(annotations: Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": "web-6b7f9c-",
-            "namespace": "shop",
-            "labels": {"app": "web", "coffer.dev/inject": "true"},
-            "annotations": annotations,
-        },
-        "spec": {
-            "serviceAccountName": "web",
-            "automountServiceAccountToken": false,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": 10001,
-                "runAsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [{
-                "name": "web",
-                "image": "example/web:1.0",
-                "imagePullPolicy": "Always",
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 10001,
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
-                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
-                "resources": {
-                    "requests": {"cpu": "50m", "memory": "64Mi"},
-                    "limits": {"cpu": "500m", "memory": "128Mi"},
-                },
-            }],
-        },
-    })
+    let mut pod = injector_common::pod(annotations);
+    let metadata = pod["metadata"].as_object_mut().unwrap();
+    metadata.remove("name");
+    metadata.insert("generateName".into(), json!("web-6b7f9c-"));
+    let container = pod["spec"]["containers"][0].as_object_mut().unwrap();
+    container.remove("ports");
+    let probe = json!({"httpGet": {"path": "/healthz", "port": 8080}});
+    container.insert("readinessProbe".into(), probe.clone());
+    container.insert("livenessProbe".into(), probe);
+    pod
 }
 
 fn opted_in() -> Value {

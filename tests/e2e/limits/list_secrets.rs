@@ -8,28 +8,27 @@
 use std::time::{Duration, Instant};
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_args};
+use coffer_tests::{
+    BrokerProcess, Ctl, Key, mint, openbao::OpenBao, policy_with, rule, vault_args,
+};
 
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: lister-lists-shop
-    subjects: [{namespace: ops, serviceAccount: lister}]
-    paths: ["shop/*"]
-    capabilities: [list]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, list]
-"#;
+/// The shared policy, and what these tests add to it.
+fn policy() -> String {
+    policy_with(&[rule(
+        "lister-lists-shop",
+        "ops/lister",
+        &["shop/*"],
+        &["list"],
+    )])
+}
 
 fn broker(bao: &OpenBao, extra: &str) -> BrokerProcess {
     let args = vault_args(bao, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    BrokerProcess::builder().policy(POLICY).args(&args).start()
+    BrokerProcess::builder()
+        .policy(&policy())
+        .args(&args)
+        .start()
 }
 
 /// Vault `list` requests seen on the KV v2 metadata of `folder`.

@@ -9,14 +9,6 @@ use std::{
 
 use coffer_tests::{BrokerProcess, Ctl, Key, mint};
 
-const POLICY: &str = r#"
-rules:
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, rotate, status]
-"#;
-
 /// The whole wait on peers, as documented.
 const PEER_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -43,7 +35,6 @@ async fn status_and_rotate_wait_with_a_silent_peer_take_one_peer_deadline() {
     std::fs::write(&broker_token, mint(Key::Rsa, "coffer", "broker")).unwrap();
     let peer = silent_peer();
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
         .args([
             "--peer",
             &peer,

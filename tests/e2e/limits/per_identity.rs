@@ -5,27 +5,21 @@
 use std::time::{Duration, Instant};
 
 use coffer::Code;
-use coffer_tests::{BrokerProcess, Key, mint};
+use coffer_tests::{BrokerProcess, Key, mint, policy_with, rule};
 
-const POLICY: &str = r#"
-rules:
-  - name: web-watches-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: api-watches-shop
-    subjects: [{namespace: shop, serviceAccount: api}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write]
-"#;
+/// The shared policy, and what these tests add to it.
+fn policy() -> String {
+    policy_with(&[rule(
+        "api-watches-shop",
+        "shop/api",
+        &["shop/*"],
+        &["read", "watch"],
+    )])
+}
 
 #[tokio::test]
 async fn the_65th_watch_of_one_identity_is_refused_and_a_closed_one_frees_its_slot() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_bytes("shop/db", b"v1").await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
 
@@ -71,7 +65,7 @@ async fn the_65th_watch_of_one_identity_is_refused_and_a_closed_one_frees_its_sl
 #[tokio::test]
 async fn requests_over_the_per_connection_limit_are_refused_and_the_broker_keeps_serving() {
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
+        .policy(&policy())
         .args(["--max-requests-per-connection", "2"])
         .start();
     broker.put_bytes("shop/db", b"v1").await;

@@ -11,20 +11,8 @@ use std::time::{Duration, Instant};
 
 use coffer::{Client, TokenSource, WatchEventKind};
 use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, mint_claims};
+use coffer_tests::{BrokerProcess, ISSUER, Key, mint_claims, web_token};
 use futures::StreamExt;
-
-const POLICY: &str = r#"
-rules:
-  - name: web-watches-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, status]
-"#;
 
 /// Pods of the one service account.
 const PODS: usize = 1_000;
@@ -34,16 +22,10 @@ const CONNECTIONS: usize = 20;
 
 /// A token of pod `web-N` of `shop/web`, bound to the pod (its own uid).
 fn pod_token(n: usize) -> String {
-    mint_claims(
+    web_token(
         Key::Ec,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
-            "shop",
-            "web",
-            Some(&format!("web-{n}")),
-            Duration::from_secs(3600),
-        ),
+        Some(&format!("web-{n}")),
+        Duration::from_secs(3600),
     )
 }
 
@@ -59,7 +41,6 @@ fn metric(page: &str, series: &str) -> Option<f64> {
 async fn a_thousand_pods_of_one_service_account_all_watch_and_all_receive_a_rotation() {
     let _turn = coffer_tests::serial::heavy();
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
         .args(["--metrics-listen", "127.0.0.1:0"])
         .start();
     broker.put_bytes("shop/db", b"v1").await;
@@ -195,7 +176,7 @@ async fn measure(tls: bool) {
         ca = Some(issued.cert.pem().into_bytes());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let broker = BrokerProcess::builder().policy(POLICY).args(&args).start();
+    let broker = BrokerProcess::builder().args(&args).start();
     let endpoint = if tls {
         broker.endpoint.replace("http://", "https://")
     } else {

@@ -8,34 +8,11 @@
 use std::time::Duration;
 
 use coffer::Code;
-use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, Ctl, ISSUER, Key, mint_claims};
-
-const POLICY: &str = r#"
-rules:
-  - name: web-watches-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, status]
-"#;
+use coffer_tests::{BrokerProcess, Ctl, Key, web_token};
 
 /// A token of `shop/web`, bound to pod `pod` (its own uid) or to no pod.
 fn token(pod: Option<&str>) -> String {
-    mint_claims(
-        Key::Rsa,
-        &ProjectedClaims::projected(
-            ISSUER,
-            AUDIENCE,
-            "shop",
-            "web",
-            pod,
-            Duration::from_secs(3600),
-        ),
-    )
+    web_token(Key::Rsa, pod, Duration::from_secs(3600))
 }
 
 /// Opens a watch of `shop/db` with `token` and reads its snapshot; the
@@ -64,7 +41,6 @@ fn refused(page: &str, reason: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_pod_cannot_open_more_than_its_bound_and_its_siblings_still_can() {
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
         .args([
             "--max-watches-per-pod",
             "3",
@@ -95,7 +71,6 @@ async fn one_pod_cannot_open_more_than_its_bound_and_its_siblings_still_can() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_bound_to_no_pod_share_one_bound_per_service_account() {
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
         .args([
             "--max-watches-per-account",
             "2",
@@ -120,7 +95,6 @@ async fn tokens_bound_to_no_pod_share_one_bound_per_service_account() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_process_wide_bound_refuses_counts_and_shows_in_status() {
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
         .args(["--max-watches", "3", "--metrics-listen", "127.0.0.1:0"])
         .start();
     broker.put_bytes("shop/db", b"v1").await;

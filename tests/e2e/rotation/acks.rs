@@ -2,19 +2,20 @@
 //! paths it can read or watch, and `RotationStatus` shows nothing else.
 
 use coffer::{Applied, ApplyState};
-use coffer_tests::{BrokerProcess, Key, mint};
+use coffer_tests::{BrokerProcess, Key, mint, policy::ADMIN, policy_of, rule};
 
-const POLICY: &str = r#"
-rules:
-  - name: payments-reads
-    subjects: [{namespace: shop, serviceAccount: payments}]
-    paths: ["shop/payments/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/**"]
-    capabilities: [read, write, rotate, rollback, list, status]
-"#;
+/// `shop/payments` reads its own folder; `ops/admin` manages all of `shop`.
+fn policy() -> String {
+    policy_of(&[
+        rule(
+            "payments-reads",
+            "shop/payments",
+            &["shop/payments/*"],
+            &["read", "watch"],
+        ),
+        rule("admin-manages-shop", "ops/admin", &["shop/**"], ADMIN),
+    ])
+}
 
 fn applied(path: &str, version: u64) -> Vec<Applied> {
     vec![Applied {
@@ -30,8 +31,8 @@ async fn an_ack_without_access_is_denied_and_not_shown_in_status() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
     let broker = BrokerProcess::builder()
-        .policy(POLICY)
-        .args(["--audit-file", audit.to_str().unwrap()])
+        .policy(&policy())
+        .audit_file(&audit)
         .start();
     broker
         .put_bytes("shop/payments/stripe-key", b"sk_live")
@@ -60,7 +61,7 @@ async fn an_ack_without_access_is_denied_and_not_shown_in_status() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ack_of_a_readable_path_is_shown_with_its_issuer() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_bytes("shop/payments/stripe-key", b"sk").await;
     let payments = broker.client(mint(Key::Rsa, "shop", "payments")).await;
     payments
@@ -79,7 +80,7 @@ async fn an_ack_of_a_readable_path_is_shown_with_its_issuer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_denied_path_records_none_of_the_batch() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     broker.put_bytes("shop/payments/stripe-key", b"sk").await;
     broker.put_bytes("shop/other", b"x").await;
     let payments = broker.client(mint(Key::Rsa, "shop", "payments")).await;

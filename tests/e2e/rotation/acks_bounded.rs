@@ -5,18 +5,6 @@
 use coffer::{Applied, ApplyState, Code};
 use coffer_tests::{BrokerProcess, Key, mint};
 
-const POLICY: &str = r#"
-rules:
-  - name: web-reads-shop
-    subjects: [{namespace: shop, serviceAccount: web}]
-    paths: ["shop/*"]
-    capabilities: [read, watch]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, status]
-"#;
-
 fn applied(path: &str, version: u64) -> Applied {
     Applied {
         path: path.into(),
@@ -39,10 +27,7 @@ fn ack_records(audit: &std::path::Path) -> Vec<String> {
 async fn one_path_named_256_times_is_acknowledged_and_audited_once() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::builder()
-        .policy(POLICY)
-        .args(["--audit-file", audit.to_str().unwrap()])
-        .start();
+    let broker = BrokerProcess::builder().audit_file(&audit).start();
     broker.put_bytes("shop/db", b"v1").await;
     broker.put_bytes("shop/api", b"v1").await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
@@ -72,10 +57,7 @@ async fn one_path_named_256_times_is_acknowledged_and_audited_once() {
 async fn more_than_256_acknowledgements_in_one_call_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let broker = BrokerProcess::builder()
-        .policy(POLICY)
-        .args(["--audit-file", audit.to_str().unwrap()])
-        .start();
+    let broker = BrokerProcess::builder().audit_file(&audit).start();
     broker.put_bytes("shop/db", b"v1").await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let batch: Vec<Applied> = (0..257).map(|_| applied("shop/db", 1)).collect();

@@ -5,20 +5,19 @@
 //! nothing, and `cofferctl rotate` says which key it changed.
 
 use coffer::{Code, SecretData, operator::Put};
-use coffer_tests::{BrokerProcess, Ctl, Key, mint, openbao::OpenBao, vault_broker};
+use coffer_tests::{
+    BrokerProcess, Ctl, Key, mint, openbao::OpenBao, policy_with, rule, vault_broker,
+};
 
 /// `ops/writer` may write but not rotate; `ops/admin` may both.
-const POLICY: &str = r#"
-rules:
-  - name: writer-writes-shop
-    subjects: [{namespace: ops, serviceAccount: writer}]
-    paths: ["shop/*"]
-    capabilities: [read, write]
-  - name: admin-manages-shop
-    subjects: [{namespace: ops, serviceAccount: admin}]
-    paths: ["shop/*"]
-    capabilities: [read, write, rotate, rollback, list, status]
-"#;
+fn policy() -> String {
+    policy_with(&[rule(
+        "writer-writes-shop",
+        "ops/writer",
+        &["shop/*"],
+        &["read", "write"],
+    )])
+}
 
 fn map(items: &[(&str, &str)]) -> SecretData {
     SecretData::Map(
@@ -35,7 +34,7 @@ fn text(data: &SecretData, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_writer_without_rotate_cannot_set_or_change_the_rotation_spec() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     let writer = broker.client(mint(Key::Rsa, "ops", "writer")).await;
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
     let items = [("user", "app"), ("password", "leaked")];
@@ -94,7 +93,7 @@ async fn a_writer_without_rotate_cannot_set_or_change_the_rotation_spec() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_below_128_bits_is_refused_naming_the_floor() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app", "password=old"], b"");
     for weak in [
@@ -116,7 +115,7 @@ async fn a_spec_below_128_bits_is_refused_naming_the_floor() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_a_key_the_secret_lacks_is_refused_and_writes_nothing() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app", "password=leaked"], b"");
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
@@ -157,7 +156,7 @@ async fn a_weak_or_misdirected_spec_stored_in_openbao_is_refused_at_rotate_time(
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         bao.bao(&args);
     }
-    let broker = vault_broker(&bao, POLICY);
+    let broker = vault_broker(&bao, &policy());
     let admin = broker.client(mint(Key::Rsa, "ops", "admin")).await;
 
     let error = admin
@@ -181,7 +180,7 @@ async fn a_weak_or_misdirected_spec_stored_in_openbao_is_refused_at_rotate_time(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cofferctl_rotate_prints_the_key_it_changed() {
-    let broker = BrokerProcess::builder().policy(POLICY).start();
+    let broker = BrokerProcess::builder().policy(&policy()).start();
     let ctl = Ctl::new(&broker);
     ctl.ok(&["put", "shop/db", "user=app", "password=old"], b"");
     let out = ctl.ok(&["rotate", "shop/db", "--key", "password"], b"");
