@@ -20,7 +20,7 @@ fn find<'a>(records: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> 
 /// A broker auditing to a file, with one allowed read, one denied read and
 /// one authentication failure behind it. Returns the tokens used.
 async fn audited_traffic(audit: &Path) -> (BrokerProcess, Vec<String>) {
-    let broker = BrokerProcess::builder().audit_file(&audit).start();
+    let broker = BrokerProcess::builder().audit_file(audit).start();
     let admin_token = mint(Key::Rsa, "ops", "admin");
     let web_token = mint(Key::Ec, "shop", "web");
     let intruder_token = mint(Key::Rsa, "shop", "intruder");
