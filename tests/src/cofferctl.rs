@@ -34,6 +34,34 @@ pub fn audit_verify(args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> (i32, 
     cofferctl(args)
 }
 
+/// Runs `cofferctl` with `args` and `stdin`; returns its exit code, stdout
+/// and stderr.
+pub fn cofferctl_with_input(
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    stdin: &[u8],
+) -> (i32, String, String) {
+    let mut command = Command::new(binary("cofferctl"));
+    command.args(args);
+    run_with_input(command, stdin)
+}
+
+fn run_with_input(mut command: Command, stdin: &[u8]) -> (i32, String, String) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A child that exits early (a usage error) may close stdin first.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `cofferctl` against one broker, with a token file per identity.
 pub struct Ctl {
     broker: String,
@@ -60,23 +88,13 @@ impl Ctl {
         }
         // By environment: only the network commands take these flags, and
         // they take them after the subcommand.
-        let mut child = Command::new(binary("cofferctl"))
+        let mut command = Command::new(binary("cofferctl"));
+        command
             .env("COFFER_BROKER", &self.broker)
             .env("COFFER_TOKEN_FILE", &token)
             .env_remove("COFFER_CA_FILE")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .args(args);
+        run_with_input(command, stdin)
     }
 
     /// Runs as the test operator `ops/admin`.

@@ -7,9 +7,21 @@ use std::{process::Command, time::Duration};
 use crate::{
     broker::BrokerProcess,
     browser::http_exchange,
+    policy::{ADMIN, policy_of, rule},
     process::{Process, binary},
     tokens::{Key, mint},
 };
+
+/// The policy the console's own tests run under: `ops/admin` manages the
+/// folder `shop` (the console lists it) and what is in it.
+pub fn admin_policy() -> String {
+    policy_of(&[rule(
+        "admin-manages-shop",
+        "ops/admin",
+        &["shop", "shop/*"],
+        ADMIN,
+    )])
+}
 
 /// A running `cofferctl console`.
 pub struct Console {

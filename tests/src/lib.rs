@@ -31,7 +31,7 @@ pub mod tmpfs;
 pub mod tokens;
 
 pub use broker::{BrokerBuilder, BrokerProcess, audit_records, default_auth_args, jwks_file_auth};
-pub use cofferctl::{Ctl, audit_verify, cofferctl};
+pub use cofferctl::{Ctl, audit_verify, cofferctl, cofferctl_with_input};
 pub use http::{free_port, get_page, http, parse_response};
 pub use openbao::{vault_args, vault_broker};
 pub use policy::{POLICY, policy_of, policy_with, rule};

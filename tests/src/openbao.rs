@@ -275,6 +275,30 @@ pub fn serve_json(body: String) -> String {
     url
 }
 
+impl OpenBao {
+    /// The PKI engine at `pki` with a root CA and a role `web` that may
+    /// issue certificates for `allowed_uri_sans` (comma-separated globs),
+    /// for an hour at most.
+    pub fn enable_pki(&self, allowed_uri_sans: &str) {
+        self.bao(&["secrets", "enable", "pki"]);
+        self.bao(&["secrets", "tune", "-max-lease-ttl=24h", "pki"]);
+        self.bao(&[
+            "write",
+            "pki/root/generate/internal",
+            "common_name=coffer-test-ca",
+            "ttl=24h",
+        ]);
+        self.bao(&[
+            "write",
+            "pki/roles/web",
+            "allow_any_name=true",
+            "require_cn=false",
+            &format!("allowed_uri_sans={allowed_uri_sans}"),
+            "max_ttl=1h",
+        ]);
+    }
+}
+
 /// The flags of a broker on `bao`'s KV v2 mount `secret` for prefix `shop`,
 /// with `extra_yaml` appended to its Vault configuration.
 pub fn vault_args(bao: &OpenBao, extra_yaml: &str) -> Vec<String> {

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer::Code;
-use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, Key, eventually, fixture, mint};
+use coffer_tests::{BrokerProcess, Key, eventually, fixture, mint};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
@@ -28,9 +27,7 @@ fn rsa() -> EncodingKey {
 
 /// Good claims for shop/web, as JSON to be bent.
 fn claims() -> Value {
-    serde_json::to_value(ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
+    serde_json::to_value(coffer_tests::claims(
         "shop",
         "web",
         Some("web-0"),

@@ -1,33 +1,13 @@
 //! `cofferctl token verify`: the broker's verification code, with exit codes
 //! an operator can script: 0 valid, 1 rejected, 2 usage error.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use coffer_broker::auth::jwt::ProjectedClaims;
-use coffer_tests::{AUDIENCE, ISSUER, Key, binary, fixture, mint, mint_claims};
+use coffer_tests::{AUDIENCE, ISSUER, Key, cofferctl_with_input, fixture, mint, mint_claims};
 
 /// Runs `cofferctl token verify ARGS` with `stdin`; returns (code, stdout, stderr).
 fn verify(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(binary("cofferctl"))
-        .args(["token", "verify"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A child that exits early (usage error) may close stdin first.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cofferctl_with_input(["token", "verify"].iter().chain(args), stdin.as_bytes())
 }
 
 fn standard_args() -> Vec<String> {
@@ -67,14 +47,7 @@ fn a_valid_token_prints_the_identity_and_exits_0() {
 
 #[test]
 fn a_rejected_token_prints_the_precise_reason_and_exits_1() {
-    let mut expired = ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        None,
-        Duration::from_secs(60),
-    );
+    let mut expired = coffer_tests::claims("shop", "web", None, Duration::from_secs(60));
     expired.iat -= 7200;
     expired.nbf = Some(expired.iat);
     expired.exp -= 7200;
@@ -96,14 +69,7 @@ fn a_rejected_token_prints_the_precise_reason_and_exits_1() {
 #[test]
 fn leeway_is_honoured() {
     // Expired 100 s ago: rejected with the default 30 s, accepted with 300 s.
-    let mut claims = ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        None,
-        Duration::from_secs(60),
-    );
+    let mut claims = coffer_tests::claims("shop", "web", None, Duration::from_secs(60));
     claims.iat -= 160;
     claims.nbf = Some(claims.iat);
     claims.exp -= 160;
@@ -176,14 +142,7 @@ fn starts_with_rfc3339(text: &str) -> bool {
 
 #[test]
 fn a_valid_token_prints_its_claims_times_and_key() {
-    let mut claims = ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        Some("web-0"),
-        Duration::from_secs(3600),
-    );
+    let mut claims = coffer_tests::claims("shop", "web", Some("web-0"), Duration::from_secs(3600));
     claims.aud = coffer_broker::auth::jwt::Audience::Many(vec![AUDIENCE.into(), "vault".into()]);
     claims.kubernetes.serviceaccount.uid = "sa-uid-1".into();
     claims.kubernetes.pod.as_mut().unwrap().uid = "pod-uid-1".into();
@@ -225,14 +184,7 @@ fn a_valid_token_prints_its_claims_times_and_key() {
 #[test]
 fn a_rejected_token_prints_the_reason_and_its_unverified_claims() {
     // 2023-11-14T22:13:20Z, for an hour: long expired.
-    let mut claims = ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        Some("web-0"),
-        Duration::from_secs(3600),
-    );
+    let mut claims = coffer_tests::claims("shop", "web", Some("web-0"), Duration::from_secs(3600));
     claims.iat = 1_700_000_000;
     claims.nbf = Some(claims.iat);
     claims.exp = claims.iat + 3600;

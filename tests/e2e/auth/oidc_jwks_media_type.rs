@@ -48,14 +48,11 @@ async fn the_broker_gets_its_keys_from_a_strict_api_server_and_a_token_passes() 
 
     // A token signed by a key of that set is accepted (shop/db is absent:
     // NotFound, not Unauthenticated).
-    let error = broker
-        .client(mint(Key::Rsa, "shop", "web"))
-        .await
-        .get("shop/db")
-        .await
-        .unwrap_err();
+    let code = broker
+        .read_code(mint(Key::Rsa, "shop", "web"), "shop/db")
+        .await;
     assert_eq!(
-        error.code(),
+        code,
         Some(Code::NotFound),
         "refused: {:?}; the server refused {:?}",
         broker.auth_failure_reasons(),

@@ -11,7 +11,6 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer::Code;
-use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{
     AUDIENCE, BrokerProcess, ISSUER, Key, eventually, fixture, https::HttpsServer, mint,
     mint_claims,
@@ -44,16 +43,9 @@ fn ec_b_jwk() -> Value {
 
 fn mint_ec_b(kid: &str) -> String {
     let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-b.pem")).unwrap()).unwrap();
-    ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        None,
-        Duration::from_secs(600),
-    )
-    .sign(Algorithm::ES256, kid, &key)
-    .unwrap()
+    coffer_tests::claims("shop", "web", None, Duration::from_secs(600))
+        .sign(Algorithm::ES256, kid, &key)
+        .unwrap()
 }
 
 /// Authenticated and authorized: shop/web may read shop/db, which is absent.
@@ -145,9 +137,7 @@ async fn rotation_is_picked_up_and_forged_kids_cannot_amplify_fetches() {
         (server.count(JWKS_PATH) > failed_before).then_some(())
     });
     // A token never seen before, so the verification cache cannot answer.
-    let fresh = ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
+    let fresh = coffer_tests::claims(
         "shop",
         "web",
         Some("web-after-outage"),

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer::Code;
-use coffer_broker::auth::jwt::ProjectedClaims;
 use coffer_tests::{AUDIENCE, BrokerProcess, ISSUER, fixture};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rustls_pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
@@ -19,30 +18,16 @@ fn kubernetes_kid(pub_pem: &str) -> String {
 
 fn ec_token(pod: &str) -> String {
     let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-a.pem")).unwrap()).unwrap();
-    ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        Some(pod),
-        Duration::from_secs(600),
-    )
-    .sign(Algorithm::ES256, &kubernetes_kid("ec-a.pub.pem"), &key)
-    .unwrap()
+    coffer_tests::claims("shop", "web", Some(pod), Duration::from_secs(600))
+        .sign(Algorithm::ES256, &kubernetes_kid("ec-a.pub.pem"), &key)
+        .unwrap()
 }
 
 fn rsa_token() -> String {
     let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-a.pem")).unwrap()).unwrap();
-    ProjectedClaims::projected(
-        ISSUER,
-        AUDIENCE,
-        "shop",
-        "web",
-        None,
-        Duration::from_secs(600),
-    )
-    .sign(Algorithm::RS256, &kubernetes_kid("rsa-a.pub.pem"), &key)
-    .unwrap()
+    coffer_tests::claims("shop", "web", None, Duration::from_secs(600))
+        .sign(Algorithm::RS256, &kubernetes_kid("rsa-a.pub.pem"), &key)
+        .unwrap()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use coffer::Code;
-use coffer_broker::auth::{jwt::ProjectedClaims, signer::DevSigner};
+use coffer_broker::auth::signer::DevSigner;
 use coffer_tests::{
     AUDIENCE, BrokerProcess, ISSUER, Key, SidecarProcess, eventually, jwks_file_auth, mint_claims,
 };
@@ -16,7 +16,7 @@ use coffer_tests::{
 fn short_token(ttl: Duration) -> String {
     mint_claims(
         Key::Rsa,
-        &ProjectedClaims::projected(ISSUER, AUDIENCE, "shop", "web", Some("web-0"), ttl),
+        &coffer_tests::claims("shop", "web", Some("web-0"), ttl),
     )
 }
 

@@ -7,24 +7,11 @@ use std::time::Duration;
 
 use coffer_tests::{
     BrokerProcess, Key,
-    console::Console,
+    console::{Console, admin_policy},
     eventually, mint,
     openbao::{OpenBao, ROOT_TOKEN},
-    policy::ADMIN,
-    policy_of,
     postgres::Postgres,
-    rule,
 };
-
-/// `ops/admin` manages the folder `shop` and what is in it.
-fn policy() -> String {
-    policy_of(&[rule(
-        "admin-manages-shop",
-        "ops/admin",
-        &["shop", "shop/*"],
-        ADMIN,
-    )])
-}
 
 const GET_SECRET: &str = "coffer.v1.SecretBroker/GetSecret";
 
@@ -45,7 +32,7 @@ fn requests(broker: &BrokerProcess, rpc: &str) -> f64 {
 /// A broker with `--metrics-listen` and `extra` flags.
 fn broker_with_metrics(extra: &[String]) -> BrokerProcess {
     BrokerProcess::builder()
-        .policy(&policy())
+        .policy(&admin_policy())
         .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra)
         .start()

@@ -5,18 +5,10 @@
 //! opens nothing.
 
 use coffer_tests::{
-    BrokerProcess, browser::http_exchange, console::Console, policy::ADMIN, policy_of, rule,
+    BrokerProcess,
+    browser::http_exchange,
+    console::{Console, admin_policy},
 };
-
-/// `ops/admin` manages the folder `shop` and what is in it.
-fn policy() -> String {
-    policy_of(&[rule(
-        "admin-manages-shop",
-        "ops/admin",
-        &["shop", "shop/*"],
-        ADMIN,
-    )])
-}
 
 /// Every `len`-character window of `text`.
 fn windows(text: &str, len: usize) -> impl Iterator<Item = &str> {
@@ -25,7 +17,7 @@ fn windows(text: &str, len: usize) -> impl Iterator<Item = &str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_session_cookie_carries_no_part_of_the_access_token() {
-    let broker = BrokerProcess::builder().policy(&policy()).start();
+    let broker = BrokerProcess::builder().policy(&admin_policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
 
@@ -71,7 +63,7 @@ async fn the_session_cookie_carries_no_part_of_the_access_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cookie_the_console_did_not_hand_out_is_refused() {
-    let broker = BrokerProcess::builder().policy(&policy()).start();
+    let broker = BrokerProcess::builder().policy(&admin_policy()).start();
     broker.put_map("shop/db", &[("password", "first")]).await;
     let console = Console::start(&broker, ("ops", "admin"));
     let name = console.cookie_name().to_string();

@@ -12,22 +12,7 @@ use coffer_tests::{
 };
 
 fn pki_broker(bao: &OpenBao, ttl: &str) -> BrokerProcess {
-    bao.bao(&["secrets", "enable", "pki"]);
-    bao.bao(&["secrets", "tune", "-max-lease-ttl=24h", "pki"]);
-    bao.bao(&[
-        "write",
-        "pki/root/generate/internal",
-        "common_name=coffer-test-ca",
-        "ttl=24h",
-    ]);
-    bao.bao(&[
-        "write",
-        "pki/roles/web",
-        "allow_any_name=true",
-        "require_cn=false",
-        "allowed_uri_sans=spiffe://cluster.local/*",
-        "max_ttl=1h",
-    ]);
+    bao.enable_pki("spiffe://cluster.local/*");
     let token = bao.file("root-token", ROOT_TOKEN);
     let config = bao.file(
         "vault.yaml",

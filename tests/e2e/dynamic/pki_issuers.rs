@@ -35,22 +35,7 @@ fn issuers(east_domain: Option<&str>, west_domain: Option<&str>) -> Issuers {
 /// broker's Vault config serving it at `shop/tls` (no trustDomain on the
 /// mount: it follows the issuer).
 fn pki_vault_config(bao: &OpenBao) -> std::path::PathBuf {
-    bao.bao(&["secrets", "enable", "pki"]);
-    bao.bao(&["secrets", "tune", "-max-lease-ttl=24h", "pki"]);
-    bao.bao(&[
-        "write",
-        "pki/root/generate/internal",
-        "common_name=coffer-test-ca",
-        "ttl=24h",
-    ]);
-    bao.bao(&[
-        "write",
-        "pki/roles/web",
-        "allow_any_name=true",
-        "require_cn=false",
-        "allowed_uri_sans=spiffe://east.example/*,spiffe://west.example/*",
-        "max_ttl=1h",
-    ]);
+    bao.enable_pki("spiffe://east.example/*,spiffe://west.example/*");
     let token = bao.file("root-token", ROOT_TOKEN);
     bao.file(
         "vault.yaml",

@@ -135,14 +135,7 @@ async fn a_watch_reconnects_with_a_refreshed_token_file() {
     let token_file = dir.path().join("token");
     let short = coffer_tests::mint_claims(
         Key::Ec,
-        &coffer_broker::auth::jwt::ProjectedClaims::projected(
-            coffer_tests::ISSUER,
-            coffer_tests::AUDIENCE,
-            "shop",
-            "web",
-            Some("web-0"),
-            Duration::from_secs(3),
-        ),
+        &coffer_tests::claims("shop", "web", Some("web-0"), Duration::from_secs(3)),
     );
     std::fs::write(&token_file, short).unwrap();
     let web = Client::builder(broker.endpoint.clone())

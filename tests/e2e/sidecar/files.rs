@@ -1,9 +1,11 @@
 //! Files land with the mode and owner asked for, only on tmpfs, and a write
 //! that cannot complete (a full tmpfs) leaves the previous files intact.
 
-use std::{os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};
+use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
-use coffer_tests::{BrokerProcess, Key, SidecarOptions, SidecarProcess, eventually, mint};
+use coffer_tests::{
+    BrokerProcess, Key, SidecarOptions, SidecarProcess, TinyTmpfs, eventually, mint,
+};
 
 fn token() -> String {
     mint(Key::Ec, "shop", "web")
@@ -70,28 +72,6 @@ async fn a_directory_on_disk_is_refused() {
     assert!(!sidecar.file("password").exists());
 }
 
-/// A tiny tmpfs, unmounted when dropped.
-struct TinyTmpfs(tempfile::TempDir);
-
-impl TinyTmpfs {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Self(dir)
-    }
-}
-
-impl Drop for TinyTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_tmpfs_keeps_the_old_files_and_logs_the_error() {
     let broker = BrokerProcess::builder().start();
@@ -104,7 +84,7 @@ async fn a_full_tmpfs_keeps_the_old_files_and_logs_the_error() {
         &token(),
         "  - {path: shop/db#a, file: a}\n  - {path: shop/db#b, file: b}\n",
         SidecarOptions {
-            out_parent: Some(tmpfs.0.path()),
+            out_parent: Some(tmpfs.path()),
             ..Default::default()
         },
     );
