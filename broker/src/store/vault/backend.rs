@@ -8,13 +8,14 @@ use std::{
     time::Duration,
 };
 
+use coffer_runtime::Backoff;
 use tokio_util::sync::CancellationToken;
 use vaultrs::{client::VaultClient, error::ClientError};
 
 use super::{
     config::VaultConfig,
     health::Health,
-    limits::{Backoff, Class, RateLimiter, classify, jittered},
+    limits::{Class, RateLimiter, classify, jittered},
     session::Session,
 };
 use crate::store::StoreError;

@@ -1,6 +1,6 @@
 //! Protecting Vault: a request-rate ceiling, each identity's fair share of
-//! it, exponential backoff with full jitter, and the classification of
-//! failures that decides what is retried.
+//! it, the jitter of periodic work, and the classification of failures
+//! that decides what is retried (with `coffer_runtime::Backoff`).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -49,7 +49,7 @@ pub(super) fn classify(error: &ClientError) -> Class {
 }
 
 /// A uniformly random fraction in [0, 1).
-pub(super) fn random_fraction() -> f64 {
+fn random_fraction() -> f64 {
     let mut bytes = [0u8; 8];
     // The system RNG does not fail on supported platforms; if it ever did,
     // a fixed midpoint only loses the jitter, not correctness.
@@ -62,38 +62,6 @@ pub(super) fn random_fraction() -> f64 {
 /// `base` plus up to `fraction` of it, at random.
 pub(super) fn jittered(base: Duration, fraction: f64) -> Duration {
     base.mul_f64(1.0 + fraction * random_fraction())
-}
-
-/// Exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub(super) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub(super) fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The next pause: a random duration up to `initial * 2^attempt`, capped.
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(self.attempt.min(20)))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(random_fraction())
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 /// Spaces requests at least `1/rate` apart.
@@ -213,19 +181,6 @@ mod tests {
         assert_eq!(classify(&api(429)), Class::Transient);
         assert_eq!(classify(&api(503)), Class::Transient);
         assert_eq!(classify(&api(400)), Class::Permanent);
-    }
-
-    #[test]
-    fn backoff_grows_and_stays_under_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        for attempt in 0..10u32 {
-            let d = b.next_delay();
-            let ceiling =
-                Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_secs(1));
-            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,13 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use coffer_runtime::Backoff;
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
 
 use super::config::{AuthConfig, VaultConfig};
-use super::limits::{Backoff, Class, classify};
+use super::limits::{Class, classify};
 use crate::store::StoreError;
 
 /// What Vault said about the token we hold.
@@ -78,8 +79,7 @@ impl Session {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut attempt: u32 = 1;
         loop {
-            // At least 100 ms, so full jitter never spins.
-            let pause = backoff.next_delay().max(Duration::from_millis(100));
+            let pause = backoff.next_delay();
             tokio::select! {
                 () = shutdown.cancelled() => return false,
                 () = tokio::time::sleep(pause) => {}

@@ -96,7 +96,8 @@ pub struct LimitConfig {
     /// Retries of a request that failed with 429, 5xx or a transport error.
     #[serde(default = "default_retries")]
     pub max_retries: u32,
-    /// The first backoff; doubled on each retry, with full jitter.
+    /// The first backoff; doubled on each retry, with equal jitter (each
+    /// pause between half and all of its step).
     #[serde(default = "default_backoff", deserialize_with = "duration")]
     pub initial_backoff: Duration,
     /// The largest backoff.

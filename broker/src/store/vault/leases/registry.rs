@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use coffer_runtime::Backoff;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -273,7 +274,7 @@ impl Registry {
 /// Vault for `expireAfter` without a miss: after an outage every live
 /// replica gets the time to heartbeat again before anyone judges it gone.
 pub(super) async fn registry_loop(weak: Weak<Registry>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let Some(registry) = weak.upgrade() else {
             return;
@@ -290,9 +291,8 @@ pub(super) async fn registry_loop(weak: Weak<Registry>, shutdown: CancellationTo
         drop(registry);
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     let mut healthy_since: Option<SystemTime> = None;
     loop {
