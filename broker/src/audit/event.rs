@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::{auth::WorkloadIdentity, policy::Capability, store::LeaseOwner};
+use crate::{auth::WorkloadIdentity, policy::Capability, store::Holder};
 
 /// What was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,7 +34,7 @@ pub struct AuditEvent<'a> {
     /// Who acted when not the caller: `broker` for its own lease actions.
     pub actor: Option<&'a str>,
     /// The workload a lease belongs to, in the broker's own lease records.
-    pub owner: Option<&'a LeaseOwner>,
+    pub owner: Option<&'a Holder>,
 }
 
 /// Who, as a record names a workload.
@@ -46,8 +46,8 @@ struct Identity {
     pod: Option<String>,
 }
 
-impl From<&LeaseOwner> for Identity {
-    fn from(owner: &LeaseOwner) -> Self {
+impl From<&Holder> for Identity {
+    fn from(owner: &Holder) -> Self {
         Self {
             issuer: owner.issuer.clone(),
             namespace: owner.namespace.clone(),

@@ -158,8 +158,10 @@ impl Broker {
             return Ok(());
         }
         // A leased path's record names the lease the credential came from.
-        let lease_id =
-            version.and_then(|v| self.inner.store.lease_of(&holder(who), path.base(), v));
+        let lease_id = version.and_then(|v| {
+            let leases = self.inner.store.lease_store()?;
+            leases.lease_of(&holder(who), path.base(), v)
+        });
         let path = path.to_string();
         let mut event = call.event(
             Some(who),

@@ -38,10 +38,10 @@ impl Broker {
         // Only leases of paths the caller may list: the rest are not
         // counted either, so `truncated` reveals nothing about them.
         let policy = self.policy();
-        let mut visible: Vec<LeaseInfo> = self
-            .inner
-            .store
-            .leases()
+        let leases = self.inner.store.lease_store();
+        let mut visible: Vec<LeaseInfo> = leases
+            .map(|l| l.leases())
+            .unwrap_or_default()
             .into_iter()
             .filter(|l| under(&l.path))
             .filter(|l| {
@@ -82,10 +82,10 @@ impl Broker {
             ))
             .into());
         }
-        let live = self
-            .inner
-            .store
-            .leases()
+        let leases = self.inner.store.lease_store();
+        let live = leases
+            .map(|l| l.leases())
+            .unwrap_or_default()
             .into_iter()
             .find(|l| l.lease_id == lease_id);
         // Authorized on the lease's path; an unknown id on every path it
@@ -93,7 +93,7 @@ impl Broker {
         // same refusal whether the lease exists or not.
         let paths = match &live {
             Some(lease) => vec![lease.path.clone()],
-            None => self.inner.store.lease_paths(lease_id),
+            None => leases.map(|l| l.lease_paths(lease_id)).unwrap_or_default(),
         };
         let paths: Vec<SecretPath> = paths
             .iter()
@@ -134,7 +134,10 @@ impl Broker {
             Some(&allowed.rule),
         )
         .await?;
-        let revoked = match self.inner.store.revoke_lease(lease_id).await {
+        let Some(leases) = self.inner.store.lease_store() else {
+            return Err(ApiError::LeaseNotFound.into());
+        };
+        let revoked = match leases.revoke_lease(lease_id).await {
             Ok(revoked) => revoked,
             Err(StoreError::NotFound) => return Err(ApiError::LeaseNotFound.into()),
             Err(e) => return Err(ApiError::from(e).into()),
@@ -205,7 +208,12 @@ impl Broker {
     /// Writes the broker's own lease actions (issue, failed renewal,
     /// revoke) to the audit trail as records whose actor is the broker.
     pub(super) fn audit_lease_actions(&self) {
-        let Some(mut events) = self.inner.store.lease_events() else {
+        let Some(mut events) = self
+            .inner
+            .store
+            .lease_store()
+            .and_then(|l| l.lease_events())
+        else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

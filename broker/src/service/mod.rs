@@ -191,12 +191,9 @@ impl Broker {
     }
 }
 
-/// The caller as a store sees it: its tenant and pod (leased secrets are
-/// issued per pod).
+/// The caller as a store sees it (leased secrets are issued per pod).
 pub(super) fn holder(who: &WorkloadIdentity) -> crate::store::Holder {
     crate::store::Holder {
-        tenant: limits::tenant(who),
-        pod: who.pod_uid.clone().or_else(|| who.pod_name.clone()),
         namespace: who.namespace.clone(),
         service_account: who.service_account.clone(),
         issuer: who.issuer.clone(),

@@ -15,7 +15,7 @@ use crate::{
     path::SecretPath,
     policy::Capability,
     rotation::{RotationError, RotationSpec},
-    store::{SecretWrite, StoreError},
+    store::{SecretWrite, StoreError, VersionChange},
 };
 
 impl Broker {
@@ -99,9 +99,13 @@ impl Broker {
     async fn change_versions(
         &self,
         request: Request<v1::DeleteVersionsRequest>,
-        capability: Capability,
-        rpc: &'static str,
+        change: VersionChange,
     ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
+        let (capability, rpc) = match change {
+            VersionChange::Delete => (Capability::Delete, "DeleteVersions"),
+            VersionChange::Undelete => (Capability::Delete, "UndeleteVersions"),
+            VersionChange::Destroy => (Capability::Destroy, "DestroyVersions"),
+        };
         if request.get_ref().versions.len() > super::MAX_PATHS_PER_CALL {
             return Err(ApiError::InvalidArgument(format!(
                 "at most {} versions per call",
@@ -113,13 +117,11 @@ impl Broker {
             .operator_path(&request, &request.get_ref().path, capability, rpc)
             .await?;
         let versions = &request.get_ref().versions;
-        let store = &self.inner.store;
-        let result = match rpc {
-            "DeleteVersions" => store.delete_versions(path.base(), versions).await,
-            "UndeleteVersions" => store.undelete_versions(path.base(), versions).await,
-            _ => store.destroy_versions(path.base(), versions).await,
-        };
-        result.map_err(ApiError::from)?;
+        self.inner
+            .store
+            .change_versions(path.base(), versions, change)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(path = %path, ?versions, rpc, "versions changed");
         self.notify_peers(&path);
         Ok(Response::new(v1::DeleteVersionsResponse {}))
@@ -133,8 +135,7 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::DeleteVersionsRequest>,
     ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
-        self.change_versions(request, Capability::Delete, "DeleteVersions")
-            .await
+        self.change_versions(request, VersionChange::Delete).await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "UndeleteVersions"))]
@@ -142,8 +143,7 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::DeleteVersionsRequest>,
     ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
-        self.change_versions(request, Capability::Delete, "UndeleteVersions")
-            .await
+        self.change_versions(request, VersionChange::Undelete).await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "DestroyVersions"))]
@@ -151,8 +151,7 @@ impl SecretOperator for Broker {
         &self,
         request: Request<v1::DeleteVersionsRequest>,
     ) -> Result<Response<v1::DeleteVersionsResponse>, Status> {
-        self.change_versions(request, Capability::Destroy, "DestroyVersions")
-            .await
+        self.change_versions(request, VersionChange::Destroy).await
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "NotifyChanged"))]

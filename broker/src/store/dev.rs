@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::{SecretStore, SecretWrite, StoreError, StoredSecret, VersionInfo, VersionList};
+use super::{
+    SecretStore, SecretWrite, StoreError, StoredSecret, VersionChange, VersionInfo, VersionList,
+};
 
 const MAGIC: &[u8] = b"COFFERDEV1";
 
@@ -310,26 +312,31 @@ impl SecretStore for DevStore {
         })
     }
 
-    async fn delete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
-        self.mark(path, versions, |v| v.deleted = true).await
-    }
-
-    async fn undelete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
-        self.mark(path, versions, |v| {
-            if !v.destroyed {
-                v.deleted = false;
+    async fn change_versions(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<(), StoreError> {
+        match change {
+            VersionChange::Delete => self.mark(path, versions, |v| v.deleted = true).await,
+            VersionChange::Undelete => {
+                self.mark(path, versions, |v| {
+                    if !v.destroyed {
+                        v.deleted = false;
+                    }
+                })
+                .await
             }
-        })
-        .await
-    }
-
-    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
-        self.mark(path, versions, |v| {
-            v.destroyed = true;
-            // Dropping the old value zeroizes it.
-            v.data = SecretData::Bytes(SecretBytes::new(Vec::new()));
-        })
-        .await
+            VersionChange::Destroy => {
+                self.mark(path, versions, |v| {
+                    v.destroyed = true;
+                    // Dropping the old value zeroizes it.
+                    v.data = SecretData::Bytes(SecretBytes::new(Vec::new()));
+                })
+                .await
+            }
+        }
     }
 
     async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {

@@ -75,46 +75,36 @@ pub struct VersionList {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Who reads a secret, for stores that issue a credential per workload
-/// (leased secrets, docs/dynamic.md).
+/// Who reads a secret, as the verified token named it (never anything
+/// from a request): the holder of a leased credential (docs/dynamic.md),
+/// and the owner a lease listing or audit record names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    /// The caller's tenant: issuer, namespace and service account.
-    pub tenant: String,
-    /// The caller's pod (its uid, else its name), for pod-bound tokens.
-    pub pod: Option<String>,
-    /// The caller's namespace (from the verified token).
-    pub namespace: String,
-    /// The caller's service account (from the verified token).
-    pub service_account: String,
     /// The token's issuer.
     pub issuer: String,
+    /// The caller's namespace.
+    pub namespace: String,
+    /// The caller's service account.
+    pub service_account: String,
     /// The pod's name, for pod-bound tokens.
     pub pod_name: Option<String>,
     /// The pod's uid, for pod-bound tokens.
     pub pod_uid: Option<String>,
 }
 
-/// Who holds a lease, as the verified token named it: never anything from
-/// a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseOwner {
-    pub issuer: String,
-    pub namespace: String,
-    pub service_account: String,
-    pub pod_name: Option<String>,
-    pub pod_uid: Option<String>,
-}
+impl Holder {
+    /// The caller's tenant, `<issuer> <namespace>/<service account>`: the
+    /// opaque key of its share of a backend (see [`SecretStore::get_for`]).
+    pub fn tenant(&self) -> String {
+        format!(
+            "{} {}/{}",
+            self.issuer, self.namespace, self.service_account
+        )
+    }
 
-impl From<&Holder> for LeaseOwner {
-    fn from(holder: &Holder) -> Self {
-        Self {
-            issuer: holder.issuer.clone(),
-            namespace: holder.namespace.clone(),
-            service_account: holder.service_account.clone(),
-            pod_name: holder.pod_name.clone(),
-            pod_uid: holder.pod_uid.clone(),
-        }
+    /// The caller's pod (its uid, else its name), for pod-bound tokens.
+    pub fn pod(&self) -> Option<&str> {
+        self.pod_uid.as_deref().or(self.pod_name.as_deref())
     }
 }
 
@@ -124,7 +114,7 @@ pub struct LeaseInfo {
     /// The holder key (tenant, and pod unless leased per service account).
     pub holder: String,
     /// Who holds it (the first reader, for a lease per service account).
-    pub owner: LeaseOwner,
+    pub owner: Holder,
     /// The broker path.
     pub path: String,
     /// Vault's lease id (`pki:<serial>` for a certificate).
@@ -169,13 +159,14 @@ pub struct LeaseEvent {
     pub lease_id: String,
     pub path: String,
     pub version: u64,
-    pub owner: LeaseOwner,
+    pub owner: Holder,
     /// `first_read`, `rotated`, `expired`, `unavailable`, `holder_gone`,
     /// `operator`, ...
     pub reason: &'static str,
 }
 
-/// What an operator does to some versions of a secret.
+/// What an operator does to some versions of a secret
+/// ([`SecretStore::change_versions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionChange {
     /// Soft-delete: the version reads as deleted until undeleted.
@@ -184,6 +175,17 @@ pub enum VersionChange {
     Undelete,
     /// Destroy the versions' values for good.
     Destroy,
+}
+
+impl VersionChange {
+    /// What a store that cannot make the change says it cannot do.
+    fn doing(self) -> &'static str {
+        match self {
+            Self::Delete => "deleting versions",
+            Self::Undelete => "undeleting versions",
+            Self::Destroy => "destroying versions",
+        }
+    }
 }
 
 /// Why a store could not do what was asked. Backend detail stays in the
@@ -238,7 +240,7 @@ pub trait SecretStore: Send + Sync + 'static {
         path: &str,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
-        self.get_for(&holder.tenant, path, version).await
+        self.get_for(&holder.tenant(), path, version).await
     }
 
     /// Writes a new version and returns its number.
@@ -274,19 +276,16 @@ pub trait SecretStore: Send + Sync + 'static {
         .await
     }
 
-    /// Soft-deletes `versions` of `path` (empty: the current one).
-    async fn delete_versions(&self, _path: &str, _versions: &[u64]) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported("deleting versions"))
-    }
-
-    /// Restores soft-deleted `versions` of `path` (empty: the current one).
-    async fn undelete_versions(&self, _path: &str, _versions: &[u64]) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported("undeleting versions"))
-    }
-
-    /// Destroys `versions` of `path` for good (empty: the current one).
-    async fn destroy_versions(&self, _path: &str, _versions: &[u64]) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported("destroying versions"))
+    /// Deletes, undeletes or destroys `versions` of `path` (empty: the
+    /// current one).
+    async fn change_versions(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<(), StoreError> {
+        let _ = (path, versions);
+        Err(StoreError::Unsupported(change.doing()))
     }
 
     /// The names directly under `folder` (`""`: the top); folders end with `/`.
@@ -329,37 +328,9 @@ pub trait SecretStore: Send + Sync + 'static {
         true
     }
 
-    /// The lease that gave `holder` version `version` of the leased `path`
-    /// (for the audit trail); `None` for paths without leases.
-    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String> {
-        let _ = (holder, path, version);
-        None
-    }
-
-    /// Every live lease, without credentials.
-    fn leases(&self) -> Vec<LeaseInfo> {
-        Vec::new()
-    }
-
-    /// The broker paths a lease with this id could belong to, whether it
-    /// exists or not (a revocation is authorized on them, so that a caller
-    /// without access cannot learn whether an id exists).
-    fn lease_paths(&self, lease_id: &str) -> Vec<String> {
-        let _ = lease_id;
-        Vec::new()
-    }
-
-    /// Revokes `lease_id` now; its holder's watches get a new credential.
-    /// [`StoreError::NotFound`] when no live lease has this id.
-    async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError> {
-        let _ = lease_id;
-        Err(StoreError::NotFound)
-    }
-
-    /// The broker's own lease actions (issue, failed renewal, revoke), for
-    /// the audit trail: the receiver, once; `None` afterwards or for stores
-    /// without leases.
-    fn lease_events(&self) -> Option<tokio::sync::mpsc::Receiver<LeaseEvent>> {
+    /// The store's leases, if it issues credentials per workload; stores
+    /// without leases have none to list, revoke or audit.
+    fn lease_store(&self) -> Option<&dyn LeaseStore> {
         None
     }
 
@@ -369,4 +340,29 @@ pub trait SecretStore: Send + Sync + 'static {
     fn health(&self) -> Option<watch::Receiver<bool>> {
         None
     }
+}
+
+/// The leases of a store that issues a credential per workload (leased
+/// secrets, docs/dynamic.md), reached through [`SecretStore::lease_store`].
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// The lease that gave `holder` version `version` of the leased `path`
+    /// (for the audit trail); `None` for paths without leases.
+    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String>;
+
+    /// Every live lease, without credentials.
+    fn leases(&self) -> Vec<LeaseInfo>;
+
+    /// The broker paths a lease with this id could belong to, whether it
+    /// exists or not (a revocation is authorized on them, so that a caller
+    /// without access cannot learn whether an id exists).
+    fn lease_paths(&self, lease_id: &str) -> Vec<String>;
+
+    /// Revokes `lease_id` now; its holder's watches get a new credential.
+    /// [`StoreError::NotFound`] when no live lease has this id.
+    async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError>;
+
+    /// The broker's own lease actions (issue, failed renewal, revoke), for
+    /// the audit trail: the receiver, once; `None` afterwards.
+    fn lease_events(&self) -> Option<tokio::sync::mpsc::Receiver<LeaseEvent>>;
 }

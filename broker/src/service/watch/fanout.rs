@@ -234,7 +234,7 @@ mod tests {
             version: Option<u64>,
         ) -> Result<crate::store::StoredSecret, crate::store::StoreError> {
             let mut stored = self.0.get(path, version).await?;
-            let pod = holder.pod.clone().unwrap_or_default();
+            let pod = holder.pod().unwrap_or_default().to_string();
             stored.data = SecretData::Bytes(SecretBytes::from(pod.as_bytes()));
             Ok(stored)
         }

@@ -62,8 +62,8 @@ use read_cache::{CacheKey, Flight, Lookup, ReadCache};
 use session::Session;
 
 use super::{
-    Holder, LeaseEvent, SecretStore, SecretWrite, StoreError, StoredSecret, VersionChange,
-    VersionInfo, VersionList,
+    Holder, LeaseEvent, LeaseStore, SecretStore, SecretWrite, StoreError, StoredSecret,
+    VersionChange, VersionInfo, VersionList,
 };
 
 /// A [`SecretStore`] backed by Vault or OpenBao.
@@ -344,7 +344,7 @@ impl SecretStore for VaultStore {
     ) -> Result<StoredSecret, StoreError> {
         match self.inner.vault.config.leased_mount(path) {
             Some(mount) => leases::get(&self.inner.leases, holder, path, mount, version).await,
-            None => self.inner.read(Some(&holder.tenant), path, version).await,
+            None => self.inner.read(Some(&holder.tenant()), path, version).await,
         }
     }
 
@@ -352,25 +352,8 @@ impl SecretStore for VaultStore {
         self.inner.vault.config.leased_mount(path).is_none()
     }
 
-    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String> {
-        let mount = self.inner.vault.config.leased_mount(path)?;
-        self.inner.leases.lease_of(holder, path, mount, version)
-    }
-
-    fn leases(&self) -> Vec<LeaseInfo> {
-        self.inner.leases.list()
-    }
-
-    fn lease_paths(&self, lease_id: &str) -> Vec<String> {
-        self.inner.leases.paths(lease_id)
-    }
-
-    async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError> {
-        leases::revoke_lease(&self.inner.leases, lease_id).await
-    }
-
-    fn lease_events(&self) -> Option<tokio::sync::mpsc::Receiver<LeaseEvent>> {
-        leases::take_events(&self.inner.leases)
+    fn lease_store(&self) -> Option<&dyn LeaseStore> {
+        Some(self)
     }
 
     fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
@@ -422,19 +405,15 @@ impl SecretStore for VaultStore {
         Some(self.inner.vault.health.subscribe())
     }
 
-    async fn delete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
-        self.change_versions(path, versions, VersionChange::Delete)
-            .await
-    }
-
-    async fn undelete_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
-        self.change_versions(path, versions, VersionChange::Undelete)
-            .await
-    }
-
-    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
-        self.change_versions(path, versions, VersionChange::Destroy)
-            .await
+    async fn change_versions(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<(), StoreError> {
+        kv::change_versions(&self.inner.vault, path, versions, change).await?;
+        self.inner.reads.forget(path);
+        Ok(())
     }
 
     async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
@@ -454,16 +433,26 @@ impl SecretStore for VaultStore {
     }
 }
 
-impl VaultStore {
-    /// Deletes, undeletes or destroys KV v2 versions (empty: the current one).
-    async fn change_versions(
-        &self,
-        path: &str,
-        versions: &[u64],
-        change: VersionChange,
-    ) -> Result<(), StoreError> {
-        kv::change_versions(&self.inner.vault, path, versions, change).await?;
-        self.inner.reads.forget(path);
-        Ok(())
+#[async_trait]
+impl LeaseStore for VaultStore {
+    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String> {
+        let mount = self.inner.vault.config.leased_mount(path)?;
+        self.inner.leases.lease_of(holder, path, mount, version)
+    }
+
+    fn leases(&self) -> Vec<LeaseInfo> {
+        self.inner.leases.list()
+    }
+
+    fn lease_paths(&self, lease_id: &str) -> Vec<String> {
+        self.inner.leases.paths(lease_id)
+    }
+
+    async fn revoke_lease(&self, lease_id: &str) -> Result<LeaseInfo, StoreError> {
+        leases::revoke_lease(&self.inner.leases, lease_id).await
+    }
+
+    fn lease_events(&self) -> Option<tokio::sync::mpsc::Receiver<LeaseEvent>> {
+        leases::take_events(&self.inner.leases)
     }
 }

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::held::Held;
-use crate::store::{LeaseAction, LeaseEvent, LeaseOwner};
+use crate::store::{LeaseAction, LeaseEvent};
 
 /// How many lease actions wait for the audit writer before more are
 /// dropped (and logged).
@@ -60,7 +60,7 @@ impl Events {
             lease_id: lease_id.to_string(),
             path: held.path().to_string(),
             version,
-            owner: LeaseOwner::from(&held.holder),
+            owner: held.holder.clone(),
             reason,
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(event) {

@@ -338,8 +338,6 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
         };
         let holder = Holder {
-            tenant: "iss shop/web".into(),
-            pod: None,
             namespace: "shop".into(),
             service_account: "web".into(),
             issuer: "iss".into(),

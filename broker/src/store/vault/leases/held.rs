@@ -10,7 +10,7 @@ use super::{
     super::config::{LeasePer, MountConfig},
     grant::Credential,
 };
-use crate::store::{Holder, LeaseInfo, LeaseOwner, StoreError};
+use crate::store::{Holder, LeaseInfo, StoreError};
 
 /// An entry's key: the holder key and the broker path.
 pub(super) type Key = (String, String);
@@ -91,7 +91,7 @@ impl Held {
 pub(super) fn info(held: &Held, c: &Credential) -> LeaseInfo {
     LeaseInfo {
         holder: held.key.0.clone(),
-        owner: LeaseOwner::from(&held.holder),
+        owner: held.holder.clone(),
         path: held.key.1.clone(),
         lease_id: c.lease_id.clone(),
         version: c.secret.version,
@@ -119,9 +119,9 @@ pub(super) fn failure_kind(error: &StoreError) -> &'static str {
 
 /// The holder key for `mount`: per pod unless the mount says otherwise.
 pub(super) fn holder_key(holder: &Holder, mount: &MountConfig) -> String {
-    match (mount.lease_per, &holder.pod) {
-        (LeasePer::Pod, Some(pod)) => format!("{}/pod/{pod}", holder.tenant),
-        _ => holder.tenant.clone(),
+    match (mount.lease_per, holder.pod()) {
+        (LeasePer::Pod, Some(pod)) => format!("{}/pod/{pod}", holder.tenant()),
+        _ => holder.tenant(),
     }
 }
 
@@ -150,21 +150,20 @@ mod tests {
             ttl: None,
         };
         let pod = Holder {
-            tenant: "iss/shop/web".into(),
-            pod: Some("uid-1".into()),
             namespace: "shop".into(),
             service_account: "web".into(),
             issuer: "iss".into(),
-            pod_name: None,
-            pod_uid: None,
+            pod_name: Some("web-1".into()),
+            pod_uid: Some("uid-1".into()),
         };
         let no_pod = Holder {
-            pod: None,
+            pod_name: None,
+            pod_uid: None,
             ..pod.clone()
         };
-        assert_eq!(holder_key(&pod, &mount), "iss/shop/web/pod/uid-1");
-        assert_eq!(holder_key(&no_pod, &mount), "iss/shop/web");
+        assert_eq!(holder_key(&pod, &mount), "iss shop/web/pod/uid-1");
+        assert_eq!(holder_key(&no_pod, &mount), "iss shop/web");
         mount.lease_per = LeasePer::ServiceAccount;
-        assert_eq!(holder_key(&pod, &mount), "iss/shop/web");
+        assert_eq!(holder_key(&pod, &mount), "iss shop/web");
     }
 }
