@@ -31,12 +31,17 @@ fn help_default(flag: &str) -> u128 {
     lines
         .next()
         .unwrap_or_else(|| panic!("{flag} not in --help"));
-    let text = lines.next().unwrap();
+    // The flag's text runs to the next flag; clap puts `[default: ...]`
+    // at the end of the description or, in the long layout, on a line
+    // of its own.
+    let text: Vec<&str> = lines
+        .take_while(|l| !l.trim_start().starts_with('-'))
+        .collect();
     let value = text
-        .split("[default: ")
-        .nth(1)
+        .iter()
+        .find_map(|l| l.split("[default: ").nth(1))
         .and_then(|rest| rest.split(']').next())
-        .unwrap_or_else(|| panic!("{flag} has no default: {text}"));
+        .unwrap_or_else(|| panic!("{flag} has no default: {text:?}"));
     value.parse().unwrap()
 }
 
