@@ -3,13 +3,16 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// Log output format (`--log-format`, `COFFER_LOG_FORMAT`).
+/// Log output format (`--log-format`, `COFFER_LOG_FORMAT`): `plain`,
+/// human-readable lines, or `json`, one JSON object per line.
+//
+// The variants carry no doc comments on purpose: clap turns a value's doc
+// into help text and then lays every flag of the binary out in its long
+// form, which would change every binary's `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
     #[default]
     Plain,
-    /// One JSON object per line.
     Json,
 }
 
