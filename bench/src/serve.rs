@@ -218,7 +218,7 @@ async fn put_value(store: &DevStore, n: u64) -> anyhow::Result<()> {
     let value = format!("{:0>160}", n);
     store
         .put(
-            PATH,
+            &coffer_broker::path::SecretName::valid(PATH),
             SecretWrite::new(
                 SecretData::Bytes(SecretBytes::from(value.as_bytes())),
                 "text/plain",

@@ -126,14 +126,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         let store = Arc::new(DevStore::in_memory());
         store
             .put(
-                "ns-999/app/db",
+                &coffer_broker::path::SecretName::valid("ns-999/app/db"),
                 SecretWrite::new(SecretData::Bytes(SecretBytes::from(&b"bench-value"[..])), ""),
             )
             .await?;
         let rounds: u64 = 100_000;
         let start = Instant::now();
         for _ in 0..rounds {
-            black_box(store.get(black_box("ns-999/app/db"), None).await?);
+            black_box(store.get(black_box(&coffer_broker::path::SecretName::valid("ns-999/app/db")), None).await?);
         }
         let store_get = start.elapsed() / rounds as u32;
         println!("dev store get (in memory):   {store_get:?} each");

@@ -18,6 +18,7 @@ use coffer_broker::{
         jwt::{JwtVerifier, KeySet, VerifierConfig},
         signer::DevSigner,
     },
+    path::SecretName,
     policy::Policy,
     server::ListenAddr,
     store::{SecretStore, SecretWrite, dev::DevStore},
@@ -72,7 +73,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = Arc::new(DevStore::in_memory());
     store
         .put(
-            "demo/greeting",
+            &SecretName::parse("demo/greeting")?,
             SecretWrite::new(
                 SecretData::Bytes(SecretBytes::from(&b"hello from coffer\n"[..])),
                 "text/plain",

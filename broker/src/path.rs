@@ -14,9 +14,16 @@ pub const MAX_PATH_LEN: usize = 512;
 /// A validated secret path.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SecretPath {
-    base: String,
+    base: SecretName,
     key: Option<String>,
 }
+
+/// A validated base path, without `#key`: the only spelling of a path a
+/// store takes ([`crate::store::SecretStore`]). It is made only by
+/// validation ([`SecretName::parse`], or [`SecretPath::name`] of a path
+/// already validated), so a store never sees an unchecked string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretName(String);
 
 /// Why a path was refused. The messages are safe to show to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -66,13 +73,18 @@ impl SecretPath {
             }
         }
         Ok(Self {
-            base: base.to_string(),
+            base: SecretName(base.to_string()),
             key,
         })
     }
 
-    /// The path without its `#key`: what the store is asked for.
+    /// The path without its `#key`, as text (policy, logs, the wire).
     pub fn base(&self) -> &str {
+        &self.base.0
+    }
+
+    /// The path without its `#key`: what the store is asked for.
+    pub fn name(&self) -> &SecretName {
         &self.base
     }
 
@@ -90,6 +102,52 @@ impl SecretPath {
     }
 }
 
+impl SecretName {
+    /// Validates `raw` as a base path: a [`SecretPath`] without `#key`.
+    pub fn parse(raw: &str) -> Result<Self, PathError> {
+        let path = SecretPath::parse(raw)?;
+        match path.key {
+            Some(_) => Err(PathError::BadKey),
+            None => Ok(path.base),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A name for tests and benches, from a path they know is valid.
+    ///
+    /// # Panics
+    /// When `raw` is not a valid base path.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn valid(raw: &str) -> Self {
+        Self::parse(raw).unwrap_or_else(|e| panic!("{raw:?} is not a valid base path: {e}"))
+    }
+}
+
+// A name reads as the string it is wherever a `&str` is asked for (the
+// stores' own maps and Vault's paths); only validation makes one.
+impl std::ops::Deref for SecretName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretName({})", self.0)
+    }
+}
+
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
@@ -98,7 +156,7 @@ impl fmt::Display for SecretPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
             Some(key) => write!(f, "{}#{key}", self.base),
-            None => f.write_str(&self.base),
+            None => f.write_str(&self.base.0),
         }
     }
 }
@@ -119,6 +177,15 @@ mod tests {
         assert_eq!((p.base(), p.key()), ("app/db", Some("password")));
         assert_eq!(p.to_string(), "app/db#password");
         assert_eq!(SecretPath::parse("a.b/c_d-1").unwrap().key(), None);
+    }
+
+    #[test]
+    fn a_name_is_a_path_without_a_key() {
+        assert_eq!(SecretName::parse("app/db").unwrap().as_str(), "app/db");
+        assert_eq!(SecretName::parse("app/db#password"), Err(PathError::BadKey));
+        assert_eq!(SecretName::parse("app/../db"), Err(PathError::DotSegment));
+        let path = SecretPath::parse("app/db#password").unwrap();
+        assert_eq!(path.name(), &SecretName::parse("app/db").unwrap());
     }
 
     #[test]

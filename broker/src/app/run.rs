@@ -221,7 +221,7 @@ mod tests {
         let store = Arc::new(DevStore::in_memory());
         store
             .put(
-                "shop/db",
+                &crate::path::SecretName::valid("shop/db"),
                 SecretWrite::new(
                     coffer_proto::SecretData::Bytes(b"hunter2"[..].into()),
                     "text/plain",

@@ -160,7 +160,7 @@ impl Broker {
         // A leased path's record names the lease the credential came from.
         let lease_id = version.and_then(|v| {
             let leases = self.inner.store.lease_store()?;
-            leases.lease_of(&holder(who), path.base(), v)
+            leases.lease_of(&holder(who), path.name(), v)
         });
         let path = path.to_string();
         let mut event = call.event(

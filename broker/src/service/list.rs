@@ -130,6 +130,8 @@ mod tests {
     };
     use tonic::Request;
 
+    use crate::path::SecretName;
+
     use crate::{
         auth::{
             jwt::{JwtVerifier, KeySet, VerifierConfig},
@@ -153,16 +155,20 @@ mod tests {
 
     #[async_trait::async_trait]
     impl SecretStore for Counting {
-        async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+        async fn get(
+            &self,
+            path: &SecretName,
+            version: Option<u64>,
+        ) -> Result<StoredSecret, StoreError> {
             self.store.get(path, version).await
         }
-        async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
+        async fn put(&self, path: &SecretName, write: SecretWrite) -> Result<u64, StoreError> {
             self.store.put(path, write).await
         }
-        async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError> {
+        async fn versions(&self, path: &SecretName) -> Result<(u64, Vec<VersionInfo>), StoreError> {
             self.store.versions(path).await
         }
-        fn subscribe(&self, path: &str) -> tokio::sync::watch::Receiver<u64> {
+        fn subscribe(&self, path: &SecretName) -> tokio::sync::watch::Receiver<u64> {
             self.store.subscribe(path)
         }
         async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
@@ -186,7 +192,7 @@ mod tests {
         });
         let value = SecretData::Bytes(SecretBytes::from(&b"v"[..]));
         store
-            .put("shop/db", SecretWrite::new(value, ""))
+            .put(&SecretName::valid("shop/db"), SecretWrite::new(value, ""))
             .await
             .unwrap();
         let broker = Broker::new(

@@ -180,12 +180,12 @@ impl Broker {
         let store = &self.inner.store;
         // Only a leased path is issued per holder; every other read needs
         // just the tenant it is charged to (no copies of the identity).
-        let stored = if store.shared(path.base()) {
+        let stored = if store.shared(path.name()) {
             store
-                .get_for(&limits::tenant(who), path.base(), version)
+                .get_for(&limits::tenant(who), path.name(), version)
                 .await?
         } else {
-            store.get_held(&holder(who), path.base(), version).await?
+            store.get_held(&holder(who), path.name(), version).await?
         };
         to_wire(path, stored)
     }

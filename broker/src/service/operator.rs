@@ -68,7 +68,7 @@ impl Broker {
         path: &SecretPath,
         labels: &mut BTreeMap<String, String>,
     ) -> Result<(), ApiError> {
-        let stored = match self.inner.store.get(path.base(), None).await {
+        let stored = match self.inner.store.get(path.name(), None).await {
             Ok(current) => RotationSpec::stored(&current.labels),
             Err(StoreError::NotFound) => BTreeMap::new(),
             Err(e) => return Err(e.into()),
@@ -119,7 +119,7 @@ impl Broker {
         let versions = &request.get_ref().versions;
         self.inner
             .store
-            .change_versions(path.base(), versions, change)
+            .change_versions(path.name(), versions, change)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, ?versions, rpc, "versions changed");
@@ -176,7 +176,7 @@ impl SecretOperator for Broker {
         }
         self.inner
             .store
-            .refresh(path.base())
+            .refresh(path.name())
             .await
             .map_err(ApiError::from)?;
         tracing::debug!(path = %path, "re-read after a peer's write");
@@ -244,7 +244,7 @@ impl SecretOperator for Broker {
         let version = self
             .inner
             .store
-            .put(path.base(), write)
+            .put(path.name(), write)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, "secret written");
@@ -265,7 +265,7 @@ impl SecretOperator for Broker {
                 "RotateSecret",
             )
             .await?;
-        let current = match self.inner.store.get(path.base(), None).await {
+        let current = match self.inner.store.get(path.name(), None).await {
             Ok(current) => Some(current),
             Err(crate::store::StoreError::NotFound) => None,
             Err(e) => return Err(ApiError::from(e).into()),
@@ -303,7 +303,7 @@ impl SecretOperator for Broker {
         let version = self
             .inner
             .store
-            .put(path.base(), write)
+            .put(path.name(), write)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, version, key = key.as_deref().unwrap_or(""), "secret rotated");
@@ -329,7 +329,7 @@ impl SecretOperator for Broker {
         let version = self
             .inner
             .store
-            .rollback(path.base(), to)
+            .rollback(path.name(), to)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(path = %path, from = to, version, "secret rolled back");
@@ -356,7 +356,7 @@ impl SecretOperator for Broker {
         let list = self
             .inner
             .store
-            .versions_with_labels(path.base())
+            .versions_with_labels(path.name())
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(v1::ListVersionsResponse {
@@ -388,7 +388,7 @@ impl SecretOperator for Broker {
                 "RotationStatus",
             )
             .await?;
-        let (current_version, created) = match self.inner.store.versions(path.base()).await {
+        let (current_version, created) = match self.inner.store.versions(path.name()).await {
             Ok((current, versions)) => (
                 current,
                 versions

@@ -5,6 +5,7 @@
 //! JSON document (magic as associated data). The key is 32 bytes, given as a
 //! file (raw bytes or base64) or base64 in an environment variable.
 
+use crate::path::SecretName;
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
@@ -200,9 +201,13 @@ impl DevStore {
 
 #[async_trait]
 impl SecretStore for DevStore {
-    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+    async fn get(
+        &self,
+        path: &SecretName,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
         let secrets = self.lock_secrets();
-        let versions = secrets.get(path).ok_or(StoreError::NotFound)?;
+        let versions = secrets.get(path.as_str()).ok_or(StoreError::NotFound)?;
         let number = version.unwrap_or(versions.len() as u64);
         let index = usize::try_from(number)
             .ok()
@@ -223,11 +228,11 @@ impl SecretStore for DevStore {
         })
     }
 
-    async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
+    async fn put(&self, path: &SecretName, write: SecretWrite) -> Result<u64, StoreError> {
         let _writing = self.writer.lock().await;
         let (version, new, sealed) = {
             let mut secrets = self.lock_secrets();
-            let current = secrets.get(path).map_or(0, |v| v.len() as u64);
+            let current = secrets.get(path.as_str()).map_or(0, |v| v.len() as u64);
             if let Some(cas) = write.cas
                 && cas != current
             {
@@ -235,7 +240,7 @@ impl SecretStore for DevStore {
             }
             // Labels belong to the secret, as Vault's custom_metadata does:
             // a write without labels keeps the last ones.
-            let labels = match secrets.get(path).and_then(|v| v.last()) {
+            let labels = match secrets.get(path.as_str()).and_then(|v| v.last()) {
                 Some(last) if write.labels.is_empty() => last.labels.clone(),
                 _ => write.labels,
             };
@@ -255,10 +260,10 @@ impl SecretStore for DevStore {
                     .or_default()
                     .push(new.clone());
                 let sealed = p.seal(&secrets);
-                if let Some(versions) = secrets.get_mut(path) {
+                if let Some(versions) = secrets.get_mut(path.as_str()) {
                     versions.pop();
                     if versions.is_empty() {
-                        secrets.remove(path);
+                        secrets.remove(path.as_str());
                     }
                 }
                 sealed
@@ -283,14 +288,14 @@ impl SecretStore for DevStore {
         Ok(version)
     }
 
-    async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError> {
+    async fn versions(&self, path: &SecretName) -> Result<(u64, Vec<VersionInfo>), StoreError> {
         let list = self.versions_with_labels(path).await?;
         Ok((list.current, list.versions))
     }
 
-    async fn versions_with_labels(&self, path: &str) -> Result<VersionList, StoreError> {
+    async fn versions_with_labels(&self, path: &SecretName) -> Result<VersionList, StoreError> {
         let secrets = self.lock_secrets();
-        let versions = secrets.get(path).ok_or(StoreError::NotFound)?;
+        let versions = secrets.get(path.as_str()).ok_or(StoreError::NotFound)?;
         let infos = versions
             .iter()
             .zip(1u64..)
@@ -314,7 +319,7 @@ impl SecretStore for DevStore {
 
     async fn change_versions(
         &self,
-        path: &str,
+        path: &SecretName,
         versions: &[u64],
         change: VersionChange,
     ) -> Result<(), StoreError> {
@@ -359,8 +364,11 @@ impl SecretStore for DevStore {
         Ok(names)
     }
 
-    fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
-        let current = self.lock_secrets().get(path).map_or(0, |v| v.len() as u64);
+    fn subscribe(&self, path: &SecretName) -> watch::Receiver<u64> {
+        let current = self
+            .lock_secrets()
+            .get(path.as_str())
+            .map_or(0, |v| v.len() as u64);
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         watchers
             .entry(path.to_string())
@@ -555,27 +563,43 @@ mod tests {
     #[tokio::test]
     async fn versions_grow_and_old_ones_stay_readable() {
         let store = DevStore::in_memory();
-        assert_eq!(store.put("a/b", write(b"one")).await.unwrap(), 1);
-        assert_eq!(store.put("a/b", write(b"two")).await.unwrap(), 2);
-        let current = store.get("a/b", None).await.unwrap();
+        assert_eq!(
+            store
+                .put(&SecretName::valid("a/b"), write(b"one"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .put(&SecretName::valid("a/b"), write(b"two"))
+                .await
+                .unwrap(),
+            2
+        );
+        let current = store.get(&SecretName::valid("a/b"), None).await.unwrap();
         assert_eq!(
             (current.version, current.data),
             (2, SecretData::Bytes((&b"two"[..]).into()))
         );
         assert_eq!(
-            store.get("a/b", Some(1)).await.unwrap().data,
+            store
+                .get(&SecretName::valid("a/b"), Some(1))
+                .await
+                .unwrap()
+                .data,
             SecretData::Bytes((&b"one"[..]).into())
         );
         assert!(matches!(
-            store.get("a/b", Some(3)).await,
+            store.get(&SecretName::valid("a/b"), Some(3)).await,
             Err(StoreError::VersionNotFound(3))
         ));
         assert!(matches!(
-            store.get("a/b", Some(0)).await,
+            store.get(&SecretName::valid("a/b"), Some(0)).await,
             Err(StoreError::VersionNotFound(0))
         ));
         assert!(matches!(
-            store.get("nope", None).await,
+            store.get(&SecretName::valid("nope"), None).await,
             Err(StoreError::NotFound)
         ));
     }
@@ -587,17 +611,26 @@ mod tests {
         labelled
             .labels
             .insert("coffer.rotate/length".into(), "40".into());
-        store.put("a/b", labelled).await.unwrap();
+        store
+            .put(&SecretName::valid("a/b"), labelled)
+            .await
+            .unwrap();
         // A write without labels keeps them.
-        store.put("a/b", write(b"two")).await.unwrap();
-        let list = store.versions_with_labels("a/b").await.unwrap();
+        store
+            .put(&SecretName::valid("a/b"), write(b"two"))
+            .await
+            .unwrap();
+        let list = store
+            .versions_with_labels(&SecretName::valid("a/b"))
+            .await
+            .unwrap();
         assert_eq!((list.current, list.versions.len()), (2, 2));
         assert_eq!(
             list.labels.get("coffer.rotate/length").map(String::as_str),
             Some("40")
         );
         assert!(matches!(
-            store.versions_with_labels("nope").await,
+            store.versions_with_labels(&SecretName::valid("nope")).await,
             Err(StoreError::NotFound)
         ));
     }
@@ -605,11 +638,14 @@ mod tests {
     #[tokio::test]
     async fn cas_refuses_a_stale_writer() {
         let store = DevStore::in_memory();
-        store.put("a", write(b"1")).await.unwrap();
+        store
+            .put(&SecretName::valid("a"), write(b"1"))
+            .await
+            .unwrap();
         let mut w = write(b"2");
         w.cas = Some(0);
         assert!(matches!(
-            store.put("a", w).await,
+            store.put(&SecretName::valid("a"), w).await,
             Err(StoreError::CasMismatch { current: 1 })
         ));
     }
@@ -617,9 +653,12 @@ mod tests {
     #[tokio::test]
     async fn subscribers_see_new_versions() {
         let store = DevStore::in_memory();
-        let mut rx = store.subscribe("a");
+        let mut rx = store.subscribe(&SecretName::valid("a"));
         assert_eq!(*rx.borrow(), 0);
-        store.put("a", write(b"1")).await.unwrap();
+        store
+            .put(&SecretName::valid("a"), write(b"1"))
+            .await
+            .unwrap();
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow(), 1);
     }
@@ -631,14 +670,21 @@ mod tests {
         let key = [7u8; 32];
         {
             let store = DevStore::persistent(&file, &key).unwrap();
-            store.put("a/b", write(b"canary-plaintext")).await.unwrap();
+            store
+                .put(&SecretName::valid("a/b"), write(b"canary-plaintext"))
+                .await
+                .unwrap();
         }
         let raw = std::fs::read(&file).unwrap();
         assert!(raw.starts_with(MAGIC));
         assert!(!raw.windows(6).any(|w| w == b"canary"));
         let store = DevStore::persistent(&file, &key).unwrap();
         assert_eq!(
-            store.get("a/b", None).await.unwrap().data,
+            store
+                .get(&SecretName::valid("a/b"), None)
+                .await
+                .unwrap()
+                .data,
             SecretData::Bytes((&b"canary-plaintext"[..]).into())
         );
         assert!(matches!(
@@ -658,7 +704,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .put("a", write(format!("v{i}").as_bytes()))
+                        .put(&SecretName::valid("a"), write(format!("v{i}").as_bytes()))
                         .await
                         .unwrap()
                 })
@@ -671,11 +717,22 @@ mod tests {
         versions.sort_unstable();
         assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
         let reloaded = DevStore::persistent(&file, &key).unwrap();
-        assert_eq!(reloaded.versions("a").await.unwrap().0, 8);
+        assert_eq!(
+            reloaded.versions(&SecretName::valid("a")).await.unwrap().0,
+            8
+        );
         for v in 1..=8 {
             assert_eq!(
-                reloaded.get("a", Some(v)).await.unwrap().data,
-                store.get("a", Some(v)).await.unwrap().data
+                reloaded
+                    .get(&SecretName::valid("a"), Some(v))
+                    .await
+                    .unwrap()
+                    .data,
+                store
+                    .get(&SecretName::valid("a"), Some(v))
+                    .await
+                    .unwrap()
+                    .data
             );
         }
     }
@@ -686,14 +743,14 @@ mod tests {
         let file = dir.path().join("gone").join("store.sealed");
         let store = DevStore::persistent(&file, &[7u8; 32]).unwrap();
         assert!(matches!(
-            store.put("a", write(b"1")).await,
+            store.put(&SecretName::valid("a"), write(b"1")).await,
             Err(StoreError::Internal(_))
         ));
         assert!(matches!(
-            store.get("a", None).await,
+            store.get(&SecretName::valid("a"), None).await,
             Err(StoreError::NotFound)
         ));
-        assert_eq!(*store.subscribe("a").borrow(), 0);
+        assert_eq!(*store.subscribe(&SecretName::valid("a")).borrow(), 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod dev;
 pub mod vault;
 
+use crate::path::SecretName;
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
 use async_trait::async_trait;
@@ -216,7 +217,11 @@ pub enum StoreError {
 #[async_trait]
 pub trait SecretStore: Send + Sync + 'static {
     /// A version of `path`, or the current one.
-    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError>;
+    async fn get(
+        &self,
+        path: &SecretName,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError>;
 
     /// Like [`get`](Self::get), on behalf of `tenant`: an opaque key naming
     /// the caller, so a store can give each caller a fair share of its
@@ -224,7 +229,7 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn get_for(
         &self,
         tenant: &str,
-        path: &str,
+        path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
         let _ = tenant;
@@ -237,22 +242,22 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn get_held(
         &self,
         holder: &Holder,
-        path: &str,
+        path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
         self.get_for(&holder.tenant(), path, version).await
     }
 
     /// Writes a new version and returns its number.
-    async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError>;
+    async fn put(&self, path: &SecretName, write: SecretWrite) -> Result<u64, StoreError>;
 
     /// The current version and every version's facts.
-    async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError>;
+    async fn versions(&self, path: &SecretName) -> Result<(u64, Vec<VersionInfo>), StoreError>;
 
     /// Like [`versions`](Self::versions), with the secret's labels, taken
     /// from the same metadata: no value is read (on a leased path a read
     /// would issue a credential). A store that keeps no labels answers none.
-    async fn versions_with_labels(&self, path: &str) -> Result<VersionList, StoreError> {
+    async fn versions_with_labels(&self, path: &SecretName) -> Result<VersionList, StoreError> {
         let (current, versions) = self.versions(path).await?;
         Ok(VersionList {
             current,
@@ -262,7 +267,7 @@ pub trait SecretStore: Send + Sync + 'static {
     }
 
     /// Makes `to_version`'s value current again, as a new version.
-    async fn rollback(&self, path: &str, to_version: u64) -> Result<u64, StoreError> {
+    async fn rollback(&self, path: &SecretName, to_version: u64) -> Result<u64, StoreError> {
         let old = self.get(path, Some(to_version)).await?;
         self.put(
             path,
@@ -280,7 +285,7 @@ pub trait SecretStore: Send + Sync + 'static {
     /// current one).
     async fn change_versions(
         &self,
-        path: &str,
+        path: &SecretName,
         versions: &[u64],
         change: VersionChange,
     ) -> Result<(), StoreError> {
@@ -303,17 +308,17 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Re-reads what the store knows of `path` now (a peer replica changed
     /// it), telling subscribers at once rather than at the next poll.
-    async fn refresh(&self, _path: &str) -> Result<(), StoreError> {
+    async fn refresh(&self, _path: &SecretName) -> Result<(), StoreError> {
         Ok(())
     }
 
     /// The current version of `path` (0 while it does not exist), updated on
     /// every change. Many watchers of one path share one subscription.
-    fn subscribe(&self, path: &str) -> watch::Receiver<u64>;
+    fn subscribe(&self, path: &SecretName) -> watch::Receiver<u64>;
 
     /// Like [`subscribe`](Self::subscribe), for `holder`'s own credential on
     /// a leased path; holding the receiver keeps the holder's lease alive.
-    fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
+    fn subscribe_held(&self, holder: &Holder, path: &SecretName) -> watch::Receiver<u64> {
         let _ = holder;
         self.subscribe(path)
     }
@@ -323,7 +328,7 @@ pub trait SecretStore: Send + Sync + 'static {
     /// reads it with [`get_for`](Self::get_for). `false` for a leased path,
     /// where each holder has a credential of its own, read with
     /// [`get_held`](Self::get_held).
-    fn shared(&self, path: &str) -> bool {
+    fn shared(&self, path: &SecretName) -> bool {
         let _ = path;
         true
     }
@@ -348,7 +353,7 @@ pub trait SecretStore: Send + Sync + 'static {
 pub trait LeaseStore: Send + Sync {
     /// The lease that gave `holder` version `version` of the leased `path`
     /// (for the audit trail); `None` for paths without leases.
-    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String>;
+    fn lease_of(&self, holder: &Holder, path: &SecretName, version: u64) -> Option<String>;
 
     /// Every live lease, without credentials.
     fn leases(&self) -> Vec<LeaseInfo>;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use coffer_broker::path::SecretName;
 use coffer_broker::store::{
     SecretStore,
     vault::{VaultConfig, VaultStore},
@@ -67,7 +68,7 @@ fn approle(bao: &OpenBao, ttl: &str, max_ttl: &str) -> String {
 
 async fn reads(store: &VaultStore) -> bool {
     store
-        .get("shop/db", None)
+        .get(&SecretName::valid("shop/db"), None)
         .await
         .is_ok_and(|s| s.data.key("password").is_some_and(|p| p.expose() == b"p"))
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use coffer::{SecretData, WatchEventKind};
+use coffer_broker::path::SecretName;
 use coffer_broker::store::{
     SecretStore,
     vault::{VaultConfig, VaultStore},
@@ -46,7 +47,8 @@ async fn concurrent_uncached_reads_share_one_vault_call() {
     // No cache: only single-flight can merge these.
     let config = VaultConfig::from_yaml(&bao.config_yaml("cache: {ttl: 0s}\n")).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
-    let reads = futures::future::join_all((0..100).map(|_| store.get("shop/sf", None))).await;
+    let name = SecretName::valid("shop/sf");
+    let reads = futures::future::join_all((0..100).map(|_| store.get(&name, None))).await;
     assert!(
         reads
             .iter()
@@ -55,7 +57,10 @@ async fn concurrent_uncached_reads_share_one_vault_call() {
     assert_eq!(store.vault_reads(), 1);
     assert_eq!(bao.audited("read", "secret/data/shop/sf"), 1);
     // Once done, the next read is a new call.
-    store.get("shop/sf", None).await.unwrap();
+    store
+        .get(&SecretName::valid("shop/sf"), None)
+        .await
+        .unwrap();
     assert_eq!(bao.audited("read", "secret/data/shop/sf"), 2);
 }
 
@@ -98,7 +103,9 @@ async fn many_watchers_of_a_path_share_one_poller_that_stops_with_them() {
     bao.bao(&["kv", "put", "secret/shop/p", "v=one"]);
     let config = VaultConfig::from_yaml(&bao.config_yaml(SETTINGS)).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
-    let mut receivers: Vec<_> = (0..10).map(|_| store.subscribe("shop/p")).collect();
+    let mut receivers: Vec<_> = (0..10)
+        .map(|_| store.subscribe(&SecretName::valid("shop/p")))
+        .collect();
     assert_eq!(store.watched_paths(), 1);
     receivers[0].changed().await.unwrap();
     assert_eq!(*receivers[0].borrow(), 1);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use coffer::{Code, SecretBytes, SecretData};
+use coffer_broker::path::SecretName;
 use coffer_broker::store::{
     SecretStore, SecretWrite, StoreError,
     vault::{VaultConfig, VaultStore},
@@ -48,15 +49,21 @@ async fn kv2_reads_latest_and_given_versions_and_metadata() {
     bao.bao(&["kv", "put", "secret/shop/db", "user=app", "password=two"]);
     let store = VaultStore::connect(config(&bao)).await.unwrap();
 
-    let latest = store.get("shop/db", None).await.unwrap();
+    let latest = store
+        .get(&SecretName::valid("shop/db"), None)
+        .await
+        .unwrap();
     assert_eq!(latest.version, 2);
     assert_eq!(latest.data, map(&[("password", "two"), ("user", "app")]));
-    let first = store.get("shop/db", Some(1)).await.unwrap();
+    let first = store
+        .get(&SecretName::valid("shop/db"), Some(1))
+        .await
+        .unwrap();
     assert_eq!(first.version, 1);
     assert_eq!(first.data.key("password").unwrap().expose(), b"one");
     assert!(first.created_at > std::time::UNIX_EPOCH);
 
-    let (current, versions) = store.versions("shop/db").await.unwrap();
+    let (current, versions) = store.versions(&SecretName::valid("shop/db")).await.unwrap();
     assert_eq!(current, 2);
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
@@ -65,15 +72,15 @@ async fn kv2_reads_latest_and_given_versions_and_metadata() {
     assert!(versions.iter().all(|v| !v.deleted && !v.destroyed));
 
     assert!(matches!(
-        store.get("shop/db", Some(9)).await,
+        store.get(&SecretName::valid("shop/db"), Some(9)).await,
         Err(StoreError::VersionNotFound(9))
     ));
     assert!(matches!(
-        store.get("shop/nothing", None).await,
+        store.get(&SecretName::valid("shop/nothing"), None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.get("unmapped/x", None).await,
+        store.get(&SecretName::valid("unmapped/x"), None).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -84,18 +91,27 @@ async fn kv2_writes_new_versions_with_check_and_set() {
     let store = VaultStore::connect(config(&bao)).await.unwrap();
 
     let v1 = store
-        .put("shop/api", write(map(&[("key", "k1")]), Some(0)))
+        .put(
+            &SecretName::valid("shop/api"),
+            write(map(&[("key", "k1")]), Some(0)),
+        )
         .await
         .unwrap();
     assert_eq!(v1, 1);
     let v2 = store
-        .put("shop/api", write(map(&[("key", "k2")]), Some(1)))
+        .put(
+            &SecretName::valid("shop/api"),
+            write(map(&[("key", "k2")]), Some(1)),
+        )
         .await
         .unwrap();
     assert_eq!(v2, 2);
     assert!(matches!(
         store
-            .put("shop/api", write(map(&[("key", "stale")]), Some(1)))
+            .put(
+                &SecretName::valid("shop/api"),
+                write(map(&[("key", "stale")]), Some(1))
+            )
             .await,
         Err(StoreError::CasMismatch { current: 2 })
     ));
@@ -103,13 +119,17 @@ async fn kv2_writes_new_versions_with_check_and_set() {
     let out = bao.bao(&["kv", "get", "-field=key", "secret/shop/api"]);
     assert_eq!(out.trim(), "k2");
     assert_eq!(
-        store.get("shop/api", None).await.unwrap().data,
+        store
+            .get(&SecretName::valid("shop/api"), None)
+            .await
+            .unwrap()
+            .data,
         map(&[("key", "k2")])
     );
     // Opaque bytes go in as the single key `value`.
     store
         .put(
-            "shop/blob",
+            &SecretName::valid("shop/blob"),
             write(SecretData::Bytes(b"raw"[..].into()), None),
         )
         .await
@@ -134,14 +154,17 @@ async fn deleted_and_destroyed_versions_are_errors_not_empty_values() {
     bao.bao(&["kv", "destroy", "-versions=2", "secret/shop/rot"]);
     let store = VaultStore::connect(config(&bao)).await.unwrap();
     assert!(matches!(
-        store.get("shop/rot", Some(1)).await,
+        store.get(&SecretName::valid("shop/rot"), Some(1)).await,
         Err(StoreError::VersionDeleted(1))
     ));
     assert!(matches!(
-        store.get("shop/rot", Some(2)).await,
+        store.get(&SecretName::valid("shop/rot"), Some(2)).await,
         Err(StoreError::VersionDeleted(2))
     ));
-    let (current, versions) = store.versions("shop/rot").await.unwrap();
+    let (current, versions) = store
+        .versions(&SecretName::valid("shop/rot"))
+        .await
+        .unwrap();
     assert_eq!(current, 3);
     assert!(versions[0].deleted && !versions[0].destroyed);
     assert!(versions[1].destroyed);
@@ -149,12 +172,12 @@ async fn deleted_and_destroyed_versions_are_errors_not_empty_values() {
     // The latest version deleted: the path reads as deleted, not empty.
     bao.bao(&["kv", "delete", "secret/shop/rot"]);
     assert!(matches!(
-        store.get("shop/rot", Some(3)).await,
+        store.get(&SecretName::valid("shop/rot"), Some(3)).await,
         Err(StoreError::VersionDeleted(3))
     ));
     let store = VaultStore::connect(config(&bao)).await.unwrap();
     assert!(matches!(
-        store.get("shop/rot", None).await,
+        store.get(&SecretName::valid("shop/rot"), None).await,
         Err(StoreError::VersionDeleted(3))
     ));
 }
@@ -165,20 +188,29 @@ async fn kv1_mounts_read_and_write() {
     bao.bao(&["secrets", "enable", "-path=kv1", "-version=1", "kv"]);
     bao.bao(&["kv", "put", "kv1/old", "token=t1"]);
     let store = VaultStore::connect(config(&bao)).await.unwrap();
-    let read = store.get("legacy/old", None).await.unwrap();
+    let read = store
+        .get(&SecretName::valid("legacy/old"), None)
+        .await
+        .unwrap();
     assert_eq!((read.version, read.data), (1, map(&[("token", "t1")])));
     assert!(matches!(
-        store.get("legacy/old", Some(2)).await,
+        store.get(&SecretName::valid("legacy/old"), Some(2)).await,
         Err(StoreError::VersionNotFound(2))
     ));
     store
-        .put("legacy/new", write(map(&[("a", "b")]), None))
+        .put(
+            &SecretName::valid("legacy/new"),
+            write(map(&[("a", "b")]), None),
+        )
         .await
         .unwrap();
     assert_eq!(bao.bao(&["kv", "get", "-field=a", "kv1/new"]).trim(), "b");
     assert!(matches!(
         store
-            .put("legacy/new", write(map(&[("a", "c")]), Some(1)))
+            .put(
+                &SecretName::valid("legacy/new"),
+                write(map(&[("a", "c")]), Some(1))
+            )
             .await,
         Err(StoreError::Unsupported(_))
     ));
@@ -233,7 +265,11 @@ async fn tls_uses_the_configured_ca_and_refuses_an_unknown_one() {
     with_ca.ca_file = bao.ca_file.clone();
     let store = VaultStore::connect(with_ca).await.unwrap();
     assert_eq!(
-        store.get("shop/tls", None).await.unwrap().data,
+        store
+            .get(&SecretName::valid("shop/tls"), None)
+            .await
+            .unwrap()
+            .data,
         map(&[("v", "over-tls")])
     );
     // Without the CA the server is not trusted: no login, no fallback.

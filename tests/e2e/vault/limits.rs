@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use coffer::Code;
+use coffer_broker::path::SecretName;
 use coffer_broker::store::{
     SecretStore, SecretWrite, StoreError,
     vault::{VaultConfig, VaultStore},
@@ -46,15 +47,18 @@ async fn a_write_through_the_store_is_readable_at_once_after_a_remembered_miss()
     let config = VaultConfig::from_yaml(&bao.config_yaml("cache: {negativeTtl: 60s}\n")).unwrap();
     let store = VaultStore::connect(config).await.unwrap();
     assert!(matches!(
-        store.get("shop/new", None).await,
+        store.get(&SecretName::valid("shop/new"), None).await,
         Err(StoreError::NotFound)
     ));
     let data = coffer::SecretData::Bytes(coffer::SecretBytes::from(&b"fresh"[..]));
     store
-        .put("shop/new", SecretWrite::new(data, ""))
+        .put(&SecretName::valid("shop/new"), SecretWrite::new(data, ""))
         .await
         .unwrap();
-    let read = store.get("shop/new", None).await.unwrap();
+    let read = store
+        .get(&SecretName::valid("shop/new"), None)
+        .await
+        .unwrap();
     assert_eq!(read.version, 1);
 }
 

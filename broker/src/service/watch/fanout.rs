@@ -145,6 +145,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
+    use crate::path::SecretName;
     use crate::service::watch::testing::*;
     use crate::{
         auth::{
@@ -222,7 +223,7 @@ mod tests {
     impl SecretStore for PerPod {
         async fn get(
             &self,
-            path: &str,
+            path: &SecretName,
             version: Option<u64>,
         ) -> Result<crate::store::StoredSecret, crate::store::StoreError> {
             self.0.get(path, version).await
@@ -230,7 +231,7 @@ mod tests {
         async fn get_held(
             &self,
             holder: &crate::store::Holder,
-            path: &str,
+            path: &SecretName,
             version: Option<u64>,
         ) -> Result<crate::store::StoredSecret, crate::store::StoreError> {
             let mut stored = self.0.get(path, version).await?;
@@ -240,21 +241,21 @@ mod tests {
         }
         async fn put(
             &self,
-            path: &str,
+            path: &SecretName,
             write: SecretWrite,
         ) -> Result<u64, crate::store::StoreError> {
             self.0.put(path, write).await
         }
         async fn versions(
             &self,
-            path: &str,
+            path: &SecretName,
         ) -> Result<(u64, Vec<crate::store::VersionInfo>), crate::store::StoreError> {
             self.0.versions(path).await
         }
-        fn subscribe(&self, path: &str) -> tokio::sync::watch::Receiver<u64> {
+        fn subscribe(&self, path: &SecretName) -> tokio::sync::watch::Receiver<u64> {
             self.0.subscribe(path)
         }
-        fn shared(&self, _path: &str) -> bool {
+        fn shared(&self, _path: &SecretName) -> bool {
             false
         }
     }

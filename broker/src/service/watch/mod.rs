@@ -83,7 +83,7 @@ mod testing {
     pub(super) async fn put_at(store: &dyn SecretStore, path: &str, value: &'static [u8]) -> u64 {
         store
             .put(
-                path,
+                &crate::path::SecretName::valid(path),
                 SecretWrite::new(SecretData::Bytes(SecretBytes::from(value)), ""),
             )
             .await

@@ -130,7 +130,7 @@ impl Broker {
                 WatchStream::from_changes(
                     self.inner
                         .store
-                        .subscribe_held(&crate::service::holder(&who), path.base()),
+                        .subscribe_held(&crate::service::holder(&who), path.name()),
                 )
             })
             .collect();
@@ -155,7 +155,7 @@ impl Broker {
             let fanout = self
                 .inner
                 .store
-                .shared(path.base())
+                .shared(path.name())
                 .then(|| self.inner.fanout.slot(path));
             watched.push(Watched {
                 sent: secret.version,

@@ -42,6 +42,7 @@ mod poll;
 mod read_cache;
 mod session;
 
+use crate::path::SecretName;
 use std::sync::{Arc, atomic::Ordering};
 
 use async_trait::async_trait;
@@ -323,14 +324,18 @@ impl Polled for Inner {
 
 #[async_trait]
 impl SecretStore for VaultStore {
-    async fn get(&self, path: &str, version: Option<u64>) -> Result<StoredSecret, StoreError> {
+    async fn get(
+        &self,
+        path: &SecretName,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
         self.inner.read(None, path, version).await
     }
 
     async fn get_for(
         &self,
         tenant: &str,
-        path: &str,
+        path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
         self.inner.read(Some(tenant), path, version).await
@@ -339,7 +344,7 @@ impl SecretStore for VaultStore {
     async fn get_held(
         &self,
         holder: &Holder,
-        path: &str,
+        path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
         match self.inner.vault.config.leased_mount(path) {
@@ -348,7 +353,7 @@ impl SecretStore for VaultStore {
         }
     }
 
-    fn shared(&self, path: &str) -> bool {
+    fn shared(&self, path: &SecretName) -> bool {
         self.inner.vault.config.leased_mount(path).is_none()
     }
 
@@ -356,14 +361,14 @@ impl SecretStore for VaultStore {
         Some(self)
     }
 
-    fn subscribe_held(&self, holder: &Holder, path: &str) -> watch::Receiver<u64> {
+    fn subscribe_held(&self, holder: &Holder, path: &SecretName) -> watch::Receiver<u64> {
         match self.inner.vault.config.leased_mount(path) {
             Some(mount) => leases::subscribe(&self.inner.leases, holder, path, mount),
             None => self.subscribe(path),
         }
     }
 
-    async fn put(&self, path: &str, write: SecretWrite) -> Result<u64, StoreError> {
+    async fn put(&self, path: &SecretName, write: SecretWrite) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let known = inner.versions.newest(path);
         let version = kv::write(&inner.vault, path, &write, known).await?;
@@ -372,12 +377,12 @@ impl SecretStore for VaultStore {
         Ok(version)
     }
 
-    async fn versions(&self, path: &str) -> Result<(u64, Vec<VersionInfo>), StoreError> {
+    async fn versions(&self, path: &SecretName) -> Result<(u64, Vec<VersionInfo>), StoreError> {
         let list = self.versions_with_labels(path).await?;
         Ok((list.current, list.versions))
     }
 
-    async fn versions_with_labels(&self, path: &str) -> Result<VersionList, StoreError> {
+    async fn versions_with_labels(&self, path: &SecretName) -> Result<VersionList, StoreError> {
         let (mount, _) = kv::route(&self.inner.vault, path)?;
         if mount.kv == 1 {
             // KV v1 keeps neither versions nor labels: the path exists or not.
@@ -389,7 +394,7 @@ impl SecretStore for VaultStore {
         Ok(list)
     }
 
-    fn subscribe(&self, path: &str) -> watch::Receiver<u64> {
+    fn subscribe(&self, path: &SecretName) -> watch::Receiver<u64> {
         let inner = &self.inner;
         let config = &inner.vault.config;
         // KV v1 keeps no versions to poll: its changes are not detected.
@@ -407,7 +412,7 @@ impl SecretStore for VaultStore {
 
     async fn change_versions(
         &self,
-        path: &str,
+        path: &SecretName,
         versions: &[u64],
         change: VersionChange,
     ) -> Result<(), StoreError> {
@@ -424,7 +429,7 @@ impl SecretStore for VaultStore {
         self.inner.list_for(tenant, folder).await
     }
 
-    async fn refresh(&self, path: &str) -> Result<(), StoreError> {
+    async fn refresh(&self, path: &SecretName) -> Result<(), StoreError> {
         let version = kv::current_version(&self.inner.vault, path).await?;
         // Deletions keep the version number: drop what is cached either way.
         self.inner.reads.forget(path);
@@ -435,7 +440,7 @@ impl SecretStore for VaultStore {
 
 #[async_trait]
 impl LeaseStore for VaultStore {
-    fn lease_of(&self, holder: &Holder, path: &str, version: u64) -> Option<String> {
+    fn lease_of(&self, holder: &Holder, path: &SecretName, version: u64) -> Option<String> {
         let mount = self.inner.vault.config.leased_mount(path)?;
         self.inner.leases.lease_of(holder, path, mount, version)
     }
