@@ -182,10 +182,49 @@ impl AtomicDir {
         if allow_non_tmpfs {
             tracing::warn!(dir = %root.display(), "--allow-non-tmpfs: secrets may be written to disk");
         }
-        Ok(Self {
+        let dir = Self {
             root,
             published: BTreeMap::new(),
-        })
+        };
+        dir.remove_orphans();
+        Ok(dir)
+    }
+
+    /// Removes what a writer killed mid-update left behind (a process
+    /// SIGKILLed by the OOM killer, a container restarted with its emptyDir
+    /// kept): update directories that `..data` does not point at, which hold
+    /// older or never-published secret values, and half-made links. Done at
+    /// open because the next update may never come, or find the content
+    /// unchanged and write nothing.
+    fn remove_orphans(&self) {
+        let current = fs::read_link(self.root.join(DATA_LINK)).ok();
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name_str = name.to_string_lossy();
+            if !name_str.starts_with("..") || name_str == DATA_LINK {
+                continue;
+            }
+            let path = entry.path();
+            let result = match entry.file_type() {
+                Ok(t) if t.is_dir() && current.as_deref() != Some(Path::new(&name)) => {
+                    fs::remove_dir_all(&path)
+                }
+                Ok(t) if t.is_symlink() => fs::remove_file(&path),
+                _ => Ok(()),
+            };
+            match result {
+                Ok(()) if current.as_deref() != Some(Path::new(&name)) => {
+                    tracing::info!(path = %path.display(), "removed what an interrupted update left")
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove a stale entry")
+                }
+            }
+        }
     }
 
     /// The directory.
@@ -421,6 +460,40 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn opening_removes_what_a_killed_writer_left() {
+        let dir = shm_dir();
+        let content = payload(&[("a", b"one", 0o400)]);
+        let mut out = AtomicDir::open(dir.path(), false).unwrap();
+        out.write(&content).unwrap();
+        let current = fs::read_link(dir.path().join(DATA_LINK)).unwrap();
+        // A writer killed after filling its update directory, and one killed
+        // between its links and the renames.
+        let orphan = dir.path().join("..1700000000.000000001.abcdef");
+        fs::create_dir(&orphan).unwrap();
+        fs::write(orphan.join("a"), b"an older value").unwrap();
+        std::os::unix::fs::symlink(&current, dir.path().join(DATA_LINK_TMP)).unwrap();
+        std::os::unix::fs::symlink("..data/a", dir.path().join("..link_a")).unwrap();
+
+        // The next process finds the content unchanged and writes nothing,
+        // yet the leftovers are gone.
+        let mut next = AtomicDir::open(dir.path(), false).unwrap();
+        assert!(!next.write(&content).unwrap().written);
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            "..data".to_string(),
+            "a".into(),
+            current.to_string_lossy().into(),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"one");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod check_config;
 mod files;
 mod format_consumers;
 mod formats;
+mod killed_mid_write;
 mod metrics_paths;
 mod once;
 mod probe_idle_connections;
