@@ -15,6 +15,7 @@ mod injector;
 mod kube;
 mod limits;
 mod policy;
+mod reliability;
 mod rotation;
 mod sdk;
 mod sidecar;

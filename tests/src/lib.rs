@@ -10,7 +10,8 @@
 //! The rooms: [`broker`] (one builder for every broker a test needs),
 //! [`sidecar`], [`cofferctl`], [`process`] (child processes and waiting),
 //! [`tokens`], [`policy`], [`http`]; and the backends and tools some tests
-//! start: [`openbao`], [`postgres`], [`kube`], [`https`], [`deploy`],
+//! start: [`openbao`], [`openbao_cluster`] (a 3-node raft cluster, with
+//! [`fault`]'s proxy for network faults), [`postgres`], [`kube`], [`https`], [`deploy`],
 //! [`browser`], [`console`], [`tmpfs`].
 
 pub mod broker;
@@ -18,10 +19,12 @@ pub mod browser;
 pub mod cofferctl;
 pub mod console;
 pub mod deploy;
+pub mod fault;
 pub mod http;
 pub mod https;
 pub mod kube;
 pub mod openbao;
+pub mod openbao_cluster;
 pub mod policy;
 pub mod postgres;
 pub mod process;
