@@ -330,9 +330,11 @@ impl RaftCluster {
         self.kill(i);
         self.spawn(i);
         self.unseal(i);
-        eventually(Duration::from_secs(60), "the restarted node to serve", || {
-            matches!(self.health(i), Some(200 | 429)).then_some(())
-        });
+        eventually(
+            Duration::from_secs(60),
+            "the restarted node to serve",
+            || matches!(self.health(i), Some(200 | 429)).then_some(()),
+        );
     }
 
     /// Freezes node `i` (SIGSTOP): it holds its connections and answers
@@ -483,7 +485,8 @@ impl RaftCluster {
     /// `i` answers it (a standby from its own copy): (version, data).
     pub fn read_at(&self, i: usize, path: &str, version: Option<u64>) -> Option<(u64, Value)> {
         let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
-        let (status, reply) = self.http(i, "GET", &format!("/v1/secret/data/{path}{query}"), None)?;
+        let (status, reply) =
+            self.http(i, "GET", &format!("/v1/secret/data/{path}{query}"), None)?;
         (status == 200).then(|| {
             (
                 reply["data"]["metadata"]["version"].as_u64().unwrap_or(0),
@@ -582,7 +585,10 @@ impl Drop for RaftCluster {
             // A paused node must run again to die promptly.
             if self.nodes[i].process.is_some() {
                 let _ = Command::new("kill")
-                    .args(["-CONT", &self.nodes[i].process.as_ref().unwrap().pid().to_string()])
+                    .args([
+                        "-CONT",
+                        &self.nodes[i].process.as_ref().unwrap().pid().to_string(),
+                    ])
                     .status();
             }
             self.kill(i);
@@ -593,7 +599,12 @@ impl Drop for RaftCluster {
 /// Node `i`'s configuration: raft storage with its own data directory and
 /// `retry_join` to the others, an HTTP listener on loopback, its audit log
 /// on its own output.
-fn node_config(dir: &tempfile::TempDir, i: usize, ports: &[u16], options: &ClusterOptions) -> String {
+fn node_config(
+    dir: &tempfile::TempDir,
+    i: usize,
+    ports: &[u16],
+    options: &ClusterOptions,
+) -> String {
     let joins: String = ports
         .iter()
         .enumerate()
@@ -618,7 +629,15 @@ fn node_config(dir: &tempfile::TempDir, i: usize, ports: &[u16], options: &Clust
 
 /// `/v1/sys/health` of the node on `port`, or `None` within 1 s.
 fn node_health(port: u16) -> Option<u16> {
-    http_request(port, "GET", "/v1/sys/health", None, None, Duration::from_secs(1)).map(|r| r.0)
+    http_request(
+        port,
+        "GET",
+        "/v1/sys/health",
+        None,
+        None,
+        Duration::from_secs(1),
+    )
+    .map(|r| r.0)
 }
 
 /// One plain HTTP/1.0 request to `127.0.0.1:port`.

@@ -75,11 +75,15 @@ fn a_raft_cluster_elects_replicates_fails_over_and_rejoins() {
     cluster.restart(leader);
     let restart = begin.elapsed();
     assert_eq!(cluster.health(leader), Some(429));
-    eventually(Duration::from_secs(20), "the restarted node to catch up", || {
-        cluster
-            .read_at(leader, "shop/db", None)
-            .filter(|(v, _)| *v == v2)
-    });
+    eventually(
+        Duration::from_secs(20),
+        "the restarted node to catch up",
+        || {
+            cluster
+                .read_at(leader, "shop/db", None)
+                .filter(|(v, _)| *v == v2)
+        },
+    );
     eventually(Duration::from_secs(20), "three voters again", || {
         (cluster.voters() == 3).then_some(())
     });
