@@ -9,7 +9,8 @@
 //!
 //! The rooms: [`broker`] (one builder for every broker a test needs),
 //! [`sidecar`], [`cofferctl`], [`process`] (child processes and waiting),
-//! [`tokens`], [`policy`], [`http`]; and the backends and tools some tests
+//! [`tokens`], [`policy`], [`http`]; [`load`] (many pods with their own
+//! identities, and the checks of what each received); and the backends and tools some tests
 //! start: [`openbao`], [`openbao_cluster`] (a 3-node raft cluster, with
 //! [`fault`]'s proxy for network faults), [`postgres`], [`kube`], [`https`], [`deploy`],
 //! [`browser`], [`console`], [`tmpfs`].
@@ -23,6 +24,7 @@ pub mod fault;
 pub mod http;
 pub mod https;
 pub mod kube;
+pub mod load;
 pub mod openbao;
 pub mod openbao_cluster;
 pub mod policy;

@@ -5,3 +5,4 @@
 //! the full form (`scripts/chaos`).
 
 mod cluster;
+mod soak;
