@@ -6,3 +6,4 @@
 
 mod cluster;
 mod soak;
+mod restart_storm;
