@@ -5,5 +5,5 @@
 //! the full form (`scripts/chaos`).
 
 mod cluster;
-mod soak;
 mod restart_storm;
+mod soak;

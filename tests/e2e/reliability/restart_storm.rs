@@ -22,14 +22,21 @@ use coffer_tests::{
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
     let _turn = serial::heavy();
-    let (secrets, per_secret) = if load::full_form() { (200, 10) } else { (40, 10) };
+    let (secrets, per_secret) = if load::full_form() {
+        (200, 10)
+    } else {
+        (40, 10)
+    };
     let bao = OpenBao::start();
     let fleet = Fleet::deployments(secrets, per_secret, Duration::from_secs(3600));
     let args = vault_args(&bao, "");
     // The secrets exist before the restart: written through a broker that
     // is then gone, so the replicas start with nothing cached.
     {
-        let seeder = BrokerProcess::builder().policy(&Fleet::policy()).args(&args).start();
+        let seeder = BrokerProcess::builder()
+            .policy(&Fleet::policy())
+            .args(&args)
+            .start();
         load::seed(&seeder.endpoint, &fleet.secrets(), &Ledger::new()).await;
     }
     let pair = BrokerPair::start(&Fleet::policy(), &args);
@@ -63,7 +70,10 @@ async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
             ("pods", pods.to_string()),
             ("secrets", secrets.to_string()),
             ("replicas", "2".into()),
-            ("all_snapshots_s", ready.map_or("timeout".into(), |d| format!("{:.2}", d.as_secs_f64()))),
+            (
+                "all_snapshots_s",
+                ready.map_or("timeout".into(), |d| format!("{:.2}", d.as_secs_f64())),
+            ),
             ("with_snapshot", with_snapshot.to_string()),
             ("vault_data_reads", reads.to_string()),
             ("goal_reads", (2 * secrets).to_string()),
@@ -75,8 +85,17 @@ async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
         ],
     );
 
-    assert!(ready.is_some(), "{with_snapshot} of {pods} pods got a snapshot; failures {failures:?}");
+    assert!(
+        ready.is_some(),
+        "{with_snapshot} of {pods} pods got a snapshot; failures {failures:?}"
+    );
     assert_eq!(refusals, 0, "refused: {failures:?}");
-    assert!(logs.iter().all(|l| l.first().is_some() && l.duplicates == 0 && l.backwards == 0));
-    assert!(reads >= secrets, "every secret was read from Vault: {reads}");
+    assert!(
+        logs.iter()
+            .all(|l| l.first().is_some() && l.duplicates == 0 && l.backwards == 0)
+    );
+    assert!(
+        reads >= secrets,
+        "every secret was read from Vault: {reads}"
+    );
 }

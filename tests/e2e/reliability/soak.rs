@@ -87,13 +87,28 @@ async fn soak_every_watcher_ends_on_the_last_version_and_the_broker_logs_no_warn
     );
     let warm_up = started.elapsed() + Duration::from_secs(10);
 
-    let writer = Writer::start(&broker.endpoint, SHARED, Duration::from_secs(1), ledger.clone()).await;
-    let gets = GetLoad::start(&endpoints, &fleet.pods, 4, form.gets_per_second, ledger.clone()).await;
+    let writer = Writer::start(
+        &broker.endpoint,
+        SHARED,
+        Duration::from_secs(1),
+        ledger.clone(),
+    )
+    .await;
+    let gets = GetLoad::start(
+        &endpoints,
+        &fleet.pods,
+        4,
+        form.gets_per_second,
+        ledger.clone(),
+    )
+    .await;
     tokio::time::sleep(form.run).await;
     let written = writer.stop().await;
     let read = gets.stop().await;
     let last = ledger.last(SHARED).unwrap();
-    let settled = watches.wait_version(SHARED, last, Duration::from_secs(60)).await;
+    let settled = watches
+        .wait_version(SHARED, last, Duration::from_secs(60))
+        .await;
     let failures = watches.failures();
     let reconnects = watches.reconnects();
     let logs = watches.close().await;
@@ -113,23 +128,41 @@ async fn soak_every_watcher_ends_on_the_last_version_and_the_broker_logs_no_warn
             ("watchers", fleet.pods.len().to_string()),
             ("connections", form.connections.to_string()),
             ("seconds", form.run.as_secs().to_string()),
-            ("open_s", format!("{:.2}", opened.unwrap_or_default().as_secs_f64())),
+            (
+                "open_s",
+                format!("{:.2}", opened.unwrap_or_default().as_secs_f64()),
+            ),
             ("rotations", written.acked.to_string()),
-            ("write_failures", written.failed.values().sum::<u64>().to_string()),
+            (
+                "write_failures",
+                written.failed.values().sum::<u64>().to_string(),
+            ),
             ("gets", read.ok.to_string()),
             ("get_failures", read.failures().to_string()),
             ("get_stale", read.stale.to_string()),
             ("get_shed", read.shed.to_string()),
-            ("get_p50_ms", format!("{:.2}", read.quantile(0.5).as_secs_f64() * 1e3)),
-            ("get_p99_ms", format!("{:.2}", read.quantile(0.99).as_secs_f64() * 1e3)),
-            ("settle_ms", settled.map_or("timeout".into(), |d| d.as_millis().to_string())),
+            (
+                "get_p50_ms",
+                format!("{:.2}", read.quantile(0.5).as_secs_f64() * 1e3),
+            ),
+            (
+                "get_p99_ms",
+                format!("{:.2}", read.quantile(0.99).as_secs_f64() * 1e3),
+            ),
+            (
+                "settle_ms",
+                settled.map_or("timeout".into(), |d| d.as_millis().to_string()),
+            ),
             ("reconnects", reconnects.to_string()),
             ("watch_failures", format!("{failures:?}")),
             ("verdict", format!("[{verdict}]")),
             ("rss_kib_after_warmup", first.to_string()),
             ("rss_kib_end", end.to_string()),
             ("rss_slope_kib_per_min", fmt(rss_slope)),
-            ("fds_end", after_warm_up.last().map_or(0, |s| s.fds).to_string()),
+            (
+                "fds_end",
+                after_warm_up.last().map_or(0, |s| s.fds).to_string(),
+            ),
             ("fd_slope_per_min", fmt(fd_slope)),
             ("samples", after_warm_up.len().to_string()),
             ("log_warn_error", noisy.len().to_string()),

@@ -102,7 +102,10 @@ impl Ledger {
                 verdict.without_snapshot += 1;
                 continue;
             };
-            if acked.last().is_some_and(|final_version| last != *final_version) {
+            if acked
+                .last()
+                .is_some_and(|final_version| last != *final_version)
+            {
                 verdict.behind += 1;
             }
             if last > first {

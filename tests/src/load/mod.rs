@@ -143,7 +143,12 @@ pub fn audited(log: &std::path::Path, operation: &str, prefix: &str) -> usize {
 pub fn warnings_and_errors(output: &str) -> Vec<String> {
     crate::process::strip_ansi(output)
         .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("\"level\":\"WARN") || l.contains("\"level\":\"ERROR"))
+        .filter(|l| {
+            l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || l.contains("\"level\":\"WARN")
+                || l.contains("\"level\":\"ERROR")
+        })
         .map(str::to_string)
         .collect()
 }
@@ -169,10 +174,7 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<f64> {
     let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
     let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
     let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
-    let sxy: f64 = points
-        .iter()
-        .map(|p| (p.0 - mean_x) * (p.1 - mean_y))
-        .sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
     (sxx > 0.0).then(|| sxy / sxx)
 }
 

@@ -40,10 +40,10 @@ impl Sampler {
                     _ = tick.tick() => {}
                     _ = stopped.wait_for(|s| *s) => break,
                 }
-                if let Some(sample) = sample(pid, start.elapsed()) {
-                    if samples.len() < MAX_SAMPLES {
-                        samples.push(sample);
-                    }
+                if let Some(sample) = sample(pid, start.elapsed())
+                    && samples.len() < MAX_SAMPLES
+                {
+                    samples.push(sample);
                 }
             }
             samples

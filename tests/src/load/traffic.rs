@@ -64,8 +64,11 @@ impl Writer {
                     _ = stopped.wait_for(|s| *s) => break,
                 }
                 n += 1;
-                let put = Put::new(&path, SecretData::Bytes(format!("n={n}").into_bytes().into()))
-                    .content_type("text/plain");
+                let put = Put::new(
+                    &path,
+                    SecretData::Bytes(format!("n={n}").into_bytes().into()),
+                )
+                .content_type("text/plain");
                 match client.put(put).await {
                     Ok(version) => {
                         ledger.acked(&path, version);
@@ -154,8 +157,13 @@ impl GetLoad {
                     continue;
                 };
                 let pod = &pods[(n / 2) % pods.len()];
-                let path = if n % 2 == 0 { pod.secret.clone() } else { SHARED.to_string() };
-                let client = clients[n % clients.len()].with_token(TokenSource::from_static(pod.token.clone()));
+                let path = if n % 2 == 0 {
+                    pod.secret.clone()
+                } else {
+                    SHARED.to_string()
+                };
+                let client = clients[n % clients.len()]
+                    .with_token(TokenSource::from_static(pod.token.clone()));
                 let (figures, ledger) = (Arc::clone(&figures), Arc::clone(&ledger));
                 tokio::spawn(async move {
                     let acknowledged = ledger.last(&path).unwrap_or(0);
@@ -224,7 +232,8 @@ pub async fn seed(endpoint: &str, paths: &[String], ledger: &Ledger) {
         .await
         .unwrap();
     for path in paths {
-        let put = Put::new(path, SecretData::Bytes(b"n=0".to_vec().into())).content_type("text/plain");
+        let put =
+            Put::new(path, SecretData::Bytes(b"n=0".to_vec().into())).content_type("text/plain");
         let version = client
             .put(put)
             .await

@@ -76,7 +76,11 @@ impl WatchLoad {
             clients.push(client);
         }
         let pod_paths: Vec<Vec<String>> = pods.iter().map(&paths).collect();
-        let receivers: Vec<Arc<str>> = pod_paths.iter().flatten().map(|p| p.as_str().into()).collect();
+        let receivers: Vec<Arc<str>> = pod_paths
+            .iter()
+            .flatten()
+            .map(|p| p.as_str().into())
+            .collect();
         let progress = Arc::new(Progress {
             last: receivers.iter().map(|_| AtomicU64::new(0)).collect(),
             paths: receivers,
@@ -88,7 +92,8 @@ impl WatchLoad {
         let mut tasks = Vec::with_capacity(pods.len());
         let mut first_receiver = 0;
         for (i, (pod, paths)) in pods.iter().zip(pod_paths).enumerate() {
-            let client = clients[i % connections].with_token(TokenSource::from_static(pod.token.clone()));
+            let client =
+                clients[i % connections].with_token(TokenSource::from_static(pod.token.clone()));
             let receiver = Receiver {
                 logs: paths.iter().map(|p| ReceiverLog::new(i, p)).collect(),
                 paths,
@@ -144,7 +149,12 @@ impl WatchLoad {
 
     /// Waits up to `timeout` until every receiver of `path` has `version` or
     /// newer; returns how long it took, or `None` on timeout.
-    pub async fn wait_version(&self, path: &str, version: u64, timeout: Duration) -> Option<Duration> {
+    pub async fn wait_version(
+        &self,
+        path: &str,
+        version: u64,
+        timeout: Duration,
+    ) -> Option<Duration> {
         let start = Instant::now();
         self.wait(timeout, || {
             let (reached, all) = self.at_version(path, version);
@@ -310,7 +320,12 @@ impl Receiver {
     }
 
     fn failed_as(&self, what: &str) {
-        *self.progress.failures.lock().entry(what.to_string()).or_default() += 1;
+        *self
+            .progress
+            .failures
+            .lock()
+            .entry(what.to_string())
+            .or_default() += 1;
     }
 }
 
