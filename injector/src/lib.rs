@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod annotations;
+pub mod gotemplate;
 pub mod guard;
 pub mod mode;
 pub mod patch;

@@ -9,6 +9,7 @@
 pub mod action;
 pub mod admin;
 pub mod config;
+mod go_filters;
 pub mod metrics;
 pub mod render;
 pub mod run;

@@ -150,6 +150,7 @@ fn template_env() -> minijinja::Environment<'static> {
     {
         env.set_syntax(syntax);
     }
+    crate::go_filters::register(&mut env);
     env
 }
 
