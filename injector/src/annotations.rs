@@ -14,12 +14,9 @@
 //! and for the pod: `coffer.dev/inject: "true"`, `coffer.dev/action` (run once
 //! per update), `coffer.dev/sidecar-mode: native | container | init-only`
 //! (how the sidecar is added, see [`crate::mode`]; default: the injector's
-//! `--sidecar-mode`). vault-k8s names are accepted where they mean the same:
-//! `vault.hashicorp.com/agent-inject-secret-<name>` (a KV v2 API path such as
-//! `secret/data/shop/db` becomes the broker path `shop/db`),
-//! `agent-inject-file-<name>`, `agent-inject-perms-<name>`, and
-//! `agent-inject-template-<name>` when it is not a Go template (those are
-//! refused with a message: rewrite them as minijinja).
+//! `--sidecar-mode`), and the options of [`crate::options`] (containers,
+//! mount paths, the sidecar's user, group and resources). vault-k8s's
+//! annotations are translated into these first ([`crate::vault_k8s`]).
 //!
 //! A template is rendered once at admission, as the sidecar will render it
 //! (see [`crate::template`]): one that cannot render is refused with the
@@ -32,6 +29,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     mode::SidecarMode,
+    options::POD_KEYS,
     pod::{Annotations, Pod},
 };
 
@@ -40,7 +38,6 @@ pub const INJECT: &str = "coffer.dev/inject";
 /// The annotation choosing the pod's [`SidecarMode`].
 pub const SIDECAR_MODE: &str = "coffer.dev/sidecar-mode";
 const PREFIX: &str = "coffer.dev/";
-const VAULT_PREFIX: &str = "vault.hashicorp.com/";
 
 /// Why a pod's annotations cannot be turned into a sidecar.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,11 +58,10 @@ pub enum AnnotationError {
     /// A per-secret annotation for a secret that is not declared.
     #[error("{0:?} names a secret that has no coffer.dev/secret-<name> annotation")]
     Orphan(String),
-    /// A Go template from vault-k8s.
-    #[error(
-        "{0:?} is a Go (consul-template) template: rewrite it as coffer.dev/template-<name> in minijinja syntax: each key of the secret is a variable ({{{{ password }}}}), all of them the map secret ({{{{ secret[\"db-password\"] }}}})"
-    )]
-    GoTemplate(String),
+    /// vault-k8s annotations that are refused: each with what to write
+    /// instead.
+    #[error("{}", vault_k8s_refusals(.0))]
+    VaultK8s(Vec<(String, String)>),
     /// An annotation value that does not parse.
     #[error("{annotation:?}: {reason}")]
     BadValue {
@@ -93,6 +89,14 @@ pub enum AnnotationError {
         /// Why it cannot render (the error's kind and line; never a value).
         reason: String,
     },
+}
+
+fn vault_k8s_refusals(refusals: &[(String, String)]) -> String {
+    refusals
+        .iter()
+        .map(|(annotation, instead)| format!("{annotation} is refused: {instead}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Where the injected sidecar finds things (fixed by the injected volumes).
@@ -155,58 +159,45 @@ pub fn sidecar_config(
         let key = key.to_string();
         let key = &key;
         let text = || value.to_string();
-        if let Some(rest) = key.strip_prefix(PREFIX) {
-            match rest {
-                "inject" | "injected" | "sidecar-config" | "sidecar-mode" => continue,
-                "action" => {
-                    pod_action = Some(parse_action(key, &text())?);
-                    continue;
-                }
-                _ => {}
-            }
-            let (field, name) = ["secret", "file", "format", "mode", "template", "action"]
-                .iter()
-                .find_map(|f| {
-                    rest.strip_prefix(f)
-                        .and_then(|r| r.strip_prefix('-'))
-                        .map(|n| (*f, n))
-                })
-                .ok_or_else(|| AnnotationError::Unknown(key.clone()))?;
-            if name.is_empty() {
-                return Err(AnnotationError::Unknown(key.clone()));
-            }
-            if field == "secret" {
-                secrets
-                    .entry(name.to_string())
-                    .or_default()
-                    .insert("path".into(), json!(text()));
-            } else {
-                per_secret.push((name.to_string(), field, text(), key.clone()));
-            }
-        } else if let Some(rest) = key.strip_prefix(VAULT_PREFIX) {
-            let vault = [
-                ("agent-inject-secret-", "secret"),
-                ("agent-inject-file-", "file"),
-                ("agent-inject-perms-", "mode"),
-                ("agent-inject-template-", "template"),
-            ];
-            let Some((field, name)) = vault
-                .iter()
-                .find_map(|(p, f)| rest.strip_prefix(p).map(|n| (*f, n)))
-            else {
-                // Other vault-k8s annotations are Vault Agent's business.
+        let Some(rest) = key.strip_prefix(PREFIX) else {
+            // vault-k8s's annotations are translated before (crate::vault_k8s).
+            continue;
+        };
+        match rest {
+            "inject" | "injected" | "sidecar-config" | "sidecar-mode" => continue,
+            "action" => {
+                pod_action = Some(parse_action(key, &text())?);
                 continue;
-            };
-            if field == "secret" {
-                // Vault Agent writes the whole secret; JSON is the closest.
-                let spec = secrets.entry(name.to_string()).or_default();
-                spec.insert("path".into(), json!(vault_path(&text())));
-                spec.entry("format").or_insert_with(|| json!("json"));
-            } else if field == "template" && is_go_template(&text()) {
-                return Err(AnnotationError::GoTemplate(key.clone()));
-            } else {
-                per_secret.push((name.to_string(), field, text(), key.clone()));
             }
+            rest if POD_KEYS.contains(&rest) => continue,
+            _ => {}
+        }
+        let (field, name) = [
+            "secret",
+            "file",
+            "format",
+            "mode",
+            "template",
+            "action",
+            "mount-path",
+        ]
+        .iter()
+        .find_map(|f| {
+            rest.strip_prefix(f)
+                .and_then(|r| r.strip_prefix('-'))
+                .map(|n| (*f, n))
+        })
+        .ok_or_else(|| AnnotationError::Unknown(key.clone()))?;
+        if name.is_empty() {
+            return Err(AnnotationError::Unknown(key.clone()));
+        }
+        if field == "secret" {
+            secrets
+                .entry(name.to_string())
+                .or_default()
+                .insert("path".into(), json!(text()));
+        } else {
+            per_secret.push((name.to_string(), field, text(), key.clone()));
         }
     }
     for (name, field, value, annotation) in per_secret {
@@ -231,6 +222,8 @@ pub fn sidecar_config(
             "action" => {
                 spec.insert("action".into(), parse_action(&annotation, &value)?);
             }
+            // The patch mounts the directory (crate::options).
+            "mount-path" => {}
             _ => return Err(AnnotationError::Unknown(annotation)),
         }
     }
@@ -294,18 +287,6 @@ fn parse_action(annotation: &str, text: &str) -> Result<Value, AnnotationError> 
         });
     }
     Ok(value)
-}
-
-/// `secret/data/shop/db` (a KV v2 API path, as vault-k8s wants it) → `shop/db`.
-fn vault_path(path: &str) -> String {
-    match path.split_once('/') {
-        Some((_mount, rest)) if rest.starts_with("data/") => rest["data/".len()..].to_string(),
-        _ => path.to_string(),
-    }
-}
-
-fn is_go_template(text: &str) -> bool {
-    text.contains("with secret") || text.contains(".Data")
 }
 
 #[cfg(test)]
@@ -395,55 +376,6 @@ mod tests {
     }
 
     #[test]
-    fn vault_k8s_secret_file_and_perms_are_accepted() {
-        let s = secret(&[
-            ("vault.hashicorp.com/agent-inject", "true"),
-            ("vault.hashicorp.com/role", "web"),
-            (
-                "vault.hashicorp.com/agent-inject-secret-db",
-                "secret/data/shop/web/db",
-            ),
-            ("vault.hashicorp.com/agent-inject-file-db", "db.json"),
-            ("vault.hashicorp.com/agent-inject-perms-db", "0440"),
-        ]);
-        assert_eq!(
-            s,
-            json!({"path": "shop/web/db", "file": "db.json", "mode": "0440", "format": "json"})
-        );
-    }
-
-    #[test]
-    fn vault_k8s_minijinja_template_is_accepted() {
-        let s = secret(&[
-            (
-                "vault.hashicorp.com/agent-inject-secret-db",
-                "secret/data/shop/web/db",
-            ),
-            (
-                "vault.hashicorp.com/agent-inject-template-db",
-                "{{ password }}",
-            ),
-        ]);
-        assert_eq!(s["format"], "template");
-    }
-
-    #[test]
-    fn refuses_a_go_template() {
-        let e = config(&[
-            (
-                "vault.hashicorp.com/agent-inject-secret-db",
-                "secret/data/shop/web/db",
-            ),
-            (
-                "vault.hashicorp.com/agent-inject-template-db",
-                "{{ with secret \"secret/data/shop/web/db\" }}{{ .Data.data.password }}{{ end }}",
-            ),
-        ])
-        .unwrap_err();
-        assert!(matches!(e, AnnotationError::GoTemplate(_)), "{e}");
-    }
-
-    #[test]
     fn refuses_an_unknown_annotation() {
         let e = config(&[
             ("coffer.dev/secret-db", "shop/web/db#password"),
@@ -526,22 +458,6 @@ mod tests {
                 file: "db.conf".into(),
                 reason: "UndefinedError at line 1".into(),
             }
-        );
-        let e = config(&[
-            (
-                "vault.hashicorp.com/agent-inject-secret-db",
-                "secret/data/shop/web/db",
-            ),
-            (
-                "vault.hashicorp.com/agent-inject-template-db",
-                "{{ source.password }}",
-            ),
-        ])
-        .unwrap_err();
-        assert!(
-            matches!(&e, AnnotationError::Template { annotation, .. }
-                if annotation == "vault.hashicorp.com/agent-inject-template-db"),
-            "{e}"
         );
     }
 

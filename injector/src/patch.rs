@@ -34,7 +34,9 @@ use serde_json::{Value, json};
 use crate::{
     annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode, wants_injection},
     mode::SidecarMode,
+    options::{PodOptions, guaranteed},
     pod::{ANNOTATIONS_BUDGET, DEFAULT_CONTAINER_ANNOTATION, Pod, VOLUMES},
+    vault_k8s::admit,
 };
 
 /// The annotation holding the generated sidecar configuration.
@@ -97,6 +99,8 @@ pub struct Patch {
     pub port: u16,
     /// The JSONPatch operations, all `add`, to apply in order.
     pub ops: Vec<Value>,
+    /// The AdmissionReview warnings (ignored vault-k8s annotations).
+    pub warnings: Vec<String>,
 }
 
 /// Why a pod is refused.
@@ -179,7 +183,11 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
             return Err(PatchError::Conflict("volume", name.into()));
         }
     }
-    let mode = sidecar_mode(annotations, injection.mode)?;
+    // vault-k8s's annotations become Coffer's; the pod's own stay as they are.
+    let admitted = admit(annotations)?;
+    let translated = admitted.annotations();
+    let mode = sidecar_mode(&translated, injection.mode)?;
+    let options = PodOptions::parse(&translated)?;
     // All containers of a pod share one network namespace: the probe port
     // must be one no other container declares.
     let port = free_port(pod, layout_port(&injection.layout));
@@ -187,7 +195,7 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         admin_listen: with_port(&injection.layout.admin_listen, port),
         ..injection.layout.clone()
     };
-    let config = sidecar_config(annotations, &layout)?;
+    let config = sidecar_config(&translated, &layout).map_err(|e| admitted.in_user_terms(e))?;
 
     // kubectl logs/exec would pick the sidecar, first in `container` mode.
     let app = containers[0].name();
@@ -270,13 +278,9 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
     }
     // The files, read-only, in every app container; never the token. Before
     // any container is inserted, so the indices are the pod's own.
-    let mount = json!({"name": "coffer-secrets", "mountPath": injection.layout.output_dir, "readOnly": true});
-    for (i, container) in containers.iter().enumerate() {
-        if container.volume_mounts.is_some() {
-            ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts/-"), "value": mount}));
-        } else {
-            ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts"), "value": [mount]}));
-        }
+    ops.extend(options.mount_ops(containers, &injection.layout.output_dir)?);
+    if let Some(share) = options.share_process_namespace {
+        ops.push(json!({"op": "add", "path": "/spec/shareProcessNamespace", "value": share}));
     }
 
     // The sidecar runs as the app's uid, so the files are the app's without
@@ -287,15 +291,20 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         .security_context
         .and_then(|s| s.run_as_user)
         .or_else(|| spec.security_context.and_then(|s| s.run_as_user));
-    let uid = app_uid.filter(|uid| *uid > 0).unwrap_or(SIDECAR_UID);
+    let uid = options
+        .run_as_user
+        .or(app_uid.filter(|uid| *uid > 0))
+        .unwrap_or(SIDECAR_UID);
     let sidecars = Sidecars::new(injection, uid, port);
+    let guaranteed = guaranteed(pod);
     // First in the init containers: they run in order, so the files exist
     // (or the native sidecar is ready) before any of the app's containers
     // starts. The app's init containers do not mount them (docs/sidecar.md).
-    let init = match mode {
+    let mut init = match mode {
         SidecarMode::Native => sidecars.native(),
         SidecarMode::Container | SidecarMode::InitOnly => sidecars.once(),
     };
+    options.shape(&mut init, guaranteed);
     if spec.init_containers.is_some() {
         ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
     } else {
@@ -304,11 +313,17 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
     if mode == SidecarMode::Container {
         // First in the containers: the kubelet starts them in order (though
         // it waits for none), so the sidecar is up as early as it can be.
-        ops.push(
-            json!({"op": "add", "path": "/spec/containers/0", "value": sidecars.long_running()}),
-        );
+        let mut sidecar = sidecars.long_running();
+        options.shape(&mut sidecar, guaranteed);
+        ops.push(json!({"op": "add", "path": "/spec/containers/0", "value": sidecar}));
     }
-    Ok(Some(Patch { mode, port, ops }))
+    let warnings = admitted.warnings;
+    Ok(Some(Patch {
+        mode,
+        port,
+        ops,
+        warnings,
+    }))
 }
 
 /// The port of `host:port` (the layout's admin address), 8099 if none.

@@ -63,8 +63,8 @@ struct Kind<'a> {
 enum Answer {
     /// Allowed unchanged.
     Allow,
-    /// Allowed with this JSONPatch.
-    Patch(Vec<Value>),
+    /// Allowed with this JSONPatch, and the AdmissionReview warnings.
+    Patch(Vec<Value>, Vec<String>),
     /// Refused, with the reason.
     Refuse(String),
 }
@@ -86,10 +86,16 @@ pub fn review(body: &[u8], injection: &Injection) -> Result<Value, String> {
     let uid = request.uid.as_deref().ok_or("request.uid is missing")?;
     let response = match answer(&request, injection) {
         Answer::Allow => json!({"uid": uid, "allowed": true}),
-        Answer::Patch(ops) => {
+        Answer::Patch(ops, warnings) => {
             let patch = base64::engine::general_purpose::STANDARD
                 .encode(serde_json::to_vec(&ops).map_err(|e| e.to_string())?);
-            json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch})
+            let mut response =
+                json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": patch});
+            if !warnings.is_empty() {
+                // Shown by kubectl apply: each ignored vault-k8s annotation.
+                response["warnings"] = json!(warnings);
+            }
+            response
         }
         Answer::Refuse(message) => json!({"uid": uid, "allowed": false, "status": {
             "code": 422,
@@ -150,7 +156,7 @@ fn answer(request: &Request<'_>, injection: &Injection) -> Answer {
             Ok(None) => Answer::Allow,
             Ok(Some(patch)) => {
                 tracing::info!(namespace, pod = name, mode = %patch.mode, port = patch.port, "sidecar injected");
-                Answer::Patch(patch.ops)
+                Answer::Patch(patch.ops, patch.warnings)
             }
             Err(error) => {
                 tracing::info!(namespace, pod = name, %error, "pod refused");

@@ -62,7 +62,7 @@ fn write_json(out: &mut String, value: &Value, indent: Option<usize>) -> Result<
         ValueKind::Map => {
             let mut keys: Vec<Value> = value.try_iter()?.collect();
             // Go sorts map keys by their bytes.
-            keys.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+            keys.sort_by_key(|key| key.to_string());
             out.push('{');
             for (i, key) in keys.iter().enumerate() {
                 if i > 0 {

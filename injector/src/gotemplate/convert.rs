@@ -269,7 +269,7 @@ impl Converter {
     }
 
     fn print(&mut self, tokens: &[Token]) -> Result<(), Refusal> {
-        if tokens.iter().any(|t| *t == Token::Declare) {
+        if tokens.contains(&Token::Declare) {
             return Err(self.refuse("a variable declaration", "use the value where it is needed"));
         }
         let (expr, ty) = self.pipeline(tokens)?;

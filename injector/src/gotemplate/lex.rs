@@ -94,8 +94,8 @@ fn action_body<'a>(inner: &'a str, right: &str) -> Option<(&'a str, bool, &'a st
             }
             _ => {
                 let here = &inner[i..];
-                if here.starts_with(right) {
-                    return Some((&inner[..i], false, &here[right.len()..]));
+                if let Some(after) = here.strip_prefix(right) {
+                    return Some((&inner[..i], false, after));
                 }
                 if let Some(t) = here.strip_prefix('-')
                     && t.starts_with(right)
