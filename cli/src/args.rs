@@ -177,6 +177,27 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Rewrite Kubernetes YAML from Vault Agent's annotations to Coffer's,
+    /// offline (docs/cli.md, "Moving from Vault Agent").
+    ///
+    /// Reads a file (or - for stdin) of Pods, Deployments, StatefulSets,
+    /// DaemonSets, ReplicaSets, Jobs and CronJobs, several documents or one,
+    /// and prints it with each pod template's vault.hashicorp.com/
+    /// annotations translated into coffer.dev/ ones and its Go templates
+    /// converted; everything else unchanged (YAML comments are not kept).
+    /// The report on stderr gives every vault-k8s annotation's outcome:
+    /// translated, converted, ignored (why) or refused (what to write
+    /// instead; refused annotations are kept as they are). With --check
+    /// only the report is printed, and the exit status is 1 when any
+    /// annotation would be refused.
+    #[command(verbatim_doc_comment)]
+    Migrate {
+        /// The YAML file, or - for stdin.
+        file: std::path::PathBuf,
+        /// Print only the report; exit 1 when anything would be refused.
+        #[arg(long)]
+        check: bool,
+    },
     /// Check and lint policy files, offline.
     Policy {
         #[command(subcommand)]

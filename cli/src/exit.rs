@@ -7,7 +7,8 @@ pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  failure: a denied policy check, a rejected token, a broken audit chain,
-     a rollout not (yet) applied everywhere, any other error
+     a rollout not (yet) applied everywhere, a refused annotation
+     (migrate --check), any other error
   2  usage error: bad arguments, an invalid policy or input
   3  not found: the secret or version does not exist
   4  permission denied: the policy does not allow it

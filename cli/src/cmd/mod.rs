@@ -5,6 +5,7 @@
 mod audit;
 mod get;
 mod leases;
+mod migrate;
 mod policy;
 mod put;
 mod rollout;
@@ -90,6 +91,7 @@ pub(crate) async fn run(
                 },
         } => Ok(token::verify(out, &jwks, issuer, audience, leeway)),
         Command::Policy { command } => Ok(policy::run(out, command)),
+        Command::Migrate { file, check } => migrate::run(&file, check),
         Command::Audit { command } => Ok(audit::run(out, command)),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -70,7 +70,7 @@ pub const ROWS: &[Row] = &[
         "agent-inject-secret",
         Secret,
         Translated(
-            "`coffer.dev/secret-<name>` (`MOUNT/data/P` → `P`; other paths as written, mapped by the broker's `mounts:`) and vault-k8s's default template; `<name>` lower-cased as vault-k8s does",
+            "`coffer.dev/secret-<name>` (`MOUNT/data/P` → `P`; other paths as written, mapped by the broker's `mounts:`) and vault-k8s's default template; `<name>` lower-cased as vault-k8s does; the files in `/vault/secrets` unless `secret-volume-path` says otherwise",
         ),
     ),
     row(

@@ -12,6 +12,8 @@ use crate::gotemplate::{self, SecretKind};
 /// The prefix of vault-k8s's annotations.
 pub const VAULT_PREFIX: &str = "vault.hashicorp.com/";
 const COFFER: &str = "coffer.dev/";
+/// vault-k8s's default `secret-volume-path`.
+pub const DEFAULT_VOLUME_PATH: &str = "/vault/secrets";
 
 /// What became of one annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +143,20 @@ pub fn translate<'a>(
         }
     }
     secrets(&mut t, per_secret, default_json, preserve_case);
+    // vault-k8s writes to /vault/secrets unless told otherwise; the app
+    // reads there.
+    let mount = format!("{COFFER}mount-path");
+    let first_secret = t
+        .origins
+        .iter()
+        .find(|(k, _)| k.starts_with("coffer.dev/secret-"))
+        .map(|(_, o)| o.clone());
+    if let Some(origin) = first_secret
+        && !t.annotations.contains_key(&mount)
+        && !existing.contains_key(&mount)
+    {
+        t.emit(&origin, mount, DEFAULT_VOLUME_PATH.into());
+    }
     // A vault-k8s annotation may not contradict its coffer.dev/ counterpart.
     let conflicts: Vec<(String, String)> = t
         .annotations
