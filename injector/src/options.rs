@@ -218,27 +218,38 @@ impl PodOptions {
 
 /// Whether every container of the pod has CPU and memory limits, and
 /// requests equal to them (or none, which default to the limits): the pod's
-/// QoS class is Guaranteed.
+/// QoS class is Guaranteed. Only each container's `resources` is parsed
+/// (the rest of its JSON, which may be megabytes, is skipped unstored).
 pub fn guaranteed(pod: &Pod<'_>) -> bool {
-    let mut any = false;
-    let all = pod
-        .spec
+    #[derive(serde::Deserialize)]
+    struct Resources<'a> {
+        #[serde(borrow, default)]
+        resources: Option<&'a serde_json::value::RawValue>,
+    }
+    let Some(spec) = &pod.spec else { return false };
+    let containers: Vec<&Raw<'_, Container<'_>>> = spec
+        .containers
         .iter()
-        .flat_map(|s| s.containers.iter().chain(s.init_containers.iter()))
+        .chain(spec.init_containers.iter())
         .flat_map(|c| c.iter())
-        .all(|container| {
-            any = true;
-            let Ok(value) = serde_json::from_str::<Value>(container.raw.get()) else {
+        .collect();
+    !containers.is_empty()
+        && containers.iter().all(|container| {
+            let Ok(Resources {
+                resources: Some(raw),
+            }) = serde_json::from_str::<Resources<'_>>(container.raw.get())
+            else {
                 return false;
             };
-            let resources = &value["resources"];
+            let Ok(resources) = serde_json::from_str::<Value>(raw.get()) else {
+                return false;
+            };
             ["cpu", "memory"].iter().all(|r| {
                 let limit = &resources["limits"][r];
                 let request = &resources["requests"][r];
                 limit.is_string() && (request.is_null() || request == limit)
             })
-        });
-    any && all
+        })
 }
 
 #[cfg(test)]

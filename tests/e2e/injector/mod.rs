@@ -6,4 +6,5 @@ mod load;
 mod pod_checks;
 mod tls_reload;
 mod updates;
+mod vault_k8s;
 mod webhook;
