@@ -159,10 +159,34 @@ fn vault_k8s_test_values_get_the_documented_outcomes() {
         ("agent-run-as-user", "0", refused),
         ("agent-limits-cpu", "lots", refused),
     ];
+    let foo =
+        json!({"containers": [{"name": "foo1", "image": "f"}, {"name": "foo2", "image": "f"}]});
     for (name, value, check) in cases {
         let key = format!("vault.hashicorp.com/{name}");
         let got = outcome(&[SECRET, (&key, value)], &key);
         assert!(check(&got), "{key}: {value:?} → {got:?}");
+        // And through the injector: refused naming the annotation, or
+        // admitted with a warning naming each ignored one.
+        let pod = pod_with(
+            json!({SECRET.0: SECRET.1, key.as_str(): value}),
+            foo.clone(),
+        );
+        match (patched(&pod, &test_injection()), &got) {
+            (Err(e), Outcome::Refused(_)) => assert!(e.to_string().contains(&key), "{e}"),
+            (Ok((_, warnings)), Outcome::Ignored(_)) => {
+                assert!(
+                    warnings
+                        .iter()
+                        .any(|w| w.starts_with(&format!("{key} is ignored: "))),
+                    "{warnings:?}"
+                )
+            }
+            (Ok(_), Outcome::Translated(_) | Outcome::Converted(_)) => {}
+            (other, _) => panic!(
+                "{key}: {value:?}: {got:?} but the injector: {:?}",
+                other.map(|(_, w)| w)
+            ),
+        }
     }
 }
 

@@ -484,7 +484,7 @@ fn secret_file(
                     t.emit(&key, format!("{COFFER}action-{name}"), action.to_string());
                     Outcome::Translated(format!("coffer.dev/action-{name}: {action}"))
                 }
-                None => Outcome::Refused(command::INSTEAD.into()),
+                None => Outcome::Refused(command::INSTEAD.replace("<name>", name)),
             },
             "secret-volume-path" => absolute(
                 t,
