@@ -228,7 +228,7 @@ async fn vault_store(
         .ok_or_else(|| AppError::usage("--store vault needs --vault-config"))?;
     let mut config = VaultConfig::load(&file).map_err(|e| AppError::usage(e.to_string()))?;
     if let Some(addr) = settings.addr {
-        config.address = addr;
+        config.set_address(addr);
     }
     if let Some(ca) = settings.ca_file {
         config.ca_file = Some(ca);

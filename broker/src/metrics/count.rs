@@ -5,7 +5,9 @@ use std::{sync::OnceLock, time::Duration};
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::families::{CacheLabel, KindLabel, METRICS, ReasonLabel, ResultLabel, StateLabel};
+use super::families::{
+    CacheLabel, KindLabel, METRICS, NodeLabel, ReasonLabel, ResultLabel, StateLabel,
+};
 
 /// Counts one authentication failure.
 pub fn auth_failure(reason: &'static str) {
@@ -133,6 +135,26 @@ pub fn backend_error(kind: &'static str) {
         .backend_errors
         .get_or_create(&KindLabel { kind })
         .inc();
+}
+
+/// Counts one move to another Vault node.
+pub fn backend_failover() {
+    METRICS.backend_failovers.inc();
+}
+
+/// Counts one Vault answer behind a version already seen, asked again.
+pub fn backend_behind() {
+    METRICS.backend_behind.inc();
+}
+
+/// Marks whether the node at `address` is the one in use.
+pub fn backend_node(address: &str, in_use: bool) {
+    METRICS
+        .backend_node
+        .get_or_create(&NodeLabel {
+            address: address.to_string(),
+        })
+        .set(i64::from(in_use));
 }
 
 /// Counts one read refused for the caller's fair share.

@@ -55,6 +55,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The `address` label of a backend node (from the configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    /// The node's configured address.
+    pub address: String,
+}
+
 /// The `state` label of a live lease.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -87,6 +94,9 @@ pub(super) struct Metrics {
     pub(super) backend_reads: Counter,
     pub(super) backend_errors: Family<KindLabel, Counter>,
     pub(super) backend_throttled: Counter,
+    pub(super) backend_failovers: Counter,
+    pub(super) backend_behind: Counter,
+    pub(super) backend_node: Family<NodeLabel, Gauge>,
     pub(super) propagation_seconds: Histogram,
     pub(super) policy_reloads: Family<ResultLabel, Counter>,
     pub(super) audit_write_failures: Counter,
@@ -109,6 +119,9 @@ pub(super) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         backend_reads: Counter::default(),
         backend_errors: Family::default(),
         backend_throttled: Counter::default(),
+        backend_failovers: Counter::default(),
+        backend_behind: Counter::default(),
+        backend_node: Family::default(),
         propagation_seconds: propagation_histogram(),
         policy_reloads: Family::default(),
         audit_write_failures: Counter::default(),
@@ -201,6 +214,21 @@ pub(super) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "backend_throttled",
         "Backend reads refused because the caller was over its fair share",
         metrics.backend_throttled.clone(),
+    );
+    registry.register(
+        "backend_failovers",
+        "Moves to another Vault node (addresses: the active node changed or the one in use failed)",
+        metrics.backend_failovers.clone(),
+    );
+    registry.register(
+        "backend_behind_answers",
+        "Vault answers older than a version the broker had seen (a lagging standby), asked again",
+        metrics.backend_behind.clone(),
+    );
+    registry.register(
+        "backend_node",
+        "1 for the Vault node the broker talks to, 0 for the other configured nodes",
+        metrics.backend_node.clone(),
     );
     registry.register_with_unit(
         "rollout_propagation",

@@ -14,6 +14,7 @@ use vaultrs::{client::VaultClient, error::ClientError};
 
 use super::{
     config::VaultConfig,
+    consistency::Consistency,
     health::Health,
     limits::{Class, RateLimiter, classify, jittered},
     session::Session,
@@ -29,6 +30,8 @@ pub(super) struct Backend {
     pub(super) health: Health,
     /// How many secret reads (not metadata polls) were sent.
     pub(super) secret_reads: AtomicU64,
+    /// The newest storage index seen, sent with KV reads and writes.
+    pub(super) consistency: Consistency,
     /// Cancelled when the store is dropped: every background task ends.
     pub(super) shutdown: CancellationToken,
 }
@@ -66,6 +69,7 @@ impl Backend {
             health: Health::new(serving, config.cache.max_staleness),
             shutdown: CancellationToken::new(),
             secret_reads: AtomicU64::new(0),
+            consistency: Consistency::default(),
             session,
             config,
         }
@@ -105,6 +109,7 @@ impl Backend {
                 .await
                 .map_err(|_| CallError::Throttled)?;
             let (client, generation) = self.session.client();
+            let node_epoch = self.session.node_epoch();
             crate::metrics::backend_read();
             let error = match f(client).await {
                 Ok(value) => {
@@ -132,6 +137,11 @@ impl Backend {
                 }
                 Class::Transient if retries < limits.max_retries => {
                     retries += 1;
+                    // With several addresses: the node may have died or
+                    // stepped down; retry at once on the active one.
+                    if self.session.fail_over(node_epoch).await {
+                        continue;
+                    }
                     let pause = backoff.next_delay();
                     tracing::debug!(error = %error, retry = retries, pause_ms = pause.as_millis() as u64, "Vault call failed; retrying");
                     tokio::select! {
@@ -158,11 +168,14 @@ impl Backend {
 }
 
 /// Keeps health current when no requests flow: a cheap authenticated call
-/// whenever nothing reached Vault for a poll interval.
+/// whenever nothing reached Vault for a poll interval. With several
+/// addresses, also checks each interval that the node in use is still the
+/// active one (a standby would forward, but answer reads from its own copy).
 pub(super) async fn probe_loop(weak: Weak<Backend>, shutdown: CancellationToken) {
     loop {
         let interval = {
             let Some(vault) = weak.upgrade() else { return };
+            vault.session.check_node().await;
             if vault.health.idle() >= vault.config.poll.interval {
                 let _ = vault
                     .call(|c| async move { vaultrs::token::lookup_self(&*c).await.map(|_| ()) })

@@ -13,14 +13,29 @@ use std::{
 
 use coffer_proto::{SecretBytes, SecretData};
 use vaultrs::{
-    api::kv2::{requests::ReadSecretRequest, responses::ReadSecretMetadataResponse},
+    api::kv2::{
+        requests::{
+            ReadSecretMetadataRequest, ReadSecretRequest, SetSecretRequest,
+            SetSecretRequestOptions,
+        },
+        responses::ReadSecretMetadataResponse,
+    },
     error::ClientError,
 };
 
 use super::{
     backend::{Backend, CallError},
     config::MountConfig,
+    consistency,
 };
+
+/// A request vaultrs' builders refused, as vaultrs reports errors.
+fn unbuildable(e: impl std::fmt::Display) -> ClientError {
+    ClientError::APIError {
+        code: 0,
+        errors: vec![e.to_string()],
+    }
+}
 use crate::store::{
     SecretWrite, StoreError, StoredSecret, VersionChange, VersionInfo, VersionList,
 };
@@ -61,11 +76,8 @@ pub(super) async fn read(
                     .path(p)
                     .version(version)
                     .build()
-                    .map_err(|e| ClientError::APIError {
-                        code: 0,
-                        errors: vec![e.to_string()],
-                    })?;
-                vaultrs::api::exec_with_result(&*c, request).await
+                    .map_err(unbuildable)?;
+                consistency::exec(&c, request, &vault.consistency, false).await
             }
         })
         .await;
@@ -148,7 +160,14 @@ pub(super) async fn metadata(
     match vault
         .call(|c| {
             let (name, p) = (name.clone(), inner_path.clone());
-            async move { vaultrs::kv2::read_metadata(&*c, &name, &p).await }
+            async move {
+                let request = ReadSecretMetadataRequest::builder()
+                    .mount(name)
+                    .path(p)
+                    .build()
+                    .map_err(unbuildable)?;
+                consistency::exec(&c, request, &vault.consistency, false).await
+            }
         })
         .await
     {
@@ -250,19 +269,15 @@ pub(super) async fn write(
         .call(|c| {
             let (name, p, text) = (name.clone(), inner_path.clone(), &text);
             async move {
-                match cas {
-                    Some(cas) => {
-                        vaultrs::kv2::set_with_options(
-                            &*c,
-                            &name,
-                            &p,
-                            text,
-                            vaultrs::api::kv2::requests::SetSecretRequestOptions { cas },
-                        )
-                        .await
-                    }
-                    None => vaultrs::kv2::set(&*c, &name, &p, text).await,
+                let data = serde_json::to_value(text)
+                    .map_err(|source| ClientError::JsonParseError { source })?;
+                let mut request = SetSecretRequest::builder();
+                request.mount(name).path(p).data(data);
+                if let Some(cas) = cas {
+                    request.options(SetSecretRequestOptions { cas });
                 }
+                let request = request.build().map_err(unbuildable)?;
+                consistency::exec(&c, request, &vault.consistency, true).await
             }
         })
         .await;

@@ -34,13 +34,16 @@
 
 mod backend;
 pub mod config;
+mod consistency;
 mod health;
 mod kv;
 mod leases;
 mod limits;
+mod nodes;
 mod poll;
 mod read_cache;
 mod session;
+mod settle;
 
 use crate::path::SecretName;
 use std::sync::{Arc, atomic::Ordering};
@@ -103,6 +106,7 @@ impl VaultStore {
     pub async fn start(config: VaultConfig) -> Result<Self, StoreError> {
         let config = Self::prepare(config)?;
         let session = Session::new(Arc::clone(&config))?;
+        session.check_node().await;
         if let Err(error) = session.relogin(0).await {
             tracing::warn!(%error, "Vault login failed; starting anyway, not serving until it succeeds");
         } else {
@@ -281,14 +285,20 @@ impl Inner {
         self: Arc<Self>,
         key: CacheKey,
     ) -> Result<StoredSecret, Arc<StoreError>> {
-        let result = kv::read(&self.vault, &key.0, key.1).await;
+        let result = settle::read(&self.vault, &self.versions, &key.0, key.1).await;
         let latest = match &result {
             Ok(secret) => {
                 key.1.is_none() || self.versions.is_confirmed_current(&key.0, secret.version)
             }
             Err(_) => false,
         };
-        self.reads.keep(&key, &result, latest);
+        // "Not found" for what the store saw exist is a lagging node, not
+        // an answer to remember; nor is it while the node in use is not
+        // known to be the active one (a standby may not have it yet).
+        let known = self.versions.newest(&key.0);
+        let remember_missing =
+            !settle::known_to_exist(key.1, known) && self.vault.session.on_active_node();
+        self.reads.keep(&key, &result, latest, remember_missing);
         if let Ok(secret) = &result {
             if key.1.is_none() {
                 self.note_current(&key.0, secret.version);

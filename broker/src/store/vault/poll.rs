@@ -49,11 +49,25 @@ pub(super) trait Polled: Send + Sync + 'static {
 impl Versions {
     /// Records that `version` was said current (metadata, a latest read, a
     /// write); whether it is newer than any seen before.
+    ///
+    /// An older "current" than one said before (a standby that has not
+    /// caught up) changes nothing: the current version never goes back.
     pub(super) fn record_current(&self, path: &str, version: u64) -> bool {
         let mut known = self.known.lock();
         let entry = known.entry(path.to_string()).or_default();
-        entry.current = Some(version);
+        if entry.current.is_none_or(|c| c < version) {
+            entry.current = Some(version);
+        }
         raise(entry, version)
+    }
+
+    /// Sets `path`'s books back to `version`, seen current after all: the
+    /// path was deleted and written anew, and its versions restarted.
+    pub(super) fn restart(&self, path: &str, version: u64) {
+        let mut known = self.known.lock();
+        let entry = known.entry(path.to_string()).or_default();
+        entry.newest = version;
+        entry.current = Some(version);
     }
 
     /// Records that `version` exists, so the current one is at least that;
@@ -175,5 +189,28 @@ async fn poll_loop<S: Polled>(weak: Weak<S>, path: String, shutdown: Cancellatio
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lagging_current_version_never_lowers_what_is_known() {
+        let versions = Versions::default();
+        assert!(versions.record_current("a", 5));
+        // A standby's metadata, behind our write: nothing moves back.
+        assert!(!versions.record_current("a", 4));
+        assert_eq!(versions.newest("a"), 5);
+        assert!(versions.is_confirmed_current("a", 5));
+        assert!(!versions.is_confirmed_current("a", 4));
+        let (rx, _) = versions.watch("a", |_| true);
+        versions.notify("a", 4);
+        assert_eq!(*rx.borrow(), 5, "watchers never go back");
+        // The path was deleted and written anew: its books restart.
+        versions.restart("a", 1);
+        assert_eq!(versions.newest("a"), 1);
+        assert!(versions.is_confirmed_current("a", 1));
     }
 }

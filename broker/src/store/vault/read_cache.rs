@@ -104,12 +104,13 @@ impl ReadCache {
     }
 
     /// Keeps what a flight brought back: the value (also as the latest if
-    /// `latest`), or a "not found".
+    /// `latest`), or a "not found" if `remember_missing`.
     pub(super) fn keep(
         &self,
         key: &CacheKey,
         result: &Result<StoredSecret, StoreError>,
         latest: bool,
+        remember_missing: bool,
     ) {
         let mut state = self.state.lock();
         match result {
@@ -121,7 +122,7 @@ impl ReadCache {
                     state.values.insert((key.0.clone(), None), secret.clone());
                 }
             }
-            Err(e @ (StoreError::NotFound | StoreError::VersionNotFound(_))) => {
+            Err(e @ (StoreError::NotFound | StoreError::VersionNotFound(_))) if remember_missing => {
                 state.missing.insert(key.clone(), e.clone());
             }
             Err(_) => {}
@@ -358,6 +359,17 @@ mod tests {
                 .fresh(&("huge".into(), None), Duration::from_secs(60))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_not_found_is_remembered_only_when_asked_to() {
+        let config = CacheConfig::default();
+        let cache = ReadCache::new(&config);
+        let key: CacheKey = ("a".into(), Some(3));
+        cache.keep(&key, &Err(StoreError::VersionNotFound(3)), false, false);
+        assert!(matches!(cache.lookup(&key), Lookup::Miss { .. }));
+        cache.keep(&key, &Err(StoreError::VersionNotFound(3)), false, true);
+        assert!(matches!(cache.lookup(&key), Lookup::Missing(_)));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use super::config::{AuthConfig, VaultConfig};
 use super::limits::{Class, classify};
+use super::nodes::{NodeState, Nodes};
 use crate::store::StoreError;
 
 /// What Vault said about the token we hold.
@@ -30,10 +31,12 @@ struct Lease {
     obtained: Instant,
 }
 
-/// The current login.
+/// The current login, and the node it talks to.
 pub(super) struct Session {
     config: Arc<VaultConfig>,
-    address: url::Url,
+    nodes: Nodes,
+    /// The client for the node in use, holding the current token, and the
+    /// login generation.
     client: RwLock<(Arc<VaultClient>, u64)>,
     lease: Mutex<Lease>,
     relogin: tokio::sync::Mutex<()>,
@@ -43,12 +46,22 @@ impl Session {
     /// A session that has not logged in yet (generation 0): every call
     /// before the first login is refused by the store as unavailable.
     pub(super) fn new(config: Arc<VaultConfig>) -> Result<Arc<Self>, StoreError> {
-        let address = url::Url::parse(&config.address)
-            .map_err(|e| StoreError::Internal(format!("invalid Vault address: {e}")))?;
-        let anonymous = build_client(&config, &address, "")?;
+        let urls = config
+            .nodes()
+            .into_iter()
+            .map(|a| {
+                url::Url::parse(a)
+                    .map_err(|e| StoreError::Internal(format!("invalid Vault address: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let probes = urls
+            .iter()
+            .map(|u| build_client(&config, u, ""))
+            .collect::<Result<Vec<_>, _>>()?;
+        let anonymous = build_client(&config, &urls[0], "")?;
         Ok(Arc::new(Self {
+            nodes: Nodes::new(urls, probes),
             config,
-            address,
             client: RwLock::new((Arc::new(anonymous), 0)),
             lease: Mutex::new(Lease {
                 ttl: Duration::ZERO,
@@ -62,6 +75,7 @@ impl Session {
     /// Logs in once; fails when the configuration or Vault refuses.
     pub(super) async fn connect(config: Arc<VaultConfig>) -> Result<Arc<Self>, StoreError> {
         let session = Self::new(config)?;
+        session.check_node().await;
         session.relogin(0).await?;
         Ok(session)
     }
@@ -85,6 +99,7 @@ impl Session {
                 () = tokio::time::sleep(pause) => {}
             }
             attempt = attempt.saturating_add(1);
+            self.check_node().await;
             match self.relogin(0).await {
                 Ok(()) => return true,
                 Err(error) => tracing::warn!(
@@ -104,7 +119,59 @@ impl Session {
 
     /// A client without a token, for unauthenticated endpoints.
     pub(super) fn anonymous(&self) -> Result<VaultClient, StoreError> {
-        build_client(&self.config, &self.address, "")
+        build_client(&self.config, self.nodes.current(), "")
+    }
+
+    /// The number of moves to another node so far: a failed call notes it
+    /// before the call, for [`Self::fail_over`].
+    pub(super) fn node_epoch(&self) -> u64 {
+        self.nodes.epoch()
+    }
+
+    /// With several addresses, after a call that failed at node epoch
+    /// `epoch`: moves to the active node if it is another (or someone else
+    /// just did); whether the call should be retried at once on the new
+    /// node. The token is kept: tokens replicate to every node.
+    pub(super) async fn fail_over(&self, epoch: u64) -> bool {
+        let timeout = self.probe_timeout();
+        self.nodes
+            .find_active(epoch, timeout, || self.follow_node())
+            .await
+            .is_some()
+    }
+
+    /// Probes the node in use; with several addresses, moves to the
+    /// active one when it no longer answers active.
+    pub(super) async fn check_node(&self) {
+        let epoch = self.nodes.epoch();
+        if self.nodes.probe_current(self.probe_timeout()).await != NodeState::Active {
+            self.fail_over(epoch).await;
+        }
+    }
+
+    /// Whether the node in use answered active when last probed (a
+    /// standby's "not found" may only be its lag).
+    pub(super) fn on_active_node(&self) -> bool {
+        self.nodes.on_active()
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        self.config
+            .limits
+            .request_timeout
+            .min(Duration::from_secs(2))
+    }
+
+    /// Rebuilds the client for the node now in use, with the same token.
+    fn follow_node(&self) {
+        let mut guard = self.client.write();
+        let token = Zeroizing::new(guard.0.settings.token.clone());
+        match build_client(&self.config, self.nodes.current(), &token) {
+            Ok(client) => guard.0 = Arc::new(client),
+            // The same settings built a client at start: only a CA file
+            // that vanished since can fail here; the next failure retries.
+            Err(error) => tracing::warn!(%error, "cannot build a client for the active Vault node"),
+        }
     }
 
     fn lease(&self) -> Lease {
@@ -119,9 +186,11 @@ impl Session {
         }
         let anonymous = self.anonymous()?;
         let (token, lease) = login(&self.config, &anonymous).await?;
-        let client = build_client(&self.config, &self.address, &token)?;
         *self.lease.lock() = lease;
+        // Built under the lock for the node in use then: a move to another
+        // node meanwhile rebuilds after this, with this token.
         let mut guard = self.client.write();
+        let client = build_client(&self.config, self.nodes.current(), &token)?;
         *guard = (Arc::new(client), generation + 1);
         tracing::info!(
             method = method_name(&self.config.auth),
@@ -277,9 +346,7 @@ async fn login(
     let auth = match &config.auth {
         AuthConfig::Token { token_file } => {
             let token = read_secret_file(token_file)?;
-            let address = url::Url::parse(&config.address)
-                .map_err(|e| StoreError::Internal(format!("invalid Vault address: {e}")))?;
-            let client = build_client(config, &address, &token)?;
+            let client = build_client(config, &anonymous.settings.address, &token)?;
             let info = vaultrs::token::lookup_self(&client).await.map_err(failed)?;
             let lease = Lease {
                 ttl: Duration::from_secs(info.ttl),
