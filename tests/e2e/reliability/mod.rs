@@ -5,5 +5,7 @@
 //! the full form (`scripts/chaos`).
 
 mod cluster;
+mod failover;
 mod restart_storm;
 mod soak;
+mod standby_reads;
