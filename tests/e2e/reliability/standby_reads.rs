@@ -69,7 +69,13 @@ async fn run(cluster: &RaftCluster, address: &str, path: &str) -> Seen {
     let received: Received = Arc::new(Mutex::new(vec![(Vec::new(), None); WATCHERS]));
     for w in 0..WATCHERS {
         let client = broker.client(mint(Key::Ec, "shop", "web")).await;
-        let mut stream = client.watch_connection([path]).await.expect("a watch");
+        let mut stream = match client.watch_connection([path]).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                received.lock()[w].1 = Some(format!("opening: {error}"));
+                continue;
+            }
+        };
         let received = Arc::clone(&received);
         tokio::spawn(async move {
             let _client = client;

@@ -243,8 +243,20 @@ impl Inner {
         path: &str,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
-        let key: CacheKey = (path.to_string(), version);
-        let joining = match self.reads.lookup(&key) {
+        let mut key: CacheKey = (path.to_string(), version);
+        let mut lookup = self.reads.lookup(&key);
+        // The latest, not cached, of a path whose current version was said
+        // within the cache TTL (a write, a poll): read as that version, so
+        // a Get and the watchers reading the version just written share one
+        // Vault read.
+        if version.is_none()
+            && matches!(lookup, Lookup::Miss { .. })
+            && let Some(current) = self.versions.recently_confirmed(path, self.reads.ttl())
+        {
+            key = (path.to_string(), Some(current));
+            lookup = self.reads.lookup(&key);
+        }
+        let joining = match lookup {
             Lookup::Hit(hit) => {
                 crate::metrics::store_cache("hit");
                 return Ok(hit);

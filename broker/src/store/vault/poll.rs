@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Weak},
+    time::{Duration, Instant},
 };
 
 use parking_lot::Mutex;
@@ -34,6 +35,8 @@ struct Known {
     /// current. Only this may let a versioned read fill the latest entry: an
     /// old version read first on a cold path must not become "latest".
     current: Option<u64>,
+    /// When `current` was last said.
+    confirmed: Option<Instant>,
 }
 
 /// What a poller needs of the store it polls for.
@@ -55,10 +58,23 @@ impl Versions {
     pub(super) fn record_current(&self, path: &str, version: u64) -> bool {
         let mut known = self.known.lock();
         let entry = known.entry(path.to_string()).or_default();
-        if entry.current.is_none_or(|c| c < version) {
+        if entry.current.is_none_or(|c| c <= version) {
             entry.current = Some(version);
+            entry.confirmed = Some(Instant::now());
         }
         raise(entry, version)
+    }
+
+    /// The version said current within `within`, if nothing newer was seen
+    /// since: a read of the latest may read that version, as a cached
+    /// latest value that old would be served.
+    pub(super) fn recently_confirmed(&self, path: &str, within: Duration) -> Option<u64> {
+        let known = self.known.lock();
+        let k = known.get(path)?;
+        let current = k.current.filter(|&c| c >= k.newest)?;
+        k.confirmed
+            .is_some_and(|at| at.elapsed() < within)
+            .then_some(current)
     }
 
     /// Sets `path`'s books back to `version`, seen current after all: the
@@ -68,6 +84,7 @@ impl Versions {
         let entry = known.entry(path.to_string()).or_default();
         entry.newest = version;
         entry.current = Some(version);
+        entry.confirmed = Some(Instant::now());
     }
 
     /// Records that `version` exists, so the current one is at least that;
@@ -212,5 +229,10 @@ mod tests {
         versions.restart("a", 1);
         assert_eq!(versions.newest("a"), 1);
         assert!(versions.is_confirmed_current("a", 1));
+        assert_eq!(versions.recently_confirmed("a", Duration::from_secs(30)), Some(1));
+        assert_eq!(versions.recently_confirmed("a", Duration::ZERO), None);
+        // Something newer seen (a version read), not said current: no.
+        versions.record("a", 2);
+        assert_eq!(versions.recently_confirmed("a", Duration::from_secs(30)), None);
     }
 }

@@ -69,6 +69,11 @@ impl ReadCache {
         }
     }
 
+    /// How long a read value is served without asking Vault again.
+    pub(super) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// A fresh value, a recent "not found", or neither.
     pub(super) fn lookup(&self, key: &CacheKey) -> Lookup {
         let mut state = self.state.lock();
