@@ -188,7 +188,7 @@ pub(crate) struct ServeArgs {
     /// polling, limits; see docs/vault.md). Required with `--store vault`.
     #[arg(long, env = "COFFER_VAULT_CONFIG")]
     vault_config: Option<PathBuf>,
-    /// Overrides the config's Vault address.
+    /// Overrides the config's Vault address (or `addresses`) with this one.
     #[arg(long, env = "COFFER_VAULT_ADDR")]
     vault_addr: Option<String>,
     /// Overrides the config's CA bundle for Vault's TLS certificate.

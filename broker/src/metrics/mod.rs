@@ -18,12 +18,14 @@ mod process;
 mod requests;
 
 pub use count::{
-    WatchOpen, audit_write_failure, auth_cache, auth_failure, auth_failures, backend_error,
-    backend_behind, backend_failover, backend_node, backend_read, backend_throttled, lease_renewal, lease_state, policy_reload, propagation,
-    set_max_watches, store_cache, watch_opened, watch_reauthentication, watch_reauthentications,
-    watch_refused, watches_refused,
+    WatchOpen, audit_write_failure, auth_cache, auth_failure, auth_failures, backend_behind,
+    backend_error, backend_failover, backend_node, backend_read, backend_throttled, lease_renewal,
+    lease_state, policy_reload, propagation, set_max_watches, store_cache, watch_opened,
+    watch_reauthentication, watch_reauthentications, watch_refused, watches_refused,
 };
-pub use families::{CacheLabel, KindLabel, NodeLabel, ReasonLabel, ResultLabel, RpcLabel, StateLabel};
+pub use families::{
+    CacheLabel, KindLabel, NodeLabel, ReasonLabel, ResultLabel, RpcLabel, StateLabel,
+};
 pub use http::{render, serve};
 pub use process::{Poller, poller_started};
 pub use requests::{request, request_at, rpc_index, rpc_label};

@@ -65,7 +65,10 @@ async fn write_until_acknowledged(admin: &Client, value: &str) -> (u64, Duration
                 "a write during an election answers UNAVAILABLE: {error}"
             ),
         }
-        assert!(begin.elapsed() < Duration::from_secs(60), "no write got through");
+        assert!(
+            begin.elapsed() < Duration::from_secs(60),
+            "no write got through"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -102,16 +105,26 @@ async fn the_broker_follows_the_active_node_and_serves_its_cache_within_the_boun
     let watcher = async {
         // Reads and health while the writer waits for the election.
         let mut checks = 0;
+        let mut election = None;
         while killed.elapsed() < Duration::from_secs(4) {
-            let read = reader.get("shop/db").await.expect("a read during the election");
-            assert!(read.version() >= acknowledged, "never older than acknowledged");
+            if election.is_none() && cluster.try_leader().is_some() {
+                election = Some(killed.elapsed());
+            }
+            let read = reader
+                .get("shop/db")
+                .await
+                .expect("a read during the election");
+            assert!(
+                read.version() >= acknowledged,
+                "never older than acknowledged"
+            );
             assert_eq!(broker.health().await, ServingStatus::Serving);
             checks += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        checks
+        (checks, election)
     };
-    let ((version, failover), checks) = tokio::join!(writer, watcher);
+    let ((version, failover), (checks, election)) = tokio::join!(writer, watcher);
     assert!(checks > 0);
     assert_eq!(version, acknowledged + 1, "nothing acknowledged was lost");
     acknowledged = version;
@@ -149,8 +162,15 @@ async fn the_broker_follows_the_active_node_and_serves_its_cache_within_the_boun
         // The last contact may precede the kill by up to a poll interval;
         // well inside the bound, the broker must still be serving.
         if elapsed + Duration::from_millis(1500) < MAX_STALENESS {
-            assert_eq!(health, ServingStatus::Serving, "at {elapsed:?}, within the bound");
-            let read = reader.get("shop/db").await.expect("cached within the bound");
+            assert_eq!(
+                health,
+                ServingStatus::Serving,
+                "at {elapsed:?}, within the bound"
+            );
+            let read = reader
+                .get("shop/db")
+                .await
+                .expect("cached within the bound");
             assert_eq!(read.version(), acknowledged);
             served_stale += 1;
         }
@@ -177,8 +197,10 @@ async fn the_broker_follows_the_active_node_and_serves_its_cache_within_the_boun
     assert_eq!(broker.health().await, ServingStatus::Serving);
     assert_eq!(node_in_use(&broker, &cluster), Some(cluster.leader()));
     println!(
-        "reliability: failover: failover_after_sigkill_s={:.2} not_serving_after_s={:.1} \
-         max_staleness_s={} recovery_after_node_return_s={:.2} failovers={}",
+        "reliability: failover: election_s={} write_ok_after_sigkill_s={:.2} \
+         not_serving_after_s={:.1} max_staleness_s={} recovery_after_node_return_s={:.2} \
+         failovers={}",
+        election.map_or("-".into(), |e| format!("{:.2}", e.as_secs_f64())),
         failover.as_secs_f64(),
         not_serving_after.as_secs_f64(),
         MAX_STALENESS.as_secs(),

@@ -18,9 +18,7 @@ use std::{
 };
 
 use coffer::{SecretData, operator::Put};
-use coffer_tests::{
-    BrokerProcess, Key, fault::FaultProxy, mint, openbao_cluster::RaftCluster,
-};
+use coffer_tests::{BrokerProcess, Key, fault::FaultProxy, mint, openbao_cluster::RaftCluster};
 use parking_lot::Mutex;
 
 /// Writes per target in the CI form; `COFFER_CHAOS_FULL=1`: 100.

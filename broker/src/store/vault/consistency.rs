@@ -83,7 +83,13 @@ impl Consistency {
         let mut newest = self.newest.lock();
         let keep = match (&*newest, &seen.parsed) {
             (None, _) => true,
-            (Some(Index { parsed: Some((c0, v0)), .. }), Some((c1, v1))) => c0 != c1 || v1 > v0,
+            (
+                Some(Index {
+                    parsed: Some((c0, v0)),
+                    ..
+                }),
+                Some((c1, v1)),
+            ) => c0 != c1 || v1 > v0,
             (_, _) => write,
         };
         if keep {
@@ -205,7 +211,11 @@ mod tests {
         c.observe(&openbao("a", 41), false);
         assert_eq!(c.value(), Some(41));
         c.observe(&http::HeaderMap::new(), false);
-        assert_eq!(c.value(), Some(41), "an answer without an index changes nothing");
+        assert_eq!(
+            c.value(),
+            Some(41),
+            "an answer without an index changes nothing"
+        );
         // Another cluster (restored, rebuilt): its index replaces ours.
         c.observe(&openbao("b", 3), false);
         assert_eq!(c.value(), Some(3));

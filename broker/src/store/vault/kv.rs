@@ -15,8 +15,7 @@ use coffer_proto::{SecretBytes, SecretData};
 use vaultrs::{
     api::kv2::{
         requests::{
-            ReadSecretMetadataRequest, ReadSecretRequest, SetSecretRequest,
-            SetSecretRequestOptions,
+            ReadSecretMetadataRequest, ReadSecretRequest, SetSecretRequest, SetSecretRequestOptions,
         },
         responses::ReadSecretMetadataResponse,
     },

@@ -229,10 +229,16 @@ mod tests {
         versions.restart("a", 1);
         assert_eq!(versions.newest("a"), 1);
         assert!(versions.is_confirmed_current("a", 1));
-        assert_eq!(versions.recently_confirmed("a", Duration::from_secs(30)), Some(1));
+        assert_eq!(
+            versions.recently_confirmed("a", Duration::from_secs(30)),
+            Some(1)
+        );
         assert_eq!(versions.recently_confirmed("a", Duration::ZERO), None);
         // Something newer seen (a version read), not said current: no.
         versions.record("a", 2);
-        assert_eq!(versions.recently_confirmed("a", Duration::from_secs(30)), None);
+        assert_eq!(
+            versions.recently_confirmed("a", Duration::from_secs(30)),
+            None
+        );
     }
 }

@@ -127,7 +127,9 @@ impl ReadCache {
                     state.values.insert((key.0.clone(), None), secret.clone());
                 }
             }
-            Err(e @ (StoreError::NotFound | StoreError::VersionNotFound(_))) if remember_missing => {
+            Err(e @ (StoreError::NotFound | StoreError::VersionNotFound(_)))
+                if remember_missing =>
+            {
                 state.missing.insert(key.clone(), e.clone());
             }
             Err(_) => {}

@@ -149,12 +149,18 @@ mod tests {
         let missing = Err(StoreError::VersionNotFound(5));
         assert_eq!(judge(&missing, Some(5), 5), Answer::Behind);
         assert_eq!(judge(&missing, Some(5), 4), Answer::Current);
-        assert_eq!(judge(&Err(StoreError::NotFound), Some(3), 5), Answer::Behind);
+        assert_eq!(
+            judge(&Err(StoreError::NotFound), Some(3), 5),
+            Answer::Behind
+        );
         assert_eq!(judge(&Err(StoreError::NotFound), None, 2), Answer::Behind);
         assert_eq!(judge(&Err(StoreError::NotFound), None, 0), Answer::Current);
         // Deleted is an answer, not a lag; so is unavailable (retried
         // elsewhere, with the stale cache as the fallback).
-        assert_eq!(judge(&Err(StoreError::VersionDeleted(5)), Some(5), 5), Answer::Current);
+        assert_eq!(
+            judge(&Err(StoreError::VersionDeleted(5)), Some(5), 5),
+            Answer::Current
+        );
         let down = Err(StoreError::Unavailable("x".into()));
         assert_eq!(judge(&down, Some(5), 5), Answer::Current);
         assert!(known_to_exist(Some(5), 5));

@@ -112,7 +112,10 @@ mod tests {
             let error = validate(remote, &[]).unwrap_err().to_string();
             assert!(error.contains("loopback"), "{remote}: {error}");
             // Every one of several addresses is checked, not only the first.
-            let several = ["https://vault-0.example:8200".to_string(), remote.to_string()];
+            let several = [
+                "https://vault-0.example:8200".to_string(),
+                remote.to_string(),
+            ];
             let error = validate("", &several).unwrap_err().to_string();
             assert!(error.contains("loopback"), "{remote}: {error}");
         }
@@ -126,10 +129,18 @@ mod tests {
         assert_eq!(nodes("", &list), [a, "https://vault-1.example:8200"]);
         assert_eq!(nodes(a, &[]), [a]);
         for (address, addresses) in [("", vec![]), (a, list.clone())] {
-            assert!(validate(address, &addresses).is_err(), "{address} {addresses:?}");
+            assert!(
+                validate(address, &addresses).is_err(),
+                "{address} {addresses:?}"
+            );
         }
         let twice = vec![a.to_string(), a.to_string()];
-        assert!(validate("", &twice).unwrap_err().to_string().contains("twice"));
+        assert!(
+            validate("", &twice)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         let many: Vec<String> = (0..=MAX_ADDRESSES)
             .map(|i| format!("https://vault-{i}.example:8200"))
             .collect();
