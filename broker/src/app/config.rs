@@ -100,7 +100,7 @@ pub enum DevKey {
 pub struct VaultSettings {
     /// The YAML configuration; none is a configuration mistake.
     pub config: Option<PathBuf>,
-    /// Overrides the config's Vault address.
+    /// Overrides the config's Vault address (or `addresses`) with this one.
     pub addr: Option<String>,
     /// Overrides the config's CA bundle for Vault's certificate.
     pub ca_file: Option<PathBuf>,
