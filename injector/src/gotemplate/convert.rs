@@ -197,6 +197,12 @@ impl Converter {
                 ));
             }
         };
+        if path.contains('?') {
+            return Err(self.refuse(
+                format!("the query of {path:?} (a version pin or parameters)"),
+                "the broker serves the current version: drop the query; pin with cofferctl rollback",
+            ));
+        }
         if self.blocks.iter().any(|b| matches!(b, Block::Range(_))) {
             return Err(self.refuse(
                 "{{ with secret }} inside {{ range }}",
@@ -219,6 +225,14 @@ impl Converter {
     }
 
     fn range(&mut self, tokens: &[Token]) -> Result<(), Refusal> {
+        let lists = |t: &Token| matches!(t, Token::Ident(f) if ["secrets", "ls", "tree", "services", "nodes"].contains(&f.as_str()));
+        if tokens.iter().any(lists) {
+            return Err(self.refuse(
+                "{{ range }} over a listing (secrets, ls, tree…)",
+                "Coffer renders a file from one secret: give each secret its own \
+                 coffer.dev/secret-<name> (and template), or read them all through the SDK",
+            ));
+        }
         let (vars, rest) = match tokens {
             [
                 Token::Var(k, kf),

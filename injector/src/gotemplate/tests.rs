@@ -196,6 +196,14 @@ fn outside_the_subset_is_refused_with_line_construct_and_rewrite() {
         ("{{ .Data.data.a }}", "a .field outside {{ with secret }}"),
         (
             "{{ range secrets \"secret/metadata/\" }}{{ . }}{{ end }}",
+            "{{ range }} over a listing (secrets, ls, tree…)",
+        ),
+        (
+            "{{ with secret \"secret/data/x?version=2\" }}{{ end }}",
+            "the query of \"secret/data/x?version=2\" (a version pin or parameters)",
+        ),
+        (
+            "{{ with secret \"secret/data/x\" }}{{ range .Data.data }}{{ . }}{{ end }}{{ end }}",
             "{{ range }} without $key, $value :=",
         ),
         (

@@ -337,3 +337,32 @@ fn the_configmap_example_is_refused_by_migrate_check_and_by_the_injector() {
     );
     assert!(message.contains("coffer.dev/template-<name>"), "{message}");
 }
+
+/// Prints what translating at admission costs: reviews of the unmigrated
+/// features pod against reviews of its `cofferctl migrate` output, in the
+/// same run (a figure, not a timed assertion).
+#[test]
+fn admission_of_a_vault_k8s_pod_costs_about_what_its_migrated_pod_costs() {
+    let injector = Injector::start();
+    let (_, yaml, _) = migrate(&[&example("features.yaml")]);
+    let migrated = pods(&yaml).remove(0);
+    let mut original = pods_of_file("features.yaml");
+    original["metadata"]["labels"] = json!({"coffer.dev/inject": "true"});
+    let mut took = [std::time::Duration::ZERO; 2];
+    // Interleaved after a warm-up, so both see the same machine.
+    for round in 0..110 {
+        for (i, pod) in [&migrated, &original].into_iter().enumerate() {
+            let start = std::time::Instant::now();
+            assert_eq!(injector.create(pod)["allowed"], true);
+            if round >= 10 {
+                took[i] += start.elapsed();
+            }
+        }
+    }
+    let (coffer, vault) = (took[0] / 100, took[1] / 100);
+    eprintln!(
+        "admission of the features pod (5 files, 5 templates): vault-k8s annotations {vault:?}, \
+         migrated coffer.dev annotations {coffer:?} (ratio {:.2})",
+        vault.as_secs_f64() / coffer.as_secs_f64()
+    );
+}
