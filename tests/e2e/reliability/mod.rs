@@ -6,6 +6,7 @@
 
 mod cluster;
 mod failover;
+mod replica_kill;
 mod restart_storm;
 mod soak;
 mod standby_reads;

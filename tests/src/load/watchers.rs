@@ -75,6 +75,19 @@ impl WatchLoad {
                 .unwrap();
             clients.push(client);
         }
+        Self::over(&clients, pods, paths, mode)
+    }
+
+    /// Like [`Self::open`] over connections made by the caller (e.g. with
+    /// [`connect`], one after the other, so that a round-robin Service
+    /// spreads them evenly), pod `i` on `clients[i % clients.len()]`.
+    pub fn over(
+        clients: &[Client],
+        pods: &[Pod],
+        paths: impl Fn(&Pod) -> Vec<String>,
+        mode: Mode,
+    ) -> Self {
+        let connections = clients.len();
         let pod_paths: Vec<Vec<String>> = pods.iter().map(&paths).collect();
         let receivers: Vec<Arc<str>> = pod_paths
             .iter()
@@ -345,4 +358,18 @@ impl Pause {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(2));
     }
+}
+
+/// `n` connections to `endpoint`, made one after the other.
+pub async fn connect(endpoint: &str, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = Client::builder(endpoint)
+            .token(TokenSource::from_static(String::new()))
+            .connect()
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    clients
 }
