@@ -1,35 +1,75 @@
 //! Scenario 7, the cluster restart storm: N distinct pods start at once,
-//! each opening its sidecar's watch of its deployment's secret (one
-//! connection per pod, as one sidecar per pod has) through two broker
-//! replicas that have just started (empty caches), the pods spread over
-//! both as a Service spreads them. Printed: the time until every pod has
-//! its snapshot; Vault data reads counted by the audit device, beside the
-//! goal (one per secret per replica) and what one Vault Agent per pod
-//! costs (N); refusals, which must be none.
+//! each opening its sidecar's watch of its secret (one connection per pod,
+//! as one sidecar per pod has) through two broker replicas that have just
+//! started (empty caches), the pods spread over both as a Service spreads
+//! them, on the 3-node raft cluster (reached through a proxy that follows
+//! the active node, as a `vault-active` Service does). Printed: the time
+//! until every pod has its snapshot; Vault data reads counted by the audit
+//! device, beside the goal (one per secret per replica) and what one Vault
+//! Agent per pod costs (N); refusals, which must be none.
+//!
+//! Twice: one service account per deployment (each identity reads one
+//! secret), and every pod of one service account (one identity reads every
+//! secret: the per-identity share of Vault reads is what a storm meets).
 //!
 //! CI: 400 pods reading 40 secrets. Full (`COFFER_CHAOS_FULL=1`): 2,000 pods
 //! reading 200 secrets, 10 pods per secret.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use coffer_tests::{
     BrokerProcess,
+    fault::FaultProxy,
     load::{self, BrokerPair, Fleet, Ledger, Mode, WatchLoad},
-    openbao::OpenBao,
-    serial, vault_args,
+    openbao_cluster::RaftCluster,
+    serial,
 };
+
+const PER_SECRET: usize = 10;
+
+fn secrets() -> usize {
+    if load::full_form() { 200 } else { 40 }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
     let _turn = serial::heavy();
-    let (secrets, per_secret) = if load::full_form() {
-        (200, 10)
-    } else {
-        (40, 10)
-    };
-    let bao = OpenBao::start();
-    let fleet = Fleet::deployments(secrets, per_secret, Duration::from_secs(3600));
-    let args = vault_args(&bao, "");
+    let secrets = secrets();
+    let fleet = Fleet::deployments(secrets, PER_SECRET, Duration::from_secs(3600));
+    let storm = storm("restart_storm", &fleet, secrets).await;
+    assert_eq!(storm.refusals, 0, "refused: {:?}", storm.failures);
+    assert!(
+        storm.reads >= secrets,
+        "every secret was read from Vault: {}",
+        storm.reads
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_storm_of_one_service_account_gets_every_snapshot_without_refusal() {
+    let _turn = serial::heavy();
+    let secrets = secrets();
+    let fleet = Fleet::one_account(secrets, PER_SECRET, Duration::from_secs(3600));
+    let storm = storm("restart_storm_one_account", &fleet, secrets).await;
+    // The full form (2,000 pods, 200 secrets) is refused today: the store
+    // charges an identity's share before a read joins the one in flight,
+    // so every pod of a secret pays, and the default burst (100) is below
+    // one identity's 200 uncached secrets (issue #27's report).
+    assert_eq!(storm.refusals, 0, "refused: {:?}", storm.failures);
+}
+
+struct Storm {
+    reads: usize,
+    refusals: u64,
+    failures: BTreeMap<String, u64>,
+}
+
+/// Starts the cluster and two fresh replicas, then every pod of `fleet` at
+/// once; waits for every snapshot, prints the figures as `scenario`.
+async fn storm(scenario: &str, fleet: &Fleet, secrets: usize) -> Storm {
+    let cluster = RaftCluster::start();
+    let vault = FaultProxy::follow_active(&cluster);
+    let args = cluster.vault_args(&vault.address(), "");
     // The secrets exist before the restart: written through a broker that
     // is then gone, so the replicas start with nothing cached.
     {
@@ -42,8 +82,8 @@ async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
     let pair = BrokerPair::start(&Fleet::policy(), &args);
     let data = "secret/data/shop/app-";
     let metadata = "secret/metadata/shop/app-";
-    let reads_before = load::audited(&bao.audit_log, "read", data);
-    let polls_before = load::audited(&bao.audit_log, "read", metadata);
+    let reads_before = load::audited(&cluster.outputs(), "read", data);
+    let polls_before = load::audited(&cluster.outputs(), "read", metadata);
 
     let pods = fleet.pods.len();
     let watches = WatchLoad::open(
@@ -60,12 +100,12 @@ async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
     let reconnects = watches.reconnects();
     // Let the audit device write its last lines.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let reads = load::audited(&bao.audit_log, "read", data) - reads_before;
-    let polls = load::audited(&bao.audit_log, "read", metadata) - polls_before;
+    let reads = load::audited(&cluster.outputs(), "read", data) - reads_before;
+    let polls = load::audited(&cluster.outputs(), "read", metadata) - polls_before;
     let logs = watches.close().await;
     let refusals: u64 = failures.values().sum();
     load::report(
-        "restart_storm",
+        scenario,
         &[
             ("pods", pods.to_string()),
             ("secrets", secrets.to_string()),
@@ -84,18 +124,17 @@ async fn restart_storm_every_pod_gets_its_snapshot_without_refusal() {
             ("reconnects", reconnects.to_string()),
         ],
     );
-
     assert!(
         ready.is_some(),
         "{with_snapshot} of {pods} pods got a snapshot; failures {failures:?}"
     );
-    assert_eq!(refusals, 0, "refused: {failures:?}");
     assert!(
         logs.iter()
             .all(|l| l.first().is_some() && l.duplicates == 0 && l.backwards == 0)
     );
-    assert!(
-        reads >= secrets,
-        "every secret was read from Vault: {reads}"
-    );
+    Storm {
+        reads,
+        refusals,
+        failures,
+    }
 }

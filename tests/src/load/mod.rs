@@ -41,6 +41,9 @@ pub const NAMESPACE: &str = "shop";
 /// rotate it).
 pub const SHARED: &str = "shop/shared";
 
+/// The service account every pod of [`Fleet::one_account`] shares.
+pub const SHARED_ACCOUNT: &str = "app";
+
 /// One simulated pod: deployment `app-NNNN`'s pod, bound to its own token.
 #[derive(Clone)]
 pub struct Pod {
@@ -94,6 +97,29 @@ impl Fleet {
         Self { pods, deployments }
     }
 
+    /// `secrets * replicas` pods of ONE service account, `shop/app` (many
+    /// deployments sharing an account, as `default` often is): pod `i`
+    /// reads secret `shop/app-<i / replicas>`, so each secret has
+    /// `replicas` readers and the one identity reads them all.
+    pub fn one_account(secrets: usize, replicas: usize, ttl: Duration) -> Self {
+        let mut fleet = Self::deployments(secrets, replicas, ttl);
+        let pem = std::fs::read(fixture("ec-a.pem")).unwrap();
+        let key = EncodingKey::from_ec_pem(&pem).unwrap();
+        for pod in &mut fleet.pods {
+            let claims = ProjectedClaims::projected(
+                ISSUER,
+                AUDIENCE,
+                NAMESPACE,
+                SHARED_ACCOUNT,
+                Some(&pod.name),
+                ttl,
+            );
+            pod.token = claims.sign(Algorithm::ES256, "ec-a", &key).unwrap();
+            pod.service_account = SHARED_ACCOUNT.to_string();
+        }
+        fleet
+    }
+
     /// The deployments' secrets, `shop/app-0000` onwards.
     pub fn secrets(&self) -> Vec<String> {
         (0..self.deployments)
@@ -102,14 +128,23 @@ impl Fleet {
     }
 
     /// The shared test policy plus: every `app-*` account of [`NAMESPACE`]
-    /// reads and watches its own secret and [`SHARED`], nothing else.
+    /// reads and watches its own secret and [`SHARED`], nothing else; the
+    /// account [`SHARED_ACCOUNT`] reads every `app-*` secret.
     pub fn policy() -> String {
-        policy_with(&[rule(
-            "pods-read-their-own",
-            &format!("{NAMESPACE}/app-*"),
-            &["{namespace}/{serviceaccount}", SHARED],
-            &["read", "watch"],
-        )])
+        policy_with(&[
+            rule(
+                "pods-read-their-own",
+                &format!("{NAMESPACE}/app-*"),
+                &["{namespace}/{serviceaccount}", SHARED],
+                &["read", "watch"],
+            ),
+            rule(
+                "the-shared-account-reads-every-app",
+                &format!("{NAMESPACE}/{SHARED_ACCOUNT}"),
+                &["shop/app-*", SHARED],
+                &["read", "watch"],
+            ),
+        ])
     }
 }
 
@@ -126,13 +161,14 @@ pub fn report(scenario: &str, figures: &[(&str, String)]) {
     println!("reliability: {scenario}: {}", fields.join(" "));
 }
 
-/// Vault requests in the file audit log `log` with `operation` on a path
-/// starting with `prefix` (e.g. `read`, `secret/data/shop/app-`).
-pub fn audited(log: &std::path::Path, operation: &str, prefix: &str) -> usize {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+/// Vault requests in `audit` (file audit device lines, e.g. an OpenBao
+/// node's output) with `operation` on a path starting with `prefix` (e.g.
+/// `read`, `secret/data/shop/app-`).
+pub fn audited(audit: &str, operation: &str, prefix: &str) -> usize {
     let op = format!("\"operation\":\"{operation}\"");
     let path = format!("\"path\":\"{prefix}");
-    text.lines()
+    audit
+        .lines()
         .filter(|l| l.starts_with("{\"") && l.contains("\"type\":\"request\""))
         .filter(|l| l.contains(&op) && l.contains(&path))
         .count()
