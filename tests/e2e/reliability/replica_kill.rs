@@ -110,7 +110,14 @@ async fn replica_kill_every_watcher_moves_to_the_survivor_and_no_file_goes_backw
         ledger.clone(),
     )
     .await;
-    let gets = GetLoad::start(&[endpoint.clone()], &fleet.pods, 4, 50, ledger.clone()).await;
+    let gets = GetLoad::start(
+        std::slice::from_ref(&endpoint),
+        &fleet.pods,
+        4,
+        50,
+        ledger.clone(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The victim: the replica more sidecars are watching through.
