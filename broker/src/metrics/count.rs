@@ -85,6 +85,12 @@ pub fn watch_reauthentication() {
     METRICS.watch_reauthentications.inc();
 }
 
+/// Counts one watch update tried again after its read failed for a passing
+/// reason (Vault unreachable, a share of requests used up).
+pub fn watch_update_retried() {
+    METRICS.watch_update_retries.inc();
+}
+
 /// How many watch streams were ended for their client to be reviewed again.
 pub fn watch_reauthentications() -> u64 {
     METRICS.watch_reauthentications.get()

@@ -90,6 +90,7 @@ pub(super) struct Metrics {
     pub(super) max_watches: Gauge,
     pub(super) watch_refused: Family<ReasonLabel, Counter>,
     pub(super) watch_reauthentications: Counter,
+    pub(super) watch_update_retries: Counter,
     pub(super) read_cache: Family<CacheLabel, Counter>,
     pub(super) backend_reads: Counter,
     pub(super) backend_errors: Family<KindLabel, Counter>,
@@ -115,6 +116,7 @@ pub(super) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         max_watches: Gauge::default(),
         watch_refused: Family::default(),
         watch_reauthentications: Counter::default(),
+        watch_update_retries: Counter::default(),
         read_cache: Family::default(),
         backend_reads: Counter::default(),
         backend_errors: Family::default(),
@@ -194,6 +196,11 @@ pub(super) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "watch_reauthentications",
         "Watch streams ended cleanly when their TokenReview answer ran out before the token, for the client to reconnect and be reviewed again (not a failure)",
         metrics.watch_reauthentications.clone(),
+    );
+    registry.register(
+        "watch_update_retries",
+        "Watch updates tried again because reading the new version failed for a passing reason (Vault unreachable, a share of Vault requests used up); the stream stays open",
+        metrics.watch_update_retries.clone(),
     );
     registry.register(
         "store_cache_lookups",

@@ -21,7 +21,8 @@ pub use count::{
     WatchOpen, audit_write_failure, auth_cache, auth_failure, auth_failures, backend_behind,
     backend_error, backend_failover, backend_node, backend_read, backend_throttled, lease_renewal,
     lease_state, policy_reload, propagation, set_max_watches, store_cache, watch_opened,
-    watch_reauthentication, watch_reauthentications, watch_refused, watches_refused,
+    watch_reauthentication, watch_reauthentications, watch_refused, watch_update_retried,
+    watches_refused,
 };
 pub use families::{
     CacheLabel, KindLabel, NodeLabel, ReasonLabel, ResultLabel, RpcLabel, StateLabel,

@@ -8,10 +8,13 @@ use std::{
 };
 
 use coffer_proto::v1;
+use coffer_runtime::Backoff;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
-use super::state::{Changes, Phase, Watch, WatchCall, WatchResponseStream, Watched};
+use super::state::{
+    Changes, Phase, RETRY_FIRST, RETRY_MAX, Watch, WatchCall, WatchResponseStream, Watched,
+};
 use crate::service::{Broker, Call, parse_paths, read_reason};
 use crate::{
     audit::Outcome,
@@ -194,6 +197,7 @@ impl Broker {
             // In the rollout's expected set while the stream lives.
             _watching: self.inner.acks.watching(&who, &paths),
             _slot: slot,
+            retry: Backoff::new(RETRY_FIRST, RETRY_MAX),
             call: Arc::new(WatchCall {
                 broker: self.clone(),
                 call,

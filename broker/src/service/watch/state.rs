@@ -7,10 +7,11 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Waker},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use coffer_proto::wire::WatchReply;
+use coffer_runtime::Backoff;
 use futures::{Stream, StreamExt};
 use tokio::{sync::watch, time::Sleep};
 use tokio_stream::{StreamMap, wrappers::WatchStream};
@@ -67,7 +68,15 @@ pub(super) struct Watch {
     pub(super) call: Arc<WatchCall>,
     pub(super) _slot: WatchSlot,
     pub(super) _watching: WatchGuard,
+    /// The pauses between attempts at an update whose read failed for a
+    /// passing reason; reset by an update sent.
+    pub(super) retry: Backoff,
 }
+
+/// The first pause before an update whose read failed is tried again.
+pub(super) const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The longest pause between attempts at one update.
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What the futures of a watch that wait on the broker (a read, an audit
 /// record) share with it.
@@ -102,13 +111,24 @@ pub(super) enum Phase {
     Updating(Pin<Box<dyn Future<Output = Updated> + Send>>),
     /// Deciding again after a policy change.
     Rechecking(Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>),
+    /// Pausing before trying an update again whose read failed for a
+    /// passing reason (Vault unreachable, a share of requests used up).
+    Retrying(Box<Retry>),
     /// The stream ends: an error was sent, or it ends cleanly.
     Ended,
 }
 
-/// A finished update of path `index`, and its grant to keep.
+/// An update to try again after `pause`.
+pub(super) struct Retry {
+    pause: Pin<Box<Sleep>>,
+    index: usize,
+    version: u64,
+}
+
+/// A finished update of path `index` to `version`, and its grant to keep.
 pub(super) struct Updated {
     index: usize,
+    version: u64,
     granted: Option<Box<Allowed>>,
     result: Result<(u64, WatchReply), ApiError>,
 }
@@ -157,7 +177,11 @@ impl Stream for Watch {
                         this.phase = Phase::Updating(update);
                         return Poll::Pending;
                     }
-                    Poll::Ready(updated) => return Poll::Ready(Some(this.updated(updated))),
+                    Poll::Ready(updated) => match this.updated(updated) {
+                        Some(item) => return Poll::Ready(Some(item)),
+                        // Paused before another attempt.
+                        None => continue,
+                    },
                 },
                 Phase::Rechecking(mut recheck) => match recheck.as_mut().poll(cx) {
                     Poll::Pending => {
@@ -167,6 +191,19 @@ impl Stream for Watch {
                     Poll::Ready(Err(status)) => return Poll::Ready(Some(this.end(status))),
                     // Every grant was made under an older policy.
                     Poll::Ready(Ok(())) => this.each_path(|watched| watched.granted = None),
+                },
+                Phase::Retrying(mut retry) => match retry.pause.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.phase = Phase::Retrying(retry);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(()) => {
+                        let event = Event::Changed(retry.index, retry.version, Instant::now());
+                        if let Some(item) = this.on(event) {
+                            return Poll::Ready(Some(item));
+                        }
+                        continue;
+                    }
                 },
                 Phase::Waiting => {}
             }
@@ -301,6 +338,7 @@ impl Watch {
                     };
                     Updated {
                         index,
+                        version,
                         granted,
                         result,
                     }
@@ -310,11 +348,15 @@ impl Watch {
         }
     }
 
-    /// Takes a finished update back: its message, or the error that ends
-    /// the stream.
-    fn updated(&mut self, updated: Updated) -> WatchItem {
+    /// Takes a finished update back: its message, the error that ends the
+    /// stream, or nothing when the read failed for a passing reason (Vault
+    /// unreachable, the caller's share of Vault requests used up): the
+    /// version exists, so the stream pauses and tries it again rather than
+    /// end and send every watcher of the path back to reconnect at once.
+    fn updated(&mut self, updated: Updated) -> Option<WatchItem> {
         let Updated {
             index,
+            version,
             granted,
             result,
         } = updated;
@@ -324,9 +366,28 @@ impl Watch {
                     watched.granted = granted;
                     watched.sent = served;
                 }
-                Ok(reply)
+                self.retry.reset();
+                Some(Ok(reply))
             }
-            Err(e) => self.end(e.into()),
+            Err(ApiError::Store(StoreError::Throttled | StoreError::Unavailable(_))) => {
+                if let Some(watched) = self.path_mut(index) {
+                    watched.granted = granted;
+                }
+                let pause = self.retry.next_delay();
+                tracing::debug!(
+                    version,
+                    pause_ms = pause.as_millis() as u64,
+                    "a watched version could not be read now; trying again"
+                );
+                crate::metrics::watch_update_retried();
+                self.phase = Phase::Retrying(Box::new(Retry {
+                    pause: Box::pin(tokio::time::sleep(pause)),
+                    index,
+                    version,
+                }));
+                None
+            }
+            Err(e) => Some(self.end(e.into())),
         }
     }
 
@@ -365,7 +426,9 @@ mod tests {
     use futures::StreamExt;
 
     use crate::policy::Policy;
+    use crate::service::Broker;
     use crate::service::watch::testing::*;
+    use std::{sync::Arc, time::Duration};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_updates_without_an_audit_trail_still_see_a_policy_change() {
@@ -496,5 +559,95 @@ mod tests {
         // The next message is the update, not a revocation.
         let update = message(stream.next().await);
         assert_eq!(update.secrets[0].version, 2);
+    }
+
+    /// A store whose reads of a version after the first fail for a passing
+    /// reason a few times (the caller's share used up, then Vault
+    /// unreachable) before they succeed.
+    struct Flaky {
+        inner: crate::store::dev::DevStore,
+        failures: parking_lot::Mutex<Vec<crate::store::StoreError>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::SecretStore for Flaky {
+        async fn get(
+            &self,
+            path: &crate::path::SecretName,
+            version: Option<u64>,
+        ) -> Result<crate::store::StoredSecret, crate::store::StoreError> {
+            if version.is_some_and(|v| v > 1)
+                && let Some(error) = self.failures.lock().pop()
+            {
+                return Err(error);
+            }
+            self.inner.get(path, version).await
+        }
+        async fn put(
+            &self,
+            path: &crate::path::SecretName,
+            write: crate::store::SecretWrite,
+        ) -> Result<u64, crate::store::StoreError> {
+            self.inner.put(path, write).await
+        }
+        async fn versions(
+            &self,
+            path: &crate::path::SecretName,
+        ) -> Result<(u64, Vec<crate::store::VersionInfo>), crate::store::StoreError> {
+            self.inner.versions(path).await
+        }
+        fn subscribe(&self, path: &crate::path::SecretName) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.subscribe(path)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_whose_read_fails_for_a_passing_reason_is_tried_again_not_the_end() {
+        // Issue #27: 200 pods of one service account watching through a
+        // Vault store; a rotation's reads raced past the read coalescing,
+        // used up the account's share and ended streams with
+        // RESOURCE_EXHAUSTED, sending their sidecars back at once.
+        use crate::auth::{
+            jwt::{JwtVerifier, KeySet, VerifierConfig},
+            signer::DevSigner,
+        };
+        use crate::store::StoreError;
+        let signer = DevSigner::generate(ISS).unwrap();
+        let keys = KeySet::from_jwks_json(signer.jwks_json().as_bytes()).unwrap();
+        let authn = JwtVerifier::new(VerifierConfig::new(ISS, "coffer"), keys);
+        let store = Arc::new(Flaky {
+            inner: crate::store::dev::DevStore::in_memory(),
+            failures: parking_lot::Mutex::new(vec![
+                StoreError::Unavailable("Vault unreachable".into()),
+                StoreError::Throttled,
+                StoreError::Throttled,
+            ]),
+        });
+        put(store.as_ref(), b"v1").await;
+        let broker = Broker::new(
+            Arc::new(authn),
+            Policy::from_yaml(READS).unwrap(),
+            store.clone(),
+        );
+        let token = signer
+            .mint(
+                "coffer",
+                "shop",
+                "web",
+                Some("web-0"),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let mut stream = open(&broker, &token).await;
+        assert_eq!(message(stream.next().await).secrets[0].version, 1);
+        put(store.as_ref(), b"v2").await;
+        // Three failed reads, then the update: the stream never ends.
+        let update = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the update arrives after the retries");
+        assert_eq!(message(update).secrets[0].version, 2);
+        assert!(store.failures.lock().is_empty(), "every failure was met");
+        put(store.as_ref(), b"v3").await;
+        assert_eq!(message(stream.next().await).secrets[0].version, 3);
     }
 }
