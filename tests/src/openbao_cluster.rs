@@ -184,6 +184,9 @@ impl RaftCluster {
     /// KV v2 at `secret`, the broker's policy and its AppRole login.
     fn setup(&mut self) {
         self.bao(&["secrets", "enable", "-path=secret", "kv-v2"]);
+        // Every version kept (KV v2 keeps 10 by default), so a test can
+        // check each version a watcher received against what Vault holds.
+        self.bao(&["write", "secret/config", "max_versions=10000"]);
         self.bao_with_stdin(&["policy", "write", "coffer-broker", "-"], BROKER_POLICY);
         self.bao(&["auth", "enable", "approle"]);
         self.bao(&[

@@ -6,7 +6,10 @@
 
 mod cluster;
 mod failover;
+mod leader_kill;
 mod replica_kill;
 mod restart_storm;
+mod scenario;
 mod soak;
 mod standby_reads;
+mod watchers;
