@@ -7,6 +7,8 @@
 mod cluster;
 mod failover;
 mod leader_kill;
+mod partition;
+mod quorum;
 mod replica_kill;
 mod restart_storm;
 mod scenario;
