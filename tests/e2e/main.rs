@@ -11,6 +11,7 @@ mod cli;
 mod console;
 mod deploy;
 mod dynamic;
+mod env;
 mod injector;
 mod kube;
 mod limits;

@@ -8,7 +8,7 @@
 //! README's test command does it).
 //!
 //! The rooms: [`broker`] (one builder for every broker a test needs),
-//! [`sidecar`], [`cofferctl`], [`process`] (child processes and waiting),
+//! [`sidecar`], [`coffer_env`], [`cofferctl`], [`process`] (child processes and waiting),
 //! [`tokens`], [`policy`], [`http`]; [`load`] (many pods with their own
 //! identities, and the checks of what each received); and the backends and tools some tests
 //! start: [`openbao`], [`openbao_cluster`] (a 3-node raft cluster, with
@@ -17,6 +17,7 @@
 
 pub mod broker;
 pub mod browser;
+pub mod coffer_env;
 pub mod cofferctl;
 pub mod console;
 pub mod deploy;
