@@ -165,6 +165,7 @@ pub fn sidecar_config(
         };
         match rest {
             "inject" | "injected" | "sidecar-config" | "sidecar-mode" => continue,
+            _ if crate::env::is_env_annotation(rest) => continue,
             "action" => {
                 pod_action = Some(parse_action(key, &text())?);
                 continue;

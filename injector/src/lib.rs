@@ -18,9 +18,14 @@
 //! structs ([`pod`]), and the server bounds bodies, handshakes, connections
 //! and time per request ([`server`]), so no caller can take the webhook
 //! down and with it every opted-in pod (`failurePolicy: Fail`).
+//!
+//! With `coffer.dev/env`, the app's containers run `coffer-env` in front of
+//! their own command, which resolves `coffer:` references in their
+//! environment variables ([`env`]; alone, without files, no sidecar).
 
 pub mod access;
 pub mod annotations;
+pub mod env;
 pub mod gotemplate;
 pub mod guard;
 pub mod mode;

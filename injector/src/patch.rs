@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 
 use crate::{
     annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode, wants_injection},
+    env::{ENV_INIT, EnvError},
     mode::SidecarMode,
     options::{PodOptions, guaranteed},
     pod::{ANNOTATIONS_BUDGET, DEFAULT_CONTAINER_ANNOTATION, Pod, VOLUMES},
@@ -61,7 +62,7 @@ pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] =
 pub const SIDECAR_UID: i64 = 65532;
 
 /// The containers the injector adds.
-pub const CONTAINERS: [&str; 2] = [SIDECAR, SIDECAR_INIT];
+pub const CONTAINERS: [&str; 3] = [SIDECAR, SIDECAR_INIT, ENV_INIT];
 const CONFIG_ARG: &str = "--config=/etc/coffer/config/sidecar.yaml";
 /// How long the `--once` init container keeps retrying: the native
 /// sidecar's startupProbe allows as long (120 probes, one a second).
@@ -110,6 +111,9 @@ pub enum PatchError {
     /// The annotations are invalid.
     #[error(transparent)]
     Annotations(#[from] AnnotationError),
+    /// The environment-variable annotations are invalid (`crate::env`).
+    #[error(transparent)]
+    Env(#[from] EnvError),
     /// The pod already uses a name the injector needs.
     #[error("the pod already has a {0} named {1:?}: remove it or the coffer.dev/inject label")]
     Conflict(&'static str, String),
@@ -185,6 +189,7 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
     }
     // vault-k8s's annotations become Coffer's; the pod's own stay as they are.
     let admitted = admit(annotations)?;
+    let env = crate::env::plan(pod)?;
     let translated = admitted.annotations();
     let mode = sidecar_mode(&translated, injection.mode)?;
     let options = PodOptions::parse(&translated)?;
@@ -195,7 +200,17 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         admin_listen: with_port(&injection.layout.admin_listen, port),
         ..injection.layout.clone()
     };
-    let config = sidecar_config(&translated, &layout).map_err(|e| admitted.in_user_terms(e))?;
+    let config = match (sidecar_config(&translated, &layout), &env) {
+        // Environment variables alone: no sidecar.
+        (Err(AnnotationError::NoSecrets), Some(env)) => {
+            let patch = crate::env::patch_alone(pod, injection, env, mode, port)?;
+            return Ok(Some(Patch {
+                warnings: admitted.warnings,
+                ..patch
+            }));
+        }
+        (config, _) => config.map_err(|e| admitted.in_user_terms(e))?,
+    };
 
     // kubectl logs/exec would pick the sidecar, first in `container` mode.
     let app = containers[0].name();
@@ -317,6 +332,10 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         options.shape(&mut sidecar, guaranteed);
         ops.push(json!({"op": "add", "path": "/spec/containers/0", "value": sidecar}));
     }
+    if let Some(env) = &env {
+        let shift = usize::from(mode == SidecarMode::Container);
+        crate::env::add_ops(pod, injection, env, shift, true, &mut ops)?;
+    }
     let warnings = admitted.warnings;
     Ok(Some(Patch {
         mode,
@@ -324,6 +343,18 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         ops,
         warnings,
     }))
+}
+
+/// The security context of every container the injector adds.
+pub(crate) fn security_context(uid: i64) -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": uid,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
 }
 
 /// The port of `host:port` (the layout's admin address), 8099 if none.
@@ -364,17 +395,9 @@ struct Sidecars<'a> {
 
 impl<'a> Sidecars<'a> {
     fn new(injection: &'a Injection, uid: i64, port: u16) -> Self {
-        let security = json!({
-            "runAsNonRoot": true,
-            "runAsUser": uid,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        });
         Self {
             injection,
-            security,
+            security: security_context(uid),
             port,
         }
     }
@@ -435,7 +458,7 @@ impl<'a> Sidecars<'a> {
 }
 
 /// Adds `key: value` to the map at `path`, creating the map if absent.
-fn add_to_map(ops: &mut Vec<Value>, exists: bool, path: &str, key: &str, value: Value) {
+pub(crate) fn add_to_map(ops: &mut Vec<Value>, exists: bool, path: &str, key: &str, value: Value) {
     let exists = exists || ops.iter().any(|op| op["path"] == path);
     if exists {
         let escaped = key.replace('~', "~0").replace('/', "~1");
@@ -472,7 +495,7 @@ pub(crate) fn test_injection() -> Injection {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{test_injection as injection, *};
 
     /// The patch of `pod`, parsed as the injector parses a review's object.
@@ -502,7 +525,7 @@ mod tests {
     }
 
     /// Applies the `add` operations in order, as the API server does.
-    fn apply(mut doc: Value, ops: &[Value]) -> Value {
+    pub(crate) fn apply(mut doc: Value, ops: &[Value]) -> Value {
         for op in ops {
             assert_eq!(op["op"], "add", "{op}");
             let path = op["path"].as_str().unwrap();

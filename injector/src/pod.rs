@@ -43,11 +43,12 @@ pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-co
 /// The volumes the injector adds: no other container may mount them (the
 /// token above all). A container's mounts of them are what is kept of its
 /// mounts; the patch adds them.
-pub const VOLUMES: [&str; 4] = [
+pub const VOLUMES: [&str; 5] = [
     "coffer-secrets",
     "coffer-token",
     "coffer-ca",
     "coffer-config",
+    crate::env::ENV_VOLUME,
 ];
 /// Kubernetes' limit on the size of all of an object's annotations, keys
 /// and values together (`TotalAnnotationSizeLimitB`, 256 KiB). The API
