@@ -18,15 +18,15 @@ use base64::Engine;
 use coffer_tests::{Process, binary, deploy, eventually, kube::ApiServer};
 use serde_json::{Value, json};
 
-struct Injector {
-    process: Process,
-    url: String,
+pub(super) struct Injector {
+    pub(super) process: Process,
+    pub(super) url: String,
     _dir: tempfile::TempDir,
 }
 
 /// Starts the injector with the overlay's arguments, serving a certificate
 /// of the cluster CA on 127.0.0.1.
-fn start_injector(cluster: &ApiServer) -> Injector {
+pub(super) fn start_injector(cluster: &ApiServer) -> Injector {
     let objects = deploy::objects("overlays/vault");
     let deployment = deploy::find(&objects, "Deployment", "coffer-injector");
     let rendered: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -72,7 +72,7 @@ fn start_injector(cluster: &ApiServer) -> Injector {
 }
 
 /// Registers the overlay's webhook, pointed at `url`.
-fn register_webhook(cluster: &ApiServer, url: &str) {
+pub(super) fn register_webhook(cluster: &ApiServer, url: &str) {
     let objects = deploy::objects("overlays/vault");
     let mut webhook =
         deploy::find(&objects, "MutatingWebhookConfiguration", "coffer-injector").clone();
@@ -111,7 +111,7 @@ fn secret_annotations() -> Value {
 }
 
 /// `kubectl create -f -` of `object`: the stored object, or the error.
-fn create(cluster: &ApiServer, object: &Value) -> Result<Value, String> {
+pub(super) fn create(cluster: &ApiServer, object: &Value) -> Result<Value, String> {
     let output = cluster.kubectl_with_input(
         &["create", "-o", "json", "-f", "-"],
         Some(&object.to_string()),
@@ -123,7 +123,7 @@ fn create(cluster: &ApiServer, object: &Value) -> Result<Value, String> {
     }
 }
 
-fn names(containers: &Value) -> Vec<String> {
+pub(super) fn names(containers: &Value) -> Vec<String> {
     containers
         .as_array()
         .map(|list| {

@@ -1,5 +1,6 @@
-//! Against a real kube-apiserver: RBAC of the overlays, OIDC discovery, TokenReview, the webhook.
+//! Against a real kube-apiserver: RBAC of the overlays, OIDC discovery, TokenReview, the webhook (its coffer-env injection too).
 
+mod env_injection;
 mod injector;
 mod manifests;
 mod oidc_discovery;
