@@ -117,7 +117,10 @@ pub async fn supervise(
     let mut restart: Option<Restart> = None;
     let mut stopping = false;
     loop {
+        // A change waits while a restart is under way (or after SIGTERM):
+        // only then is its time a reason to wake.
         let due = pending
+            .filter(|_| restart.is_none() && !stopping)
             .map(|(first, last)| (last + options.debounce).min(first + options.debounce * 10));
         let kill_at = restart.as_ref().filter(|r| !r.killed).map(|r| r.kill_at);
         let wake = [due, kill_at].into_iter().flatten().min();
@@ -173,7 +176,7 @@ pub async fn supervise(
                     send(child, Signal::SIGKILL);
                     r.killed = true;
                 }
-                if restart.is_none() && !stopping && due.is_some_and(|due| now >= due) {
+                if due.is_some_and(|due| now >= due) {
                     pending = None;
                     let next = versions(&current);
                     match build(&plan, |p| current.get(p).map(Secret::data)) {
