@@ -117,11 +117,7 @@ pub async fn supervise(
     let mut restart: Option<Restart> = None;
     let mut stopping = false;
     loop {
-        // A change waits while a restart is under way (or after SIGTERM):
-        // only then is its time a reason to wake.
-        let due = pending
-            .filter(|_| restart.is_none() && !stopping)
-            .map(|(first, last)| (last + options.debounce).min(first + options.debounce * 10));
+        let due = restart_due(pending, restart.is_some() || stopping, options.debounce);
         let kill_at = restart.as_ref().filter(|r| !r.killed).map(|r| r.kill_at);
         let wake = [due, kill_at].into_iter().flatten().min();
         tokio::select! {
@@ -197,6 +193,20 @@ pub async fn supervise(
             }
         }
     }
+}
+
+/// When the pending change (first, last) restarts the app: after a quiet
+/// `debounce`, at most ten of them after the first change; never while a
+/// restart is under way or the app is stopping (`held`), so a change
+/// waiting behind a restart is no reason to wake.
+fn restart_due(
+    pending: Option<(Instant, Instant)>,
+    held: bool,
+    debounce: Duration,
+) -> Option<Instant> {
+    pending
+        .filter(|_| !held)
+        .map(|(first, last)| (last + debounce).min(first + debounce * 10))
 }
 
 /// Starts the app with exactly `env`; on failure, the status a shell
@@ -301,4 +311,31 @@ fn acknowledge(
             Err(_) => tracing::debug!("acknowledgement timed out"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_waits_for_quiet_but_not_forever_and_never_during_a_restart() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(restart_due(None, false, second), None);
+        assert_eq!(
+            restart_due(Some((t0, t0)), false, second),
+            Some(t0 + second)
+        );
+        let late = t0 + Duration::from_millis(900);
+        assert_eq!(
+            restart_due(Some((t0, late)), false, second),
+            Some(late + second)
+        );
+        let much_later = t0 + Duration::from_secs(30);
+        assert_eq!(
+            restart_due(Some((t0, much_later)), false, second),
+            Some(t0 + second * 10)
+        );
+        assert_eq!(restart_due(Some((t0, t0)), true, second), None);
+    }
 }
