@@ -2,6 +2,7 @@
 
 mod access;
 pub(crate) mod common;
+mod env_pod;
 mod load;
 mod pod_checks;
 mod tls_reload;
