@@ -1,5 +1,7 @@
 //! Scenario 3: the broker cut off from all of Vault (CI: 12 s; full: 30 s),
-//! then healed. The cut is [`FaultProxy::blackhole`]: the broker's
+//! then healed, once through the active-node Service and once with
+//! `addresses:` of every node. The cut is a blackhole in the proxies
+//! between the broker and every node: the broker's
 //! connections to Vault stay open and nothing crosses, as behind a network
 //! partition without RST (`tc netem` does not work on this machine, and a
 //! network namespace would need TLS on every OpenBao node: the proxy makes
@@ -17,49 +19,56 @@
 
 use std::time::{Duration, Instant};
 
-use coffer_tests::{Key, fault::FaultProxy, mint, openbao_cluster::RaftCluster};
+use coffer_tests::{Key, mint, openbao_cluster::RaftCluster};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::{
-    scenario::{broker, held, sized},
+    scenario::{Network, Route, broker, held, sized},
     watchers::Watchers,
 };
 
-const PATH: &str = "shop/db";
 const POLL: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_from_all_of_vault_keeps_watches_and_serves_the_last_good_value() {
     let _turn = coffer_tests::serial::heavy();
+    let cluster = RaftCluster::start();
+    for route in Route::BOTH {
+        partition(&cluster, route).await;
+    }
+}
+
+async fn partition(cluster: &RaftCluster, route: Route) {
     let (pods, connections, outage) = sized(
         (50, 2, Duration::from_secs(12)),
         (1_000, 20, Duration::from_secs(30)),
     );
-    let cluster = RaftCluster::start();
-    let proxy = FaultProxy::follow_active(&cluster);
-    let v1 = cluster.write(PATH, &[("password", "p-1")]);
+    let path = format!("shop/{}", route.name());
+    let path = path.as_str();
+    let network = Network::new(cluster, route);
+    let v1 = cluster.write(path, &[("password", "p-1")]);
     let broker = broker(
-        &cluster,
-        &proxy,
+        cluster,
+        &network,
         "cache: {ttl: 2s, maxStaleness: 5m}\npoll: {interval: 2s, jitter: 0}\n\
          limits: {requestTimeout: 2s, maxRetries: 1}\n",
     );
-    let watchers = Watchers::open(&broker.endpoint, PATH, pods, connections).await;
+    let watchers = Watchers::open(&broker.endpoint, path, pods, connections).await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let value = |s: &coffer::Secret| {
         String::from_utf8_lossy(s.expose_key("password").unwrap()).into_owned()
     };
-    assert_eq!(value(&web.get(PATH).await.unwrap()), "p-1");
+    assert_eq!(value(&web.get(path).await.unwrap()), "p-1");
 
-    proxy.blackhole();
+    network.blackhole();
     let cut = Instant::now();
     // Written while the broker cannot see it.
-    let v2 = tokio::task::block_in_place(|| cluster.write(PATH, &[("password", "p-2")]));
+    let v2 = tokio::task::block_in_place(|| cluster.write(path, &[("password", "p-2")]));
     // Past the cache TTL: a Get asks Vault, waits, and falls back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let asked = Instant::now();
     let stale = web
-        .get(PATH)
+        .get(path)
         .await
         .expect("the last good value, not an error");
     let stale_get = asked.elapsed();
@@ -79,19 +88,20 @@ async fn a_partition_from_all_of_vault_keeps_watches_and_serves_the_last_good_va
         watchers.ended()
     );
 
-    proxy.heal();
+    network.heal();
     let arrived = watchers
         .reach(v2, Duration::from_secs(60))
         .await
         .expect("the version written during the partition reaches every watcher");
-    let fresh = web.get(PATH).await.unwrap();
+    let fresh = web.get(path).await.unwrap();
     assert_eq!((fresh.version(), value(&fresh)), (v2, "p-2".to_string()));
-    let vault = |v: u64| tokio::task::block_in_place(|| held(&cluster, PATH, v));
+    let vault = |v: u64| tokio::task::block_in_place(|| held(cluster, path, v));
     let missed = watchers.check(&[(v2, "p-2".to_string())], &vault);
     println!(
-        "reliability: partition: watchers={pods} outage_s={} stale_get_s={:.2} health_checks={} \
+        "reliability: partition: route={} watchers={pods} outage_s={} stale_get_s={:.2} health_checks={} \
          health_not_serving=0 watches_closed=0 arrival_after_heal_s={:.2} poll_interval_s={} \
          versions_missed={missed}",
+        route.name(),
         outage.as_secs(),
         stale_get.as_secs_f64(),
         health.len(),

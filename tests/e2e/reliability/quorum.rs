@@ -1,8 +1,9 @@
 //! Scenario 4: quorum lost (2 of 3 OpenBao nodes SIGKILLed, the active one
 //! among them) and regained (both restarted on their data and unsealed),
-//! the broker never restarted. It reaches Vault through a proxy that
-//! follows the active node: with no active node, a connection is refused
-//! at once, as a `vault-active` Service without endpoints refuses it.
+//! the broker never restarted; once through a proxy that follows the
+//! active node (with none active, a connection is refused at once, as a
+//! `vault-active` Service without endpoints refuses it), then with
+//! `addresses:` of every node, on the same cluster.
 //!
 //! What must hold: writes meanwhile fail with UNAVAILABLE (their time is
 //! printed); Gets are answered from the cache; no watch closes; once a
@@ -11,38 +12,44 @@
 use std::time::{Duration, Instant};
 
 use coffer::Code;
-use coffer_tests::{Key, fault::FaultProxy, mint, openbao_cluster::RaftCluster};
+use coffer_tests::{Key, mint, openbao_cluster::RaftCluster};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::{
-    scenario::{admin, broker, held, sized, write},
+    scenario::{Network, Route, admin, broker, held, sized, write},
     watchers::Watchers,
 };
-
-const PATH: &str = "shop/db";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quorum_lost_and_regained_without_restarting_the_broker() {
     let _turn = coffer_tests::serial::heavy();
+    let mut cluster = RaftCluster::start();
+    for route in Route::BOTH {
+        quorum(&mut cluster, route).await;
+    }
+}
+
+async fn quorum(cluster: &mut RaftCluster, route: Route) {
     let (pods, connections, outage) = sized(
         (50, 2, Duration::from_secs(8)),
         (1_000, 20, Duration::from_secs(30)),
     );
-    let mut cluster = RaftCluster::start();
-    let proxy = FaultProxy::follow_active(&cluster);
+    let path = format!("shop/{}", route.name());
+    let path = path.as_str();
+    let network = Network::new(cluster, route);
     let broker = broker(
-        &cluster,
-        &proxy,
+        cluster,
+        &network,
         "cache: {ttl: 2s, maxStaleness: 5m}\npoll: {interval: 2s}\n",
     );
     let admin = admin(&broker).await;
-    let v1 = write(&admin, PATH, "q-1").await.result.unwrap();
-    let watchers = Watchers::open(&broker.endpoint, PATH, pods, connections).await;
+    let v1 = write(&admin, path, "q-1").await.result.unwrap();
+    let watchers = Watchers::open(&broker.endpoint, path, pods, connections).await;
     let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
     let value = |s: &coffer::Secret| {
         String::from_utf8_lossy(s.expose_key("password").unwrap()).into_owned()
     };
-    assert_eq!(value(&web.get(PATH).await.unwrap()), "q-1");
+    assert_eq!(value(&web.get(path).await.unwrap()), "q-1");
 
     let leader = cluster.leader();
     let other = (leader + 1) % cluster.len();
@@ -55,14 +62,14 @@ async fn quorum_lost_and_regained_without_restarting_the_broker() {
     let mut n = 0;
     while lost.elapsed() < outage {
         n += 1;
-        let attempt = write(&admin, PATH, &format!("lost-{n}")).await;
+        let attempt = write(&admin, path, &format!("lost-{n}")).await;
         match attempt.result {
             Ok(version) => panic!("a write succeeded without quorum: version {version}"),
             Err(code) => failed.push((code, attempt.took)),
         }
         let asked = Instant::now();
         let got = web
-            .get(PATH)
+            .get(path)
             .await
             .expect("Gets are answered from the cache");
         stale_gets.push(asked.elapsed());
@@ -85,7 +92,7 @@ async fn quorum_lost_and_regained_without_restarting_the_broker() {
     let elected = restarting.elapsed();
     let mut after = 0;
     let v2 = loop {
-        let attempt = write(&admin, PATH, "q-2").await;
+        let attempt = write(&admin, path, "q-2").await;
         match attempt.result {
             Ok(version) => break version,
             Err(code) => {
@@ -104,7 +111,7 @@ async fn quorum_lost_and_regained_without_restarting_the_broker() {
         .reach(v2, Duration::from_secs(30))
         .await
         .expect("every watcher gets the first write after quorum returns");
-    let vault = |v: u64| tokio::task::block_in_place(|| held(&cluster, PATH, v));
+    let vault = |v: u64| tokio::task::block_in_place(|| held(cluster, path, v));
     let missed = watchers.check(&[(v2, "q-2".to_string())], &vault);
     let slowest = failed.iter().map(|f| f.1).max().unwrap_or_default();
     let slowest_get = stale_gets.iter().max().copied().unwrap_or_default();
@@ -113,10 +120,11 @@ async fn quorum_lost_and_regained_without_restarting_the_broker() {
         .filter(|h| **h != ServingStatus::Serving)
         .count();
     println!(
-        "reliability: quorum: watchers={pods} outage_s={} writes_failed={} slowest_failed_write_s={:.2} \
+        "reliability: quorum: route={} watchers={pods} outage_s={} writes_failed={} slowest_failed_write_s={:.2} \
          stale_gets={} slowest_stale_get_s={:.2} health_not_serving={not_serving} \
          restart_to_leader_s={:.2} restart_to_write_s={:.2} writes_failed_after_leader={after} \
          delivery_s={:.2} watches_closed=0 versions_missed={missed}",
+        route.name(),
         outage.as_secs(),
         failed.len(),
         slowest.as_secs_f64(),

@@ -1,11 +1,16 @@
 //! What the fault scenarios share: the CI or full form, the broker on the
-//! cluster the way the docs recommend, and the writer that counts what was
+//! cluster the two ways the docs recommend (and the proxies to cut), and the writer that counts what was
 //! acknowledged.
 
 use std::time::{Duration, Instant};
 
 use coffer::{Client, Code, SecretBytes, SecretData, operator::Put};
-use coffer_tests::{BrokerProcess, Key, fault::FaultProxy, mint, openbao_cluster::RaftCluster};
+use coffer_tests::{
+    BrokerProcess, Key,
+    fault::{FaultProxy, Target},
+    mint,
+    openbao_cluster::RaftCluster,
+};
 
 /// The full form (`COFFER_CHAOS_FULL=1`, run by `scripts/chaos`): more
 /// watchers, longer outages. Otherwise the short CI form.
@@ -18,11 +23,79 @@ pub fn sized<T>(ci: T, full_form: T) -> T {
     if full() { full_form } else { ci }
 }
 
-/// A broker on `cluster` through `proxy` following the active node (what a
-/// `vault-active` Service gives), with `extra` Vault YAML.
-pub fn broker(cluster: &RaftCluster, proxy: &FaultProxy, extra: &str) -> BrokerProcess {
+/// How the broker reaches the cluster: the two ways docs/vault.md
+/// recommends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `address:` of a proxy that follows the active node, as the
+    /// `vault-active` Service of a Helm install does.
+    ActiveService,
+    /// `addresses:` naming every node, each behind a proxy of its own
+    /// (forwarding to that node), so a partition can cut them all.
+    Addresses,
+}
+
+impl Route {
+    /// Both, the Service first.
+    pub const BOTH: [Route; 2] = [Route::ActiveService, Route::Addresses];
+
+    /// The name in a figure line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::ActiveService => "active_service",
+            Route::Addresses => "addresses",
+        }
+    }
+}
+
+/// The network between the broker and the cluster: the proxies of a
+/// [`Route`], to cut and heal together.
+pub struct Network {
+    proxies: Vec<FaultProxy>,
+    route: Route,
+}
+
+impl Network {
+    /// The proxies `route` needs in front of `cluster`.
+    pub fn new(cluster: &RaftCluster, route: Route) -> Self {
+        let proxies = match route {
+            Route::ActiveService => vec![FaultProxy::follow_active(cluster)],
+            Route::Addresses => cluster
+                .sockets()
+                .into_iter()
+                .map(|node| FaultProxy::start(Target::Fixed(node)))
+                .collect(),
+        };
+        Self { proxies, route }
+    }
+
+    /// The Vault YAML line naming where the broker goes.
+    pub fn address_yaml(&self) -> String {
+        match self.route {
+            Route::ActiveService => format!("address: {}\n", self.proxies[0].address()),
+            Route::Addresses => {
+                let all: Vec<String> = self.proxies.iter().map(FaultProxy::address).collect();
+                format!("addresses: [{}]\n", all.join(", "))
+            }
+        }
+    }
+
+    /// A partition without RST between the broker and every node.
+    pub fn blackhole(&self) {
+        self.proxies.iter().for_each(FaultProxy::blackhole);
+    }
+
+    /// Ends [`blackhole`](Self::blackhole).
+    pub fn heal(&self) {
+        self.proxies.iter().for_each(FaultProxy::heal);
+    }
+}
+
+/// A broker on `cluster` through `network`, with `extra` Vault YAML.
+pub fn broker(cluster: &RaftCluster, network: &Network, extra: &str) -> BrokerProcess {
+    let extra = format!("{}{extra}", network.address_yaml());
     BrokerProcess::builder()
-        .args(cluster.vault_args(&proxy.address(), extra))
+        .args(cluster.vault_args("", &extra))
         .start()
 }
 
