@@ -60,11 +60,12 @@ pub(super) fn judge(
 /// the answer is behind the newest version `versions` has seen, for at
 /// most [`SETTLE_FOR`].
 ///
-/// Past that bound: a "not found" is returned as Vault says it (it is not
-/// remembered as missing: see [`known_to_exist`]); a latest value older
-/// than the one seen is taken only then, with a warning, and the store's
-/// books are set back to it: the path was deleted and written anew, so its
-/// versions restarted.
+/// Past that bound: a version seen to exist is answered unavailable, never
+/// "not found" (a watch tries again); a latest "not found" is returned as
+/// Vault says it (not remembered as missing: see [`known_to_exist`]); a
+/// latest value older than the one seen is taken only then, with a warning,
+/// and the store's books are set back to it: the path was deleted and
+/// written anew, so its versions restarted.
 pub(super) async fn read(
     vault: &Backend,
     versions: &Versions,
@@ -85,6 +86,13 @@ pub(super) async fn read(
         }
         let pause = backoff.next_delay();
         if Instant::now() + pause > deadline {
+            // A version seen to exist is never answered "not found": the
+            // caller (a watch) may try again later.
+            if let Some(v) = version {
+                return Err(StoreError::Unavailable(format!(
+                    "Vault has not caught up with version {v} of {path} yet"
+                )));
+            }
             if let (Ok(secret), None) = (&result, version) {
                 tracing::warn!(
                     path,
