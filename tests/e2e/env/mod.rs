@@ -5,4 +5,5 @@
 mod distroless;
 mod exit_status;
 mod failures;
+mod grace_period;
 mod restart;
