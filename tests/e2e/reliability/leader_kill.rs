@@ -17,7 +17,7 @@ use coffer::Code;
 use coffer_tests::openbao_cluster::RaftCluster;
 
 use super::{
-    scenario::{Network, Route, admin, broker, held, sized, write},
+    scenario::{Network, Route, admin, broker, counter, held, sized, write},
     watchers::Watchers,
 };
 
@@ -97,6 +97,9 @@ async fn leader_kill(cluster: &mut RaftCluster, route: Route) -> usize {
 
     // The broker's reads, counted before the test reads each version.
     let reads = cluster.reads(path);
+    // Updates tried again rather than streams ended (see
+    // broker/src/service/watch/state.rs).
+    let retried = counter(&broker, "coffer_watch_update_retries_total");
     // What Vault finally holds.
     let metadata = cluster.metadata(path);
     let current = metadata["current_version"].as_u64().unwrap();
@@ -107,7 +110,7 @@ async fn leader_kill(cluster: &mut RaftCluster, route: Route) -> usize {
         "reliability: leader_kill: route={} watchers={pods} connections={connections} writes_acked={} \
          writes_failed={} election_s={:.2} writes_recovered_s={:.2} slowest_failed_write_s={:.2} \
          versions_missed={missed} vault_versions_unacknowledged={} \
-         vault_data_reads={reads} vault_reads_per_version={:.2} delivered_to_all={}",
+         vault_data_reads={reads} vault_reads_per_version={:.2} delivered_to_all={} watch_update_retries={retried}",
         route.name(),
         acked.len(),
         failed.len(),

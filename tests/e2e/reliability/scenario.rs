@@ -96,7 +96,19 @@ pub fn broker(cluster: &RaftCluster, network: &Network, extra: &str) -> BrokerPr
     let extra = format!("{}{extra}", network.address_yaml());
     BrokerProcess::builder()
         .args(cluster.vault_args("", &extra))
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .start()
+}
+
+/// A counter of the broker's `/metrics` page (0 while it has no sample).
+pub fn counter(broker: &BrokerProcess, series: &str) -> f64 {
+    broker
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The operator's client.
