@@ -63,6 +63,8 @@ pub struct Config {
     pub allow_non_tmpfs: bool,
     /// The secrets to write.
     pub secrets: Vec<SecretSpec>,
+    /// Local proxies that hold a credential for the app (docs/proxy.md).
+    pub proxies: Vec<crate::proxy::ProxySpec>,
 }
 
 /// One secret → one file.
@@ -164,8 +166,8 @@ impl Config {
     /// Checks the file as a whole and turns it into the types the sidecar
     /// runs on.
     fn validate(file: ConfigFile) -> Result<Self, ConfigError> {
-        if file.secrets.is_empty() {
-            return Err(ConfigError::Invalid("no secrets configured".into()));
+        if file.secrets.is_empty() && file.proxies.is_empty() {
+            return Err(ConfigError::Invalid("no secrets or proxies configured".into()));
         }
         let mut names = std::collections::HashSet::new();
         for spec in &file.secrets {
@@ -181,6 +183,15 @@ impl Config {
             .into_iter()
             .map(SecretSpec::validate)
             .collect::<Result<Vec<_>, _>>()?;
+        let proxies = file
+            .proxies
+            .into_iter()
+            .map(|p| p.validate())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listens = std::collections::HashSet::new();
+        if let Some(p) = proxies.iter().find(|p| !listens.insert(p.listen)) {
+            return Err(ConfigError::Invalid(format!("proxy listen {} is used twice", p.listen)));
+        }
         let action = file
             .action
             .map(|action| action.validate())
@@ -215,6 +226,7 @@ impl Config {
             action,
             allow_non_tmpfs: file.allow_non_tmpfs,
             secrets,
+            proxies,
         })
     }
 
@@ -226,6 +238,7 @@ impl Config {
             .secrets
             .iter()
             .map(|s| s.base_path().to_string())
+            .chain(self.proxies.iter().map(|p| p.path.clone()))
             .collect();
         paths.sort();
         paths.dedup();

@@ -77,6 +77,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     let admin_listen = config.admin_listen.clone();
     let quit_listen = config.quit_listen.clone();
     let exit_file = config.exit_when_file_exists.clone();
+    let proxies = config.proxies.clone();
     let mut sidecar = Sidecar::new(config).await?;
     if cli.once {
         sidecar
@@ -86,6 +87,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     sidecar.start_actions(Duration::from_secs(1));
+    coffer_sidecar::proxy::spawn_all(&proxies, sidecar.credentials())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start a proxy: {e}"))?;
     let quit = Arc::new(Notify::new());
     // The probe port never quits; the quit port is loopback-only (the
     // configuration admits nothing else there).

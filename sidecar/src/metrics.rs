@@ -5,7 +5,8 @@
 //! network may scrape it, so no metric names a secret: there are no labels
 //! at all, only counts and a timestamp. Which version of which secret a pod
 //! holds is the broker's to tell, to operators allowed to ask
-//! (`cofferctl status PATH`).
+//! (`cofferctl status PATH`). The proxies' metrics carry one label, the
+//! proxy's configured name, which is not a secret path.
 
 use std::{
     collections::HashSet,
@@ -15,7 +16,7 @@ use std::{
 
 use parking_lot::Mutex;
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -30,6 +31,10 @@ struct Metrics {
     last_update: Gauge<f64, std::sync::atomic::AtomicU64>,
     reconnects: Counter,
     admin_connections_shed: Counter,
+    proxy_open: Family<ProxyLabel, Gauge>,
+    proxy_connections: Family<ProxyLabel, Counter>,
+    proxy_auth_failures: Family<ProxyLabel, Counter>,
+    proxy_bytes: Family<ProxyDirection, Counter>,
     registry: Mutex<Registry>,
 }
 
@@ -43,6 +48,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         last_update: Gauge::default(),
         reconnects: Counter::default(),
         admin_connections_shed: Counter::default(),
+        proxy_open: Family::default(),
+        proxy_connections: Family::default(),
+        proxy_auth_failures: Family::default(),
+        proxy_bytes: Family::default(),
         registry: Mutex::new(Registry::default()),
     };
     let mut registry = Registry::with_prefix("coffer_sidecar");
@@ -80,6 +89,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "admin_connections_shed",
         "Connections to the probe or quit endpoint closed to make room for a new one",
         metrics.admin_connections_shed.clone(),
+    );
+    registry.register(
+        "proxy_connections_open",
+        "Connections from the app open now, by proxy",
+        metrics.proxy_open.clone(),
+    );
+    registry.register(
+        "proxy_connections",
+        "Connections from the app accepted, by proxy",
+        metrics.proxy_connections.clone(),
+    );
+    registry.register(
+        "proxy_upstream_auth_failures",
+        "Upstream logins refused (postgres) or answered 401 (http), by proxy",
+        metrics.proxy_auth_failures.clone(),
+    );
+    registry.register(
+        "proxy_bytes",
+        "Bytes relayed by closed postgres sessions, by proxy and direction",
+        metrics.proxy_bytes.clone(),
     );
     *metrics.registry.lock() = registry;
     metrics
@@ -119,6 +148,48 @@ pub fn reconnect() {
 /// Counts a connection to an admin endpoint closed to make room.
 pub fn admin_connection_shed() {
     METRICS.admin_connections_shed.inc();
+}
+
+type ProxyLabel = Vec<(&'static str, String)>;
+type ProxyDirection = Vec<(&'static str, String)>;
+
+fn proxy_label(proxy: &str) -> ProxyLabel {
+    vec![("proxy", proxy.to_string())]
+}
+
+/// An open proxy connection, counted while it lives.
+pub struct ProxyConnection(ProxyLabel);
+
+impl ProxyConnection {
+    /// Counts a connection accepted by `proxy`.
+    pub fn open(proxy: &str) -> Self {
+        let label = proxy_label(proxy);
+        METRICS.proxy_connections.get_or_create(&label).inc();
+        METRICS.proxy_open.get_or_create(&label).inc();
+        Self(label)
+    }
+}
+
+impl Drop for ProxyConnection {
+    fn drop(&mut self) {
+        METRICS.proxy_open.get_or_create(&self.0).dec();
+    }
+}
+
+/// Counts an upstream login refused.
+pub fn proxy_auth_failure(proxy: &str) {
+    METRICS
+        .proxy_auth_failures
+        .get_or_create(&proxy_label(proxy))
+        .inc();
+}
+
+/// Adds a closed session's bytes.
+pub fn proxy_bytes(proxy: &str, to_upstream: u64, to_app: u64) {
+    for (direction, n) in [("to_upstream", to_upstream), ("to_app", to_app)] {
+        let label = vec![("proxy", proxy.to_string()), ("direction", direction.to_string())];
+        METRICS.proxy_bytes.get_or_create(&label).inc_by(n);
+    }
 }
 
 /// The metrics in the Prometheus text format.

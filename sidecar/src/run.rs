@@ -78,6 +78,7 @@ pub struct Sidecar {
     current: BTreeMap<String, Secret>,
     ready: watch::Sender<bool>,
     actions: Option<Actions>,
+    credentials: crate::proxy::Credentials,
 }
 
 impl Sidecar {
@@ -108,13 +109,19 @@ impl Sidecar {
             tracing::info!(audience, token_file = %config.token_file.display(), "using the projected token");
         }
         Ok(Self {
-            config,
             client,
             out,
             current: BTreeMap::new(),
             ready: watch::Sender::new(false),
             actions: None,
+            credentials: crate::proxy::Credentials::new(&config.proxies),
+            config,
         })
+    }
+
+    /// The proxies' credentials, fed by every update (docs/proxy.md).
+    pub fn credentials(&self) -> &crate::proxy::Credentials {
+        &self.credentials
     }
 
     /// Becomes `true` once every secret has been written.
@@ -261,6 +268,8 @@ impl Sidecar {
         }
         if result.is_ok() {
             self.current = next;
+            // Held in memory only: a new version serves new upstream connections.
+            self.credentials.publish(self.current.values());
             if !*self.ready.borrow()
                 && self
                     .config

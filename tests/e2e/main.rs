@@ -16,6 +16,7 @@ mod injector;
 mod kube;
 mod limits;
 mod policy;
+mod proxy;
 mod reliability;
 mod rotation;
 mod sdk;

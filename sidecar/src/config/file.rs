@@ -36,7 +36,10 @@ pub(super) struct ConfigFile {
     pub(super) action: Option<ActionSpec>,
     #[serde(default)]
     pub(super) allow_non_tmpfs: bool,
+    #[serde(default)]
     pub(super) secrets: Vec<SecretFile>,
+    #[serde(default)]
+    pub(super) proxies: Vec<crate::proxy::config::ProxyFile>,
 }
 
 /// One entry of `secrets` (field meanings: [`SecretSpec`](super::SecretSpec)).
