@@ -167,7 +167,9 @@ impl Config {
     /// runs on.
     fn validate(file: ConfigFile) -> Result<Self, ConfigError> {
         if file.secrets.is_empty() && file.proxies.is_empty() {
-            return Err(ConfigError::Invalid("no secrets or proxies configured".into()));
+            return Err(ConfigError::Invalid(
+                "no secrets or proxies configured".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for spec in &file.secrets {
@@ -190,7 +192,10 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         let mut listens = std::collections::HashSet::new();
         if let Some(p) = proxies.iter().find(|p| !listens.insert(p.listen)) {
-            return Err(ConfigError::Invalid(format!("proxy listen {} is used twice", p.listen)));
+            return Err(ConfigError::Invalid(format!(
+                "proxy listen {} is used twice",
+                p.listen
+            )));
         }
         let action = file
             .action

@@ -187,7 +187,10 @@ pub fn proxy_auth_failure(proxy: &str) {
 /// Adds a closed session's bytes.
 pub fn proxy_bytes(proxy: &str, to_upstream: u64, to_app: u64) {
     for (direction, n) in [("to_upstream", to_upstream), ("to_app", to_app)] {
-        let label = vec![("proxy", proxy.to_string()), ("direction", direction.to_string())];
+        let label = vec![
+            ("proxy", proxy.to_string()),
+            ("direction", direction.to_string()),
+        ];
         METRICS.proxy_bytes.get_or_create(&label).inc_by(n);
     }
 }

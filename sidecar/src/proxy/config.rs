@@ -157,7 +157,10 @@ impl ProxyFile {
                     return Err(bad("`auth` is for http proxies".into()));
                 }
                 if !self.upstream.contains(':') || self.upstream.contains('/') {
-                    return Err(bad(format!("upstream {:?} is not host:port", self.upstream)));
+                    return Err(bad(format!(
+                        "upstream {:?} is not host:port",
+                        self.upstream
+                    )));
                 }
             }
             Protocol::Http => {
@@ -198,10 +201,9 @@ mod tests {
 
     #[test]
     fn a_postgres_proxy_is_read_with_its_defaults() {
-        let spec = parse(
-            "protocol: postgres\nlisten: 127.0.0.1:6432\nupstream: db:5432\npath: shop/pg\n",
-        )
-        .unwrap();
+        let spec =
+            parse("protocol: postgres\nlisten: 127.0.0.1:6432\nupstream: db:5432\npath: shop/pg\n")
+                .unwrap();
         assert_eq!(spec.name, "127.0.0.1:6432");
         assert_eq!(spec.username_key, "username");
         assert!(spec.tls.is_none());
@@ -209,14 +211,16 @@ mod tests {
 
     #[test]
     fn a_listener_off_loopback_is_refused() {
-        let error = parse("protocol: postgres\nlisten: 0.0.0.0:6432\nupstream: db:5432\npath: a/b\n")
-            .unwrap_err();
+        let error =
+            parse("protocol: postgres\nlisten: 0.0.0.0:6432\nupstream: db:5432\npath: a/b\n")
+                .unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
     }
 
     #[test]
     fn an_http_proxy_needs_https_and_auth() {
-        let no_auth = parse("protocol: http\nlisten: 127.0.0.1:1\nupstream: https://x\npath: a/b\n");
+        let no_auth =
+            parse("protocol: http\nlisten: 127.0.0.1:1\nupstream: https://x\npath: a/b\n");
         assert!(no_auth.unwrap_err().to_string().contains("auth"));
         let plain = parse(
             "protocol: http\nlisten: 127.0.0.1:1\nupstream: http://x\npath: a/b\nauth: {type: bearer}\n",

@@ -67,9 +67,9 @@ impl HttpProxy {
             .with_tls_config((*config).clone())
             .https_only();
         let builder = match &settings.server_name {
-            Some(_) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                tls::server_name(&settings, "")?,
-            )),
+            Some(_) => builder.with_server_name_resolver(
+                hyper_rustls::FixedServerNameResolver::new(tls::server_name(&settings, "")?),
+            ),
             None => builder,
         };
         let connector = builder.enable_http1().build();
@@ -123,12 +123,18 @@ impl HttpProxy {
             );
         };
         let Some(auth) = &self.spec.auth else {
-            return self.refuse(StatusCode::INTERNAL_SERVER_ERROR, "coffer: no auth\n".into());
+            return self.refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "coffer: no auth\n".into(),
+            );
         };
         let Some((name, value)) = header_for(auth, &credential) else {
             return self.refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("coffer: the credential at {} lacks a key the header needs\n", self.spec.path),
+                format!(
+                    "coffer: the credential at {} lacks a key the header needs\n",
+                    self.spec.path
+                ),
             );
         };
         drop(credential);
@@ -160,14 +166,19 @@ impl HttpProxy {
                 tracing::warn!(proxy = %self.spec.name, %error, "upstream request failed");
                 self.refuse(
                     StatusCode::BAD_GATEWAY,
-                    format!("coffer: cannot reach the upstream of proxy {}\n", self.spec.name),
+                    format!(
+                        "coffer: cannot reach the upstream of proxy {}\n",
+                        self.spec.name
+                    ),
                 )
             }
         }
     }
 
     fn refuse(&self, status: StatusCode, text: String) -> Response<ProxyBody> {
-        let body = Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed();
+        let body = Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed();
         let mut response = Response::new(body);
         *response.status_mut() = status;
         response
@@ -183,7 +194,11 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_ascii_lowercase())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(name);
     }
 }

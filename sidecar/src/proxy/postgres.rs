@@ -72,7 +72,10 @@ impl Failure {
             ),
             Self::BadCredential(key) => (
                 "08004",
-                format!("coffer: the credential at {} has no usable {key:?}", spec.path),
+                format!(
+                    "coffer: the credential at {} has no usable {key:?}",
+                    spec.path
+                ),
             ),
             Self::Upstream(_) | Self::Io(_) => (
                 "08006",
@@ -192,8 +195,18 @@ impl PostgresProxy {
             .spec
             .database
             .clone()
-            .or_else(|| params.iter().find(|(k, _)| k == "database").map(|p| p.1.clone()))
-            .or_else(|| params.iter().find(|(k, _)| k == "user").map(|p| p.1.clone()))
+            .or_else(|| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == "database")
+                    .map(|p| p.1.clone())
+            })
+            .or_else(|| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == "user")
+                    .map(|p| p.1.clone())
+            })
             .unwrap_or_else(|| "postgres".into());
         let mut buf = BytesMut::new();
         let passed = params
@@ -213,7 +226,13 @@ impl PostgresProxy {
         let _session = key.map(|key| SessionKey::new(&self.sessions, key));
         let (to_upstream, to_app) = tokio::io::copy_bidirectional(app, &mut upstream)
             .await
-            .or_else(|e| if is_disconnect(&e) { Ok((0, 0)) } else { Err(e) })?;
+            .or_else(|e| {
+                if is_disconnect(&e) {
+                    Ok((0, 0))
+                } else {
+                    Err(e)
+                }
+            })?;
         metrics::proxy_bytes(&self.spec.name, to_upstream, to_app);
         Ok(())
     }
@@ -345,13 +364,14 @@ async fn authenticate(upstream: &mut dyn Io, user: &str, password: &str) -> Resu
             return Err(Failure::AuthRejected(sqlstate(&frame[5..])));
         }
         let mut bytes = BytesMut::from(&frame[..]);
-        let message = Message::parse(&mut bytes)?
-            .ok_or_else(|| Failure::Protocol("short message".into()))?;
+        let message =
+            Message::parse(&mut bytes)?.ok_or_else(|| Failure::Protocol("short message".into()))?;
         let mut reply = BytesMut::new();
         match message {
             Message::AuthenticationOk => return Ok(()),
             Message::AuthenticationMd5Password(body) => {
-                let hash = Zeroizing::new(md5_hash(user.as_bytes(), password.as_bytes(), body.salt()));
+                let hash =
+                    Zeroizing::new(md5_hash(user.as_bytes(), password.as_bytes(), body.salt()));
                 frontend::password_message(hash.as_bytes(), &mut reply)?;
             }
             Message::AuthenticationSasl(body) => {
@@ -361,7 +381,9 @@ async fn authenticate(upstream: &mut dyn Io, user: &str, password: &str) -> Resu
                     scram_offered |= mechanism == sasl::SCRAM_SHA_256;
                 }
                 if !scram_offered {
-                    return Err(Failure::Unsupported("a SASL mechanism other than SCRAM-SHA-256"));
+                    return Err(Failure::Unsupported(
+                        "a SASL mechanism other than SCRAM-SHA-256",
+                    ));
                 }
                 // Channel binding would tie SCRAM to the TLS session; the
                 // server accepts SCRAM without it unless told to require it.
@@ -401,7 +423,12 @@ async fn authenticate(upstream: &mut dyn Io, user: &str, password: &str) -> Resu
                 return Err(Failure::Unsupported("GSS, SSPI or Kerberos"));
             }
             Message::NoticeResponse(_) => {}
-            _ => return Err(Failure::Protocol(format!("unexpected message {:?}", tag as char))),
+            _ => {
+                return Err(Failure::Protocol(format!(
+                    "unexpected message {:?}",
+                    tag as char
+                )));
+            }
         }
         if !reply.is_empty() {
             upstream.write_all(&reply).await?;
@@ -451,7 +478,8 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, Failure> {
             .next()
             .ok_or_else(|| Failure::Protocol("a parameter without a value".into()))?;
         let text = |b: &[u8]| {
-            String::from_utf8(b.to_vec()).map_err(|_| Failure::Protocol("parameter not UTF-8".into()))
+            String::from_utf8(b.to_vec())
+                .map_err(|_| Failure::Protocol("parameter not UTF-8".into()))
         };
         params.push((text(name)?, text(value)?));
     }
@@ -461,7 +489,12 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, Failure> {
 /// A FATAL ErrorResponse.
 fn error_response(code: &str, message: &str) -> Vec<u8> {
     let mut body = BytesMut::new();
-    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
         body.put_u8(field);
         body.put_slice(value.as_bytes());
         body.put_u8(0);

@@ -80,7 +80,9 @@ fn pg_command(program: &str) -> Command {
         command.env_remove(var);
     }
     // A passfile lookup would find nothing anyway; make sure of it.
-    command.env("PGPASSFILE", "/dev/null").env("PGCONNECT_TIMEOUT", "10");
+    command
+        .env("PGPASSFILE", "/dev/null")
+        .env("PGCONNECT_TIMEOUT", "10");
     command.stdin(Stdio::null());
     command
 }

@@ -34,7 +34,11 @@ fn pgbench(port: u16, user: &str, password: Option<&str>, secs: u64) -> std::pro
 /// (tps, failed transactions) from pgbench's report.
 fn report(out: &Output) -> (f64, u64) {
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tps = text
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))
@@ -59,12 +63,23 @@ fn pgbench_through_the_proxy_survives_three_rotations_and_new_connections_use_th
     let s = setup("3s", "6s", "300s");
     let root = |sql: &str| s.pg.psql("postgres", ROOT_PASSWORD, sql).unwrap();
     let init = pg_command("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &s.pg.port.to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.pg.port.to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-i", "-s", "1", "-q", "postgres"])
         .env("PGPASSWORD", ROOT_PASSWORD)
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     root("GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC");
 
     // Direct, as the reference of the same run.
@@ -77,24 +92,34 @@ fn pgbench_through_the_proxy_survives_three_rotations_and_new_connections_use_th
     let (sidecar, port) = start_proxy(&broker, &s.pg, "shop/pg");
     let bench = pgbench(port, "app", None, secs);
     let mut users = BTreeSet::new();
+    let mut in_activity = String::new();
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(secs) {
+        if in_activity.is_empty() && started.elapsed() > Duration::from_secs(secs / 2) {
+            // Mid-run, after rotations: the open pgbench sessions.
+            in_activity = root(
+                "select count(*) || ' as ' || coalesce(string_agg(distinct usename, ','), 'a dropped role') from pg_stat_activity where application_name = 'pgbench'",
+            )
+            .trim()
+            .to_string();
+        }
         // A new connection logs in as whoever the current credential names.
         if let Ok(user) = psql_via(port, "select current_user") {
             users.insert(user);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let in_activity = root(
-        "select string_agg(distinct usename, ',') from pg_stat_activity where application_name = 'pgbench'",
-    );
     let proxied = bench.wait_with_output().unwrap();
     let (proxy_tps, failed) = report(&proxied);
-    let rotations = sidecar.process.output().matches("proxy credential updated").count();
+    let rotations = sidecar
+        .process
+        .output()
+        .matches("proxy credential updated")
+        .count();
     println!(
         "pgbench -c 8 -T {secs}: through the proxy {proxy_tps:.0} tps, direct {direct_tps:.0} tps (ratio {:.2}); {rotations} credentials; users seen by new connections: {users:?}; pgbench sessions as: {}",
         proxy_tps / direct_tps,
-        in_activity.trim()
+        in_activity
     );
     assert_eq!(failed, 0, "failed transactions through the proxy");
     assert!(
@@ -103,6 +128,12 @@ fn pgbench_through_the_proxy_survives_three_rotations_and_new_connections_use_th
         sidecar.process.output()
     );
     assert!(users.iter().all(|u| u.starts_with("v-")), "{users:?}");
-    // The open pgbench sessions kept their (first) user across rotations.
-    assert_eq!(in_activity.trim().split(',').count(), 1, "{in_activity}");
+    // The open pgbench sessions stayed open across rotations, as their
+    // first user; OpenBao drops that role when its lease expires
+    // (pg_stat_activity then shows no name), which ends no session.
+    assert!(
+        in_activity == "8 as a dropped role"
+            || (in_activity.starts_with("8 as v-") && !in_activity.contains(',')),
+        "pgbench sessions mid-run: {in_activity:?}"
+    );
 }

@@ -28,9 +28,8 @@ fn psql_without_a_password_logs_in_as_the_secrets_user_and_the_password_is_nowhe
     let user = psql_via(port, "select current_user").unwrap();
     assert_eq!(user, "app_static");
     // The server used SCRAM (the cluster's host auth), not trust.
-    let method = s
-        .pg
-        .psql(
+    let method =
+        s.pg.psql(
             "postgres",
             ROOT_PASSWORD,
             "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'app_static'",
