@@ -58,7 +58,8 @@ impl HttpProxy {
     pub fn new(spec: Arc<ProxySpec>, credential: CredentialRx) -> std::io::Result<Self> {
         let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
         let settings = spec.tls.clone().unwrap_or_default();
-        let config = tls::client_config(&settings, &[b"http/1.1"])?;
+        // hyper-rustls sets ALPN itself (and panics if it is set).
+        let config = tls::client_config(&settings, &[])?;
         let upstream: Uri = spec
             .upstream
             .parse()

@@ -2,6 +2,7 @@
 //! and `pgbench` reach a real PostgreSQL (SCRAM-SHA-256) through it with no
 //! password in their environment, on credentials from real OpenBao.
 
+mod http_bearer;
 mod postgres_rotation;
 mod postgres_static;
 
