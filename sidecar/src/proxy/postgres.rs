@@ -529,7 +529,7 @@ mod tests {
                 ("database".to_string(), "shop".to_string())
             ]
         );
-        assert!(parse_params(b"user\0").is_err());
+        assert!(parse_params(b"user").is_err());
     }
 
     #[test]
