@@ -469,8 +469,7 @@ fn sqlstate(body: &[u8]) -> String {
 fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, Failure> {
     let mut fields = body.split(|b| *b == 0);
     let mut params = Vec::new();
-    loop {
-        let Some(name) = fields.next() else { break };
+    while let Some(name) = fields.next() {
         if name.is_empty() {
             break;
         }
