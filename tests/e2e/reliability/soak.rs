@@ -1,8 +1,9 @@
 //! Scenario 8, the soak: W watchers, each a distinct pod identity, over
 //! W/100 connections, watching their deployment's secret and the shared
 //! one, beside a steady Get load and one rotation of the shared secret per
-//! second. Every watcher must end on the last version having seen every
-//! acknowledged one exactly once, in order; no read may fail or be older
+//! second. Every watcher must end on the last version, nothing repeated or
+//! older than what it had (a stream that cannot keep up is sent the newest
+//! version: the versions it skipped are printed as `missed`); no read may fail or be older
 //! than an acknowledged write; the broker logs no WARN or ERROR. Its RSS
 //! and open descriptors are sampled and their slope after warm-up printed
 //! (never asserted: figures, not thresholds).
@@ -111,9 +112,10 @@ async fn soak_every_watcher_ends_on_the_last_version_and_the_broker_logs_no_warn
         .await;
     let failures = watches.failures();
     let reconnects = watches.reconnects();
+    // Sampled while every stream is still open.
+    let samples = sampler.stop().await;
     let logs = watches.close().await;
     let verdict = ledger.verify(&logs);
-    let samples = sampler.stop().await;
 
     let rss_slope = load::slope_per_minute(&samples, warm_up, |s| s.rss_kib as f64);
     let fd_slope = load::slope_per_minute(&samples, warm_up, |s| s.fds as f64);
@@ -168,13 +170,34 @@ async fn soak_every_watcher_ends_on_the_last_version_and_the_broker_logs_no_warn
             ("log_warn_error", noisy.len().to_string()),
         ],
     );
+    for (message, count) in load::by_message(&noisy).iter().take(5) {
+        println!("reliability: soak: broker logged {count}x: {message}");
+    }
 
-    assert!(verdict.is_exact(), "{verdict}");
+    // A stream that cannot keep up is sent the newest version, not each
+    // one (latest-value semantics): `missed` counts the versions superseded
+    // that way, printed, not asserted; nothing may repeat or go backwards,
+    // and everyone ends on the last version.
+    assert_eq!(
+        (
+            verdict.without_snapshot,
+            verdict.duplicates,
+            verdict.backwards,
+            verdict.behind
+        ),
+        (0, 0, 0, 0),
+        "{verdict}"
+    );
     assert_eq!(verdict.receivers, 2 * fleet.pods.len());
     assert!(written.acked >= form.run.as_secs() / 2, "{written:?}");
     assert!(failures.is_empty(), "watch failures {failures:?}");
     assert_eq!(read.failures(), 0, "{:?}", read.failed);
     assert_eq!(read.stale, 0, "a read older than an acknowledged write");
     assert!(read.ok > 0);
-    assert!(noisy.is_empty(), "the broker logged:\n{}", noisy.join("\n"));
+    assert!(
+        noisy.is_empty(),
+        "the broker logged {} WARN/ERROR lines: {:?}",
+        noisy.len(),
+        load::by_message(&noisy)
+    );
 }

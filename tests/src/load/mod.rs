@@ -189,6 +189,23 @@ pub fn warnings_and_errors(output: &str) -> Vec<String> {
         .collect()
 }
 
+/// `lines` (log lines) grouped by message, without their timestamps,
+/// most frequent first, with their counts.
+pub fn by_message(lines: &[String]) -> Vec<(String, usize)> {
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in lines {
+        // `2026-01-01T00:00:00.000000Z  WARN target: message fields`
+        let message = line
+            .split_once(' ')
+            .map_or(line.as_str(), |(_, rest)| rest.trim_start());
+        let message: String = message.chars().take(300).collect();
+        *counts.entry(message).or_default() += 1;
+    }
+    let mut sorted: Vec<(String, usize)> = counts.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sorted
+}
+
 /// A pod-name suffix of 5 characters from the API server's alphabet
 /// (consonants and digits, no vowels), distinct for each `n`.
 fn suffix(mut n: usize) -> String {
