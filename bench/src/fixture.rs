@@ -17,3 +17,17 @@ rules:
 "#;
 /// The name of the server runtime's threads, whose CPU time is the server's.
 pub(crate) const SERVER_THREAD: &str = "bench-server";
+pub(crate) const EC_PEM: &[u8] = include_bytes!("../../tests/fixtures/ec-a.pem");
+/// The policy of the shipped broker: the bench workload reads, the bench
+/// operator writes (the bench seeds and rotates the secret over gRPC).
+pub(crate) const SHIPPED_POLICY: &str = r#"
+rules:
+  - name: bench-app-reads
+    subjects: [{namespace: bench, serviceAccount: app}]
+    paths: ["bench/*"]
+    capabilities: [read, watch]
+  - name: bench-operator-writes
+    subjects: [{namespace: bench, serviceAccount: operator}]
+    paths: ["bench/*"]
+    capabilities: [write]
+"#;

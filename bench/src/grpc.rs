@@ -7,16 +7,31 @@ use coffer_proto::v1::{self, secret_broker_client::SecretBrokerClient};
 use tonic::{
     Request, Status,
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 use crate::fixture::PATH;
 
 pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+    connect_to(url, None).await
+}
+
+/// A connection to `url`, trusting `ca_pem` for an `https://` one.
+pub(crate) async fn connect_to(url: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?.tcp_nodelay(true);
+    if let Some(ca) = ca_pem {
+        endpoint = endpoint.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+/// A connection to `target`.
+pub(crate) async fn connect_target(target: &dyn crate::target::Target) -> anyhow::Result<Channel> {
+    connect_to(target.url(), target.ca_pem()).await
 }
 
 pub(crate) fn authed<T>(message: T, token: &str) -> Request<T> {

@@ -31,16 +31,28 @@ use anyhow::Context;
 use clap::Parser;
 
 mod bare;
+mod bare_process;
 mod child;
 mod fixture;
 mod grpc;
 mod load;
 mod procfs;
 mod serve;
+mod shipped;
 mod stats;
 mod table;
+mod target;
+mod tokens;
 
-use crate::{child::ServerProcess, serve::ServerOptions, table::Row};
+use std::path::PathBuf;
+
+use crate::{
+    child::{ServerProcess, Side},
+    load::shipped::{CONFIGS, Plan},
+    serve::ServerOptions,
+    table::Row,
+    target::InProcess,
+};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -51,11 +63,24 @@ struct Args {
     /// How long each Get measurement runs.
     #[arg(long, default_value = "3s", value_parser = humantime_parse)]
     duration: Duration,
-    /// Get loads as CONNECTIONSxIN_FLIGHT (in flight per connection);
-    /// `none` runs no Get load.
+    /// Get loads as CONNECTIONSxIN_FLIGHT (in flight per connection) on
+    /// each shipped configuration; `none` runs no Get load.
     #[arg(long, value_delimiter = ',', default_value = "1x16,4x64")]
     get: Vec<String>,
-    /// Fresh RS256 tokens for the cold mode (each used once); 0 skips it.
+    /// The shipped broker's configurations, each against a bare server of
+    /// its own: `rs256` (plaintext, RS256 token), `es256`, `tls` (both
+    /// servers), `audit` (the broker's audit trail on); `none` for none.
+    #[arg(long, value_delimiter = ',', default_value = "rs256,es256,tls,audit")]
+    shipped: Vec<String>,
+    /// The `coffer-broker` binary to start (default: beside this one).
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+    /// Get loads on the in-process pair (`--serve`: the broker built in
+    /// the bench's server process, ES256 token); `none` for none.
+    #[arg(long, value_delimiter = ',', default_value = "1x16,4x64")]
+    in_process_get: Vec<String>,
+    /// Fresh RS256 tokens for the cold mode (each used once, on the
+    /// shipped `rs256` broker); 0 skips it.
     #[arg(long, default_value_t = 10000)]
     cold_tokens: usize,
     /// Watch runs as WATCHERSxCONNECTIONS; `none` runs no watch.
@@ -76,6 +101,11 @@ struct Args {
     /// own).
     #[arg(long, hide = true)]
     serve: bool,
+    /// Internal: run the bare server alone (beside a shipped broker).
+    #[arg(long, hide = true)]
+    serve_bare: bool,
+    #[command(flatten)]
+    bare: bare_process::BareArgs,
     /// Worker threads of the server runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -111,9 +141,13 @@ fn main() -> anyhow::Result<()> {
     if args.serve {
         return serve::serve(&options);
     }
+    if args.serve_bare {
+        return bare_process::serve_bare(&args.bare);
+    }
     if args.quick {
         args.duration = Duration::from_millis(300);
         args.get = vec!["1x4".into()];
+        args.in_process_get = vec!["1x4".into()];
         args.cold_tokens = 40;
         args.watch = vec!["50x5".into()];
         args.rounds = 2;
@@ -125,30 +159,94 @@ fn main() -> anyhow::Result<()> {
         .thread_name("bench-client")
         .enable_all()
         .build()?;
-    let server = ServerProcess::spawn(&options)?;
     let mut rows = Vec::new();
-    client_rt.block_on(run_all(&args, &options, &server, &mut rows))?;
-    table::print_table(&rows, server.reply_bytes);
-    Ok(())
+    let result = client_rt.block_on(run_all(&args, &options, &mut rows));
+    // What was measured before a failure is still worth printing.
+    table::print_table(&rows);
+    result
+}
+
+/// The specs of a list flag, `none` dropped.
+fn specs(list: &[String]) -> anyhow::Result<Vec<(usize, usize)>> {
+    list.iter().filter(|s| *s != "none").map(|s| pair(s)).collect()
+}
+
+/// The broker binary: `--broker-bin`, else `coffer-broker` beside this
+/// binary (cargo builds both into the same directory).
+fn broker_bin(args: &Args) -> anyhow::Result<PathBuf> {
+    let path = match &args.broker_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("coffer-broker"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: build it (cargo build --release -p coffer-broker) or give --broker-bin",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Every mode in order: the Get loads, then the cold tokens, then the
 /// watch runs, each adding its row.
-async fn run_all(
-    args: &Args,
-    options: &ServerOptions,
-    server: &ServerProcess,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<()> {
-    for spec in args.get.iter().filter(|s| *s != "none") {
-        let (conns, in_flight) = pair(spec)?;
-        rows.push(load::get::compare(server, conns, in_flight, args.duration).await?);
+async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let configs = args
+        .shipped
+        .iter()
+        .filter(|s| *s != "none")
+        .map(|name| {
+            CONFIGS
+                .iter()
+                .find(|c| c.name == name)
+                .copied()
+                .with_context(|| format!("--shipped {name:?}: not one of rs256, es256, tls, audit"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let gets = specs(&args.get)?;
+    if !configs.is_empty() {
+        let binary = broker_bin(args)?;
+        let minter = tokens::Minter::new()?;
+        let plan = Plan {
+            binary: &binary,
+            log_level: &args.log_level,
+            gets: &gets,
+            run_for: args.duration,
+            cold_tokens: args.cold_tokens,
+        };
+        for config in configs {
+            rows.extend(load::shipped::rows(&plan, config, &minter).await?);
+        }
     }
-    // Cold: every request carries a token the broker has never seen.
-    if args.cold_tokens > 0 {
-        let threads = args.server_threads;
-        rows.push(load::cold::compare(server, args.cold_tokens, args.duration, threads).await?);
+    let in_process = specs(&args.in_process_get)?;
+    let watches = specs(&args.watch)?;
+    if in_process.is_empty() && watches.is_empty() {
+        return Ok(());
     }
+    let server = ServerProcess::spawn(options)?;
+    rows.push(Row::Note(format!(
+        "in process (--serve: the broker built in the bench's server process, its server threads' CPU), ES256 {}-byte token: GetSecretResponse of {} bytes from both servers",
+        server.token.len(),
+        server.reply_bytes
+    )));
+    let (broker, bare) = (
+        InProcess {
+            server: &server,
+            side: Side::Broker,
+        },
+        InProcess {
+            server: &server,
+            side: Side::Bare,
+        },
+    );
+    let sides = load::get::Sides {
+        broker: &broker,
+        bare: &bare,
+        token: &server.token,
+        what: "in process",
+    };
+    for (conns, in_flight) in in_process {
+        rows.push(load::get::compare(&sides, conns, in_flight, args.duration).await?);
+    }
+    let server = &server;
     for spec in args.watch.iter().filter(|s| *s != "none") {
         let (watchers, conns) = pair(spec)?;
         rows.push(load::watch::compare(server, options, watchers, conns, args.rounds).await?);

@@ -13,6 +13,8 @@ pub(crate) enum Row {
         bare: Figures,
     },
     Cold {
+        /// Which broker and tokens.
+        label: String,
         coffer: Figures,
         bare: Figures,
         /// The broker under the same load with one (cached) token.
@@ -38,6 +40,8 @@ pub(crate) enum Row {
         together: bool,
     },
     Skipped(String),
+    /// A line of its own (what the rows below measure).
+    Note(String),
 }
 
 fn ms(d: Duration) -> String {
@@ -56,10 +60,8 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Prints the table of `rows`; `reply_bytes` is the size of the answer
-/// both servers send.
-pub(crate) fn print_table(rows: &[Row], reply_bytes: usize) {
-    println!("GetSecretResponse: {reply_bytes} bytes from both servers\n");
+/// Prints the table of `rows`.
+pub(crate) fn print_table(rows: &[Row]) {
     println!("| workload | coffer | bare tonic | ratio |");
     println!("|---|---|---|---|");
     for row in rows {
@@ -98,6 +100,7 @@ pub(crate) fn print_table(rows: &[Row], reply_bytes: usize) {
                 );
             }
             Row::Cold {
+                label,
                 coffer,
                 bare,
                 cached,
@@ -107,6 +110,7 @@ pub(crate) fn print_table(rows: &[Row], reply_bytes: usize) {
                 threads,
                 verifier,
             } => {
+                println!("| cold tokens: {label} | | | |");
                 println!(
                     "| cold token 1 x 16: req/s | {:.0} | {:.0} | {} |",
                     coffer.rate,
@@ -231,6 +235,7 @@ pub(crate) fn print_table(rows: &[Row], reply_bytes: usize) {
                 );
             }
             Row::Skipped(why) => println!("| skipped: {why} | | | |"),
+            Row::Note(what) => println!("| {what} | | | |"),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! `coffer-bench --quick` runs every mode and prints its table. Timings are
 //! never asserted: only that each mode produced its rows against both servers,
-//! and that the server process (`--serve`) speaks its line protocol.
+//! and that the server process (`--serve`) speaks its line protocol. The
+//! shipped rows start `coffer-broker` from beside the bench binary:
+//! `scripts/test` builds every binary before the tests
+//! (`cargo build -p coffer-broker` when running this test alone).
 
 use std::process::Command;
 
@@ -21,8 +24,15 @@ fn quick_run_prints_the_table_of_every_mode() {
         "{stdout}"
     );
     for row in [
-        "| GetSecret 1 x 4: req/s |",
-        "| GetSecret 1 x 4: server CPU/req |",
+        "| GetSecret 1 x 4, shipped rs256, RS256 ",
+        "| GetSecret 1 x 4, shipped es256, ES256 ",
+        "| GetSecret 1 x 4, shipped tls, RS256 ",
+        ", TLS: server CPU/req |",
+        "| GetSecret 1 x 4, shipped audit, RS256 ",
+        ", audit on: server CPU/req |",
+        "| GetSecret 1 x 4, in process: req/s |",
+        "| GetSecret 1 x 4, in process: server CPU/req |",
+        "| cold tokens: shipped, RS256 ",
         "| cold token 1 x 16: req/s |",
         "vs ring RS256 verify/s",
         "| broker token verifier vs ring RS256 verify, same fresh tokens, interleaved (per CPU-s) |",

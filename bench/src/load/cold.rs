@@ -16,32 +16,37 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use coffer_broker::auth::{
     Authenticator, BearerToken,
     cache::{CachingAuthenticator, DEFAULT_CACHE_ENTRIES},
-    jwt::{JwtVerifier, KeySet, ProjectedClaims, VerifierConfig},
+    jwt::{JwtVerifier, KeySet, VerifierConfig},
 };
 use coffer_proto::v1::secret_broker_client::SecretBrokerClient;
 use tonic::{Status, transport::Channel};
 
 use crate::{
-    child::{ServerProcess, Side},
-    fixture::{AUDIENCE, ISSUER, RSA_JWKS, RSA_KID, RSA_PEM},
-    grpc::{connect, timed_get},
+    fixture::AUDIENCE,
+    grpc::{connect_target, timed_get},
     procfs::thread_cpu,
     stats::{Figures, figures, median, median_f64},
     table::Row,
+    target::Target,
+    tokens::{Alg, Minter, RS_KID, SHIPPED_ISSUER, shipped_jwks},
 };
 
-/// Both sides under `count` fresh tokens, with the ring figures beside them;
-/// `threads` is the server runtime's worker count.
+/// Both sides under `count` fresh RS256 tokens of the shipped shape, with
+/// the ring figures beside them; `threads` is the server runtime's worker
+/// count.
 pub(crate) async fn compare(
-    server: &ServerProcess,
+    broker: &dyn Target,
+    bare: &dyn Target,
+    minter: &Minter,
     count: usize,
     run_for: Duration,
     threads: usize,
 ) -> anyhow::Result<Row> {
-    let mut minted = mint_cold(count + 1)?;
+    let mut minted = mint_cold(minter, count + 1)?;
     // One token kept back: every request of the cached run carries it.
     let cached_token = minted.pop().context("no token minted")?;
     let tokens = Arc::new(minted);
+    let token_bytes = tokens[0].len();
     let run_for = run_for.min(Duration::from_secs(2));
     let ring = ring_rs256_rate(&tokens[0], run_for, 1)?;
     // As the server runs under the cold load: every server thread busy
@@ -51,8 +56,10 @@ pub(crate) async fn compare(
     // The same load with one token on each side too: the broker verifies
     // it once, and the client's HPACK table carries it after the first
     // request, so neither server decodes it again.
-    let [bare, bare_cached, cached, coffer] = cold_loads(server, &tokens, &cached_token).await?;
+    let [bare, bare_cached, cached, coffer] =
+        cold_loads(broker, bare, &tokens, &cached_token).await?;
     Ok(Row::Cold {
+        label: format!("shipped, RS256 {token_bytes}-byte tokens"),
         coffer,
         bare,
         cached,
@@ -64,10 +71,9 @@ pub(crate) async fn compare(
     })
 }
 
-/// RS256 tokens, each for another pod so no two are alike, signed with the
-/// RSA fixture key (the server process's key set trusts it).
-fn mint_cold(count: usize) -> anyhow::Result<Vec<String>> {
-    let rsa = &jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PEM)?;
+/// RS256 tokens of the shipped shape, each for another pod so no two are
+/// alike (the shipped broker's key set trusts their key).
+fn mint_cold(minter: &Minter, count: usize) -> anyhow::Result<Vec<String>> {
     let count = count.max(1);
     let threads = 2;
     let per = count.div_ceil(threads);
@@ -76,22 +82,7 @@ fn mint_cold(count: usize) -> anyhow::Result<Vec<String>> {
             .map(|t| {
                 scope.spawn(move || {
                     (t * per..((t + 1) * per).min(count))
-                        .map(|i| {
-                            let pod = format!("cold-{i}");
-                            Ok(ProjectedClaims::projected(
-                                ISSUER,
-                                AUDIENCE,
-                                "bench",
-                                "app",
-                                Some(&pod),
-                                Duration::from_secs(3600),
-                            )
-                            .sign(
-                                jsonwebtoken::Algorithm::RS256,
-                                RSA_KID,
-                                rsa,
-                            )?)
-                        })
+                        .map(|i| minter.mint(Alg::Rs256, "app", &format!("cold-{i}")))
                         .collect()
                 })
             })
@@ -161,8 +152,8 @@ fn ring_rs256_rate(token: &str, run_for: Duration, threads: usize) -> anyhow::Re
 /// keeps it; ring gets each token's signature already decoded. Returns
 /// (authenticator, ring) verifications per CPU second.
 fn verifier_vs_ring(tokens: &[String]) -> anyhow::Result<(f64, f64)> {
-    let keys = KeySet::from_jwks_json(RSA_JWKS)?;
-    let verifier = JwtVerifier::new(VerifierConfig::new(ISSUER, AUDIENCE), keys);
+    let keys = KeySet::from_jwks_json(shipped_jwks()?.as_bytes())?;
+    let verifier = JwtVerifier::new(VerifierConfig::new(SHIPPED_ISSUER, AUDIENCE), keys);
     let authn = CachingAuthenticator::new(
         Arc::new(verifier),
         NonZeroUsize::new(DEFAULT_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
@@ -216,10 +207,10 @@ fn verifier_vs_ring(tokens: &[String]) -> anyhow::Result<(f64, f64)> {
 
 /// The RSA fixture key the cold tokens are signed with, for ring.
 fn rsa_fixture_key() -> anyhow::Result<ring::signature::RsaPublicKeyComponents<Vec<u8>>> {
-    let jwks: serde_json::Value = serde_json::from_slice(RSA_JWKS)?;
+    let jwks: serde_json::Value = serde_json::from_str(&shipped_jwks()?)?;
     let jwk = jwks["keys"]
         .as_array()
-        .and_then(|k| k.iter().find(|k| k["kid"] == RSA_KID))
+        .and_then(|k| k.iter().find(|k| k["kid"] == RS_KID))
         .context("the RSA fixture key is missing")?;
     let b64 = |s: &serde_json::Value| URL_SAFE_NO_PAD.decode(s.as_str().unwrap_or_default());
     Ok(ring::signature::RsaPublicKeyComponents {
@@ -236,29 +227,24 @@ const COLD_CHUNK: usize = 500;
 /// bare server, one token to the broker, fresh tokens to the broker (each
 /// 1 connection x 16 in flight, the order of the four rotating each turn).
 async fn cold_loads(
-    server: &ServerProcess,
+    broker: &dyn Target,
+    bare: &dyn Target,
     tokens: &[String],
     cached_token: &str,
 ) -> anyhow::Result<[Figures; 4]> {
-    let loads = [
-        (Side::Bare, false),
-        (Side::Bare, true),
-        (Side::Broker, true),
-        (Side::Broker, false),
-    ];
-    let bare = connect(server.url(Side::Bare)).await?;
-    let broker = connect(server.url(Side::Broker)).await?;
+    // (the broker?, one token?)
+    let loads = [(false, false), (false, true), (true, true), (true, false)];
+    let targets = [bare, broker];
+    let channels = [connect_target(bare).await?, connect_target(broker).await?];
     // Each load's latencies, time, and CPU per request of each turn.
     let mut totals: [(Vec<Duration>, Duration, Vec<Duration>); 4] = Default::default();
     for (turn, chunk) in tokens.chunks(COLD_CHUNK).enumerate() {
         let same = vec![cached_token.to_string(); chunk.len()];
         for i in 0..loads.len() {
             let load = (turn + i) % loads.len();
-            let (side, one_token) = loads[load];
-            let channel = match side {
-                Side::Bare => bare.clone(),
-                Side::Broker => broker.clone(),
-            };
+            let (is_broker, one_token) = loads[load];
+            let server = targets[usize::from(is_broker)];
+            let channel = channels[usize::from(is_broker)].clone();
             let chunk = Arc::new(if one_token {
                 same.clone()
             } else {

@@ -7,45 +7,53 @@ use coffer_proto::v1::secret_broker_client::SecretBrokerClient;
 use tonic::Status;
 
 use crate::{
-    child::{ServerProcess, Side},
-    grpc::{connect, timed_get},
+    grpc::{connect_target, timed_get},
     stats::{Figures, figures},
     table::Row,
+    target::Target,
 };
 
 /// Pairs of runs per Get load (one run of each side per pair).
 const GET_PAIRS: usize = 3;
+
+/// The broker and the bare server, each with the token it is sent.
+pub(crate) struct Sides<'a> {
+    pub(crate) broker: &'a dyn Target,
+    pub(crate) bare: &'a dyn Target,
+    pub(crate) token: &'a str,
+    /// What the row's label says after the load's shape.
+    pub(crate) what: &'a str,
+}
 
 /// Both sides under `conns` x `in_flight` for `run_for` each: warm both
 /// (connections, caches), then measure [`GET_PAIRS`] pairs of runs, each
 /// pair in the other order (bare, coffer, coffer, bare, ...), and keep the
 /// median of each figure: drift and noise hit both sides alike.
 pub(crate) async fn compare(
-    server: &ServerProcess,
+    sides: &Sides<'_>,
     conns: usize,
     in_flight: usize,
     run_for: Duration,
 ) -> anyhow::Result<Row> {
     let warm = run_for / 4;
-    get_load(server, server.url(Side::Bare), conns, in_flight, warm).await?;
-    get_load(server, server.url(Side::Broker), conns, in_flight, warm).await?;
+    let token = sides.token;
+    get_load(sides.bare, token, conns, in_flight, warm).await?;
+    get_load(sides.broker, token, conns, in_flight, warm).await?;
     let (mut bares, mut coffers) = (Vec::new(), Vec::new());
     for pair in 0..GET_PAIRS {
-        let order = if pair % 2 == 0 {
-            [Side::Bare, Side::Broker]
-        } else {
-            [Side::Broker, Side::Bare]
-        };
-        for side in order {
-            let figures = get_load(server, server.url(side), conns, in_flight, run_for).await?;
-            match side {
-                Side::Bare => bares.push(figures),
-                Side::Broker => coffers.push(figures),
+        let broker_first = pair % 2 == 1;
+        for broker in [broker_first, !broker_first] {
+            let target = if broker { sides.broker } else { sides.bare };
+            let figures = get_load(target, token, conns, in_flight, run_for).await?;
+            if broker {
+                coffers.push(figures);
+            } else {
+                bares.push(figures);
             }
         }
     }
     Ok(Row::Get {
-        label: format!("{conns} x {in_flight}"),
+        label: format!("{conns} x {in_flight}, {}", sides.what),
         coffer: Figures::median(&coffers),
         bare: Figures::median(&bares),
     })
@@ -53,15 +61,15 @@ pub(crate) async fn compare(
 
 /// The Get load: `conns` connections, `in_flight` requests on each.
 async fn get_load(
-    server: &ServerProcess,
-    url: &str,
+    server: &dyn Target,
+    token: &str,
     conns: usize,
     in_flight: usize,
     run_for: Duration,
 ) -> anyhow::Result<Figures> {
     let mut channels = Vec::with_capacity(conns);
     for _ in 0..conns {
-        channels.push(connect(url).await?);
+        channels.push(connect_target(server).await?);
     }
     let cpu_before = server.cpu()?;
     let start = Instant::now();
@@ -70,7 +78,7 @@ async fn get_load(
     for channel in &channels {
         for _ in 0..in_flight {
             let mut client = SecretBrokerClient::new(channel.clone());
-            let token = server.token.clone();
+            let token = token.to_string();
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(4096);
                 while Instant::now() < deadline {
@@ -85,7 +93,7 @@ async fn get_load(
 
 /// Every load task's latencies, and the figures of the run begun at `start`.
 async fn gather(
-    server: &ServerProcess,
+    server: &dyn Target,
     tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, Status>>>,
     start: Instant,
     cpu_before: Duration,
