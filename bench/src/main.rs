@@ -37,6 +37,7 @@ mod fixture;
 mod grpc;
 mod load;
 mod procfs;
+mod scale;
 mod serve;
 mod shipped;
 mod stats;
@@ -96,6 +97,12 @@ struct Args {
     /// The broker's log filter (its default is `info`); logs go to a sink.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Policy sizes (rules) for the cost-as-work-grows rows; `none` skips.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+    policy_rules: Vec<String>,
+    /// Cached identities for the cost-as-work-grows rows; `none` skips.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    identities: Vec<String>,
     /// Internal: run the servers and answer the parent bench's commands on
     /// stdin (the bench runs itself so, its servers in a process of their
     /// own).
@@ -148,6 +155,8 @@ fn main() -> anyhow::Result<()> {
         args.duration = Duration::from_millis(300);
         args.get = vec!["1x4".into()];
         args.in_process_get = vec!["1x4".into()];
+        args.policy_rules = vec!["10".into(), "100".into()];
+        args.identities = vec!["100".into()];
         args.cold_tokens = 40;
         args.watch = vec!["50x5".into()];
         args.rounds = 2;
@@ -215,6 +224,28 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
         for config in configs {
             rows.extend(load::shipped::rows(&plan, config, &minter).await?);
         }
+    }
+    let sizes = |list: &[String]| -> anyhow::Result<Vec<usize>> {
+        let mut sizes = list
+            .iter()
+            .filter(|s| *s != "none")
+            .map(|s| s.parse::<usize>().with_context(|| format!("{s:?} is not a size")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        sizes.retain(|n| *n > 0);
+        sizes.sort_unstable();
+        Ok(sizes)
+    };
+    let (rules, identities) = (sizes(&args.policy_rules)?, sizes(&args.identities)?);
+    if !rules.is_empty() || !identities.is_empty() {
+        rows.push(Row::Note(
+            "cost as work grows (this process, the broker's own types): the figure | the same figure at the smallest size | ratio".into(),
+        ));
+    }
+    if !rules.is_empty() {
+        rows.extend(scale::policy_rows(&rules, args.quick)?);
+    }
+    if !identities.is_empty() {
+        rows.extend(scale::identity_rows(&identities, &tokens::Minter::new()?).await?);
     }
     let in_process = specs(&args.in_process_get)?;
     let watches = specs(&args.watch)?;

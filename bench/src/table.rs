@@ -40,6 +40,14 @@ pub(crate) enum Row {
         together: bool,
     },
     Skipped(String),
+    /// A figure against the same figure at the smallest size of the run.
+    Scale {
+        label: String,
+        value: String,
+        base: String,
+        /// NaN: no ratio (the figure has no smaller size).
+        ratio: f64,
+    },
     /// A line of its own (what the rows below measure).
     Note(String),
 }
@@ -236,6 +244,19 @@ pub(crate) fn print_table(rows: &[Row]) {
             }
             Row::Skipped(why) => println!("| skipped: {why} | | | |"),
             Row::Note(what) => println!("| {what} | | | |"),
+            Row::Scale {
+                label,
+                value,
+                base,
+                ratio,
+            } => {
+                let ratio = if ratio.is_nan() {
+                    String::new()
+                } else {
+                    format!("{ratio:.2}x")
+                };
+                println!("| {label} | {value} | {base} | {ratio} |");
+            }
         }
     }
 }

@@ -41,6 +41,7 @@
 //! [`Policy::check_issuers`].
 
 mod capability;
+mod index;
 mod lint;
 mod load;
 pub mod pattern;
@@ -51,13 +52,17 @@ use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 use smallvec::SmallVec;
 
 use crate::{auth::WorkloadIdentity, path::SecretPath};
+use index::{PathIndex, merge_ascending};
 pub use capability::{Capability, Effect};
 pub use lint::PolicyWarning;
 pub use load::PolicyError;
 pub use pattern::{NamePattern, PathPattern, PatternError};
 pub use rule::{Rule, Subject};
 
-/// A loaded, validated policy, indexed by namespace.
+/// A loaded, validated policy, indexed by namespace and by the first
+/// segment of the paths, so that a decision looks only at the rules that
+/// could apply: a rule for another namespace, or for paths under another
+/// top folder, costs nothing.
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<Rule>,
@@ -65,6 +70,9 @@ pub struct Policy {
     by_namespace: HashMap<String, Vec<usize>>,
     /// Rules with a namespace glob, ascending.
     any_namespace: Vec<usize>,
+    /// The same two sets, each split by the paths' first segment.
+    by_namespace_path: HashMap<String, PathIndex>,
+    any_namespace_path: PathIndex,
 }
 
 /// The outcome of one check.
@@ -126,6 +134,8 @@ impl Policy {
     fn from_rules(rules: Vec<Rule>) -> Self {
         let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any_namespace = Vec::new();
+        let mut by_namespace_path: HashMap<String, PathIndex> = HashMap::new();
+        let mut any_namespace_path = PathIndex::default();
         for (index, rule) in rules.iter().enumerate() {
             let mut globbed = false;
             for subject in &rule.subjects {
@@ -134,6 +144,10 @@ impl Policy {
                         let bucket = by_namespace.entry(ns.to_string()).or_default();
                         if bucket.last() != Some(&index) {
                             bucket.push(index);
+                            by_namespace_path
+                                .entry(ns.to_string())
+                                .or_default()
+                                .add(index, rule);
                         }
                     }
                     None => globbed = true,
@@ -141,12 +155,15 @@ impl Policy {
             }
             if globbed {
                 any_namespace.push(index);
+                any_namespace_path.add(index, rule);
             }
         }
         Self {
             rules,
             by_namespace,
             any_namespace,
+            by_namespace_path,
+            any_namespace_path,
         }
     }
 
@@ -181,15 +198,18 @@ impl Policy {
         path: &SecretPath,
         capability: Capability,
     ) -> Decision {
-        let exact = self
-            .by_namespace
-            .get(&who.namespace)
-            .map_or(&[][..], Vec::as_slice);
         let mut allow: Option<usize> = None;
         // Validated paths have at most MAX_PATH_LEN / 2 segments; most have
         // a few, kept on the stack.
         let parts: SmallVec<[&str; 8]> = path.base().split('/').collect();
-        for index in merge_ascending(exact, &self.any_namespace) {
+        let first = parts.first().copied().unwrap_or_default();
+        let exact = self.by_namespace_path.get(&who.namespace);
+        // In file order: the first applicable allow names the grant.
+        let candidates = merge_ascending(
+            exact.into_iter().flat_map(|index| index.candidates(first)),
+            self.any_namespace_path.candidates(first),
+        );
+        for index in candidates {
             let rule = &self.rules[index];
             if !rule.applies(who, &parts, capability) {
                 continue;
@@ -230,7 +250,7 @@ impl Policy {
             .get(&who.namespace)
             .map_or(&[][..], Vec::as_slice);
         let parts: SmallVec<[&str; 8]> = folder.split('/').filter(|p| !p.is_empty()).collect();
-        merge_ascending(exact, &self.any_namespace)
+        merge_ascending(exact.iter().copied(), self.any_namespace.iter().copied())
             .map(|index| &self.rules[index])
             .find(|rule| {
                 rule.effect == Effect::Allow
@@ -247,34 +267,6 @@ impl Policy {
     pub fn warnings(&self) -> Vec<PolicyWarning> {
         lint::warnings(&self.rules)
     }
-}
-
-/// Yields the union of two ascending index lists, ascending, without repeats.
-fn merge_ascending<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || {
-        let next = match (a.get(i), b.get(j)) {
-            (Some(&x), Some(&y)) if x == y => {
-                i += 1;
-                j += 1;
-                x
-            }
-            (Some(&x), Some(&y)) if x < y => {
-                i += 1;
-                x
-            }
-            (_, Some(&y)) => {
-                j += 1;
-                y
-            }
-            (Some(&x), None) => {
-                i += 1;
-                x
-            }
-            (None, None) => return None,
-        };
-        Some(next)
-    })
 }
 
 #[cfg(test)]

@@ -230,6 +230,19 @@ impl PathPattern {
         unbounded && shortest <= 1
     }
 
+    /// The first segment, when it is a plain name every matching path
+    /// starts with (`shop` in `shop/*` and `shop/{pod}`; none in `*`,
+    /// `**/x`, `s*/x` or `{namespace}/x`): what the policy indexes rules by.
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Glob(tokens)) => match tokens.as_slice() {
+                [Token::Lit(name)] => Some(name),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether the pattern names an identity variable.
     pub fn is_templated(&self) -> bool {
         self.segments.iter().any(|s| match s {
