@@ -100,6 +100,10 @@ struct Args {
     /// Policy sizes (rules) for the cost-as-work-grows rows; `none` skips.
     #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
     policy_rules: Vec<String>,
+    /// Distinct watched paths on the shipped broker for the
+    /// cost-as-work-grows rows; `none` skips.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    watched_paths: Vec<String>,
     /// Cached identities for the cost-as-work-grows rows; `none` skips.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     identities: Vec<String>,
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         args.in_process_get = vec!["1x4".into()];
         args.policy_rules = vec!["10".into(), "100".into()];
         args.identities = vec!["100".into()];
+        args.watched_paths = vec!["1".into(), "300".into()];
         args.cold_tokens = 40;
         args.watch = vec!["50x5".into()];
         args.rounds = 2;
@@ -246,6 +251,14 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
     }
     if !identities.is_empty() {
         rows.extend(scale::identity_rows(&identities, &tokens::Minter::new()?).await?);
+    }
+    let watched = sizes(&args.watched_paths)?;
+    if !watched.is_empty() {
+        let (binary, minter) = (broker_bin(args)?, tokens::Minter::new()?);
+        rows.extend(
+            load::paths::rows(&binary, &args.log_level, &minter, &watched, args.rounds.max(10))
+                .await?,
+        );
     }
     let in_process = specs(&args.in_process_get)?;
     let watches = specs(&args.watch)?;

@@ -153,15 +153,25 @@ impl Shipped {
     /// version's message has the same size).
     pub(crate) async fn put(&self, n: u64) -> anyhow::Result<()> {
         let channel = connect_to(&self.url, self.ca_pem.as_deref()).await?;
+        self.put_at(&channel, PATH, n).await
+    }
+
+    /// Writes version `n` of `path` over `channel`.
+    pub(crate) async fn put_at(
+        &self,
+        channel: &tonic::transport::Channel,
+        path: &str,
+        n: u64,
+    ) -> anyhow::Result<()> {
         let value = format!("{n:0>160}");
         let request = v1::PutSecretRequest {
-            path: PATH.into(),
+            path: path.into(),
             value: Some(SecretData::Bytes(SecretBytes::from(value.as_bytes())).into()),
             content_type: "text/plain".into(),
             cas: None,
             labels: Default::default(),
         };
-        SecretOperatorClient::new(channel)
+        SecretOperatorClient::new(channel.clone())
             .put_secret(authed(request, &self.operator))
             .await
             .map_err(|status| self.failed(&format!("PutSecret refused: {status}")))?;
@@ -169,7 +179,6 @@ impl Shipped {
     }
 
     /// The broker's resident memory.
-    #[allow(dead_code)] // read by the scaling rows
     pub(crate) fn rss(&self) -> u64 {
         process_rss(self.pid)
     }

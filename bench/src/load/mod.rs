@@ -4,5 +4,6 @@
 
 pub(crate) mod cold;
 pub(crate) mod get;
+pub(crate) mod paths;
 pub(crate) mod shipped;
 pub(crate) mod watch;

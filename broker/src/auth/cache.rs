@@ -29,7 +29,7 @@ pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 pub const CACHE_SHARDS: usize = 16;
 
 /// The SHA-256 of a token: how caches name a token without holding it.
-pub(crate) type TokenDigest = [u8; 32];
+pub type TokenDigest = [u8; 32];
 
 /// One shard: answers by token digest, least recently used first out.
 type Shard = LruCache<TokenDigest, Arc<Verified>>;
@@ -96,7 +96,12 @@ impl CachingAuthenticator {
 
 /// The SHA-256 of `token`'s bytes.
 pub(crate) fn token_digest(token: &BearerToken) -> TokenDigest {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
+    digest_bytes(token.expose().as_bytes())
+}
+
+/// The SHA-256 of a token's bytes.
+pub(crate) fn digest_bytes(token: &[u8]) -> TokenDigest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
@@ -122,6 +127,14 @@ impl Authenticator for CachingAuthenticator {
             self.lock(&key).put(key, Arc::clone(&verified));
         }
         Ok(verified)
+    }
+
+    fn cached(&self, digest: &TokenDigest) -> Option<Arc<Verified>> {
+        let hit = self.lookup(digest, unix_now());
+        if hit.is_some() {
+            crate::metrics::auth_cache(true);
+        }
+        hit
     }
 
     fn issuers(&self) -> Vec<String> {
@@ -206,6 +219,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_digest_finds_only_a_verified_unexpired_token() {
+        let (inner, cache) = cached(unix_now() + 600, 8);
+        let (web, bad) = (BearerToken::new("web"), BearerToken::new("bad"));
+        assert!(cache.cached(&token_digest(&web)).is_none(), "not verified yet");
+        let verified = cache.authenticate_shared(&web).await.unwrap();
+        let hit = cache.cached(&token_digest(&web)).expect("a hit");
+        assert!(Arc::ptr_eq(&hit, &verified));
+        assert!(cache.authenticate_shared(&bad).await.is_err());
+        assert!(cache.cached(&token_digest(&bad)).is_none(), "failures are not cached");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+
+        let (_, expired) = cached(unix_now().saturating_sub(1), 8);
+        expired.authenticate_shared(&web).await.unwrap();
+        assert!(expired.cached(&token_digest(&web)).is_none());
+    }
+
+    #[tokio::test]
     async fn a_forgotten_token_is_verified_again_and_others_stay_cached() {
         let (inner, cache) = cached(unix_now() + 600, 8);
         let (web, api) = (BearerToken::new("web"), BearerToken::new("api"));
@@ -276,6 +306,8 @@ mod tests {
         }
         assert_eq!(result, Err(AuthError::UnknownKey));
         assert!(cache.is_empty());
+        // The digest-first hit path asks the same: nothing is found.
+        assert!(cache.cached(&token_digest(&token)).is_none());
     }
 
     #[tokio::test]

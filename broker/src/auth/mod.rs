@@ -46,6 +46,23 @@ impl BearerToken {
         Ok(Self::new(token))
     }
 
+    /// The SHA-256 of the token in an `authorization` header's raw bytes,
+    /// without copying or checking them: what a verification cache is
+    /// asked first ([`Authenticator::cached`]). `None` when the header has
+    /// no bearer token at all. The bytes are those
+    /// [`BearerToken::from_header`] would take (the same prefix, ASCII
+    /// whitespace trimmed), so a header whose token was verified and cached
+    /// finds its entry; any other header (one [`BearerToken::from_header`]
+    /// refuses included) finds none, short of a SHA-256 collision, and goes
+    /// the whole way.
+    pub fn digest_of_header(value: &[u8]) -> Option<cache::TokenDigest> {
+        let token = value
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.strip_prefix(b"bearer "))?
+            .trim_ascii();
+        (!token.is_empty()).then(|| cache::digest_bytes(token))
+    }
+
     /// The token itself: only for verification.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
@@ -207,6 +224,15 @@ pub trait Authenticator: Send + Sync + 'static {
         self.authenticate(token).await.map(Arc::new)
     }
 
+    /// The answer remembered for the token whose SHA-256 is `digest`, if
+    /// any is and still holds (its key still current, not expired): the
+    /// cache's hit, asked before the token is even copied out of its
+    /// header. Authenticators that remember nothing answer `None`.
+    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<Verified>> {
+        let _ = digest;
+        None
+    }
+
     /// The issuers this authenticator accepts tokens from (policy subjects
     /// must name one when there are several).
     fn issuers(&self) -> Vec<String>;
@@ -224,6 +250,23 @@ pub trait Authenticator: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache is asked by the digest of the header's raw bytes: it must
+    /// name exactly the token `from_header` takes, or nothing.
+    #[test]
+    fn the_digest_of_a_header_is_the_digest_of_the_token_it_carries() {
+        for header in ["Bearer abc.def.ghi", "bearer abc.def.ghi", "Bearer  abc.def.ghi \t"] {
+            let token = BearerToken::from_header(header).unwrap();
+            assert_eq!(
+                BearerToken::digest_of_header(header.as_bytes()),
+                Some(cache::token_digest(&token)),
+                "{header:?}"
+            );
+        }
+        for refused in ["Basic abc", "Bearer ", "Bearer  \t", "abc", ""] {
+            assert_eq!(BearerToken::digest_of_header(refused.as_bytes()), None, "{refused:?}");
+        }
+    }
 
     #[test]
     fn header_parsing() {

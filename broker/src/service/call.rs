@@ -214,7 +214,18 @@ impl Broker {
         let header = request
             .metadata()
             .get("authorization")
-            .ok_or(crate::auth::AuthError::MissingToken)?
+            .ok_or(crate::auth::AuthError::MissingToken)?;
+        // A sidecar sends the same token on every call: its cached answer
+        // is found by the digest of the header's bytes, before the token
+        // is checked, copied into a zeroizing buffer and wiped again. Only
+        // a token verified before has an entry (see
+        // `BearerToken::digest_of_header`).
+        if let Some(hit) = BearerToken::digest_of_header(header.as_bytes())
+            .and_then(|digest| self.inner.authn.cached(&digest))
+        {
+            return Ok(hit);
+        }
+        let header = header
             .to_str()
             .map_err(|_| crate::auth::AuthError::MalformedHeader)?;
         let token = BearerToken::from_header(header)?;
