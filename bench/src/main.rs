@@ -104,6 +104,10 @@ struct Args {
     /// cost-as-work-grows rows; `none` skips.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     watched_paths: Vec<String>,
+    /// Secrets of one pod's sidecar (the real `coffer-sidecar`, beside the
+    /// broker binary) for the cost-as-work-grows rows; `none` skips.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    pod_secrets: Vec<String>,
     /// Cached identities for the cost-as-work-grows rows; `none` skips.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     identities: Vec<String>,
@@ -162,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         args.policy_rules = vec!["10".into(), "100".into()];
         args.identities = vec!["100".into()];
         args.watched_paths = vec!["1".into(), "300".into()];
+        args.pod_secrets = vec!["1".into(), "10".into()];
         args.cold_tokens = 40;
         args.watch = vec!["50x5".into()];
         args.rounds = 2;
@@ -259,6 +264,11 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
             load::paths::rows(&binary, &args.log_level, &minter, &watched, args.rounds.max(10))
                 .await?,
         );
+    }
+    let pod_secrets = sizes(&args.pod_secrets)?;
+    if !pod_secrets.is_empty() {
+        let (binary, minter) = (broker_bin(args)?, tokens::Minter::new()?);
+        rows.extend(load::sidecar::rows(&binary, &args.log_level, &minter, &pod_secrets).await?);
     }
     let in_process = specs(&args.in_process_get)?;
     let watches = specs(&args.watch)?;

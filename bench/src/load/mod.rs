@@ -6,4 +6,5 @@ pub(crate) mod cold;
 pub(crate) mod get;
 pub(crate) mod paths;
 pub(crate) mod shipped;
+pub(crate) mod sidecar;
 pub(crate) mod watch;

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -53,7 +53,6 @@ pub enum KeyFileError {
 struct State {
     keys: Arc<KeySet>,
     digest: [u8; 32],
-    checked: Instant,
 }
 
 /// A key file, reloaded when it changes.
@@ -68,6 +67,12 @@ struct Shared {
     state: Mutex<State>,
     /// A background reload is under way; `current` starts no second one.
     reloading: AtomicBool,
+    /// When the file was last read: milliseconds after `epoch`. Atomic, so
+    /// that the due check on every cache hit takes no lock.
+    checked_ms: AtomicU64,
+    epoch: Instant,
+    /// Bumped whenever the keys are replaced (see [`KeySource::generation`]).
+    generation: AtomicU64,
 }
 
 impl FileKeys {
@@ -87,9 +92,11 @@ impl FileKeys {
                 state: Mutex::new(State {
                     keys: Arc::new(keys),
                     digest,
-                    checked: Instant::now(),
                 }),
                 reloading: AtomicBool::new(false),
+                checked_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+                generation: AtomicU64::new(0),
             }),
         })
     }
@@ -100,30 +107,41 @@ impl Shared {
     /// background (on a runtime) and this call does not wait for it: the
     /// verifying request never blocks on the disk.
     fn current(self: &Arc<Self>) -> Arc<KeySet> {
-        let mut state = self.state.lock();
-        if state.checked.elapsed() >= self.interval
+        self.due_check();
+        self.state.lock().keys.clone()
+    }
+
+    /// Milliseconds since `epoch`.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When a check is due, reads the file in the background (on a
+    /// runtime); this call does not wait for it. No lock is taken.
+    fn due_check(self: &Arc<Self>) {
+        let now = self.now_ms();
+        let interval = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(self.checked_ms.load(Ordering::Acquire)) >= interval
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
             && !self.reloading.swap(true, Ordering::AcqRel)
         {
-            state.checked = Instant::now();
+            self.checked_ms.store(now, Ordering::Release);
             let shared = Arc::clone(self);
             runtime.spawn(async move {
                 shared.reload().await;
                 shared.reloading.store(false, Ordering::Release);
             });
         }
-        state.keys.clone()
     }
 
     /// Reads the file again unless it was read less than `at_least` ago.
     async fn check(&self, at_least: Duration) -> Arc<KeySet> {
-        {
-            let mut state = self.state.lock();
-            if state.checked.elapsed() < at_least {
-                return state.keys.clone();
-            }
-            state.checked = Instant::now();
+        let now = self.now_ms();
+        let at_least = u64::try_from(at_least.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(self.checked_ms.load(Ordering::Acquire)) < at_least {
+            return self.state.lock().keys.clone();
         }
+        self.checked_ms.store(now, Ordering::Release);
         self.reload().await
     }
 
@@ -146,6 +164,9 @@ impl Shared {
                 tracing::info!(path = %self.path.display(), keys = keys.len(), "key file reloaded");
                 state.keys = Arc::new(keys);
                 state.digest = digest;
+                // After the keys, under the lock: whoever reads the new
+                // generation then reads the new keys.
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "key file invalid; keeping the last good keys");
@@ -159,6 +180,11 @@ impl Shared {
 impl KeySource for FileKeys {
     fn current(&self) -> Option<Arc<KeySet>> {
         Some(self.shared.current())
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.shared.due_check();
+        Some(self.shared.generation.load(Ordering::Acquire))
     }
 
     async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
@@ -241,6 +267,54 @@ mod tests {
             assert!(Instant::now() < deadline, "the file was never reloaded");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A cached answer's key check reads no set while the generation
+    /// stays; a reload bumps it, and the key is searched again: kept when
+    /// still there, dropped when gone.
+    #[tokio::test]
+    async fn a_reload_bumps_the_generation_and_the_key_is_searched_again() {
+        use crate::auth::jwt::{JwtVerifier, VerifierConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (
+            DevSigner::generate("https://i").unwrap(),
+            DevSigner::generate("https://i").unwrap(),
+        );
+        let both = |x: &DevSigner, y: &DevSigner| {
+            let mut j: serde_json::Value = serde_json::from_str(&x.jwks_json()).unwrap();
+            let more: serde_json::Value = serde_json::from_str(&y.jwks_json()).unwrap();
+            j["keys"]
+                .as_array_mut()
+                .unwrap()
+                .extend(more["keys"].as_array().unwrap().iter().cloned());
+            j.to_string()
+        };
+        std::fs::write(&path, a.jwks_json()).unwrap();
+        let keys = Arc::new(FileKeys::load(&path, KeyFileFormat::Jwks, Duration::ZERO).unwrap());
+        let verifier = JwtVerifier::with_source(VerifierConfig::new("https://i", "coffer"), keys.clone());
+        let token = a
+            .mint("coffer", "shop", "web", None, Duration::from_secs(600))
+            .unwrap();
+        let binding = verifier.verify(&token).unwrap().key.unwrap();
+        let first = keys.generation().unwrap();
+        assert!(binding.is_current());
+        // Another key added: the generation moves, the key is still there.
+        std::fs::write(&path, both(&a, &b)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while keys.generation() == Some(first) {
+            assert!(Instant::now() < deadline, "the file was never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(binding.is_current());
+        // The key removed: found missing at the next check after the reload.
+        let second = keys.generation().unwrap();
+        std::fs::write(&path, b.jwks_json()).unwrap();
+        while keys.generation() == Some(second) {
+            assert!(Instant::now() < deadline, "the file was never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!binding.is_current());
     }
 
     #[test]

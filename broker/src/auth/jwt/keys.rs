@@ -4,7 +4,13 @@
 //! it. Only asymmetric keys are kept, each with the algorithms it may verify:
 //! a public key can never double as an HMAC secret.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use async_trait::async_trait;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -38,10 +44,26 @@ pub type KeyFingerprint = [u8; 32];
 
 /// The key that verified a token and the source it came from, so that a
 /// cached answer can be dropped once the key leaves the source's set.
-#[derive(Clone)]
 pub struct KeyBinding {
     fingerprint: KeyFingerprint,
     source: Option<Arc<dyn KeySource>>,
+    /// The source's [`KeySource::generation`] at which the key was last
+    /// found in its set ([`NEVER`]: not yet): while the generation stays,
+    /// the set has not changed and the key is still in it.
+    confirmed: AtomicU64,
+}
+
+/// No generation confirmed yet.
+const NEVER: u64 = u64::MAX;
+
+impl Clone for KeyBinding {
+    fn clone(&self) -> Self {
+        Self {
+            fingerprint: self.fingerprint,
+            source: self.source.clone(),
+            confirmed: AtomicU64::new(self.confirmed.load(Ordering::Acquire)),
+        }
+    }
 }
 
 impl KeyBinding {
@@ -50,6 +72,7 @@ impl KeyBinding {
         Self {
             fingerprint,
             source: Some(source),
+            confirmed: AtomicU64::new(NEVER),
         }
     }
 
@@ -59,14 +82,28 @@ impl KeyBinding {
     }
 
     /// Whether the key is still in its source's current set. A binding
-    /// without a source (a fixed key set) always is.
+    /// without a source (a fixed key set) always is. Asked on every cache
+    /// hit: when the source tells a generation and it is the one at which
+    /// the key was last found, the set has not changed since and nothing
+    /// more is read (no lock, no shared count touched); otherwise the set is
+    /// searched.
     pub fn is_current(&self) -> bool {
-        match &self.source {
-            None => true,
-            Some(source) => source
-                .current()
-                .is_some_and(|keys| keys.contains_fingerprint(&self.fingerprint)),
+        let Some(source) = &self.source else {
+            return true;
+        };
+        // Read before the set: a change after this read bumps the
+        // generation, so the next check searches again.
+        let generation = source.generation();
+        if generation.is_some_and(|g| g != NEVER && self.confirmed.load(Ordering::Acquire) == g) {
+            return true;
         }
+        let current = source
+            .current()
+            .is_some_and(|keys| keys.contains_fingerprint(&self.fingerprint));
+        if current && let Some(g) = generation {
+            self.confirmed.store(g, Ordering::Release);
+        }
+        current
     }
 }
 
@@ -333,6 +370,14 @@ fn algorithms_for(jwk: &Jwk) -> Result<Vec<Algorithm>, &'static str> {
 pub trait KeySource: Send + Sync + 'static {
     /// The keys to verify with now; `None` when none could be loaded yet.
     fn current(&self) -> Option<Arc<KeySet>>;
+
+    /// A number that changes whenever the set [`KeySource::current`]
+    /// answers changes (a source reloaded on a schedule runs its due check
+    /// here too), or `None` when the source cannot tell: then every check
+    /// of a cached answer's key searches the set.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 
     /// A token named a `kid` missing from `current()`. A source that can
     /// fetch again does so here, rate-limited, and returns the new keys.
