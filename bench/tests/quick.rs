@@ -3,7 +3,8 @@
 //! and that the server process (`--serve`) speaks its line protocol. The
 //! shipped rows start `coffer-broker` from beside the bench binary:
 //! `scripts/test` builds every binary before the tests
-//! (`cargo build -p coffer-broker` when running this test alone).
+//! (`cargo build -p coffer-broker -p coffer-sidecar` when running this test
+//! alone).
 
 use std::process::Command;
 
@@ -38,6 +39,14 @@ fn quick_run_prints_the_table_of_every_mode() {
         "| broker token verifier vs ring RS256 verify, same fresh tokens, interleaved (per CPU-s) |",
         "| cold token: verification in the request (CPU/req a fresh token adds on the broker,",
         "| rotation to 50 over 5: last receiver |",
+        "| policy decision, 100 rules (one namespace, each rule its own top folder) |",
+        "| policy reload (parse and index), 100 rules",
+        "| verification cache hit, 100 identities cached |",
+        "| memory per cached verification, 100 identities",
+        "| watched paths 300: server CPU per update of one path |",
+        "| watched paths 300: broker RSS per watched path",
+        "| sidecar with 10 secrets: start to every file written |",
+        "| sidecar with 10 secrets: RSS when ready |",
         "server RSS per stream",
     ] {
         assert!(stdout.contains(row), "missing {row:?} in\n{stdout}");
