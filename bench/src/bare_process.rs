@@ -44,7 +44,10 @@ pub(crate) struct BareArgs {
 /// The `--serve-bare` mode: prints `ready bare=ADDR`, serves until stdin
 /// closes.
 pub(crate) fn serve_bare(args: &BareArgs) -> anyhow::Result<()> {
-    let reply_file = args.reply_file.as_deref().context("--reply-file is required")?;
+    let reply_file = args
+        .reply_file
+        .as_deref()
+        .context("--reply-file is required")?;
     let reply = v1::GetSecretResponse::decode(std::fs::read(reply_file)?.as_slice())?;
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
@@ -62,7 +65,11 @@ pub(crate) fn serve_bare(args: &BareArgs) -> anyhow::Result<()> {
     // The parent's end of stdin is the process's life.
     std::thread::spawn(|| {
         let mut sink = String::new();
-        while std::io::stdin().lock().read_line(&mut sink).is_ok_and(|n| n > 0) {
+        while std::io::stdin()
+            .lock()
+            .read_line(&mut sink)
+            .is_ok_and(|n| n > 0)
+        {
             sink.clear();
         }
         std::process::exit(0);
@@ -109,7 +116,10 @@ impl BareProcess {
         let reply_file = dir.path().join("reply.bin");
         std::fs::write(&reply_file, reply.encode_to_vec())?;
         let mut command = Command::new(std::env::current_exe()?);
-        command.arg("--serve-bare").arg("--reply-file").arg(&reply_file);
+        command
+            .arg("--serve-bare")
+            .arg("--reply-file")
+            .arg(&reply_file);
         let mut ca_pem = None;
         if tls {
             let files = TlsFiles::generate(dir.path())?;

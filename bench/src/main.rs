@@ -73,6 +73,13 @@ struct Args {
     /// servers), `audit` (the broker's audit trail on); `none` for none.
     #[arg(long, value_delimiter = ',', default_value = "rs256,es256,tls,audit")]
     shipped: Vec<String>,
+    /// Skip the peers' rows (`bao agent` and OpenBao beside the shipped
+    /// broker).
+    #[arg(long)]
+    no_peers: bool,
+    /// The `bao` binary for the peers' rows (default: `.venv/bin/bao`).
+    #[arg(long)]
+    bao_bin: Option<PathBuf>,
     /// The `coffer-broker` binary to start (default: beside this one).
     #[arg(long)]
     broker_bin: Option<PathBuf>,
@@ -187,7 +194,10 @@ fn main() -> anyhow::Result<()> {
 
 /// The specs of a list flag, `none` dropped.
 fn specs(list: &[String]) -> anyhow::Result<Vec<(usize, usize)>> {
-    list.iter().filter(|s| *s != "none").map(|s| pair(s)).collect()
+    list.iter()
+        .filter(|s| *s != "none")
+        .map(|s| pair(s))
+        .collect()
 }
 
 /// The broker binary: `--broker-bin`, else `coffer-broker` beside this
@@ -230,6 +240,7 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
             gets: &gets,
             run_for: args.duration,
             cold_tokens: args.cold_tokens,
+            peers: (!args.no_peers).then(|| load::peers::bao_bin(args.bao_bin.as_deref())),
         };
         for config in configs {
             rows.extend(load::shipped::rows(&plan, config, &minter).await?);
@@ -239,7 +250,10 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
         let mut sizes = list
             .iter()
             .filter(|s| *s != "none")
-            .map(|s| s.parse::<usize>().with_context(|| format!("{s:?} is not a size")))
+            .map(|s| {
+                s.parse::<usize>()
+                    .with_context(|| format!("{s:?} is not a size"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         sizes.retain(|n| *n > 0);
         sizes.sort_unstable();
@@ -261,8 +275,14 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
     if !watched.is_empty() {
         let (binary, minter) = (broker_bin(args)?, tokens::Minter::new()?);
         rows.extend(
-            load::paths::rows(&binary, &args.log_level, &minter, &watched, args.rounds.max(10))
-                .await?,
+            load::paths::rows(
+                &binary,
+                &args.log_level,
+                &minter,
+                &watched,
+                args.rounds.max(10),
+            )
+            .await?,
         );
     }
     let pod_secrets = sizes(&args.pod_secrets)?;

@@ -5,12 +5,7 @@
 //! against the number of cached identities. Each figure is set beside the
 //! same figure at the smallest size of the same run.
 
-use std::{
-    hint::black_box,
-    num::NonZeroUsize,
-    sync::Arc,
-    time::Duration,
-};
+use std::{hint::black_box, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use coffer_broker::{
     auth::{
@@ -125,7 +120,10 @@ pub(crate) fn policy_rows(sizes: &[usize], quick: bool) -> anyhow::Result<Vec<Ro
                 ratio: ratio(decision, base_decision),
             });
             rows.push(Row::Scale {
-                label: format!("policy reload (parse and index), {n} rules ({})", shape.name()),
+                label: format!(
+                    "policy reload (parse and index), {n} rules ({})",
+                    shape.name()
+                ),
                 value: format!("{:.2} ms", reload.as_secs_f64() * 1e3),
                 base: format!("{:.2} ms at {size}", base_reload.as_secs_f64() * 1e3),
                 ratio: ratio(reload, base_reload),
@@ -212,7 +210,10 @@ fn mint_many(minter: &Minter, n: usize) -> anyhow::Result<Vec<BearerToken>> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("minting panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("minting panicked")))
+            })
             .collect()
     });
     let mut tokens = Vec::with_capacity(n);

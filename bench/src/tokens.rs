@@ -61,8 +61,18 @@ impl Minter {
             .map_or(0, |d| d.as_secs());
         let uid = |what: &str| {
             let d = ring::digest::digest(&ring::digest::SHA256, what.as_bytes());
-            let h: String = d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+            let h: String = d.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
         };
         let claims = serde_json::json!({
             "aud": [AUDIENCE],

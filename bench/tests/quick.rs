@@ -47,6 +47,8 @@ fn quick_run_prints_the_table_of_every_mode() {
         "| watched paths 300: broker RSS per watched path",
         "| sidecar with 10 secrets: start to every file written |",
         "| sidecar with 10 secrets: RSS when ready |",
+        "| bao agent (caching API proxy) in front of OpenBao: server-side CPU per read |",
+        "| OpenBao direct (KV v2): reads/s |",
         "server RSS per stream",
     ] {
         assert!(stdout.contains(row), "missing {row:?} in\n{stdout}");

@@ -60,7 +60,7 @@ pub(crate) async fn compare(
 }
 
 /// The Get load: `conns` connections, `in_flight` requests on each.
-async fn get_load(
+pub(crate) async fn get_load(
     server: &dyn Target,
     token: &str,
     conns: usize,

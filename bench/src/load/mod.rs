@@ -5,6 +5,7 @@
 pub(crate) mod cold;
 pub(crate) mod get;
 pub(crate) mod paths;
+pub(crate) mod peers;
 pub(crate) mod shipped;
 pub(crate) mod sidecar;
 pub(crate) mod watch;

@@ -71,6 +71,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) run_for: std::time::Duration,
     /// Fresh tokens for the cold rows (0: none), run with `rs256`.
     pub(crate) cold_tokens: usize,
+    /// Run the peers' rows with `rs256`; with the `bao` binary if found.
+    pub(crate) peers: Option<Option<std::path::PathBuf>>,
 }
 
 /// The rows of `config`.
@@ -128,6 +130,16 @@ pub(crate) async fn rows(
             )
             .await?,
         );
+    }
+    if config.name == "rs256"
+        && let Some(bao) = &plan.peers
+    {
+        match bao {
+            Some(bao) => rows.extend(super::peers::rows(bao, &broker, &token, plan.run_for).await?),
+            None => rows.push(Row::Skipped(
+                "peers: no bao binary (scripts/install-test-deps puts it in .venv/bin, or give --bao-bin)".into(),
+            )),
+        }
     }
     Ok(rows)
 }

@@ -44,7 +44,9 @@ pub(crate) async fn rows(
     let largest = sizes.iter().copied().max().unwrap_or(1);
     let channel = connect_target(&broker).await?;
     for i in 0..largest {
-        broker.put_at(&channel, &format!("bench/pod-secret-{i}"), 1).await?;
+        broker
+            .put_at(&channel, &format!("bench/pod-secret-{i}"), 1)
+            .await?;
     }
     let token = minter.mint(Alg::Rs256, "app", "app-7d9f8b6c5d-x2x4q")?;
     let mut rows = Vec::new();
@@ -119,7 +121,9 @@ async fn start_once(
             break Ok((started.elapsed(), process_rss(child.id())));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            break Err(anyhow::anyhow!("the sidecar exited ({status}) before it was ready"));
+            break Err(anyhow::anyhow!(
+                "the sidecar exited ({status}) before it was ready"
+            ));
         }
         if Instant::now() > deadline {
             break Err(anyhow::anyhow!("the sidecar was not ready within 30 s"));

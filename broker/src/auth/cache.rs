@@ -222,12 +222,18 @@ mod tests {
     async fn a_digest_finds_only_a_verified_unexpired_token() {
         let (inner, cache) = cached(unix_now() + 600, 8);
         let (web, bad) = (BearerToken::new("web"), BearerToken::new("bad"));
-        assert!(cache.cached(&token_digest(&web)).is_none(), "not verified yet");
+        assert!(
+            cache.cached(&token_digest(&web)).is_none(),
+            "not verified yet"
+        );
         let verified = cache.authenticate_shared(&web).await.unwrap();
         let hit = cache.cached(&token_digest(&web)).expect("a hit");
         assert!(Arc::ptr_eq(&hit, &verified));
         assert!(cache.authenticate_shared(&bad).await.is_err());
-        assert!(cache.cached(&token_digest(&bad)).is_none(), "failures are not cached");
+        assert!(
+            cache.cached(&token_digest(&bad)).is_none(),
+            "failures are not cached"
+        );
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
 
         let (_, expired) = cached(unix_now().saturating_sub(1), 8);

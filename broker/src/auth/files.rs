@@ -292,7 +292,8 @@ mod tests {
         };
         std::fs::write(&path, a.jwks_json()).unwrap();
         let keys = Arc::new(FileKeys::load(&path, KeyFileFormat::Jwks, Duration::ZERO).unwrap());
-        let verifier = JwtVerifier::with_source(VerifierConfig::new("https://i", "coffer"), keys.clone());
+        let verifier =
+            JwtVerifier::with_source(VerifierConfig::new("https://i", "coffer"), keys.clone());
         let token = a
             .mint("coffer", "shop", "web", None, Duration::from_secs(600))
             .unwrap();

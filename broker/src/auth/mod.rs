@@ -255,7 +255,11 @@ mod tests {
     /// name exactly the token `from_header` takes, or nothing.
     #[test]
     fn the_digest_of_a_header_is_the_digest_of_the_token_it_carries() {
-        for header in ["Bearer abc.def.ghi", "bearer abc.def.ghi", "Bearer  abc.def.ghi \t"] {
+        for header in [
+            "Bearer abc.def.ghi",
+            "bearer abc.def.ghi",
+            "Bearer  abc.def.ghi \t",
+        ] {
             let token = BearerToken::from_header(header).unwrap();
             assert_eq!(
                 BearerToken::digest_of_header(header.as_bytes()),
@@ -264,7 +268,11 @@ mod tests {
             );
         }
         for refused in ["Basic abc", "Bearer ", "Bearer  \t", "abc", ""] {
-            assert_eq!(BearerToken::digest_of_header(refused.as_bytes()), None, "{refused:?}");
+            assert_eq!(
+                BearerToken::digest_of_header(refused.as_bytes()),
+                None,
+                "{refused:?}"
+            );
         }
     }
 

@@ -65,7 +65,6 @@ pub(super) fn merge_ascending(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,10 +125,16 @@ rules:
         .unwrap();
         use super::super::Decision;
         let allow = |rule: &str| Decision::Allow { rule: rule.into() };
-        assert_eq!(decide(&policy, "shop", "shop/db"), allow("glob-first-allow"));
+        assert_eq!(
+            decide(&policy, "shop", "shop/db"),
+            allow("glob-first-allow")
+        );
         assert_eq!(decide(&policy, "shop", "shop/cache"), allow("shop-allow"));
         assert_eq!(decide(&policy, "shop", "shared/tls"), allow("shop-allow"));
-        assert_eq!(decide(&policy, "shop", "shop/own"), allow("glob-first-allow"));
+        assert_eq!(
+            decide(&policy, "shop", "shop/own"),
+            allow("glob-first-allow")
+        );
         assert_eq!(decide(&policy, "shop", "billing/x"), allow("other-folder"));
         assert_eq!(
             decide(&policy, "shop", "shop/private"),

@@ -52,8 +52,8 @@ use std::{collections::HashMap, fmt, path::Path, sync::Arc};
 use smallvec::SmallVec;
 
 use crate::{auth::WorkloadIdentity, path::SecretPath};
-use index::{PathIndex, merge_ascending};
 pub use capability::{Capability, Effect};
+use index::{PathIndex, merge_ascending};
 pub use lint::PolicyWarning;
 pub use load::PolicyError;
 pub use pattern::{NamePattern, PathPattern, PatternError};
