@@ -10,7 +10,7 @@ use std::{hint::black_box, num::NonZeroUsize, sync::Arc, time::Duration};
 use coffer_broker::{
     auth::{
         Authenticator, BearerToken, WorkloadIdentity,
-        cache::CachingAuthenticator,
+        cache::{CACHE_SHARDS, CachingAuthenticator},
         jwt::{JwtVerifier, KeySet, VerifierConfig},
     },
     path::SecretPath,
@@ -148,15 +148,25 @@ pub(crate) async fn identity_rows(sizes: &[usize], minter: &Minter) -> anyhow::R
     for &n in std::iter::once(&1).chain(sizes) {
         let keys = KeySet::from_jwks_json(shipped_jwks()?.as_bytes())?;
         let verifier = JwtVerifier::new(VerifierConfig::new(SHIPPED_ISSUER, AUDIENCE), keys);
+        // A fifth more than n and 16 a shard of slack: the shards split the
+        // bound evenly and the digests fall unevenly, yet every probe below
+        // must be a hit (checked). The tables are sized at construction, as
+        // the broker's are, before the memory is first read.
+        let capacity = n + n / 5 + 16 * CACHE_SHARDS;
         let cache = CachingAuthenticator::new(
             Arc::new(verifier),
-            NonZeroUsize::new(n.max(16)).unwrap_or(NonZeroUsize::MIN),
+            NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
         );
         let before = rss_bytes();
         for token in &tokens[..n] {
             cache.authenticate_shared(token).await?;
         }
         let grown = rss_bytes().saturating_sub(before);
+        anyhow::ensure!(
+            cache.len() == n,
+            "the cache lost entries: {} of {n}",
+            cache.len()
+        );
         // Hits spread over every cached identity, in a fixed scattered order.
         let probes = 20_000usize;
         let mut hits = Vec::new();
