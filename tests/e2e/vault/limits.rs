@@ -116,3 +116,38 @@ async fn one_identity_flooding_misses_does_not_starve_another_identity() {
         "every flood request is refused or not found"
     );
 }
+
+/// Regression (issue #27, found by the restart storm): pods of one service
+/// account starting at once all ask for the same uncached path. Each found
+/// no read in flight and waited for its share of Vault reads; only the one
+/// that got it read, and every other was refused `RESOURCE_EXHAUSTED` when
+/// its wait ended, although the read it needed had started meanwhile. Now
+/// a caller whose wait ends joins that read, or takes what it left.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_of_one_identity_starting_at_once_share_one_read_and_none_is_refused() {
+    let bao = OpenBao::start();
+    let broker = broker(
+        &bao,
+        "limits: {perIdentityRequestsPerSecond: 4, perIdentityBurst: 1, perIdentityMaxWait: 500ms}\n",
+    );
+    bao.bao(&["kv", "put", "secret/shop/storm", "v=one"]);
+    bao.bao(&["kv", "put", "secret/shop/first", "v=one"]);
+    let web = broker.client(mint(Key::Rsa, "shop", "web")).await;
+    // The identity's burst is spent: every pod below waits for its share.
+    web.get("shop/first").await.unwrap();
+    let pods = 20;
+    let gets = (0..pods).map(|_| {
+        let web = web.clone();
+        tokio::spawn(async move { web.get("shop/storm").await.map(|_| ()) })
+    });
+    let mut refused = 0;
+    for get in futures::future::join_all(gets).await {
+        match get.unwrap() {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(Code::ResourceExhausted) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(refused, 0, "{refused} of {pods} pods refused");
+    assert_eq!(bao.audited("read", "secret/data/shop/storm"), 1);
+}

@@ -265,38 +265,63 @@ impl Inner {
             Lookup::Miss { joining } => joining,
         };
         crate::metrics::store_cache(if joining { "coalesced" } else { "miss" });
-        if let Some(tenant) = tenant.filter(|_| !joining) {
-            self.charge(tenant, path).await?;
-        }
-        let read = match self.reads.fly(&key, || {
-            Arc::clone(self)
-                .fetch_and_cache(key.clone())
-                .boxed()
-                .shared()
-        }) {
-            Flight::Landed(hit) => return Ok(hit),
-            Flight::Read(read) => read,
-        };
-        match read.await {
-            Ok(secret) => Ok(secret),
-            Err(error) => match &*error {
-                StoreError::Unavailable(detail) => match self.reads.stale(&key) {
-                    Some(secret) => {
-                        tracing::warn!(path, error = %detail, "Vault unavailable; serving a cached value");
-                        Ok(secret)
-                    }
-                    None => Err(StoreError::Unavailable(detail.clone())),
+        // The caller who starts a read is charged its share of Vault reads
+        // inside that read, so that the flight exists from the first miss
+        // on: pods of one service account starting at once join it instead
+        // of each booking a share (and all but a burst being refused).
+        let mut own_account = false;
+        loop {
+            let mut started = false;
+            let flight = self.reads.fly(&key, || {
+                started = true;
+                Arc::clone(self)
+                    .fetch_and_cache(key.clone(), tenant.map(str::to_owned))
+                    .boxed()
+                    .shared()
+            });
+            let read = match flight {
+                Flight::Landed(hit) => return Ok(hit),
+                Flight::Read(read) => read,
+            };
+            return match read.await {
+                Ok(secret) => Ok(secret),
+                // The caller who started the read was over its share; one
+                // that only joined asks again on its own account, so an
+                // identity over its share cannot make others' reads fail.
+                Err(error)
+                    if matches!(*error, StoreError::Throttled) && !started && !own_account =>
+                {
+                    own_account = true;
+                    continue;
+                }
+                Err(error) => match &*error {
+                    StoreError::Unavailable(detail) => match self.reads.stale(&key) {
+                        Some(secret) => {
+                            tracing::warn!(path, error = %detail, "Vault unavailable; serving a cached value");
+                            Ok(secret)
+                        }
+                        None => Err(StoreError::Unavailable(detail.clone())),
+                    },
+                    other => Err(other.clone()),
                 },
-                other => Err(other.clone()),
-            },
+            };
         }
     }
 
     /// Reads Vault, caches, and tells the bookkeeping what it learned.
+    /// `tenant`, the caller who started the read, is charged its share
+    /// first.
     async fn fetch_and_cache(
         self: Arc<Self>,
         key: CacheKey,
+        tenant: Option<String>,
     ) -> Result<StoredSecret, Arc<StoreError>> {
+        if let Some(tenant) = &tenant
+            && let Err(throttled) = self.charge(tenant, &key.0).await
+        {
+            self.reads.land(&key);
+            return Err(Arc::new(throttled));
+        }
         let result = settle::read(&self.vault, &self.versions, &key.0, key.1).await;
         let latest = match &result {
             Ok(secret) => {
