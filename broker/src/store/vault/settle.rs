@@ -78,7 +78,8 @@ pub(super) async fn read(
     loop {
         let known = versions.newest(path);
         let result = kv::read(vault, path, version).await;
-        if judge(&result, version, known) == Answer::Current {
+        if judge(&result, version, known) == Answer::Current || trimmed(vault, path, &result).await
+        {
             if retries > 0 {
                 tracing::debug!(path, retries, "Vault caught up with a version seen before");
             }
@@ -113,6 +114,17 @@ pub(super) async fn read(
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Whether a "version not found" comes from a node that has reached that
+/// version, so the version is gone for good (KV v2 keeps `max_versions`;
+/// older ones are trimmed), not yet to come: a node behind has an older
+/// current version.
+async fn trimmed(vault: &Backend, path: &str, result: &Result<StoredSecret, StoreError>) -> bool {
+    let Err(StoreError::VersionNotFound(v)) = result else {
+        return false;
+    };
+    matches!(kv::metadata(vault, path).await, Ok(Some(meta)) if meta.current_version >= *v)
 }
 
 /// Whether a "not found" for `version` (`None`: the latest) of a path
