@@ -377,9 +377,24 @@ impl RaftCluster {
     }
 
     /// Unseals node `i` with the threshold of keys, retrying while it is
-    /// not yet listening or has not yet joined.
+    /// not yet listening or has not yet joined. A node that took the
+    /// threshold unseals in the background (a raft joiner first fetches the
+    /// cluster's keyring from the leader, seconds on a loaded machine): its
+    /// seal status is watched, and the keys are given again only when it
+    /// asks for them anew and a while has passed, never every poll (a
+    /// busy machine once timed out while the keys kept being resubmitted).
     fn unseal(&self, i: usize) {
-        eventually(Duration::from_secs(30), "node unsealed", || {
+        let mut given: Option<Instant> = None;
+        eventually(Duration::from_secs(90), "node unsealed", || {
+            let (status, reply) = self.http(i, "GET", "/v1/sys/seal-status", None)?;
+            if status == 200 && reply["sealed"] == false {
+                return Some(());
+            }
+            let waiting = reply["progress"] == 0 || status != 200;
+            if !waiting || given.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
+                return None;
+            }
+            given = Some(Instant::now());
             for key in &self.unseal_keys[..2] {
                 let body = serde_json::json!({ "key": key.expose_secret() });
                 let (status, reply) = self.http(i, "PUT", "/v1/sys/unseal", Some(&body))?;
