@@ -162,6 +162,15 @@ impl ProxyFile {
                         self.upstream
                     )));
                 }
+                // The session (and md5's salted hash, open to offline
+                // guessing) crosses this connection: in clear only to this
+                // machine.
+                if self.tls.is_none() && !is_loopback_host(&self.upstream) {
+                    return Err(bad(format!(
+                        "upstream {:?} is off this machine: set `tls` (a PostgreSQL session is never sent in clear over the network)",
+                        self.upstream
+                    )));
+                }
             }
             Protocol::Http => {
                 if self.auth.is_none() {
@@ -190,6 +199,20 @@ impl ProxyFile {
     }
 }
 
+/// Whether `host:port` names this machine (127.0.0.0/8, `[::1]`,
+/// `localhost`).
+fn is_loopback_host(upstream: &str) -> bool {
+    let host = upstream
+        .rsplit_once(':')
+        .map_or(upstream, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,9 +224,10 @@ mod tests {
 
     #[test]
     fn a_postgres_proxy_is_read_with_its_defaults() {
-        let spec =
-            parse("protocol: postgres\nlisten: 127.0.0.1:6432\nupstream: db:5432\npath: shop/pg\n")
-                .unwrap();
+        let spec = parse(
+            "protocol: postgres\nlisten: 127.0.0.1:6432\nupstream: localhost:5432\npath: shop/pg\n",
+        )
+        .unwrap();
         assert_eq!(spec.name, "127.0.0.1:6432");
         assert_eq!(spec.username_key, "username");
         assert!(spec.tls.is_none());
@@ -215,6 +239,25 @@ mod tests {
             parse("protocol: postgres\nlisten: 0.0.0.0:6432\nupstream: db:5432\npath: a/b\n")
                 .unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
+    }
+
+    #[test]
+    fn a_postgres_upstream_off_this_machine_needs_tls() {
+        let base = "protocol: postgres\nlisten: 127.0.0.1:1\npath: a/b\n";
+        let clear = parse(&format!("{base}upstream: db.shop.svc:5432\n"));
+        assert!(clear.unwrap_err().to_string().contains("set `tls`"));
+        let clear_ip = parse(&format!("{base}upstream: 10.0.0.7:5432\n"));
+        assert!(clear_ip.is_err());
+        for local in ["127.0.0.1:5432", "'[::1]:5432'", "localhost:5432"] {
+            assert!(
+                parse(&format!("{base}upstream: {local}\n")).is_ok(),
+                "{local}"
+            );
+        }
+        let tls = parse(&format!(
+            "{base}upstream: db.shop.svc:5432\ntls: {{serverName: db.shop.svc}}\n"
+        ));
+        assert!(tls.is_ok(), "{tls:?}");
     }
 
     #[test]
