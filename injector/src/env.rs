@@ -28,10 +28,7 @@ use serde_json::{Value, json};
 use crate::{
     annotations::Layout,
     mode::SidecarMode,
-    patch::{
-        CLIENT_LABEL, INJECTED_ANNOTATION, Injection, Patch, SIDECAR_UID, add_to_map,
-        security_context,
-    },
+    patch::{Injection, Patch, SIDECAR_UID, mark_injected, security_context},
     pod::{Container, Pod, Raw},
 };
 
@@ -265,21 +262,10 @@ pub fn patch_alone(
     port: u16,
 ) -> Result<Patch, EnvError> {
     let mut ops = Vec::new();
-    let has_annotations = pod.metadata.annotations.is_some();
-    let has_labels = pod.metadata.labels.is_some();
-    add_to_map(
+    mark_injected(
         &mut ops,
-        has_annotations,
-        "/metadata/annotations",
-        INJECTED_ANNOTATION,
-        json!("true"),
-    );
-    add_to_map(
-        &mut ops,
-        has_labels,
-        "/metadata/labels",
-        CLIENT_LABEL,
-        json!("true"),
+        pod.metadata.annotations.is_some(),
+        pod.metadata.labels.is_some(),
     );
     add_ops(pod, injection, plan, 0, false, &mut ops)?;
     Ok(Patch {
@@ -377,7 +363,9 @@ fn settings(layout: &Layout) -> [(&'static str, &str); 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::patch::{PatchError, SIDECAR, patch, test_injection, tests::apply};
+    use crate::patch::{
+        CLIENT_LABEL, INJECTED_ANNOTATION, PatchError, SIDECAR, patch, test_injection, tests::apply,
+    };
 
     fn pod(annotations: Value, containers: Value) -> Value {
         json!({

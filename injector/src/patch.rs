@@ -248,20 +248,7 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         CONFIG_ANNOTATION,
         json!(config),
     );
-    add_to_map(
-        &mut ops,
-        has_annotations,
-        "/metadata/annotations",
-        INJECTED_ANNOTATION,
-        json!("true"),
-    );
-    add_to_map(
-        &mut ops,
-        has_labels,
-        "/metadata/labels",
-        CLIENT_LABEL,
-        json!("true"),
-    );
+    mark_injected(&mut ops, has_annotations, has_labels);
     if let Some(app) = default_container {
         add_to_map(
             &mut ops,
@@ -458,6 +445,25 @@ impl<'a> Sidecars<'a> {
 }
 
 /// Adds `key: value` to the map at `path`, creating the map if absent.
+/// The marks every injected pod carries: the annotation that says it was
+/// injected, and the label the broker's NetworkPolicy admits.
+pub(crate) fn mark_injected(ops: &mut Vec<Value>, has_annotations: bool, has_labels: bool) {
+    add_to_map(
+        ops,
+        has_annotations,
+        "/metadata/annotations",
+        INJECTED_ANNOTATION,
+        json!("true"),
+    );
+    add_to_map(
+        ops,
+        has_labels,
+        "/metadata/labels",
+        CLIENT_LABEL,
+        json!("true"),
+    );
+}
+
 pub(crate) fn add_to_map(ops: &mut Vec<Value>, exists: bool, path: &str, key: &str, value: Value) {
     let exists = exists || ops.iter().any(|op| op["path"] == path);
     if exists {
