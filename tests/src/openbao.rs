@@ -245,7 +245,28 @@ pub fn reserve_port() -> u16 {
 }
 
 /// A loopback port that is free, and whose successor is free too.
+///
+/// Taken below the kernel's ephemeral range: a server (an OpenBao node's
+/// cluster listener) binds its port seconds after it was chosen, and in
+/// the ephemeral range any outgoing connection of a parallel test may take
+/// it meanwhile (a raft joiner then cannot unseal: it happened in CI).
 fn free_port_pair() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let below = ephemeral_low().unwrap_or(32768);
+    let (low, high) = (10_000u16, below.saturating_sub(2));
+    if high > low + 1000 {
+        let random = RandomState::new();
+        for attempt in 0u32..10_000 {
+            let pick = random.hash_one(attempt) % u64::from(high - low);
+            let port = low + u16::try_from(pick).unwrap();
+            let Ok(_first) = TcpListener::bind(("127.0.0.1", port)) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                return port;
+            }
+        }
+    }
     loop {
         let first = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = first.local_addr().unwrap().port();
@@ -253,6 +274,16 @@ fn free_port_pair() -> u16 {
             return port;
         }
     }
+}
+
+/// The first port of the kernel's ephemeral range (outgoing connections).
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Serves `body` as JSON at `http://127.0.0.1:PORT/` from a thread, for as

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::{
     openbao::{bao_binary, reserve_port},
-    process::{Process, eventually},
+    process::{Process, eventually, within},
 };
 
 /// What the broker may do on the cluster: the KV v2 mount `secret`.
@@ -96,7 +96,10 @@ impl RaftCluster {
         for _ in 0..3 {
             match Self::try_start(&options) {
                 Ok(cluster) => return cluster,
-                Err(output) => last = output,
+                Err(output) => {
+                    eprintln!("the OpenBao raft cluster did not start; again:\n{output}");
+                    last = output;
+                }
             }
         }
         panic!("the OpenBao raft cluster did not start:\n{last}");
@@ -105,7 +108,14 @@ impl RaftCluster {
     fn try_start(options: &ClusterOptions) -> Result<Self, String> {
         let begin = Instant::now();
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..options.nodes).map(|_| reserve_port()).collect();
+        // Each node takes a port and its successor (the cluster listener).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < options.nodes {
+            let port = reserve_port();
+            if ports.iter().all(|&p| port.abs_diff(p) > 1) {
+                ports.push(port);
+            }
+        }
         let mut nodes = Vec::new();
         for (i, &port) in ports.iter().enumerate() {
             let config = dir.path().join(format!("node{i}.hcl"));
@@ -133,7 +143,7 @@ impl RaftCluster {
         let until = Instant::now() + Duration::from_secs(30);
         while node_health(cluster.nodes[0].api_port).is_none() {
             if Instant::now() > until || cluster.any_exited() {
-                return Err(cluster.outputs());
+                return Err(cluster.log_tails());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -155,7 +165,7 @@ impl RaftCluster {
             .map(|k| SecretString::from(k.as_str().unwrap().to_string()))
             .collect();
         cluster.root_token = SecretString::from(init["root_token"].as_str().unwrap().to_string());
-        cluster.unseal(0);
+        cluster.try_unseal(0)?;
         cluster.wait_for_leader(Duration::from_secs(30));
         // Promote joiners after 1 s of stability, not 10 s.
         cluster.cli_at(
@@ -172,7 +182,7 @@ impl RaftCluster {
         let leader_api = cluster.address(0);
         for i in 1..options.nodes {
             cluster.cli_at(i, &["operator", "raft", "join", &leader_api]);
-            cluster.unseal(i);
+            cluster.try_unseal(i)?;
         }
         cluster.setup();
         cluster.wait_for_voters(options.nodes);
@@ -384,8 +394,16 @@ impl RaftCluster {
     /// asks for them anew and a while has passed, never every poll (a
     /// busy machine once timed out while the keys kept being resubmitted).
     fn unseal(&self, i: usize) {
+        if let Err(outputs) = self.try_unseal(i) {
+            panic!("{outputs}");
+        }
+    }
+
+    /// [`unseal`](Self::unseal), or every node's output when node `i` is
+    /// still sealed after 90 s (a cluster being made is then made anew).
+    fn try_unseal(&self, i: usize) -> Result<(), String> {
         let mut given: Option<Instant> = None;
-        eventually(Duration::from_secs(90), "node unsealed", || {
+        let unsealed = within(Duration::from_secs(90), || {
             let (status, reply) = self.http(i, "GET", "/v1/sys/seal-status", None)?;
             if status == 200 && reply["sealed"] == false {
                 return Some(());
@@ -407,6 +425,7 @@ impl RaftCluster {
             }
             None
         });
+        unsealed.ok_or_else(|| format!("node {i} still sealed after 90 s\n{}", self.log_tails()))
     }
 
     fn any_exited(&mut self) -> bool {
@@ -427,6 +446,23 @@ impl RaftCluster {
                 format!("--- node {i} ---\n{out}")
             })
             .collect()
+    }
+
+    /// The last server log lines of every node (audit lines left out), for
+    /// a failure message.
+    fn log_tails(&self) -> String {
+        let mut tails = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let out = node
+                .process
+                .as_ref()
+                .map(Process::output)
+                .unwrap_or_default();
+            let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('{')).collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            tails.push_str(&format!("--- node {i} ---\n{tail}\n"));
+        }
+        tails
     }
 
     /// Runs the `bao` CLI as root against the active node; panics on failure.
