@@ -153,6 +153,7 @@ pub(crate) async fn identity_rows(sizes: &[usize], minter: &Minter) -> anyhow::R
         // must be a hit (checked). The tables are sized at construction, as
         // the broker's are, before the memory is first read.
         let capacity = n + n / 5 + 16 * CACHE_SHARDS;
+        let heap_before = crate::heap_bytes();
         let cache = CachingAuthenticator::new(
             Arc::new(verifier),
             NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
@@ -162,6 +163,7 @@ pub(crate) async fn identity_rows(sizes: &[usize], minter: &Minter) -> anyhow::R
             cache.authenticate_shared(token).await?;
         }
         let grown = rss_bytes().saturating_sub(before);
+        let heap = crate::heap_bytes().saturating_sub(heap_before);
         anyhow::ensure!(
             cache.len() == n,
             "the cache lost entries: {} of {n}",
@@ -192,6 +194,14 @@ pub(crate) async fn identity_rows(sizes: &[usize], minter: &Minter) -> anyhow::R
                     "memory per cached verification, {n} identities (process RSS growth / n)"
                 ),
                 value: format!("{:.0} B", grown as f64 / n as f64),
+                base: String::new(),
+                ratio: f64::NAN,
+            });
+            rows.push(Row::Scale {
+                label: format!(
+                    "heap per cached verification, {n} identities (counting allocator: the cache built and filled, its tables sized for {capacity}, / n)"
+                ),
+                value: format!("{:.0} B", heap as f64 / n as f64),
                 base: String::new(),
                 ratio: f64::NAN,
             });

@@ -44,4 +44,5 @@ pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod store;
+mod swept;
 pub mod tls;

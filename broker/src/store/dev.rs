@@ -6,6 +6,7 @@
 //! file (raw bytes or base64) or base64 in an environment variable.
 
 use crate::path::SecretName;
+use crate::swept::SweptMap;
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
@@ -49,7 +50,7 @@ struct Version {
 /// The in-memory store.
 pub struct DevStore {
     secrets: Mutex<HashMap<String, Vec<Version>>>,
-    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    watchers: Mutex<SweptMap<String, watch::Sender<u64>>>,
     persistence: Option<Persistence>,
     /// Serializes writers, so the file is written outside the `secrets`
     /// lock (and off the async workers) while no other write interleaves.
@@ -192,10 +193,15 @@ impl DevStore {
 
     fn notify(&self, path: &str, version: u64) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = watchers.get(path) {
-            tx.send_replace(version);
+        match watchers.get(path) {
+            Some(tx) if tx.receiver_count() > 0 => {
+                tx.send_replace(version);
+            }
+            Some(_) => {
+                watchers.remove(path);
+            }
+            None => {}
         }
-        watchers.retain(|_, tx| tx.receiver_count() > 0);
     }
 }
 
@@ -370,10 +376,12 @@ impl SecretStore for DevStore {
             .get(path.as_str())
             .map_or(0, |v| v.len() as u64);
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        watchers
-            .entry(path.to_string())
-            .or_insert_with(|| watch::channel(current).0)
-            .subscribe()
+        if let Some(tx) = watchers.get(path.as_str()) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(current);
+        watchers.insert(path.to_string(), tx, |_, tx| tx.receiver_count() > 0);
+        rx
     }
 }
 

@@ -9,6 +9,7 @@ use std::{
 use coffer_proto::{v1, wire::WatchReply};
 
 use crate::service::{Broker, Call, decisions::Allowed, read_reason};
+use crate::swept::SweptMap;
 use crate::{auth::WorkloadIdentity, error::ApiError, path::SecretPath, policy::Capability};
 
 impl Broker {
@@ -64,51 +65,37 @@ impl Broker {
 /// from here for long.
 const FANOUT_TTL: Duration = Duration::from_secs(2);
 
-/// Paths in the fan-out's index before it first drops those no stream
-/// watches.
-const FANOUT_SWEEP_AT: usize = 1024;
-
 /// The newest update of each watched path, read and encoded once and shared
 /// by every stream that sends it. Each stream holds its path's [`Slot`], so
 /// an update costs one read lock on the slot, not a lookup under a lock
 /// every stream shares.
+///
+/// Each watched path's slot is held weakly: a slot lives as long as a
+/// stream holds it, so the index is bounded by the paths open streams watch
+/// (and the dead entries since its last sweep).
 #[derive(Default)]
 pub(crate) struct FanOut {
-    index: parking_lot::Mutex<SlotIndex>,
-}
-
-/// Each watched path's slot, held weakly: a slot lives as long as a stream
-/// holds it, so the index is bounded by the paths open streams watch (and
-/// the dead entries since its last sweep).
-#[derive(Default)]
-struct SlotIndex {
-    slots: std::collections::HashMap<SecretPath, Weak<Slot>>,
-    /// The size at which the dead entries are dropped next: twice what the
-    /// last sweep kept, so sweeps cost O(1) per insert however many paths
-    /// are watched.
-    sweep_at: usize,
+    index: parking_lot::Mutex<SweptMap<SecretPath, Weak<Slot>>>,
 }
 
 impl FanOut {
     /// The slot of `path`, shared by every stream that watches it now.
     pub(super) fn slot(&self, path: &SecretPath) -> Arc<Slot> {
         let mut index = self.index.lock();
-        if let Some(slot) = index.slots.get(path).and_then(Weak::upgrade) {
+        if let Some(slot) = index.get(path).and_then(Weak::upgrade) {
             return slot;
         }
-        if index.slots.len() >= index.sweep_at.max(FANOUT_SWEEP_AT) {
-            index.slots.retain(|_, slot| slot.strong_count() > 0);
-            index.sweep_at = index.slots.len().saturating_mul(2);
-        }
         let slot = Arc::new(Slot::default());
-        index.slots.insert(path.clone(), Arc::downgrade(&slot));
+        index.insert(path.clone(), Arc::downgrade(&slot), |_, slot| {
+            slot.strong_count() > 0
+        });
         slot
     }
 
     /// Paths in the index, dead entries included (for tests).
     #[cfg(test)]
     fn indexed(&self) -> usize {
-        self.index.lock().slots.len()
+        self.index.lock().len()
     }
 }
 
@@ -167,7 +154,7 @@ mod tests {
         for n in 10..10_000 {
             drop(fanout.slot(&path(n)));
         }
-        assert!(fanout.indexed() <= FANOUT_SWEEP_AT, "{}", fanout.indexed());
+        assert!(fanout.indexed() <= 1024, "{}", fanout.indexed());
         // The held slots survive every sweep.
         for (n, slot) in held.iter().enumerate() {
             assert!(Arc::ptr_eq(slot, &fanout.slot(&path(n))));

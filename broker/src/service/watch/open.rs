@@ -137,10 +137,7 @@ impl Broker {
                 )
             })
             .collect();
-        let changes = match <[_; 1]>::try_from(subscriptions) {
-            Ok([one]) => Changes::One(one),
-            Err(many) => Changes::Many(many.into_iter().enumerate().collect()),
-        };
+        let changes = Changes::new(subscriptions);
         let mut snapshot = Vec::with_capacity(paths.len());
         let mut watched = Vec::with_capacity(paths.len());
         let mut shared = Vec::with_capacity(paths.len());

@@ -14,7 +14,8 @@ use coffer_proto::wire::WatchReply;
 use coffer_runtime::Backoff;
 use futures::{Stream, StreamExt};
 use tokio::{sync::watch, time::Sleep};
-use tokio_stream::{StreamMap, wrappers::WatchStream};
+use futures::stream::SelectAll;
+use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
 use super::fanout::Slot;
@@ -148,15 +149,50 @@ enum Event {
 pub(super) enum Changes {
     /// The common case: one path, no map to search.
     One(WatchStream<u64>),
-    Many(StreamMap<usize, WatchStream<u64>>),
+    /// Several paths: only the channels that woke are polled (a map
+    /// polled in turn would look at every path's channel per update).
+    Many(SelectAll<Tagged>),
 }
 
 impl Changes {
+    /// The channels of `paths` in order: a change says its path's index.
+    pub(super) fn new(mut paths: Vec<WatchStream<u64>>) -> Self {
+        if paths.len() == 1
+            && let Some(one) = paths.pop()
+        {
+            return Self::One(one);
+        }
+        Self::Many(
+            paths
+                .into_iter()
+                .enumerate()
+                .map(|(index, changes)| Tagged { index, changes })
+                .collect(),
+        )
+    }
+
     fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, u64)>> {
         match self {
             Self::One(changes) => changes.poll_next_unpin(cx).map(|v| v.map(|v| (0, v))),
             Self::Many(changes) => changes.poll_next_unpin(cx),
         }
+    }
+}
+
+/// One path's version channel, each change tagged with the path's index.
+pub(super) struct Tagged {
+    index: usize,
+    changes: WatchStream<u64>,
+}
+
+impl Stream for Tagged {
+    type Item = (usize, u64);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<(usize, u64)>> {
+        let index = self.index;
+        self.changes
+            .poll_next_unpin(cx)
+            .map(|version| version.map(|v| (index, v)))
     }
 }
 

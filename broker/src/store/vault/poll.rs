@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{config::PollConfig, limits::jittered};
 use crate::store::StoreError;
+use crate::swept::SweptMap;
 
 /// What the store knows of each path's versions, and who watches them.
 #[derive(Default)]
 pub(super) struct Versions {
     known: Mutex<HashMap<String, Known>>,
-    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    watchers: Mutex<SweptMap<String, watch::Sender<u64>>>,
 }
 
 /// What the store knows about one path's versions.
@@ -134,9 +135,10 @@ impl Versions {
         if let Some(tx) = watchers.get(path) {
             return (tx.subscribe(), false);
         }
-        watchers.retain(|p, tx| tx.receiver_count() > 0 || polled(p));
         let (tx, rx) = watch::channel(self.newest(path));
-        watchers.insert(path.to_string(), tx);
+        watchers.insert(path.to_string(), tx, |p, tx| {
+            tx.receiver_count() > 0 || polled(p)
+        });
         (rx, true)
     }
 
