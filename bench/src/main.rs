@@ -294,7 +294,11 @@ async fn run_all(args: &Args, options: &ServerOptions, rows: &mut Vec<Row>) -> a
                 // Enough rotations that the work of opening the streams
                 // (settling in the background) is a small part of the
                 // figure: with 10 to 40 it was, and the figure grew with P.
-                if args.quick { args.rounds } else { args.rounds.max(1000) },
+                if args.quick {
+                    args.rounds
+                } else {
+                    args.rounds.max(1000)
+                },
             )
             .await?,
         );

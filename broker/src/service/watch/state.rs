@@ -12,9 +12,9 @@ use std::{
 
 use coffer_proto::wire::WatchReply;
 use coffer_runtime::Backoff;
+use futures::stream::SelectAll;
 use futures::{Stream, StreamExt};
 use tokio::{sync::watch, time::Sleep};
-use futures::stream::SelectAll;
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
