@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn dead_entries_are_dropped_once_the_map_doubles_and_live_ones_stay() {
         let mut map = SweptMap::default();
-        let live = |k: &usize, _: &mut ()| k % 10 == 0;
+        let live = |k: &usize, _: &mut ()| k.is_multiple_of(10);
         for k in 0..FIRST_SWEEP_AT {
             map.insert(k, (), live);
         }
@@ -78,7 +78,7 @@ mod tests {
         // 100,000 inserts of dead entries: the map stays within twice what
         // lives plus the first size.
         for k in 1_000_000..1_100_000 {
-            map.insert(k + 1, (), |k, _| *k < 1_000_000 && k % 10 == 0);
+            map.insert(k + 1, (), |k, _| *k < 1_000_000 && k.is_multiple_of(10));
             assert!(map.len() <= 2 * FIRST_SWEEP_AT + 1, "{}", map.len());
         }
     }
