@@ -21,7 +21,7 @@
 //! [`Config`] is what it becomes once checked: template files read, actions
 //! validated into [`Action`]s, so nothing downstream checks them again.
 
-mod file;
+pub(crate) mod file;
 
 use std::path::{Path, PathBuf};
 
@@ -191,7 +191,10 @@ impl Config {
             .map(|p| p.validate())
             .collect::<Result<Vec<_>, _>>()?;
         let mut listens = std::collections::HashSet::new();
-        if let Some(p) = proxies.iter().find(|p| !listens.insert(p.listen)) {
+        if let Some(p) = proxies
+            .iter()
+            .find(|p| !listens.insert(p.listen.to_string()))
+        {
             return Err(ConfigError::Invalid(format!(
                 "proxy listen {} is used twice",
                 p.listen

@@ -257,6 +257,9 @@ impl AtomicDir {
             .unwrap_or_default();
         let staging = tempfile::Builder::new()
             .prefix(&format!("..{}.{:09}.", now.as_secs(), now.subsec_nanos()))
+            // Born no wider than 0755 whatever the umask: nobody but the
+            // sidecar may add an entry while the files are made.
+            .permissions(fs::Permissions::from_mode(0o755))
             .tempdir_in(&self.root)
             .map_err(io_err("create", &self.root))?;
         let staging_path = staging.path().to_path_buf();
@@ -409,18 +412,28 @@ fn write_file(path: &Path, content: &FileContent) -> Result<(), WriteError> {
         .map_err(io_err("create", path))?;
     file.write_all(&content.bytes)
         .map_err(io_err("write", path))?;
-    // Set the mode explicitly (the umask must not decide it), and before the
-    // owner: once the file is the app's, changing its mode would need
-    // CAP_FOWNER, while this order needs only CAP_CHOWN.
-    file.set_permissions(fs::Permissions::from_mode(content.mode))
-        .map_err(io_err("chmod", path))?;
-    if content.uid.is_some() || content.gid.is_some() {
-        nix::unistd::fchown(
-            &file,
-            content.uid.map(nix::unistd::Uid::from_raw),
-            content.gid.map(nix::unistd::Gid::from_raw),
-        )
-        .map_err(|e| io_err("chown", path)(e.into()))?;
+    set_mode_and_owner(path, content.mode, content.uid, content.gid)
+        .map_err(io_err("chmod/chown", path))
+}
+
+/// Gives `path` its mode, then its owner (each `None` keeps the sidecar's).
+/// Files and the proxies' Unix sockets are both made this way.
+///
+/// The mode is set explicitly (the umask must not decide it), and before the
+/// owner: once the node is the app's, changing its mode would need
+/// CAP_FOWNER, while this order needs only CAP_CHOWN. By path, so the caller
+/// must hold `path` in a directory only the sidecar can write (the staging
+/// directory; a proxy's private bind directory), where nobody can swap it;
+/// the owner is set without following a symlink all the same.
+pub(crate) fn set_mode_and_owner(
+    path: &Path,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::lchown(path, uid, gid)?;
     }
     Ok(())
 }

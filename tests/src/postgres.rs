@@ -1,6 +1,8 @@
 //! A real PostgreSQL cluster for the dynamic-secret tests: `initdb` in a
 //! temp directory, `postgres` on a free loopback port, password (SCRAM)
-//! authentication over TCP, stopped on drop. PostgreSQL refuses to run as
+//! authentication over TCP, TLS offered with a certificate for `127.0.0.1`
+//! and `localhost` from the cluster's own CA ([`Postgres::ca_file`]; a
+//! client that does not ask gets plain TCP), stopped on drop. PostgreSQL refuses to run as
 //! root, so when the tests run as root the server runs as the `postgres`
 //! user the Debian package creates, in a directory it owns.
 //!
@@ -13,6 +15,8 @@ use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::{http::free_port, openbao::OpenBao, process::Process};
 
@@ -72,8 +76,9 @@ impl Postgres {
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, ROOT_PASSWORD).unwrap();
+        let (cert, key) = write_server_certificate(dir.path());
         if let Some((uid, gid)) = owner {
-            for path in [dir.path(), pwfile.as_path()] {
+            for path in [dir.path(), pwfile.as_path(), cert.as_path(), key.as_path()] {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
             }
         }
@@ -106,6 +111,11 @@ impl Postgres {
                 .arg("-D")
                 .arg(&data)
                 .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()))
                 .arg("-k")
                 .arg(dir.path());
             as_owner(&mut command, owner);
@@ -197,6 +207,11 @@ impl Postgres {
         ]);
     }
 
+    /// The CA (PEM) that signs the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// A scratch directory that lives as long as the server.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -217,9 +232,33 @@ impl Drop for Postgres {
     }
 }
 
+/// Writes `ca.pem` and the server's `server.crt` and `server.key` (0600,
+/// as PostgreSQL demands) into `dir`; returns the last two.
+fn write_server_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "coffer test PostgreSQL CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert_file, key_file)
+}
+
 /// The `postgres` user's uid and gid when running as root (PostgreSQL
-/// refuses root), `None` otherwise.
-fn run_as_owner() -> Option<(u32, u32)> {
+/// refuses root), `None` otherwise: the user a test can also run a client
+/// as, when it needs a uid other than its own.
+pub fn run_as_owner() -> Option<(u32, u32)> {
     let me = Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&me.stdout).trim() != "0" {
         return None;

@@ -104,13 +104,35 @@ impl ConfigFile {
     }
 }
 
-mod mode {
+/// Modes as quoted octal strings (`"0400"`).
+pub(crate) mod mode {
     use serde::{Deserialize, Deserializer, de::Error};
 
     /// Execute for anyone, write for group or others.
     const FORBIDDEN_BITS: u32 = 0o133;
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    /// A secret file's mode: quoted octal, and see [`FORBIDDEN_BITS`].
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let Some(mode) = octal(d)? else {
+            return Ok(None);
+        };
+        // A secret file is data, read by its owner and maybe its group or
+        // everyone in the pod; never executable, and never writable but by
+        // its owner (another uid in the pod could otherwise replace what the
+        // app reads).
+        if mode & FORBIDDEN_BITS != 0 {
+            return Err(D::Error::custom(format!(
+                "mode \"{mode:04o}\": secret files may be readable by owner, group and others \
+                 and writable by their owner only (0400, 0440, 0444, 0600, 0640, 0644); \
+                 no execute bits, no group or other write"
+            )));
+        }
+        Ok(Some(mode))
+    }
+
+    /// Any mode up to 0777, as a quoted octal string; the caller says which
+    /// bits make sense for what it is.
+    pub(crate) fn octal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -124,17 +146,6 @@ mod mode {
                     .map_err(|_| D::Error::custom(format!("mode {text:?} is not octal")))?;
                 if mode > 0o777 {
                     return Err(D::Error::custom(format!("mode {text:?} is above 0777")));
-                }
-                // A secret file is data, read by its owner and maybe its
-                // group or everyone in the pod; never executable, and never
-                // writable but by its owner (another uid in the pod could
-                // otherwise replace what the app reads).
-                if mode & FORBIDDEN_BITS != 0 {
-                    return Err(D::Error::custom(format!(
-                        "mode {text:?}: secret files may be readable by owner, group and others \
-                         and writable by their owner only (0400, 0440, 0444, 0600, 0640, 0644); \
-                         no execute bits, no group or other write"
-                    )));
                 }
                 Ok(Some(mode))
             }

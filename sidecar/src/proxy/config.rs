@@ -11,13 +11,19 @@
 //!     tls: {caFile: /etc/coffer/db-ca.pem, serverName: db.shop.svc}
 //!   - name: payments
 //!     protocol: http
-//!     listen: 127.0.0.1:8081
+//!     listen: /run/coffer/payments.sock   # a Unix socket, made like a secret file
+//!     mode: "0600"
+//!     uid: 1000
 //!     upstream: https://api.payments.example
 //!     path: shop/payments-token
 //!     auth: {type: bearer, key: token}
 //! ```
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -105,6 +111,54 @@ pub(crate) struct ProxyFile {
     password_key: String,
     #[serde(default)]
     auth: Option<HttpAuth>,
+    #[serde(default, deserialize_with = "crate::config::file::mode::octal")]
+    mode: Option<u32>,
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    gid: Option<u32>,
+}
+
+/// Where a proxy takes the app's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A loopback address: anything in the pod that reaches it uses the
+    /// credential.
+    Tcp(SocketAddr),
+    /// A Unix socket: only who may write to it (its mode and owner) does.
+    Unix(UnixListen),
+}
+
+/// A Unix socket listener, made with its mode and owner like a secret file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnixListen {
+    /// An absolute path; for postgres its name is `.s.PGSQL.<port>`.
+    pub path: PathBuf,
+    /// Connecting needs write permission: 0600 (the owner only) by default.
+    pub mode: u32,
+    /// Owner uid (default: the sidecar's own).
+    pub uid: Option<u32>,
+    /// Owner gid (default: the sidecar's own).
+    pub gid: Option<u32>,
+}
+
+/// The default mode of a proxy's socket: its owner alone may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// `sun_path` holds 107 bytes and a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// The private directory the socket is bound in first, beside it:
+/// `/.coffer` and six random characters, then `/s` (see `listen.rs`).
+pub(super) const BIND_DIR_PREFIX: &str = ".coffer";
+const BIND_SUFFIX_LEN: usize = 1 + 7 + 6 + 2;
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix(unix) => unix.path.display().fmt(f),
+        }
+    }
 }
 
 /// One proxy, checked.
@@ -115,8 +169,8 @@ pub struct ProxySpec {
     pub name: String,
     /// What it speaks.
     pub protocol: Protocol,
-    /// A loopback address: anything that reaches it uses the credential.
-    pub listen: SocketAddr,
+    /// A loopback address or a Unix socket.
+    pub listen: Listen,
     /// `host:port` (postgres) or `https://host[:port]` (http).
     pub upstream: String,
     /// The broker path whose value is the credential.
@@ -134,20 +188,92 @@ pub struct ProxySpec {
 }
 
 impl ProxyFile {
-    /// Checks one entry.
-    pub(crate) fn validate(self) -> Result<ProxySpec, ConfigError> {
-        let name = self.name.unwrap_or_else(|| self.listen.clone());
-        let bad = |what: String| ConfigError::Invalid(format!("proxy {name:?}: {what}"));
-        let listen: SocketAddr = self
-            .listen
-            .parse()
-            .map_err(|_| bad(format!("listen {:?} is not ip:port", self.listen)))?;
-        // Whoever reaches the listener uses the credential: the pod only.
-        if !listen.ip().is_loopback() {
+    /// `listen` with its mode and owner: a loopback `ip:port`, or an
+    /// absolute socket path.
+    fn listen(&self, bad: &impl Fn(String) -> ConfigError) -> Result<Listen, ConfigError> {
+        if !self.listen.starts_with('/') {
+            if self.mode.is_some() || self.uid.is_some() || self.gid.is_some() {
+                return Err(bad(
+                    "`mode`, `uid` and `gid` are for a Unix socket `listen`".into(),
+                ));
+            }
+            let addr: SocketAddr = self.listen.parse().map_err(|_| {
+                bad(format!(
+                    "listen {:?} is neither ip:port nor an absolute socket path",
+                    self.listen
+                ))
+            })?;
+            // Whoever reaches the listener uses the credential: the pod only.
+            if !addr.ip().is_loopback() {
+                return Err(bad(format!(
+                    "listen {addr} must be a loopback address such as 127.0.0.1:5432"
+                )));
+            }
+            return Ok(Listen::Tcp(addr));
+        }
+        let path = Path::new(&self.listen);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
             return Err(bad(format!(
-                "listen {listen} must be a loopback address such as 127.0.0.1:5432"
+                "listen {:?} names no socket file",
+                self.listen
+            )));
+        };
+        if path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(bad(format!(
+                "listen {:?} must not contain `..`",
+                self.listen
             )));
         }
+        if self.listen.len() > MAX_SOCKET_PATH
+            || dir.as_os_str().len() + BIND_SUFFIX_LEN > MAX_SOCKET_PATH
+        {
+            return Err(bad(format!(
+                "listen {:?} is too long for a Unix socket (its directory may have {} bytes)",
+                self.listen,
+                MAX_SOCKET_PATH - BIND_SUFFIX_LEN
+            )));
+        }
+        // libpq and the drivers that follow it (psql, pgbench, psycopg,
+        // pgx) reach a socket as `<host>/.s.PGSQL.<port>`: any other name
+        // would be unreachable by `host=<dir> port=<n>`.
+        let port = name.strip_prefix(".s.PGSQL.");
+        if self.protocol == Protocol::Postgres
+            && !port.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+        {
+            return Err(bad(format!(
+                "listen {:?}: PostgreSQL clients find a socket as <directory>/.s.PGSQL.<port>; \
+                 name it e.g. {}/.s.PGSQL.5432, for host={} port=5432",
+                self.listen,
+                dir.display(),
+                dir.display()
+            )));
+        }
+        let mode = self.mode.unwrap_or(DEFAULT_SOCKET_MODE);
+        // Execute bits mean nothing on a socket; write is what lets a
+        // process connect.
+        if mode & 0o111 != 0 || mode & 0o200 == 0 {
+            return Err(bad(format!(
+                "mode \"{mode:04o}\": a socket's mode needs owner write (connect) and no \
+                 execute bits, e.g. 0600 (owner), 0660 (and group)"
+            )));
+        }
+        Ok(Listen::Unix(UnixListen {
+            path: path.to_path_buf(),
+            mode,
+            uid: self.uid,
+            gid: self.gid,
+        }))
+    }
+
+    /// Checks one entry.
+    pub(crate) fn validate(self) -> Result<ProxySpec, ConfigError> {
+        let name = self.name.clone().unwrap_or_else(|| self.listen.clone());
+        let bad = |what: String| ConfigError::Invalid(format!("proxy {name:?}: {what}"));
+        let listen = self.listen(&bad)?;
         if self.path.is_empty() || self.path.contains('#') {
             return Err(bad("path must be a secret path without `#key`".into()));
         }
@@ -274,5 +400,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.upstream, "https://x");
+    }
+
+    #[test]
+    fn a_unix_socket_listen_takes_a_mode_and_an_owner() {
+        let base = "protocol: postgres\nupstream: 127.0.0.1:5432\npath: a/b\n";
+        let spec = parse(&format!(
+            "{base}listen: /run/coffer/.s.PGSQL.5432\nmode: \"0660\"\nuid: 1000\n"
+        ))
+        .unwrap();
+        let Listen::Unix(unix) = spec.listen else {
+            panic!("{:?}", spec.listen)
+        };
+        assert_eq!(unix.path, Path::new("/run/coffer/.s.PGSQL.5432"));
+        assert_eq!((unix.mode, unix.uid, unix.gid), (0o660, Some(1000), None));
+        let default = parse(&format!("{base}listen: /run/coffer/.s.PGSQL.5432\n")).unwrap();
+        assert!(matches!(
+            default.listen,
+            Listen::Unix(UnixListen { mode: 0o600, .. })
+        ));
+    }
+
+    #[test]
+    fn a_unix_socket_listen_is_refused_when_it_cannot_be_right() {
+        let base = "protocol: postgres\nupstream: 127.0.0.1:5432\npath: a/b\n";
+        let long = format!("/{}/.s.PGSQL.5432", "d".repeat(95));
+        for (listen, extra, why) in [
+            ("run/.s.PGSQL.5432", "", "neither ip:port nor an absolute"),
+            ("/run/coffer/db.sock", "", "<directory>/.s.PGSQL.<port>"),
+            ("/run/coffer/.s.PGSQL.0", "", "<directory>/.s.PGSQL.<port>"),
+            ("/run/../.s.PGSQL.5432", "", "`..`"),
+            (long.as_str(), "", "too long"),
+            ("/run/.s.PGSQL.5432", "mode: \"0700\"\n", "no execute bits"),
+            ("/run/.s.PGSQL.5432", "mode: \"0400\"\n", "owner write"),
+            ("/run/.s.PGSQL.5432", "mode: 600\n", "quoted octal"),
+            ("127.0.0.1:5432", "mode: \"0600\"\n", "for a Unix socket"),
+            ("127.0.0.1:5432", "uid: 1\n", "for a Unix socket"),
+        ] {
+            let error = parse(&format!("{base}listen: {listen}\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{listen} {extra}: {error}");
+        }
+        // Any name is fine for http (curl --unix-socket takes the path).
+        let http = parse(
+            "protocol: http\nlisten: /run/pay.sock\nupstream: https://x\npath: a/b\nauth: {type: bearer}\n",
+        );
+        assert!(http.is_ok(), "{http:?}");
     }
 }

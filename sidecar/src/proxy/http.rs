@@ -1,4 +1,4 @@
-//! The HTTP proxy: a plain-HTTP/1.1 listener on loopback; each request goes
+//! The HTTP proxy: a plain-HTTP/1.1 listener on loopback or a Unix socket; each request goes
 //! to the configured HTTPS upstream with a header built from the current
 //! credential, hop-by-hop headers removed, bodies streamed both ways.
 //!
@@ -20,10 +20,10 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::{Credential, CredentialRx, ProxySpec, config::HttpAuth, tls};
+use super::{Credential, CredentialRx, ProxySpec, config::HttpAuth, listen::Listener, tls};
 use crate::metrics;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -86,11 +86,11 @@ impl HttpProxy {
     }
 
     /// Accepts connections until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
+    pub(super) async fn serve(self, listener: Listener) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (stream, _) = match listener.accept().await {
+            let stream = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(proxy = %this.spec.name, %error, "accept failed");

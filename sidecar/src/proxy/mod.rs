@@ -1,7 +1,7 @@
 //! Credential-less connections: the sidecar as a local proxy that holds the
 //! credential so the app never does (docs/proxy.md).
 //!
-//! Each entry of `proxies:` listens on loopback, takes the app's connection
+//! Each entry of `proxies:` listens on loopback or a Unix socket ([`listen`]), takes the app's connection
 //! without a credential, and opens the upstream one itself with the current
 //! value of its secret path: [`postgres`] speaks the PostgreSQL v3 protocol
 //! up to authentication and then relays bytes; [`http`] forwards each request
@@ -11,15 +11,24 @@
 
 pub mod config;
 pub mod http;
+mod listen;
 pub mod postgres;
 mod tls;
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use coffer::{Secret, SecretData};
-use tokio::sync::watch;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+};
 
-pub use config::{Protocol, ProxySpec, UpstreamTls};
+pub use config::{Listen, Protocol, ProxySpec, UnixListen, UpstreamTls};
+
+/// Something to read and write: the app's TCP or Unix stream, the
+/// upstream's plain or TLS one.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One version of a proxy's secret. Its data is zeroized on drop and its
 /// `Debug` prints nothing secret; it is never written anywhere.
@@ -101,8 +110,8 @@ pub async fn spawn_all(specs: &[ProxySpec], credentials: &Credentials) -> std::i
         let Some(rx) = credentials.subscribe(&spec.path) else {
             continue;
         };
-        let listener = tokio::net::TcpListener::bind(spec.listen).await?;
-        let addr = listener.local_addr()?;
+        let listener = listen::Listener::bind(&spec.listen).await?;
+        let addr = listener.describe();
         tracing::info!(proxy = %spec.name, %addr, protocol = ?spec.protocol, "proxy listening");
         let spec = Arc::new(spec.clone());
         match spec.protocol {

@@ -3,8 +3,12 @@
 //! password in their environment, on credentials from real OpenBao.
 
 mod http_bearer;
+mod postgres_cancel;
+mod postgres_refused_login;
 mod postgres_rotation;
 mod postgres_static;
+mod postgres_tls;
+mod postgres_unix_socket;
 
 use std::{
     path::PathBuf,
@@ -56,10 +60,20 @@ impl Setup {
 /// proxy's port once the proxy is ready (its first credential arrived).
 fn start_proxy(broker: &BrokerProcess, pg: &Postgres, path: &str) -> (SidecarProcess, u16) {
     let port = free_port();
-    let global = format!(
-        "adminListen: 127.0.0.1:0\nproxies:\n  - {{name: shop-db, protocol: postgres, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:{}, path: {path}}}\n",
-        pg.port
+    let sidecar = start_proxies(
+        broker,
+        &format!(
+            "  - {{name: shop-db, protocol: postgres, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:{}, path: {path}}}\n",
+            pg.port
+        ),
     );
+    (sidecar, port)
+}
+
+/// A sidecar with the `proxies:` entries `entries_yaml` (and no secrets),
+/// once ready.
+fn start_proxies(broker: &BrokerProcess, entries_yaml: &str) -> SidecarProcess {
+    let global = format!("adminListen: 127.0.0.1:0\nproxies:\n{entries_yaml}");
     let sidecar = SidecarProcess::start_with(
         &broker.endpoint,
         &pod_token("web-a"),
@@ -70,7 +84,28 @@ fn start_proxy(broker: &BrokerProcess, pg: &Postgres, path: &str) -> (SidecarPro
         },
     );
     sidecar.wait_for_log("every secret is written; ready", Duration::from_secs(30));
-    (sidecar, port)
+    sidecar
+}
+
+/// Puts a static credential (`username`, `password`) at `secret/<path>`.
+fn put_credential(bao: &OpenBao, path: &str, user: &str, password: &str) {
+    bao.bao(&[
+        "kv",
+        "put",
+        &format!("secret/{path}"),
+        &format!("username={user}"),
+        &format!("password={password}"),
+    ]);
+}
+
+/// Fails when `needle` appears in any of the `(name, text)` outputs.
+fn assert_nowhere(needle: &str, outputs: &[(&str, &str)]) {
+    for (name, text) in outputs {
+        assert!(
+            !text.contains(needle),
+            "the credential appears in the {name}"
+        );
+    }
 }
 
 /// Runs a PostgreSQL client program (`psql`, `pgbench`) from the server's

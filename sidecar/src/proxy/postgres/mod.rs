@@ -4,25 +4,30 @@
 //!
 //! Framing and SCRAM come from `postgres-protocol` (the `tokio-postgres`
 //! project's); only the few startup-phase messages it has no builder for
-//! on the server side (AuthenticationOk, ErrorResponse) are written here.
+//! on the server side (AuthenticationOk, ErrorResponse) are written here
+//! ([`wire`]). The upstream login is [`login`]; cancel requests, which
+//! reach only the sessions this proxy opened, are [`cancel`].
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+mod cancel;
+mod login;
+mod wire;
 
-use bytes::{BufMut, BytesMut};
-use parking_lot::Mutex;
-use postgres_protocol::{
-    authentication::{md5_hash, sasl},
-    message::{backend::Message, frontend},
-};
+use std::{sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
     sync::Semaphore,
 };
 use zeroize::Zeroizing;
 
-use super::{CredentialRx, ProxySpec, tls};
+use super::{CredentialRx, Io, ProxySpec, listen::Listener, tls};
 use crate::metrics;
+use cancel::{CancelTable, SessionKey};
+use login::authenticate;
+use wire::{error_response, is_disconnect, parse_params, read_frame};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -36,10 +41,6 @@ const MAX_STARTUP_MESSAGE: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Something to read and write, plain or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// Why a connection ended early. The app sees only [`Failure::to_app`];
 /// no variant carries a credential or the upstream's text about it.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ enum Failure {
     Upstream(std::io::Error),
     #[error("upstream refused TLS")]
     NoTls,
+    #[error("TLS with the upstream failed: {0}")]
+    Tls(std::io::Error),
     #[error("upstream asked for {0}, which the proxy does not do")]
     Unsupported(&'static str),
     #[error("upstream refused the credential (SQLSTATE {0})")]
@@ -85,6 +88,13 @@ impl Failure {
                 "08004",
                 format!("coffer: the upstream of proxy {} refused TLS", spec.name),
             ),
+            Self::Tls(_) => (
+                "08006",
+                format!(
+                    "coffer: TLS with the upstream of proxy {} failed (see the sidecar's log)",
+                    spec.name
+                ),
+            ),
             Self::Unsupported(what) => (
                 "08004",
                 format!("coffer: the upstream asked for {what}, which the proxy does not do"),
@@ -108,7 +118,7 @@ pub struct PostgresProxy {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Backend key data of the open sessions, so a cancel request reaches
     /// only a backend this proxy opened.
-    sessions: Mutex<HashSet<(i32, i32)>>,
+    sessions: CancelTable,
     slots: Arc<Semaphore>,
 }
 
@@ -126,16 +136,16 @@ impl PostgresProxy {
             spec,
             credential,
             tls,
-            sessions: Mutex::new(HashSet::new()),
+            sessions: CancelTable::default(),
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         })
     }
 
     /// Accepts connections until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
+    pub(super) async fn serve(self, listener: Listener) {
         let this = Arc::new(self);
         loop {
-            let (app, _) = match listener.accept().await {
+            let app = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(proxy = %this.spec.name, %error, "accept failed");
@@ -154,8 +164,7 @@ impl PostgresProxy {
         }
     }
 
-    async fn connection(&self, mut app: TcpStream) {
-        let _ = app.set_nodelay(true);
+    async fn connection(&self, mut app: Box<dyn Io>) {
         let name = self.spec.name.as_str();
         let _open = metrics::ProxyConnection::open(name);
         if let Err(failure) = self.session(&mut app).await {
@@ -170,7 +179,7 @@ impl PostgresProxy {
         }
     }
 
-    async fn session(&self, app: &mut TcpStream) -> Result<(), Failure> {
+    async fn session(&self, app: &mut Box<dyn Io>) -> Result<(), Failure> {
         let Some(params) = self.startup(app).await? else {
             return Ok(());
         };
@@ -239,7 +248,10 @@ impl PostgresProxy {
 
     /// Reads the app's startup packet: answers SSL and GSS requests `N`,
     /// forwards a cancel request (then `None`), returns the parameters.
-    async fn startup(&self, app: &mut TcpStream) -> Result<Option<Vec<(String, String)>>, Failure> {
+    async fn startup(
+        &self,
+        app: &mut Box<dyn Io>,
+    ) -> Result<Option<Vec<(String, String)>>, Failure> {
         loop {
             let len = app.read_u32().await? as usize;
             if !(8..=MAX_STARTUP).contains(&len) {
@@ -285,7 +297,7 @@ impl PostgresProxy {
         let tls = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
-            .map_err(Failure::Upstream)?;
+            .map_err(Failure::Tls)?;
         Ok(Box::new(tls))
     }
 
@@ -294,7 +306,7 @@ impl PostgresProxy {
     async fn forward_until_ready(
         &self,
         upstream: &mut dyn Io,
-        app: &mut TcpStream,
+        app: &mut dyn Io,
     ) -> Result<Option<(i32, i32)>, Failure> {
         let mut key = None;
         let mut out = BytesMut::new();
@@ -313,240 +325,5 @@ impl PostgresProxy {
         }
         app.write_all(&out).await?;
         Ok(key)
-    }
-
-    /// Sends a cancel request for a session this proxy opened; ignores any other.
-    async fn cancel(&self, pid: i32, key: i32) {
-        if !self.sessions.lock().contains(&(pid, key)) {
-            tracing::debug!(proxy = %self.spec.name, "cancel request for an unknown session ignored");
-            return;
-        }
-        let result = async {
-            let mut upstream = self.connect().await?;
-            let mut buf = BytesMut::new();
-            frontend::cancel_request(pid, key, &mut buf);
-            upstream.write_all(&buf).await?;
-            upstream.shutdown().await?;
-            Ok::<_, Failure>(())
-        };
-        match result.await {
-            Ok(()) => tracing::debug!(proxy = %self.spec.name, "cancel request forwarded"),
-            Err(error) => tracing::warn!(proxy = %self.spec.name, %error, "cancel request failed"),
-        }
-    }
-}
-
-/// Removes a session's key from the cancel table when the session ends.
-struct SessionKey<'a> {
-    table: &'a Mutex<HashSet<(i32, i32)>>,
-    key: (i32, i32),
-}
-
-impl<'a> SessionKey<'a> {
-    fn new(table: &'a Mutex<HashSet<(i32, i32)>>, key: (i32, i32)) -> Self {
-        table.lock().insert(key);
-        Self { table, key }
-    }
-}
-
-impl Drop for SessionKey<'_> {
-    fn drop(&mut self) {
-        self.table.lock().remove(&self.key);
-    }
-}
-
-/// Answers the upstream's authentication requests until AuthenticationOk.
-async fn authenticate(upstream: &mut dyn Io, user: &str, password: &str) -> Result<(), Failure> {
-    let mut scram: Option<sasl::ScramSha256> = None;
-    loop {
-        let (tag, frame) = read_frame(upstream).await?;
-        if tag == b'E' {
-            return Err(Failure::AuthRejected(sqlstate(&frame[5..])));
-        }
-        let mut bytes = BytesMut::from(&frame[..]);
-        let message =
-            Message::parse(&mut bytes)?.ok_or_else(|| Failure::Protocol("short message".into()))?;
-        let mut reply = BytesMut::new();
-        match message {
-            Message::AuthenticationOk => return Ok(()),
-            Message::AuthenticationMd5Password(body) => {
-                let hash =
-                    Zeroizing::new(md5_hash(user.as_bytes(), password.as_bytes(), body.salt()));
-                frontend::password_message(hash.as_bytes(), &mut reply)?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let mut mechanisms = body.mechanisms();
-                let mut scram_offered = false;
-                while let Some(mechanism) = fallible_next(&mut mechanisms)? {
-                    scram_offered |= mechanism == sasl::SCRAM_SHA_256;
-                }
-                if !scram_offered {
-                    return Err(Failure::Unsupported(
-                        "a SASL mechanism other than SCRAM-SHA-256",
-                    ));
-                }
-                // Channel binding would tie SCRAM to the TLS session; the
-                // server accepts SCRAM without it unless told to require it.
-                let state = sasl::ScramSha256::new(
-                    password.as_bytes(),
-                    sasl::ChannelBinding::unsupported(),
-                );
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, state.message(), &mut reply)?;
-                scram = Some(state);
-            }
-            Message::AuthenticationSaslContinue(body) => {
-                let state = scram
-                    .as_mut()
-                    .ok_or_else(|| Failure::Protocol("SASL continue before start".into()))?;
-                state
-                    .update(body.data())
-                    .map_err(|_| Failure::AuthRejected("SCRAM".into()))?;
-                frontend::sasl_response(state.message(), &mut reply)?;
-            }
-            Message::AuthenticationSaslFinal(body) => {
-                let state = scram
-                    .as_mut()
-                    .ok_or_else(|| Failure::Protocol("SASL final before start".into()))?;
-                // A server that cannot prove it knows the password is not
-                // the one the credential is for.
-                state
-                    .finish(body.data())
-                    .map_err(|_| Failure::AuthRejected("SCRAM server signature".into()))?;
-            }
-            Message::AuthenticationCleartextPassword => {
-                return Err(Failure::Unsupported("a cleartext password"));
-            }
-            Message::AuthenticationGss
-            | Message::AuthenticationSspi
-            | Message::AuthenticationKerberosV5
-            | Message::AuthenticationScmCredential => {
-                return Err(Failure::Unsupported("GSS, SSPI or Kerberos"));
-            }
-            Message::NoticeResponse(_) => {}
-            _ => {
-                return Err(Failure::Protocol(format!(
-                    "unexpected message {:?}",
-                    tag as char
-                )));
-            }
-        }
-        if !reply.is_empty() {
-            upstream.write_all(&reply).await?;
-        }
-    }
-}
-
-fn fallible_next<'a>(
-    it: &mut postgres_protocol::message::backend::SaslMechanisms<'a>,
-) -> std::io::Result<Option<&'a str>> {
-    fallible_iterator::FallibleIterator::next(it)
-}
-
-/// Reads one backend message: its tag and its whole frame (tag and length included).
-async fn read_frame(upstream: &mut dyn Io) -> Result<(u8, Vec<u8>), Failure> {
-    let mut header = [0u8; 5];
-    upstream.read_exact(&mut header).await?;
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if !(4..=MAX_STARTUP_MESSAGE).contains(&len) {
-        return Err(Failure::Protocol(format!("message of {len} bytes")));
-    }
-    let mut frame = Vec::with_capacity(len + 1);
-    frame.extend_from_slice(&header);
-    frame.resize(len + 1, 0);
-    upstream.read_exact(&mut frame[5..]).await?;
-    Ok((header[0], frame))
-}
-
-/// The `C` field of an ErrorResponse body: the SQLSTATE, never the message.
-fn sqlstate(body: &[u8]) -> String {
-    body.split(|b| *b == 0)
-        .find_map(|field| field.strip_prefix(b"C"))
-        .map(|code| String::from_utf8_lossy(code).into_owned())
-        .unwrap_or_default()
-}
-
-/// The startup packet's `name\0value\0...\0` parameters.
-fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, Failure> {
-    let mut fields = body.split(|b| *b == 0);
-    let mut params = Vec::new();
-    while let Some(name) = fields.next() {
-        if name.is_empty() {
-            break;
-        }
-        let value = fields
-            .next()
-            .ok_or_else(|| Failure::Protocol("a parameter without a value".into()))?;
-        let text = |b: &[u8]| {
-            String::from_utf8(b.to_vec())
-                .map_err(|_| Failure::Protocol("parameter not UTF-8".into()))
-        };
-        params.push((text(name)?, text(value)?));
-    }
-    Ok(params)
-}
-
-/// A FATAL ErrorResponse.
-fn error_response(code: &str, message: &str) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        body.put_u8(field);
-        body.put_slice(value.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(b'E');
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
-fn is_disconnect(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_startup_parameters_are_read_in_order() {
-        let params = parse_params(b"user\0app\0database\0shop\0\0").unwrap();
-        assert_eq!(
-            params,
-            vec![
-                ("user".to_string(), "app".to_string()),
-                ("database".to_string(), "shop".to_string())
-            ]
-        );
-        assert!(parse_params(b"user").is_err());
-    }
-
-    #[test]
-    fn only_the_sqlstate_of_an_upstream_error_is_kept() {
-        let body = b"SFATAL\0C28P01\0Mpassword authentication failed for user \"v-x\"\0\0";
-        assert_eq!(sqlstate(body), "28P01");
-    }
-
-    #[test]
-    fn an_error_response_is_a_framed_fatal() {
-        let frame = error_response("08004", "coffer: no credential for shop/db yet");
-        assert_eq!(frame[0], b'E');
-        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-        assert_eq!(len + 1, frame.len());
-        let mut bytes = BytesMut::from(&frame[..]);
-        assert!(matches!(
-            Message::parse(&mut bytes).unwrap(),
-            Some(Message::ErrorResponse(_))
-        ));
     }
 }
