@@ -59,7 +59,7 @@ async fn a_cancel_through_the_proxy_ends_the_query_with_57014() {
         .await
         .expect("the cancel reached the backend")
         .unwrap();
-    let error = ended.err().expect("the query was cancelled");
+    let error = ended.expect_err("the query was cancelled");
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error}");
     let log = sidecar.process.output();
     assert!(!log.contains("did not open"), "{log}");
