@@ -11,6 +11,9 @@
 //! | `coffer.dev/template-<name>: "{{ password }}"` | inline template (implies `format: template`): each key of the secret is a variable (`path#key`: that key alone), all of them the map `secret` |
 //! | `coffer.dev/action-<name>: "{signal: HUP, processName: app}"` | run when the file changes |
 //!
+//! A proxy `<name>` is `coffer.dev/proxy-<name>`: the sidecar's `proxies:`
+//! entry as a YAML flow mapping ([`crate::proxies`]).
+//!
 //! and for the pod: `coffer.dev/inject: "true"`, `coffer.dev/action` (run once
 //! per update), `coffer.dev/sidecar-mode: native | container | init-only`
 //! (how the sidecar is added, see [`crate::mode`]; default: the injector's
@@ -53,7 +56,9 @@ pub enum AnnotationError {
     #[error("{SIDECAR_MODE} must be \"native\", \"container\" or \"init-only\", not {0:?}")]
     BadSidecarMode(String),
     /// Opted in, but no secret named.
-    #[error("no secrets: add coffer.dev/secret-<name>: <path>")]
+    #[error(
+        "no secrets: add coffer.dev/secret-<name>: <path> (or a proxy, coffer.dev/proxy-<name>)"
+    )]
     NoSecrets,
     /// A per-secret annotation for a secret that is not declared.
     #[error("{0:?} names a secret that has no coffer.dev/secret-<name> annotation")]
@@ -171,6 +176,7 @@ pub fn sidecar_config(
                 continue;
             }
             rest if POD_KEYS.contains(&rest) => continue,
+            rest if rest.starts_with(crate::proxies::FIELD) => continue,
             _ => {}
         }
         let (field, name) = [
@@ -228,7 +234,9 @@ pub fn sidecar_config(
             _ => return Err(AnnotationError::Unknown(annotation)),
         }
     }
-    if secrets.is_empty() {
+    let ca_dir = layout.ca_file.rsplit_once('/').map_or("/", |(dir, _)| dir);
+    let proxies = crate::proxies::entries(annotations, ca_dir)?;
+    if secrets.is_empty() && proxies.is_empty() {
         return Err(AnnotationError::NoSecrets);
     }
     let names: Vec<String> = secrets.keys().cloned().collect();
@@ -249,6 +257,9 @@ pub fn sidecar_config(
     });
     if let Some(action) = pod_action {
         config["action"] = action;
+    }
+    if !proxies.is_empty() {
+        config["proxies"] = Value::Array(proxies);
     }
     let yaml =
         serde_norway::to_string(&config).map_err(|e| AnnotationError::Invalid(e.to_string()))?;

@@ -32,6 +32,7 @@ pub mod mode;
 pub mod options;
 pub mod patch;
 pub mod pod;
+pub mod proxies;
 pub mod review;
 pub mod server;
 pub mod template;

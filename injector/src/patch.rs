@@ -32,7 +32,9 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::{
-    annotations::{AnnotationError, Layout, sidecar_config, sidecar_mode, wants_injection},
+    annotations::{
+        AnnotationError, Layout, SIDECAR_MODE, sidecar_config, sidecar_mode, wants_injection,
+    },
     env::{ENV_INIT, EnvError},
     mode::SidecarMode,
     options::{PodOptions, guaranteed},
@@ -211,6 +213,17 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
         }
         (config, _) => config.map_err(|e| admitted.in_user_terms(e))?,
     };
+    let ca_dir = parent(&injection.layout.ca_file);
+    let proxies = crate::proxies::entries(&translated, ca_dir)?;
+    if mode == SidecarMode::InitOnly && !proxies.is_empty() {
+        return Err(AnnotationError::BadValue {
+            annotation: SIDECAR_MODE.into(),
+            reason: "init-only writes the files once and exits, and a proxy \
+                     (coffer.dev/proxy-<name>) needs the sidecar running: use native or container"
+                .into(),
+        }
+        .into());
+    }
 
     // kubectl logs/exec would pick the sidecar, first in `container` mode.
     let app = containers[0].name();
@@ -261,12 +274,20 @@ pub fn patch(pod: &Pod<'_>, injection: &Injection) -> Result<Option<Patch>, Patc
 
     let token_file = file_name(&injection.layout.token_file);
     let ca_file = file_name(&injection.layout.ca_file);
+    // The broker's CA, and the upstream CAs the proxies name (keys of the
+    // same ConfigMap).
+    let mut ca_items = vec![json!({"key": "ca.crt", "path": ca_file})];
+    for key in crate::proxies::ca_keys(&proxies, ca_dir) {
+        if key != ca_file {
+            ca_items.push(json!({"key": key, "path": key}));
+        }
+    }
     let volumes = [
         json!({"name": "coffer-secrets", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
         json!({"name": "coffer-token", "projected": {"defaultMode": 0o400, "sources": [
             {"serviceAccountToken": {"path": token_file, "audience": "coffer", "expirationSeconds": 3600}}
         ]}}),
-        json!({"name": "coffer-ca", "configMap": {"name": injection.ca_config_map, "items": [{"key": "ca.crt", "path": ca_file}]}}),
+        json!({"name": "coffer-ca", "configMap": {"name": injection.ca_config_map, "items": ca_items}}),
         json!({"name": "coffer-config", "downwardAPI": {"items": [
             {"path": "sidecar.yaml", "fieldRef": {"fieldPath": format!("metadata.annotations['{CONFIG_ANNOTATION}']")}}
         ]}}),
@@ -809,5 +830,49 @@ pub(crate) mod tests {
         }
         assert!(!injection.excludes("shop"));
         assert!(!injection.excludes(""));
+    }
+
+    /// `pod`'s annotations with a proxy `db` (a CA of its own) and no secret.
+    fn proxy_pod(spec: Value) -> Value {
+        let mut pod = pod(spec);
+        pod["metadata"]["annotations"] = json!({
+            "coffer.dev/proxy-db": "{protocol: postgres, listen: 127.0.0.1:5432, upstream: db.shop.svc:5432, path: shop/pg, tls: {caFile: /etc/coffer/ca/db-ca.crt}}",
+        });
+        pod
+    }
+
+    #[test]
+    fn a_proxy_alone_gets_a_sidecar_which_sees_the_ca_it_names() {
+        let pod = patched(
+            proxy_pod(json!({"containers": [{"name": "web"}]})),
+            SidecarMode::Native,
+        );
+        let config: Value = serde_norway::from_str(
+            pod["metadata"]["annotations"][CONFIG_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["proxies"][0]["name"], "db");
+        assert_eq!(config["secrets"], json!([]));
+        let ca = list(&pod, "volumes")
+            .iter()
+            .find(|v| v["name"] == "coffer-ca")
+            .unwrap();
+        assert_eq!(
+            ca["configMap"]["items"],
+            json!([{"key": "ca.crt", "path": "ca.crt"}, {"key": "db-ca.crt", "path": "db-ca.crt"}])
+        );
+    }
+
+    #[test]
+    fn a_proxy_in_init_only_mode_is_refused() {
+        let error = patch_of(
+            &proxy_pod(json!({"containers": [{"name": "web"}]})),
+            &in_mode(SidecarMode::InitOnly),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("a proxy"), "{error}");
+        assert!(error.to_string().contains(SIDECAR_MODE), "{error}");
     }
 }

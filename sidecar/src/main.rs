@@ -69,6 +69,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::info!(
             config = %cli.config.display(),
             secrets = config.secrets.len(),
+            proxies = config.proxies.len(),
             "configuration valid"
         );
         return Ok(ExitCode::SUCCESS);

@@ -10,6 +10,7 @@
 //! | `sidecar-config` | `coffer-sidecar --check-config`, then a real `--once` run against a broker holding the secrets it names |
 //! | `sidecar-secrets` | the same, for a `secrets:` list under a minimal global part |
 //! | `sidecar-actions` | `--check-config`, each non-comment line as the global `action` |
+//! | `sidecar-proxies` | `--check-config`, for a `proxies:` list under a minimal global part (no run: the upstreams are examples) |
 //! | `policy` / `policy-rules` | `cofferctl policy lint` (rules under `rules:`) |
 //! | `auth-config` / `authenticator` | the broker's own parser (one authenticator's settings under a minimal entry) |
 //! | `vault-config` / `vault-auth` / `vault-mounts` | the Vault store's parser and checks (a fragment under a minimal config) |
@@ -128,6 +129,7 @@ const KINDS: &[&str] = &[
     "sidecar-config",
     "sidecar-secrets",
     "sidecar-actions",
+    "sidecar-proxies",
     "policy",
     "policy-rules",
     "auth-config",
@@ -403,11 +405,11 @@ impl World {
     }
 }
 
-/// The `path`s a sidecar configuration names.
+/// The `path`s a sidecar configuration names (its secrets' and proxies').
 fn paths_of(config: &Value) -> Vec<String> {
-    config["secrets"]
-        .as_array()
-        .into_iter()
+    ["secrets", "proxies"]
+        .iter()
+        .filter_map(|list| config[list].as_array())
         .flatten()
         .filter_map(|s| s["path"].as_str().map(str::to_string))
         .collect()
@@ -497,7 +499,12 @@ async fn sidecar_examples_pass_check_config_and_a_real_run() {
         .find(|b| b.lang == "jinja")
         .expect("docs/sidecar.md shows a template")
         .body;
-    for block in yaml_blocks(&["sidecar-config", "sidecar-secrets", "sidecar-actions"]) {
+    for block in yaml_blocks(&[
+        "sidecar-config",
+        "sidecar-secrets",
+        "sidecar-actions",
+        "sidecar-proxies",
+    ]) {
         let dir = tempfile::tempdir().unwrap();
         // The template a configuration names is the one docs/sidecar.md
         // shows (```jinja), so that example runs too.
@@ -515,6 +522,10 @@ async fn sidecar_examples_pass_check_config_and_a_real_run() {
                     );
                     check_config(&block.place(), dir.path(), &yaml);
                 }
+            }
+            "sidecar-proxies" => {
+                let yaml = format!("{MINIMAL_GLOBAL}{}", block.body);
+                check_config(&block.place(), dir.path(), &yaml);
             }
             marker => {
                 let yaml = if marker == "sidecar-secrets" {
