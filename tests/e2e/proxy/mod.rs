@@ -56,15 +56,17 @@ impl Setup {
     }
 }
 
-/// A sidecar with one postgres proxy of `path` to `pg`; returns it and the
-/// proxy's port once the proxy is ready (its first credential arrived).
+/// A sidecar with one postgres proxy of `path` to `pg`, over TLS checked
+/// against the cluster's CA (as in production); returns it and the proxy's
+/// port once the proxy is ready (its first credential arrived).
 fn start_proxy(broker: &BrokerProcess, pg: &Postgres, path: &str) -> (SidecarProcess, u16) {
     let port = free_port();
     let sidecar = start_proxies(
         broker,
         &format!(
-            "  - {{name: shop-db, protocol: postgres, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:{}, path: {path}}}\n",
-            pg.port
+            "  - {{name: shop-db, protocol: postgres, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:{}, path: {path}, tls: {{caFile: {}, serverName: localhost}}}}\n",
+            pg.port,
+            pg.ca_file().display()
         ),
     );
     (sidecar, port)

@@ -2,8 +2,10 @@
 //! the credential (before `max_ttl`) three times: no failed transaction,
 //! each new connection after a rotation logs in as the new user. TPS
 //! through the proxy and direct are printed from the same run; nothing is
-//! asserted about them. `COFFER_PROXY_BENCH_SECS` sets the length (20 s in
-//! CI; 30 s is the full form).
+//! asserted about them; both reach the server over TLS (the proxy with the
+//! cluster's CA, direct pgbench by libpq's default `sslmode=prefer`).
+//! `COFFER_PROXY_BENCH_SECS` sets the length (20 s in CI; 30 s is the full
+//! form).
 
 use std::{collections::BTreeSet, process::Output, time::Duration};
 

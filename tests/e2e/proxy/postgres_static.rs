@@ -1,5 +1,6 @@
 //! A static KV credential: `psql` with no password logs in through the
-//! proxy as the secret's user, and the password shows up nowhere.
+//! proxy as the secret's user, over TLS upstream, and the password shows up
+//! nowhere.
 
 use super::{psql_via, setup, start_proxy};
 use coffer_tests::{get_page, postgres::ROOT_PASSWORD};
@@ -25,8 +26,13 @@ fn psql_without_a_password_logs_in_as_the_secrets_user_and_the_password_is_nowhe
     let broker = s.broker();
     let (sidecar, port) = start_proxy(&broker, &s.pg, "shop/pgstatic");
 
-    let user = psql_via(port, "select current_user").unwrap();
-    assert_eq!(user, "app_static");
+    // The proxy's leg to the server is TLS (the app's, on loopback, is not).
+    let user = psql_via(
+        port,
+        "select current_user || ' tls ' || ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    )
+    .unwrap();
+    assert_eq!(user, "app_static tls true");
     // The server used SCRAM (the cluster's host auth), not trust.
     let method =
         s.pg.psql(

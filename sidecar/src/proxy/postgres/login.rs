@@ -25,7 +25,16 @@ pub(super) async fn authenticate(
     loop {
         let (tag, frame) = read_frame(upstream).await?;
         if tag == b'E' {
-            return Err(Failure::AuthRejected(sqlstate(&frame[5..])));
+            // Class 28 (invalid authorization specification): the
+            // credential or the server's host rules refused it. Anything
+            // else (too many clients, starting up) is not the credential's
+            // fault and is no auth failure.
+            let code = sqlstate(&frame[5..]);
+            return Err(if code.starts_with("28") {
+                Failure::AuthRejected(code)
+            } else {
+                Failure::Refused(code)
+            });
         }
         let mut bytes = BytesMut::from(&frame[..]);
         let message =
@@ -104,4 +113,41 @@ fn fallible_next<'a>(
     it: &mut postgres_protocol::message::backend::SaslMechanisms<'a>,
 ) -> std::io::Result<Option<&'a str>> {
     fallible_iterator::FallibleIterator::next(it)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::proxy::postgres::wire::error_response;
+
+    /// The server's first answer is an ErrorResponse with `code`. A real
+    /// server refuses before the login only when it is full or starting,
+    /// which the shared test cluster cannot be made to be: the frame is
+    /// written here.
+    async fn refused_with(code: &str) -> Failure {
+        let (mut proxy_end, mut server_end) = tokio::io::duplex(4096);
+        let frame = error_response(code, "sorry, too many clients already");
+        let server = tokio::spawn(async move {
+            server_end.write_all(&frame).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = server_end.read_to_end(&mut rest).await;
+        });
+        let failure = authenticate(&mut proxy_end, "u", "p").await.unwrap_err();
+        drop(proxy_end);
+        server.await.unwrap();
+        failure
+    }
+
+    #[tokio::test]
+    async fn only_an_authorization_error_counts_as_the_credential_refused() {
+        assert!(matches!(refused_with("28P01").await, Failure::AuthRejected(c) if c == "28P01"));
+        assert!(matches!(
+            refused_with("28000").await,
+            Failure::AuthRejected(_)
+        ));
+        assert!(matches!(refused_with("53300").await, Failure::Refused(c) if c == "53300"));
+        assert!(matches!(refused_with("57P03").await, Failure::Refused(_)));
+    }
 }

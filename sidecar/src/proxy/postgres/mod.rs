@@ -27,7 +27,7 @@ use super::{CredentialRx, Io, ProxySpec, listen::Listener, tls};
 use crate::metrics;
 use cancel::{CancelTable, SessionKey};
 use login::authenticate;
-use wire::{error_response, is_disconnect, parse_params, read_frame};
+use wire::{error_response, is_disconnect, is_sqlstate, parse_params, read_frame};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -59,6 +59,8 @@ enum Failure {
     Unsupported(&'static str),
     #[error("upstream refused the credential (SQLSTATE {0})")]
     AuthRejected(String),
+    #[error("upstream refused the connection before the login (SQLSTATE {0})")]
+    Refused(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -67,8 +69,8 @@ enum Failure {
 
 impl Failure {
     /// SQLSTATE and message for the app.
-    fn to_app(&self, spec: &ProxySpec) -> (&'static str, String) {
-        match self {
+    fn to_app(&self, spec: &ProxySpec) -> (String, String) {
+        let (code, message) = match self {
             Self::NoCredential => (
                 "08004",
                 format!("coffer: no credential for {} yet", spec.path),
@@ -106,8 +108,22 @@ impl Failure {
                     spec.path
                 ),
             ),
+            Self::Refused(code) => {
+                // Not about the credential (too many clients, starting up):
+                // the app's driver may act on the code, so it is passed on,
+                // the server's words are not.
+                let code = if is_sqlstate(code) { code } else { "08004" };
+                return (
+                    code.to_string(),
+                    format!(
+                        "coffer: the upstream of proxy {} refused the connection (SQLSTATE {code})",
+                        spec.name
+                    ),
+                );
+            }
             Self::Protocol(_) => ("08P01", "coffer: protocol error".to_string()),
-        }
+        };
+        (code.to_string(), message)
     }
 }
 
@@ -175,7 +191,7 @@ impl PostgresProxy {
             }
             tracing::warn!(proxy = name, error = %failure, "connection refused");
             let (code, message) = failure.to_app(&self.spec);
-            let _ = app.write_all(&error_response(code, &message)).await;
+            let _ = app.write_all(&error_response(&code, &message)).await;
         }
     }
 
@@ -224,8 +240,16 @@ impl PostgresProxy {
             .map(|(k, v)| (k.as_str(), v.as_str()));
         let startup = [("user", user.as_str()), ("database", database.as_str())];
         frontend::startup_message(startup.into_iter().chain(passed), &mut buf)?;
-        upstream.write_all(&buf).await?;
-        authenticate(&mut *upstream, &user, &password).await?;
+        // The upstream hanging up here is its failure, told to the app, not
+        // the app's own disconnect (which ends the connection silently).
+        let login = async {
+            upstream.write_all(&buf).await?;
+            authenticate(&mut *upstream, &user, &password).await
+        };
+        login.await.map_err(|failure| match failure {
+            Failure::Io(e) => Failure::Upstream(e),
+            other => other,
+        })?;
         drop(password);
         tracing::debug!(proxy = %self.spec.name, "upstream authenticated");
 

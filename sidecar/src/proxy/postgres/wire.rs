@@ -30,6 +30,15 @@ pub(super) fn sqlstate(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `code` has the shape of a SQLSTATE (five digits or capitals),
+/// so an upstream's code may be passed on as one.
+pub(super) fn is_sqlstate(code: &str) -> bool {
+    code.len() == 5
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
 /// The startup packet's `name\0value\0...\0` parameters.
 pub(super) fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, Failure> {
     let mut fields = body.split(|b| *b == 0);
@@ -102,6 +111,14 @@ mod tests {
     fn only_the_sqlstate_of_an_upstream_error_is_kept() {
         let body = b"SFATAL\0C28P01\0Mpassword authentication failed for user \"v-x\"\0\0";
         assert_eq!(sqlstate(body), "28P01");
+    }
+
+    #[test]
+    fn only_a_sqlstate_shaped_code_is_passed_on() {
+        assert!(is_sqlstate("53300") && is_sqlstate("57P03"));
+        for bad in ["", "5330", "533000", "53 00", "x\u{0}yzw", "57p03"] {
+            assert!(!is_sqlstate(bad), "{bad:?}");
+        }
     }
 
     #[test]
