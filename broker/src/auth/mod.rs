@@ -237,6 +237,16 @@ pub trait Authenticator: Send + Sync + 'static {
     /// must name one when there are several).
     fn issuers(&self) -> Vec<String>;
 
+    /// Whether this authenticator itself refuses, after the signature, a
+    /// token whose `iss` is not its issuer, as a JWT verifier does with
+    /// every other claim. A router whose only issuer this is then need not
+    /// read `iss` before: the token is decoded once, not twice. A
+    /// TokenReview answers for whatever the API server accepts, so it says
+    /// no.
+    fn checks_issuer(&self) -> bool {
+        false
+    }
+
     /// Forgets what is remembered of the token whose SHA-256 is `digest`
     /// (a cached answer), so that its next call is verified afresh: a
     /// watch ended for re-authentication is reviewed when it reconnects,

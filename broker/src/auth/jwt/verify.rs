@@ -95,6 +95,10 @@ impl Authenticator for JwtVerifier {
     fn issuers(&self) -> Vec<String> {
         vec![self.config.issuer.clone()]
     }
+
+    fn checks_issuer(&self) -> bool {
+        true
+    }
 }
 
 /// The algorithms a Kubernetes issuer may use. No `none`, no HMAC.
