@@ -151,7 +151,10 @@ mod tests {
         let mut router = IssuerRouter::new();
         router.add(
             "https://a",
-            Arc::new(JwtVerifier::new(VerifierConfig::new("https://a", "coffer"), both)),
+            Arc::new(JwtVerifier::new(
+                VerifierConfig::new("https://a", "coffer"),
+                both,
+            )),
         );
         assert_eq!(
             router.authenticate(&token(&b)).await.map(|_| ()),
