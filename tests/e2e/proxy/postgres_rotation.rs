@@ -1,11 +1,13 @@
 //! `pgbench -c 8` through the proxy while OpenBao's database engine rotates
 //! the credential (before `max_ttl`) three times: no failed transaction,
-//! each new connection after a rotation logs in as the new user. TPS
-//! through the proxy and direct are printed from the same run; nothing is
-//! asserted about them; both reach the server over TLS (the proxy with the
-//! cluster's CA, direct pgbench by libpq's default `sslmode=prefer`).
-//! `COFFER_PROXY_BENCH_SECS` sets the length (20 s in CI; 30 s is the full
-//! form).
+//! each new connection after a rotation logs in as the new user. Then the
+//! speed apart from the rotations: TPS direct, through the proxy and
+//! through a bare TCP relay, in turns, printed from the same run; nothing
+//! is asserted about them; all reach the server over TLS (the proxy with
+//! the cluster's CA, direct and relayed pgbench by libpq's default
+//! `sslmode=prefer`, end to end). `COFFER_PROXY_BENCH_SECS` sets the
+//! rotation run's length (20 s in CI; 30 s is the full form), each speed
+//! turn a quarter of it.
 
 use std::{collections::BTreeSet, process::Output, time::Duration};
 
@@ -138,4 +140,60 @@ fn pgbench_through_the_proxy_survives_three_rotations_and_new_connections_use_th
             || (in_activity.starts_with("8 as v-") && !in_activity.contains(',')),
         "pgbench sessions mid-run: {in_activity:?}"
     );
+
+    // The speed, measured apart from the rotations (above, the machine also
+    // ran OpenBao's role changes and a psql every 500 ms): direct, through
+    // the proxy, and through a bare TCP relay (the floor any proxy pays on
+    // this machine: one more process and two more loopback hops), in turns.
+    let relay = bare_relay(s.pg.port);
+    let turn = (secs / 4).max(3);
+    let (mut direct, mut proxied, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let run = |port, user, password| {
+            report(
+                &pgbench(port, user, password, turn)
+                    .wait_with_output()
+                    .unwrap(),
+            )
+            .0
+        };
+        direct.push(run(s.pg.port, "postgres", Some(ROOT_PASSWORD)));
+        proxied.push(run(port, "app", None));
+        relayed.push(run(relay, "postgres", Some(ROOT_PASSWORD)));
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (direct, proxied, relayed) = (best(&direct), best(&proxied), best(&relayed));
+    println!(
+        "pgbench -c 8, two turns of {turn} s each, best: direct {direct:.0} tps, through the proxy {proxied:.0} tps ({:.2}x direct, {:.2}x the bare relay), through a bare TCP relay {relayed:.0} tps ({:.2}x direct)",
+        proxied / direct,
+        proxied / relayed,
+        relayed / direct,
+    );
+    assert!(proxied > 0.0, "no transaction through the proxy");
+}
+
+/// A plain TCP relay to `port` (a thread per direction, no parsing): the
+/// reference a proxy's speed is read against. Returns its port; it runs
+/// until the test ends.
+fn bare_relay(port: u16) -> u16 {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for app in listener.incoming().flatten() {
+            let Ok(upstream) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let _ = (app.set_nodelay(true), upstream.set_nodelay(true));
+            let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            pipe(app.try_clone().unwrap(), upstream.try_clone().unwrap());
+            pipe(upstream, app);
+        }
+    });
+    relay
 }
