@@ -30,6 +30,9 @@ pub(crate) enum Row {
         /// The broker's own verifier and ring's raw verify on the same
         /// fresh tokens, interleaved on one thread: per CPU second.
         verifier: (f64, f64),
+        /// The same four loads at 4 x 64 (a restart storm: the server
+        /// busy): bare, bare with one token, broker with one token, broker.
+        storm: [Figures; 4],
     },
     Watch {
         label: String,
@@ -117,6 +120,7 @@ pub(crate) fn print_table(rows: &[Row]) {
                 ring_busy,
                 threads,
                 verifier,
+                storm,
             } => {
                 println!("| cold tokens: {label} | | | |");
                 println!(
@@ -178,6 +182,24 @@ pub(crate) fn print_table(rows: &[Row]) {
                     us(bare.cpu_per_req),
                     us(bare_cached.cpu_per_req),
                     ratio(in_request, ring_same)
+                );
+                let [storm_bare, storm_bare_cached, storm_cached, storm_coffer] = storm;
+                let storm_verification = added(storm_coffer, storm_cached)
+                    .saturating_sub(added(storm_bare, storm_bare_cached));
+                let storm_in_request = 1.0 / storm_verification.as_secs_f64().max(1e-9);
+                println!(
+                    "| cold token 4 x 64 (a restart storm, the server busy): req/s | {:.0} | {:.0} | {} |",
+                    storm_coffer.rate,
+                    storm_bare.rate,
+                    ratio(storm_coffer.rate, storm_bare.rate)
+                );
+                println!(
+                    "| cold token 4 x 64: verification in the request (CPU/req a fresh token adds on the broker, {} over {}, less what it adds on bare, {} over {}) per CPU-s, vs ring on the same tokens | {storm_in_request:.0} | ring {ring_same:.0} | {} |",
+                    us(storm_coffer.cpu_per_req),
+                    us(storm_cached.cpu_per_req),
+                    us(storm_bare.cpu_per_req),
+                    us(storm_bare_cached.cpu_per_req),
+                    ratio(storm_in_request, ring_same)
                 );
                 // The broker's authenticator alone, in this process: what a
                 // cold request verifies, without the gRPC work around it.

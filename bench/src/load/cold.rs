@@ -43,9 +43,11 @@ pub(crate) async fn compare(
     run_for: Duration,
     threads: usize,
 ) -> anyhow::Result<Row> {
-    let mut minted = mint_cold(minter, count + 1)?;
+    // Twice the count: the storm loads need tokens of their own, fresh.
+    let mut minted = mint_cold(minter, 2 * count + 1)?;
     // One token kept back: every request of the cached run carries it.
     let cached_token = minted.pop().context("no token minted")?;
+    let storm_tokens = minted.split_off(count);
     let tokens = Arc::new(minted);
     let token_bytes = tokens[0].len();
     let run_for = run_for.min(Duration::from_secs(2));
@@ -58,8 +60,11 @@ pub(crate) async fn compare(
     // it once. Both servers still decode it from every request's header
     // (h2 never indexes an `authorization` value in its HPACK table), so
     // the difference of the two loads is what a fresh token adds.
-    let [bare, bare_cached, cached, coffer] =
-        cold_loads(broker, bare, &tokens, &cached_token).await?;
+    let one = cold_loads(broker, bare, &tokens, &cached_token, ONE_CONNECTION).await?;
+    // A restart storm: many pods at once keep the server busy, so its
+    // workers do not park between requests as they do at 1 x 16.
+    let storm = cold_loads(broker, bare, &storm_tokens, &cached_token, STORM).await?;
+    let [bare, bare_cached, cached, coffer] = one;
     Ok(Row::Cold {
         label: format!("shipped, RS256 {token_bytes}-byte tokens"),
         coffer,
@@ -70,8 +75,32 @@ pub(crate) async fn compare(
         ring_busy,
         threads,
         verifier,
+        storm,
     })
 }
+
+/// The shape of a cold load: connections, requests in flight on each, and
+/// the requests of one turn.
+#[derive(Clone, Copy)]
+struct Shape {
+    connections: usize,
+    in_flight: usize,
+    turn: usize,
+}
+
+/// One connection, 16 in flight, turns of 500.
+const ONE_CONNECTION: Shape = Shape {
+    connections: 1,
+    in_flight: 16,
+    turn: 500,
+};
+
+/// Four connections, 64 in flight each, turns of 2,000: the server busy.
+const STORM: Shape = Shape {
+    connections: 4,
+    in_flight: 64,
+    turn: 2000,
+};
 
 /// RS256 tokens of the shipped shape, each for another pod so no two are
 /// alike (the shipped broker's key set trusts their key).
@@ -223,32 +252,34 @@ fn rsa_fixture_key() -> anyhow::Result<ring::signature::RsaPublicKeyComponents<V
     })
 }
 
-/// Tokens per turn of the cold loads.
-const COLD_CHUNK: usize = 500;
-
-/// The cold loads, in turns of [`COLD_CHUNK`] requests so that drift and
+/// The cold loads, in turns of `shape.turn` requests so that drift and
 /// noise hit each alike: fresh tokens to the bare server, one token to the
-/// bare server, one token to the broker, fresh tokens to the broker (each
-/// 1 connection x 16 in flight, the order of the four rotating each turn).
+/// bare server, one token to the broker, fresh tokens to the broker (the
+/// order of the four rotating each turn).
 async fn cold_loads(
     broker: &dyn Target,
     bare: &dyn Target,
     tokens: &[String],
     cached_token: &str,
+    shape: Shape,
 ) -> anyhow::Result<[Figures; 4]> {
     // (the broker?, one token?)
     let loads = [(false, false), (false, true), (true, true), (true, false)];
     let targets = [bare, broker];
-    let channels = [connect_target(bare).await?, connect_target(broker).await?];
+    let mut channels: [Vec<Channel>; 2] = Default::default();
+    for (side, target) in targets.iter().enumerate() {
+        for _ in 0..shape.connections {
+            channels[side].push(connect_target(*target).await?);
+        }
+    }
     // Each load's latencies, time, and CPU per request of each turn.
     let mut totals: [(Vec<Duration>, Duration, Vec<Duration>); 4] = Default::default();
-    for (turn, chunk) in tokens.chunks(COLD_CHUNK).enumerate() {
+    for (turn, chunk) in tokens.chunks(shape.turn).enumerate() {
         let same = vec![cached_token.to_string(); chunk.len()];
         for i in 0..loads.len() {
             let load = (turn + i) % loads.len();
             let (is_broker, one_token) = loads[load];
             let server = targets[usize::from(is_broker)];
-            let channel = channels[usize::from(is_broker)].clone();
             let chunk = Arc::new(if one_token {
                 same.clone()
             } else {
@@ -256,7 +287,8 @@ async fn cold_loads(
             });
             let cpu_before = server.cpu()?;
             let start = Instant::now();
-            let latencies = cold_load(channel, chunk).await?;
+            let latencies =
+                cold_load(&channels[usize::from(is_broker)], shape.in_flight, chunk).await?;
             let cpu = server.cpu()?.saturating_sub(cpu_before);
             let total = &mut totals[load];
             total.1 += start.elapsed();
@@ -274,11 +306,16 @@ async fn cold_loads(
     }))
 }
 
-/// `tokens` once each, 16 requests in flight on `channel`.
-async fn cold_load(channel: Channel, tokens: Arc<Vec<String>>) -> anyhow::Result<Vec<Duration>> {
+/// `tokens` once each, `in_flight` requests in flight on each of
+/// `channels`.
+async fn cold_load(
+    channels: &[Channel],
+    in_flight: usize,
+    tokens: Arc<Vec<String>>,
+) -> anyhow::Result<Vec<Duration>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..16 {
+    for channel in channels.iter().cycle().take(channels.len() * in_flight) {
         let mut client = SecretBrokerClient::new(channel.clone());
         let (tokens, next) = (Arc::clone(&tokens), Arc::clone(&next));
         tasks.push(tokio::spawn(async move {

@@ -116,7 +116,16 @@ impl Authenticator for CachingAuthenticator {
     }
 
     async fn authenticate_shared(&self, token: &BearerToken) -> Result<Arc<Verified>, AuthError> {
-        let key = token_digest(token);
+        self.authenticate_digested(token, &token_digest(token))
+            .await
+    }
+
+    async fn authenticate_digested(
+        &self,
+        token: &BearerToken,
+        key: &TokenDigest,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let key = *key;
         if let Some(hit) = self.lookup(&key, unix_now()) {
             crate::metrics::auth_cache(true);
             return Ok(hit);
@@ -203,6 +212,30 @@ mod tests {
             assert_eq!(id.identity.service_account, "web");
         }
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_miss_given_its_header_digest_is_kept_under_it_and_found_by_it() {
+        let (inner, cache) = cached(unix_now() + 600, 8);
+        let header = "Bearer web";
+        let token = BearerToken::from_header(header).unwrap();
+        let digest = BearerToken::digest_of_header(header.as_bytes()).unwrap();
+        assert!(cache.cached(&digest).is_none());
+        let verified = cache.authenticate_digested(&token, &digest).await.unwrap();
+        // The next call with that header is a hit, without verifying again.
+        let hit = cache.cached(&digest).unwrap();
+        assert!(Arc::ptr_eq(&verified, &hit));
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+        // A failed verification is still not kept.
+        let bad = BearerToken::from_header("Bearer bad").unwrap();
+        let bad_digest = BearerToken::digest_of_header(b"Bearer bad").unwrap();
+        assert!(
+            cache
+                .authenticate_digested(&bad, &bad_digest)
+                .await
+                .is_err()
+        );
+        assert!(cache.cached(&bad_digest).is_none());
     }
 
     #[tokio::test]

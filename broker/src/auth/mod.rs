@@ -224,6 +224,20 @@ pub trait Authenticator: Send + Sync + 'static {
         self.authenticate(token).await.map(Arc::new)
     }
 
+    /// [`Self::authenticate_shared`] for a token whose SHA-256 the caller
+    /// has computed already (`digest`, as [`BearerToken::digest_of_header`]
+    /// makes it from the header that carried `token`): a cache keeps the
+    /// answer under it instead of hashing the token a second time.
+    /// Authenticators that remember nothing ignore it.
+    async fn authenticate_digested(
+        &self,
+        token: &BearerToken,
+        digest: &[u8; 32],
+    ) -> Result<Arc<Verified>, AuthError> {
+        let _ = digest;
+        self.authenticate_shared(token).await
+    }
+
     /// The answer remembered for the token whose SHA-256 is `digest`, if
     /// any is and still holds (its key still current, not expired): the
     /// cache's hit, asked before the token is even copied out of its

@@ -220,16 +220,25 @@ impl Broker {
         // is checked, copied into a zeroizing buffer and wiped again. Only
         // a token verified before has an entry (see
         // `BearerToken::digest_of_header`).
-        if let Some(hit) = BearerToken::digest_of_header(header.as_bytes())
-            .and_then(|digest| self.inner.authn.cached(&digest))
-        {
+        let digest = BearerToken::digest_of_header(header.as_bytes());
+        if let Some(hit) = digest.and_then(|digest| self.inner.authn.cached(&digest)) {
             return Ok(hit);
         }
         let header = header
             .to_str()
             .map_err(|_| crate::auth::AuthError::MalformedHeader)?;
         let token = BearerToken::from_header(header)?;
-        self.inner.authn.authenticate_shared(&token).await
+        // A miss is verified and kept under the digest already made, not
+        // hashed again.
+        match digest {
+            Some(digest) => {
+                self.inner
+                    .authn
+                    .authenticate_digested(&token, &digest)
+                    .await
+            }
+            None => self.inner.authn.authenticate_shared(&token).await,
+        }
     }
 }
 
