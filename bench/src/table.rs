@@ -32,7 +32,7 @@ pub(crate) enum Row {
         verifier: (f64, f64),
         /// The same four loads at 4 x 64 (a restart storm: the server
         /// busy): bare, bare with one token, broker with one token, broker.
-        storm: [Figures; 4],
+        storm: Box<[Figures; 4]>,
     },
     Watch {
         label: String,
@@ -183,7 +183,7 @@ pub(crate) fn print_table(rows: &[Row]) {
                     us(bare_cached.cpu_per_req),
                     ratio(in_request, ring_same)
                 );
-                let [storm_bare, storm_bare_cached, storm_cached, storm_coffer] = storm;
+                let [storm_bare, storm_bare_cached, storm_cached, storm_coffer] = &**storm;
                 let storm_verification = added(storm_coffer, storm_cached)
                     .saturating_sub(added(storm_bare, storm_bare_cached));
                 let storm_in_request = 1.0 / storm_verification.as_secs_f64().max(1e-9);

@@ -75,7 +75,7 @@ pub(crate) async fn compare(
         ring_busy,
         threads,
         verifier,
-        storm,
+        storm: Box::new(storm),
     })
 }
 
