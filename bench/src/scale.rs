@@ -142,7 +142,11 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 /// verifier, ES256 tokens of the shipped shape, each for its own pod).
 pub(crate) async fn identity_rows(sizes: &[usize], minter: &Minter) -> anyhow::Result<Vec<Row>> {
     let largest = sizes.iter().copied().max().unwrap_or(1);
-    let tokens: Vec<BearerToken> = mint_many(minter, largest)?;
+    let tokens: Vec<BearerToken> = minter
+        .mint_many(Alg::Es256, "app", largest)?
+        .into_iter()
+        .map(BearerToken::new)
+        .collect();
     let mut rows = Vec::new();
     let mut base_hit = None;
     for &n in std::iter::once(&1).chain(sizes) {
@@ -209,36 +213,4 @@ pub(crate) async fn identity_rows(sizes: &[usize], minter: &Minter) -> anyhow::R
         drop(cache);
     }
     Ok(rows)
-}
-
-/// `n` ES256 tokens, each for its own pod, minted on two threads.
-fn mint_many(minter: &Minter, n: usize) -> anyhow::Result<Vec<BearerToken>> {
-    let per = n.div_ceil(2).max(1);
-    let parts: Vec<anyhow::Result<Vec<BearerToken>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|t| {
-                scope.spawn(move || {
-                    (t * per..((t + 1) * per).min(n))
-                        .map(|i| {
-                            minter
-                                .mint(Alg::Es256, "app", &format!("app-{i}"))
-                                .map(BearerToken::new)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("minting panicked")))
-            })
-            .collect()
-    });
-    let mut tokens = Vec::with_capacity(n);
-    for part in parts {
-        tokens.extend(part?);
-    }
-    Ok(tokens)
 }

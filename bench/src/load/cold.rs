@@ -44,7 +44,7 @@ pub(crate) async fn compare(
     threads: usize,
 ) -> anyhow::Result<Row> {
     // Twice the count: the storm loads need tokens of their own, fresh.
-    let mut minted = mint_cold(minter, 2 * count + 1)?;
+    let mut minted = minter.mint_many(Alg::Rs256, "cold", 2 * count + 1)?;
     // One token kept back: every request of the cached run carries it.
     let cached_token = minted.pop().context("no token minted")?;
     let storm_tokens = minted.split_off(count);
@@ -101,37 +101,6 @@ const STORM: Shape = Shape {
     in_flight: 64,
     turn: 2000,
 };
-
-/// RS256 tokens of the shipped shape, each for another pod so no two are
-/// alike (the shipped broker's key set trusts their key).
-fn mint_cold(minter: &Minter, count: usize) -> anyhow::Result<Vec<String>> {
-    let count = count.max(1);
-    let threads = 2;
-    let per = count.div_ceil(threads);
-    let minted: Vec<anyhow::Result<Vec<String>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                scope.spawn(move || {
-                    (t * per..((t + 1) * per).min(count))
-                        .map(|i| minter.mint(Alg::Rs256, "app", &format!("cold-{i}")))
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("minting panicked")))
-            })
-            .collect()
-    });
-    let mut tokens = Vec::with_capacity(count);
-    for part in minted {
-        tokens.extend(part?);
-    }
-    Ok(tokens)
-}
 
 /// ring's own RS256 verification rate on pre-decoded bytes: per second of
 /// wall time, and per second of this thread's CPU time (steady under load).
