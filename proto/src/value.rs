@@ -32,6 +32,13 @@ impl SecretBytes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The bytes, moved out without a copy: only into a message that wipes
+    /// itself on drop (see [`SecretValue`]'s `Drop`). What is left here is
+    /// an empty buffer.
+    fn into_wiped_on_drop(mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.0)
+    }
 }
 
 impl From<Vec<u8>> for SecretBytes {
@@ -98,16 +105,17 @@ pub struct MissingValue;
 
 impl From<SecretData> for SecretValue {
     fn from(data: SecretData) -> Self {
+        // The bytes move into the message, not copied: it wipes them when
+        // dropped, as the buffers they came from would have.
         let kind = match data {
-            SecretData::Bytes(bytes) => Kind::Data(bytes.expose().to_vec()),
+            SecretData::Bytes(bytes) => Kind::Data(bytes.into_wiped_on_drop()),
             SecretData::Map(map) => Kind::Map(SecretMap {
                 entries: map
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_vec()))
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_wiped_on_drop()))
                     .collect(),
             }),
         };
-        // The copies above live in the message, which wipes itself on drop.
         Self { kind: Some(kind) }
     }
 }

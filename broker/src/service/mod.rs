@@ -177,17 +177,30 @@ impl Broker {
         path: &SecretPath,
         version: Option<u64>,
     ) -> Result<v1::Secret, ApiError> {
+        self.read_as(who, path, path.to_string(), version).await
+    }
+
+    /// [`Broker::read`], the answer naming the path as `text`: the caller's
+    /// own string, which [`SecretPath::parse`] accepted as it is (a path
+    /// has one spelling), so it is not formatted again.
+    async fn read_as(
+        &self,
+        who: &WorkloadIdentity,
+        path: &SecretPath,
+        text: String,
+        version: Option<u64>,
+    ) -> Result<v1::Secret, ApiError> {
         let store = &self.inner.store;
         // Only a leased path is issued per holder; every other read needs
         // just the tenant it is charged to (no copies of the identity).
         let stored = if store.shared(path.name()) {
             store
-                .get_for(&limits::tenant(who), path.name(), version)
+                .get_for(limits::tenant_of(who), path.name(), version)
                 .await?
         } else {
             store.get_held(&holder(who), path.name(), version).await?
         };
-        to_wire(path, stored)
+        to_wire(path, text, stored)
     }
 }
 
@@ -203,19 +216,17 @@ pub(super) fn holder(who: &WorkloadIdentity) -> crate::store::Holder {
 }
 
 /// Builds the wire form, selecting one key of a map when the path asks.
-fn to_wire(path: &SecretPath, stored: StoredSecret) -> Result<v1::Secret, ApiError> {
-    let data = match path.key() {
-        None => stored.data,
-        Some(key) => SecretData::Bytes(
-            stored
-                .data
-                .key(key)
-                .cloned()
-                .ok_or(crate::store::StoreError::NotFound)?,
-        ),
+/// The value moves into the message, which wipes it on drop.
+fn to_wire(path: &SecretPath, text: String, stored: StoredSecret) -> Result<v1::Secret, ApiError> {
+    let data = match (path.key(), stored.data) {
+        (None, data) => data,
+        (Some(key), SecretData::Map(mut map)) => {
+            SecretData::Bytes(map.remove(key).ok_or(crate::store::StoreError::NotFound)?)
+        }
+        (Some(_), SecretData::Bytes(_)) => return Err(crate::store::StoreError::NotFound.into()),
     };
     Ok(v1::Secret {
-        path: path.to_string(),
+        path: text,
         version: stored.version,
         content_type: stored.content_type,
         value: Some(data.into()),

@@ -24,7 +24,7 @@ impl SecretBroker for Broker {
         let req = request.into_inner();
         let path = SecretPath::parse(&req.path).map_err(ApiError::from)?;
         let allowed = self.authorize(&call, &who, &path, Capability::Read).await?;
-        let result = self.read(&who, &path, req.version).await;
+        let result = self.read_as(&who, &path, req.path, req.version).await;
         let version = result.as_ref().ok().map(|s| s.version);
         self.audit_served(&call, &who, &path, &allowed, version, read_reason(&result))
             .await?;

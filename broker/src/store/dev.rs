@@ -27,7 +27,8 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use super::{
-    SecretStore, SecretWrite, StoreError, StoredSecret, VersionChange, VersionInfo, VersionList,
+    SecretStore, SecretWrite, StoreError, StoredSecret, Tenant, VersionChange, VersionInfo,
+    VersionList,
 };
 
 const MAGIC: &[u8] = b"COFFERDEV1";
@@ -205,13 +206,9 @@ impl DevStore {
     }
 }
 
-#[async_trait]
-impl SecretStore for DevStore {
-    async fn get(
-        &self,
-        path: &SecretName,
-        version: Option<u64>,
-    ) -> Result<StoredSecret, StoreError> {
+impl DevStore {
+    /// One version of `path` (`None`: the latest), copied out of the map.
+    fn read(&self, path: &SecretName, version: Option<u64>) -> Result<StoredSecret, StoreError> {
         let secrets = self.lock_secrets();
         let versions = secrets.get(path.as_str()).ok_or(StoreError::NotFound)?;
         let number = version.unwrap_or(versions.len() as u64);
@@ -232,6 +229,28 @@ impl SecretStore for DevStore {
             ttl_hint: None,
             labels: v.labels.clone(),
         })
+    }
+}
+
+#[async_trait]
+impl SecretStore for DevStore {
+    async fn get(
+        &self,
+        path: &SecretName,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.read(path, version)
+    }
+
+    /// No backend budget to share: [`DevStore::get`], without awaiting a
+    /// second boxed future.
+    async fn get_for(
+        &self,
+        _: Tenant<'_>,
+        path: &SecretName,
+        version: Option<u64>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.read(path, version)
     }
 
     async fn put(&self, path: &SecretName, write: SecretWrite) -> Result<u64, StoreError> {

@@ -93,14 +93,49 @@ pub struct Holder {
     pub pod_uid: Option<String>,
 }
 
+/// A caller as a store's backend budget counts it: its issuer, namespace
+/// and service account. Made into text ([`Tenant::key`]) only by a store
+/// that charges it, and only when it does (a read that misses its cache),
+/// so a cached read allocates nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenant<'a> {
+    /// The token's issuer.
+    pub issuer: &'a str,
+    /// The caller's namespace.
+    pub namespace: &'a str,
+    /// The caller's service account.
+    pub service_account: &'a str,
+}
+
+impl Tenant<'_> {
+    /// The opaque key of the tenant's share,
+    /// `<issuer> <namespace>/<service account>`.
+    pub fn key(&self) -> String {
+        // Built by hand: `format!` cost a third of a microsecond.
+        let parts = [self.issuer, " ", self.namespace, "/", self.service_account];
+        let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            key.push_str(part);
+        }
+        key
+    }
+}
+
+impl<'a> From<&'a Holder> for Tenant<'a> {
+    fn from(holder: &'a Holder) -> Self {
+        Self {
+            issuer: &holder.issuer,
+            namespace: &holder.namespace,
+            service_account: &holder.service_account,
+        }
+    }
+}
+
 impl Holder {
     /// The caller's tenant, `<issuer> <namespace>/<service account>`: the
     /// opaque key of its share of a backend (see [`SecretStore::get_for`]).
     pub fn tenant(&self) -> String {
-        format!(
-            "{} {}/{}",
-            self.issuer, self.namespace, self.service_account
-        )
+        Tenant::from(self).key()
     }
 
     /// The caller's pod (its uid, else its name), for pod-bound tokens.
@@ -223,12 +258,12 @@ pub trait SecretStore: Send + Sync + 'static {
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError>;
 
-    /// Like [`get`](Self::get), on behalf of `tenant`: an opaque key naming
-    /// the caller, so a store can give each caller a fair share of its
-    /// backend. Stores without a shared backend budget just `get`.
+    /// Like [`get`](Self::get), on behalf of `tenant`, so a store can give
+    /// each caller a fair share of its backend. Stores without a shared
+    /// backend budget just `get`.
     async fn get_for(
         &self,
-        tenant: &str,
+        tenant: Tenant<'_>,
         path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
@@ -245,7 +280,7 @@ pub trait SecretStore: Send + Sync + 'static {
         path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
-        self.get_for(&holder.tenant(), path, version).await
+        self.get_for(Tenant::from(holder), path, version).await
     }
 
     /// Writes a new version and returns its number.

@@ -66,7 +66,7 @@ use read_cache::{CacheKey, Flight, Lookup, ReadCache};
 use session::Session;
 
 use super::{
-    Holder, LeaseEvent, LeaseStore, SecretStore, SecretWrite, StoreError, StoredSecret,
+    Holder, LeaseEvent, LeaseStore, SecretStore, SecretWrite, StoreError, StoredSecret, Tenant,
     VersionChange, VersionInfo, VersionList,
 };
 
@@ -239,7 +239,7 @@ impl Inner {
     /// or Vault; only the last costs `tenant` a share of the budget.
     async fn read(
         self: &Arc<Self>,
-        tenant: Option<&str>,
+        tenant: Option<Tenant<'_>>,
         path: &str,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
@@ -275,7 +275,7 @@ impl Inner {
             let flight = self.reads.fly(&key, || {
                 started = true;
                 Arc::clone(self)
-                    .fetch_and_cache(key.clone(), tenant.map(str::to_owned))
+                    .fetch_and_cache(key.clone(), tenant.map(|t| t.key()))
                     .boxed()
                     .shared()
             });
@@ -381,7 +381,7 @@ impl SecretStore for VaultStore {
 
     async fn get_for(
         &self,
-        tenant: &str,
+        tenant: Tenant<'_>,
         path: &SecretName,
         version: Option<u64>,
     ) -> Result<StoredSecret, StoreError> {
@@ -396,7 +396,11 @@ impl SecretStore for VaultStore {
     ) -> Result<StoredSecret, StoreError> {
         match self.inner.vault.config.leased_mount(path) {
             Some(mount) => leases::get(&self.inner.leases, holder, path, mount, version).await,
-            None => self.inner.read(Some(&holder.tenant()), path, version).await,
+            None => {
+                self.inner
+                    .read(Some(Tenant::from(holder)), path, version)
+                    .await
+            }
         }
     }
 
