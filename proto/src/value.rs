@@ -166,4 +166,28 @@ mod tests {
             Err(MissingValue)
         );
     }
+
+    #[test]
+    fn the_bytes_move_into_the_message_and_are_not_copied() {
+        let bytes = b"canary-moved".to_vec();
+        let at = bytes.as_ptr();
+        let value = SecretValue::from(SecretData::Bytes(SecretBytes::new(bytes)));
+        // The same buffer: no second copy of the secret left to wipe.
+        match &value.kind {
+            Some(Kind::Data(data)) => {
+                assert_eq!(data.as_ptr(), at);
+                assert_eq!(data, b"canary-moved");
+            }
+            _ => panic!("not data"),
+        }
+        let map = SecretData::Map([("pw".to_string(), SecretBytes::from(&b"x"[..]))].into());
+        let at = match &map {
+            SecretData::Map(map) => map["pw"].expose().as_ptr(),
+            SecretData::Bytes(_) => unreachable!(),
+        };
+        match &SecretValue::from(map).kind {
+            Some(Kind::Map(map)) => assert_eq!(map.entries["pw"].as_ptr(), at),
+            _ => panic!("not a map"),
+        }
+    }
 }
